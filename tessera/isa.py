@@ -1,0 +1,416 @@
+"""The instruction set (SPEC §3): the single source of truth for opcodes and field layout.
+
+Field positions are derived from a :class:`~tessera.config.Config`; for the ``default`` preset
+they are exactly VTA's. The hardware decoders, the functional simulator, the runtime and the
+disassembler all read the tables built here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from enum import IntEnum
+from functools import lru_cache
+
+import numpy as np
+
+from tessera.config import ALU_IMM_BITS, ALU_OPCODE_BITS, ITER_BITS, Config
+from tessera.errors import IsaError
+
+__all__ = [
+    "Opcode", "MemType", "AluOp", "Field", "Layout", "layout", "MemInsn", "GemmInsn", "AluInsn",
+    "FinishInsn", "Insn", "Uop", "encode", "decode", "encode_uop", "decode_uop", "to_bytes",
+    "from_bytes", "disassemble", "disassemble_one", "INSN_BYTES", "elem_bytes", "depth",
+]
+
+INSN_BYTES = 16
+
+
+class Opcode(IntEnum):
+    LOAD = 0
+    STORE = 1
+    GEMM = 2
+    FINISH = 3
+    ALU = 4
+
+
+class MemType(IntEnum):
+    UOP = 0
+    WGT = 1
+    INP = 2
+    ACC = 3
+    OUT = 4
+    ACC_8BIT = 5
+
+
+class AluOp(IntEnum):
+    MIN = 0
+    MAX = 1
+    ADD = 2
+    SHR = 3
+    MUL = 4
+
+
+def elem_bytes(cfg: Config, mem_type: int) -> int:
+    """Bytes of one element of ``mem_type`` in DRAM (SPEC §2)."""
+    return {
+        MemType.UOP: cfg.uop_elem_bytes,
+        MemType.WGT: cfg.wgt_elem_bytes,
+        MemType.INP: cfg.inp_elem_bytes,
+        MemType.ACC: cfg.acc_elem_bytes,
+        MemType.OUT: cfg.out_elem_bytes,
+        MemType.ACC_8BIT: cfg.acc8_elem_bytes,
+    }[MemType(mem_type)]
+
+
+def depth(cfg: Config, mem_type: int) -> int:
+    """Depth in elements of the on-chip buffer that ``mem_type`` addresses."""
+    return {
+        MemType.UOP: cfg.uop_depth,
+        MemType.WGT: cfg.wgt_depth,
+        MemType.INP: cfg.inp_depth,
+        MemType.ACC: cfg.acc_depth,
+        MemType.OUT: cfg.out_depth,
+        MemType.ACC_8BIT: cfg.acc_depth,
+    }[MemType(mem_type)]
+
+
+@dataclass(frozen=True)
+class Field:
+    """One instruction field: absolute bit position ``lo`` in the 128-bit word, ``width`` bits."""
+
+    name: str
+    lo: int
+    width: int
+    signed: bool = False
+
+    @property
+    def hi(self) -> int:
+        return self.lo + self.width - 1
+
+    @property
+    def mask(self) -> int:
+        return (1 << self.width) - 1
+
+    @property
+    def min(self) -> int:
+        return -(1 << (self.width - 1)) if self.signed else 0
+
+    @property
+    def max(self) -> int:
+        return (1 << (self.width - 1)) - 1 if self.signed else self.mask
+
+
+def _pack(spec: list[tuple[str, int]], start: int, limit: int) -> list[Field]:
+    out, pos = [], start
+    for name, width in spec:
+        out.append(Field(name, pos, width, signed=(name == "imm")))
+        pos += width
+    assert pos <= limit, (spec, pos, limit)  # Config already rejected layouts that do not fit
+    return out
+
+
+HEADER = [("opcode", 3), ("pop_prev", 1), ("pop_next", 1), ("push_prev", 1), ("push_next", 1)]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Field tables of every instruction format and of the micro-op, for one Config."""
+
+    mem: tuple[Field, ...]
+    gemm: tuple[Field, ...]
+    alu: tuple[Field, ...]
+    finish: tuple[Field, ...]
+    uop: tuple[Field, ...]
+
+    def format(self, opcode: int) -> tuple[Field, ...]:
+        return {
+            Opcode.LOAD: self.mem, Opcode.STORE: self.mem, Opcode.GEMM: self.gemm,
+            Opcode.ALU: self.alu, Opcode.FINISH: self.finish,
+        }[Opcode(opcode)]
+
+    def field(self, fmt: str, name: str) -> Field:
+        for f in getattr(self, fmt):
+            if f.name == name:
+                return f
+        raise KeyError(f"{fmt} has no field {name!r}")
+
+
+@lru_cache(maxsize=None)
+def layout(cfg: Config) -> Layout:
+    """The field tables for ``cfg`` (SPEC §3)."""
+    du, di, dw, da = cfg.log_uop_depth, cfg.log_inp_depth, cfg.log_wgt_depth, cfg.log_acc_depth
+    mem = _pack(HEADER + [("memory_type", 3), ("sram_base", 16), ("dram_base", 32)], 0, 64)
+    mem += _pack([("y_size", 16), ("x_size", 16), ("x_stride", 16), ("y_pad_0", 4),
+                  ("y_pad_1", 4), ("x_pad_0", 4), ("x_pad_1", 4)], 64, 128)
+    word0 = HEADER + [("reset", 1), ("uop_bgn", du), ("uop_end", du + 1),
+                      ("iter_out", ITER_BITS), ("iter_in", ITER_BITS)]
+    gemm = _pack(word0, 0, 64) + _pack(
+        [("dst_factor_out", da), ("dst_factor_in", da), ("src_factor_out", di),
+         ("src_factor_in", di), ("wgt_factor_out", dw), ("wgt_factor_in", dw)], 64, 128)
+    alu = _pack(word0, 0, 64) + _pack(
+        [("dst_factor_out", da), ("dst_factor_in", da), ("src_factor_out", da),
+         ("src_factor_in", da), ("alu_opcode", ALU_OPCODE_BITS), ("use_imm", 1),
+         ("imm", ALU_IMM_BITS)], 64, 128)
+    finish = _pack(HEADER, 0, 64)
+    uop = _pack([("dst_idx", da), ("src_idx", max(di, da)), ("wgt_idx", dw)], 0, 32)
+    return Layout(tuple(mem), tuple(gemm), tuple(alu), tuple(finish), tuple(uop))
+
+
+# -- typed instruction records ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Header:
+    pop_prev: int = 0
+    pop_next: int = 0
+    push_prev: int = 0
+    push_next: int = 0
+
+
+@dataclass(frozen=True)
+class MemInsn(_Header):
+    """LOAD (``opcode=Opcode.LOAD``) or STORE (``Opcode.STORE``) of a 2-D region (SPEC §3.1)."""
+
+    opcode: int = Opcode.LOAD
+    memory_type: int = MemType.INP
+    sram_base: int = 0
+    dram_base: int = 0
+    y_size: int = 1
+    x_size: int = 0
+    x_stride: int = 0
+    y_pad_0: int = 0
+    y_pad_1: int = 0
+    x_pad_0: int = 0
+    x_pad_1: int = 0
+
+
+@dataclass(frozen=True)
+class GemmInsn(_Header):
+    """GEMM over ``iter_out x iter_in x [uop_bgn, uop_end)`` (SPEC §3.2, §4)."""
+
+    opcode: int = Opcode.GEMM
+    reset: int = 0
+    uop_bgn: int = 0
+    uop_end: int = 0
+    iter_out: int = 1
+    iter_in: int = 1
+    dst_factor_out: int = 0
+    dst_factor_in: int = 0
+    src_factor_out: int = 0
+    src_factor_in: int = 0
+    wgt_factor_out: int = 0
+    wgt_factor_in: int = 0
+
+
+@dataclass(frozen=True)
+class AluInsn(_Header):
+    """ALU over the accumulator (SPEC §3.3, §4)."""
+
+    opcode: int = Opcode.ALU
+    reset: int = 0
+    uop_bgn: int = 0
+    uop_end: int = 0
+    iter_out: int = 1
+    iter_in: int = 1
+    dst_factor_out: int = 0
+    dst_factor_in: int = 0
+    src_factor_out: int = 0
+    src_factor_in: int = 0
+    alu_opcode: int = AluOp.ADD
+    use_imm: int = 0
+    imm: int = 0
+
+
+@dataclass(frozen=True)
+class FinishInsn(_Header):
+    """FINISH: completion once every earlier instruction has retired (SPEC §3.5)."""
+
+    opcode: int = Opcode.FINISH
+
+
+Insn = MemInsn | GemmInsn | AluInsn | FinishInsn
+
+
+@dataclass(frozen=True)
+class Uop:
+    """One micro-op: accumulator, input (or accumulator, for ALU) and weight indices."""
+
+    dst_idx: int = 0
+    src_idx: int = 0
+    wgt_idx: int = 0
+
+
+_RECORD = {
+    Opcode.LOAD: MemInsn, Opcode.STORE: MemInsn, Opcode.GEMM: GemmInsn, Opcode.ALU: AluInsn,
+    Opcode.FINISH: FinishInsn,
+}
+
+
+def _encode_fields(table: tuple[Field, ...], values: dict[str, int], what: str) -> int:
+    word = 0
+    for f in table:
+        v = values[f.name]
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool):
+            raise IsaError(f"{what}: field {f.name} must be an integer, not {v!r}")
+        v = int(v)
+        if not f.min <= v <= f.max:
+            raise IsaError(
+                f"{what}: field {f.name} must be in [{f.min}, {f.max}] ({f.width} bits), not {v}"
+            )
+        word |= (v & f.mask) << f.lo
+    return word
+
+
+def encode(insn: Insn, cfg: Config) -> int:
+    """The 128-bit word of ``insn``; out-of-range fields raise :class:`IsaError`."""
+    try:
+        op = Opcode(insn.opcode)
+    except ValueError:
+        raise IsaError(f"opcode must be one of {[o.name for o in Opcode]}, not "
+                       f"{insn.opcode!r}") from None
+    if not isinstance(insn, _RECORD[op]):
+        raise IsaError(f"opcode {op.name} needs a {_RECORD[op].__name__}, not "
+                       f"{type(insn).__name__}")
+    if isinstance(insn, MemInsn) and insn.memory_type not in MemType._value2member_map_:
+        raise IsaError(f"{op.name}: memory_type must be one of {[m.name for m in MemType]}, not "
+                       f"{insn.memory_type!r}")
+    if isinstance(insn, AluInsn) and insn.alu_opcode not in AluOp._value2member_map_:
+        raise IsaError(f"ALU: alu_opcode must be one of {[a.name for a in AluOp]}, not "
+                       f"{insn.alu_opcode!r}")
+    values = {f.name: getattr(insn, f.name) for f in fields(insn)}
+    return _encode_fields(layout(cfg).format(op), values, op.name)
+
+
+def _field_value(word: int, f: Field) -> int:
+    v = (word >> f.lo) & f.mask
+    if f.signed and v >> (f.width - 1):
+        v -= 1 << f.width
+    return v
+
+
+def decode(word: int, cfg: Config) -> Insn:
+    """The typed record of a 128-bit word; an unknown opcode raises :class:`IsaError`.
+
+    Memory-type and ALU-opcode values are kept as plain integers, so an illegal value decodes
+    (the simulator and disassembler report it) and re-encoding refuses it.
+    """
+    if not 0 <= word < 1 << 128:
+        raise IsaError(f"an instruction must be a 128-bit unsigned word, not {word!r}")
+    raw_op = word & 0x7
+    try:
+        op = Opcode(raw_op)
+    except ValueError:
+        raise IsaError(f"unknown opcode {raw_op} in instruction word {word:#034x}") from None
+    lay = layout(cfg)
+    values = {f.name: _field_value(word, f) for f in lay.format(op)}
+    values["opcode"] = op
+    if op in (Opcode.LOAD, Opcode.STORE) and values["memory_type"] in MemType._value2member_map_:
+        values["memory_type"] = MemType(values["memory_type"])
+    if op == Opcode.ALU and values["alu_opcode"] in AluOp._value2member_map_:
+        values["alu_opcode"] = AluOp(values["alu_opcode"])
+    return _RECORD[op](**values)
+
+
+def encode_uop(uop: Uop, cfg: Config) -> int:
+    """The 32-bit word of a micro-op; out-of-range indices raise :class:`IsaError`."""
+    values = {f.name: getattr(uop, f.name) for f in fields(uop)}
+    return _encode_fields(layout(cfg).uop, values, "micro-op")
+
+
+def decode_uop(word: int, cfg: Config) -> Uop:
+    if not 0 <= word < 1 << 32:
+        raise IsaError(f"a micro-op must be a 32-bit unsigned word, not {word!r}")
+    return Uop(**{f.name: _field_value(word, f) for f in layout(cfg).uop})
+
+
+def to_bytes(insns: list[Insn], cfg: Config) -> bytes:
+    """Little-endian 16-byte words of a list of instructions (SPEC §2)."""
+    return b"".join(encode(i, cfg).to_bytes(INSN_BYTES, "little") for i in insns)
+
+
+def from_bytes(data: bytes, cfg: Config) -> list[Insn]:
+    if len(data) % INSN_BYTES:
+        raise IsaError(f"an instruction stream must be a multiple of 16 bytes, not {len(data)}")
+    return [decode(int.from_bytes(data[i:i + INSN_BYTES], "little"), cfg)
+            for i in range(0, len(data), INSN_BYTES)]
+
+
+def uops_to_bytes(uops: list[Uop], cfg: Config) -> bytes:
+    return b"".join(encode_uop(u, cfg).to_bytes(4, "little") for u in uops)
+
+
+# -- vectorised field extraction (for the simulator) -------------------------------------------
+
+
+def split_words(data: bytes | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Low and high 64-bit words of a packed instruction stream, as uint64 arrays."""
+    arr = np.frombuffer(bytes(data), dtype="<u8")
+    return arr[0::2].copy(), arr[1::2].copy()
+
+
+def extract(lo: np.ndarray, hi: np.ndarray, f: Field) -> np.ndarray:
+    """Field ``f`` of every instruction, as int64 (sign-extended for signed fields)."""
+    word, shift = (lo, f.lo) if f.lo < 64 else (hi, f.lo - 64)
+    v = ((word >> np.uint64(shift)) & np.uint64(f.mask)).astype(np.int64)
+    if f.signed:
+        v = np.where(v >> (f.width - 1) != 0, v - (1 << f.width), v)
+    return v
+
+
+def extract_uops(words: np.ndarray, cfg: Config) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """dst, src and wgt indices of an array of uint32 micro-op words, as int64 arrays."""
+    w = words.astype(np.int64)
+    d, s, g = layout(cfg).uop
+    return ((w >> d.lo) & d.mask, (w >> s.lo) & s.mask, (w >> g.lo) & g.mask)
+
+
+# -- disassembler -----------------------------------------------------------------------------
+
+
+def _deps(insn: Insn) -> str:
+    names = [n for n in ("pop_prev", "pop_next", "push_prev", "push_next") if getattr(insn, n)]
+    return (" deps=" + ",".join(names)) if names else ""
+
+
+def _enum_name(enum: type[IntEnum], value: int) -> str:
+    return enum(value).name if value in enum._value2member_map_ else f"<bad {value}>"
+
+
+def disassemble_one(insn: Insn) -> str:
+    """One readable line for one instruction."""
+    if isinstance(insn, MemInsn):
+        op = Opcode(insn.opcode).name
+        pads = (insn.y_pad_0, insn.y_pad_1, insn.x_pad_0, insn.x_pad_1)
+        pad = f" pad(y={pads[0]},{pads[1]} x={pads[2]},{pads[3]})" if any(pads) else ""
+        return (f"{op:<6} {_enum_name(MemType, insn.memory_type):<8} sram={insn.sram_base} "
+                f"dram={insn.dram_base} y={insn.y_size} x={insn.x_size} "
+                f"stride={insn.x_stride}{pad}{_deps(insn)}")
+    if isinstance(insn, GemmInsn):
+        return (f"GEMM   {'reset ' if insn.reset else ''}uop=[{insn.uop_bgn},{insn.uop_end}) "
+                f"iter={insn.iter_out}x{insn.iter_in} "
+                f"dst+={insn.dst_factor_out},{insn.dst_factor_in} "
+                f"src+={insn.src_factor_out},{insn.src_factor_in} "
+                f"wgt+={insn.wgt_factor_out},{insn.wgt_factor_in}{_deps(insn)}")
+    if isinstance(insn, AluInsn):
+        operand = f"imm={insn.imm}" if insn.use_imm else "src"
+        return (f"ALU    {_enum_name(AluOp, insn.alu_opcode):<3} {operand} "
+                f"{'reset ' if insn.reset else ''}uop=[{insn.uop_bgn},{insn.uop_end}) "
+                f"iter={insn.iter_out}x{insn.iter_in} "
+                f"dst+={insn.dst_factor_out},{insn.dst_factor_in} "
+                f"src+={insn.src_factor_out},{insn.src_factor_in}{_deps(insn)}")
+    return f"FINISH{_deps(insn)}"
+
+
+def disassemble(data: bytes, cfg: Config) -> str:
+    """One line per instruction of a packed stream; undecodable words are shown raw."""
+    if len(data) % INSN_BYTES:
+        raise IsaError(f"an instruction stream must be a multiple of 16 bytes, not {len(data)}")
+    lines = []
+    for pc in range(len(data) // INSN_BYTES):
+        word = int.from_bytes(data[pc * INSN_BYTES:(pc + 1) * INSN_BYTES], "little")
+        try:
+            text = disassemble_one(decode(word, cfg))
+        except IsaError:
+            text = f".word  {word:#034x}  (bad opcode {word & 7})"
+        lines.append(f"{pc:6d}  {text}")
+    return "\n".join(lines)
