@@ -1,1 +1,28 @@
-"""tessera.driver"""
+"""Device drivers: one protocol (SPEC §7), backends chosen by a plain mapping of kind names."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from tessera.config import Config
+from tessera.driver.alloc import Buffer
+from tessera.driver.base import Device, RunStats
+from tessera.errors import DeviceError
+
+__all__ = ["open_device", "Device", "Buffer", "RunStats", "DeviceError", "BACKENDS"]
+
+# kind -> "module:ClassName"; imported on first use so that e.g. fsim never loads Verilator.
+BACKENDS: dict[str, str] = {
+    "fsim": "tessera.driver.fsim:FsimDevice",
+    "verilator": "tessera.driver.verilator:VerilatorDevice",
+}
+
+
+def open_device(kind: str, config: Config | str | None = None, **options: Any) -> Device:
+    """A new, independent device of ``kind`` (``"fsim"``, ``"verilator"``) for ``config``."""
+    if kind not in BACKENDS:
+        raise DeviceError(f"unknown device kind {kind!r}; known kinds: {', '.join(BACKENDS)}")
+    module_name, cls_name = BACKENDS[kind].split(":")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    return cls(Config.resolve(config), **options)

@@ -1,0 +1,102 @@
+"""The ``fsim`` device kind: the functional simulator behind the Device protocol."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from tessera.config import Config
+from tessera.driver.base import DEFAULT_MEM_BYTES, Device, RunStats
+from tessera.errors import DeviceError, SimError
+from tessera.regs import (
+    COUNTER_BASE,
+    COUNTERS,
+    CONTROL_START,
+    STATUS_DONE,
+    STATUS_ERROR,
+    Reg,
+)
+from tessera.sim.fsim import FunctionalSimulator
+
+__all__ = ["FsimDevice"]
+
+
+class FsimDevice(Device):
+    """A device with no timing: runs complete synchronously; ``RunStats.cycles`` is None.
+
+    Timing registers (CYCLES_*, the timing counters of ``regs.COUNTERS``) read 0: the functional
+    simulator does not model time.
+    """
+
+    kind = "fsim"
+
+    def __init__(self, config: Config, mem_bytes: int = DEFAULT_MEM_BYTES):
+        super().__init__(config, mem_bytes)
+        # np.zeros maps untouched pages lazily, so a large device memory costs nothing up front.
+        self._dram = np.zeros(self.mem_bytes, np.uint8)
+        self.sim = FunctionalSimulator(config, self._dram, self.allocator.check_rows)
+        self._regs = {Reg.INSN_COUNT: 0, Reg.INSN_ADDR: 0}
+        self._status = 0
+        self._error = (0, 0)
+        self._counters: dict[str, int] = {}
+        self.last_error: DeviceError | None = None
+
+    def _mem_write(self, addr: int, data: bytes | np.ndarray) -> None:
+        src = np.frombuffer(data, np.uint8) if isinstance(data, bytes) else data
+        self._dram[addr:addr + src.size] = src
+
+    def _mem_read(self, addr: int, nbytes: int) -> bytes:
+        return self._dram[addr:addr + nbytes].tobytes()
+
+    def write_reg(self, offset: int, value: int) -> None:
+        self._check_open()
+        if offset in (Reg.INSN_COUNT, Reg.INSN_ADDR):
+            self._regs[Reg(offset)] = int(value) & 0xFFFFFFFF
+        elif offset == Reg.CONTROL:
+            if value & CONTROL_START:
+                try:
+                    self.run(self._regs[Reg.INSN_ADDR], self._regs[Reg.INSN_COUNT])
+                except DeviceError:
+                    pass  # recorded in the status/error registers, as on hardware
+        else:
+            raise DeviceError(f"register {offset:#x} is not writable")
+
+    def read_reg(self, offset: int) -> int:
+        self._check_open()
+        if offset == Reg.CONTROL:
+            return self._status
+        if offset in (Reg.INSN_COUNT, Reg.INSN_ADDR):
+            return self._regs[Reg(offset)]
+        if offset == Reg.ERROR_CODE:
+            return self._error[0]
+        if offset == Reg.ERROR_PC:
+            return self._error[1]
+        if offset in (Reg.CYCLES_LO, Reg.CYCLES_HI):
+            return 0
+        index = (offset - COUNTER_BASE) // 4
+        if offset % 4 == 0 and 0 <= index < len(COUNTERS):
+            return self._counters.get(COUNTERS[index][0], 0) & 0xFFFFFFFF
+        raise DeviceError(f"no register at offset {offset:#x}")
+
+    def _run(self, insn_addr: int, insn_count: int, timeout_cycles: int | None) -> RunStats:
+        self._regs[Reg.INSN_ADDR], self._regs[Reg.INSN_COUNT] = insn_addr, insn_count
+        self._status, self._error = 0, (0, 0)
+        t0 = time.perf_counter()
+        try:
+            counters = self.sim.run(insn_addr, insn_count)
+        except SimError as exc:
+            self._status = STATUS_DONE | STATUS_ERROR
+            if exc.code is not None:
+                self._error = (exc.code, exc.pc)
+            self.last_error = DeviceError(str(exc), code=exc.code, pc=exc.pc)
+            raise self.last_error from None
+        except DeviceError as exc:  # DMA outside allocated memory
+            self._status = STATUS_DONE | STATUS_ERROR
+            self.last_error = exc
+            raise
+        self._status = STATUS_DONE
+        self._counters = counters
+        stats = dict(counters)
+        stats.update({f"bytes_{k}": v for k, v in self.sim.bytes_by_type.items()})
+        return RunStats(cycles=None, counters=stats, wall_seconds=time.perf_counter() - t0)

@@ -1,0 +1,136 @@
+"""Race detection for the functional simulator (SPEC §5 "well synchronised").
+
+Every instruction carries the vector clock of its module at execution: entry ``m`` is how many
+instructions of module ``m`` are known (through tokens) to have completed. An earlier access by
+module ``m`` with local sequence number ``k`` is ordered before the current one exactly when
+``k <= clock[m]``. Accesses by the same module are ordered by program order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from tessera.config import Config
+from tessera.errors import SimError
+from tessera.isa import MemType
+
+LOAD, COMPUTE, STORE = 0, 1, 2
+_NAMES = ("load", "compute", "store")
+PcOf = Callable[[int, int], int]
+
+
+def _race(buffer: str, idx: np.ndarray, bad: np.ndarray, first: tuple[int, int, str],
+          second: tuple[int, int, str]) -> SimError:
+    hit = idx[bad] if idx.ndim else idx
+    lo, hi = int(hit.min()), int(hit.max())
+    (pc1, m1, act1), (pc2, m2, act2) = first, second
+    return SimError(
+        f"race on {buffer}[{lo}:{hi + 1}]: instruction {pc1} ({_NAMES[m1]} module, {act1}) and "
+        f"instruction {pc2} ({_NAMES[m2]} module, {act2}) are not ordered by dependency tokens"
+    )
+
+
+class SramShadow:
+    """Last-writer / last-reader sequence numbers of every shared SRAM element."""
+
+    def __init__(self, cfg: Config):
+        self.w = {MemType.INP: np.zeros(cfg.inp_depth, np.int64),
+                  MemType.WGT: np.zeros(cfg.wgt_depth, np.int64)}
+        self.r = {MemType.INP: np.zeros(cfg.inp_depth, np.int64),
+                  MemType.WGT: np.zeros(cfg.wgt_depth, np.int64)}
+        self.out_w = np.zeros(cfg.out_depth, np.int64)
+        self.out_r = np.zeros(cfg.out_depth, np.int64)
+
+    def load_write(self, mt: MemType, lo: int, hi: int, seq: int, vc: np.ndarray, pc: int,
+                   pc_of: PcOf) -> None:
+        readers = self.r[mt][lo:hi]
+        bad = readers > vc[COMPUTE]
+        if bad.any():
+            other = pc_of(COMPUTE, int(readers[bad].max()))
+            raise _race(mt.name, np.arange(lo, hi), bad, (other, COMPUTE, "reads"),
+                        (pc, LOAD, "writes"))
+        self.w[mt][lo:hi] = seq
+
+    def compute_read(self, mt: MemType, idx: np.ndarray, seq: int, vc: np.ndarray, pc: int,
+                     pc_of: PcOf) -> None:
+        writers = self.w[mt][idx]
+        top = int(writers.max())
+        if top > vc[LOAD]:
+            bad = writers > vc[LOAD]
+            raise _race(mt.name, idx, bad, (pc_of(LOAD, int(writers[bad].min())), LOAD,
+                                            "writes"), (pc, COMPUTE, "reads"))
+        self.r[mt][idx] = seq
+
+    def compute_write_out(self, idx: np.ndarray, seq: int, vc: np.ndarray, pc: int,
+                          pc_of: PcOf) -> None:
+        readers = self.out_r[idx]
+        top = int(readers.max())
+        if top > vc[STORE]:
+            bad = readers > vc[STORE]
+            raise _race("OUT", idx, bad, (pc_of(STORE, int(readers[bad].max())), STORE,
+                                          "reads"), (pc, COMPUTE, "writes"))
+        self.out_w[idx] = seq
+
+    def store_read(self, lo: int, hi: int, seq: int, vc: np.ndarray, pc: int,
+                   pc_of: PcOf) -> None:
+        writers = self.out_w[lo:hi]
+        bad = writers > vc[COMPUTE]
+        if bad.any():
+            other = pc_of(COMPUTE, int(writers[bad].max()))
+            raise _race("OUT", np.arange(lo, hi), bad, (other, COMPUTE, "writes"),
+                        (pc, STORE, "reads"))
+        self.out_r[lo:hi] = seq
+
+
+def rows_overlap(sa: np.ndarray, la: int, sb: np.ndarray, lb: int) -> bool:
+    """Whether rows ``[sa_i, sa_i+la)`` and ``[sb_j, sb_j+lb)`` share a byte (starts sorted)."""
+    if sa[0] >= sb[-1] + lb or sb[0] >= sa[-1] + la:
+        return False
+    lo = np.searchsorted(sb, sa - lb, side="right")
+    hi = np.searchsorted(sb, sa + la, side="left")
+    return bool((hi > lo).any())
+
+
+class DramRaceTracker:
+    """DRAM conflicts between STORE writes and LOAD reads of the load or compute module."""
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[int, np.ndarray, int, int, str]] = []
+        self.reads: dict[int, list[tuple[int, np.ndarray, int, int, str]]] = {LOAD: [],
+                                                                               COMPUTE: []}
+        self.wptr = {LOAD: 0, COMPUTE: 0}
+        self.rptr = {LOAD: 0, COMPUTE: 0}
+
+    def read(self, module: int, seq: int, vc: np.ndarray, starts: np.ndarray, length: int,
+             pc: int, what: str, pc_of: PcOf) -> None:
+        writes, p = self.writes, self.wptr[module]
+        while p < len(writes) and writes[p][0] <= vc[STORE]:
+            p += 1
+        self.wptr[module] = p
+        for wseq, wstarts, wlen, wpc, wwhat in writes[p:]:
+            if rows_overlap(starts, length, wstarts, wlen):
+                raise SimError(
+                    f"race on DRAM: instruction {wpc} (store module, {wwhat}) writes bytes that "
+                    f"instruction {pc} ({_NAMES[module]} module, {what}) reads, and no "
+                    f"dependency tokens order them")
+        self.reads[module].append((seq, starts, length, pc, what))
+
+    def write(self, seq: int, vc: np.ndarray, starts: np.ndarray, length: int, pc: int,
+              what: str, pc_of: PcOf) -> None:
+        for m in (LOAD, COMPUTE):
+            reads, p = self.reads[m], self.rptr[m]
+            while p < len(reads) and reads[p][0] <= vc[m]:
+                p += 1
+            if p > 4096:  # drop records every later store is ordered after
+                del reads[:p]
+                p = 0
+            self.rptr[m] = p
+            for rseq, rstarts, rlen, rpc, rwhat in reads[p:]:
+                if rows_overlap(starts, length, rstarts, rlen):
+                    raise SimError(
+                        f"race on DRAM: instruction {pc} (store module, {what}) writes bytes "
+                        f"that instruction {rpc} ({_NAMES[m]} module, {rwhat}) reads, and no "
+                        f"dependency tokens order them")
+        self.writes.append((seq, starts, length, pc, what))
