@@ -12,14 +12,20 @@ ratio to the numpy reference's rate, measured in the same run.
 
 from __future__ import annotations
 
-import argparse
-import time
+import os
 
-import numpy as np
+# One core: the figure is the simulator's, not a multi-threaded BLAS's.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 
-from tessera.config import Config
-from tessera.driver import open_device
-from tessera.isa import (
+import argparse  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from tessera.config import Config  # noqa: E402
+from tessera.driver import open_device  # noqa: E402
+from tessera.isa import (  # noqa: E402
     AluInsn,
     AluOp,
     FinishInsn,

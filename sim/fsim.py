@@ -25,7 +25,7 @@ from tessera.config import Config
 from tessera.errors import SimError
 from tessera.isa import INSN_BYTES, AluOp, MemType, Opcode, extract, extract_uops, layout
 from tessera.regs import ERROR_TEXT, ErrorCode
-from tessera.sim.gemm_kernel import gemm_accumulate
+from tessera.sim.gemm_kernel import gemm_accumulate, gemm_folded
 from tessera.sim.races import DramRaceTracker, SramShadow
 
 __all__ = ["FunctionalSimulator", "LOAD", "COMPUTE", "STORE", "MODULE_NAMES"]
@@ -369,7 +369,17 @@ class FunctionalSimulator:
         self.shadow.compute_read(MemType.INP, x, seq, vc, pc, self._pc_of)
         self.shadow.compute_read(MemType.WGT, w, seq, vc, pc, self._pc_of)
         self.shadow.compute_write_out(a, seq, vc, pc, self._pc_of)
-        touched = gemm_accumulate(self.acc, self.inp, self.wgt, a, x, w)
+        f = self.prog.f
+        if f["dst_factor_out"][pc] == 0 and f["dst_factor_in"][pc] == 0:
+            bgn, end = f["uop_bgn"][pc], f["uop_end"][pc]
+            i = np.arange(f["iter_out"][pc], dtype=np.int64)[:, None]
+            j = np.arange(f["iter_in"][pc], dtype=np.int64)[None, :]
+            src_off = (i * f["src_factor_out"][pc] + j * f["src_factor_in"][pc]).reshape(-1)
+            wgt_off = (i * f["wgt_factor_out"][pc] + j * f["wgt_factor_in"][pc]).reshape(-1)
+            ud, us, uw = (v[bgn:end] for v in self._uop_fields)
+            touched = gemm_folded(self.acc, self.inp, self.wgt, ud, us, uw, src_off, wgt_off)
+        else:
+            touched = gemm_accumulate(self.acc, self.inp, self.wgt, a, x, w)
         self.out[touched] = self.acc[touched].astype(np.int8)
         self.counters["gemm_steps"] += a.size
 
