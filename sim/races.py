@@ -109,7 +109,7 @@ class DramRaceTracker:
         while p < len(writes) and writes[p][0] <= vc[STORE]:
             p += 1
         self.wptr[module] = p
-        for wseq, wstarts, wlen, wpc, wwhat in writes[p:]:
+        for _wseq, wstarts, wlen, wpc, wwhat in writes[p:]:
             if rows_overlap(starts, length, wstarts, wlen):
                 raise SimError(
                     f"race on DRAM: instruction {wpc} (store module, {wwhat}) writes bytes that "
@@ -127,7 +127,7 @@ class DramRaceTracker:
                 del reads[:p]
                 p = 0
             self.rptr[m] = p
-            for rseq, rstarts, rlen, rpc, rwhat in reads[p:]:
+            for _rseq, rstarts, rlen, rpc, rwhat in reads[p:]:
                 if rows_overlap(starts, length, rstarts, rlen):
                     raise SimError(
                         f"race on DRAM: instruction {pc} (store module, {what}) writes bytes "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from enum import IntEnum
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -135,7 +135,7 @@ class Layout:
         raise KeyError(f"{fmt} has no field {name!r}")
 
 
-@lru_cache(maxsize=None)
+@cache
 def layout(cfg: Config) -> Layout:
     """The field tables for ``cfg`` (SPEC §3)."""
     du, di, dw, da = cfg.log_uop_depth, cfg.log_inp_depth, cfg.log_wgt_depth, cfg.log_acc_depth

@@ -7,14 +7,14 @@ import dataclasses
 import numpy as np
 import pytest
 from spec_ref import run_reference
+from tessera.driver import open_device
+from tessera.sim.fsim import COMPUTE, LOAD, STORE
+from tessera.sim.progen import Segment, build_program, random_program
 
 from tessera.config import Config
-from tessera.driver import open_device
 from tessera.errors import DeviceError
 from tessera.isa import AluInsn, AluOp, FinishInsn, GemmInsn, MemInsn, MemType, Opcode, Uop
 from tessera.regs import Reg
-from tessera.sim.fsim import COMPUTE, LOAD, STORE
-from tessera.sim.progen import Segment, build_program, random_program
 
 TINY = Config.preset("tiny")
 
@@ -63,8 +63,9 @@ def test_results_do_not_depend_on_program_order():
 
 
 def _tiny_program(insns_of, extra=()):
-    segs = [Segment("inp", 4096, bytes(range(256)) * 16), Segment("wgt", 4096,
-            bytes((i * 7 + 3) % 256 for i in range(256)) * 16), Segment("uop", 4096), Segment("out", 4096, output=True)]
+    wgt = bytes((i * 7 + 3) % 256 for i in range(256)) * 16
+    segs = [Segment("inp", 4096, bytes(range(256)) * 16), Segment("wgt", 4096, wgt),
+            Segment("uop", 4096), Segment("out", 4096, output=True)]
     segs += list(extra)
     return build_program(TINY, segs, insns_of)
 
@@ -205,7 +206,8 @@ def test_gemm_reading_unsynchronised_input_is_a_race():
 
 def test_store_without_token_is_a_race_on_out():
     prog = _tiny_program(lambda s: _with(_with(_good(s), 4, pop_prev=0), 3, push_next=0))
-    with pytest.raises(DeviceError, match=r"race on OUT\[0:1\]: instruction 3 \(compute module, writes\) and instruction 4 \(store module, reads\)"):
+    with pytest.raises(DeviceError, match=r"race on OUT\[0:1\]: instruction 3 \(compute module, "
+                                          r"writes\) and instruction 4 \(store module, reads\)"):
         _run(prog)
 
 
