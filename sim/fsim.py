@@ -20,13 +20,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from tessera.sim.gemm_kernel import gemm_accumulate, gemm_folded
-from tessera.sim.races import DramRaceTracker, SramShadow
 
 from tessera.config import Config
 from tessera.errors import SimError
 from tessera.isa import INSN_BYTES, AluOp, MemType, Opcode, extract, extract_uops, layout
 from tessera.regs import ERROR_TEXT, ErrorCode
+from tessera.sim.gemm_kernel import gemm_accumulate, gemm_folded
+from tessera.sim.races import DramRaceTracker, SramShadow
 
 __all__ = ["FunctionalSimulator", "LOAD", "COMPUTE", "STORE", "MODULE_NAMES"]
 
