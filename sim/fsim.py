@@ -261,11 +261,14 @@ class FunctionalSimulator:
             return  # spec-notes 3: synchronisation only
         cfg = self.cfg
         starts, length = self._rows(pc, mt)
-        what = self._dma_what(pc)
-        if self.dma_check is not None:
-            self.dma_check(starts, length, what)
-        self.dram_races.read(module, seq, vc, starts, length, pc, what, self._pc_of)
-        raw = self._gather(starts, length, f["x_stride"][pc] * self._elem[mt])
+        if ys:
+            what = self._dma_what(pc)
+            if self.dma_check is not None:
+                self.dma_check(starts, length, what)
+            self.dram_races.read(module, seq, vc, starts, length, pc, what, self._pc_of)
+            raw = self._gather(starts, length, f["x_stride"][pc] * self._elem[mt])
+        else:  # only padding rows
+            raw = np.zeros((0, length), np.uint8)
         self.counters["dram_read_bytes"] += ys * length
         self.bytes_by_type[mt.name.lower()] += ys * length
         b, bi, bo = cfg.batch, cfg.block_in, cfg.block_out

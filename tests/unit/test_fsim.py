@@ -7,14 +7,14 @@ import dataclasses
 import numpy as np
 import pytest
 from spec_ref import run_reference
-from tessera.driver import open_device
-from tessera.sim.fsim import COMPUTE, LOAD, STORE
-from tessera.sim.progen import Segment, build_program, random_program
 
 from tessera.config import Config
+from tessera.driver import open_device
 from tessera.errors import DeviceError
 from tessera.isa import AluInsn, AluOp, FinishInsn, GemmInsn, MemInsn, MemType, Opcode, Uop
 from tessera.regs import Reg
+from tessera.sim.fsim import COMPUTE, LOAD, STORE
+from tessera.sim.progen import Segment, build_program, random_program
 
 TINY = Config.preset("tiny")
 
@@ -300,3 +300,26 @@ def test_folded_and_general_gemm_kernels_agree():
             want[ak] += inp[xk].astype(np.int64) @ wgt[wk].T.astype(np.int64)
         want = want.astype(np.int32)
         assert np.array_equal(a1, want) and np.array_equal(a2, want)
+
+
+def test_load_of_padding_rows_only():
+    """y_size 0 with padding writes zero rows and reads no DRAM."""
+    def insns(s):
+        return [
+            MemInsn(opcode=Opcode.LOAD, memory_type=MemType.ACC_8BIT, sram_base=0,
+                    dram_base=s["inp"].addr // 4, y_size=2, x_size=3, x_stride=3),
+            MemInsn(opcode=Opcode.LOAD, memory_type=MemType.ACC_8BIT, sram_base=0,
+                    dram_base=s["inp"].addr // 4, y_size=0, x_size=3, x_stride=3, y_pad_0=1,
+                    x_pad_1=1),
+            AluInsn(uop_bgn=0, uop_end=1, iter_out=8, dst_factor_out=1, alu_opcode=AluOp.ADD,
+                    use_imm=1, imm=0, push_next=1),
+            MemInsn(opcode=Opcode.STORE, memory_type=MemType.OUT, dram_base=s["out"].addr // 4,
+                    y_size=1, x_size=8, x_stride=8, pop_prev=1),
+            FinishInsn(),
+        ]
+    prog = _tiny_program(insns)
+    _, stats, (out,) = _run(prog)
+    assert out == run_reference(prog)[0]
+    vals = np.frombuffer(out[:32], np.int8).reshape(8, 4)
+    assert (vals[:4] == 0).all() and (vals[4:6] != 0).any()
+    assert stats.counters["dram_read_bytes"] == 2 * 3 * 4
