@@ -1,0 +1,83 @@
+"""The LLVM engine: compilation caches (memory and disk), IR round trip, host code quality."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tessera.compiler import cpu_kernels
+from tessera.compiler.cpu_kernels import CpuKernel
+from tessera.compiler.llvm_jit import Engine
+from tessera.errors import CompileError
+
+SPECS = [((3, 40), "float32"), ((40,), "float32")]
+
+
+def test_second_get_does_not_recompile(tmp_path):
+    engine = Engine(cache_dir=tmp_path)
+    cpu_kernels.clear_cache()
+    k1 = cpu_kernels.get("Mul", {}, SPECS, engine=engine)
+    assert engine.stats.compiles == 1
+    k2 = cpu_kernels.get("Mul", {}, SPECS, engine=engine)
+    assert k2 is k1 and engine.stats.compiles == 1
+    # Even with the kernel cache cleared, the engine finds the IR in memory.
+    cpu_kernels.clear_cache()
+    k3 = cpu_kernels.get("Mul", {}, SPECS, engine=engine)
+    assert engine.stats.compiles == 1 and engine.stats.memory_hits == 1
+    a, b = np.full((3, 40), 3, np.float32), np.full(40, 2, np.float32)
+    np.testing.assert_array_equal(k3(a, b)[0], 6)
+    # A different specialisation is a different kernel.
+    cpu_kernels.get("Mul", {}, [((3, 41), "float32"), ((41,), "float32")], engine=engine)
+    assert engine.stats.compiles == 2
+
+
+def test_disk_cache_is_used_by_a_new_engine(tmp_path):
+    cpu_kernels.clear_cache()
+    first = Engine(cache_dir=tmp_path)
+    cpu_kernels.get("Softmax", {"axis": 1}, [((4, 9, 3), "float32")], engine=first)
+    assert first.stats.compiles == 1
+    assert len(list(tmp_path.rglob("*.o"))) == 1
+    second = Engine(cache_dir=tmp_path)
+    kernel = cpu_kernels.get("Softmax", {"axis": 1}, [((4, 9, 3), "float32")], engine=second)
+    assert second.stats.compiles == 0 and second.stats.disk_hits == 1
+    y = kernel(np.zeros((4, 9, 3), np.float32))[0]
+    np.testing.assert_allclose(y, 1 / 9, rtol=1e-6)
+
+
+def test_damaged_cache_file_is_rebuilt(tmp_path):
+    cpu_kernels.clear_cache()
+    first = Engine(cache_dir=tmp_path)
+    cpu_kernels.get("Relu", {}, [((5,), "float32")], engine=first)
+    (obj,) = tmp_path.rglob("*.o")
+    obj.write_bytes(b"not an object file")
+    second = Engine(cache_dir=tmp_path)
+    with pytest.warns(UserWarning, match="damaged"):
+        kernel = cpu_kernels.get("Relu", {}, [((5,), "float32")], engine=second)
+    assert second.stats.compiles == 1
+    x = np.array([-1, 2, -3, 4, 0], np.float32)
+    np.testing.assert_array_equal(kernel(x)[0], [0, 2, 0, 4, 0])
+    assert obj.read_bytes() != b"not an object file"
+
+
+def test_from_ir_round_trip(tmp_path):
+    engine = Engine(cache_dir=tmp_path)
+    kernel = cpu_kernels.get("MaxPool", {"kernel_shape": [2, 2], "strides": [2, 2]},
+                             [((1, 2, 6, 6), "int8")], engine=engine)
+    fresh = Engine(cache_dir=tmp_path / "other")
+    again = CpuKernel.from_ir(kernel.ir, kernel.name, kernel.in_specs, kernel.out_specs,
+                              engine=fresh)
+    assert fresh.stats.compiles == 1
+    x = np.random.default_rng(30).integers(-128, 128, (1, 2, 6, 6), dtype=np.int8)
+    np.testing.assert_array_equal(again(x)[0], kernel(x)[0])
+    with pytest.raises(CompileError, match="does not define"):
+        CpuKernel.from_ir(kernel.ir, "nope", kernel.in_specs, kernel.out_specs, engine=fresh)
+    with pytest.raises(CompileError, match="invalid LLVM IR"):
+        CpuKernel.from_ir("define void @f( {", "f", [], [], engine=fresh)
+
+
+def test_code_is_vectorised_for_the_host(tmp_path):
+    engine = Engine(cache_dir=tmp_path)
+    kernel = cpu_kernels.get("Add", {}, [((1024,), "float32"), ((1024,), "float32")],
+                             engine=engine)
+    opt = engine.optimised_ir(kernel.ir)
+    assert "<4 x float>" in opt or "<8 x float>" in opt or "<16 x float>" in opt
