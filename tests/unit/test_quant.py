@@ -1,0 +1,248 @@
+"""Quantisation: integer epilogue exactness, overflow freedom, SQNR report, and end-to-end
+error against onnxruntime's static int8 quantiser (QDQ, per-channel)."""
+
+import os
+import tempfile
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from tessera.compiler import reference, zoo
+from tessera.compiler.frontend import import_onnx
+from tessera.compiler.ir import GraphBuilder
+from tessera.compiler.quantize import (
+    make_epilogue,
+    quantize,
+    quantize_weight,
+    threshold_mse,
+    threshold_percentile,
+)
+from tessera.compiler.reference import (
+    Epilogue,
+    alu,
+    apply_epilogue,
+    rounding_shift,
+    rounding_shift_steps,
+)
+
+
+def _round_half_up_shift(v, s):
+    return np.floor_divide(v + (1 << (s - 1)), 1 << s) if s else v
+
+
+def test_rounding_shift_exact_for_all_shifts():
+    rng = np.random.default_rng(0)
+    v = rng.integers(-(1 << 31), (1 << 31) - (1 << 30), 20000, dtype=np.int64)
+    for s in range(0, 32):
+        steps = rounding_shift_steps(s)
+        assert all(-(1 << 15) <= imm < (1 << 15) for op, imm in steps if op == "ADD")
+        assert all(0 <= imm <= 31 for op, imm in steps if op == "SHR")
+        np.testing.assert_array_equal(rounding_shift(v, s), _round_half_up_shift(v, s))
+
+
+def test_alu_wraps_like_int32():
+    assert alu("ADD", np.int64(2**31 - 1), 1) == -(2**31)
+    assert alu("MUL", np.int64(1 << 20), 1 << 12) == 0
+    assert alu("SHR", np.int64(-5), 1) == -3 and alu("SHR", np.int64(3), -2) == 12
+
+
+@pytest.mark.parametrize("ratio,bound", [(1e-3, 1 << 20), (3e-5, 1 << 26), (0.7, 2000),
+                                         (2e-7, 1 << 29)])
+def test_epilogue_is_accurate_and_never_overflows(ratio, bound):
+    rng = np.random.default_rng(1)
+    ratios = ratio * rng.uniform(0.3, 1.0, 8)
+    epi = make_epilogue(ratios, bound)
+    acc = rng.integers(-bound, bound + 1, (64, 8), dtype=np.int64)
+    acc[0], acc[1] = bound, -bound
+    # every intermediate stays in int32: replay the steps without wrapping
+    v = acc.copy()
+    for st in epi.alu_steps()[:-2]:
+        op = st.operand if isinstance(st.operand, int) else st.operand.reshape(1, -1)
+        v = {"SHR": lambda a, b: a >> b, "ADD": lambda a, b: a + b,
+             "MUL": lambda a, b: a * b}[st.opcode](v, op)
+        assert np.abs(v).max() < 2**31
+    got = apply_epilogue(acc, epi).astype(np.int64)
+    want = np.clip(np.rint(acc * ratios), -128, 127)
+    in_range = np.abs(acc * ratios) < 127
+    assert np.abs(got - want)[in_range].max() <= 1
+
+
+def test_residual_epilogue_matches_real_arithmetic():
+    rng = np.random.default_rng(2)
+    ratios, rr, bound = 2e-4 * rng.uniform(0.5, 1, 6), 0.8, 1 << 21
+    epi = make_epilogue(ratios, bound, 0, 127, residual_ratio=rr)
+    assert epi.res_mult is not None and epi.final_shift > 0
+    acc = rng.integers(-bound // 8, bound // 8, (100, 6))
+    r = rng.integers(-128, 128, (100, 6)).astype(np.int8)
+    got = apply_epilogue(acc, epi, r).astype(np.int64)
+    want = np.clip(np.rint(acc * ratios + r * rr), 0, 127)
+    assert np.abs(got - want).max() <= 1
+    assert [s.branch for s in epi.alu_steps()].count("combine") == 1
+
+
+def test_weight_quantisation_per_channel():
+    w = np.random.default_rng(3).standard_normal((4, 3, 3, 3)).astype(np.float32)
+    w[2] *= 100
+    q, s = quantize_weight(w)
+    assert q.dtype == np.int8 and np.abs(q).max(axis=(1, 2, 3)).tolist() == [127] * 4
+    np.testing.assert_allclose(s, np.abs(w).reshape(4, -1).max(1) / 127, rtol=1e-6)
+
+
+def test_thresholds_clip_outliers():
+    rng = np.random.default_rng(4)
+    x = np.abs(rng.standard_normal(200000))
+    x[:1] = 40.0
+
+    def mse(t):
+        step = t / 127
+        return np.mean((x - np.minimum(np.round(x / step), 127) * step) ** 2)
+
+    assert threshold_percentile(x, 40.0, 99.99) < 6
+    t = threshold_mse(x, 40.0)
+    assert t < 30 and mse(t) < 0.5 * mse(40.0)
+
+
+def test_qconv_matches_explicit_integer_pipeline():
+    rng = np.random.default_rng(5)
+    b = GraphBuilder()
+    x = b.input("x", (1, 6, 7, 7))
+    c = b.node("conv2d", [x, b.const("w", rng.standard_normal((4, 3, 3, 3)).astype(np.float32)),
+                          b.const("b", rng.standard_normal(4).astype(np.float32))],
+               pads=(1, 1, 1, 1), strides=(2, 2), groups=2, act="relu")
+    g = b.build([c])
+    cal = [{"x": rng.standard_normal((1, 6, 7, 7)).astype(np.float32)} for _ in range(4)]
+    qm = quantize(g, cal)
+    qconv = next(n for n in qm.graph.nodes if n.op == "qconv2d")
+    env = reference.run(qm.graph, cal[0], all_tensors=True)
+    xq, wq, bq = (env[i] for i in qconv.inputs[:3])
+    acc = np.zeros((1, 4, 4, 4), np.int64)
+    xp = np.pad(xq.astype(np.int64), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    for o in range(4):
+        gi = o // 2  # 2 output channels per group, 3 input channels per group
+        for i in range(4):
+            for j in range(4):
+                patch = xp[0, gi * 3:(gi + 1) * 3, 2 * i:2 * i + 3, 2 * j:2 * j + 3]
+                acc[0, o, i, j] = (patch * wq[o].astype(np.int64)).sum() + bq[o]
+    epi: Epilogue = qconv.attrs["epilogue"]
+    v = acc
+    for st in epi.alu_steps():
+        op = st.operand if isinstance(st.operand, int) else st.operand.reshape(1, -1, 1, 1)
+        v = alu(st.opcode, v, op)
+    np.testing.assert_array_equal(v.astype(np.int8), env[qconv.outputs[0]])
+    assert env[qconv.outputs[0]].min() >= 0  # relu clip
+
+
+def test_report_has_sqnr_per_layer():
+    m = zoo.resnet_tiny()
+    g = import_onnx(m)
+    rng = np.random.default_rng(6)
+    cal = [{"input": rng.standard_normal((1, 3, 32, 32)).astype(np.float32)} for _ in range(4)]
+    qm = quantize(g, cal)
+    rep = qm.report(cal[0])
+    ops = [layer.op for layer in rep.layers]
+    assert ops.count("qconv2d") == 11 and "qdense" in ops and "qglobal_avgpool" in ops
+    assert all(layer.sqnr_db > 15 for layer in rep.layers)
+    assert rep.output_sqnr_db["output"] > 10
+    assert "SQNR dB" in rep.table()
+
+
+# -- comparison with onnxruntime's static quantiser -----------------------------------------
+
+def _seeded_cnn(seed):
+    """conv/BN/residual/concat/depthwise/avgpool/MLP/softmax with odd channels and strides."""
+    rng = np.random.default_rng(seed)
+    inits, nodes = [], []
+
+    def init(v, name):
+        inits.append(numpy_helper.from_array(np.asarray(v, np.float32), name))
+        return name
+
+    def conv(x, cin, cout, k, s, g, name, relu=True):
+        w = rng.standard_normal((cout, cin // g, k, k)) * np.sqrt(2 / (cin // g * k * k))
+        nodes.append(helper.make_node("Conv", [x, init(w, name + "_w")], [name + "_c"],
+                                      kernel_shape=[k, k], strides=[s, s], pads=[k // 2] * 4,
+                                      group=g))
+        bn = [rng.uniform(.5, 1.5, cout), rng.normal(0, .2, cout), rng.normal(0, .2, cout),
+              rng.uniform(.5, 1.5, cout)]
+        nodes.append(helper.make_node("BatchNormalization", [name + "_c"] + [
+            init(v, f"{name}_bn{k}") for k, v in enumerate(bn)], [name + "_b"]))
+        if not relu:
+            return name + "_b"
+        nodes.append(helper.make_node("Relu", [name + "_b"], [name]))
+        return name
+
+    x = conv("input", 3, 11, 3, 2, 1, "stem")
+    a = conv(x, 11, 11, 3, 1, 11, "dw")
+    a = conv(a, 11, 11, 1, 1, 1, "pw", relu=False)
+    nodes.append(helper.make_node("Add", [a, x], ["res"]))
+    nodes.append(helper.make_node("Relu", ["res"], ["res_r"]))
+    p = conv("res_r", 11, 9, 3, 2, 1, "b1")
+    q = conv("res_r", 11, 6, 1, 2, 1, "b2")
+    nodes.append(helper.make_node("Concat", [p, q], ["cat"], axis=1))
+    nodes.append(helper.make_node("AveragePool", ["cat"], ["ap"], kernel_shape=[2, 2],
+                                  strides=[2, 2]))
+    nodes.append(helper.make_node("Flatten", ["ap"], ["flat"]))
+    feat = 15 * 4 * 4
+    nodes.append(helper.make_node("Gemm", ["flat", init(rng.standard_normal((24, feat)) *
+                                                         np.sqrt(2 / feat), "fc1"),
+                                           init(rng.normal(0, .1, 24), "fc1b")], ["h"],
+                                  transB=1))
+    nodes.append(helper.make_node("Relu", ["h"], ["hr"]))
+    nodes.append(helper.make_node("Gemm", ["hr", init(rng.standard_normal((10, 24)) *
+                                                       np.sqrt(2 / 24), "fc2"),
+                                           init(rng.normal(0, .1, 10), "fc2b")], ["logits"],
+                                  transB=1))
+    nodes.append(helper.make_node("Softmax", ["logits"], ["output"], axis=-1))
+    g = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info(
+        "input", TensorProto.FLOAT, [1, 3, 32, 32])], [helper.make_tensor_value_info(
+            "output", TensorProto.FLOAT, [1, 10])], initializer=inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    return m
+
+
+class _Reader:
+    def __init__(self, batches):
+        self.it = iter(batches)
+
+    def get_next(self):
+        return next(self.it, None)
+
+
+def _ort_int8(m, batches):
+    from onnxruntime.quantization import QuantFormat, quantize_static
+    with tempfile.TemporaryDirectory() as d:
+        fp, qp = os.path.join(d, "f.onnx"), os.path.join(d, "q.onnx")
+        onnx.save(m, fp)
+        quantize_static(fp, qp, _Reader(batches), quant_format=QuantFormat.QDQ,
+                        per_channel=True)
+        return ort.InferenceSession(qp, providers=["CPUExecutionProvider"])
+
+
+def _relative_errors(m, seed):
+    g = import_onnx(m)
+    shape = g.tensors["input"].shape
+    rng = np.random.default_rng(seed)
+    cal = [{"input": rng.standard_normal(shape).astype(np.float32)} for _ in range(16)]
+    test = [{"input": rng.standard_normal(shape).astype(np.float32)} for _ in range(24)]
+    fs = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    f = np.concatenate([fs.run(None, t)[0] for t in test])
+    den = np.linalg.norm(f - f.mean(axis=0))
+    qs = _ort_int8(m, cal)
+    o = np.concatenate([qs.run(None, t)[0] for t in test])
+    qm = quantize(g, cal)
+    q = np.concatenate([qm.run(t)["output"] for t in test])
+    return np.linalg.norm(q - f) / den, np.linalg.norm(o - f) / den
+
+
+@pytest.mark.parametrize("build", [lambda: _seeded_cnn(7), lambda: _seeded_cnn(8),
+                                   zoo.small_cnn, zoo.mobilenet_tiny],
+                         ids=["cnn7", "cnn8", "small_cnn", "mobilenet_tiny"])
+def test_error_no_worse_than_onnxruntime_static_int8(build):
+    ours, theirs = _relative_errors(build(), seed=11)
+    print(f"relative output error: ours {ours:.4f}, onnxruntime {theirs:.4f}")
+    assert ours <= 1.25 * theirs
