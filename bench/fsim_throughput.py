@@ -22,9 +22,9 @@ import argparse  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
-from tessera.driver import open_device  # noqa: E402
 
 from tessera.config import Config  # noqa: E402
+from tessera.driver import open_device  # noqa: E402
 from tessera.isa import (  # noqa: E402
     AluInsn,
     AluOp,

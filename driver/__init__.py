@@ -5,10 +5,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from tessera.config import Config
 from tessera.driver.alloc import Buffer
 from tessera.driver.base import Device, RunStats
-
-from tessera.config import Config
 from tessera.errors import DeviceError
 
 __all__ = ["open_device", "Device", "Buffer", "RunStats", "DeviceError", "BACKENDS"]

@@ -6,9 +6,9 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 import numpy as np
-from tessera.driver.alloc import Allocator, Buffer
 
 from tessera.config import Config
+from tessera.driver.alloc import Allocator, Buffer
 from tessera.errors import DeviceError
 from tessera.isa import INSN_BYTES
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from tessera.driver.base import DEFAULT_MEM_BYTES, Device, RunStats
-from tessera.sim.fsim import FunctionalSimulator
 
 from tessera.config import Config
+from tessera.driver.base import DEFAULT_MEM_BYTES, Device, RunStats
 from tessera.errors import DeviceError, SimError
 from tessera.regs import (
     CONTROL_START,
@@ -18,6 +17,7 @@ from tessera.regs import (
     STATUS_ERROR,
     Reg,
 )
+from tessera.sim.fsim import FunctionalSimulator
 
 __all__ = ["FsimDevice"]
 

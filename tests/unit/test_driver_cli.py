@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tessera.driver import BACKENDS, open_device
 
 from tessera import isa
 from tessera.cli import main
 from tessera.config import Config
+from tessera.driver import BACKENDS, open_device
 from tessera.errors import DeviceError
 from tessera.isa import FinishInsn, GemmInsn
 
