@@ -32,7 +32,13 @@ from typing import Any
 
 import numpy as np
 
-from tessera.compiler import cpu_kernels_data, cpu_kernels_eltwise, cpu_kernels_nn
+from tessera.compiler import (
+    cpu_kernels_data,
+    cpu_kernels_eltwise,
+    cpu_kernels_misc,
+    cpu_kernels_nn,
+    cpu_kernels_quant,
+)
 from tessera.compiler.cpu_kernels_ir import Spec
 from tessera.compiler.llvm_jit import CompiledFunction, Engine, default_engine
 from tessera.errors import CompileError
@@ -45,6 +51,8 @@ _GENERATORS: dict[str, Generator] = {
     **cpu_kernels_nn.GENERATORS,
     **cpu_kernels_eltwise.GENERATORS,
     **cpu_kernels_data.GENERATORS,
+    **cpu_kernels_quant.GENERATORS,
+    **cpu_kernels_misc.GENERATORS,
 }
 
 _SUPPORTED_DTYPES = ("float32", "int8", "int32")

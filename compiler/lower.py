@@ -202,8 +202,6 @@ class _Lowering:
         g = self.g
         for name in g.inputs:
             self._add_slot(name, "nchw")
-        for name in g.constants:
-            pass  # constants live in params only when an accelerator layer needs them
         for node in g.nodes:
             if _accel_capable(g, node) is None:
                 self.accel(node)
