@@ -1,0 +1,101 @@
+"""The load module (SPEC §5): LOADs of INP and WGT from DRAM into the compute module's buffers.
+
+Per instruction: pop a C2L token if ``pop_next``, run the 2-D padded DMA, push an L2C token if
+``push_next`` (stalling while L2C is full). A LOAD with ``x_size == 0`` only synchronises.
+"""
+
+from __future__ import annotations
+
+from amaranth import Module, Mux, Signal
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from tessera.config import Config
+from tessera.errors import HwError
+from tessera.hw.axi import read_client_signature
+from tessera.hw.dma import RowLoader, Target
+from tessera.hw.insn import Cmd, fields
+from tessera.hw.queues import TokenSignature
+from tessera.isa import MemType, layout
+
+__all__ = ["LoadModule"]
+
+
+def _log2(x: int) -> int:
+    return x.bit_length() - 1
+
+
+class LoadModule(wiring.Component):
+    """Executes the load command queue; writes the input and weight buffers."""
+
+    def __init__(self, cfg: Config):
+        if not isinstance(cfg, Config):
+            raise HwError(f"cfg must be a Config, not {cfg!r}")
+        self._cfg = cfg
+        bus = cfg.mem_bus_bits
+        e_inp, e_wgt = cfg.inp_elem_bytes * 8, cfg.wgt_elem_bytes * 8
+        super().__init__({
+            "cmd": In(stream.Signature(Cmd)),
+            "rd": Out(read_client_signature(bus)),
+            "c2l": In(TokenSignature),
+            "l2c": Out(TokenSignature),
+            "inp_waddr": Out(16), "inp_wdata": Out(e_inp), "inp_wen": Out(e_inp // min(e_inp, bus)),
+            "wgt_waddr": Out(16), "wgt_wdata": Out(e_wgt), "wgt_wen": Out(e_wgt // min(e_wgt, bus)),
+            "busy": Out(1), "retire": Out(1), "read_bytes": Out(16),
+        })
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        cfg = self._cfg
+        bus = cfg.mem_bus_bits
+        e_inp, e_wgt = cfg.inp_elem_bytes * 8, cfg.wgt_elem_bytes * 8
+        m.submodules.loader = loader = RowLoader(cfg, [
+            Target(e_inp, e_inp, min(e_inp, bus)), Target(e_wgt, e_wgt, min(e_wgt, bus))])
+        wiring.connect(m, wiring.flipped(self.rd), loader.rd)
+        m.d.comb += [
+            self.inp_waddr.eq(loader.wr_addr), self.inp_wdata.eq(loader.wr0_data),
+            self.inp_wen.eq(loader.wr0_en),
+            self.wgt_waddr.eq(loader.wr_addr), self.wgt_wdata.eq(loader.wr1_data),
+            self.wgt_wen.eq(loader.wr1_en), self.read_bytes.eq(loader.read_bytes),
+        ]
+
+        insn = Signal(128)
+        mf = fields(insn, layout(cfg).mem)
+        is_wgt = mf.memory_type == MemType.WGT
+        shift = Signal(4)
+        m.d.comb += shift.eq(Mux(is_wgt, _log2(cfg.wgt_elem_bytes), _log2(cfg.inp_elem_bytes)))
+        lc = loader.cmd.payload
+        m.d.comb += [
+            lc.target.eq(is_wgt), lc.sram_base.eq(mf.sram_base),
+            lc.addr.eq(mf.dram_base << shift), lc.stride.eq(mf.x_stride << shift),
+            lc.x_size.eq(mf.x_size), lc.y_size.eq(mf.y_size),
+            lc.y_pad_0.eq(mf.y_pad_0), lc.y_pad_1.eq(mf.y_pad_1),
+            lc.x_pad_0.eq(mf.x_pad_0), lc.x_pad_1.eq(mf.x_pad_1),
+        ]
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += self.cmd.ready.eq(1)
+                with m.If(self.cmd.valid):
+                    m.d.sync += insn.eq(self.cmd.payload.insn)
+                    m.next = "POP"
+            with m.State("POP"):
+                with m.If(~mf.pop_next | self.c2l.valid):
+                    m.d.comb += self.c2l.ready.eq(mf.pop_next)
+                    m.next = "EXEC"
+            with m.State("EXEC"):
+                m.d.comb += self.busy.eq(1)
+                with m.If(mf.x_size == 0):
+                    m.next = "PUSH"
+                with m.Else():
+                    m.d.comb += loader.cmd.valid.eq(1)
+                    with m.If(loader.cmd.ready):
+                        m.next = "WAIT"
+            with m.State("WAIT"):
+                m.d.comb += self.busy.eq(1)
+                with m.If(~loader.busy):
+                    m.next = "PUSH"
+            with m.State("PUSH"):
+                with m.If(~mf.push_next | self.l2c.ready):
+                    m.d.comb += [self.l2c.valid.eq(mf.push_next), self.retire.eq(1)]
+                    m.next = "IDLE"
+        return m

@@ -1,0 +1,370 @@
+"""The command-stream builder (the role of VTA's runtime.cc): instructions, micro-ops, tokens.
+
+A :class:`CommandBuilder` accumulates one instruction stream and the micro-op words it needs:
+
+- ``load_2d`` / ``store_2d``: 2-D DMA with padding (SPEC §4), checked against the buffer depths;
+- ``gemm`` / ``alu``: run a :class:`~tessera.runtime.uop_cache.MicroKernel`; a kernel missing
+  from the micro-op SRAM is loaded first (LOAD UOP from a DRAM micro-op area), see
+  :class:`~tessera.runtime.uop_cache.UopCache`;
+- ``dep_push(src, dst)`` / ``dep_pop(src, dst)``: dependency tokens (SPEC §5). A push is folded
+  into the last instruction ``src`` has emitted and a pop into the next instruction ``dst``
+  emits; a sync-only no-op is emitted only when no such instruction can carry the flag (none
+  yet, the flag already set, or a pending pop on ``src`` that must precede the push);
+- ``barrier()``: order everything emitted so far before everything emitted later (layer
+  boundaries: a later LOAD may read what an earlier STORE wrote);
+- ``finish()`` returns the :class:`Program` (instructions ending in FINISH, micro-op words) and
+  ``synchronize()`` also writes it to the device, runs it and returns the ``RunStats``.
+
+Every instruction is encoded as it is appended, so a request the ISA cannot express raises
+:class:`~tessera.errors.ProgramError` at the call that made it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from dataclasses import dataclass, field
+
+from tessera.config import Config
+from tessera.driver.base import Device, RunStats
+from tessera.errors import IsaError, ProgramError
+from tessera.isa import (
+    INSN_BYTES, AluInsn, AluOp, FinishInsn, GemmInsn, Insn, MemInsn, MemType, Opcode, depth,
+    elem_bytes, encode, to_bytes,
+)
+from tessera.runtime.deps import Module, check_tokens, module_of, noop, queue
+from tessera.runtime.uop_cache import MicroKernel, UopCache
+
+__all__ = ["CommandBuilder", "Program", "Module", "BuilderStats", "insn_kind"]
+
+MAX_PAD = 15
+MAX_16 = (1 << 16) - 1
+
+
+@dataclass
+class Program:
+    """A finished stream: instructions (UOP loads address the micro-op area from element 0)
+    and the micro-op area's words. ``relocated(base)`` gives the instructions for an area at
+    device byte address ``base``."""
+
+    config: Config
+    insns: list[Insn]
+    uop_words: bytes
+    uop_load_pcs: list[int] = field(default_factory=list)
+
+    def relocated(self, uop_area_addr: int) -> list[Insn]:
+        ebytes = self.config.uop_elem_bytes
+        if uop_area_addr % ebytes:
+            raise ProgramError(f"the micro-op area must be {ebytes}-byte aligned, not "
+                               f"{uop_area_addr:#x}")
+        out = list(self.insns)
+        for pc in self.uop_load_pcs:
+            out[pc] = dataclasses.replace(out[pc],
+                                          dram_base=out[pc].dram_base + uop_area_addr // ebytes)
+        return out
+
+    def to_bytes(self, uop_area_addr: int) -> bytes:
+        return to_bytes(self.relocated(uop_area_addr), self.config)
+
+    def counts(self) -> Counter:
+        """Instructions per kind: ``load``, ``store``, ``gemm``, ``alu``, ``uop_load``, ..."""
+        c: Counter = Counter()
+        for insn in self.insns:
+            c[insn_kind(insn)] += 1
+        return c
+
+
+def insn_kind(insn: Insn) -> str:
+    op = Opcode(insn.opcode)
+    if op == Opcode.LOAD:
+        return {MemType.UOP: "uop_load", MemType.ACC: "acc_load",
+                MemType.ACC_8BIT: "acc_load"}.get(insn.memory_type, "load")
+    return op.name.lower()
+
+
+@dataclass
+class BuilderStats:
+    pushes_folded: int = 0
+    pops_folded: int = 0
+    noops: int = 0
+    pops_dropped: int = 0
+
+
+class CommandBuilder:
+    """Builds one instruction stream for ``config``; ``device`` is needed only to run it."""
+
+    def __init__(self, config: Config, device: Device | None = None):
+        if not isinstance(config, Config):
+            raise ProgramError(f"config must be a tessera.Config, not {config!r}")
+        if device is not None and device.config != config:
+            raise ProgramError("the device was opened for a different config than the builder")
+        self.cfg = config
+        self.device = device
+        self.uop_cache = UopCache(config.uop_depth)
+        self.stats = BuilderStats()
+        self.runs = 0
+        self._words: dict[tuple, tuple[bytes, bytes]] = {}  # uops -> (encoded words, key)
+        self._reset_stream()
+
+    # -- stream state -----------------------------------------------------------------------
+
+    def _reset_stream(self) -> None:
+        self.insns: list[Insn] = []
+        self._modules: list[Module] = []
+        self._last: dict[Module, int | None] = {m: None for m in Module}
+        self._pending: dict[Module, list[str]] = {m: [] for m in Module}  # queue names
+        self._outstanding: dict[str, int] = {"L2C": 0, "C2L": 0, "C2S": 0, "S2C": 0}
+        self._barrier_pc = 0  # instructions before this index are ordered before later ones
+        self._uop_area = bytearray()
+        self._uop_area_index: dict[bytes, int] = {}
+        self._uop_load_pcs: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.insns)
+
+    def outstanding(self, src: Module, dst: Module) -> int:
+        """Tokens pushed minus popped so far on the queue ``src -> dst`` (program order)."""
+        return self._outstanding[queue(src, dst).name]
+
+    def _append(self, insn: Insn) -> int:
+        m = module_of(insn)
+        pending = self._pending[m]
+        if pending:
+            flags = {queue_flag(name): 1 for name in pending}
+            insn = dataclasses.replace(insn, **flags)
+            self.stats.pops_folded += len(pending)
+            pending.clear()
+        try:
+            encode(insn, self.cfg)
+        except IsaError as exc:
+            raise ProgramError(f"cannot encode instruction {len(self.insns)}: {exc}") from None
+        self.insns.append(insn)
+        self._modules.append(m)
+        self._last[m] = len(self.insns) - 1
+        return len(self.insns) - 1
+
+    def noop(self, module: Module) -> int:
+        """Emit a sync-only instruction for ``module`` (it takes any pending pops)."""
+        self.stats.noops += 1
+        return self._append(noop(module))
+
+    # -- dependency tokens ------------------------------------------------------------------
+
+    def dep_push(self, src: Module, dst: Module) -> None:
+        """Signal ``dst`` once every instruction ``src`` has emitted so far has completed."""
+        q = queue(src, dst)
+        if self._outstanding[q.name] >= self.cfg.dep_queue_depth:
+            raise ProgramError(
+                f"push to {q.name} would leave {self._outstanding[q.name] + 1} tokens "
+                f"outstanding, more than dep_queue_depth={self.cfg.dep_queue_depth}")
+        self._outstanding[q.name] += 1
+        last = self._last[q.src]
+        if (last is not None and not self._pending[q.src]
+                and not getattr(self.insns[last], q.push_flag)):
+            self.insns[last] = dataclasses.replace(self.insns[last], **{q.push_flag: 1})
+            self.stats.pushes_folded += 1
+            return
+        pc = self.noop(q.src)
+        self.insns[pc] = dataclasses.replace(self.insns[pc], **{q.push_flag: 1})
+
+    def dep_pop(self, src: Module, dst: Module) -> None:
+        """Make the next instruction of ``dst`` wait for a token ``src`` pushed."""
+        q = queue(src, dst)
+        if self._outstanding[q.name] <= 0:
+            raise ProgramError(f"pop from {q.name} with no token pushed before it")
+        self._outstanding[q.name] -= 1
+        if q.name in self._pending[q.dst]:
+            self.noop(q.dst)  # carries the earlier pending pop(s)
+        self._pending[q.dst].append(q.name)
+
+    def barrier(self) -> None:
+        """Order every instruction emitted so far before every instruction emitted later."""
+        if self._barrier_pc >= len(self.insns):
+            return  # nothing emitted since the last barrier
+        active = {m: self._last[m] is not None and self._last[m] >= self._barrier_pc
+                  for m in Module}
+        if active[Module.LOAD]:
+            self.dep_push(Module.LOAD, Module.COMPUTE)
+            self.dep_pop(Module.LOAD, Module.COMPUTE)
+        if active[Module.STORE]:
+            self.dep_push(Module.STORE, Module.COMPUTE)
+            self.dep_pop(Module.STORE, Module.COMPUTE)
+        # A compute no-op takes those pops, then signals the other two modules.
+        self.noop(Module.COMPUTE)
+        self.dep_push(Module.COMPUTE, Module.LOAD)
+        self.dep_push(Module.COMPUTE, Module.STORE)
+        self.dep_pop(Module.COMPUTE, Module.LOAD)
+        self.dep_pop(Module.COMPUTE, Module.STORE)
+        self._barrier_pc = len(self.insns)
+
+    # -- data movement ----------------------------------------------------------------------
+
+    def load_2d(self, mem_type: MemType, sram: int, dram_elem_base: int, y: int, x: int,
+                stride: int, pads: tuple[int, int, int, int] = (0, 0, 0, 0)) -> int:
+        """LOAD ``y`` rows of ``x`` elements at ``dram_elem_base + row*stride`` into a dense
+        SRAM region at ``sram``, with ``pads = (y_pad_0, y_pad_1, x_pad_0, x_pad_1)`` zero
+        rows/columns around it. Returns the instruction index."""
+        try:
+            mt = MemType(mem_type)
+        except ValueError:
+            raise ProgramError(f"load_2d: unknown memory type {mem_type!r}") from None
+        if mt not in (MemType.INP, MemType.WGT, MemType.ACC, MemType.ACC_8BIT):
+            raise ProgramError(f"load_2d: memory type must be INP, WGT, ACC or ACC_8BIT, not "
+                               f"{mt.name} (micro-ops are loaded by gemm()/alu())")
+        if len(pads) != 4:
+            raise ProgramError(f"load_2d: pads must be (y_pad_0, y_pad_1, x_pad_0, x_pad_1), "
+                               f"not {pads!r}")
+        self._check_mem("load_2d", mt, sram, dram_elem_base, y, x, stride)
+        for name, p in zip(("y_pad_0", "y_pad_1", "x_pad_0", "x_pad_1"), pads):
+            if not isinstance(p, int) or not 0 <= p <= MAX_PAD:
+                raise ProgramError(f"load_2d: {name} must be in [0, {MAX_PAD}], not {p!r}")
+        yp0, yp1, xp0, xp1 = pads
+        span = (yp0 + y + yp1) * (xp0 + x + xp1)
+        if sram + span > depth(self.cfg, mt):
+            raise ProgramError(f"load_2d: {mt.name} region [{sram}, {sram + span}) exceeds the "
+                               f"buffer depth {depth(self.cfg, mt)}")
+        return self._append(MemInsn(opcode=Opcode.LOAD, memory_type=mt, sram_base=sram,
+                                    dram_base=dram_elem_base, y_size=y, x_size=x,
+                                    x_stride=stride, y_pad_0=yp0, y_pad_1=yp1, x_pad_0=xp0,
+                                    x_pad_1=xp1))
+
+    def store_2d(self, sram: int, dram_elem_base: int, y: int, x: int, stride: int) -> int:
+        """STORE ``y`` rows of ``x`` out-buffer elements from ``sram`` (rows consecutive) to
+        ``dram_elem_base + row*stride``. Returns the instruction index."""
+        self._check_mem("store_2d", MemType.OUT, sram, dram_elem_base, y, x, stride)
+        if sram + y * x > self.cfg.out_depth:
+            raise ProgramError(f"store_2d: OUT region [{sram}, {sram + y * x}) exceeds the "
+                               f"buffer depth {self.cfg.out_depth}")
+        return self._append(MemInsn(opcode=Opcode.STORE, memory_type=MemType.OUT,
+                                    sram_base=sram, dram_base=dram_elem_base, y_size=y,
+                                    x_size=x, x_stride=stride))
+
+    def _check_mem(self, what: str, mt: MemType, sram: int, dram: int, y: int, x: int,
+                   stride: int) -> None:
+        for name, v, hi in (("sram", sram, MAX_16), ("y", y, MAX_16), ("x", x, MAX_16),
+                            ("stride", stride, MAX_16), ("dram_elem_base", dram, (1 << 32) - 1)):
+            if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= hi:
+                raise ProgramError(f"{what}: {name} must be an integer in [0, {hi}], not {v!r}")
+        if y == 0 or x == 0:
+            raise ProgramError(f"{what}: y and x must be positive (use noop() to synchronise), "
+                               f"not y={y} x={x}")
+        end = (dram + (y - 1) * stride + x) * elem_bytes(self.cfg, mt)
+        if end > 1 << 32:
+            raise ProgramError(f"{what}: {mt.name} DRAM range ends at byte {end:#x}, beyond the "
+                               f"32-bit address space")
+
+    # -- compute ----------------------------------------------------------------------------
+
+    def _uop_range(self, kernel: MicroKernel) -> tuple[int, int]:
+        cached = self._words.get(kernel.uops)
+        if cached is None:
+            words = kernel.words(self.cfg)
+            cached = self._words[kernel.uops] = (words, MicroKernel.content_key(words))
+        words, key = cached
+        n = len(kernel.uops)
+        base, hit = self.uop_cache.lookup(key, n)
+        if not hit:
+            offset = self._uop_area_index.get(key)
+            if offset is None:
+                offset = len(self._uop_area) // self.cfg.uop_elem_bytes
+                self._uop_area += words
+                self._uop_area_index[key] = offset
+            pc = self._append(MemInsn(opcode=Opcode.LOAD, memory_type=MemType.UOP,
+                                      sram_base=base, dram_base=offset, y_size=1, x_size=n,
+                                      x_stride=n))
+            self._uop_load_pcs.append(pc)
+        return base, base + n
+
+    def gemm(self, kernel: MicroKernel, reset: bool = False) -> int:
+        """Run ``kernel`` as one GEMM (``reset`` zeroes the accumulators instead)."""
+        if not isinstance(kernel, MicroKernel):
+            raise ProgramError(f"gemm needs a MicroKernel, not {type(kernel).__name__}")
+        self._check_kernel(kernel, gemm=True)
+        bgn, end = self._uop_range(kernel)
+        k = kernel
+        return self._append(GemmInsn(
+            reset=int(reset), uop_bgn=bgn, uop_end=end, iter_out=k.iter_out, iter_in=k.iter_in,
+            dst_factor_out=k.dst_factor_out, dst_factor_in=k.dst_factor_in,
+            src_factor_out=k.src_factor_out, src_factor_in=k.src_factor_in,
+            wgt_factor_out=k.wgt_factor_out, wgt_factor_in=k.wgt_factor_in))
+
+    def alu(self, kernel: MicroKernel, op: AluOp, imm: int | None = None) -> int:
+        """Run ``kernel`` as one ALU instruction: ``acc[dst] = op(acc[dst], imm or acc[src])``."""
+        if not isinstance(kernel, MicroKernel):
+            raise ProgramError(f"alu needs a MicroKernel, not {type(kernel).__name__}")
+        try:
+            op = AluOp(op)
+        except ValueError:
+            raise ProgramError(f"alu: unknown ALU opcode {op!r}") from None
+        if imm is not None and not -(1 << 15) <= imm < 1 << 15:
+            raise ProgramError(f"alu {op.name}: imm must fit 16-bit signed, not {imm}")
+        if kernel.wgt_factor_out or kernel.wgt_factor_in:
+            raise ProgramError("alu: an ALU kernel has no weight factors")
+        self._check_kernel(kernel, gemm=False)
+        bgn, end = self._uop_range(kernel)
+        k = kernel
+        return self._append(AluInsn(
+            uop_bgn=bgn, uop_end=end, iter_out=k.iter_out, iter_in=k.iter_in,
+            dst_factor_out=k.dst_factor_out, dst_factor_in=k.dst_factor_in,
+            src_factor_out=k.src_factor_out, src_factor_in=k.src_factor_in,
+            alu_opcode=op, use_imm=int(imm is not None), imm=int(imm or 0)))
+
+    def _check_kernel(self, k: MicroKernel, gemm: bool) -> None:
+        """Every index the loop nest generates must lie inside its buffer."""
+        cfg = self.cfg
+        io, ii = k.iter_out - 1, k.iter_in - 1
+        bounds = [("accumulator", "dst_idx", k.dst_factor_out, k.dst_factor_in, cfg.acc_depth)]
+        if gemm:
+            bounds += [("input", "src_idx", k.src_factor_out, k.src_factor_in, cfg.inp_depth),
+                       ("weight", "wgt_idx", k.wgt_factor_out, k.wgt_factor_in, cfg.wgt_depth)]
+        else:
+            bounds += [("accumulator source", "src_idx", k.src_factor_out, k.src_factor_in,
+                        cfg.acc_depth)]
+        for what, attr, fo, fi, dep in bounds:
+            if fo < 0 or fi < 0:
+                raise ProgramError(f"micro-kernel {what} factors must be non-negative")
+            top = max(getattr(u, attr) for u in k.uops) + io * fo + ii * fi
+            if top >= dep:
+                raise ProgramError(f"micro-kernel reaches {what} index {top}, outside the "
+                                   f"buffer (depth {dep})")
+
+    # -- finishing and running --------------------------------------------------------------
+
+    def finish(self) -> Program:
+        """Close the stream with FINISH and return it; the builder starts a new stream."""
+        for m in Module:
+            self.stats.pops_dropped += len(self._pending[m])  # nothing left to order
+            self._pending[m].clear()
+        self._append(FinishInsn())
+        check_tokens(self.insns, self.cfg.dep_queue_depth)
+        prog = Program(self.cfg, self.insns, bytes(self._uop_area), self._uop_load_pcs)
+        self._reset_stream()
+        self.uop_cache.invalidate()
+        return prog
+
+    def synchronize(self, timeout_cycles: int | None = None) -> RunStats:
+        """Finish the stream, run it on the device and wait; return the run's statistics."""
+        if self.device is None:
+            raise ProgramError("synchronize needs a device; pass one to CommandBuilder")
+        prog = self.finish()
+        dev = self.device
+        self.last_program = prog
+        uop_buf = dev.alloc(max(len(prog.uop_words), 4)) if prog.uop_words else None
+        insn_bytes = prog.to_bytes(uop_buf.addr if uop_buf else 0)
+        insn_buf = dev.alloc(len(insn_bytes))
+        try:
+            if uop_buf is not None:
+                dev.write(uop_buf.addr, prog.uop_words)
+            dev.write(insn_buf.addr, insn_bytes)
+            stats = dev.run(insn_buf.addr, len(insn_bytes) // INSN_BYTES, timeout_cycles)
+        finally:
+            dev.free(insn_buf)
+            if uop_buf is not None:
+                dev.free(uop_buf)
+        self.runs += 1
+        return stats
+
+
+def queue_flag(name: str) -> str:
+    """The pop flag the consumer of queue ``name`` sets."""
+    return {"L2C": "pop_prev", "C2L": "pop_next", "C2S": "pop_prev", "S2C": "pop_next"}[name]
