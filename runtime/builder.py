@@ -29,8 +29,19 @@ from tessera.config import Config
 from tessera.driver.base import Device, RunStats
 from tessera.errors import IsaError, ProgramError
 from tessera.isa import (
-    INSN_BYTES, AluInsn, AluOp, FinishInsn, GemmInsn, Insn, MemInsn, MemType, Opcode, depth,
-    elem_bytes, encode, to_bytes,
+    INSN_BYTES,
+    AluInsn,
+    AluOp,
+    FinishInsn,
+    GemmInsn,
+    Insn,
+    MemInsn,
+    MemType,
+    Opcode,
+    depth,
+    elem_bytes,
+    encode,
+    to_bytes,
 )
 from tessera.runtime.deps import Module, check_tokens, module_of, noop, queue
 from tessera.runtime.uop_cache import MicroKernel, UopCache
@@ -280,13 +291,13 @@ class CommandBuilder:
         if not isinstance(kernel, MicroKernel):
             raise ProgramError(f"gemm needs a MicroKernel, not {type(kernel).__name__}")
         self._check_kernel(kernel, gemm=True)
-        bgn, end = self._uop_range(kernel)
         k = kernel
-        return self._append(GemmInsn(
-            reset=int(reset), uop_bgn=bgn, uop_end=end, iter_out=k.iter_out, iter_in=k.iter_in,
-            dst_factor_out=k.dst_factor_out, dst_factor_in=k.dst_factor_in,
+        insn = GemmInsn(
+            reset=int(reset), uop_bgn=0, uop_end=len(k.uops), iter_out=k.iter_out,
+            iter_in=k.iter_in, dst_factor_out=k.dst_factor_out, dst_factor_in=k.dst_factor_in,
             src_factor_out=k.src_factor_out, src_factor_in=k.src_factor_in,
-            wgt_factor_out=k.wgt_factor_out, wgt_factor_in=k.wgt_factor_in))
+            wgt_factor_out=k.wgt_factor_out, wgt_factor_in=k.wgt_factor_in)
+        return self._run_kernel(insn, k)
 
     def alu(self, kernel: MicroKernel, op: AluOp, imm: int | None = None) -> int:
         """Run ``kernel`` as one ALU instruction: ``acc[dst] = op(acc[dst], imm or acc[src])``."""
@@ -301,13 +312,23 @@ class CommandBuilder:
         if kernel.wgt_factor_out or kernel.wgt_factor_in:
             raise ProgramError("alu: an ALU kernel has no weight factors")
         self._check_kernel(kernel, gemm=False)
-        bgn, end = self._uop_range(kernel)
         k = kernel
-        return self._append(AluInsn(
-            uop_bgn=bgn, uop_end=end, iter_out=k.iter_out, iter_in=k.iter_in,
+        insn = AluInsn(
+            uop_bgn=0, uop_end=len(k.uops), iter_out=k.iter_out, iter_in=k.iter_in,
             dst_factor_out=k.dst_factor_out, dst_factor_in=k.dst_factor_in,
             src_factor_out=k.src_factor_out, src_factor_in=k.src_factor_in,
-            alu_opcode=op, use_imm=int(imm is not None), imm=int(imm or 0)))
+            alu_opcode=op, use_imm=int(imm is not None), imm=int(imm or 0))
+        return self._run_kernel(insn, k)
+
+    def _run_kernel(self, insn: GemmInsn | AluInsn, kernel: MicroKernel) -> int:
+        """Check that ``insn`` encodes, load its kernel if not resident, then append it."""
+        try:
+            encode(insn, self.cfg)
+        except IsaError as exc:
+            raise ProgramError(f"cannot encode {Opcode(insn.opcode).name}: {exc}") from None
+        kernel.words(self.cfg)  # micro-op fields must encode too
+        bgn, end = self._uop_range(kernel)
+        return self._append(dataclasses.replace(insn, uop_bgn=bgn, uop_end=end))
 
     def _check_kernel(self, k: MicroKernel, gemm: bool) -> None:
         """Every index the loop nest generates must lie inside its buffer."""

@@ -28,11 +28,28 @@ from tessera.errors import ProgramError
 from tessera.isa import MemType, Uop
 from tessera.runtime.builder import CommandBuilder
 from tessera.runtime.kernels import (
-    LayerStats, LoadReq, Requant, Step, StoreReq, Tile, count_kinds, distinct_ceils,
-    element_base, emit_tiles, requant_reference, thread_caps, wrap_int32,
+    SATURATE,
+    LayerStats,
+    LoadReq,
+    Requant,
+    Step,
+    StoreReq,
+    Tile,
+    count_kinds,
+    distinct_ceils,
+    element_base,
+    emit_tiles,
+    requant_reference,
+    thread_caps,
+    wrap_int32,
 )
-from tessera.runtime.layout import ceil_div, pack_activation, pack_bias, pack_weights
-from tessera.runtime.layout import unpack_activation
+from tessera.runtime.layout import (
+    ceil_div,
+    pack_activation,
+    pack_bias,
+    pack_weights,
+    unpack_activation,
+)
 from tessera.runtime.uop_cache import MAX_ITER, MicroKernel
 
 __all__ = ["ConvShape", "ConvPlan", "plan_conv2d", "emit_conv2d", "conv2d", "conv2d_reference"]
@@ -173,7 +190,7 @@ def _conv_kernel(to: int, tc: int, tkh: int, kw: int, th: int, tw: int, ih: int,
 
 
 def emit_conv2d(b: CommandBuilder, x_addr: int, w_addr: int, out_addr: int, shape: ConvShape,
-                *, bias_addr: int | None = None, requant: Requant = Requant(),
+                *, bias_addr: int | None = None, requant: Requant = SATURATE,
                 double_buffer: bool = True, plan: ConvPlan | None = None) -> LayerStats:
     """Append a convolution to ``b``; tensors are packed at device byte addresses.
 
@@ -254,7 +271,7 @@ def _step(s: ConvShape, cfg: Config, x0: int, w0: int, n: int, cb: int, o0: int,
 
 def conv2d_reference(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None,
                      stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0,
-                     requant: Requant = Requant()) -> np.ndarray:
+                     requant: Requant = SATURATE) -> np.ndarray:
     """numpy integer reference of exactly the accelerator pipeline, NCHW int8 out."""
     s = ConvShape.make(x.shape, w.shape, stride, padding)
     xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (s.ph, s.ph), (s.pw, s.pw)))
@@ -270,7 +287,7 @@ def conv2d_reference(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = Non
 
 def conv2d(device: Device, x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None,
            stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0,
-           requant: Requant = Requant(), double_buffer: bool = True,
+           requant: Requant = SATURATE, double_buffer: bool = True,
            plan: ConvPlan | None = None) -> tuple[np.ndarray, LayerStats, RunStats]:
     """Run one convolution on ``device``; returns NCHW int8, the layer stats and run stats."""
     cfg = device.config

@@ -44,8 +44,9 @@ from tessera.runtime.deps import Module
 from tessera.runtime.uop_cache import MAX_ITER, MicroKernel
 
 __all__ = [
-    "Requant", "requant_reference", "LoadReq", "StoreReq", "Step", "Tile", "LayerStats",
-    "emit_tiles", "emit_epilogue", "count_kinds", "thread_caps", "element_base", "wrap_int32", "distinct_ceils",
+    "Requant", "SATURATE", "requant_reference", "LoadReq", "StoreReq", "Step", "Tile",
+    "LayerStats", "emit_tiles", "emit_epilogue", "count_kinds", "thread_caps", "element_base",
+    "wrap_int32", "distinct_ceils",
 ]
 
 LOAD, COMPUTE, STORE = Module.LOAD, Module.COMPUTE, Module.STORE
@@ -102,6 +103,10 @@ class Requant:
         ops.append((AluOp.MIN, self.hi))
         ops.append((AluOp.MAX, self.lo))
         return ops
+
+
+SATURATE = Requant()
+"""The default requantisation: saturate the accumulator to int8 (MIN 127, MAX -128)."""
 
 
 def requant_reference(acc: np.ndarray, rq: Requant) -> np.ndarray:

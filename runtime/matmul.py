@@ -30,11 +30,27 @@ from tessera.errors import ProgramError
 from tessera.isa import MemType, Uop
 from tessera.runtime.builder import CommandBuilder
 from tessera.runtime.kernels import (
-    LayerStats, LoadReq, Requant, Step, StoreReq, Tile, count_kinds, distinct_ceils,
-    element_base, emit_tiles, requant_reference, thread_caps, wrap_int32,
+    SATURATE,
+    LayerStats,
+    LoadReq,
+    Requant,
+    Step,
+    StoreReq,
+    Tile,
+    count_kinds,
+    distinct_ceils,
+    element_base,
+    emit_tiles,
+    requant_reference,
+    thread_caps,
+    wrap_int32,
 )
 from tessera.runtime.layout import (
-    ceil_div, pack_bias, pack_matrix_a, pack_matrix_b, unpack_matrix,
+    ceil_div,
+    pack_bias,
+    pack_matrix_a,
+    pack_matrix_b,
+    unpack_matrix,
 )
 from tessera.runtime.uop_cache import MAX_ITER, MicroKernel
 
@@ -107,7 +123,7 @@ def _gemm_kernel(tm: int, tn: int, tk: int):
 
 
 def emit_matmul(b: CommandBuilder, a_addr: int, b_addr: int, out_addr: int, m: int, k: int,
-                n: int, *, bias_addr: int | None = None, requant: Requant = Requant(),
+                n: int, *, bias_addr: int | None = None, requant: Requant = SATURATE,
                 double_buffer: bool = True, plan: MatmulPlan | None = None) -> LayerStats:
     """Append ``C = requant(A @ B + bias)`` to ``b``; operands are at device byte addresses.
 
@@ -148,7 +164,7 @@ def emit_matmul(b: CommandBuilder, a_addr: int, b_addr: int, out_addr: int, m: i
 
 
 def matmul_reference(a: np.ndarray, bm: np.ndarray, bias: np.ndarray | None = None,
-                     requant: Requant = Requant()) -> np.ndarray:
+                     requant: Requant = SATURATE) -> np.ndarray:
     """numpy integer reference of exactly the accelerator pipeline (int32 wrap included)."""
     acc = a.astype(np.int64) @ bm.astype(np.int64)
     if bias is not None:
@@ -157,7 +173,7 @@ def matmul_reference(a: np.ndarray, bm: np.ndarray, bias: np.ndarray | None = No
 
 
 def matmul(device: Device, a: np.ndarray, bm: np.ndarray, bias: np.ndarray | None = None,
-           requant: Requant = Requant(), double_buffer: bool = True,
+           requant: Requant = SATURATE, double_buffer: bool = True,
            plan: MatmulPlan | None = None) -> tuple[np.ndarray, LayerStats, RunStats]:
     """Run one matmul on ``device``: pack, allocate, build, run, unpack, free."""
     cfg = device.config

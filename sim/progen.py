@@ -155,6 +155,14 @@ class _Gen:
             width = min(h, size)
             self.win[mt] = (half * h + int(self.rng.integers(0, h - width + 1)), width)
 
+    def window_load(self, mt: MemType) -> MemInsn:
+        lo, width = self.win[mt]
+        name = "inp" if mt == MemType.INP else "wgt"
+        off = int(self.rng.integers(0, self.src_elems[mt] - width + 1))
+        return MemInsn(opcode=Opcode.LOAD, memory_type=mt, sram_base=lo,
+                       dram_base=self.ebase(name, mt) + off, y_size=1, x_size=width,
+                       x_stride=width)
+
     def rand_load(self, mt: MemType, half: int) -> MemInsn:
         r = self.rng
         lo, depth = self.win[MemType.ACC if mt == MemType.ACC_8BIT else mt]
@@ -250,8 +258,7 @@ class _Gen:
             imm = int(r.integers(-(1 << 15), 1 << 15))
         # sources may be anywhere in the accumulator (compute-only state), including the
         # destination rows themselves for read-after-write chains
-        src_lo = ba if r.random() < 0.8 else 0
-        src_hi = ba + ha - ext_s if src_lo else full - ext_s
+        src_lo, src_hi = ba, ba + ha - ext_s
         uops = self.rand_uops(int(r.integers(1, 7)), ((ba, ba + ha - ext_d), (src_lo, src_hi),
                                                       (0, 1)))
         if self.rng.random() < 0.3 and len(uops) > 1 and uops[0].dst_idx + ext_s < full:
@@ -287,8 +294,11 @@ class _Gen:
             h = rnd % 2
             self.set_windows(h)
             # load module
-            loads = [self.rand_load(MemType.INP, h) for _ in range(int(r.integers(1, 3)))]
-            loads += [self.rand_load(MemType.WGT, h) for _ in range(int(r.integers(1, 3)))]
+            # whole-window loads first, so every SRAM element the round reads is written in
+            # this run (results never depend on what earlier runs left behind)
+            loads = [self.window_load(MemType.INP), self.window_load(MemType.WGT)]
+            loads += [self.rand_load(MemType.INP, h) for _ in range(int(r.integers(1, 3)))]
+            loads += [self.rand_load(MemType.WGT, h) for _ in range(int(r.integers(0, 2)))]
             if r.random() < 0.15:
                 loads.append(MemInsn(opcode=Opcode.LOAD, memory_type=MemType.INP, x_size=0,
                                      y_size=0))  # sync-only
@@ -296,9 +306,11 @@ class _Gen:
             insns += _flag(loads, -1, push_next=1)
             # compute module
             comp: list[Insn] = []
-            if r.random() < 0.4:
-                mt = MemType.ACC if r.random() < 0.5 else MemType.ACC_8BIT
-                comp.append(self.rand_load(mt, h))
+            # every out row the round's stores may read is written in this run
+            ba, wa = self.win[MemType.ACC]
+            ub = self.load_uops([Uop(ba, 0, 0)], h, comp)
+            comp.append(GemmInsn(reset=1, uop_bgn=ub, uop_end=ub + 1, iter_out=wa,
+                                 dst_factor_out=1))
             if rnd >= 2 and r.random() < 0.4:
                 # reload what the store of round rnd-2 wrote (ordered by the S2C pop)
                 eb = elem_bytes(self.cfg, MemType.ACC_8BIT)
@@ -308,6 +320,9 @@ class _Gen:
                                     sram_base=self.win[MemType.ACC][0],
                                     dram_base=self.ebase(f"out{rnd - 2}", MemType.ACC_8BIT),
                                     y_size=1, x_size=xs, x_stride=xs))
+            if r.random() < 0.4:
+                mt = MemType.ACC if r.random() < 0.5 else MemType.ACC_8BIT
+                comp.append(self.rand_load(mt, h))
             self.gemm(h, comp, reset=r.random() < 0.5)
             for _ in range(int(r.integers(2, 6))):
                 kind = r.random()
