@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from tessera.compiler.cpu_ops import make_cpu_op
 from tessera.compiler.ir import Graph, Node
 from tessera.compiler.lower_accel import ConvGeom, LayerAddrs, choose_tiles, emit_conv
 from tessera.config import Config
@@ -117,6 +118,24 @@ def _blocked_nbytes(shape: tuple[int, ...], cfg: Config) -> int:
     return ceil_div(n, cfg.batch) * cfg.batch * ceil_div(c, cfg.block_in) * cfg.block_in * hw
 
 
+def _blocked_shape(shape4: tuple[int, ...], cfg: Config) -> tuple[int, ...]:
+    n, c, h, w = shape4
+    return (ceil_div(n, cfg.batch), ceil_div(c, cfg.block_in), h, w, cfg.batch, cfg.block_in)
+
+
+def _cpu_macs(g: Graph, n: Node) -> int:
+    """Multiply-accumulates of a conv/dense/matmul node run on the CPU (0 for other ops)."""
+    if n.op in ("conv2d", "qconv2d"):
+        w = g.tensors[n.inputs[1]].shape
+        y = g.tensors[n.outputs[0]].shape
+        return int(np.prod(y, dtype=np.int64) * np.prod(w[1:], dtype=np.int64))
+    if n.op in ("dense", "qdense", "matmul"):
+        y = g.tensors[n.outputs[0]].shape
+        k = g.tensors[n.inputs[0]].shape[-1]
+        return int(np.prod(y, dtype=np.int64) * k)
+    return 0
+
+
 def _accel_capable(g: Graph, n: Node) -> str | None:
     """None if ``n`` runs on the accelerator, else why not (for the partition report)."""
     if n.op == "qconv2d":
@@ -137,8 +156,8 @@ def _accel_capable(g: Graph, n: Node) -> str | None:
 
 
 class _Lowering:
-    def __init__(self, g: Graph, cfg: Config, make_cpu_op, double_buffer: bool):
-        self.g, self.cfg, self.make_cpu_op = g, cfg, make_cpu_op
+    def __init__(self, g: Graph, cfg: Config, double_buffer: bool):
+        self.g, self.cfg = g, cfg
         self.double_buffer = double_buffer
         self.slots: dict[str, Slot] = {}
         self.steps: list[AccelStep | CpuStep] = []
@@ -185,15 +204,18 @@ class _Lowering:
         if info.dtype != "int8" or len(info.shape) not in (2, 4):
             raise CompileError(f"tensor {tensor!r} ({info}) cannot move between the CPU and the "
                                f"accelerator layouts")
+        src_key = _slot_key(tensor, src_layout)
         self._add_slot(tensor, layout)
-        op = self.make_cpu_op(
-            "PackNCHW" if layout == "blocked" else "UnpackNCHW",
-            {"batch": self.cfg.batch, "block": self.cfg.block_in, "shape": list(shape4)},
-            shape4 if layout == "blocked" else None,
-        )
-        self.steps.append(CpuStep(f"{'pack' if layout == 'blocked' else 'unpack'}:{tensor}", op,
-                                  [_slot_key(tensor, src_layout)], [key],
-                                  {"op": "pack" if layout == "blocked" else "unpack"}))
+        cfg = self.cfg
+        if layout == "blocked":
+            node = Node("pack", (tensor,), (key,), {"block": cfg.block_in, "batch": cfg.batch},
+                        name=f"pack:{tensor}")
+            spec = (tuple(info.shape), "int8")
+        else:
+            node = Node("unpack", (tensor,), (key,), {"shape": shape4}, name=f"unpack:{tensor}")
+            spec = (_blocked_shape(shape4, cfg), "int8")
+        op = make_cpu_op(node, [spec])
+        self.steps.append(CpuStep(node.name, op, [src_key], [key], {"op": node.op}))
         return key
 
     # -- nodes -----------------------------------------------------------------------------
@@ -215,16 +237,20 @@ class _Lowering:
 
     def cpu(self, node: Node) -> None:
         g = self.g
-        ins = [i for i in node.inputs if i]
-        for i in ins:
-            if i in g.constants and i not in self.layouts:
-                self._param(i, g.constants[i])
-                self.layouts.setdefault(i, set()).add("nchw")
-        in_slots = [i if i in g.constants else self.ensure(i, "nchw") for i in ins]
-        in_specs = [(g.tensors[i].shape, g.tensors[i].dtype) for i in ins]
-        op = self.make_cpu_op(node, None, in_specs)
+        in_slots = []
+        for i in node.inputs:
+            if not i:
+                in_slots.append("")
+            elif i in g.constants:
+                if i not in self.slots:
+                    self._param(i, g.constants[i])
+                in_slots.append(i)
+            else:
+                in_slots.append(self.ensure(i, "nchw"))
+        op = make_cpu_op(node, [g.tensors[i] if i else None for i in node.inputs])
         out_slots = [self._add_slot(o, "nchw").name for o in node.outputs]
-        self.steps.append(CpuStep(node.name, op, in_slots, out_slots, {"op": node.op}))
+        self.steps.append(CpuStep(node.name, op, in_slots, out_slots,
+                                  {"op": node.op, "macs": _cpu_macs(g, node)}))
 
     def accel(self, node: Node) -> None:
         g, cfg = self.g, self.cfg
@@ -348,10 +374,9 @@ class _Lowering:
                      "est_cycles": t.est_cycles, "counts": dict(counts)})
 
 
-def lower(g: Graph, cfg: Config, make_cpu_op, double_buffer: bool = True) -> Plan:
-    """Partition and lower a quantised graph. ``make_cpu_op(node_or_name, attrs, specs)``
-    builds CPU operators (see :mod:`tessera.compiler.cpu_ops`)."""
-    return _Lowering(g, cfg, make_cpu_op, double_buffer).run()
+def lower(g: Graph, cfg: Config, double_buffer: bool = True) -> Plan:
+    """Partition and lower a quantised graph to a :class:`Plan`."""
+    return _Lowering(g, cfg, double_buffer).run()
 
 
 def partition_report(g: Graph) -> list[tuple[str, str, str]]:

@@ -187,6 +187,8 @@ class Executor:
     def write_slot(self, name: str, value: np.ndarray) -> None:
         shape, dtype = self._stored(self.plan.slots[name])
         arr = np.asarray(value)
+        if arr.shape != shape and arr.size == int(np.prod(shape, dtype=np.int64)):
+            arr = arr.reshape(shape)  # the same tensor seen with unit dimensions dropped/added
         if arr.shape != shape or arr.dtype != np.dtype(dtype):
             raise DeviceError(f"tensor {name!r} must be {dtype}{list(shape)}, not "
                               f"{arr.dtype}{list(arr.shape)}")
@@ -209,7 +211,7 @@ class Executor:
                                    step.info.get("macs", 0), step.info.get("gemm_steps", 0),
                                    dict(stats.counters), dict(step.info))
             else:
-                args = [self.read_slot(s) for s in step.inputs]
+                args = [self.read_slot(s) if s else None for s in step.inputs]
                 outs = step.op(*args)
                 for s, v in zip(step.outputs, outs):
                     self.write_slot(s, v)
