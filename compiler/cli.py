@@ -1,0 +1,136 @@
+"""Command-line surface of the compiler: ``compile``, ``run``, ``profile`` and ``demo``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+
+from tessera.errors import CompileError
+
+DEMO_MODELS = ("resnet_tiny", "mobilenet_tiny", "small_cnn", "mlp", "resnet18", "mobilenet_v1")
+
+
+def _input_shapes(items: list[str] | None) -> dict[str, list[int]] | None:
+    if not items:
+        return None
+    out = {}
+    for item in items:
+        name, _, dims = item.partition("=")
+        try:
+            out[name] = [int(d) for d in dims.split(",")]
+        except ValueError:
+            raise CompileError(
+                f"--input-shape must look like NAME=1,3,224,224, not {item!r}") from None
+    return out
+
+
+def _load_calibration(path: str | None):
+    if path is None:
+        return None
+    try:
+        data = np.load(path)
+    except (OSError, ValueError) as exc:
+        raise CompileError(f"cannot read calibration file {path!r}: {exc}") from None
+    names = list(data.files)
+    counts = {len(data[n]) for n in names}
+    if len(counts) != 1:
+        raise CompileError(f"calibration arrays in {path!r} must share their first (batch) "
+                           f"dimension; got {sorted(counts)}")
+    return [{n: data[n][i] for n in names} for i in range(counts.pop())]
+
+
+def _cmd_compile(args: argparse.Namespace) -> int:
+    from tessera.compiler.api import compile as tcompile
+
+    t0 = time.perf_counter()
+    model = tcompile(args.model, config=args.config,
+                     calibration=_load_calibration(args.calibration),
+                     input_shapes=_input_shapes(args.input_shape), dump_ir=args.dump_ir,
+                     double_buffer=not args.no_double_buffer)
+    model.save(args.output)
+    if model.meta.get("calibration", "given") != "given":
+        print(f"warning: no --calibration given; calibrated on {model.meta['calibration']}",
+              file=sys.stderr)
+    print(f"compiled {args.model} in {time.perf_counter() - t0:.2f} s: {model.summary()}")
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _feeds(model, inputs: list[str]) -> dict[str, np.ndarray]:
+    names = model.input_names
+    feeds = {}
+    for item in inputs:
+        name, sep, path = item.partition("=")
+        if not sep:
+            if len(names) != 1:
+                raise CompileError(f"the model has inputs {names}; use --input NAME=FILE.npy")
+            name, path = names[0], item
+        try:
+            feeds[name] = np.load(path)
+        except (OSError, ValueError) as exc:
+            raise CompileError(f"cannot read input file {path!r}: {exc}") from None
+    return feeds
+
+
+def _cmd_run(args: argparse.Namespace, profile: bool = False) -> int:
+    from tessera.compiler.api import load
+
+    model = load(args.model)
+    feeds = _feeds(model, args.input)
+    t0 = time.perf_counter()
+    result = model.run(feeds, device=args.device, profile=profile,
+                       progress=sys.stderr.isatty())
+    outs, prof = result if profile else (result, None)
+    wall = time.perf_counter() - t0
+    for name, value in zip(model.output_names, outs):
+        flat = value.reshape(-1)
+        print(f"{name}: {value.dtype}{list(value.shape)} "
+              f"{np.array2string(flat[:8], precision=4)}{' ...' if flat.size > 8 else ''}")
+    if args.output:
+        np.savez(args.output, **dict(zip(model.output_names, outs)))
+        print(f"wrote {args.output}")
+    if prof is not None:
+        print(prof.table())
+    print(f"{args.device}: {wall:.3f} s")
+    model.close()
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compile", help="compile an ONNX model to a .tsr file")
+    p.add_argument("model", help="ONNX file")
+    p.add_argument("-o", "--output", required=True, help="output .tsr file")
+    p.add_argument("--config", default="default", help="preset name or config JSON path")
+    p.add_argument("--calibration", help=".npz with one array per input, batches on axis 0")
+    p.add_argument("--input-shape", action="append", help="NAME=1,3,224,224 (repeatable)")
+    p.add_argument("--dump-ir", action="append", help="print the IR after this pass ('all')")
+    p.add_argument("--no-double-buffer", action="store_true")
+    p.set_defaults(func=_cmd_compile)
+    for name, helptext in (("run", "run a compiled model"),
+                           ("profile", "run a compiled model and print per-layer figures")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("model", help=".tsr file")
+        p.add_argument("--input", action="append", required=True,
+                       help="FILE.npy, or NAME=FILE.npy for several inputs")
+        p.add_argument("--device", default="fsim", help="fsim or verilator")
+        p.add_argument("-o", "--output", help="write the outputs to this .npz")
+        p.set_defaults(func=(lambda a: _cmd_run(a, profile=True)) if name == "profile"
+                       else _cmd_run)
+    p = sub.add_parser("demo", help="compile a bundled model, run it on fsim and the RTL, "
+                                    "compare with onnxruntime, print a per-layer table")
+    p.add_argument("--model", default="resnet_tiny", choices=DEMO_MODELS)
+    p.add_argument("--config", default="default")
+    p.add_argument("--no-rtl", action="store_true", help="skip the Verilator run")
+    p.add_argument("--out", default=None, help="also save the compiled model here")
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from tessera.compiler.demo import demo
+
+    return demo(args.model, args.config, rtl=not args.no_rtl, out=args.out)
+
+
