@@ -15,6 +15,20 @@ from tessera.errors import (
 
 __all__ = [
     "Config", "PRESETS", "TesseraError", "ConfigError", "IsaError", "SimError", "DeviceError",
-    "ProgramError", "HwError", "CompileError", "ArtifactError",
+    "ProgramError", "HwError", "CompileError", "ArtifactError", "compile", "load",
 ]
 __version__ = "0.1.0"
+
+
+def compile(model, config=None, calibration=None, **options):  # noqa: A001 - the public name
+    """Compile an ONNX model for the accelerator; see :func:`tessera.compiler.api.compile`."""
+    from tessera.compiler.api import compile as _compile
+
+    return _compile(model, config=config, calibration=calibration, **options)
+
+
+def load(path):
+    """Load a compiled model written by ``CompiledModel.save``."""
+    from tessera.compiler.api import load as _load
+
+    return _load(path)
