@@ -130,32 +130,34 @@ def _fits(cfg: Config, g: ConvGeom, to: int, th: int, kc: int, db: bool, residua
     return True
 
 
+def _spans(total: int, step: int) -> list[tuple[int, int]]:
+    """(extent, count) of the full tiles and the ragged last tile covering ``total``."""
+    full, rest = divmod(total, step)
+    return [(step, full)] * (full > 0) + [(rest, 1)] * (rest > 0)
+
+
 def _estimate(cfg: Config, g: ConvGeom, t: Tiles, residual: bool, n_alu: int) -> int:
     """Cycle model of the whole layer for tile shape ``t``."""
     bus = cfg.mem_bus_bytes
-    tiles_o = -(-g.ob // t.to)
-    tiles_h = -(-g.oh // t.th)
-    chunks = -(-g.cb // t.kc)
+    inp_b, wgt_b, out_b, acc8_b = (cfg.inp_elem_bytes, cfg.wgt_elem_bytes, cfg.out_elem_bytes,
+                                   cfg.acc8_elem_bytes)
+    kk = g.kh * g.kw
+    iw = g.in_width
+    chunks = _spans(g.cb, t.kc)
     total = 0
-    for _ in range(g.n):
-        for oi in range(tiles_o):
-            to = min(t.to, g.ob - oi * t.to)
-            for hi in range(tiles_h):
-                th = min(t.th, g.oh - hi * t.th)
-                rows = to * th * g.ow
-                compute = rows  # reset
-                load = 0
-                for ci in range(chunks):
-                    kc = min(t.kc, g.cb - ci * t.kc)
-                    compute += rows * kc * g.kh * g.kw + 8
-                    load += (kc * g.in_rows(th) * g.in_width * cfg.inp_elem_bytes
-                             + to * kc * g.kh * g.kw * cfg.wgt_elem_bytes) // bus + 40 * kc
-                compute += rows * (n_alu + (2 if residual else 0)) + 40
-                store = rows * cfg.out_elem_bytes // bus + 20
-                if residual:
-                    load += rows * cfg.acc8_elem_bytes // bus
-                total += max(compute, load, store) if t.double_buffer else compute + load + store
-    return total
+    for to, n_o in _spans(g.ob, t.to):
+        for th, n_h in _spans(g.oh, t.th):
+            rows = to * th * g.ow
+            compute = rows + rows * (n_alu + (2 if residual else 0)) + 40
+            load = rows * acc8_b // bus if residual else 0
+            for kc, n_c in chunks:
+                compute += n_c * (rows * kc * kk + 8)
+                load += n_c * ((kc * g.in_rows(th) * iw * inp_b + to * kc * kk * wgt_b) // bus
+                               + 40 * kc)
+            store = rows * out_b // bus + 20
+            per = max(compute, load, store) if t.double_buffer else compute + load + store
+            total += per * n_o * n_h
+    return total * g.n
 
 
 def choose_tiles(cfg: Config, g: ConvGeom, residual: bool, vec: bool, n_alu: int,

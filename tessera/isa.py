@@ -336,7 +336,22 @@ def from_bytes(data: bytes, cfg: Config) -> list[Insn]:
 
 
 def uops_to_bytes(uops: list[Uop], cfg: Config) -> bytes:
-    return b"".join(encode_uop(u, cfg).to_bytes(4, "little") for u in uops)
+    """Little-endian 32-bit words of ``uops`` (vectorised; same checks as :func:`encode_uop`)."""
+    if not uops:
+        return b""
+    lay = layout(cfg).uop
+    try:
+        cols = np.array([(u.dst_idx, u.src_idx, u.wgt_idx) for u in uops], dtype=np.int64)
+    except (TypeError, ValueError, OverflowError):
+        return b"".join(encode_uop(u, cfg).to_bytes(4, "little") for u in uops)
+    word = np.zeros(len(uops), np.uint64)
+    for k, f in enumerate(lay):
+        col = cols[:, k]
+        bad = (col < f.min) | (col > f.max)
+        if bad.any():
+            encode_uop(uops[int(np.argmax(bad))], cfg)  # raises the precise IsaError
+        word |= col.astype(np.uint64) << np.uint64(f.lo)
+    return word.astype("<u4").tobytes()
 
 
 # -- vectorised field extraction (for the simulator) -------------------------------------------
