@@ -7,7 +7,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from tessera.config import ALU_OPCODE_BITS, Config
-from tessera.errors import HwError
+from tessera.hw.insn import bad_param
 from tessera.isa import AluOp
 
 __all__ = ["AluLanes"]
@@ -23,7 +23,7 @@ class AluLanes(wiring.Component):
 
     def __init__(self, cfg: Config):
         if not isinstance(cfg, Config):
-            raise HwError(f"cfg must be a Config, not {cfg!r}")
+            raise bad_param(self, f"cfg must be a Config, not {cfg!r}")
         self._cfg = cfg
         lanes = cfg.batch * cfg.block_out
         super().__init__({

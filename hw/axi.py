@@ -20,7 +20,7 @@ from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from tessera.config import Config
-from tessera.errors import HwError
+from tessera.hw.insn import bad_param
 
 __all__ = [
     "axi4_master_members", "ReadReq", "read_client_signature", "write_client_signature",
@@ -87,9 +87,9 @@ class AxiMaster(wiring.Component):
 
     def __init__(self, cfg: Config, n_readers: int):
         if not isinstance(cfg, Config):
-            raise HwError(f"cfg must be a Config, not {cfg!r}")
+            raise bad_param(self, f"cfg must be a Config, not {cfg!r}")
         if not isinstance(n_readers, int) or isinstance(n_readers, bool) or n_readers < 1:
-            raise HwError(f"n_readers must be a positive integer, not {n_readers!r}")
+            raise bad_param(self, f"n_readers must be a positive integer, not {n_readers!r}")
         self._cfg = cfg
         self._n = n_readers
         bus = cfg.mem_bus_bits

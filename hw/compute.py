@@ -25,12 +25,11 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from tessera.config import Config
-from tessera.errors import HwError
 from tessera.hw.alu import AluLanes
 from tessera.hw.axi import read_client_signature
 from tessera.hw.dma import RowLoader, Target
 from tessera.hw.gemm import GemmArray
-from tessera.hw.insn import CMD_PC_BITS, Cmd, fields
+from tessera.hw.insn import CMD_PC_BITS, Cmd, bad_param, fields
 from tessera.hw.queues import TokenSignature
 from tessera.isa import MemType, Opcode, layout
 
@@ -50,7 +49,7 @@ class ComputeModule(wiring.Component):
 
     def __init__(self, cfg: Config):
         if not isinstance(cfg, Config):
-            raise HwError(f"cfg must be a Config, not {cfg!r}")
+            raise bad_param(self, f"cfg must be a Config, not {cfg!r}")
         self._cfg = cfg
         bus = cfg.mem_bus_bits
         e_inp, e_wgt = cfg.inp_elem_bytes * 8, cfg.wgt_elem_bytes * 8

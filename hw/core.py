@@ -23,6 +23,7 @@ from tessera.errors import HwError
 from tessera.hw.axi import AxiMaster, axi4_master_members
 from tessera.hw.compute import ComputeModule
 from tessera.hw.fetch import Fetch
+from tessera.hw.insn import bad_param
 from tessera.hw.load import LoadModule
 from tessera.hw.queues import TokenQueue
 from tessera.hw.regfile import RegFile, axil_slave_members
@@ -39,7 +40,7 @@ class TesseraCore(wiring.Component):
 
     def __init__(self, cfg: Config):
         if not isinstance(cfg, Config):
-            raise HwError(f"cfg must be a Config, not {cfg!r}")
+            raise bad_param(self, f"cfg must be a Config, not {cfg!r}")
         self.cfg = cfg
         members = {**axi4_master_members("m_axi", cfg.mem_bus_bits),
                    **axil_slave_members("s_axil"), "irq": Out(1)}

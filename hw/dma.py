@@ -23,6 +23,7 @@ from amaranth.lib.wiring import In, Out
 from tessera.config import Config
 from tessera.errors import HwError
 from tessera.hw.axi import read_client_signature, write_client_signature
+from tessera.hw.insn import bad_param
 
 __all__ = ["Target", "LoadCmd", "StoreCmd", "RowLoader", "RowStorer"]
 
@@ -81,9 +82,9 @@ class RowLoader(wiring.Component):
 
     def __init__(self, cfg: Config, targets: list[Target]):
         if not isinstance(cfg, Config):
-            raise HwError(f"cfg must be a Config, not {cfg!r}")
+            raise bad_param(self, f"cfg must be a Config, not {cfg!r}")
         if not targets or len(targets) > 8:
-            raise HwError(f"targets must hold 1 to 8 Target records, not {targets!r}")
+            raise bad_param(self, f"targets must hold 1 to 8 Target records, not {targets!r}")
         for t in targets:
             t.check(cfg.mem_bus_bits)
         self._cfg = cfg
@@ -243,9 +244,9 @@ class RowStorer(wiring.Component):
 
     def __init__(self, cfg: Config, elem_bits: int):
         if not isinstance(cfg, Config):
-            raise HwError(f"cfg must be a Config, not {cfg!r}")
+            raise bad_param(self, f"cfg must be a Config, not {cfg!r}")
         if not isinstance(elem_bits, int) or elem_bits < 8 or elem_bits & (elem_bits - 1):
-            raise HwError(f"elem_bits must be a power of two >= 8, not {elem_bits!r}")
+            raise bad_param(self, f"elem_bits must be a power of two >= 8, not {elem_bits!r}")
         self._cfg = cfg
         self._e = elem_bits
         super().__init__({

@@ -18,9 +18,8 @@ from amaranth.lib import fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from tessera.config import Config
-from tessera.errors import HwError
 from tessera.hw.axi import read_client_signature
-from tessera.hw.insn import CMD_PC_BITS, INSN_BITS, Cmd, fields
+from tessera.hw.insn import CMD_PC_BITS, INSN_BITS, Cmd, bad_param, fields
 from tessera.isa import INSN_BYTES, AluOp, MemType, Opcode, depth, elem_bytes, layout
 from tessera.regs import ErrorCode
 
@@ -44,7 +43,7 @@ class Fetch(wiring.Component):
 
     def __init__(self, cfg: Config):
         if not isinstance(cfg, Config):
-            raise HwError(f"cfg must be a Config, not {cfg!r}")
+            raise bad_param(self, f"cfg must be a Config, not {cfg!r}")
         self._cfg = cfg
         super().__init__({
             "run": In(1), "insn_addr": In(32), "insn_count": In(32),

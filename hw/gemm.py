@@ -8,6 +8,7 @@ from amaranth.lib.wiring import In, Out
 
 from tessera.config import Config
 from tessera.errors import HwError
+from tessera.hw.insn import bad_param
 
 __all__ = ["GemmArray", "adder_tree"]
 
@@ -35,7 +36,7 @@ class GemmArray(wiring.Component):
 
     def __init__(self, cfg: Config):
         if not isinstance(cfg, Config):
-            raise HwError(f"cfg must be a Config, not {cfg!r}")
+            raise bad_param(self, f"cfg must be a Config, not {cfg!r}")
         self._cfg = cfg
         super().__init__({
             "inp": In(cfg.inp_elem_bytes * 8),

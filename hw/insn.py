@@ -11,9 +11,10 @@ from types import SimpleNamespace
 from amaranth import Value
 from amaranth.lib import data
 
+from tessera.errors import HwError
 from tessera.isa import Field
 
-__all__ = ["fields", "Cmd", "CMD_PC_BITS", "INSN_BITS"]
+__all__ = ["fields", "bad_param", "Cmd", "CMD_PC_BITS", "INSN_BITS"]
 
 INSN_BITS = 128
 CMD_PC_BITS = 32  # instruction index carried with every command, for error reporting
@@ -29,3 +30,13 @@ def fields(word: Value, table: tuple[Field, ...]) -> SimpleNamespace:
         v = word[f.lo:f.lo + f.width]
         out[f.name] = v.as_signed() if f.signed else v
     return SimpleNamespace(**out)
+
+
+def bad_param(component: object, message: str) -> HwError:
+    """The :class:`HwError` for a bad constructor argument of ``component``.
+
+    The half-built component is marked used, so Amaranth does not also warn that it was never
+    elaborated.
+    """
+    component._MustUse__silence = True
+    return HwError(message)

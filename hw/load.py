@@ -11,10 +11,9 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from tessera.config import Config
-from tessera.errors import HwError
 from tessera.hw.axi import read_client_signature
 from tessera.hw.dma import RowLoader, Target
-from tessera.hw.insn import Cmd, fields
+from tessera.hw.insn import Cmd, bad_param, fields
 from tessera.hw.queues import TokenSignature
 from tessera.isa import MemType, layout
 
@@ -30,7 +29,7 @@ class LoadModule(wiring.Component):
 
     def __init__(self, cfg: Config):
         if not isinstance(cfg, Config):
-            raise HwError(f"cfg must be a Config, not {cfg!r}")
+            raise bad_param(self, f"cfg must be a Config, not {cfg!r}")
         self._cfg = cfg
         bus = cfg.mem_bus_bits
         e_inp, e_wgt = cfg.inp_elem_bytes * 8, cfg.wgt_elem_bytes * 8

@@ -10,7 +10,7 @@ from amaranth import Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from tessera.errors import HwError
+from tessera.hw.insn import bad_param
 
 __all__ = ["TokenQueue", "TokenSignature"]
 
@@ -25,7 +25,7 @@ class TokenQueue(wiring.Component):
 
     def __init__(self, depth: int):
         if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
-            raise HwError(f"depth must be a positive integer, not {depth!r}")
+            raise bad_param(self, f"depth must be a positive integer, not {depth!r}")
         self._depth = depth
         super().__init__({"push": In(TokenSignature), "pop": Out(TokenSignature)})
         self.count = Signal(range(depth + 1))

@@ -19,8 +19,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from tessera.config import Config
-from tessera.errors import HwError
-from tessera.hw.insn import CMD_PC_BITS
+from tessera.hw.insn import CMD_PC_BITS, bad_param
 from tessera.regs import COUNTER_BASE, COUNTERS, STATUS_BUSY, STATUS_DONE, STATUS_ERROR, Reg
 
 __all__ = ["axil_slave_members", "RegFile", "EVENT_BITS"]
@@ -47,10 +46,11 @@ class RegFile(wiring.Component):
 
     def __init__(self, cfg: Config):
         if not isinstance(cfg, Config):
-            raise HwError(f"cfg must be a Config, not {cfg!r}")
+            raise bad_param(self, f"cfg must be a Config, not {cfg!r}")
         top = COUNTER_BASE + 4 * len(COUNTERS)
         if top > 256:
-            raise HwError(f"the counters must fit the 8-bit register space, not end at {top:#x}")
+            raise bad_param(self, f"the counters must fit the 8-bit register space, not end at "
+                                  f"{top:#x}")
         self._cfg = cfg
         members = axil_slave_members("s_axil")
         members.update({

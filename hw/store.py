@@ -12,10 +12,9 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from tessera.config import Config
-from tessera.errors import HwError
 from tessera.hw.axi import write_client_signature
 from tessera.hw.dma import RowStorer
-from tessera.hw.insn import Cmd, fields
+from tessera.hw.insn import Cmd, bad_param, fields
 from tessera.hw.queues import TokenSignature
 from tessera.isa import layout
 
@@ -27,7 +26,7 @@ class StoreModule(wiring.Component):
 
     def __init__(self, cfg: Config):
         if not isinstance(cfg, Config):
-            raise HwError(f"cfg must be a Config, not {cfg!r}")
+            raise bad_param(self, f"cfg must be a Config, not {cfg!r}")
         self._cfg = cfg
         super().__init__({
             "cmd": In(stream.Signature(Cmd)),

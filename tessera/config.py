@@ -317,10 +317,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         log_uop_buff_size=10, log_inp_buff_size=10, log_wgt_buff_size=12,
         log_acc_buff_size=11, mem_bus_bits=64, dep_queue_depth=8, clock_mhz=100.0,
     ),
-    # ECP5-85F (ULX3S): 16x16 GEMM array; buffer sizes chosen to leave block RAM headroom.
+    # ECP5-85F (ULX3S): an 8x8 GEMM array (a 16x16 one needs 256 int8 multipliers, more than the
+    # 156 MULT18X18D). Yosys synth_ecp5 of this preset: 16.4k LUT4, 4.7k FF, 120 DP16KD,
+    # 91 MULT18X18D, leaving block RAM headroom for the board shell (SDRAM controller etc.).
     "ulx3s": dict(
-        log_inp_width=3, log_wgt_width=3, log_acc_width=5, log_batch=0, log_block=4,
-        log_uop_buff_size=13, log_inp_buff_size=13, log_wgt_buff_size=15,
-        log_acc_buff_size=15, mem_bus_bits=64, dep_queue_depth=8, clock_mhz=50.0,
+        log_inp_width=3, log_wgt_width=3, log_acc_width=5, log_batch=0, log_block=3,
+        log_uop_buff_size=14, log_inp_buff_size=14, log_wgt_buff_size=16,
+        log_acc_buff_size=16, mem_bus_bits=64, dep_queue_depth=8, clock_mhz=50.0,
     ),
 }
