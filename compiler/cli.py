@@ -121,7 +121,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        else _cmd_run)
     p = sub.add_parser("demo", help="compile a bundled model, run it on fsim and the RTL, "
                                     "compare with onnxruntime, print a per-layer table")
-    p.add_argument("--model", default="resnet_tiny", choices=DEMO_MODELS)
+    p.add_argument("--model", default="resnet18", choices=DEMO_MODELS)
     p.add_argument("--config", default="default")
     p.add_argument("--no-rtl", action="store_true", help="skip the Verilator run")
     p.add_argument("--out", default=None, help="also save the compiled model here")
