@@ -107,20 +107,27 @@ class Profile:
     def table(self) -> str:
         cfg = self.config
         lines = [f"{'layer':<28} {'where':<6} {'op':<16} {'cycles':>10} {'util':>6} "
-                 f"{'MMACs':>8} {'ms':>8}"]
+                 f"{'MMACs':>8} {'insns':>6} {'KB in':>8} {'KB out':>7} {'ms':>8}"]
         for p in self.layers:
             util = p.utilisation(cfg)
+            c = p.counters
+            insns = c.get("insns_retired")
+            kb_in = c.get("dram_read_bytes")
+            kb_out = c.get("dram_write_bytes")
             lines.append(
                 f"{p.name[:28]:<28} {p.kind:<6} {p.op[:16]:<16} "
                 f"{p.cycles if p.cycles is not None else '-':>10} "
                 f"{f'{util:.0%}' if util is not None else '-':>6} {p.macs / 1e6:>8.2f} "
+                f"{insns if insns is not None else '-':>6} "
+                f"{f'{kb_in / 1024:.1f}' if kb_in is not None else '-':>8} "
+                f"{f'{kb_out / 1024:.1f}' if kb_out is not None else '-':>7} "
                 f"{p.wall_ms:>8.2f}")
         t = self.totals()
         util = t.get("utilisation")
         lines.append(
             f"{'total':<28} {'':<6} {'':<16} {t['cycles'] if t['cycles'] else '-':>10} "
             f"{f'{util:.0%}' if util is not None else '-':>6} "
-            f"{(t['accel_macs'] + t['cpu_macs']) / 1e6:>8.2f} "
+            f"{(t['accel_macs'] + t['cpu_macs']) / 1e6:>8.2f} {'':>6} {'':>8} {'':>7} "
             f"{t['accel_wall_ms'] + t['cpu_wall_ms']:>8.2f}")
         share = t["accel_macs"] / max(t["accel_macs"] + t["cpu_macs"], 1)
         lines.append(f"accelerator share of MACs: {share:.1%}; accelerator wall "
