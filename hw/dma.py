@@ -364,3 +364,37 @@ class RowStorer(wiring.Component):
                 active.eq(1),
             ]
         return m
+
+
+def sequence_dma_insns(m: Module, *, cmd, insn: Signal, x_size, pop, pop_queue, push,
+                       push_queue, engine, busy: Signal, retire: Signal) -> None:
+    """The instruction loop of the load and store modules: take a command, pop its token (if
+    flagged), run the DMA engine unless ``x_size == 0``, wait for it, push its token (if
+    flagged) and retire. A push to a full queue stalls here (SPEC §5)."""
+    with m.FSM():
+        with m.State("IDLE"):
+            m.d.comb += cmd.ready.eq(1)
+            with m.If(cmd.valid):
+                m.d.sync += insn.eq(cmd.payload.insn)
+                m.next = "POP"
+        with m.State("POP"):
+            with m.If(~pop | pop_queue.valid):
+                m.d.comb += pop_queue.ready.eq(pop)
+                m.next = "EXEC"
+        with m.State("EXEC"):
+            m.d.comb += busy.eq(1)
+            with m.If(x_size == 0):
+                m.next = "PUSH"
+            with m.Else():
+                m.d.comb += engine.cmd.valid.eq(1)
+                with m.If(engine.cmd.ready):
+                    m.next = "WAIT"
+        with m.State("WAIT"):
+            m.d.comb += busy.eq(1)
+            with m.If(~engine.busy):
+                m.next = "PUSH"
+        with m.State("PUSH"):
+            with m.If(~push | push_queue.ready):
+                m.d.comb += [push_queue.valid.eq(push), retire.eq(1)]
+                m.next = "IDLE"
+

@@ -12,7 +12,7 @@ from amaranth.lib.wiring import In, Out
 
 from tessera.config import Config
 from tessera.hw.axi import read_client_signature
-from tessera.hw.dma import RowLoader, Target
+from tessera.hw.dma import RowLoader, Target, sequence_dma_insns
 from tessera.hw.insn import Cmd, bad_param, fields
 from tessera.hw.queues import TokenSignature
 from tessera.isa import MemType, layout
@@ -71,30 +71,7 @@ class LoadModule(wiring.Component):
             lc.y_pad_0.eq(mf.y_pad_0), lc.y_pad_1.eq(mf.y_pad_1),
             lc.x_pad_0.eq(mf.x_pad_0), lc.x_pad_1.eq(mf.x_pad_1),
         ]
-        with m.FSM():
-            with m.State("IDLE"):
-                m.d.comb += self.cmd.ready.eq(1)
-                with m.If(self.cmd.valid):
-                    m.d.sync += insn.eq(self.cmd.payload.insn)
-                    m.next = "POP"
-            with m.State("POP"):
-                with m.If(~mf.pop_next | self.c2l.valid):
-                    m.d.comb += self.c2l.ready.eq(mf.pop_next)
-                    m.next = "EXEC"
-            with m.State("EXEC"):
-                m.d.comb += self.busy.eq(1)
-                with m.If(mf.x_size == 0):
-                    m.next = "PUSH"
-                with m.Else():
-                    m.d.comb += loader.cmd.valid.eq(1)
-                    with m.If(loader.cmd.ready):
-                        m.next = "WAIT"
-            with m.State("WAIT"):
-                m.d.comb += self.busy.eq(1)
-                with m.If(~loader.busy):
-                    m.next = "PUSH"
-            with m.State("PUSH"):
-                with m.If(~mf.push_next | self.l2c.ready):
-                    m.d.comb += [self.l2c.valid.eq(mf.push_next), self.retire.eq(1)]
-                    m.next = "IDLE"
+        sequence_dma_insns(m, cmd=self.cmd, insn=insn, x_size=mf.x_size, pop=mf.pop_next,
+                           pop_queue=self.c2l, push=mf.push_next, push_queue=self.l2c,
+                           engine=loader, busy=self.busy, retire=self.retire)
         return m

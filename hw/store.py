@@ -13,7 +13,7 @@ from amaranth.lib.wiring import In, Out
 
 from tessera.config import Config
 from tessera.hw.axi import write_client_signature
-from tessera.hw.dma import RowStorer
+from tessera.hw.dma import RowStorer, sequence_dma_insns
 from tessera.hw.insn import Cmd, bad_param, fields
 from tessera.hw.queues import TokenSignature
 from tessera.isa import layout
@@ -56,30 +56,7 @@ class StoreModule(wiring.Component):
             sc.stride.eq(mf.x_stride << shift), sc.x_size.eq(mf.x_size),
             sc.y_size.eq(mf.y_size),
         ]
-        with m.FSM():
-            with m.State("IDLE"):
-                m.d.comb += self.cmd.ready.eq(1)
-                with m.If(self.cmd.valid):
-                    m.d.sync += insn.eq(self.cmd.payload.insn)
-                    m.next = "POP"
-            with m.State("POP"):
-                with m.If(~mf.pop_prev | self.c2s.valid):
-                    m.d.comb += self.c2s.ready.eq(mf.pop_prev)
-                    m.next = "EXEC"
-            with m.State("EXEC"):
-                m.d.comb += self.busy.eq(1)
-                with m.If(mf.x_size == 0):
-                    m.next = "PUSH"
-                with m.Else():
-                    m.d.comb += storer.cmd.valid.eq(1)
-                    with m.If(storer.cmd.ready):
-                        m.next = "WAIT"
-            with m.State("WAIT"):
-                m.d.comb += self.busy.eq(1)
-                with m.If(~storer.busy):
-                    m.next = "PUSH"
-            with m.State("PUSH"):
-                with m.If(~mf.push_prev | self.s2c.ready):
-                    m.d.comb += [self.s2c.valid.eq(mf.push_prev), self.retire.eq(1)]
-                    m.next = "IDLE"
+        sequence_dma_insns(m, cmd=self.cmd, insn=insn, x_size=mf.x_size, pop=mf.pop_prev,
+                           pop_queue=self.c2s, push=mf.push_prev, push_queue=self.s2c,
+                           engine=storer, busy=self.busy, retire=self.retire)
         return m
