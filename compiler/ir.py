@@ -22,7 +22,7 @@ from tessera.errors import CompileError
 
 __all__ = [
     "TensorInfo", "Node", "Graph", "OpSpec", "OPS", "DTYPES", "ACTIVATIONS", "infer",
-    "conv_out_size", "pool_out_size", "GraphBuilder",
+    "conv_out_size", "pool_out_size", "GraphBuilder", "MemoryPlan", "blocked_shape",
 ]
 
 DTYPES = ("float32", "int8", "int32", "int64", "uint8", "bool")
@@ -120,18 +120,53 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Arena offsets (bytes) of every non-constant tensor of a graph, their reserved sizes, and
+    live ranges in node indices (defined at ``live[t][0]``, last read at ``live[t][1]``; graph
+    inputs and outputs live from -1 to the end)."""
+
+    offsets: dict[str, int]
+    sizes: dict[str, int]
+    live: dict[str, tuple[int, int]]
+    arena_size: int
+
+    def overlaps(self) -> list[tuple[str, str]]:
+        """Pairs of tensors live at the same time whose arena ranges intersect (should be [])."""
+        names = sorted(self.offsets, key=self.offsets.__getitem__)
+        bad = []
+        for a_i, a in enumerate(names):
+            for b in names[a_i + 1:]:
+                if self.offsets[b] >= self.offsets[a] + self.sizes[a]:
+                    break
+                la, lb = self.live[a], self.live[b]
+                if la[0] <= lb[1] and lb[0] <= la[1]:
+                    bad.append((a, b))
+        return bad
+
+
 class Graph:
-    """A computation graph. Construct with :meth:`Graph.build` to run shape inference."""
+    """A computation graph. Construct with :meth:`Graph.build` to run shape inference.
+
+    ``memory`` is the arena placement of its tensors once the ``plan_memory`` pass has run;
+    any rewrite (:meth:`replace`) drops it.
+    """
 
     def __init__(self, inputs: Sequence[str], outputs: Sequence[str], nodes: Iterable[Node],
                  constants: Mapping[str, np.ndarray], tensors: Mapping[str, TensorInfo],
-                 name: str = "graph"):
+                 name: str = "graph", memory: MemoryPlan | None = None):
         self.inputs = tuple(inputs)
         self.outputs = tuple(outputs)
         self.nodes = tuple(nodes)
         self.constants = dict(constants)
         self.tensors = dict(tensors)
         self.name = name
+        self.memory = memory
+
+    def with_memory(self, memory: MemoryPlan) -> Graph:
+        """The same graph with an arena placement."""
+        return Graph(self.inputs, self.outputs, self.nodes, self.constants, self.tensors,
+                     self.name, memory)
 
     @classmethod
     def build(cls, inputs: Mapping[str, TensorInfo], outputs: Sequence[str],
@@ -208,6 +243,13 @@ class Graph:
             lines.append(f"  {n}    # {types}  [{n.name}]")
         for o in self.outputs:
             lines.append(f"  output {o}: {self.tensors.get(o, '?')}")
+        if self.memory is not None:
+            m = self.memory
+            lines.append(f"  # arena: {m.arena_size} bytes")
+            for t in sorted(m.offsets, key=lambda t: (m.offsets[t], t)):
+                lo, hi = m.live[t]
+                lines.append(f"  arena  {t}: [{m.offsets[t]:#x}, {m.offsets[t] + m.sizes[t]:#x})"
+                             f" live {lo}..{hi}")
         lines.append("}")
         return "\n".join(lines)
 
@@ -550,17 +592,49 @@ def _qout(node: Node, shape: tuple[int, ...]) -> list[TensorInfo]:
 
 
 _QEPI = dict(epilogue=None, out_scale=1.0)
+# An accelerator layer reads and writes SPEC §2 blocked tensors once layouts are assigned
+# (``layout="blocked"``); ``in_shape`` is then the logical NCHW / NC shape of its input.
+_QLAYOUT = dict(layout="nchw", block=16, batch=1, in_shape=())
+
+
+def blocked_shape(shape: tuple[int, ...], block: int, batch: int) -> tuple[int, ...]:
+    """The packed shape of a 4-D NCHW or 2-D NC tensor (SPEC §2)."""
+    n, c = -(-shape[0] // batch), -(-shape[1] // block)
+    return (n, c) + tuple(shape[2:]) + (batch, block)
+
+
+def _logical(node: Node, ins: list, infer: InferFn, g: Graph) -> list[TensorInfo]:
+    """Inference of a (possibly blocked) accelerator layer: its logical output, or that
+    output's blocked shape when ``layout == "blocked"``."""
+    a = node.attrs
+    if a["layout"] == "nchw":
+        return infer(node, ins, g)
+    if a["layout"] != "blocked":
+        raise _err(node, f"layout must be 'nchw' or 'blocked', not {a['layout']!r}")
+    _need(node, ins, 0)
+    blk, bat = int(a["block"]), int(a["batch"])
+    x = tuple(a["in_shape"])
+    if len(x) not in (2, 4) or ins[0].shape != blocked_shape(x, blk, bat):
+        raise _err(node, f"blocked input {ins[0].shape} does not pack in_shape {x}")
+    plain = [TensorInfo(x, ins[0].dtype, ins[0].scale)] + list(ins[1:3])
+    out = infer(node, plain, g)[0]
+    if len(ins) > 3 and ins[3] is not None:
+        if ins[3].shape != blocked_shape(out.shape, blk, bat):
+            raise _err(node, f"blocked residual must have shape "
+                             f"{blocked_shape(out.shape, blk, bat)}, not {ins[3].shape}")
+    return [replace(out, shape=blocked_shape(out.shape, blk, bat))]
 
 
 @_op("qconv2d", "int8 conv: acc = conv(x, w) + b (int32), then the requant epilogue",
-     strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), groups=1, **_QEPI)
+     strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), groups=1, **_QEPI, **_QLAYOUT)
 def _qconv2d(node: Node, ins: list, g: Graph) -> list[TensorInfo]:
-    return _qout(node, _conv2d(node, ins, g)[0].shape)
+    return _logical(node, ins, lambda n, i, gr: _qout(n, _conv2d(n, i, gr)[0].shape), g)
 
 
-@_op("qdense", "int8 dense: acc = x @ w.T + b (int32), then the requant epilogue", **_QEPI)
+@_op("qdense", "int8 dense: acc = x @ w.T + b (int32), then the requant epilogue", **_QEPI,
+     **_QLAYOUT)
 def _qdense(node: Node, ins: list, g: Graph) -> list[TensorInfo]:
-    return _qout(node, _dense(node, ins, g)[0].shape)
+    return _logical(node, ins, lambda n, i, gr: _qout(n, _dense(n, i, gr)[0].shape), g)
 
 
 @_op("qadd", "int8 add of two rescaled branches, then the requant epilogue", **_QEPI)
@@ -596,11 +670,10 @@ def _qglobal_avgpool(node: Node, ins: list, g: Graph) -> list[TensorInfo]:
 def _pack(node: Node, ins: list, g: Graph) -> list[TensorInfo]:
     _need(node, ins, 0)
     s = ins[0].shape
-    blk, b = node.attrs["block"], node.attrs["batch"]
     if len(s) not in (2, 4):
         raise _err(node, f"pack needs a 2-D or 4-D tensor, got {s}")
-    n, c = -(-s[0] // b), -(-s[1] // blk)
-    return [TensorInfo((n, c) + s[2:] + (b, blk), ins[0].dtype, ins[0].scale)]
+    packed = blocked_shape(s, int(node.attrs["block"]), int(node.attrs["batch"]))
+    return [TensorInfo(packed, ins[0].dtype, ins[0].scale)]
 
 
 @_op("unpack", "inverse of pack, cropping to the logical shape", shape=())

@@ -1,134 +1,51 @@
-"""Shared machinery of the tiled operators: requantisation and the double-buffered tile pipeline.
+"""The one double-buffered tile pipeline every accelerator kernel is emitted through.
 
-An operator (``matmul``, ``conv2d``) describes its work as a list of :class:`Tile` objects: one
-output tile held in the accumulator, initialised (reset, or bias loaded as ACC), built up by
-reduction :class:`Step` objects (loads of an input and a weight chunk, then one GEMM), then
-requantised by ALU instructions and stored. :func:`emit_tiles` turns that list into a
-well-synchronised stream.
+An operator (:mod:`~tessera.runtime.accel.conv2d`, :mod:`~tessera.runtime.accel.dense`)
+describes its work as a list of :class:`Tile` objects. A tile is one output tile held in the
+accumulator: zeroed by a reset GEMM, built up by reduction :class:`Stage` objects (loads of an
+input and a weight chunk into SRAM, then one GEMM), finished by its epilogue (accumulator loads of
+bias / multiplier / residual rows, then ALU instructions) and written back by STOREs.
+:func:`emit_tiles` turns that list into one well-synchronised stream.
 
-Virtual threads (double buffering, ``threads=2``). The input and weight buffers are split into
-two halves used by alternate reduction steps, and the accumulator/out buffer into two halves
-used by alternate output tiles, so two streams interleave: while compute runs the GEMM of step
-``u`` from one half, the load module fills the other half for step ``u+1``; while the store
-module drains tile ``t`` from one accumulator half, compute works on tile ``t+1`` in the other.
-Tokens (SPEC §5) order exactly the conflicting accesses:
+Virtual threads (double buffering). The input and weight buffers are split into two halves used
+by alternate stages, and the accumulator (with the out buffer) into two halves used by alternate
+tiles, so two streams interleave (VTA's two virtual threads): while compute runs the GEMM of
+stage ``s`` from one half, the load module fills the other half for stage ``s+1``; while the
+store module drains tile ``t`` from one accumulator half, compute works on tile ``t+1`` in the
+other. Tokens (SPEC §5) order exactly the conflicting accesses:
 
-- L2C: after the loads of step ``u``; the GEMM of step ``u`` pops it;
-- C2L: after the GEMM of step ``u``, if step ``u+threads`` (same half) loads anything; that
-  load pops it before overwriting the half;
-- C2S: after the requantisation of tile ``t``; its STOREs pop it;
-- S2C: after the STOREs of tile ``t``, if tile ``t+threads`` exists; its first compute
-  instruction pops it before writing that accumulator half.
+- L2C: after the loads of stage ``s``; the GEMM of stage ``s`` pops it;
+- C2L: after the GEMM of stage ``s`` when stage ``s + threads`` (same half) loads anything;
+  that stage's first load pops it before overwriting the half;
+- C2S: after the epilogue of tile ``t``; its first STORE pops it;
+- S2C: after the STOREs of tile ``t`` when tile ``t + threads`` exists; its reset GEMM pops it
+  before writing that accumulator half.
 
-Program order is ``L(0), L(1), G(0), L(2), G(1), ...``, so at most ``threads`` tokens are ever
-outstanding per queue (``deps.check_tokens`` verifies this on every finished stream). With
-``threads=1`` the same rules serialise load, compute and store of each step.
-
-A load whose exact region (DRAM source, shape, SRAM destination) is already resident in its
-half is skipped, e.g. conv weights reused across spatial tiles.
+With one thread the same rules serialise load, compute and store. A load whose exact region
+(memory type, SRAM address, DRAM source, shape, padding) is still resident in its half from that
+half's previous stage is skipped — e.g. conv weights reused by consecutive spatial tiles.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import numpy as np
-
-from tessera.config import Config
 from tessera.errors import ProgramError
-from tessera.isa import AluOp, MemType, Uop
-from tessera.runtime.builder import CommandBuilder, insn_kind
+from tessera.isa import AluOp, MemType
+from tessera.runtime.builder import CommandBuilder
 from tessera.runtime.deps import Module
-from tessera.runtime.uop_cache import MAX_ITER, MicroKernel
+from tessera.runtime.uop_cache import MicroKernel
 
-__all__ = [
-    "Requant", "SATURATE", "requant_reference", "LoadReq", "StoreReq", "Step", "Tile",
-    "LayerStats", "emit_tiles", "emit_epilogue", "count_kinds", "thread_caps", "element_base",
-    "wrap_int32", "distinct_ceils",
-]
+__all__ = ["Load", "Store", "Stage", "AluPass", "Tile", "emit_tiles", "thread_caps"]
 
 LOAD, COMPUTE, STORE = Module.LOAD, Module.COMPUTE, Module.STORE
 
 
-def wrap_int32(x: np.ndarray) -> np.ndarray:
-    """Two's-complement wrap of an integer array to int32 values (as int64)."""
-    x = np.asarray(x, np.int64)
-    return ((x + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
-
-
 @dataclass(frozen=True)
-class Requant:
-    """Fixed-point requantisation of the int32 accumulator to int8, run on the ALU.
-
-    ``out = clip((acc * mul [+ 2**(shift-1) if round]) >> shift, lo, hi)`` with the exact ALU
-    steps of :meth:`alu_ops`: MUL by ``mul`` (low 32 bits: the product wraps mod 2**32), the
-    rounding ADD, an arithmetic SHR (floor), MIN ``hi``, MAX ``lo``. Immediates are 16-bit
-    signed, so ``mul`` must be in [-32768, 32767]; a rounding constant ``2**(shift-1)`` above
-    2**14 (``shift > 15``) is applied as ``SHR (shift-15); ADD 2**14; SHR 15``, which is
-    exactly ``floor((x + 2**(shift-1)) / 2**shift)`` (floor division composes). The ADD wraps
-    mod 2**32 like the hardware. ``lo``/``hi`` lie in [-128, 127] so the int8 the STORE writes
-    (low 8 bits of the accumulator) is the clipped value; ``lo=0`` fuses a ReLU.
-    """
-
-    mul: int = 1
-    shift: int = 0
-    round: bool = False
-    lo: int = -128
-    hi: int = 127
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.mul, int) or not -(1 << 15) <= self.mul < 1 << 15:
-            raise ProgramError(f"requant mul must be a 16-bit signed integer, not {self.mul!r}")
-        if not isinstance(self.shift, int) or not 0 <= self.shift <= 31:
-            raise ProgramError(f"requant shift must be in [0, 31], not {self.shift!r}")
-        if not (isinstance(self.lo, int) and isinstance(self.hi, int)
-                and -128 <= self.lo <= self.hi <= 127):
-            raise ProgramError(f"requant clip range must satisfy -128 <= lo <= hi <= 127, not "
-                               f"lo={self.lo!r} hi={self.hi!r}")
-
-    def alu_ops(self) -> list[tuple[AluOp, int]]:
-        """The ALU instructions (opcode, immediate) of the requantisation, in order."""
-        ops: list[tuple[AluOp, int]] = []
-        if self.mul != 1:
-            ops.append((AluOp.MUL, self.mul))
-        if self.shift:
-            if self.round and self.shift > 15:
-                ops += [(AluOp.SHR, self.shift - 15), (AluOp.ADD, 1 << 14), (AluOp.SHR, 15)]
-            elif self.round:
-                ops += [(AluOp.ADD, 1 << (self.shift - 1)), (AluOp.SHR, self.shift)]
-            else:
-                ops.append((AluOp.SHR, self.shift))
-        ops.append((AluOp.MIN, self.hi))
-        ops.append((AluOp.MAX, self.lo))
-        return ops
-
-
-SATURATE = Requant()
-"""The default requantisation: saturate the accumulator to int8 (MIN 127, MAX -128)."""
-
-
-def requant_reference(acc: np.ndarray, rq: Requant) -> np.ndarray:
-    """numpy model of exactly the ALU pipeline of ``rq`` on int32 accumulators -> int8."""
-    x = wrap_int32(acc)
-    for op, imm in rq.alu_ops():
-        if op == AluOp.MUL:
-            x = wrap_int32(x * imm)
-        elif op == AluOp.ADD:
-            x = wrap_int32(x + imm)
-        elif op == AluOp.SHR:
-            x = x >> imm
-        elif op == AluOp.MIN:
-            x = np.minimum(x, imm)
-        else:
-            x = np.maximum(x, imm)
-    return x.astype(np.int8)
-
-
-@dataclass(frozen=True)
-class LoadReq:
-    """A LOAD whose SRAM address is relative to the base of its buffer half."""
+class Load:
+    """A 2-D LOAD. ``sram`` is relative to the stage's buffer half (INP, WGT) or to the tile's
+    accumulator base (ACC, ACC_8BIT); ``dram`` is an element index (SPEC §2)."""
 
     mem_type: MemType
     sram: int
@@ -140,13 +57,15 @@ class LoadReq:
 
     @property
     def span(self) -> int:
+        """SRAM elements the load writes (padding included)."""
         yp0, yp1, xp0, xp1 = self.pads
         return (yp0 + self.y + yp1) * (xp0 + self.x + xp1)
 
 
 @dataclass(frozen=True)
-class StoreReq:
-    """A STORE whose SRAM address is relative to the base of the tile's accumulator half."""
+class Store:
+    """A 2-D STORE of ``y`` rows of ``x`` consecutive out-buffer elements from ``sram``
+    (relative to the tile's accumulator base) to DRAM element ``dram + row * stride``."""
 
     sram: int
     dram: int
@@ -155,45 +74,38 @@ class StoreReq:
     stride: int
 
 
-@dataclass
-class Step:
-    """One reduction step: loads into the current input/weight half, then one GEMM.
+@dataclass(frozen=True)
+class Stage:
+    """One reduction step: INP/WGT loads into the current half, then one GEMM whose kernel
+    ``kernel(inp_base, wgt_base, acc_base)`` builds for the halves the pipeline assigns."""
 
-    ``kernel(inp_base, wgt_base, acc_base)`` returns the GEMM's micro-kernel for the halves the
-    pipeline assigns.
-    """
-
-    loads: tuple[LoadReq, ...]
+    loads: tuple[Load, ...]
     kernel: Callable[[int, int, int], MicroKernel]
 
 
-@dataclass
+@dataclass(frozen=True)
+class AluPass:
+    """One ALU instruction of a tile's epilogue: ``kernel(acc_base)``, ``op``, and an immediate
+    (``None``: the kernel's source rows are the operand)."""
+
+    kernel: Callable[[int], MicroKernel]
+    op: AluOp
+    imm: int | None = None
+
+
+@dataclass(frozen=True)
 class Tile:
-    """One output tile of ``acc_size`` accumulator elements."""
+    """One output tile occupying ``acc_rows`` accumulator rows of its half."""
 
-    acc_size: int
-    steps: list[Step]
-    stores: tuple[StoreReq, ...]
-    init: tuple[LoadReq, ...] = ()  # ACC loads (bias); empty means a reset GEMM
-
-
-@dataclass
-class LayerStats:
-    """What emitting one layer produced."""
-
-    name: str
-    insns: int = 0
-    macs: int = 0  # useful multiply-accumulates of the layer
-    hw_macs: int = 0  # MACs the GEMMs execute, including channel/batch padding
-    counts: dict[str, int] = field(default_factory=dict)  # instructions per kind
-    plan: object = None
-
-    @property
-    def macs_per_insn(self) -> float:
-        return self.hw_macs / self.insns if self.insns else 0.0
+    acc_rows: int
+    reset: Callable[[int], MicroKernel]  # acc_base -> kernel zeroing the result rows
+    stages: tuple[Stage, ...]
+    epilogue_loads: tuple[Load, ...]  # ACC / ACC_8BIT rows the ALU passes read
+    alu: tuple[AluPass, ...]
+    stores: tuple[Store, ...]
 
 
-def thread_caps(cfg: Config, threads: int) -> tuple[int, int, int]:
+def thread_caps(cfg, threads: int) -> tuple[int, int, int]:
     """Input, weight and accumulator elements available to one virtual thread."""
     if threads not in (1, 2):
         raise ProgramError(f"threads must be 1 or 2, not {threads!r}")
@@ -202,117 +114,88 @@ def thread_caps(cfg: Config, threads: int) -> tuple[int, int, int]:
     return cfg.inp_depth // threads, cfg.wgt_depth // threads, cfg.acc_depth // threads
 
 
-def element_base(cfg: Config, addr: int, mem_type: MemType, what: str) -> int:
-    """DRAM element index of byte address ``addr`` (SPEC §2: element-aligned)."""
-    from tessera.isa import elem_bytes
-
-    eb = elem_bytes(cfg, mem_type)
-    if not isinstance(addr, int) or addr < 0 or addr % eb:
-        raise ProgramError(f"{what} address must be a non-negative multiple of {eb} bytes, "
-                           f"not {addr!r}")
-    return addr // eb
-
-
-def distinct_ceils(n: int) -> list[int]:
-    """The distinct values of ``ceil(n / d)`` for d = 1..n (balanced tile sizes), descending."""
-    return sorted({-(-n // d) for d in range(1, n + 1)}, reverse=True)
-
-
-def _span_kernels(base: int, n: int, alu: bool) -> list[MicroKernel]:
-    """Kernels touching accumulator rows ``[base, base+n)`` once each."""
-    out = []
-    for off in range(0, n, MAX_ITER):
-        cnt = min(MAX_ITER, n - off)
-        src = base + off if alu else 0
-        out.append(MicroKernel((Uop(base + off, src, 0),), iter_out=1, iter_in=cnt,
-                               dst_factor_in=1, src_factor_in=1 if alu else 0))
-    return out
-
-
-def emit_epilogue(b: CommandBuilder, acc_base: int, n: int, rq: Requant) -> None:
-    """Requantise accumulator rows ``[acc_base, acc_base+n)`` in place."""
-    kernels = _span_kernels(acc_base, n, alu=True)
-    for op, imm in rq.alu_ops():
-        for k in kernels:
-            b.alu(k, op, imm)
-
-
-def emit_tiles(b: CommandBuilder, tiles: list[Tile], rq: Requant, threads: int) -> None:
-    """Emit ``tiles`` as one well-synchronised pipeline (see the module docstring)."""
-    inp_cap, wgt_cap, acc_cap = thread_caps(b.cfg, threads)
-    caps = {MemType.INP: inp_cap, MemType.WGT: wgt_cap}
-    units = [(t, s) for t, tile in enumerate(tiles) for s in range(len(tile.steps))]
-    n = len(units)
-    # Absolute loads per step, and the ones not already resident in their half.
+def _plan_loads(tiles: list[Tile], threads: int, caps: dict[MemType, int]
+                ) -> list[list[tuple]]:
+    """Absolute load arguments of every stage, minus those still resident in its half."""
     resident: list[frozenset] = [frozenset()] * threads
     actual: list[list[tuple]] = []
-    for u, (t, s) in enumerate(units):
-        half = u % threads
-        keys = []
-        for r in tiles[t].steps[s].loads:
-            if r.mem_type not in caps:
-                raise ProgramError(f"a reduction step may load INP or WGT, not {r.mem_type!r}")
-            if r.sram + r.span > caps[r.mem_type]:
-                raise ProgramError(
-                    f"tile {t} step {s}: {r.mem_type.name} region [{r.sram}, "
-                    f"{r.sram + r.span}) exceeds one thread's {caps[r.mem_type]} elements")
-            keys.append((r.mem_type, half * caps[r.mem_type] + r.sram, r.dram, r.y, r.x,
-                         r.stride, r.pads))
-        actual.append([k for k in keys if k not in resident[half]])
-        resident[half] = frozenset(keys)
-    pops_release = {w for w in range(threads, n) if actual[w]}
-    release_after = {w - threads for w in pops_release}
-
-    def emit_loads(w: int) -> None:
-        if not actual[w]:
-            return
-        if w in pops_release:
-            b.dep_pop(COMPUTE, LOAD)
-        for k in actual[w]:
-            b.load_2d(*k)
-        b.dep_push(LOAD, COMPUTE)
-
-    if threads == 2 and n:
-        emit_loads(0)
     u = 0
     for t, tile in enumerate(tiles):
-        if tile.acc_size > acc_cap:
-            raise ProgramError(f"tile {t} needs {tile.acc_size} accumulator elements; one "
-                               f"thread has {acc_cap}")
-        ab = (t % threads) * acc_cap
-        if t >= threads:
-            b.dep_pop(STORE, COMPUTE)
-        if tile.init:
-            for r in tile.init:
-                if r.sram + r.span > tile.acc_size:
-                    raise ProgramError(f"tile {t}: an init load leaves the tile's accumulator")
-                b.load_2d(r.mem_type, ab + r.sram, r.dram, r.y, r.x, r.stride, r.pads)
-        else:
-            for k in _span_kernels(ab, tile.acc_size, alu=False):
-                b.gemm(k, reset=True)
-        for step in tile.steps:
-            if threads == 2:
-                if u + 1 < n:
-                    emit_loads(u + 1)
-            else:
-                emit_loads(u)
-            if actual[u]:
-                b.dep_pop(LOAD, COMPUTE)
+        for s, stage in enumerate(tile.stages):
             half = u % threads
-            b.gemm(step.kernel(half * inp_cap, half * wgt_cap, ab))
+            keys = []
+            for r in stage.loads:
+                if r.mem_type not in caps:
+                    raise ProgramError(f"a reduction stage may load INP or WGT, not "
+                                       f"{MemType(r.mem_type).name}")
+                if r.sram < 0 or r.sram + r.span > caps[r.mem_type]:
+                    raise ProgramError(
+                        f"tile {t} stage {s}: {MemType(r.mem_type).name} region [{r.sram}, "
+                        f"{r.sram + r.span}) exceeds one thread's {caps[r.mem_type]} elements")
+                keys.append((r.mem_type, half * caps[r.mem_type] + r.sram, r.dram, r.y, r.x,
+                             r.stride, r.pads))
+            actual.append([k for k in keys if k not in resident[half]])
+            resident[half] = frozenset(keys)
+            u += 1
+    return actual
+
+
+def _reset(b: CommandBuilder, tile: Tile, t: int, threads: int, ab: int) -> None:
+    """Zero tile ``t``'s result rows, once tile ``t - threads`` has left its half."""
+    if t >= threads:
+        b.dep_pop(STORE, COMPUTE)
+    b.gemm(tile.reset(ab), reset=True)
+
+
+def emit_tiles(b: CommandBuilder, tiles: list[Tile], double_buffer: bool) -> dict[str, int]:
+    """Append ``tiles`` to ``b`` as one well-synchronised pipeline (module docstring).
+
+    Returns counts of what was emitted (``tiles``, ``stages``, ``loads_skipped``).
+    """
+    threads = 2 if double_buffer else 1
+    inp_cap, wgt_cap, acc_cap = thread_caps(b.cfg, threads)
+    actual = _plan_loads(tiles, threads, {MemType.INP: inp_cap, MemType.WGT: wgt_cap})
+    n = len(actual)
+    pops_release = {w for w in range(threads, n) if actual[w]}
+    release_after = {w - threads for w in pops_release}
+    u = 0
+    skipped = sum(len(s.loads) for t in tiles for s in t.stages) - sum(len(a) for a in actual)
+    for t, tile in enumerate(tiles):
+        if tile.acc_rows > acc_cap:
+            raise ProgramError(f"tile {t} needs {tile.acc_rows} accumulator rows; one thread "
+                               f"has {acc_cap}")
+        ab = (t % threads) * acc_cap
+        for s, stage in enumerate(tile.stages):
+            half = u % threads
+            if actual[u]:
+                if u in pops_release:
+                    b.dep_pop(COMPUTE, LOAD)  # the GEMM of stage u - threads is done
+                for k in actual[u]:
+                    b.load_2d(*k)
+                b.dep_push(LOAD, COMPUTE)
+                b.dep_pop(LOAD, COMPUTE)
+            if s == 0:
+                _reset(b, tile, t, threads, ab)
+            b.gemm(stage.kernel(half * inp_cap, half * wgt_cap, ab))
             if u in release_after:
                 b.dep_push(COMPUTE, LOAD)
             u += 1
-        emit_epilogue(b, ab, tile.acc_size, rq)
+        if not tile.stages:
+            _reset(b, tile, t, threads, ab)
+        for r in tile.epilogue_loads:
+            if r.sram < 0 or r.sram + r.span > tile.acc_rows:
+                raise ProgramError(f"tile {t}: an epilogue load leaves the tile's accumulator "
+                                   f"rows")
+            b.load_2d(r.mem_type, ab + r.sram, r.dram, r.y, r.x, r.stride, r.pads)
+        for p in tile.alu:
+            b.alu(p.kernel(ab), p.op, p.imm)
         b.dep_push(COMPUTE, STORE)
         b.dep_pop(COMPUTE, STORE)
         for r in tile.stores:
-            if r.sram + r.y * r.x > tile.acc_size:
-                raise ProgramError(f"tile {t}: a store reads outside the tile's accumulator")
+            if r.sram < 0 or r.sram + r.y * r.x > tile.acc_rows:
+                raise ProgramError(f"tile {t}: a store reads outside the tile's accumulator "
+                                   f"rows")
             b.store_2d(ab + r.sram, r.dram, r.y, r.x, r.stride)
         if t + threads < len(tiles):
             b.dep_push(STORE, COMPUTE)
-
-
-def count_kinds(insns: list) -> dict[str, int]:
-    return dict(Counter(insn_kind(i) for i in insns))
+    return {"tiles": len(tiles), "stages": n, "loads_skipped": skipped}

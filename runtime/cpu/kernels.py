@@ -1,61 +1,72 @@
-"""CPU kernels: operators the accelerator cannot run, compiled for the host through LLVM.
+"""CPU kernels: operators the accelerator cannot run, generated as LLVM IR and compiled for the
+host.
 
 One entry point::
 
-    kernel = cpu_kernels.get("MaxPool", {"kernel_shape": [3, 3], "strides": [2, 2]},
-                             [((1, 64, 56, 56), "float32")])
+    kernel = kernels.get("MaxPool", {"kernel_shape": [3, 3], "strides": [2, 2]},
+                         [((1, 64, 56, 56), "float32")])
     (y,) = kernel(x)                     # or kernel(x, out=[y]) to write into y
     kernel.out_specs                     # [((1, 64, 28, 28), dtype('float32'))]
-    kernel.ir                            # LLVM IR text, for saving compiled models
-    same = CpuKernel.from_ir(kernel.ir, kernel.name, kernel.in_specs, kernel.out_specs)
+    kernel.description()                 # {"op", "attrs", "in_specs"}: all a file stores
+    same = CpuKernel.from_description(kernel.description())
 
-Each kernel is specialised to its input shapes, dtypes and attributes, and takes raw pointers to
-C-contiguous arrays; numpy only allocates and passes buffers. Machine code comes from
-:mod:`tessera.compiler.llvm_jit` and is cached in memory and on disk. Operators (ONNX names where
-ONNX defines them; semantics are ONNX's unless the generator's docstring says otherwise):
+A kernel is fully determined by its *description* (operator, JSON attributes, input shapes and
+dtypes): the generators of :mod:`~tessera.runtime.cpu.nn`, ``eltwise``, ``data``, ``quant`` and
+``misc`` validate it and emit specialised IR, taking raw pointers to C-contiguous arrays (numpy
+only allocates and passes buffers). Machine code comes from :mod:`tessera.runtime.cpu.jit`,
+cached in memory and on disk under a key of the description, :data:`GENERATOR_VERSION`, the
+llvmlite version and the host target. A compiled-model file therefore carries descriptions only:
+the runtime regenerates the code, so a file can never bring its own. Operators are listed by
+:func:`ops` (ONNX names where ONNX defines them; semantics are ONNX's unless the generator's
+docstring says otherwise).
 
-- nn: MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, Softmax, Conv (grouped and
-  depthwise);
-- elementwise: Add, Sub, Mul, Div, Max, Min, Relu, Clip, Sigmoid, Tanh, Exp, AddRequant (int8);
-- quantisation: QuantizeLinear, DequantizeLinear;
-- data movement: Reshape, Flatten, Transpose, Concat, Slice, PackNCHW, UnpackNCHW.
-
-Unsupported ops, attributes, shapes or dtypes raise :class:`~tessera.errors.CompileError` naming
+Unsupported ops, attributes, shapes or dtypes raise :class:`~tessera.errors.KernelError` naming
 the op and the problem.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tessera.compiler import (
-    cpu_kernels_data,
-    cpu_kernels_eltwise,
-    cpu_kernels_misc,
-    cpu_kernels_nn,
-    cpu_kernels_quant,
-)
-from tessera.compiler.cpu_kernels_ir import Spec
-from tessera.compiler.llvm_jit import CompiledFunction, Engine, default_engine
-from tessera.errors import CompileError
+from tessera.errors import KernelError
+from tessera.runtime.cpu import builder, data, eltwise, misc, nn, quant
+from tessera.runtime.cpu.builder import Spec
+from tessera.runtime.cpu.jit import CompiledFunction, Engine, default_engine
 
-__all__ = ["CpuKernel", "Spec", "clear_cache", "get", "ops"]
+__all__ = ["CpuKernel", "Spec", "clear_cache", "get", "ops", "GENERATOR_VERSION",
+           "SUPPORTED_DTYPES", "canonical_attrs"]
 
 # op name -> generator(op, attrs, in_specs) -> (ir_text, function name, out_specs)
 Generator = Callable[[str, dict[str, Any], list[Spec]], tuple[str, str, list[Spec]]]
 _GENERATORS: dict[str, Generator] = {
-    **cpu_kernels_nn.GENERATORS,
-    **cpu_kernels_eltwise.GENERATORS,
-    **cpu_kernels_data.GENERATORS,
-    **cpu_kernels_quant.GENERATORS,
-    **cpu_kernels_misc.GENERATORS,
+    **nn.GENERATORS,
+    **eltwise.GENERATORS,
+    **data.GENERATORS,
+    **quant.GENERATORS,
+    **misc.GENERATORS,
 }
 
-_SUPPORTED_DTYPES = ("float32", "int8", "int32")
+SUPPORTED_DTYPES = ("float32", "int8", "int32")
+
+
+def _generator_version() -> str:
+    """A hash of the generators' source: any change to the code that writes the IR changes it,
+    so cached machine code of an older generator is never reused."""
+    h = hashlib.sha256()
+    for mod in (builder, nn, eltwise, data, quant, misc):
+        h.update(Path(mod.__file__).read_bytes())
+    return h.hexdigest()[:16]
+
+
+GENERATOR_VERSION = _generator_version()
 
 
 def ops() -> list[str]:
@@ -65,60 +76,111 @@ def ops() -> list[str]:
 
 def _norm_specs(op: str, specs: Sequence[Any], what: str) -> list[Spec]:
     out = []
+    if isinstance(specs, (str, bytes, Mapping)):
+        raise KernelError(f"{op}: {what} must be a list of (shape, dtype) pairs, not {specs!r}")
     try:
         items = list(specs)
     except TypeError:
-        raise CompileError(f"{op}: {what} must be a list of (shape, dtype) pairs") from None
+        raise KernelError(f"{op}: {what} must be a list of (shape, dtype) pairs") from None
     for k, item in enumerate(items):
         try:
             shape, dtype = item
-            shape = tuple(int(d) for d in shape)
+            if isinstance(shape, (str, bytes)):
+                raise TypeError
+            dims = []
+            for d in shape:
+                if isinstance(d, bool) or not isinstance(d, (int, np.integer)):
+                    raise TypeError
+                dims.append(int(d))
+            shape = tuple(dims)
+            if not isinstance(dtype, (str, np.dtype)) and not (
+                    isinstance(dtype, type) and issubclass(dtype, np.generic)):
+                raise TypeError
             dtype = np.dtype(dtype)
         except (TypeError, ValueError):
-            raise CompileError(
-                f"{op}: {what}[{k}] must be a (shape, dtype) pair, not {item!r}"
-            ) from None
+            raise KernelError(
+                f"{op}: {what}[{k}] must be a (shape, dtype) pair, not {item!r}") from None
         if any(d < 0 for d in shape):
-            raise CompileError(f"{op}: {what}[{k}] has a negative dimension: {shape}")
-        if dtype.name not in _SUPPORTED_DTYPES:
-            raise CompileError(
+            raise KernelError(f"{op}: {what}[{k}] has a negative dimension: {shape}")
+        if dtype.name not in SUPPORTED_DTYPES:
+            raise KernelError(
                 f"{op}: {what}[{k}] has dtype {dtype.name}; CPU kernels take "
-                f"{', '.join(_SUPPORTED_DTYPES)}"
+                f"{', '.join(SUPPORTED_DTYPES)}"
             )
         out.append((shape, dtype))
     return out
 
 
-def _freeze(value: Any) -> Any:
-    if isinstance(value, dict):
-        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+def _plain(value: Any, op: str, path: str) -> Any:
+    """``value`` as plain JSON data (dict, list, str, int, finite float, bool, None)."""
+    if isinstance(value, Mapping):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise KernelError(f"{op}: attribute key {path}{k!r} must be a string")
+            out[k] = _plain(v, op, f"{path}{k}.")
+        return out
     if isinstance(value, (list, tuple, np.ndarray)):
-        return tuple(_freeze(v) for v in value)
+        return [_plain(v, op, path) for v in value]
     if isinstance(value, np.generic):
-        return value.item()
+        value = value.item()
     if isinstance(value, bytes):
-        return value.decode()
-    return value
+        value = value.decode("utf-8", "replace")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise KernelError(f"{op}: attribute {path.rstrip('.')} must be finite, not {value!r}")
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise KernelError(f"{op}: attribute {path.rstrip('.')} must be JSON data, not "
+                      f"{type(value).__name__}")
+
+
+def canonical_attrs(op: str, attrs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``attrs`` as plain JSON data (lists for tuples/arrays, Python numbers)."""
+    if attrs is None:
+        return {}
+    if not isinstance(attrs, Mapping):
+        raise KernelError(f"{op}: attributes must be a dict, not {type(attrs).__name__}")
+    return _plain(attrs, op, "")
+
+
+def _describe(op: str, attrs: dict[str, Any], specs: list[Spec]) -> str:
+    return json.dumps({"op": op, "attrs": attrs,
+                       "in_specs": [[list(s), d.name] for s, d in specs],
+                       "generator": GENERATOR_VERSION},
+                      sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
 class CpuKernel:
-    """A compiled kernel: ``kernel(*inputs, out=None) -> list of outputs``."""
+    """A compiled kernel: ``kernel(*inputs, out=None) -> list of outputs``.
 
-    def __init__(self, name: str, ir_text: str, in_specs: Sequence[Spec],
-                 out_specs: Sequence[Spec], engine: Engine | None = None, op: str | None = None):
-        self.name = name
-        self.op = op or name
+    Built by :func:`get` (or :meth:`from_description`); ``ir`` is the generated IR text, kept for
+    inspection only.
+    """
+
+    def __init__(self, op: str, attrs: dict[str, Any], in_specs: list[Spec], ir_text: str,
+                 name: str, out_specs: Sequence[Spec], fn: CompiledFunction):
+        self.op = op
+        self.attrs = attrs
+        self.in_specs = in_specs
+        self.out_specs = _norm_specs(op, out_specs, "out_specs")
         self.ir = ir_text
-        self.in_specs = _norm_specs(self.op, in_specs, "in_specs")
-        self.out_specs = _norm_specs(self.op, out_specs, "out_specs")
-        self._fn: CompiledFunction = (engine or default_engine()).compile(
-            ir_text, name, len(self.in_specs) + len(self.out_specs))
+        self.name = name
+        self._fn = fn
+
+    def description(self) -> dict[str, Any]:
+        """What identifies this kernel: op, attributes and input specs (JSON data)."""
+        return {"op": self.op, "attrs": self.attrs,
+                "in_specs": [[list(s), d.name] for s, d in self.in_specs]}
 
     @classmethod
-    def from_ir(cls, ir_text: str, name: str, in_specs: Sequence[Spec],
-                out_specs: Sequence[Spec], engine: Engine | None = None) -> CpuKernel:
-        """Rebuild a kernel from saved IR text (compiled, or loaded from the object cache)."""
-        return cls(name, ir_text, in_specs, out_specs, engine)
+    def from_description(cls, desc: Mapping[str, Any], engine: Engine | None = None
+                         ) -> CpuKernel:
+        """The kernel a :meth:`description` names, regenerated (and validated) by its
+        generator."""
+        if not isinstance(desc, Mapping) or set(desc) != {"op", "attrs", "in_specs"}:
+            raise KernelError(f"a kernel description must have exactly the keys op, attrs and "
+                              f"in_specs, not {desc!r}"[:300])
+        return get(desc["op"], desc["attrs"], desc["in_specs"], engine=engine)
 
     def __repr__(self) -> str:
         def fmt(specs: list[Spec]) -> str:
@@ -127,14 +189,14 @@ class CpuKernel:
 
     def _check(self, arrays: Sequence[Any], specs: list[Spec], what: str) -> list[np.ndarray]:
         if len(arrays) != len(specs):
-            raise CompileError(f"{self.op}: expects {len(specs)} {what}(s), got {len(arrays)}")
+            raise KernelError(f"{self.op}: expects {len(specs)} {what}(s), got {len(arrays)}")
         checked = []
         for k, (a, (shape, dtype)) in enumerate(zip(arrays, specs, strict=True)):
             if not isinstance(a, np.ndarray):
-                raise CompileError(f"{self.op}: {what} {k} must be a numpy array, not "
-                                   f"{type(a).__name__}")
+                raise KernelError(f"{self.op}: {what} {k} must be a numpy array, not "
+                                  f"{type(a).__name__}")
             if a.shape != shape or a.dtype != dtype:
-                raise CompileError(
+                raise KernelError(
                     f"{self.op}: {what} {k} must be {dtype.name}{list(shape)}, "
                     f"not {a.dtype.name}{list(a.shape)}"
                 )
@@ -150,38 +212,41 @@ class CpuKernel:
             outs = self._check(list(out), self.out_specs, "output")
             for k, o in enumerate(outs):
                 if not o.flags.c_contiguous or not o.flags.writeable:
-                    raise CompileError(f"{self.op}: output {k} must be a writeable "
-                                       "C-contiguous array")
+                    raise KernelError(f"{self.op}: output {k} must be a writeable "
+                                      "C-contiguous array")
                 if any(np.may_share_memory(o, a) for a in ins) or any(
                         np.may_share_memory(o, p) for p in outs[:k]):
-                    raise CompileError(f"{self.op}: output {k} overlaps another argument")
+                    raise KernelError(f"{self.op}: output {k} overlaps another argument")
         self._fn(*ins, *outs)
         return outs
 
 
-_cache: dict[tuple, CpuKernel] = {}
+_cache: dict[tuple[str, int], CpuKernel] = {}
 _cache_lock = threading.Lock()
 
 
-def get(op: str, attrs: dict[str, Any] | None, in_specs: Sequence[Spec],
+def get(op: str, attrs: Mapping[str, Any] | None, in_specs: Sequence[Any],
         engine: Engine | None = None) -> CpuKernel:
     """The kernel for ``op`` with ``attrs`` on inputs ``in_specs`` (list of (shape, dtype)).
 
-    Kernels are cached by (op, attrs, in_specs, engine) in memory; their machine code is cached
-    by the engine (by IR hash, in memory and on disk).
+    Kernels are cached in memory by (description, engine); their machine code is cached by the
+    engine (in memory and on disk) by the description's key.
     """
-    if op not in _GENERATORS:
-        raise CompileError(f"{op}: no CPU kernel for this operator (known: {', '.join(ops())})")
-    attrs = dict(attrs or {})
+    if not isinstance(op, str) or op not in _GENERATORS:
+        raise KernelError(f"{op!r}: no CPU kernel for this operator (known: {', '.join(ops())})"
+                          [:400])
+    clean = canonical_attrs(op, attrs)
     specs = _norm_specs(op, in_specs, "in_specs")
     engine = engine or default_engine()
-    key = (op, _freeze(attrs), tuple((s, d.name) for s, d in specs), id(engine))
+    desc = _describe(op, clean, specs)
+    key = (desc, id(engine))
     with _cache_lock:
         kernel = _cache.get(key)
     if kernel is not None:
         return kernel
-    ir_text, name, out_specs = _GENERATORS[op](op, attrs, specs)
-    kernel = CpuKernel(name, ir_text, specs, out_specs, engine, op=op)
+    ir_text, name, out_specs = _GENERATORS[op](op, dict(clean), specs)
+    fn = engine.compile(ir_text, name, len(specs) + len(out_specs), description=desc)
+    kernel = CpuKernel(op, clean, specs, ir_text, name, out_specs, fn)
     with _cache_lock:
         _cache.setdefault(key, kernel)
     return kernel
