@@ -117,7 +117,11 @@ def test_cli_compile_run_profile(tmp_path, capsys):
     np.savez(tmp_path / "cal.npz", **{name: np.stack([c[name] for c in cal])})
     np.save(tmp_path / "x.npy", x[name])
     assert main(["compile", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "m.tsr"),
-                 "--config", "tiny", "--calibration", str(tmp_path / "cal.npz")]) == 0
+                 "--config", "tiny", "--calibration", str(tmp_path / "cal.npz"),
+                 "--dump-ir", "partition", "--dump-ir", "plan_memory"]) == 0
+    dumped = capsys.readouterr().out
+    assert "# IR after partition" in dumped and "target=accel" in dumped
+    assert "# IR after plan_memory" in dumped and "# arena:" in dumped
     assert main(["run", str(tmp_path / "m.tsr"), "--input", str(tmp_path / "x.npy"),
                  "-o", str(tmp_path / "y.npz")]) == 0
     out = capsys.readouterr().out
