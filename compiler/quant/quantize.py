@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,93 +27,12 @@ import numpy as np
 from tessera.compiler import reference
 from tessera.compiler.ir import Graph, Node, TensorInfo
 from tessera.compiler.quant.calibrate import calibrate
-from tessera.errors import CompileError
-from tessera.isa import IMM_MAX
-from tessera.runtime.accel.epilogue import Epilogue
+from tessera.compiler.quant.params import LayerQuant, make_epilogue, quantize_layer, quantize_weight
 
 __all__ = [
     "quantize", "Quantize", "QuantizedModel", "QuantReport", "LayerReport", "make_epilogue",
     "quantize_weight", "sqnr_db",
 ]
-
-_INT32_LIMIT = (1 << 31) - 1
-
-
-# -- integer parameters -------------------------------------------------------------------------
-
-def quantize_weight(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric per-output-channel int8: returns (w_q int8, scale float64[O])."""
-    flat = np.abs(w.reshape(w.shape[0], -1)).max(axis=1).astype(np.float64)
-    scale = np.where(flat > 0, flat / 127.0, 1.0)
-    q = np.clip(np.rint(w / scale.reshape((-1,) + (1,) * (w.ndim - 1))), -127, 127)
-    return q.astype(np.int8), scale
-
-
-def _mult_shift(ratio: np.ndarray) -> int:
-    """Largest total shift S with max(ratio) * 2**S <= IMM_MAX."""
-    r = float(np.max(np.abs(ratio)))
-    if r <= 0:
-        return 0
-    return int(math.floor(math.log2(IMM_MAX / r)))
-
-
-def _main_branch(ratio: np.ndarray, bound: int, headroom: int,
-                 what: str) -> tuple[np.ndarray, int, int]:
-    """(mult, pre_shift, shift) approximating ``acc * ratio`` with ``|acc| <= bound`` such that
-    ``rshift(acc, pre) * mult`` plus rounding and ``headroom`` stays inside int32."""
-    total = _mult_shift(ratio)
-    if total < 0:
-        raise CompileError(f"{what}: requantisation ratio {float(np.max(ratio)):.4g} is too "
-                           f"large for an int16 multiplier")
-    mult = np.rint(ratio * 2.0 ** total).astype(np.int64)
-    mmax = int(np.max(np.abs(mult))) if mult.size else 0
-    for pre in range(0, total + 1):
-        b = -(-bound // (1 << pre)) + 1
-        shift = total - pre
-        if b * mmax + (1 << max(shift - 1, 0)) + headroom <= _INT32_LIMIT:
-            return mult, pre, shift
-    # even shifting everything before the multiply overflows: reduce multiplier precision
-    for drop in range(1, 16):
-        m2 = np.rint(ratio * 2.0 ** (total - drop)).astype(np.int64)
-        b = bound + 1
-        if b * int(np.max(np.abs(m2))) + headroom <= _INT32_LIMIT and total - drop >= 0:
-            return m2, 0, total - drop
-    raise CompileError(f"{what}: accumulator bound {bound} leaves no room for requantisation")
-
-
-def make_epilogue(ratio: np.ndarray | float, acc_bound: int, lo: int = -128, hi: int = 127,
-                  residual_ratio: float | None = None, residual_bound: int = 128,
-                  what: str = "layer") -> Epilogue:
-    """Integer requantisation computing ``clip(round(acc * ratio [+ r * residual_ratio]))``.
-
-    ``ratio`` is per output channel (or scalar): real output units per accumulator unit.
-    Without a residual the result is ``clip(rshift(rshift(acc, pre) * M[c], shift))``. With one,
-    both branches are brought to a common fixed-point scale with ``F`` extra fractional bits,
-    added, and shifted by ``F``; ``F`` is the largest (up to 12) keeping the sum inside int32.
-    """
-    ratio = np.atleast_1d(np.asarray(ratio, dtype=np.float64))
-    if residual_ratio is None:
-        mult, pre, shift = _main_branch(ratio, acc_bound, 0, what)
-        return Epilogue(mult, shift, pre, lo, hi, acc_bound=acc_bound)
-    for frac in range(12, -1, -1):
-        scale = 2.0 ** frac
-        real_bound = acc_bound * float(np.max(ratio)) + residual_bound * residual_ratio
-        if (real_bound + 2) * scale * 1.01 >= 2 ** 30:
-            continue
-        rr = residual_ratio * scale
-        rshift_total = _mult_shift(np.array([rr]))
-        if rshift_total < 0:
-            continue
-        rmult = int(np.rint(rr * 2.0 ** rshift_total))
-        headroom = int(residual_bound * rr) + 2
-        try:
-            mult, pre, shift = _main_branch(ratio * scale, acc_bound, headroom, what)
-        except CompileError:
-            continue
-        return Epilogue(mult, shift, pre, lo, hi, res_mult=rmult, res_shift=rshift_total,
-                        final_shift=frac, acc_bound=acc_bound)
-    raise CompileError(f"{what}: cannot build a residual requantisation that fits int32")
-
 
 # -- the quantised model ------------------------------------------------------------------------
 
@@ -166,6 +85,7 @@ class QuantizedModel:
     int_of: dict[str, str]
     thresholds: dict[str, float]
     method: str
+    layers: dict[str, LayerQuant] = field(default_factory=dict)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return reference.run(self.graph, feeds)
@@ -204,6 +124,7 @@ class _Builder:
         self.int_of: dict[str, str] = {}  # float name -> int8 name
         self.float_ok: set[str] = set(g.inputs) | set(g.constants)
         self.names: set[str] = set(g.tensors) | {n.name for n in g.nodes}
+        self.layers: dict[str, LayerQuant] = {}  # node name -> its weight/bias quantisation
 
     def fresh(self, base: str) -> str:
         name, k = base, 0
@@ -321,7 +242,7 @@ def quantize(graph: Graph, calibration: Iterable[Mapping[str, np.ndarray]], *,
     for q, s in b.scale.items():
         tensors[q] = TensorInfo((), "int8", s)
     qg = qg.replace(tensors={**qg.tensors, **tensors}).verify()
-    return QuantizedModel(qg, g, dict(b.int_of), thr, method)
+    return QuantizedModel(qg, g, dict(b.int_of), thr, method, b.layers)
 
 
 def _quantize_node(b: _Builder, g: Graph, n: Node) -> None:
@@ -332,22 +253,21 @@ def _quantize_node(b: _Builder, g: Graph, n: Node) -> None:
         x = b.as_int(n.inputs[0])
         sx = b.scale[x]
         w = g.constants[n.inputs[1]]
-        wq, sw = quantize_weight(w)
-        sacc = sx * sw
-        bias = g.constants[n.input(2)].astype(np.float64) if n.input(2) else np.zeros(w.shape[0])
-        bq = np.clip(np.rint(bias / sacc), -(1 << 30), 1 << 30).astype(np.int32)
-        bound = int(np.max(np.abs(wq.reshape(wq.shape[0], -1).astype(np.int64)).sum(axis=1)
-                           * 128 + np.abs(bq)))
+        bias = g.constants[n.input(2)] if n.input(2) else None
+        lq = quantize_layer(w, bias, sx, what)
+        sacc = sx * lq.w_scale
         sy = b.act_scale(out)
         lo, hi = _bounds(a["act"], a, sy)
         res = n.input(3)
         if res:
             r = b.as_int(res)
-            epi = make_epilogue(sacc / sy, bound, lo, hi, residual_ratio=b.scale[r] / sy,
+            epi = make_epilogue(sacc / sy, lq.bound, lo, hi, residual_ratio=b.scale[r] / sy,
                                 what=what)
         else:
             r = ""
-            epi = make_epilogue(sacc / sy, bound, lo, hi, what=what)
+            epi = make_epilogue(sacc / sy, lq.bound, lo, hi, what=what)
+        b.layers[n.name] = lq
+        wq, bq, sw = lq.wq, lq.bq, lq.w_scale
         geo = {k: a[k] for k in ("strides", "pads", "dilations", "groups") if k in a}
         wn = b.const(f"{n.inputs[1]}:q", wq)
         bn = b.const(f"{n.name}:bias_q", bq)
