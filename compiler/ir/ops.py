@@ -299,14 +299,17 @@ def _cast(node: Node, ins: list, g: Graph) -> list[TensorInfo]:
 
 # -- quantised ops (integer semantics are in compiler.reference) ------------------------------
 
-@_op("quantize", "float -> int8: clip(round_half_even(x / scale), lo, hi)",
-     scale=1.0, lo=-128, hi=127)
+@_op("quantize", "float -> int8: clip(round_half_even(x / scale) + zero_point, lo, hi); scale "
+     "and zero_point are numbers or lists along axis", scale=1.0, zero_point=0, axis=1,
+     lo=-128, hi=127)
 def _quantize(node: Node, ins: list, g: Graph) -> list[TensorInfo]:
     _need(node, ins, 0)
-    return [TensorInfo(ins[0].shape, "int8", float(node.attrs["scale"]))]
+    s = np.asarray(node.attrs["scale"], np.float64).reshape(-1)
+    return [TensorInfo(ins[0].shape, "int8", float(s[0]) if s.size == 1 else None)]
 
 
-@_op("dequantize", "int -> float: x * scale", scale=1.0)
+@_op("dequantize", "int -> float: (x - zero_point) * scale (numbers or lists along axis)",
+     scale=1.0, zero_point=0, axis=1)
 def _dequantize(node: Node, ins: list, g: Graph) -> list[TensorInfo]:
     _need(node, ins, 0)
     return [TensorInfo(ins[0].shape, "float32")]

@@ -34,8 +34,8 @@ from tessera.errors import CompileError
 from tessera.isa import IMM_MAX
 from tessera.runtime.accel.epilogue import MAX_SHIFT, Epilogue
 
-__all__ = ["quantize_weight", "quantize_layer", "LayerQuant", "make_epilogue",
-           "WEIGHT_FLOOR_RATIO", "BIAS_LIMIT", "DEAD_RATIO"]
+__all__ = ["quantize_weight", "quantize_layer", "model_layer", "dequantized", "LayerQuant",
+           "make_epilogue", "preshift_error", "WEIGHT_FLOOR_RATIO", "BIAS_LIMIT", "DEAD_RATIO"]
 
 _INT32_LIMIT = (1 << 31) - 1
 # A channel's weight scale is at least this fraction of the layer's largest (measured, see the
@@ -91,8 +91,12 @@ class LayerQuant:
 
 
 def quantize_layer(w: np.ndarray, bias: np.ndarray | None, x_scale: float, what: str,
-                   floor_ratio: float = WEIGHT_FLOOR_RATIO, in_max: int = 128) -> LayerQuant:
-    """Quantise a conv/dense layer's weights (OIHW or OK) and bias for input scale ``x_scale``.
+                   floor_ratio: float = WEIGHT_FLOOR_RATIO, in_max: int = 128,
+                   in_zero_point: int = 0) -> LayerQuant:
+    """Quantise a conv/dense layer's weights (OIHW or OK) and bias for input scale ``x_scale``
+    and zero point ``in_zero_point``: ``acc = sum(w_q * x_q) + b_q`` equals
+    ``(sum(w * x) + bias) / (x_scale * w_scale)`` with ``x = (x_q - in_zero_point) * x_scale``.
+    ``bias`` may carry real offsets of the output (an output zero point times its scale).
 
     Raises :class:`CompileError` naming ``what`` if the layer's worst-case accumulator does not
     fit int32 (a reduction longer than ~130k terms)."""
@@ -125,7 +129,8 @@ def quantize_layer(w: np.ndarray, bias: np.ndarray | None, x_scale: float, what:
         wq = _round_weights(w, scale)
     bq = np.rint(b / (x_scale * scale))
     assert np.all(np.abs(bq) <= BIAS_LIMIT + 1)
-    bq = bq.astype(np.int64)
+    wsum = wq.reshape(o, -1).astype(np.int64).sum(axis=1)
+    bq = bq.astype(np.int64) - int(in_zero_point) * wsum
     bound = np.abs(wq.reshape(o, -1).astype(np.int64)).sum(axis=1) * in_max + np.abs(bq)
     if int(bound.max(initial=0)) > _INT32_LIMIT:
         c = int(np.argmax(bound))
@@ -134,6 +139,61 @@ def quantize_layer(w: np.ndarray, bias: np.ndarray | None, x_scale: float, what:
                            f"{wq[c].size} terms is too long for int8 x int8 into int32)")
     floored = scale > natural * (1 + 1e-12)
     return LayerQuant(wq, scale, bq.astype(np.int32), bound, floored, dead, raised)
+
+
+def dequantized(q: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, axis: int
+                ) -> np.ndarray:
+    """``(q - zero_point) * scale`` (float64) with per-axis parameters along ``axis``."""
+    q = np.asarray(q)
+    s = np.asarray(scale, np.float64).reshape(-1)
+    z = np.asarray(zero_point, np.int64).reshape(-1)
+    shape = [1] * q.ndim
+    if q.ndim and max(s.size, z.size) > 1:
+        shape[axis % q.ndim] = -1
+    return (q.astype(np.int64) - z.reshape(shape if z.size > 1 else ())) \
+        * s.reshape(shape if s.size > 1 else ())
+
+
+def model_layer(wq: np.ndarray, w_scale: np.ndarray, w_zero: np.ndarray, axis: int,
+                bias: tuple | None, bias_float: np.ndarray | None, x_scale: float,
+                in_zero_point: int, extra: np.ndarray, what: str) -> LayerQuant | None:
+    """A layer from a pre-quantised model's own integer weights (and int32 bias when its scale
+    is ``x_scale * w_scale``), or None when they do not map onto symmetric int8 per output
+    channel (non-zero weight zero points, weights outside int8, another axis)."""
+    wq = np.asarray(wq)
+    o = wq.shape[0]
+    wz = np.asarray(w_zero, np.int64).reshape(-1)
+    ws = np.asarray(w_scale, np.float64).reshape(-1)
+    if np.any(wz != 0) or (ws.size > 1 and axis % wq.ndim != 0) or ws.size not in (1, o) \
+            or wq.min(initial=0) < -128 or wq.max(initial=0) > 127 or np.any(ws <= 0):
+        return None
+    scale = np.broadcast_to(ws, (o,)).astype(np.float64)
+    w8 = wq.astype(np.int8)
+    acc_scale = x_scale * scale
+    if bias is not None:
+        bvals, bs, bz, _ = bias
+        bs = np.broadcast_to(np.asarray(bs, np.float64).reshape(-1), (o,))
+        if np.any(np.asarray(bz) != 0) or not np.allclose(bs, acc_scale, rtol=1e-5):
+            bq = np.rint(dequantized(bvals, bs, np.zeros(1, np.int64), 0) / acc_scale)
+        else:
+            bq = np.asarray(bvals, np.float64).reshape(-1)
+    elif bias_float is not None:
+        bq = np.rint(np.asarray(bias_float, np.float64).reshape(-1) / acc_scale)
+    else:
+        bq = np.zeros(o)
+    bq = bq + np.rint(np.asarray(extra, np.float64) / acc_scale)
+    wsum = w8.reshape(o, -1).astype(np.int64).sum(axis=1)
+    bq = bq.astype(np.int64) - int(in_zero_point) * wsum
+    if np.any(np.abs(bq) > BIAS_LIMIT * 4):
+        c = int(np.argmax(np.abs(bq)))
+        raise CompileError(f"{what}: the model's bias of output channel {c} is {int(bq[c])} "
+                           f"accumulator units, beyond what the int32 epilogue can carry")
+    bound = np.abs(w8.reshape(o, -1).astype(np.int64)).sum(axis=1) * 128 + np.abs(bq)
+    if int(bound.max(initial=0)) > _INT32_LIMIT:
+        raise CompileError(f"{what}: the int32 accumulator can exceed int32")
+    none = np.zeros(o, bool)
+    return LayerQuant(w8, scale, bq.astype(np.int32), bound, none, none, none,
+                      {"source": "model"})
 
 
 # -- requantisation epilogues -------------------------------------------------------------------
@@ -175,15 +235,20 @@ def _main_branch(ratio: np.ndarray, bound: np.ndarray, headroom: int,
 
 def make_epilogue(ratio: np.ndarray | float, acc_bound: int | np.ndarray, lo: int = -128,
                   hi: int = 127, residual_ratio: float | None = None, residual_bound: int = 128,
-                  what: str = "layer") -> Epilogue:
+                  what: str = "layer", *, acc_offset: int = 0, res_offset: int = 0,
+                  offset: int = 0) -> Epilogue:
     """Integer requantisation computing ``clip(round(acc * ratio [+ r * residual_ratio]))``.
 
     ``ratio`` is per output channel (or scalar): real output units per accumulator unit;
     ``acc_bound`` the largest |acc| (scalar, or per channel). Without a residual the result is
     ``clip(rshift(rshift(acc, pre) * M[c], shift))``. With one, both branches are brought to a
     common fixed-point scale with ``F`` extra fractional bits, added, and shifted by ``F``; ``F``
-    is the largest (up to 12) keeping the sum inside int32.
+    is the largest (up to 12) keeping the sum inside int32. The offsets (zero points) are
+    added to the accumulator, to the residual, and to the result before the clip; the bounds
+    are those of the accumulator and residual with their offsets added.
     """
+    offs = {"acc_offset": int(acc_offset), "res_offset": int(res_offset),
+            "offset": int(offset)}
     ratio = np.atleast_1d(np.asarray(ratio, dtype=np.float64))
     bound = np.broadcast_to(np.atleast_1d(np.asarray(acc_bound, np.int64)), ratio.shape)
     if ratio.size > 1 and np.all(ratio == ratio[0]) and bound.size > 1:
@@ -191,7 +256,7 @@ def make_epilogue(ratio: np.ndarray | float, acc_bound: int | np.ndarray, lo: in
     top = int(bound.max())
     if residual_ratio is None:
         mult, pre, shift = _main_branch(ratio, bound, 0, what)
-        return Epilogue(mult, shift, pre, lo, hi, acc_bound=top)
+        return Epilogue(mult, shift, pre, lo, hi, acc_bound=top, **offs)
     real_bound = float(np.max(bound * ratio)) + residual_bound * residual_ratio
     for frac in range(12, -1, -1):
         scale = 2.0 ** frac
@@ -208,7 +273,7 @@ def make_epilogue(ratio: np.ndarray | float, acc_bound: int | np.ndarray, lo: in
         except CompileError:
             continue
         return Epilogue(mult, shift, pre, lo, hi, res_mult=rmult, res_shift=rshift_total,
-                        final_shift=frac, acc_bound=top)
+                        final_shift=frac, acc_bound=top, **offs)
     raise CompileError(f"{what}: cannot build a residual requantisation that fits int32")
 
 
