@@ -296,6 +296,11 @@ def _k_dequantize(n: Node, x):
     return [(x.astype(np.int64) - zp).astype(np.float32) * s]
 
 
+def _k_recenter(n: Node, x):
+    to = n.attrs["to"]
+    return [(x.astype(np.int16) + (128 if to == "uint8" else -128)).astype(to)]
+
+
 def _k_matmul(n: Node, a, b):
     return [np.matmul(a, b)]
 
@@ -338,6 +343,7 @@ KERNELS: dict[str, Callable[..., list[np.ndarray]]] = {
     "cast": lambda n, x: [x.astype(n.attrs["to"])],
     "quantize": _k_quantize,
     "dequantize": _k_dequantize,
+    "recenter": _k_recenter,
     "qconv2d": _blocked(_k_qconv2d),
     "qdense": _blocked(_k_qdense),
     "qadd": _k_qadd,

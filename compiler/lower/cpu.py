@@ -253,6 +253,8 @@ def _plan(p: _Plan) -> list[int]:
         if op == "quantize":
             attrs.update(lo=int(a["lo"]), hi=int(a["hi"]))
         return [p.one(op.capitalize(), attrs, [p.input(0)])]
+    if op == "recenter":
+        return [p.one("Recenter", {"to": str(a["to"])}, [p.input(0)])]
     if op == "qconv2d":
         x, w, bias = p.input(0), p.input(1), p.input(2, False)
         acc = p.one("Conv", _conv_attrs(a), [x, w] + ([bias] if bias is not None else []))

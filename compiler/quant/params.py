@@ -34,7 +34,7 @@ from tessera.errors import CompileError
 from tessera.isa import IMM_MAX
 from tessera.runtime.accel.epilogue import MAX_SHIFT, Epilogue
 
-__all__ = ["quantize_weight", "quantize_layer", "model_layer", "dequantized", "LayerQuant",
+__all__ = ["quantize_weight", "quantize_layer", "model_weight_scales", "LayerQuant",
            "make_epilogue", "preshift_error", "WEIGHT_FLOOR_RATIO", "BIAS_LIMIT", "DEAD_RATIO"]
 
 _INT32_LIMIT = (1 << 31) - 1
@@ -92,11 +92,12 @@ class LayerQuant:
 
 def quantize_layer(w: np.ndarray, bias: np.ndarray | None, x_scale: float, what: str,
                    floor_ratio: float = WEIGHT_FLOOR_RATIO, in_max: int = 128,
-                   in_zero_point: int = 0) -> LayerQuant:
+                   in_zero_point: int = 0, scales: np.ndarray | None = None) -> LayerQuant:
     """Quantise a conv/dense layer's weights (OIHW or OK) and bias for input scale ``x_scale``
     and zero point ``in_zero_point``: ``acc = sum(w_q * x_q) + b_q`` equals
     ``(sum(w * x) + bias) / (x_scale * w_scale)`` with ``x = (x_q - in_zero_point) * x_scale``.
     ``bias`` may carry real offsets of the output (an output zero point times its scale).
+    ``scales`` (a pre-quantised model's own) replace the weight scales chosen here.
 
     Raises :class:`CompileError` naming ``what`` if the layer's worst-case accumulator does not
     fit int32 (a reduction longer than ~130k terms)."""
@@ -112,11 +113,16 @@ def quantize_layer(w: np.ndarray, bias: np.ndarray | None, x_scale: float, what:
     if not np.all(np.isfinite(amax)):
         raise CompileError(f"{what}: weights must be finite (channel "
                            f"{int(np.argmax(~np.isfinite(amax)))})")
-    wq, scale = quantize_weight(w, floor_ratio)
-    natural = np.where(amax > 0, amax / 127.0, 0.0)
     top = float(amax.max(initial=0.0))
     dead = amax < DEAD_RATIO * top if top > 0 else np.ones(o, bool)
-    if top > 0 and dead.any():
+    if scales is not None:
+        scale = np.asarray(scales, np.float64).reshape(-1)
+        wq = _round_weights(w, scale)
+        natural = scale.copy()
+    else:
+        wq, scale = quantize_weight(w, floor_ratio)
+        natural = np.where(amax > 0, amax / 127.0, 0.0)
+    if scales is None and top > 0 and dead.any():
         # a dead channel's weights round to zero at any scale: give it the layer's largest,
         # so its requantisation multiplier (which carries the bias) keeps full precision
         scale = np.where(dead, top / 127.0, scale)
@@ -141,59 +147,32 @@ def quantize_layer(w: np.ndarray, bias: np.ndarray | None, x_scale: float, what:
     return LayerQuant(wq, scale, bq.astype(np.int32), bound, floored, dead, raised)
 
 
-def dequantized(q: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, axis: int
-                ) -> np.ndarray:
-    """``(q - zero_point) * scale`` (float64) with per-axis parameters along ``axis``."""
-    q = np.asarray(q)
-    s = np.asarray(scale, np.float64).reshape(-1)
-    z = np.asarray(zero_point, np.int64).reshape(-1)
-    shape = [1] * q.ndim
-    if q.ndim and max(s.size, z.size) > 1:
-        shape[axis % q.ndim] = -1
-    return (q.astype(np.int64) - z.reshape(shape if z.size > 1 else ())) \
-        * s.reshape(shape if s.size > 1 else ())
-
-
-def model_layer(wq: np.ndarray, w_scale: np.ndarray, w_zero: np.ndarray, axis: int,
-                bias: tuple | None, bias_float: np.ndarray | None, x_scale: float,
-                in_zero_point: int, extra: np.ndarray, what: str) -> LayerQuant | None:
-    """A layer from a pre-quantised model's own integer weights (and int32 bias when its scale
-    is ``x_scale * w_scale``), or None when they do not map onto symmetric int8 per output
-    channel (non-zero weight zero points, weights outside int8, another axis)."""
-    wq = np.asarray(wq)
-    o = wq.shape[0]
-    wz = np.asarray(w_zero, np.int64).reshape(-1)
-    ws = np.asarray(w_scale, np.float64).reshape(-1)
-    if np.any(wz != 0) or (ws.size > 1 and axis % wq.ndim != 0) or ws.size not in (1, o) \
-            or wq.min(initial=0) < -128 or wq.max(initial=0) > 127 or np.any(ws <= 0):
+def model_weight_scales(w: np.ndarray, tol: float = 1e-3) -> np.ndarray | None:
+    """The per-output-channel scales a pre-quantised model's dequantised weights were made
+    with: for each channel the ``s`` with every ``w / s`` an integer in [-128, 127] and the
+    largest ``max|w| / s`` (None when some channel is not such a multiple, i.e. the weights are
+    not the model's integers). All-zero channels get the layer's largest scale."""
+    o = w.shape[0]
+    flat = w.reshape(o, -1).astype(np.float64)
+    amax = np.abs(flat).max(axis=1) if flat.size else np.zeros(o)
+    if not np.all(np.isfinite(amax)) or amax.max(initial=0) == 0:
         return None
-    scale = np.broadcast_to(ws, (o,)).astype(np.float64)
-    w8 = wq.astype(np.int8)
-    acc_scale = x_scale * scale
-    if bias is not None:
-        bvals, bs, bz, _ = bias
-        bs = np.broadcast_to(np.asarray(bs, np.float64).reshape(-1), (o,))
-        if np.any(np.asarray(bz) != 0) or not np.allclose(bs, acc_scale, rtol=1e-5):
-            bq = np.rint(dequantized(bvals, bs, np.zeros(1, np.int64), 0) / acc_scale)
+    out = np.zeros(o)
+    probe = flat[:, : min(flat.shape[1], 64)]
+    for c in np.flatnonzero(amax > 0):
+        ks = np.arange(128, 0, -1, dtype=np.float64)
+        r = probe[c][None, :] * ks[:, None] / amax[c]
+        ok = np.all(np.abs(r - np.rint(r)) < tol, axis=1)
+        for k in ks[ok]:
+            q = flat[c] * k / amax[c]
+            qi = np.rint(q)
+            if np.all(np.abs(q - qi) < tol) and qi.min() >= -128 and qi.max() <= 127:
+                out[c] = amax[c] / k
+                break
         else:
-            bq = np.asarray(bvals, np.float64).reshape(-1)
-    elif bias_float is not None:
-        bq = np.rint(np.asarray(bias_float, np.float64).reshape(-1) / acc_scale)
-    else:
-        bq = np.zeros(o)
-    bq = bq + np.rint(np.asarray(extra, np.float64) / acc_scale)
-    wsum = w8.reshape(o, -1).astype(np.int64).sum(axis=1)
-    bq = bq.astype(np.int64) - int(in_zero_point) * wsum
-    if np.any(np.abs(bq) > BIAS_LIMIT * 4):
-        c = int(np.argmax(np.abs(bq)))
-        raise CompileError(f"{what}: the model's bias of output channel {c} is {int(bq[c])} "
-                           f"accumulator units, beyond what the int32 epilogue can carry")
-    bound = np.abs(w8.reshape(o, -1).astype(np.int64)).sum(axis=1) * 128 + np.abs(bq)
-    if int(bound.max(initial=0)) > _INT32_LIMIT:
-        raise CompileError(f"{what}: the int32 accumulator can exceed int32")
-    none = np.zeros(o, bool)
-    return LayerQuant(w8, scale, bq.astype(np.int32), bound, none, none, none,
-                      {"source": "model"})
+            return None
+    out[amax == 0] = out.max()
+    return out
 
 
 # -- requantisation epilogues -------------------------------------------------------------------

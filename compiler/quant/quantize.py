@@ -43,9 +43,8 @@ from tessera.compiler.quant.calibrate import (
 )
 from tessera.compiler.quant.params import (
     LayerQuant,
-    dequantized,
     make_epilogue,
-    model_layer,
+    model_weight_scales,
     quantize_layer,
     quantize_weight,
 )
@@ -67,7 +66,8 @@ class QuantizedModel:
     """A quantised graph (int8 accelerator ops plus float CPU ops) and the float graph it was
     derived from. ``int_of`` maps a float tensor name to its int8 counterpart, ``qparams`` an
     int8 tensor to its scale and zero point; ``layers`` holds each conv/dense layer's weight and
-    bias quantisation; ``stats`` the calibration statistics (empty for a pre-quantised model)."""
+    bias quantisation; ``stats`` the calibration statistics (empty for a pre-quantised model);
+    ``model_int`` maps a pre-quantised model's int8 tensors (QuantizeLinear outputs) to ours."""
 
     graph: Graph
     float_graph: Graph
@@ -77,6 +77,7 @@ class QuantizedModel:
     layers: dict[str, LayerQuant] = field(default_factory=dict)
     stats: dict[str, TensorStats] = field(default_factory=dict)
     kept_float: tuple[str, ...] = ()
+    model_int: dict[str, str] = field(default_factory=dict)
 
     @property
     def thresholds(self) -> dict[str, float]:
@@ -112,16 +113,11 @@ def _bounds(act: str, a: Mapping[str, Any], qp: QParams) -> tuple[int, int]:
     return lo, hi
 
 
-def _const_weight(g: Graph, t: str, wq_of: Mapping[str, tuple]) -> bool:
-    return t in g.constants or t in wq_of
-
-
-def _int_capable(g: Graph, n: Node, wq_of: Mapping[str, tuple]) -> bool:
+def _int_capable(g: Graph, n: Node) -> bool:
     if any(g.tensors[i].dtype != "float32" for i in n.inputs if i):
         return False
     if n.op in ("conv2d", "dense"):
-        return _const_weight(g, n.inputs[1], wq_of) \
-            and (not n.input(2) or _const_weight(g, n.input(2), wq_of)) \
+        return n.inputs[1] in g.constants and (not n.input(2) or n.input(2) in g.constants) \
             and n.inputs[0] not in g.constants
     if n.op == "add":
         a, b = n.inputs
@@ -156,13 +152,11 @@ class _Builder:
         self.qp: dict[str, QParams] = {}  # int8 tensor -> its parameters
         self.int_of: dict[str, str] = {}  # float tensor -> its int8 counterpart
         self.float_ok: set[str] = set(g.inputs) | set(g.constants)
-        self.lazy: dict[str, Node] = {}  # float tensors emitted only if a float op reads them
         self.names: set[str] = set(g.tensors) | {n.name for n in g.nodes}
         self.layers: dict[str, LayerQuant] = {}
         self.same_as: dict[str, str] = {}  # tensor -> tensor whose parameters it takes
         self.given: dict[str, QParams] = {}  # the model's own activation parameters
         self.alias: dict[str, str] = {}  # the model's int8 tensors -> ours
-        self.wq_of: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, int]] = {}
         self.pre_quantised = False
         self._scan_model_quantisation()
 
@@ -171,20 +165,14 @@ class _Builder:
     def _scan_model_quantisation(self) -> None:
         g = self.g
         for n in g.nodes:
+            if n.op in ("quantize", "dequantize"):
+                self.pre_quantised = True
             if n.op == "quantize":
                 s = np.asarray(n.attrs["scale"]).reshape(-1)
                 z = np.asarray(n.attrs["zero_point"]).reshape(-1)
-                self.pre_quantised = True
                 if s.size == 1 and z.size == 1 and n.inputs[0] not in self.given \
                         and g.tensors[n.inputs[0]].dtype == "float32":
                     self.given[n.inputs[0]] = QParams(float(np.float32(s[0])), int(z[0]))
-            elif n.op == "dequantize" and n.inputs[0] in g.constants:
-                self.pre_quantised = True
-                v = g.constants[n.inputs[0]]
-                if v.dtype.kind in "iu":
-                    self.wq_of[n.outputs[0]] = (v, np.asarray(n.attrs["scale"], np.float64),
-                                                np.asarray(n.attrs["zero_point"], np.int64),
-                                                int(n.attrs["axis"]))
 
     # -- tensors ----------------------------------------------------------------------------
 
@@ -221,7 +209,7 @@ class _Builder:
         """Whether float tensor ``t`` has (or can get) an int8 counterpart."""
         if t in self.int_of:
             return True
-        if t not in self.float_ok and t not in self.lazy:
+        if t not in self.float_ok:
             return False
         if self.pre_quantised:
             return self.same_as.get(t, t) in self.given
@@ -241,11 +229,6 @@ class _Builder:
 
     def as_float(self, t: str) -> str:
         if not t or t in self.float_ok:
-            return t
-        if t in self.lazy:
-            n = self.lazy.pop(t)
-            self.nodes.append(n.replace(inputs=tuple(self.as_float(i) for i in n.inputs)))
-            self.float_ok.add(t)
             return t
         if t not in self.int_of:
             raise AssertionError(f"tensor {t!r} is neither int8 nor float")
@@ -277,8 +260,13 @@ class _Builder:
         self.int_of[n.outputs[0]], self.qp[q] = q, qp
         return q
 
+    def resolve(self, t: str) -> str:
+        """What a node runs as-is reads for input ``t``: one of the model's int8 tensors
+        (ours for it), or ``t`` as float."""
+        return self.alias[t] if t in self.alias else self.as_float(t)
+
     def emit_float(self, n: Node) -> None:
-        self.nodes.append(n.replace(inputs=tuple(self.as_float(i) for i in n.inputs)))
+        self.nodes.append(n.replace(inputs=tuple(self.resolve(i) for i in n.inputs)))
         self.float_ok.update(n.outputs)
 
 
@@ -324,18 +312,23 @@ def quantize(graph: Graph, calibration: Iterable[Mapping[str, np.ndarray]] | Non
     for n in g.nodes:
         _node(b, g, n)
     for o in g.outputs:
-        b.as_float(o)
+        if o in b.alias:  # the model quantises an output: give ours its name
+            if b.alias[o] != o:
+                b.nodes.append(Node("identity", (b.alias[o],), (o,), {}, b.fresh(f"output:{o}")))
+        else:
+            b.as_float(o)
     consts = {**g.constants, **b.consts}
     qg = Graph(g.inputs, g.outputs, b.nodes, consts,
                {i: g.tensors[i] for i in g.inputs}, g.name)
     tensors = {k: TensorInfo(v.shape, str(v.dtype) if str(v.dtype) != "float64" else "float32")
                for k, v in b.consts.items()}
     for q, qp in b.qp.items():
-        tensors[q] = TensorInfo((), "int8", qp.scale)
+        if q not in g.inputs:
+            tensors[q] = TensorInfo((), "int8", qp.scale)
     qg = qg.replace(tensors={**qg.tensors, **tensors}).verify()
     return QuantizedModel(qg, g, dict(b.int_of), dict(b.qp),
                           "model" if b.pre_quantised else method, b.layers, b.stats,
-                          tuple(sorted(keep)))
+                          tuple(sorted(keep)), dict(b.alias))
 
 
 def _node(b: _Builder, g: Graph, n: Node) -> None:
@@ -344,9 +337,9 @@ def _node(b: _Builder, g: Graph, n: Node) -> None:
         return _model_quantize(b, g, n)
     if n.op == "dequantize" and b.pre_quantised:
         return _model_dequantize(b, g, n)
-    if n.name in b.keep_float or not _int_capable(g, n, b.wq_of):
+    if n.name in b.keep_float or not _int_capable(g, n):
         return b.emit_float(n)
-    ins = [i for i in n.inputs if i and i not in g.constants and i not in b.wq_of]
+    ins = [i for i in n.inputs if i and i not in g.constants]
     if n.op in _PASSTHROUGH:
         if not all(i in b.int_of for i in ins):
             return b.emit_float(n)
@@ -372,8 +365,7 @@ def _model_quantize(b: _Builder, g: Graph, n: Node) -> None:
 
 def _model_dequantize(b: _Builder, g: Graph, n: Node) -> None:
     """A DequantizeLinear of the model: of one of our int8 tensors (nothing to emit: the float
-    value is made when a float op needs it), of integer weights (kept for the layers that use
-    them), or anything else (run as it is)."""
+    value is made when a float op needs it), or anything else (run as it is)."""
     x, out = n.inputs[0], n.outputs[0]
     s = np.asarray(n.attrs["scale"]).reshape(-1)
     z = np.asarray(n.attrs["zero_point"]).reshape(-1)
@@ -384,34 +376,27 @@ def _model_dequantize(b: _Builder, g: Graph, n: Node) -> None:
                 and qp.zero_point == int(z[0]):
             b.int_of[out] = q
             return
-    if out in b.wq_of:
-        b.lazy[out] = n
+    if q is None and s.size == 1 and z.size == 1 and g.tensors[x].dtype == "int8" \
+            and x not in b.qp and (x in b.float_ok or x in g.inputs):
+        # an int8 tensor the model computes some other way (a graph input, a recentred
+        # uint8): ours from here on
+        b.alias[x] = x
+        b.qp[x] = QParams(float(np.float32(s[0])), int(z[0]))
+        b.int_of[out] = x
         return
     b.emit_float(n)
 
 
 def _layer_weights(b: _Builder, g: Graph, n: Node, sx: float, zx: int, extra: np.ndarray,
                    what: str) -> LayerQuant:
-    """Weights and int32 bias of a conv/dense node: the model's own integers when it has them,
-    else quantised here. ``extra`` is a real per-channel offset added to the bias."""
-    w_name, b_name = n.inputs[1], n.input(2)
-    if w_name in b.wq_of:
-        wq, ws, wz, axis = b.wq_of[w_name]
-        bias_int = b.wq_of.get(b_name) if b_name else None
-        bias_f = None if b_name in b.wq_of or not b_name else g.constants[b_name]
-        lq = model_layer(wq, ws, wz, axis, bias_int, bias_f, sx, zx, extra, what)
-        if lq is not None:
-            return lq
-        w = dequantized(wq, ws, wz, axis)
-    else:
-        w = g.constants[w_name]
-    if b_name in b.wq_of:
-        bias = dequantized(*b.wq_of[b_name])
-    else:
-        bias = g.constants[b_name] if b_name else None
-    o = w.shape[0]
-    bias = (np.zeros(o) if bias is None else np.asarray(bias, np.float64).reshape(-1)) + extra
-    return quantize_layer(w, bias, sx, what, in_zero_point=zx)
+    """Weights and int32 bias of a conv/dense node. ``extra`` is a real per-channel offset
+    added to the bias. In a pre-quantised model the weights are exact multiples of the model's
+    scales: those scales are recovered, so the integers are the model's."""
+    w = g.constants[n.inputs[1]]
+    bias = g.constants[n.input(2)] if n.input(2) else None
+    bias = (np.zeros(w.shape[0]) if bias is None else np.asarray(bias, np.float64).reshape(-1))
+    scales = model_weight_scales(w) if b.pre_quantised else None
+    return quantize_layer(w, bias + extra, sx, what, in_zero_point=zx, scales=scales)
 
 
 def _quantize_node(b: _Builder, g: Graph, n: Node) -> None:
@@ -422,8 +407,7 @@ def _quantize_node(b: _Builder, g: Graph, n: Node) -> None:
         x = b.as_int(n.inputs[0])
         qx = b.qp[x]
         qy = b.act_qparams(out)
-        o = (b.wq_of[n.inputs[1]][0] if n.inputs[1] in b.wq_of
-             else g.constants[n.inputs[1]]).shape[0]
+        o = g.constants[n.inputs[1]].shape[0]
         extra = np.full(o, qy.zero_point * qy.scale)
         res = n.input(3)
         r = ""

@@ -341,7 +341,25 @@ def _quantize(op: str, attrs: dict[str, Any], in_specs: list[Spec]) -> tuple[str
     return kb.finish(), kb.name, [(shape, np.dtype("int8" if quant else "float32"))]
 
 
+def _recenter(op: str, attrs: dict[str, Any], in_specs: list[Spec]
+              ) -> tuple[str, str, list[Spec]]:
+    """int8 <-> uint8 carrier: ``x + 128`` to uint8, ``x - 128`` to int8 (the top bit flips)."""
+    check_attrs(op, attrs, ("to",))
+    check_inputs(op, in_specs, (1,))
+    to = attrs.get("to")
+    check(to in ("int8", "uint8"), op, f"attribute to must be 'int8' or 'uint8', not {to!r}")
+    src = check_dtype(op, "input", in_specs[0], ("uint8",) if to == "int8" else ("int8",))
+    shape = in_specs[0][0]
+    kb = KernelBuilder(f"tsr_recenter_{src}", 1, 1)
+    b = kb.b
+    with kb.nest((size(shape),)) as (i,):
+        v = kb.load(kb.ins[0], I8, i)
+        kb.store(b.xor(v, ir.Constant(I8, 0x80)), kb.outs[0], I8, i)
+    return kb.finish(), kb.name, [(shape, np.dtype(to))]
+
+
 GENERATORS = {
+    "Recenter": _recenter,
     "Requant": _requant,
     "Dense": _dense,
     "SumPool": _sum_pool,
