@@ -51,9 +51,9 @@ def _channel_absmax(w: np.ndarray) -> np.ndarray:
     return np.abs(w.reshape(w.shape[0], -1).astype(np.float64)).max(axis=1)
 
 
-def _round_weights(w: np.ndarray, scale: np.ndarray) -> np.ndarray:
+def _round_weights(w: np.ndarray, scale: np.ndarray, lo: int = -127) -> np.ndarray:
     s = scale.reshape((-1,) + (1,) * (w.ndim - 1))
-    return np.clip(np.rint(w.astype(np.float64) / s), -127, 127).astype(np.int8)
+    return np.clip(np.rint(w.astype(np.float64) / s), lo, 127).astype(np.int8)
 
 
 def quantize_weight(w: np.ndarray, floor_ratio: float = WEIGHT_FLOOR_RATIO
@@ -117,7 +117,7 @@ def quantize_layer(w: np.ndarray, bias: np.ndarray | None, x_scale: float, what:
     dead = amax < DEAD_RATIO * top if top > 0 else np.ones(o, bool)
     if scales is not None:
         scale = np.asarray(scales, np.float64).reshape(-1)
-        wq = _round_weights(w, scale)
+        wq = _round_weights(w, scale, -128)  # a model's own weights may use -128
         natural = scale.copy()
     else:
         wq, scale = quantize_weight(w, floor_ratio)

@@ -5,9 +5,10 @@
 * Activations: per tensor, ``real = (q - zero_point) * scale``, from calibration
   (:mod:`~tessera.compiler.quant.calibrate`, method ``"mse"`` by default) or from the model's
   own QuantizeLinear nodes. ``activations="auto"`` (the default) makes a tensor asymmetric
-  (255 levels over its calibrated range) unless one of its consumers is a padded convolution:
-  the accelerator pads with int8 zeros, so such an input stays symmetric; ``"asymmetric"``
-  makes every tensor asymmetric, padding those inputs explicitly on the CPU, and
+  (255 levels over its calibrated range) unless one of its consumers is a padded convolution
+  that runs on the accelerator (``accel(node)``; every conv when not given): the accelerator
+  pads with int8 zeros, so such an input stays symmetric. ``"asymmetric"`` makes every tensor
+  asymmetric, padding the inputs of padded convolutions explicitly on the CPU, and
   ``"symmetric"`` none.
 * Zero points: an accelerator layer's input zero point (``-zx * sum(w_q)``), its output zero
   point and its residual's are folded into its int32 bias; a CPU epilogue (qadd, requant,
@@ -25,7 +26,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,10 +49,11 @@ from tessera.compiler.quant.params import (
     quantize_layer,
     quantize_weight,
 )
+from tessera.config import Config
 from tessera.errors import CompileError
 
 __all__ = ["quantize", "Quantize", "QuantizedModel", "make_epilogue", "quantize_weight",
-           "ACTIVATION_MODES"]
+           "accel_predicate", "ACTIVATION_MODES"]
 
 ACTIVATION_MODES = ("auto", "symmetric", "asymmetric")
 
@@ -140,8 +142,10 @@ class _Builder:
     """Walks the float graph once, emitting the quantised graph's nodes."""
 
     def __init__(self, g: Graph, stats: dict[str, TensorStats], method: str, percentile: float,
-                 activations: str, keep_float: set[str]):
+                 activations: str, keep_float: set[str],
+                 accel: Callable[[Graph, Node], bool] | None = None):
         self.g = g
+        self.accel = accel
         self.stats = stats
         self.method, self.percentile = method, percentile
         self.activations = activations
@@ -194,7 +198,9 @@ class _Builder:
             return False
         if self.activations == "asymmetric":
             return True
-        return not any(_padded_conv(c) for c in self.cons.get(t, []))
+        return not any(_padded_conv(c) and c.name not in self.keep_float
+                       and (self.accel is None or self.accel(self.g, c))
+                       for c in self.cons.get(t, []))
 
     def act_qparams(self, t: str) -> QParams:
         t = self.same_as.get(t, t)
@@ -283,11 +289,15 @@ def _unify_concat(b: _Builder, g: Graph) -> None:
 
 def quantize(graph: Graph, calibration: Iterable[Mapping[str, np.ndarray]] | None, *,
              method: str = "mse", percentile: float = 99.99, seed: int = 0,
-             activations: str = "auto", keep_float: Iterable[str] = ()) -> QuantizedModel:
+             activations: str = "auto", keep_float: Iterable[str] = (),
+             accel: Callable[[Graph, Node], bool] | None = None) -> QuantizedModel:
     """Quantise an optimised float graph (the compiler runs the graph rewrites before this, in
     the same pipeline: BN folding and fusion decide which ops become accelerator layers).
 
     ``calibration`` is an iterable of input dicts; it may be None for a pre-quantised graph.
+    ``accel(graph, node)`` tells whether a float conv/dense node will run on the accelerator
+    once quantised (:func:`~tessera.compiler.quant.quantize.accel_predicate` builds it from a
+    config).
     """
     if method not in CALIBRATION_METHODS:
         raise CompileError(f"calibration method must be one of {CALIBRATION_METHODS}, "
@@ -302,7 +312,7 @@ def quantize(graph: Graph, calibration: Iterable[Mapping[str, np.ndarray]] | Non
         names = [n.name for n in g.nodes]
         raise CompileError(f"keep_float names unknown node(s) {unknown}; the graph's nodes are "
                            f"{names[:12]}{' ...' if len(names) > 12 else ''}")
-    b = _Builder(g, {}, method, percentile, activations, keep)
+    b = _Builder(g, {}, method, percentile, activations, keep, accel)
     if not b.pre_quantised:
         if calibration is None:
             raise CompileError("quantisation needs calibration batches (the model has no "
@@ -484,6 +494,24 @@ def _explicit_pad(b: _Builder, x: str, pads: tuple[int, ...], value: int, name: 
     return y
 
 
+def accel_predicate(cfg: Config) -> Callable[[Graph, Node], bool]:
+    """Whether a float conv2d/dense node will run on the accelerator of ``cfg`` once quantised:
+    the partition's own rule applied to a probe of the int8 node it becomes."""
+    from tessera.compiler.lower.partition import accel_capable
+
+    def accel(g: Graph, n: Node) -> bool:
+        if n.op not in ("conv2d", "dense") or n.inputs[1] not in g.constants:
+            return False
+        x, w = n.inputs[0], n.inputs[1]
+        probe = Node("qconv2d" if n.op == "conv2d" else "qdense", (x, w), (n.outputs[0],),
+                     {k: v for k, v in n.attrs.items() if k not in ("act", "act_min",
+                                                                    "act_max")}, n.name)
+        pg = Graph([x], [n.outputs[0]], [], {w: np.zeros(g.constants[w].shape, np.int8)},
+                   {x: TensorInfo(g.tensors[x].shape, "int8")})
+        return accel_capable(pg, probe, cfg) is None
+    return accel
+
+
 class Quantize:
     """The quantisation pass of the compiler's pipeline; ``result`` is the
     :class:`QuantizedModel` once it has run."""
@@ -492,14 +520,16 @@ class Quantize:
 
     def __init__(self, calibration: Iterable[Mapping[str, np.ndarray]] | None,
                  method: str = "mse", *, activations: str = "auto",
-                 keep_float: Iterable[str] = ()):
+                 keep_float: Iterable[str] = (), config: Config | None = None):
         self.calibration = calibration
         self.method = method
         self.activations = activations
         self.keep_float = tuple(keep_float)
+        self.accel = accel_predicate(config) if config is not None else None
         self.result: QuantizedModel | None = None
 
     def apply(self, graph: Graph) -> tuple[Graph, bool]:
         self.result = quantize(graph, self.calibration, method=self.method,
-                               activations=self.activations, keep_float=self.keep_float)
+                               activations=self.activations, keep_float=self.keep_float,
+                               accel=self.accel)
         return self.result.graph, True
