@@ -30,15 +30,20 @@ class FsimDevice(Device):
     simulator does not model time. ``timeout_cycles`` is honoured against a conservative lower
     bound of the cycles the program needs (:func:`tessera.sim.bound.cycles_lower_bound`): a run
     whose bound exceeds the limit is refused before anything executes (spec-notes).
+
+    ``fast=False`` runs the simulator's plain loop nests instead of its cached plans (same
+    results, much slower; for differential tests and debugging).
     """
 
     kind = "fsim"
 
-    def __init__(self, config: Config, mem_bytes: int = DEFAULT_MEM_BYTES):
+    def __init__(self, config: Config, mem_bytes: int = DEFAULT_MEM_BYTES, fast: bool = True):
         super().__init__(config, mem_bytes)
+        if not isinstance(fast, bool):
+            raise DeviceError(f"fast must be True or False, not {fast!r}")
         # np.zeros maps untouched pages lazily, so a large device memory costs nothing up front.
         self._dram = np.zeros(self.mem_bytes, np.uint8)
-        self.sim = FunctionalSimulator(config, self._dram, self.allocator.check_rows)
+        self.sim = FunctionalSimulator(config, self._dram, self.allocator.check_rows, fast=fast)
         self._regs = {Reg.INSN_COUNT: 0, Reg.INSN_ADDR: 0}
         self._status = 0
         self._error = (0, 0)
