@@ -1,0 +1,1 @@
+"""Cycle model of the RTL (see docs/cycle-model.md)."""
