@@ -1,1 +1,136 @@
-"""Cycle model of the RTL (see docs/cycle-model.md)."""
+"""A cycle model of the RTL for the functional simulator (docs/cycle-model.md).
+
+From a decoded program, the :class:`~tessera.config.Config` and the DRAM timing knobs of the
+Verilator harness (:class:`DramTiming`), :func:`predict` computes the cycles the RTL takes
+(CYCLES), its timing counters and, on request, per-instruction timing of every module for
+traces. Timing depends on the instructions only, never on data, so the prediction can be made
+before the functional simulation runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tessera.config import Config
+from tessera.errors import SimError
+from tessera.isa import INSN_BYTES, Opcode, extract, layout
+from tessera.sim.timing.engine import Blocked, Engine
+from tessera.sim.timing.port import credit_period
+from tessera.sim.timing.program import MODULE_NAMES, prepare
+
+__all__ = ["DramTiming", "Prediction", "InsnTiming", "predict", "decode_stream",
+           "TIMING_COUNTERS"]
+
+TIMING_COUNTERS = ("load_busy_cycles", "store_busy_cycles", "compute_wait_cycles")
+"""The timing counters of ``tessera.regs.COUNTERS`` the model produces."""
+
+
+@dataclass(frozen=True)
+class DramTiming:
+    """The DRAM model's knobs (``sim/native/harness.cpp``; the verilator device's options).
+
+    ``read_latency``: cycles from a read burst's address handshake to its first data beat;
+    ``beats_per_cycle`` (0 < x <= 1): each data channel's bandwidth (a token bucket).
+    """
+
+    read_latency: int = 16
+    beats_per_cycle: float = 1.0
+
+    def __post_init__(self) -> None:
+        lat, bpc = self.read_latency, self.beats_per_cycle
+        if isinstance(lat, bool) or not isinstance(lat, (int, np.integer)) or \
+                not 1 <= lat <= 100_000:
+            raise SimError(f"read_latency must be an integer in [1, 100000] cycles, not {lat!r}")
+        if isinstance(bpc, bool) or not isinstance(bpc, (int, float, np.floating)) or \
+                not 0 < bpc <= 1:
+            raise SimError(f"beats_per_cycle must be in (0, 1], not {bpc!r}")
+        object.__setattr__(self, "read_latency", int(lat))
+        object.__setattr__(self, "beats_per_cycle", float(bpc))
+
+
+@dataclass(frozen=True)
+class InsnTiming:
+    """When one instruction went through its module's states (cycles from the start).
+
+    ``taken``: the module took its command; ``popped``: its tokens were popped (it waited
+    from ``taken + 1``); ``started``: it began executing (DMA command, micro-op loop);
+    ``first_beat``: a load's first DRAM data beat (None otherwise); ``pushing``: it finished
+    executing and began to push its tokens; ``retired``: the push was done.
+    """
+
+    module: str
+    pc: int
+    taken: int
+    popped: int
+    started: int
+    first_beat: int | None
+    pushing: int
+    retired: int
+
+
+@dataclass
+class Prediction:
+    """The model's answer for one run.
+
+    ``cycles`` is None when the program cannot complete on the RTL: ``blocked`` then says what
+    waits on what, and ``blocked_at`` is the cycle from which nothing moves any more.
+    """
+
+    cycles: int | None
+    counters: dict[str, int] = field(default_factory=dict)
+    blocked: str | None = None
+    blocked_at: int | None = None
+    insns: list[InsnTiming] | None = None
+
+
+def predict(fields: Mapping[str, Sequence[int] | np.ndarray], n: int, cfg: Config,
+            dram: DramTiming | None = None, *, insn_addr: int, insn_count: int,
+            trace: bool = False) -> Prediction:
+    """Predict a run of ``insn_count`` instructions at ``insn_addr``.
+
+    ``fields``/``n``: the decoded program (``tessera.sim.decode.DecodedProgram.arrays`` and
+    ``.n``: every ISA field by name, per dispatched instruction). ``trace=True`` also returns
+    per-instruction timing.
+    """
+    if not isinstance(cfg, Config):
+        raise SimError(f"cfg must be a Config, not {cfg!r}")
+    dram = dram if dram is not None else DramTiming()
+    if not 0 <= n <= insn_count:
+        raise SimError(f"n must be in [0, insn_count={insn_count}], not {n!r}")
+    if insn_addr % INSN_BYTES:
+        raise SimError(f"insn_addr must be 16-byte aligned, not {insn_addr:#x}")
+    sp = prepare(fields, n, cfg)
+    eng = Engine(sp, cfg.mem_bus_bytes, cfg.dep_queue_depth, insn_addr, insn_count,
+                 dram.read_latency, credit_period(dram.beats_per_cycle), trace=trace)
+    try:
+        cycles = eng.run()
+    except Blocked as exc:
+        return Prediction(None, blocked=str(exc), blocked_at=exc.cycle)
+    counters = {"load_busy_cycles": eng.busy[0], "store_busy_cycles": eng.busy[2],
+                "compute_wait_cycles": eng.wait[1]}
+    insns = None
+    if trace:
+        insns = sorted((InsnTiming(MODULE_NAMES[m], pc, *rest) for m, pc, *rest in eng.trace),
+                       key=lambda r: r.pc)
+    return Prediction(cycles, counters, insns=insns)
+
+
+def decode_stream(code: bytes, cfg: Config) -> tuple[dict[str, np.ndarray], int]:
+    """The fields of a packed instruction stream and the number of instructions dispatched
+    (up to and including the first FINISH), for :func:`predict` without the simulator."""
+    if len(code) % INSN_BYTES:
+        raise SimError(f"an instruction stream must be a multiple of 16 bytes, not {len(code)}")
+    words = np.frombuffer(bytes(code), dtype="<u8")
+    lo, hi = words[0::2], words[1::2]
+    op = (lo & np.uint64(7)).astype(np.int64)
+    fin = np.flatnonzero(op == Opcode.FINISH)
+    n = int(fin[0]) + 1 if fin.size else len(op)
+    lay = layout(cfg)
+    out: dict[str, np.ndarray] = {"opcode": op}
+    for table in (lay.mem, lay.gemm):
+        for fl in table:
+            out.setdefault(fl.name, extract(lo, hi, fl))
+    return out, n

@@ -1,492 +1,549 @@
-"""The cycle model's engine: fetch, decode/dispatch, the three modules and their token queues.
+"""The cycle model's engine: fetch, decode/dispatch, the three modules, token queues, read port.
 
-Every process computes the cycles of its own events as the maximum of the cycles of the events
-it depends on (dataflow), and blocks when one of them is not known yet. The only decision that
-needs global time order is the read master's arbitration; the engine takes it when every process
-is blocked, since every event not yet known then depends on a later grant (see ``run``).
+Every process computes the cycle of each of its events as the maximum of the cycles of the
+events it depends on plus the RTL's fixed delays (dataflow), and blocks while one of them is not
+known yet. The one decision that needs global time order is the read master's arbitration among
+its clients; the engine takes it when every process is blocked. That is safe: an event not
+known at that point depends on a later grant, so it lies after the grant being decided, and no
+request it leads to could have competed for it.
 
-Cycle 0 is the start pulse (the modules are in reset); CYCLES is the first cycle ``finished``
-is high (``hw/regfile.py`` counts the busy cycles 1..F).
+Cycle 0 is the start pulse (the modules are held in reset); the result is the first cycle the
+core's ``finished`` is high, which is what the CYCLES register counts (``hw/regfile.py``).
+The RTL facts each step relies on are named where they are used; docs/cycle-model.md lists them.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_right
 
-from tessera.config import Config
-from tessera.isa import INSN_BYTES, MemType, Opcode
 from tessera.sim.timing.port import (
     COMPUTE_RD,
     FETCH,
     LOAD_RD,
     NEVER,
-    ReadPort,
-    ReadRequest,
-    credit_period,
+    OUTSTANDING,
+    split_bursts,
     store_engine,
 )
+from tessera.sim.timing.program import (
+    COMPUTE,
+    MAX_BURST,
+    PAGE,
+    K_LOAD,
+    K_NONE,
+    K_RUN,
+    K_STORE,
+    LOAD,
+    STORE,
+    TOKEN_QUEUES,
+    StaticProgram,
+)
 
-__all__ = ["Engine", "LOAD", "COMPUTE", "STORE"]
+__all__ = ["Engine", "Blocked", "IQ_DEPTH", "CMDQ_DEPTH", "INSN_BYTES", "RUN_FILL"]
 
-LOAD, COMPUTE, STORE = 0, 1, 2
-L2C, C2L, C2S, S2C = 0, 1, 2, 3
-QUEUE_NAMES = ("L2C", "C2L", "C2S", "S2C")
-IQ_DEPTH = 16  # hw/fetch.py
-CMDQ_INNER = 8 - 1  # hw/fetch.py CMDQ_DEPTH, SyncFIFOBuffered: inner FIFO of depth-1 entries
-INSN_BITS = 128
+IQ_DEPTH = 16  # hw/fetch.py IQ_DEPTH: fetched, not yet decoded instructions
+CMDQ_DEPTH = 8  # hw/fetch.py CMDQ_DEPTH: per-module command queue
+INSN_BYTES = 16
+RUN_FILL = 4  # hw/compute.py: RUN lasts steps + 4 cycles (S0..S3 fill and drain, then drained)
 
-# (module, flag) -> token queue, SPEC §5
-_POPS = {LOAD: (("pop_next", C2L),), COMPUTE: (("pop_prev", L2C), ("pop_next", S2C)),
-         STORE: (("pop_prev", C2S),)}
-_PUSHES = {LOAD: (("push_next", L2C),), COMPUTE: (("push_prev", C2L), ("push_next", C2S)),
-           STORE: (("push_prev", S2C),)}
-_PRODUCER = {L2C: LOAD, C2L: COMPUTE, C2S: COMPUTE, S2C: STORE}
-_CONSUMER = {L2C: COMPUTE, C2L: LOAD, C2S: STORE, S2C: COMPUTE}
-
-# instruction kinds
-K_DMA, K_RUN, K_NONE = 0, 1, 2
+# process ids
+_DECODER, _FETCH = 3, 4
+_CONSUMER = (COMPUTE, LOAD, STORE, COMPUTE)  # of L2C, C2L, C2S, S2C
+_PRODUCER = (LOAD, COMPUTE, COMPUTE, STORE)
 
 
-class _Insn:
-    """What the model needs of one dispatched instruction."""
+class Blocked(Exception):
+    """The model ran out of events before every instruction retired (a token deadlock, or a
+    command-queue deadlock that only the RTL's finite queues have)."""
 
-    __slots__ = ("pc", "module", "kind", "pops", "pushes", "steps", "addr", "stride", "xs", "ys",
-                 "eb", "yp0", "yp1", "xp0", "xp1", "mtype", "opcode")
+    def __init__(self, message: str, cycle: int):
+        super().__init__(message)
+        self.cycle = cycle
 
 
 class _Loader:
-    """A RowLoader (``hw/dma.py``) as a read client: the request issuer and the element writer."""
+    """State of a RowLoader (``hw/dma.py``): the current instruction, row and writer cursor."""
 
-    def __init__(self, eng: Engine, client: int, module: int):
-        self.eng, self.client, self.module = eng, client, module
-        self.done_at: int | None = None
+    __slots__ = ("ins", "row", "cursor", "done_at", "first_beat", "valid")
 
-    def start(self, ins: _Insn, x: int) -> None:
-        """The engine takes ``ins`` at cycle ``x`` (its ``cmd`` handshake)."""
-        eng = self.eng
-        bus = eng.bus
-        n_cols = ins.xp0 + ins.xs + ins.xp1
-        rows = ins.yp0 + ins.ys + ins.yp1
-        self.done_at = None
-        if rows == 0:
-            self.done_at = x + 1
-            return
-        if ins.ys == 0:  # only padding rows: one cycle per element
-            self.done_at = x + 1 + rows * n_cols
-            return
-        self.ins = ins
+    def __init__(self) -> None:
+        self.ins: tuple | None = None
         self.row = 0
-        self.cursor = x + 1 + ins.yp0 * n_cols + ins.xp0
-        self.narrow = ins.eb < bus
-        self._request(x + 1)
-
-    def _request(self, valid: int) -> None:
-        ins, eng = self.ins, self.eng
-        bus = eng.bus
-        a = (ins.addr + self.row * ins.stride) & 0xFFFFFFFF
-        nbytes = ins.xs * ins.eb
-        lbb = eng.lbb
-        beats = ((a + nbytes + bus - 1) >> lbb) - (a >> lbb)
-        self.row_addr, self.row_end = a, a + nbytes
-        self.row_base = (a >> lbb) << lbb
-        self.row_beats = beats
-        eng.port.request(self.client, ReadRequest(valid, self.row_base, beats, self._extra,
-                                                  self._ready, self._done))
-
-    def _extra(self, first: int, n: int) -> int:
-        if not self.narrow:
-            return 0
-        bus = self.eng.bus
-        lo = self.row_base + first * bus
-        hi = lo + n * bus
-        elems = (min(self.row_end, hi) - max(self.row_addr, lo)) // self.ins.eb
-        return elems - n
-
-    def _ready(self) -> int:
-        return self.cursor
-
-    def _done(self, first: int, n: int, h_first: int, h_last: int) -> None:
-        ins = self.ins
-        self.cursor = h_last + 1
-        if first + n < self.row_beats:
-            return
-        # the row's last beat: padding, then the next row (its request is issued at once) or end
-        self.row += 1
-        if self.row < ins.ys:
-            self.cursor = h_last + 1 + ins.xp1 + ins.xp0
-            self._request(self.eng.grant_cycle + 1)
-        else:
-            n_cols = ins.xp0 + ins.xs + ins.xp1
-            self.done_at = h_last + 1 + ins.xp1 + ins.yp1 * n_cols
-            self.eng.wake(self.module)
+        self.cursor = 0
+        self.done_at: int | None = None
+        self.first_beat: int | None = None
+        self.valid: int | None = None  # cycle the issuer's pending request is valid from
 
 
 class Engine:
-    """One run of a decoded program on the model."""
+    """One run of a prepared program. ``run()`` returns the predicted CYCLES."""
 
-    def __init__(self, cfg: Config, fields: dict, n: int, insn_addr: int, insn_count: int,
-                 read_latency: int, beats_per_cycle: float):
-        self.cfg = cfg
-        self.bus = cfg.mem_bus_bytes
-        self.lbb = self.bus.bit_length() - 1
-        self.period = credit_period(beats_per_cycle)
-        self.port = ReadPort(self.bus, read_latency, self.period)
-        self.insn_addr, self.insn_count, self.n = insn_addr, insn_count, n
-        self.depth = cfg.dep_queue_depth
-        self.insns = self._prepare(fields, n)
-        self.queues = [[i for i in self.insns if i.module == m] for m in range(3)]
+    def __init__(self, sp: StaticProgram, bus_bytes: int, dep_queue_depth: int,
+                 insn_addr: int, insn_count: int, read_latency: int, period: int,
+                 trace: bool = False):
+        self.sp = sp
+        self.bus, self.lbb = bus_bytes, bus_bytes.bit_length() - 1
+        self.depth = dep_queue_depth
+        self.insn_addr, self.insn_count = insn_addr, insn_count
+        self.latency, self.period = max(1, read_latency), period
+        # read port (hw/axi.py AxiMaster + harness read channel)
+        self.free_from = 0
+        self.last_gen = NEVER
+        self.last_beat = NEVER
+        self.owners = [NEVER] * OUTSTANDING
+        self.nbursts = 0
+        self.loaders = {COMPUTE_RD: _Loader(), LOAD_RD: _Loader()}
+        self.last_w = NEVER
         # facts
-        self.iq_push: list[int] = []  # per fetched instruction
-        self.iq_read: list[int] = []  # per dispatched instruction
+        self.iq_push: list[int] = []
+        self.iq_read: list[int] = []
         self.disp: list[int] = []
-        self.mdisp: list[list[int]] = [[], [], []]
-        self.take: list[list[int]] = [[], [], []]
-        self.retire: list[list[int]] = [[], [], []]
-        self.tpush: list[list[int]] = [[], [], [], []]
-        self.tpop: list[list[int]] = [[], [], [], []]
+        self.mdisp: tuple[list[int], ...] = ([], [], [])
+        self.take: tuple[list[int], ...] = ([], [], [])
+        self.retired: list[int] = [0, 0, 0]  # cycle of each module's latest retire
+        self.tpush: tuple[list[int], ...] = ([], [], [], [])
+        self.tpop: tuple[list[int], ...] = ([], [], [], [])
         self.d_fin: int | None = None
-        # per-module state
+        self.fin_pc = sp.finish_pc
+        # module state
         self.q = [0, 0, 0]
         self.phase = [0, 0, 0]
         self.t = [0, 0, 0]  # cycle the current phase can start
+        self.t_pop = [0, 0, 0]
+        self.x = [0, 0, 0]
         self.idle_from = [1, 1, 1]
         self.busy = [0, 0, 0]
-        self.wait_cycles = [0, 0, 0]
-        self.x_exec = [0, 0, 0]
-        self.t_pop = [0, 0, 0]
-        self.t_push = [0, 0, 0]
-        self.loaders = {LOAD: _Loader(self, LOAD_RD, LOAD),
-                        COMPUTE: _Loader(self, COMPUTE_RD, COMPUTE)}
-        self.last_w = NEVER
+        self.wait = [0, 0, 0]
         # fetch state
         self.requested = 0
-        self.f_last_push = 0  # last push of the latest chunk
-        self.f_pending = False
+        self.f_last_push = 0
+        self.f_valid: int | None = None
         self.f_stopped = False
-        self.grant_cycle = 0
         self.work: list[int] = []
         self.dirty = [False] * 5
-        self.log: list[tuple] | None = None
+        self.trace: list[tuple] | None = [] if trace else None
 
-    # -- static preparation -------------------------------------------------------------------
+    # -- scheduling -----------------------------------------------------------------------------
 
-    def _prepare(self, f: dict, n: int) -> list[_Insn]:
-        cfg = self.cfg
-        eb = {MemType.UOP: cfg.uop_elem_bytes, MemType.WGT: cfg.wgt_elem_bytes,
-              MemType.INP: cfg.inp_elem_bytes, MemType.ACC: cfg.acc_elem_bytes,
-              MemType.OUT: cfg.out_elem_bytes, MemType.ACC_8BIT: cfg.acc8_elem_bytes}
-        counts = {"pop": [0, 0, 0, 0], "push": [0, 0, 0, 0]}
-        out = []
-        for pc in range(n):
-            ins = _Insn()
-            ins.pc = pc
-            op = int(f["opcode"][pc])
-            ins.opcode = op
-            mt = int(f["memory_type"][pc])
-            ins.mtype = mt
-            if op == Opcode.STORE:
-                m = STORE
-            elif op == Opcode.LOAD and mt in (MemType.INP, MemType.WGT):
-                m = LOAD
-            else:
-                m = COMPUTE
-            ins.module = m
-            pops = []
-            for flag, qid in _POPS[m]:
-                if f[flag][pc]:
-                    pops.append((qid, counts["pop"][qid]))
-                    counts["pop"][qid] += 1
-            pushes = []
-            for flag, qid in _PUSHES[m]:
-                if f[flag][pc]:
-                    pushes.append((qid, counts["push"][qid]))
-                    counts["push"][qid] += 1
-            ins.pops, ins.pushes = tuple(pops), tuple(pushes)
-            ins.steps = 0
-            if op in (Opcode.LOAD, Opcode.STORE):
-                ins.kind = K_DMA
-                e = eb[MemType(mt)]
-                ins.eb = e
-                ins.addr = int(f["dram_base"][pc]) * e
-                ins.stride = int(f["x_stride"][pc]) * e
-                ins.xs, ins.ys = int(f["x_size"][pc]), int(f["y_size"][pc])
-                ins.yp0, ins.yp1 = int(f["y_pad_0"][pc]), int(f["y_pad_1"][pc])
-                ins.xp0, ins.xp1 = int(f["x_pad_0"][pc]), int(f["x_pad_1"][pc])
-            elif op in (Opcode.GEMM, Opcode.ALU):
-                ins.kind = K_RUN
-                bgn, end = int(f["uop_bgn"][pc]), int(f["uop_end"][pc])
-                io, ii = int(f["iter_out"][pc]), int(f["iter_in"][pc])
-                ins.steps = (end - bgn) * io * ii if end > bgn and io and ii else 0
-            else:
-                ins.kind = K_NONE
-            out.append(ins)
-        return out
-
-    # -- scheduling ---------------------------------------------------------------------------
-
-    def wake(self, p: int) -> None:
-        """Mark process ``p`` (0-2 modules, 3 decoder, 4 fetch) to be run again."""
+    def _wake(self, p: int) -> None:
         if not self.dirty[p]:
             self.dirty[p] = True
             self.work.append(p)
 
     def run(self) -> int:
-        procs = (self._module, self._module, self._module, self._decoder, self._fetch)
         for p in range(5):
-            self.wake(p)
-        port = self.port
+            self._wake(p)
+        work, dirty = self.work, self.dirty
         while True:
-            while self.work:
-                p = self.work.pop()
-                self.dirty[p] = False
+            while work:
+                p = work.pop()
+                dirty[p] = False
                 if p < 3:
                     self._module(p)
+                elif p == _DECODER:
+                    self._decoder()
                 else:
-                    procs[p]()
-            nxt = port.next_grant()
+                    self._fetch()
+            nxt = self._next_grant()
             if nxt is None:
                 break
             t, client = nxt
-            if client == FETCH and not self._fetch_grant(t):
-                continue
-            self.grant_cycle = t
-            port.grant(t, client)
             if client == FETCH:
-                self.f_last_push = self.iq_push[-1]
-                self.wake(3)
-                self.wake(4)
+                self._fetch_grant(t)
+            else:
+                self._loader_grant(client, t)
         return self._finish()
 
+    def _next_grant(self) -> tuple[int, int] | None:
+        """(cycle, client) of the master's next grant: the lowest-numbered client valid in the
+        first cycle the master is free and some client is valid (hw/axi.py)."""
+        valid = (self.f_valid, self.loaders[COMPUTE_RD].valid, self.loaders[LOAD_RD].valid)
+        earliest = min((v for v in valid if v is not None), default=None)
+        if earliest is None:
+            return None
+        t = max(self.free_from, earliest)
+        for c in (FETCH, COMPUTE_RD, LOAD_RD):
+            if valid[c] is not None and valid[c] <= t:
+                return t, c
+        raise AssertionError("unreachable")
+
     def _finish(self) -> int:
-        for m in range(3):
-            if self.q[m] < len(self.queues[m]):
-                raise _Deadlock(self._describe_block())
-        if self.n and len(self.disp) < self.n:
-            raise _Deadlock(self._describe_block())
-        ends = [1]
-        for m in range(3):
-            if self.retire[m]:
-                ends.append(self.retire[m][-1] + 1)
+        sp = self.sp
+        left = [m for m in range(3) if self.q[m] < len(sp.insns[m])]
+        if left or len(self.disp) < sp.n:
+            raise Blocked(self._describe_block(left), self._last_event())
+        ends = [1, self.last_beat + 1]  # the read channel is idle (owners FIFO empty)
+        ends += [r + 1 for m, r in enumerate(self.retired) if sp.insns[m]]
         if self.disp:
-            ends.append(self.disp[-1] + 1)
-        if self.port.last_beat > 0:
-            ends.append(self.port.last_beat + 1)
+            ends.append(self.disp[-1] + 1)  # fetch done: FINISH seen, or all dispatched
         return max(ends)
 
-    def _describe_block(self) -> str:
-        parts = []
-        for m in range(3):
-            if self.q[m] < len(self.queues[m]):
-                ins = self.queues[m][self.q[m]]
-                parts.append(f"{('load', 'compute', 'store')[m]} at instruction {ins.pc} "
-                             f"(phase {self.phase[m]})")
-        if len(self.disp) < self.n:
-            parts.append(f"dispatch at instruction {len(self.disp)}")
+    def _last_event(self) -> int:
+        times = [self.last_beat, *self.retired, *(self.disp[-1:])]
+        times += [self.t[m] for m in range(3) if self.q[m] < len(self.sp.insns[m])]
+        return max(1, *times)
+
+    def _describe_block(self, left: list[int]) -> str:
+        names = ("load", "compute", "store")
+        phases = ("waiting for its command", "waiting to pop a token", "in DMA",
+                  "waiting to push a token")
+        parts = [f"{names[m]} instruction {self.sp.insns[m][self.q[m]][0]} "
+                 f"{phases[self.phase[m]]}" for m in left]
+        if len(self.disp) < self.sp.n:
+            k = len(self.disp)
+            parts.append(f"dispatch of instruction {k} waiting for room in the "
+                         f"{names[self.sp.module[k]]} command queue")
         return "; ".join(parts)
 
-    # -- fetch --------------------------------------------------------------------------------
+    # -- fetch (hw/fetch.py) ----------------------------------------------------------------
 
     def _fetch(self) -> None:
-        if self.f_pending or self.f_stopped:
+        if self.f_valid is not None or self.f_stopped:
             return
         remaining = self.insn_count - self.requested
         if remaining == 0:
             return
-        pushed = self.requested
-        if len(self.iq_push) < pushed:
-            return  # the latest chunk's data has not been computed yet
-        valid = max(1, self.f_last_push + 1)  # n_left == 0 the cycle after the last push
-        need = pushed - IQ_DEPTH + min(IQ_DEPTH // 2, remaining)
+        # a request needs n_left == 0 (the cycle after the chunk's last push) and room for
+        # min(8, remaining) instructions in the instruction queue
+        valid = max(1, self.f_last_push + 1)
+        need = self.requested - IQ_DEPTH + min(IQ_DEPTH // 2, remaining)
         if need > 0:
             if len(self.iq_read) < need:
                 return
             valid = max(valid, self.iq_read[need - 1] + 1)
         if self.d_fin is not None and valid > self.d_fin:
-            self.f_stopped = True  # FINISH is decoded before the request could be made
+            self.f_stopped = True  # FINISH is decoded first: no request (stop is registered)
             return
-        self.f_pending = True
-        self.port.request(FETCH, ReadRequest(valid, 0, 0, None, None, None))
+        self.f_valid = valid
 
-    def _fetch_grant(self, t: int) -> bool:
-        """Fill in the fetch request granted at ``t``; False if it was withdrawn."""
-        port = self.port
-        req = port.pending[FETCH]
+    def _fetch_grant(self, t: int) -> None:
+        self.f_valid = None
         if self.d_fin is not None and self.d_fin <= t - 1:
-            port.pending[FETCH] = None  # FINISH was dispatched meanwhile: stop
-            self.f_pending = False
-            self.f_stopped = True
-            return False
-        remaining = self.insn_count - self.requested
+            self.f_stopped = True  # FINISH was dispatched while the request waited
+            return
         reads = bisect_right(self.iq_read, t - 1)
-        free = IQ_DEPTH - (self.requested - reads)
-        nins = min(remaining, free)
+        nins = min(self.insn_count - self.requested, IQ_DEPTH - (self.requested - reads))
         start = self.insn_addr + self.requested * INSN_BYTES
-        bus, lbb = self.bus, self.lbb
-        end = start + nins * INSN_BYTES + bus - 1
-        base = (start >> lbb) << lbb
-        beats = (end >> lbb) - (start >> lbb)
         self.requested += nins
-        period = self.period
-        if bus * 8 < INSN_BITS:
-            bpi = INSN_BITS // (bus * 8)
-
-            def extra(first, n):
-                return 0
-
-            def done(first, n, h_first, h_last):
-                for i in range(first, first + n):
-                    if (i + 1) % bpi == 0:
-                        self.iq_push.append(h_first + (i - first) * period)
-        else:
-            slots = bus * 8 // INSN_BITS
+        bus, lbb, period = self.bus, self.lbb, self.period
+        base = (start >> lbb) << lbb
+        beats = ((start + nins * INSN_BYTES + bus - 1) >> lbb) - (start >> lbb)
+        # instructions per beat: a narrow bus takes beats_per_insn beats per instruction, a
+        # wide one hands one instruction per cycle to the queue, holding the beat meanwhile
+        if bus >= INSN_BYTES:
             k0 = (start - base) // INSN_BYTES
             per_beat = []
-            left = nins
-            k = k0
+            left, k = nins, k0
             while left:
-                e = min(slots - k, left)
+                e = min(bus // INSN_BYTES - k, left)
                 per_beat.append(e)
                 left -= e
                 k = 0
+        else:
+            per_beat = [1] * beats
+        bpi = max(1, INSN_BYTES // bus)
+        push = self.iq_push
+        gen = self.last_gen + 1 if self.last_gen + 1 > t + 1 else t + 1
+        for first, n in split_bursts(base, beats, bus):
+            gen, st, _ = self._burst(gen, n, sum(per_beat[first:first + n]) - n, 0)
+            for i in range(first, first + n):
+                e = per_beat[i]
+                if bus >= INSN_BYTES:
+                    push.extend(range(st, st + e))
+                elif (i + 1) % bpi == 0:
+                    push.append(st)
+                st += e - 1 + period
+            gen += 1
+        self.free_from = self.last_gen
+        self.f_last_push = push[-1]
+        self._wake(_DECODER)
+        self._wake(_FETCH)
 
-            def extra(first, n):
-                return sum(per_beat[first:first + n]) - n
+    def _burst(self, gen: int, n: int, extra: int, cursor: int) -> tuple[int, int, int]:
+        """Generate one read burst of ``n`` beats no earlier than ``gen`` and return its
+        (generation, first beat, last beat) cycles; ``extra``: consumer cycles beyond one per
+        beat, ``cursor``: first cycle the consumer can take the first beat."""
+        slot = self.nbursts % OUTSTANDING
+        owners = self.owners
+        if owners[slot] + 1 > gen:
+            gen = owners[slot] + 1  # owners FIFO full until that burst's last beat
+        # arvalid the cycle after generation, accepted at once; data read_latency later,
+        # behind the previous beat by the credit period, when the consumer is ready
+        start = max(self.last_beat + self.period, gen + 1 + self.latency, cursor)
+        h_last = start + (n - 1) * self.period + extra
+        owners[slot] = h_last
+        self.nbursts += 1
+        self.last_beat = h_last
+        self.last_gen = gen
+        return gen, start, h_last
 
-            def done(first, n, h_first, h_last):
-                st = h_first - (per_beat[first] - 1)
-                for i in range(first, first + n):
-                    e = per_beat[i]
-                    for j in range(e):
-                        self.iq_push.append(st + j)
-                    st = st + e - 1 + period
+    # -- the loaders (hw/dma.py RowLoader) ------------------------------------------------------
 
-        def ready():
-            return 0
+    def _loader_start(self, client: int, ins: tuple, x: int) -> None:
+        """The loader of ``client`` takes ``ins`` at cycle ``x`` (its ``cmd`` handshake)."""
+        ld = self.loaders[client]
+        xs, ys, yp0, yp1, xp0, xp1 = ins[9], ins[10], ins[12], ins[13], ins[14], ins[15]
+        n_cols = xp0 + xs + xp1
+        rows = yp0 + ys + yp1
+        ld.ins, ld.row, ld.first_beat = ins, 0, None
+        if ys == 0:  # only padding rows (or nothing), one cycle per element
+            ld.done_at = x + 1 + rows * n_cols
+            return
+        ld.done_at = None
+        ld.cursor = x + 1 + yp0 * n_cols + xp0  # the writer reaches the first data element
+        ld.valid = x + 1  # i_active the cycle after the command
 
-        req.addr, req.beats, req.extra, req.ready, req.done = base, beats, extra, ready, done
-        self.f_pending = False
-        return True
+    def _loader_grant(self, client: int, t: int) -> None:
+        """Grant the loader's row requests from cycle ``t`` on, as long as it keeps winning.
 
-    # -- decode and dispatch ------------------------------------------------------------------
+        A row is one request; the master cuts it into bursts of at most 256 beats that never
+        cross 4 KiB, one per cycle, each waiting for a free ``owners`` entry. Each burst's data
+        starts when the harness has it (``read_latency`` after the address handshake, which is
+        the cycle after generation), the previous beat is a credit period old and the writer is
+        ready; its consumer holds each beat one cycle per element it carries.
+        """
+        ld = self.loaders[client]
+        ins = ld.ins
+        sp = self.sp
+        row_addr, row_base, row_beats, row_extra, row_single = (
+            sp.row_addr, sp.row_base, sp.row_beats, sp.row_extra, sp.row_single)
+        xs, ys, eb, xp0, xp1, row0 = ins[9], ins[10], ins[11], ins[14], ins[15], ins[16]
+        bus, lbb = self.bus, self.lbb
+        narrow = eb < bus
+        gap = xp1 + xp0
+        others = [(c, v) for c, v in ((FETCH, self.f_valid),
+                                      (COMPUTE_RD, self.loaders[COMPUTE_RD].valid),
+                                      (LOAD_RD, self.loaders[LOAD_RD].valid))
+                  if c != client and v is not None]
+        period, lat, owners = self.period, self.latency, self.owners
+        last_gen, last_beat, nb = self.last_gen, self.last_beat, self.nbursts
+        row, cursor = ld.row, ld.cursor
+        while True:
+            r = row0 + row
+            gen = last_gen + 1 if last_gen >= t else t + 1
+            if row_single[r]:
+                slot = nb % OUTSTANDING
+                if owners[slot] >= gen:
+                    gen = owners[slot] + 1  # owners FIFO full until that burst's last beat
+                start = last_beat + period
+                if start < gen + 1 + lat:
+                    start = gen + 1 + lat
+                if start < cursor:
+                    start = cursor
+                h = start + (row_beats[r] - 1) * period + row_extra[r]
+                owners[slot] = h
+                nb += 1
+                last_beat, last_gen = h, gen
+                first = start
+            else:
+                a, left = row_base[r], row_beats[r]
+                lo_elem = row_addr[r]
+                hi_elem = lo_elem + xs * eb
+                first = None
+                while left:
+                    n = (PAGE - (a & (PAGE - 1))) >> lbb
+                    if n > MAX_BURST:
+                        n = MAX_BURST
+                    if n > left:
+                        n = left
+                    slot = nb % OUTSTANDING
+                    if owners[slot] >= gen:
+                        gen = owners[slot] + 1
+                    start = last_beat + period
+                    if start < gen + 1 + lat:
+                        start = gen + 1 + lat
+                    if start < cursor:
+                        start = cursor
+                    extra = 0
+                    if narrow:
+                        hi = a + n * bus
+                        extra = ((hi if hi < hi_elem else hi_elem)
+                                 - (a if a > lo_elem else lo_elem)) // eb - n
+                    h = start + (n - 1) * period + extra
+                    owners[slot] = h
+                    nb += 1
+                    last_beat, last_gen = h, gen
+                    if first is None:
+                        first = start
+                    cursor = h + 1
+                    a += n * bus
+                    left -= n
+                    gen += 1
+            if ld.first_beat is None:
+                ld.first_beat = first
+            row += 1
+            if row == ys:
+                self.last_gen, self.last_beat, self.nbursts = last_gen, last_beat, nb
+                self.free_from = last_gen
+                ld.done_at = h + 1 + xp1 + ins[13] * (xp0 + xs + xp1)
+                ld.valid = None
+                self._wake(LOAD if client == LOAD_RD else COMPUTE)
+                return
+            cursor = h + 1 + gap
+            # the issuer's next request is valid the cycle after this grant; it wins the
+            # next grant unless another client is valid earlier, or as early with priority
+            v = t + 1
+            nt = last_gen if last_gen > v else v
+            for c, ov in others:
+                ot = last_gen if last_gen > ov else ov
+                if ot < nt or (ot == nt and c < client):
+                    self.last_gen, self.last_beat, self.nbursts = last_gen, last_beat, nb
+                    self.free_from = last_gen
+                    ld.row, ld.cursor, ld.valid = row, cursor, v
+                    return
+            t = nt
+
+    # -- decode and dispatch (hw/fetch.py) ----------------------------------------------------
 
     def _decoder(self) -> None:
-        n = self.n
-        k = len(self.disp)
-        progressed = False
+        n = self.sp.n
+        module = self.sp.module
+        push, read, disp = self.iq_push, self.iq_read, self.disp
+        k = len(disp)
         while k < n:
-            if len(self.iq_read) == k:  # load instruction k into the decode register
-                if len(self.iq_push) <= k:
+            if len(read) == k:  # load instruction k into the decode register
+                if len(push) <= k:
                     break
-                p = self.iq_push[k]
-                a = p + 2 if k == 0 else max(p + 2, self.iq_read[k - 1] + 1)
-                self.iq_read.append(a if k == 0 else max(a, self.disp[k - 1]))
-                progressed = True
-            r = self.iq_read[k]
-            ins = self.insns[k]
-            m = ins.module
+                # SyncFIFOBuffered: readable 2 cycles after the write, 1 after the previous read;
+                # the decode register takes it when empty or in the cycle it dispatches
+                a = push[k] + 2
+                if k and read[k - 1] + 1 > a:
+                    a = read[k - 1] + 1
+                if k and disp[k - 1] > a:
+                    a = disp[k - 1]
+                read.append(a)
+                self._wake(_FETCH)
+            m = module[k]
             qd = self.mdisp[m]
-            ql = len(qd)
-            d = r + 1
-            if ql >= CMDQ_INNER:
-                j = ql - CMDQ_INNER  # entry j must have reached the queue's output register
+            d = read[k] + 1
+            j = len(qd) - (CMDQ_DEPTH - 1)
+            if j >= 0:  # the queue's inner FIFO has room once entry j reached its output
                 if j == 0:
                     c = qd[0] + 2
                 else:
                     if len(self.take[m]) < j:
                         break
                     c = max(qd[j] + 2, self.take[m][j - 1] + 1)
-                d = max(d, c)
-            self.disp.append(d)
+                if c > d:
+                    d = c
+            disp.append(d)
             qd.append(d)
-            if ins.opcode == Opcode.FINISH:
+            if k == self.fin_pc:
                 self.d_fin = d
-            progressed = True
+            self._wake(m)
             k += 1
-            self.wake(m)
-        if progressed:
-            self.wake(4)
 
-    # -- the modules --------------------------------------------------------------------------
+    # -- the modules (hw/dma.py sequence_dma_insns, hw/compute.py) ---------------------------
 
     def _module(self, m: int) -> None:
-        queue = self.queues[m]
+        insns = self.sp.insns[m]
+        nq = len(insns)
+        qa, qb, pa, pb = TOKEN_QUEUES[m]
         depth = self.depth
-        while self.q[m] < len(queue):
-            q = self.q[m]
-            ins = queue[q]
-            ph = self.phase[m]
-            if ph == 0:  # IDLE: take the command
-                if len(self.mdisp[m]) <= q:
-                    return
-                d = self.mdisp[m][q]
-                c = d + 2 if q == 0 else max(d + 2, self.take[m][q - 1] + 1)
-                take = max(c, self.idle_from[m])
-                self.take[m].append(take)
-                self.wake(3)
-                self.t[m] = take + 1
-                ph = self.phase[m] = 1
-            if ph == 1:  # POP
-                t0 = self.t[m]
-                t = t0
-                for qid, k in ins.pops:
-                    pushes = self.tpush[qid]
-                    if len(pushes) <= k:
-                        return
-                    t = max(t, pushes[k] + 1)
-                for qid, k in ins.pops:
-                    self.tpop[qid].append(t)
-                    self.wake(_PRODUCER[qid])
-                self.wait_cycles[m] += t - t0
+        tpush, tpop = self.tpush, self.tpop
+        qd, takes = self.mdisp[m], self.take[m]
+        trace = self.trace
+        wake = self._wake
+        q, ph, t = self.q[m], self.phase[m], self.t[m]
+        while q < nq:
+            ins = insns[q]
+            if ph == 0:  # IDLE: take the command from the queue's output register
+                if len(qd) <= q:
+                    break
+                c = qd[q] + 2
+                if q and takes[q - 1] + 1 > c:
+                    c = takes[q - 1] + 1
+                take = c if c > self.idle_from[m] else self.idle_from[m]
+                takes.append(take)
+                wake(_DECODER)
+                t = take + 1
+                ph = 1
+            if ph == 1:  # POP: every flagged queue non-empty in the same cycle
+                t0 = t
+                ka, kb = ins[1], ins[2]
+                if ka >= 0:
+                    if len(tpush[qa]) <= ka:
+                        break
+                    if tpush[qa][ka] >= t:
+                        t = tpush[qa][ka] + 1
+                if kb >= 0:
+                    if len(tpush[qb]) <= kb:
+                        break
+                    if tpush[qb][kb] >= t:
+                        t = tpush[qb][kb] + 1
+                if ka >= 0:
+                    tpop[qa].append(t)
+                    wake(_PRODUCER[qa])
+                if kb >= 0:
+                    tpop[qb].append(t)
+                    wake(_PRODUCER[qb])
+                self.wait[m] += t - t0
                 self.t_pop[m] = t
-                x = t + 1
-                if ins.kind == K_RUN:  # start_run at t, RUN from t+1
-                    self.t[m] = t + ins.steps + 5 if ins.steps else t + 2
-                    ph = self.phase[m] = 3
-                elif ins.kind == K_NONE:
-                    self.t[m] = t + 1
-                    ph = self.phase[m] = 3
-                elif ins.xs == 0:
-                    self.t[m] = x + 1
-                    self.busy[m] += 1 if m != COMPUTE else 0
-                    ph = self.phase[m] = 3
-                elif m == STORE:
-                    done, self.last_w, _ = store_engine(
-                        x, ins.addr, ins.stride, ins.xs, ins.ys, ins.eb, self.bus, self.period,
-                        self.last_w) if ins.ys else (x + 2, self.last_w, None)
+                kind = ins[5]
+                x = self.x[m] = t + 1  # EXEC (load/store) or LOAD (compute) state
+                if kind == K_RUN:  # start_run in POP, RUN from t+1, PUSH when drained
+                    t = t + ins[6] + RUN_FILL + 1 if ins[6] else t + 2
+                    ph = 3
+                elif kind == K_NONE:  # FINISH
+                    t += 1
+                    ph = 3
+                elif kind == K_LOAD:
+                    self._loader_start(LOAD_RD if m == LOAD else COMPUTE_RD, ins, x)
+                    ph = 2
+                elif kind == K_STORE:
+                    if ins[10]:
+                        done, self.last_w, _ = store_engine(
+                            x, ins[7], ins[8], ins[9], ins[10], ins[11], self.bus, self.period,
+                            self.last_w)
+                    else:
+                        done = x + 2  # no rows: the storer idles again at once
                     self.busy[m] += done - x + 1
-                    self.t[m] = done + 1
-                    ph = self.phase[m] = 3
-                else:
-                    self.x_exec[m] = x
-                    self.loaders[m].start(ins, x)
-                    ph = self.phase[m] = 2
-            if ph == 2:  # WAIT for the loader
-                done = self.loaders[m].done_at
+                    t = done + 1
+                    ph = 3
+                else:  # x_size == 0: synchronisation only
+                    if m != COMPUTE:
+                        self.busy[m] += 1
+                    t = x + 1
+                    ph = 3
+            if ph == 2:  # WAIT for the loader to go idle
+                done = self.loaders[LOAD_RD if m == LOAD else COMPUTE_RD].done_at
                 if done is None:
-                    return
+                    break
                 if m == LOAD:
-                    self.busy[m] += done - self.x_exec[m] + 1
-                self.t[m] = done + 1
-                ph = self.phase[m] = 3
-            if ph == 3:  # PUSH
-                t = self.t[m]
-                self.t_push[m] = t
-                for qid, k in ins.pushes:
-                    if k >= depth:
-                        pops = self.tpop[qid]
-                        if len(pops) <= k - depth:
-                            return
-                        t = max(t, pops[k - depth] + 1)
-                for qid, k in ins.pushes:
-                    self.tpush[qid].append(t)
-                    self.wake(_CONSUMER[qid])
-                self.retire[m].append(t)
-                if self.log is not None:
-                    self.log.append((m, ins.pc, self.take[m][q], self.t_pop[m], self.t_push[m], t))
+                    self.busy[m] += done - self.x[m] + 1
+                t = done + 1
+                ph = 3
+            if ph == 3:  # PUSH: every flagged queue has room in the same cycle
+                y = t
+                ka, kb = ins[3], ins[4]
+                if ka >= depth:
+                    if len(tpop[pa]) <= ka - depth:
+                        break
+                    if tpop[pa][ka - depth] >= t:
+                        t = tpop[pa][ka - depth] + 1
+                if kb >= depth:
+                    if len(tpop[pb]) <= kb - depth:
+                        break
+                    if tpop[pb][kb - depth] >= t:
+                        t = tpop[pb][kb - depth] + 1
+                if ka >= 0:
+                    tpush[pa].append(t)
+                    wake(_CONSUMER[pa])
+                if kb >= 0:
+                    tpush[pb].append(t)
+                    wake(_CONSUMER[pb])
+                self.retired[m] = t
+                if trace is not None:
+                    self._record(m, ins, y, t)
                 self.idle_from[m] = t + 1
-                self.phase[m] = 0
-                self.q[m] += 1
+                ph = 0
+                q += 1
+        self.q[m], self.phase[m], self.t[m] = q, ph, t
 
-
-class _Deadlock(Exception):
-    pass
+    def _record(self, m: int, ins: tuple, y: int, retire: int) -> None:
+        """Trace record of one retired instruction (see :mod:`tessera.sim.timing`)."""
+        first = None
+        if ins[5] == K_LOAD:
+            first = self.loaders[LOAD_RD if m == LOAD else COMPUTE_RD].first_beat
+        self.trace.append((m, ins[0], self.take[m][-1], self.t_pop[m], self.x[m], first, y,
+                           retire))
