@@ -9,8 +9,9 @@ before the functional simulation runs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -21,8 +22,8 @@ from tessera.sim.timing.engine import Blocked, Engine
 from tessera.sim.timing.port import credit_period
 from tessera.sim.timing.program import MODULE_NAMES, prepare
 
-__all__ = ["DramTiming", "Prediction", "InsnTiming", "predict", "decode_stream",
-           "TIMING_COUNTERS"]
+__all__ = ["DramTiming", "Prediction", "InsnTiming", "Program", "DecodedStream", "predict",
+           "decode_stream", "TIMING_COUNTERS"]
 
 TIMING_COUNTERS = ("load_busy_cycles", "store_busy_cycles", "compute_wait_cycles")
 """The timing counters of ``tessera.regs.COUNTERS`` the model produces."""
@@ -86,18 +87,33 @@ class Prediction:
     insns: list[InsnTiming] | None = None
 
 
-def predict(fields: Mapping[str, Sequence[int] | np.ndarray], n: int, cfg: Config,
-            dram: DramTiming | None = None, *, insn_addr: int, insn_count: int,
-            trace: bool = False) -> Prediction:
-    """Predict a run of ``insn_count`` instructions at ``insn_addr``.
+class Program(Protocol):
+    """What :func:`predict` reads of a decoded program (``tessera.sim.decode.DecodedProgram``):
+    ``n`` dispatched instructions and ``arrays``, every ISA field by name, per pc."""
 
-    ``fields``/``n``: the decoded program (``tessera.sim.decode.DecodedProgram.arrays`` and
-    ``.n``: every ISA field by name, per dispatched instruction). ``trace=True`` also returns
-    per-instruction timing.
+    n: int
+    arrays: Mapping[str, np.ndarray]
+
+
+@dataclass
+class DecodedStream:
+    """A :class:`Program` decoded by :func:`decode_stream`."""
+
+    n: int
+    arrays: dict[str, np.ndarray]
+
+
+def predict(program: Program, cfg: Config, dram: DramTiming | None = None, *, insn_addr: int,
+            insn_count: int, trace: bool = False) -> Prediction:
+    """Predict the RTL's run of ``insn_count`` instructions at ``insn_addr``.
+
+    ``program`` is the decoded program (its first ``program.n`` instructions are dispatched).
+    ``trace=True`` also returns the timing of every instruction.
     """
     if not isinstance(cfg, Config):
         raise SimError(f"cfg must be a Config, not {cfg!r}")
     dram = dram if dram is not None else DramTiming()
+    fields, n = program.arrays, program.n
     if not 0 <= n <= insn_count:
         raise SimError(f"n must be in [0, insn_count={insn_count}], not {n!r}")
     if insn_addr % INSN_BYTES:
@@ -118,7 +134,7 @@ def predict(fields: Mapping[str, Sequence[int] | np.ndarray], n: int, cfg: Confi
     return Prediction(cycles, counters, insns=insns)
 
 
-def decode_stream(code: bytes, cfg: Config) -> tuple[dict[str, np.ndarray], int]:
+def decode_stream(code: bytes, cfg: Config) -> DecodedStream:
     """The fields of a packed instruction stream and the number of instructions dispatched
     (up to and including the first FINISH), for :func:`predict` without the simulator."""
     if len(code) % INSN_BYTES:
@@ -132,5 +148,6 @@ def decode_stream(code: bytes, cfg: Config) -> tuple[dict[str, np.ndarray], int]
     out: dict[str, np.ndarray] = {"opcode": op}
     for table in (lay.mem, lay.gemm):
         for fl in table:
-            out.setdefault(fl.name, extract(lo, hi, fl))
-    return out, n
+            out.setdefault(fl.name, extract(lo[:n], hi[:n], fl))
+    out["opcode"] = op[:n]
+    return DecodedStream(n, out)

@@ -20,15 +20,15 @@ from tessera.sim.timing.port import (
     COMPUTE_RD,
     FETCH,
     LOAD_RD,
+    MAX_BURST,
     NEVER,
     OUTSTANDING,
+    PAGE,
     split_bursts,
     store_engine,
 )
 from tessera.sim.timing.program import (
     COMPUTE,
-    MAX_BURST,
-    PAGE,
     K_LOAD,
     K_NONE,
     K_RUN,
@@ -492,7 +492,7 @@ class Engine:
                     ph = 2
                 elif kind == K_STORE:
                     if ins[10]:
-                        done, self.last_w, _ = store_engine(
+                        done, self.last_w = store_engine(
                             x, ins[7], ins[8], ins[9], ins[10], ins[11], self.bus, self.period,
                             self.last_w)
                     else:

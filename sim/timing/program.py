@@ -14,10 +14,11 @@ import numpy as np
 
 from tessera.config import Config
 from tessera.isa import MemType, Opcode
+from tessera.sim.timing.port import MAX_BURST, PAGE
 
 __all__ = ["StaticProgram", "prepare", "LOAD", "COMPUTE", "STORE", "L2C", "C2L", "C2S", "S2C",
            "QUEUE_NAMES", "MODULE_NAMES", "TOKEN_QUEUES", "K_LOAD", "K_STORE", "K_RUN",
-           "K_NONE", "K_SYNC", "MAX_BURST", "PAGE"]
+           "K_NONE", "K_SYNC"]
 
 LOAD, COMPUTE, STORE = 0, 1, 2
 MODULE_NAMES = ("load", "compute", "store")
@@ -30,8 +31,6 @@ TOKEN_QUEUES = {LOAD: (C2L, None, L2C, None), COMPUTE: (L2C, S2C, C2L, C2S),
 TOKEN_FLAGS = {LOAD: ("pop_next", None, "push_next", None),
                COMPUTE: ("pop_prev", "pop_next", "push_prev", "push_next"),
                STORE: ("pop_prev", None, "push_prev", None)}
-MAX_BURST = 256  # AXI4 INCR burst length limit (hw/axi.py MAX_BURST)
-PAGE = 4096  # bursts never cross this boundary (hw/axi.py PAGE_BYTES)
 
 # instruction kinds
 K_LOAD, K_STORE, K_RUN, K_NONE, K_SYNC = 0, 1, 2, 3, 4  # K_SYNC: LOAD/STORE with x_size == 0
