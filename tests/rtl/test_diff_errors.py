@@ -223,10 +223,12 @@ def test_deadlock_times_out_and_core_recovers(pair):
         if dev.kind == "verilator":
             with pytest.raises(DeviceError, match="timed out") as info:
                 dev.run(code.addr, len(words), timeout_cycles=20_000)
-        else:
+            assert info.value.code is None and info.value.pc is None
+        else:  # SPEC §6 code 7, the lowest blocked pc: compute's GEMM 6 (store 7 waits too)
             with pytest.raises(DeviceError, match="deadlock") as info:
                 dev.run(code.addr, len(words))
-        assert info.value.code is None and info.value.pc is None
+            assert (info.value.code, info.value.pc) == (7, 6), str(info.value)
+            assert (dev.read_reg(Reg.ERROR_CODE), dev.read_reg(Reg.ERROR_PC)) == (7, 6)
     _good_program_after(TINY, vdev, fdev, seed=77)
 
 
