@@ -9,6 +9,9 @@ before the functional simulation runs.
 
 from __future__ import annotations
 
+import copy
+import hashlib
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -20,13 +23,18 @@ from tessera.errors import SimError
 from tessera.isa import INSN_BYTES, Opcode, extract, layout
 from tessera.sim.timing.engine import Blocked, Engine
 from tessera.sim.timing.port import credit_period
-from tessera.sim.timing.program import MODULE_NAMES, prepare
+from tessera.sim.timing.program import FIELDS, MODULE_NAMES, prepare
 
 __all__ = ["DramTiming", "Prediction", "InsnTiming", "Program", "DecodedStream", "predict",
            "decode_stream", "TIMING_COUNTERS"]
 
 TIMING_COUNTERS = ("load_busy_cycles", "store_busy_cycles", "compute_wait_cycles")
 """The timing counters of ``tessera.regs.COUNTERS`` the model produces."""
+
+CACHE_SIZE = 512
+"""Predictions remembered (without traces), keyed by everything timing depends on: the config,
+the DRAM knobs, the program's address and count and its decoded fields."""
+_CACHE: OrderedDict[tuple, Prediction] = OrderedDict()
 
 
 @dataclass(frozen=True)
@@ -77,13 +85,15 @@ class Prediction:
     """The model's answer for one run.
 
     ``cycles`` is None when the program cannot complete on the RTL: ``blocked`` then says what
-    waits on what, and ``blocked_at`` is the cycle from which nothing moves any more.
+    waits on what, ``blocked_at`` is the cycle from which nothing moves any more and
+    ``blocked_pc`` the lowest pc among the instructions the blocked modules hold.
     """
 
     cycles: int | None
     counters: dict[str, int] = field(default_factory=dict)
     blocked: str | None = None
     blocked_at: int | None = None
+    blocked_pc: int | None = None
     insns: list[InsnTiming] | None = None
 
 
@@ -118,20 +128,35 @@ def predict(program: Program, cfg: Config, dram: DramTiming | None = None, *, in
         raise SimError(f"n must be in [0, insn_count={insn_count}], not {n!r}")
     if insn_addr % INSN_BYTES:
         raise SimError(f"insn_addr must be 16-byte aligned, not {insn_addr:#x}")
+    key = None
+    if not trace:
+        digest = hashlib.blake2b(np.stack([np.asarray(fields[k][:n], np.int64) for k in FIELDS])
+                                 .tobytes() if n else b"", digest_size=16).digest()
+        key = (cfg, dram, insn_addr, insn_count, n, digest)
+        hit = _CACHE.get(key)
+        if hit is not None:
+            _CACHE.move_to_end(key)
+            return copy.deepcopy(hit)
     sp = prepare(fields, n, cfg)
     eng = Engine(sp, cfg.mem_bus_bytes, cfg.dep_queue_depth, insn_addr, insn_count,
                  dram.read_latency, credit_period(dram.beats_per_cycle), trace=trace)
     try:
         cycles = eng.run()
     except Blocked as exc:
-        return Prediction(None, blocked=str(exc), blocked_at=exc.cycle)
-    counters = {"load_busy_cycles": eng.busy[0], "store_busy_cycles": eng.busy[2],
-                "compute_wait_cycles": eng.wait[1]}
-    insns = None
-    if trace:
-        insns = sorted((InsnTiming(MODULE_NAMES[m], pc, *rest) for m, pc, *rest in eng.trace),
-                       key=lambda r: r.pc)
-    return Prediction(cycles, counters, insns=insns)
+        result = Prediction(None, blocked=str(exc), blocked_at=exc.cycle, blocked_pc=exc.pc)
+    else:
+        counters = {"load_busy_cycles": eng.busy[0], "store_busy_cycles": eng.busy[2],
+                    "compute_wait_cycles": eng.wait[1]}
+        insns = None
+        if trace:
+            insns = sorted((InsnTiming(MODULE_NAMES[m], pc, *rest)
+                            for m, pc, *rest in eng.trace), key=lambda r: r.pc)
+        result = Prediction(cycles, counters, insns=insns)
+    if key is not None:
+        _CACHE[key] = copy.deepcopy(result)
+        while len(_CACHE) > CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return result
 
 
 def decode_stream(code: bytes, cfg: Config) -> DecodedStream:

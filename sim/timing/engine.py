@@ -54,11 +54,12 @@ _PRODUCER = (LOAD, COMPUTE, COMPUTE, STORE)
 
 class Blocked(Exception):
     """The model ran out of events before every instruction retired (a token deadlock, or a
-    command-queue deadlock that only the RTL's finite queues have)."""
+    command-queue deadlock that only the RTL's finite queues have). ``cycle``: from when on
+    nothing moves; ``pc``: the lowest pc among the blocked modules' current instructions."""
 
-    def __init__(self, message: str, cycle: int):
+    def __init__(self, message: str, cycle: int, pc: int | None):
         super().__init__(message)
-        self.cycle = cycle
+        self.cycle, self.pc = cycle, pc
 
 
 class _Loader:
@@ -118,7 +119,10 @@ class Engine:
         self.requested = 0
         self.f_last_push = 0
         self.f_valid: int | None = None
+        self.f_need: int | None = None  # reads the fetch waits for
         self.f_stopped = False
+        self.dec_wait: int | None = None  # what the decoder waits for: _FETCH or a module
+        self.dec_wait_j = 0
         self.work: list[int] = []
         self.dirty = [False] * 5
         self.trace: list[tuple] | None = [] if trace else None
@@ -171,7 +175,10 @@ class Engine:
         sp = self.sp
         left = [m for m in range(3) if self.q[m] < len(sp.insns[m])]
         if left or len(self.disp) < sp.n:
-            raise Blocked(self._describe_block(left), self._last_event())
+            pcs = [sp.insns[m][self.q[m]][0] for m in left
+                   if self.q[m] < len(self.mdisp[m])]  # instructions a module holds
+            raise Blocked(self._describe_block(left), self._last_event(),
+                          min(pcs) if pcs else None)
         ends = [1, self.last_beat + 1]  # the read channel is idle (owners FIFO empty)
         ends += [r + 1 for m, r in enumerate(self.retired) if sp.insns[m]]
         if self.disp:
@@ -209,8 +216,10 @@ class Engine:
         need = self.requested - IQ_DEPTH + min(IQ_DEPTH // 2, remaining)
         if need > 0:
             if len(self.iq_read) < need:
+                self.f_need = need  # the decoder wakes us when it has read that many
                 return
             valid = max(valid, self.iq_read[need - 1] + 1)
+        self.f_need = None
         if self.d_fin is not None and valid > self.d_fin:
             self.f_stopped = True  # FINISH is decoded first: no request (stop is registered)
             return
@@ -256,7 +265,8 @@ class Engine:
             gen += 1
         self.free_from = self.last_gen
         self.f_last_push = push[-1]
-        self._wake(_DECODER)
+        if self.dec_wait == _FETCH:
+            self._wake(_DECODER)
         self._wake(_FETCH)
 
     def _burst(self, gen: int, n: int, extra: int, cursor: int) -> tuple[int, int, int]:
@@ -400,9 +410,13 @@ class Engine:
         module = self.sp.module
         push, read, disp = self.iq_push, self.iq_read, self.disp
         k = len(disp)
+        phase, q = self.phase, self.q
+        woken = [False, False, False]
+        self.dec_wait = None
         while k < n:
             if len(read) == k:  # load instruction k into the decode register
                 if len(push) <= k:
+                    self.dec_wait = _FETCH
                     break
                 # SyncFIFOBuffered: readable 2 cycles after the write, 1 after the previous read;
                 # the decode register takes it when empty or in the cycle it dispatches
@@ -412,7 +426,8 @@ class Engine:
                 if k and disp[k - 1] > a:
                     a = disp[k - 1]
                 read.append(a)
-                self._wake(_FETCH)
+                if self.f_need is not None and len(read) >= self.f_need:
+                    self._wake(_FETCH)
             m = module[k]
             qd = self.mdisp[m]
             d = read[k] + 1
@@ -422,6 +437,7 @@ class Engine:
                     c = qd[0] + 2
                 else:
                     if len(self.take[m]) < j:
+                        self.dec_wait, self.dec_wait_j = m, j
                         break
                     c = max(qd[j] + 2, self.take[m][j - 1] + 1)
                 if c > d:
@@ -430,7 +446,9 @@ class Engine:
             qd.append(d)
             if k == self.fin_pc:
                 self.d_fin = d
-            self._wake(m)
+            if not woken[m] and phase[m] == 0 and q[m] == len(qd) - 1:
+                woken[m] = True
+                self._wake(m)
             k += 1
 
     # -- the modules (hw/dma.py sequence_dma_insns, hw/compute.py) ---------------------------
@@ -455,7 +473,8 @@ class Engine:
                     c = takes[q - 1] + 1
                 take = c if c > self.idle_from[m] else self.idle_from[m]
                 takes.append(take)
-                wake(_DECODER)
+                if self.dec_wait == m and len(takes) >= self.dec_wait_j:
+                    wake(_DECODER)
                 t = take + 1
                 ph = 1
             if ph == 1:  # POP: every flagged queue non-empty in the same cycle
@@ -473,10 +492,12 @@ class Engine:
                         t = tpush[qb][kb] + 1
                 if ka >= 0:
                     tpop[qa].append(t)
-                    wake(_PRODUCER[qa])
+                    if self.phase[_PRODUCER[qa]] == 3:
+                        wake(_PRODUCER[qa])
                 if kb >= 0:
                     tpop[qb].append(t)
-                    wake(_PRODUCER[qb])
+                    if self.phase[_PRODUCER[qb]] == 3:
+                        wake(_PRODUCER[qb])
                 self.wait[m] += t - t0
                 self.t_pop[m] = t
                 kind = ins[5]
@@ -528,10 +549,12 @@ class Engine:
                         t = tpop[pb][kb - depth] + 1
                 if ka >= 0:
                     tpush[pa].append(t)
-                    wake(_CONSUMER[pa])
+                    if self.phase[_CONSUMER[pa]] == 1:
+                        wake(_CONSUMER[pa])
                 if kb >= 0:
                     tpush[pb].append(t)
-                    wake(_CONSUMER[pb])
+                    if self.phase[_CONSUMER[pb]] == 1:
+                        wake(_CONSUMER[pb])
                 self.retired[m] = t
                 if trace is not None:
                     self._record(m, ins, y, t)

@@ -16,8 +16,8 @@ from tessera.config import Config
 from tessera.isa import MemType, Opcode
 from tessera.sim.timing.port import MAX_BURST, PAGE
 
-__all__ = ["StaticProgram", "prepare", "LOAD", "COMPUTE", "STORE", "L2C", "C2L", "C2S", "S2C",
-           "QUEUE_NAMES", "MODULE_NAMES", "TOKEN_QUEUES", "K_LOAD", "K_STORE", "K_RUN",
+__all__ = ["StaticProgram", "prepare", "FIELDS", "LOAD", "COMPUTE", "STORE", "L2C", "C2L", "C2S",
+           "S2C", "QUEUE_NAMES", "MODULE_NAMES", "TOKEN_QUEUES", "K_LOAD", "K_STORE", "K_RUN",
            "K_NONE", "K_SYNC"]
 
 LOAD, COMPUTE, STORE = 0, 1, 2
@@ -35,7 +35,8 @@ TOKEN_FLAGS = {LOAD: ("pop_next", None, "push_next", None),
 # instruction kinds
 K_LOAD, K_STORE, K_RUN, K_NONE, K_SYNC = 0, 1, 2, 3, 4  # K_SYNC: LOAD/STORE with x_size == 0
 
-_FIELDS = ("opcode", "memory_type", "pop_prev", "pop_next", "push_prev", "push_next",
+# the fields timing depends on
+FIELDS = ("opcode", "memory_type", "pop_prev", "pop_next", "push_prev", "push_next",
            "dram_base", "x_size", "y_size", "x_stride", "y_pad_0", "y_pad_1", "x_pad_0",
            "x_pad_1", "uop_bgn", "uop_end", "iter_out", "iter_in")
 
@@ -81,7 +82,7 @@ def prepare(fields: Mapping[str, Sequence[int] | np.ndarray], n: int, cfg: Confi
     ``fields`` maps ISA field names (``tessera.isa.layout``) to per-instruction values, as
     :class:`tessera.sim.decode.DecodedProgram` holds them.
     """
-    f = {k: np.asarray(fields[k][:n], dtype=np.int64) for k in _FIELDS}
+    f = {k: np.asarray(fields[k][:n], dtype=np.int64) for k in FIELDS}
     op, mt = f["opcode"], f["memory_type"]
     is_load, is_store = op == Opcode.LOAD, op == Opcode.STORE
     is_mem = is_load | is_store
