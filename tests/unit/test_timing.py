@@ -154,3 +154,53 @@ def test_rtl_constants_are_the_hardware_ones():
     assert (engine.IQ_DEPTH, engine.CMDQ_DEPTH) == (fetch.IQ_DEPTH, fetch.CMDQ_DEPTH)
     assert (port.MAX_BURST, port.PAGE, port.OUTSTANDING) == (axi.MAX_BURST, axi.PAGE_BYTES,
                                                              axi.OUTSTANDING)
+
+
+def test_fsim_device_reports_the_model_cycles_and_counters():
+    from tessera.driver import open_device
+    from tessera.regs import Reg, counter_offset
+
+    prog = random_program(TINY, np.random.default_rng(5), rounds=6)
+    seen = []
+    for latency, bpc in ((16, 1.0), (60, 0.25)):
+        with open_device("fsim", TINY, mem_bytes=1 << 22, read_latency=latency,
+                         beats_per_cycle=bpc) as dev:
+            prog.place(dev)
+            stats = dev.run(prog.insn_addr, prog.insn_count)
+            dec = timing.decode_stream(prog.code(), TINY)
+            want = timing.predict(dec, TINY, timing.DramTiming(latency, bpc),
+                                  insn_addr=prog.insn_addr, insn_count=prog.insn_count)
+            assert stats.cycles == want.cycles > 0
+            cycles = dev.read_reg(Reg.CYCLES_LO) | dev.read_reg(Reg.CYCLES_HI) << 32
+            assert cycles == want.cycles
+            for name in timing.TIMING_COUNTERS:
+                assert stats.counters[name] == want.counters[name]
+                assert dev.read_reg(counter_offset(name)) == want.counters[name]
+            assert stats.counters["gemm_steps"] > 0  # the architectural ones are still there
+            seen.append(stats.cycles)
+    assert seen[1] > seen[0]  # slower DRAM, more cycles
+
+
+def test_fsim_device_checks_its_dram_knobs():
+    from tessera.driver import open_device
+    from tessera.errors import DeviceError
+
+    with pytest.raises(DeviceError, match="read_latency must be an integer in"):
+        open_device("fsim", TINY, read_latency=0)
+    with pytest.raises(DeviceError, match=r"beats_per_cycle must be in \(0, 1\]"):
+        open_device("fsim", TINY, beats_per_cycle=2)
+
+
+def test_fsim_device_runs_a_command_queue_deadlock_without_cycles():
+    # fsim's command queues are unbounded (spec-notes 2): the program runs, but the RTL's
+    # deadlock on it, so there is no cycle count; the prediction says why
+    from tessera.driver import open_device
+
+    wait = MemInsn(opcode=Opcode.LOAD, memory_type=MemType.INP, pop_next=1)
+    code = isa.to_bytes([wait] * 10 + [GemmInsn(push_prev=1)] * 10 + [FinishInsn()], TINY)
+    with open_device("fsim", TINY) as dev:
+        buf = dev.alloc(len(code))
+        dev.write(buf.addr, code)
+        stats = dev.run(buf.addr, 21)
+        assert stats.cycles is None and stats.counters["insns_retired"] == 21
+        assert "command queue" in dev.last_prediction.blocked
