@@ -26,7 +26,7 @@ from tessera.sim.timing.port import credit_period
 from tessera.sim.timing.program import FIELDS, MODULE_NAMES, prepare
 
 __all__ = ["DramTiming", "Prediction", "InsnTiming", "Program", "DecodedStream", "predict",
-           "decode_stream", "TIMING_COUNTERS"]
+           "decode_stream", "clear_cache", "TIMING_COUNTERS"]
 
 TIMING_COUNTERS = ("load_busy_cycles", "store_busy_cycles", "compute_wait_cycles")
 """The timing counters of ``tessera.regs.COUNTERS`` the model produces."""
@@ -157,6 +157,11 @@ def predict(program: Program, cfg: Config, dram: DramTiming | None = None, *, in
         while len(_CACHE) > CACHE_SIZE:
             _CACHE.popitem(last=False)
     return result
+
+
+def clear_cache() -> None:
+    """Forget every cached prediction (benchmarks measure the model's cold cost with it)."""
+    _CACHE.clear()
 
 
 def decode_stream(code: bytes, cfg: Config) -> DecodedStream:
