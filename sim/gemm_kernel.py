@@ -101,7 +101,7 @@ class GemmPlan:
             r, n = st.xidx.shape
             g = st.widx.shape[0]
             length = n * bi
-            x = np.take(inp_f, st.xidx, axis=0)  # (R, n, B, BI)
+            x = inp_f.take(st.xidx, axis=0)  # (R, n, B, BI)
             if b > 1:
                 x = x.transpose(0, 2, 1, 3)
             x = x.reshape(r * b, length)
@@ -136,7 +136,7 @@ class GemmPlan:
         cached = self._wcache[k]
         if cached is not None and cached[0] == stamp:
             return cached[1]
-        w = np.take(wgt_t, st.widx, axis=0).reshape(g, length, bo)
+        w = wgt_t.take(st.widx, axis=0).reshape(g, length, bo)
         self._wcache[k] = (stamp, w)
         return w
 

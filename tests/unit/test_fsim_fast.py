@@ -207,3 +207,20 @@ def test_fast_and_plain_report_the_same_errors():
         seen.add(results[0][0] if len(results[0]) == 3 and results[0][0] else
                  ("race" if "race" in str(results[0]) else "ok"))
     assert {3, "race", "ok"} <= seen, seen
+
+
+def test_blas_threads_are_limited_while_executing_and_restored():
+    from threadpoolctl import threadpool_info
+
+    from tessera.sim.blas import blas_limit
+
+    def blas_threads():
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    before = blas_threads()
+    assert before, "numpy's BLAS must be visible to threadpoolctl"
+    with blas_limit(1):
+        assert blas_threads() == [1] * len(before)
+    assert blas_threads() == before
+    with pytest.raises(DeviceError, match="blas_threads must be a positive integer or None"):
+        open_device("fsim", Config.preset("tiny"), blas_threads=0)
