@@ -37,7 +37,13 @@ class IndexSet:
     __slots__ = ("uniq", "runs", "top")
 
     def __init__(self, idx: np.ndarray, runs_allowed: bool = True):
-        u = np.unique(idx)
+        idx = np.asarray(idx).reshape(-1)
+        if idx.size and 0 <= int(idx.min()) and int(idx.max()) < 1 << 22:
+            seen = np.zeros(int(idx.max()) + 1, bool)  # buffer indices: a mask beats a sort
+            seen[idx] = True
+            u = np.flatnonzero(seen)
+        else:
+            u = np.unique(idx)
         self.uniq = u
         self.top = int(u[-1]) if u.size else -1
         self.runs: list[tuple[int, int]] | None = None

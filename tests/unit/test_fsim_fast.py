@@ -95,7 +95,8 @@ def _check_gemm(ud, us, uw, loop, inp, wgt, acc0, stacked):
     wgt_t = wgt.transpose(0, 2, 1).astype(np.float32)
     plan.run(got, inp_f, wgt_t, np.zeros(wgt.shape[0], np.int64))
     assert np.array_equal(got, want)
-    assert np.array_equal(plan.rows.uniq, np.unique(plain.steps_arrays[0]))
+    for got_set, steps in zip((plan.rows, plan.reads_inp, plan.reads_wgt), plain.steps_arrays):
+        assert np.array_equal(got_set.uniq, np.unique(steps))  # what races and checks see
     return plan
 
 
