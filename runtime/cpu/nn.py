@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from llvmlite import ir
 
-from tessera.compiler.cpu_kernels_ir import (
+from tessera.runtime.cpu.builder import (
     DTYPES,
     F32,
     FAST,

@@ -1,4 +1,4 @@
-"""Quantised-inference CPU kernels, bit-exact with :mod:`tessera.compiler.reference`.
+"""Quantised-inference CPU kernels, bit-exact with :mod:`tessera.runtime.accel.epilogue`.
 
 - Requant: int32 (or int8) -> int8 through a list of accelerator ALU steps (SPEC §4), exactly
   like :func:`reference.apply_epilogue`: every step works on int32 lanes, ADD and MUL wrap mod
@@ -25,8 +25,7 @@ from typing import Any
 import numpy as np
 from llvmlite import ir
 
-from tessera.compiler.cpu_kernels_eltwise import emit_map
-from tessera.compiler.cpu_kernels_ir import (
+from tessera.runtime.cpu.builder import (
     DTYPES,
     F32,
     FAST,
@@ -48,6 +47,7 @@ from tessera.compiler.cpu_kernels_ir import (
     spatial_params,
     window_taps,
 )
+from tessera.runtime.cpu.eltwise import emit_map
 
 __all__ = ["GENERATORS", "ALU_OPCODES", "BRANCHES", "requant_attrs"]
 
@@ -58,7 +58,7 @@ _I32_MIN, _I32_MAX = -(1 << 31), (1 << 31) - 1
 
 def requant_attrs(epilogue: Any, channel_axis: int = 1) -> dict[str, Any]:
     """Requant attributes (JSON-able) running ``epilogue.alu_steps()`` of a
-    :class:`~tessera.compiler.reference.Epilogue`; vector operands become int lists."""
+    :class:`~tessera.runtime.accel.epilogue.Epilogue`; vector operands become int lists."""
     steps = []
     for st in epilogue.alu_steps():
         operand = st.operand

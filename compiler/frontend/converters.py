@@ -1,127 +1,19 @@
-"""ONNX -> IR. Imports a model with static shapes, folding shape arithmetic and constants.
-
-Handles the default-domain opsets 7–23 (attribute-form and input-form variants of Clip, Pad,
-Slice, Squeeze/Unsqueeze, ReduceMean, Softmax). Anything computable from constants alone
-(initializers, Constant, ConstantOfShape, Shape of a static tensor, Gather, Range, Cast, ...) is
-evaluated at import time. An unsupported model raises one :class:`CompileError` listing every
-offending node (name, op, reason).
-"""
+"""The ONNX operator converters: each turns one ONNX node into IR nodes (or constants)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
-from tessera.compiler.ir import OPS, Graph, Node, TensorInfo
-from tessera.compiler.reference import KERNELS
-from tessera.errors import CompileError
+from tessera.compiler.frontend.context import ONNX_DTYPES, Unsupported
+from tessera.compiler.frontend.context import Ctx as _Ctx
+from tessera.compiler.frontend.context import decode as _decode
+from tessera.compiler.ir import TensorInfo
 
-__all__ = ["import_onnx", "load_model", "SUPPORTED_ONNX_OPS"]
-
-MIN_OPSET, MAX_OPSET = 7, 23
-
-_DTYPES = {
-    onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.INT8: "int8",
-    onnx.TensorProto.INT32: "int32", onnx.TensorProto.INT64: "int64",
-    onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.BOOL: "bool",
-    onnx.TensorProto.DOUBLE: "float32",
-}
-
-
-class Unsupported(Exception):
-    """Raised by a converter; collected into the final CompileError."""
-
-
-def load_model(model: str | Path | bytes | onnx.ModelProto) -> onnx.ModelProto:
-    """Accept a path, serialized bytes or a ModelProto."""
-    if isinstance(model, onnx.ModelProto):
-        return model
-    try:
-        if isinstance(model, (bytes, bytearray)):
-            return onnx.load_from_string(bytes(model))
-        if isinstance(model, (str, Path)):
-            return onnx.load(str(model))
-    except (OSError, onnx.onnx_cpp2py_export.checker.ValidationError, Exception) as exc:
-        raise CompileError(f"cannot load ONNX model {str(model)[:80]!r}: {exc}") from None
-    raise CompileError(f"model must be a path, bytes or onnx.ModelProto, not "
-                       f"{type(model).__name__}")
-
-
-class _Ctx:
-    """Import state: constants, tensor infos, emitted nodes."""
-
-    def __init__(self, opset: int):
-        self.opset = opset
-        self.consts: dict[str, np.ndarray] = {}
-        self.infos: dict[str, TensorInfo] = {}
-        self.nodes: list[Node] = []
-        self.names: set[str] = set()
-        self.counter = 0
-        self.cur = ""  # ONNX node name being converted
-
-    # -- helpers used by converters ----------------------------------------------------------
-
-    def info(self, name: str) -> TensorInfo:
-        return self.infos[name]
-
-    def const(self, name: str, what: str = "input") -> np.ndarray:
-        if not name or name not in self.consts:
-            raise Unsupported(f"{what} {name!r} must be a constant (it is computed at run time)")
-        return self.consts[name]
-
-    def maybe_const(self, name: str) -> np.ndarray | None:
-        return self.consts.get(name) if name else None
-
-    def tmp(self, base: str) -> str:
-        self.counter += 1
-        return f"{base}__{self.counter}"
-
-    def add_const(self, name: str, value: np.ndarray) -> str:
-        value = np.asarray(value)
-        if value.dtype == np.float64:
-            value = value.astype(np.float32)
-        self.consts[name] = value
-        self.infos[name] = TensorInfo(value.shape, str(value.dtype) if str(value.dtype) in
-                                      ("float32", "int8", "int32", "int64", "uint8", "bool")
-                                      else "float32")
-        return name
-
-    def emit(self, op: str, inputs: Sequence[str], output: str, **attrs: Any) -> str:
-        """Emit an IR node, or fold it when every input is a constant."""
-        name = self.cur if self.cur not in self.names else f"{self.cur}#{self.counter}"
-        self.counter += 1
-        node = Node(op, tuple(inputs), (output,), attrs, name or f"{op}_{self.counter}")
-        ins = [self.infos[i] if i else None for i in inputs]
-        try:
-            out = OPS[op].infer(node, ins, None)  # type: ignore[arg-type]
-        except CompileError as exc:
-            raise Unsupported(str(exc).split(": ", 1)[-1]) from None
-        if all((not i) or i in self.consts for i in inputs) and op in KERNELS:
-            args = [self.consts[i] if i else None for i in inputs]
-            with np.errstate(all="ignore"):
-                value = KERNELS[op](node, *args)[0]
-            self.add_const(output, np.asarray(value).astype(out[0].dtype))
-            return output
-        self.names.add(node.name)
-        self.nodes.append(node)
-        self.infos[output] = out[0]
-        return output
-
-
-def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
-
-
-def _decode(v: Any) -> Any:
-    return v.decode() if isinstance(v, bytes) else v
-
-
-# -- converters ---------------------------------------------------------------------------------
+__all__ = ["CONVERTERS", "SUPPORTED_ONNX_OPS"]
 
 Conv = Callable[[_Ctx, onnx.NodeProto, dict], None]
 _CONVERTERS: dict[str, Conv] = {}
@@ -457,7 +349,7 @@ def _c_reducemean(ctx: _Ctx, n: onnx.NodeProto, a: dict) -> None:
 
 @_conv("Cast")
 def _c_cast(ctx: _Ctx, n: onnx.NodeProto, a: dict) -> None:
-    to = _DTYPES.get(int(a["to"]))
+    to = ONNX_DTYPES.get(int(a["to"]))
     if to is None:
         raise Unsupported(f"cast to {onnx.TensorProto.DataType.Name(int(a['to']))} is not "
                           f"supported")
@@ -529,85 +421,4 @@ def _c_const_only(ctx: _Ctx, n: onnx.NodeProto, a: dict) -> None:
 
 
 SUPPORTED_ONNX_OPS = tuple(sorted(_CONVERTERS))
-
-
-# -- driver -------------------------------------------------------------------------------------
-
-def _value_shape(vi: onnx.ValueInfoProto) -> list[int | str]:
-    dims = vi.type.tensor_type.shape.dim
-    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
-
-
-def import_onnx(model: str | Path | bytes | onnx.ModelProto,
-                input_shapes: Mapping[str, Sequence[int]] | None = None) -> Graph:
-    """Import an ONNX model into a verified IR graph with static shapes.
-
-    ``input_shapes`` overrides (or fixes symbolic) input shapes, e.g. ``{"x": (1, 3, 32, 32)}``.
-    Raises CompileError listing every unsupported node, or naming an input whose shape is not
-    static.
-    """
-    m = load_model(model)
-    opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), None)
-    if opset is None or not MIN_OPSET <= opset <= MAX_OPSET:
-        raise CompileError(f"ONNX default-domain opset {opset} is not supported (need "
-                           f"{MIN_OPSET}..{MAX_OPSET})")
-    g = m.graph
-    ctx = _Ctx(opset)
-    for init in g.initializer:
-        ctx.add_const(init.name, numpy_helper.to_array(init))
-    overrides = dict(input_shapes or {})
-    inputs: list[str] = []
-    problems: list[str] = []
-    for vi in g.input:
-        if vi.name in ctx.consts:
-            continue
-        dtype = _DTYPES.get(vi.type.tensor_type.elem_type)
-        if dtype is None:
-            problems.append(f"input {vi.name!r}: element type "
-                            f"{vi.type.tensor_type.elem_type} is not supported")
-            continue
-        shape = overrides.pop(vi.name, None)
-        if shape is None:
-            shape = _value_shape(vi)
-            if any(not isinstance(d, int) or d <= 0 for d in shape):
-                problems.append(f"input {vi.name!r} has non-static shape {shape}; pass "
-                                f"input_shapes={{{vi.name!r}: (...)}}")
-                continue
-        ctx.infos[vi.name] = TensorInfo(tuple(int(d) for d in shape), dtype)
-        inputs.append(vi.name)
-    if overrides:
-        problems.append(f"input_shapes names unknown input(s) {sorted(overrides)}; inputs are "
-                        f"{[vi.name for vi in g.input if vi.name not in ctx.consts]}")
-    if problems:
-        raise CompileError("cannot import model:\n  " + "\n  ".join(problems))
-
-    errors: list[str] = []
-    poisoned: set[str] = set()
-    for k, n in enumerate(g.node):
-        label = n.name or f"{n.op_type}_{k}"
-        ctx.cur = label
-        if any(i in poisoned for i in n.input if i):
-            poisoned.update(o for o in n.output if o)
-            continue
-        conv = _CONVERTERS.get(n.op_type) if n.domain in ("", "ai.onnx") else None
-        try:
-            if conv is None:
-                dom = f" (domain {n.domain!r})" if n.domain not in ("", "ai.onnx") else ""
-                raise Unsupported(f"operator {n.op_type}{dom} is not supported")
-            missing = [i for i in n.input if i and i not in ctx.infos]
-            if missing:
-                raise Unsupported(f"reads undefined tensor(s) {missing}")
-            conv(ctx, n, _attrs(n))
-        except Unsupported as exc:
-            errors.append(f"node {label!r} ({n.op_type}): {exc}")
-            poisoned.update(o for o in n.output if o)
-        except (ValueError, IndexError, KeyError, TypeError) as exc:
-            errors.append(f"node {label!r} ({n.op_type}): cannot convert ({exc!r})")
-            poisoned.update(o for o in n.output if o)
-    if errors:
-        raise CompileError(f"model has {len(errors)} unsupported node(s):\n  "
-                           + "\n  ".join(errors))
-    outputs = [o.name for o in g.output]
-    tensors = dict(ctx.infos)
-    graph = Graph(inputs, outputs, ctx.nodes, ctx.consts, tensors, g.name or "model")
-    return graph.replace(nodes=graph.nodes).verify()
+CONVERTERS = _CONVERTERS

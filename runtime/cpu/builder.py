@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from llvmlite import ir
 
-from tessera.errors import CompileError
+from tessera.errors import KernelError
 
 Shape = tuple[int, ...]
 Spec = tuple[Shape, np.dtype]
@@ -34,8 +34,8 @@ FAST = ("reassoc", "nsz", "contract")  # reductions only: lets LLVM reorder and 
 # -- checks ---------------------------------------------------------------------------------------
 
 
-def fail(op: str, message: str) -> CompileError:
-    return CompileError(f"{op}: {message}")
+def fail(op: str, message: str) -> KernelError:
+    return KernelError(f"{op}: {message}")
 
 
 def check(cond: bool, op: str, message: str) -> None:

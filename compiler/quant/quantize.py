@@ -7,7 +7,7 @@
   gave the lowest end-to-end error on the measured models (see ``tests/unit/test_quant*.py`` and
   the report of this module's author).
 * Bias: int32 in accumulator scale ``s_x * s_w[c]``.
-* Requantisation: an :class:`~tessera.compiler.reference.Epilogue` per layer, i.e. accelerator
+* Requantisation: an :class:`~tessera.runtime.accel.epilogue.Epilogue` per layer, i.e. accelerator
   ALU steps (rounding shift, MUL by an int16 multiplier, rounding shift, optional rescaled
   residual add, clip) with parameters chosen so nothing overflows int32 for the layer's actual
   accumulator bound (``sum |w_q| * 128 + |b_q|``).
@@ -19,110 +19,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from tessera.compiler import reference
 from tessera.compiler.ir import Graph, Node, TensorInfo
-from tessera.compiler.passes import DEFAULT_PIPELINE, run_pipeline
-from tessera.compiler.reference import IMM_MAX, Epilogue
+from tessera.compiler.quant.calibrate import calibrate
 from tessera.errors import CompileError
+from tessera.isa import IMM_MAX
+from tessera.runtime.accel.epilogue import Epilogue
 
 __all__ = [
-    "quantize", "QuantizedModel", "QuantReport", "LayerReport", "calibrate", "make_epilogue",
-    "quantize_weight", "threshold_mse", "threshold_percentile", "CALIBRATION_METHODS",
-    "sqnr_db",
+    "quantize", "Quantize", "QuantizedModel", "QuantReport", "LayerReport", "make_epilogue",
+    "quantize_weight", "sqnr_db",
 ]
 
-CALIBRATION_METHODS = ("mse", "percentile", "minmax")
-_SAMPLES_PER_BATCH = 1 << 16
-_HIST_BINS = 2048
 _INT32_LIMIT = (1 << 31) - 1
-MSE_MIN_FRACTION = 0.3  # candidates below 0.3*amax over-clip (measured: worse end to end)
-
-
-# -- calibration --------------------------------------------------------------------------------
-
-@dataclass
-class _Stats:
-    amax: float = 0.0
-    samples: list[np.ndarray] = field(default_factory=list)
-    signed: bool = False
-
-    def add(self, v: np.ndarray, rng: np.random.Generator) -> None:
-        flat = np.asarray(v, dtype=np.float32).reshape(-1)
-        if flat.size == 0:
-            return
-        self.amax = max(self.amax, float(np.abs(flat).max()))
-        self.signed |= bool(flat.min() < 0)
-        if flat.size > _SAMPLES_PER_BATCH:
-            flat = flat[rng.integers(0, flat.size, _SAMPLES_PER_BATCH)]
-        self.samples.append(np.abs(flat))
-
-
-def threshold_percentile(absval: np.ndarray, amax: float, pct: float = 99.99) -> float:
-    """Clipping threshold at the ``pct`` percentile of |x|."""
-    if absval.size == 0 or amax == 0:
-        return max(amax, 1e-8)
-    return float(max(np.percentile(absval, pct), amax * 1e-3, 1e-8))
-
-
-def threshold_mse(absval: np.ndarray, amax: float, levels: int = 127,
-                  min_fraction: float = MSE_MIN_FRACTION) -> float:
-    """The threshold T minimising E[(x - Q_T(x))^2] for the symmetric quantiser with step
-    T/levels, evaluated on a histogram of |x| (2048 bins) over candidate T in (0, amax]."""
-    if absval.size == 0 or amax == 0:
-        return max(amax, 1e-8)
-    hist, edges = np.histogram(absval, bins=_HIST_BINS, range=(0.0, amax))
-    centres = (edges[:-1] + edges[1:]) / 2
-    nz = hist > 0
-    hist, centres = hist[nz].astype(np.float64), centres[nz]
-    cands = amax * np.linspace(min_fraction, 1.0, 256)
-    errs = np.empty(cands.size)
-    for k, t in enumerate(cands):
-        step = t / levels
-        q = np.minimum(np.round(centres / step), levels) * step
-        errs[k] = np.dot(hist, (centres - q) ** 2)
-    return float(cands[int(np.argmin(errs))])
-
-
-def calibrate(graph: Graph, calibration: Iterable[Mapping[str, np.ndarray]],
-              tensors: Iterable[str] | None = None, method: str = "mse",
-              percentile: float = 99.99, seed: int = 0) -> dict[str, float]:
-    """Per-tensor clipping thresholds (real units) for the float ``graph``."""
-    if method not in CALIBRATION_METHODS:
-        raise CompileError(f"calibration method must be one of {CALIBRATION_METHODS}, "
-                           f"not {method!r}")
-    want = set(tensors) if tensors is not None else None
-    stats: dict[str, _Stats] = {}
-    rng = np.random.default_rng(seed)
-
-    def observe(name: str, value: np.ndarray) -> None:
-        if (want is None or name in want) and value.dtype.kind == "f":
-            stats.setdefault(name, _Stats()).add(value, rng)
-
-    batches = 0
-    for feeds in calibration:
-        for i in graph.inputs:
-            if i in feeds:
-                observe(i, np.asarray(feeds[i], dtype=np.float32))
-        reference.run(graph, feeds, observe=observe)
-        batches += 1
-    if batches == 0:
-        raise CompileError("calibration needs at least one batch of inputs")
-    out: dict[str, float] = {}
-    for name, st in stats.items():
-        absval = np.concatenate(st.samples) if st.samples else np.zeros(0, np.float32)
-        if method == "minmax":
-            t = st.amax
-        elif method == "percentile":
-            t = threshold_percentile(absval, st.amax, percentile)
-        else:
-            t = threshold_mse(absval, st.amax)
-        out[name] = max(float(t), 1e-8)
-    return out
 
 
 # -- integer parameters -------------------------------------------------------------------------
@@ -378,14 +292,13 @@ def _unify_concat_scales(g: Graph, thr: dict[str, float]) -> None:
 
 
 def quantize(graph: Graph, calibration: Iterable[Mapping[str, np.ndarray]], *,
-             method: str = "mse", percentile: float = 99.99, optimize: bool = True,
-             seed: int = 0) -> QuantizedModel:
+             method: str = "mse", percentile: float = 99.99, seed: int = 0) -> QuantizedModel:
     """Quantise a float graph to int8 using ``calibration`` (an iterable of input dicts).
 
-    The graph is first optimised with the default pass pipeline (BN folding, fusion) unless
-    ``optimize`` is False.
+    The graph should already be optimised (the compiler runs the graph rewrites before this, in
+    the same pipeline): BN folding and fusion decide which ops become accelerator layers.
     """
-    g = run_pipeline(graph, DEFAULT_PIPELINE) if optimize else graph
+    g = graph
     batches = list(calibration)
     thr = calibrate(g, batches, method=method, percentile=percentile, seed=seed)
     _unify_concat_scales(g, thr)
@@ -481,3 +394,19 @@ def _quantize_node(b: _Builder, g: Graph, n: Node) -> None:
         qo = b.fresh(f"{out}:q")
         b.nodes.append(n.replace(inputs=(x,), outputs=(qo,)))
         b.int_of[out], b.scale[qo] = qo, b.scale[x]
+
+
+class Quantize:
+    """The quantisation pass of the compiler's pipeline; ``result`` is the
+    :class:`QuantizedModel` once it has run."""
+
+    name = "quantize"
+
+    def __init__(self, calibration: Iterable[Mapping[str, np.ndarray]], method: str = "mse"):
+        self.calibration = calibration
+        self.method = method
+        self.result: QuantizedModel | None = None
+
+    def apply(self, graph: Graph) -> tuple[Graph, bool]:
+        self.result = quantize(graph, self.calibration, method=self.method)
+        return self.result.graph, True

@@ -1,50 +1,27 @@
-"""Graph passes. Each is a short named unit with one contract: ``apply(graph) -> (graph, changed)``.
+"""The target-independent graph rewrites: cleanup, constant and BN/affine folding, fusion.
 
-A pipeline is a flat list of pass names (or :class:`Pass` objects); :func:`run_pipeline` runs
-it, verifies after each pass, and can dump the IR after any named pass. Passes never mutate the
-graph they are given.
+Each is registered in :data:`~tessera.compiler.passes.pipeline.PASSES` under its name and has
+the one pass contract ``apply(graph) -> (graph, changed)``; none mutates its input.
 """
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import TextIO
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from tessera.compiler.ir import Graph, Node, TensorInfo
+from tessera.compiler.ir import Graph, Node
+from tessera.compiler.passes.pipeline import PASSES, Pass, register
 from tessera.compiler.reference import KERNELS
-from tessera.config import Config
 from tessera.errors import CompileError
 
-__all__ = [
-    "Pass", "PASSES", "DEFAULT_PIPELINE", "run_pipeline", "get_pass", "fold_constants",
-    "remove_identity", "fold_batchnorm", "fold_affine", "fuse_activation", "fuse_residual",
-    "dce", "LayoutPack", "MemoryPlan", "plan_memory", "ACCEL_OPS",
-]
+__all__ = ["fold_constants", "remove_identity", "fold_batchnorm", "fold_affine",
+           "fuse_activation", "fuse_residual", "dce", "GRAPH_PASSES"]
 
+# The target-independent rewrites, in the order the compiler runs them.
+GRAPH_PASSES = ("fold_constants", "remove_identity", "fold_batchnorm", "fold_affine",
+                "fuse_activation", "fuse_residual", "dce")
 
-@dataclass(frozen=True)
-class Pass:
-    """A named graph rewrite."""
-
-    name: str
-    apply: Callable[[Graph], tuple[Graph, bool]]
-
-    def __call__(self, graph: Graph) -> tuple[Graph, bool]:
-        return self.apply(graph)
-
-
-PASSES: dict[str, Pass] = {}
-
-
-def _register(name: str) -> Callable[[Callable], Callable]:
-    def deco(fn: Callable[[Graph], tuple[Graph, bool]]) -> Callable:
-        PASSES[name] = Pass(name, fn)
-        return fn
-    return deco
 
 
 def _substitute(nodes: Iterable[Node], mapping: dict[str, str]) -> list[Node]:
@@ -58,7 +35,7 @@ def _substitute(nodes: Iterable[Node], mapping: dict[str, str]) -> list[Node]:
 
 # -- cleanup --------------------------------------------------------------------------------
 
-@_register("dce")
+@register("dce")
 def dce(g: Graph) -> tuple[Graph, bool]:
     """Remove nodes none of whose outputs reach a graph output."""
     live = set(g.outputs)
@@ -95,7 +72,7 @@ def _is_noop(g: Graph, n: Node) -> bool:
     return False
 
 
-@_register("remove_identity")
+@register("remove_identity")
 def remove_identity(g: Graph) -> tuple[Graph, bool]:
     """Drop identity-like nodes (identity, no-op reshape/transpose/pad/clip/cast/concat) whose
     output is not a graph output, rewiring their consumers to their input."""
@@ -111,7 +88,7 @@ def remove_identity(g: Graph) -> tuple[Graph, bool]:
     return g.replace(nodes=_substitute(kept, mapping)), True
 
 
-@_register("fold_constants")
+@register("fold_constants")
 def fold_constants(g: Graph) -> tuple[Graph, bool]:
     """Evaluate nodes whose inputs are all constants."""
     consts = dict(g.constants)
@@ -184,14 +161,13 @@ def _fold_into_linear(g: Graph, lin: Node, scale: np.ndarray | None,
     return lin.replace(inputs=(lin.inputs[0], wn, bn), outputs=(out_name,))
 
 
-@_register("fold_batchnorm")
+@register("fold_batchnorm")
 def fold_batchnorm(g: Graph) -> tuple[Graph, bool]:
     """conv2d/dense (constant weights) -> batchnorm: fold the BN into weights and bias.
     A batchnorm with no foldable producer becomes a per-channel mul + add of constants."""
     prod, cons = g.producers(), g.consumers()
     consts = dict(g.constants)
     nodes: list[Node] = []
-    drop: set[int] = set()
     changed = False
     for n in g.nodes:
         if n.op != "batchnorm" or not all(i in consts for i in n.inputs[1:5]):
@@ -216,11 +192,10 @@ def fold_batchnorm(g: Graph) -> tuple[Graph, bool]:
         nodes.append(Node("mul", (n.inputs[0], sn), (mid,), {}, f"{n.name}_mul"))
         nodes.append(Node("add", (mid, bn), n.outputs, {}, f"{n.name}_add"))
         changed = True
-    del drop
     return (_rewrite(g, nodes, consts), True) if changed else (g, False)
 
 
-@_register("fold_affine")
+@register("fold_affine")
 def fold_affine(g: Graph) -> tuple[Graph, bool]:
     """conv2d/dense -> mul/add/sub/div by a per-output-channel constant: fold into weights/bias
     (this is also how a separate bias add becomes the conv's bias)."""
@@ -259,7 +234,7 @@ def fold_affine(g: Graph) -> tuple[Graph, bool]:
 _FUSE_INTO = ("conv2d", "dense", "add")
 
 
-@_register("fuse_activation")
+@register("fuse_activation")
 def fuse_activation(g: Graph) -> tuple[Graph, bool]:
     """conv2d/dense/add -> relu or clip (single consumer): set the producer's ``act``."""
     prod, cons = g.producers(), g.consumers()
@@ -289,7 +264,7 @@ def fuse_activation(g: Graph) -> tuple[Graph, bool]:
     return g.replace(nodes=[m for m in nodes if m is not None]), True
 
 
-@_register("fuse_residual")
+@register("fuse_residual")
 def fuse_residual(g: Graph) -> tuple[Graph, bool]:
     """conv2d/dense (no act) -> add(residual) [-> act]: one conv with a residual input, the
     add's activation applied after the sum (the accelerator adds the residual in its
@@ -333,187 +308,3 @@ def _fixpoint(fn: Callable[[Graph], tuple[Graph, bool]]) -> Callable[[Graph], tu
 
 for _name in ("fold_affine", "fuse_residual"):
     PASSES[_name] = Pass(_name, _fixpoint(PASSES[_name].apply))
-
-
-# -- layout ---------------------------------------------------------------------------------
-
-ACCEL_OPS = ("qconv2d", "qdense", "qadd", "qavgpool", "qglobal_avgpool", "requant")
-
-
-class LayoutPack:
-    """Make the accelerator's blocked layouts explicit (SPEC §2).
-
-    Every activation input of an accelerator op (``ACCEL_OPS``) gets a ``pack`` node (channels
-    zero-padded to a multiple of BLOCK) and every output an ``unpack``; adjacent unpack -> pack
-    pairs of the same block cancel, so a chain of accelerator ops stays packed. The accelerator
-    ops themselves keep their logical NCHW semantics; the pack/unpack nodes mark where data
-    changes layout in DRAM. Weight constants of qconv2d are recorded packed under
-    ``attrs["packed_weight"]`` as ``(O/BLK, I/BLK, KH, KW, BLK_OUT, BLK_IN)`` arrays.
-    """
-
-    def __init__(self, config: Config | None = None):
-        self.config = Config.resolve(config)
-        self.name = "layout_pack"
-
-    def __call__(self, g: Graph) -> tuple[Graph, bool]:
-        return self.apply(g)
-
-    def apply(self, g: Graph) -> tuple[Graph, bool]:
-        blk, bat = self.config.block_in, self.config.batch
-        nodes: list[Node] = []
-        packed_of: dict[str, str] = {}  # logical tensor -> its packed twin
-        changed = False
-        for n in g.nodes:
-            if n.op not in ACCEL_OPS or n.attrs.get("layout") == "packed":
-                nodes.append(n)
-                continue
-            for i in n.inputs:
-                if i and i not in g.constants and i not in packed_of \
-                        and len(g.tensors[i].shape) in (2, 4):
-                    p = g.fresh(f"{i}_packed")
-                    nodes.append(Node("pack", (i,), (p,), {"block": blk, "batch": bat},
-                                      f"pack:{i}"))
-                    packed_of[i] = p
-            attrs = {"layout": "packed", "packed_inputs": tuple(packed_of.get(i, "")
-                                                                for i in n.inputs)}
-            if n.op == "qconv2d":
-                w = g.constants[n.inputs[1]]
-                attrs["packed_weight"] = _pack_weight(w, blk, n.attrs["groups"])
-            nodes.append(n.with_attrs(**attrs))
-            for o in n.outputs:
-                if len(g.tensors[o].shape) in (2, 4):
-                    p = g.fresh(f"{o}_packed")
-                    packed_of[o] = p
-            changed = True
-        if not changed:
-            return g, False
-        # materialise packed outputs by pack-after-op; consumers that are accelerator ops read
-        # the packed twin, so the pair unpack->pack never appears between two accelerator ops
-        out: list[Node] = []
-        for n in nodes:
-            out.append(n)
-            if n.op in ACCEL_OPS:
-                for o in n.outputs:
-                    if o in packed_of:
-                        out.append(Node("pack", (o,), (packed_of[o],),
-                                        {"block": blk, "batch": bat}, f"pack:{o}"))
-        seen = set()
-        final = []
-        for n in out:
-            if n.op == "pack" and n.outputs[0] in seen:
-                continue
-            seen.update(n.outputs)
-            final.append(n)
-        return g.replace(nodes=final), True
-
-
-def _pack_weight(w: np.ndarray, blk: int, groups: int) -> np.ndarray:
-    if groups != 1 or w.ndim != 4:
-        return w
-    o, i, kh, kw = w.shape
-    ob, ib = -(-o // blk), -(-i // blk)
-    full = np.zeros((ob * blk, ib * blk, kh, kw), w.dtype)
-    full[:o, :i] = w
-    return np.ascontiguousarray(full.reshape(ob, blk, ib, blk, kh, kw).transpose(0, 2, 4, 5, 1, 3))
-
-
-# -- memory planning ------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class MemoryPlan:
-    """Arena offsets (bytes) of every intermediate tensor, and its live range in node indices
-    (defined at ``live[t][0]``, last read at ``live[t][1]``)."""
-
-    offsets: dict[str, int]
-    sizes: dict[str, int]
-    live: dict[str, tuple[int, int]]
-    arena_size: int
-
-    def overlaps(self) -> list[tuple[str, str]]:
-        """Pairs of tensors live at the same time whose arena ranges intersect (should be [])."""
-        names = list(self.offsets)
-        bad = []
-        for a_i, a in enumerate(names):
-            for b in names[a_i + 1:]:
-                la, lb = self.live[a], self.live[b]
-                if la[0] <= lb[1] and lb[0] <= la[1]:
-                    oa, ob = self.offsets[a], self.offsets[b]
-                    if oa < ob + self.sizes[b] and ob < oa + self.sizes[a]:
-                        bad.append((a, b))
-        return bad
-
-
-def plan_memory(g: Graph, align: int = 64) -> MemoryPlan:
-    """Assign every intermediate tensor (node outputs that are not graph outputs) an offset in
-    one arena, reusing the space of tensors whose last reader has run (first fit by offset)."""
-    last: dict[str, int] = {}
-    for k, n in enumerate(g.nodes):
-        for i in n.inputs:
-            if i:
-                last[i] = k
-    defs: list[tuple[str, int]] = []
-    for k, n in enumerate(g.nodes):
-        for o in n.outputs:
-            if o not in g.outputs:
-                defs.append((o, k))
-    sizes = {t: -(-max(g.tensors[t].nbytes, 1) // align) * align for t, _ in defs}
-    live = {t: (k, max(last.get(t, k), k)) for t, k in defs}
-    offsets: dict[str, int] = {}
-    active: list[str] = []
-    arena = 0
-    for t, k in defs:
-        active = [a for a in active if live[a][1] >= k]
-        spans = sorted((offsets[a], offsets[a] + sizes[a]) for a in active)
-        pos = 0
-        for lo, hi in spans:
-            if pos + sizes[t] <= lo:
-                break
-            pos = max(pos, hi)
-        offsets[t] = pos
-        active.append(t)
-        arena = max(arena, pos + sizes[t])
-    return MemoryPlan(offsets, sizes, live, arena)
-
-
-# -- pipeline -------------------------------------------------------------------------------
-
-DEFAULT_PIPELINE = (
-    "fold_constants", "remove_identity", "fold_batchnorm", "fold_affine", "fuse_activation",
-    "fuse_residual", "dce",
-)
-
-
-def get_pass(p: str | Pass | LayoutPack, config: Config | None = None) -> Pass | LayoutPack:
-    if not isinstance(p, str):
-        return p
-    if p == "layout_pack":
-        return LayoutPack(config)
-    try:
-        return PASSES[p]
-    except KeyError:
-        known = sorted(PASSES) + ["layout_pack"]
-        raise CompileError(f"unknown pass {p!r}; known passes: {', '.join(known)}") from None
-
-
-def run_pipeline(graph: Graph, passes: Sequence[str | Pass] = DEFAULT_PIPELINE,
-                 dump_after: str | Iterable[str] | None = None, config: Config | None = None,
-                 out: TextIO | None = None, verify: bool = True) -> Graph:
-    """Run ``passes`` in order; after each pass named in ``dump_after`` (or ``"all"``) print the
-    IR to ``out`` (stdout by default)."""
-    wanted = {dump_after} if isinstance(dump_after, str) else set(dump_after or ())
-    resolved = [get_pass(p, config) for p in passes]
-    unknown = wanted - {p.name for p in resolved} - {"all"}
-    if unknown:
-        raise CompileError(f"--dump-ir names pass(es) {sorted(unknown)} not in the pipeline "
-                           f"{[p.name for p in resolved]}")
-    for p in resolved:
-        graph, _ = p.apply(graph)
-        if verify:
-            graph.verify()
-        if p.name in wanted or "all" in wanted:
-            print(f"# IR after {p.name}", file=out or sys.stdout)
-            print(graph.dump(), file=out or sys.stdout)
-    return graph
-
-
-_ = TensorInfo  # re-exported type used in annotations of callers

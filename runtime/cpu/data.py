@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from llvmlite import ir
 
-from tessera.compiler.cpu_kernels_ir import (
+from tessera.runtime.cpu.builder import (
     DTYPES,
     I1,
     I8,

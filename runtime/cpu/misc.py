@@ -1,6 +1,6 @@
 """Remaining CPU kernels of the IR: padding, normalisation, casts, reductions, MatMul, unary math.
 
-Semantics follow :mod:`tessera.compiler.reference` (numpy) where it and ONNX differ:
+Semantics follow :mod:`tessera.runtime.accel.epilogue` (numpy) where it and ONNX differ:
 
 - Pad: constant mode, any rank, ``pads`` = begins of every axis then ends (ONNX order);
   negative pads crop. For integer tensors ``value`` must be an integer in range;
@@ -25,9 +25,7 @@ from typing import Any
 import numpy as np
 from llvmlite import ir
 
-from tessera.compiler.cpu_kernels_data import emit_copy
-from tessera.compiler.cpu_kernels_eltwise import emit_map
-from tessera.compiler.cpu_kernels_ir import (
+from tessera.runtime.cpu.builder import (
     DTYPES,
     F32,
     FAST,
@@ -52,6 +50,8 @@ from tessera.compiler.cpu_kernels_ir import (
     norm_axis,
     size,
 )
+from tessera.runtime.cpu.data import emit_copy
+from tessera.runtime.cpu.eltwise import emit_map
 
 __all__ = ["GENERATORS"]
 

@@ -1,17 +1,16 @@
-"""One IR node on the CPU: a short plan of compiled kernels the graph executor calls as one op.
+"""One IR node on the CPU: the kernel calls of the runtime's :class:`~tessera.runtime.cpu.op.CpuOp`.
 
 ::
 
     op = make_cpu_op(node, [graph.info(i) if i else None for i in node.inputs])
     (y,) = op(*[env[i] if i else None for i in node.inputs])
     op.out_specs                       # [((1, 64, 28, 28), dtype('int8'))]
-    saved = op.to_json()               # JSON-able dict; holds the LLVM IR of every kernel
-    same = CpuOp.from_json(saved)      # recompiles (or loads from the LLVM object cache)
 
 :func:`make_cpu_op` covers every op of :data:`tessera.compiler.ir.OPS` with the semantics of
 :mod:`tessera.compiler.reference` — bit-exact for integer ops — by translating the IR node into
-one or more :mod:`tessera.compiler.cpu_kernels` (e.g. ``qconv2d`` is an int8 ``Conv`` into an
-int32 accumulator followed by ``Requant``; a fused ``act`` becomes a ``Relu`` or ``Clip``).
+one or more kernels of :mod:`tessera.runtime.cpu.kernels` (e.g. ``qconv2d`` is an int8 ``Conv``
+into an int32 accumulator followed by ``Requant``; a fused ``act`` becomes a ``Relu`` or
+``Clip``).
 Intermediate buffers are allocated per call; an input whose kernel wants another shape of the same
 size (e.g. a 2-D tensor packed as NCHW with H = W = 1) is passed as a reshaped view, which for
 contiguous arrays copies nothing.
@@ -20,36 +19,20 @@ contiguous arrays copies nothing.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from tessera.compiler import cpu_kernels
-from tessera.compiler.cpu_kernels import CpuKernel
-from tessera.compiler.cpu_kernels_ir import Spec, size
-from tessera.compiler.cpu_kernels_quant import requant_attrs
 from tessera.compiler.ir import OPS, Node, TensorInfo
-from tessera.compiler.llvm_jit import Engine
-from tessera.errors import CompileError
+from tessera.errors import CompileError, KernelError
+from tessera.runtime.accel.epilogue import Epilogue
+from tessera.runtime.cpu import kernels
+from tessera.runtime.cpu.builder import Spec, size
+from tessera.runtime.cpu.jit import Engine
+from tessera.runtime.cpu.op import CpuOp, KernelCall
+from tessera.runtime.cpu.quant import requant_attrs
 
-__all__ = ["CpuOp", "CpuStep", "make_cpu_op", "supported_ops", "FORMAT"]
-
-FORMAT = "tessera-cpu-op-1"
-
-
-@dataclass(frozen=True)
-class CpuStep:
-    """One kernel call: reads value slots ``inputs`` (reshaped to the kernel's input shapes) and
-    writes new slots ``outputs``. Slots ``0 .. n_inputs - 1`` are the op's inputs."""
-
-    kernel: CpuKernel
-    inputs: tuple[int, ...]
-    outputs: tuple[int, ...]
-
-
-def _spec_json(spec: Spec | None) -> list | None:
-    return None if spec is None else [list(spec[0]), spec[1].name]
+__all__ = ["make_cpu_op", "supported_ops"]
 
 
 def _spec_from(op: str, k: int, item: Any) -> Spec | None:
@@ -70,107 +53,6 @@ def _spec_from(op: str, k: int, item: Any) -> Spec | None:
             from None
 
 
-class CpuOp:
-    """An IR node compiled for the CPU: ``op(*inputs) -> list of outputs``.
-
-    ``inputs`` line up with the node's inputs; pass ``None`` for an absent optional input.
-    """
-
-    def __init__(self, op: str, name: str, in_specs: Sequence[Spec | None],
-                 out_specs: Sequence[Spec], steps: Sequence[CpuStep], outputs: Sequence[int]):
-        self.op = op
-        self.name = name
-        self.in_specs = list(in_specs)
-        self.out_specs = list(out_specs)
-        self.steps = list(steps)
-        self.outputs = list(outputs)
-
-    @property
-    def kernels(self) -> list[CpuKernel]:
-        return [s.kernel for s in self.steps]
-
-    def __repr__(self) -> str:
-        ks = " -> ".join(k.op for k in self.kernels)
-        return f"CpuOp({self.name!r} {self.op}: {ks})"
-
-    def _err(self, msg: str) -> CompileError:
-        return CompileError(f"node {self.name!r} ({self.op}): {msg}")
-
-    def __call__(self, *inputs: np.ndarray | None) -> list[np.ndarray]:
-        if len(inputs) != len(self.in_specs):
-            raise self._err(f"expects {len(self.in_specs)} input(s), got {len(inputs)}")
-        slots: dict[int, np.ndarray] = {}
-        for k, (a, spec) in enumerate(zip(inputs, self.in_specs, strict=True)):
-            if spec is None:
-                if a is not None:
-                    raise self._err(f"input {k} is absent in the node but an array was given")
-                continue
-            if not isinstance(a, np.ndarray) or a.shape != spec[0] or a.dtype != spec[1]:
-                got = (f"{a.dtype.name}{list(a.shape)}" if isinstance(a, np.ndarray)
-                       else type(a).__name__)
-                raise self._err(f"input {k} must be {spec[1].name}{list(spec[0])}, not {got}")
-            slots[k] = np.ascontiguousarray(a)
-        for step in self.steps:
-            args = [slots[s].reshape(shape) for s, (shape, _) in
-                    zip(step.inputs, step.kernel.in_specs, strict=True)]
-            for s, v in zip(step.outputs, step.kernel(*args), strict=True):
-                slots[s] = v
-        return [slots[s].reshape(shape) for s, (shape, _) in
-                zip(self.outputs, self.out_specs, strict=True)]
-
-    # -- serialisation ---------------------------------------------------------------------
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-able description holding every kernel's LLVM IR text (no pickles)."""
-        return {
-            "format": FORMAT,
-            "op": self.op,
-            "name": self.name,
-            "in_specs": [_spec_json(s) for s in self.in_specs],
-            "out_specs": [_spec_json(s) for s in self.out_specs],
-            "steps": [{
-                "kernel": s.kernel.name,
-                "op": s.kernel.op,
-                "ir": s.kernel.ir,
-                "in_specs": [_spec_json(x) for x in s.kernel.in_specs],
-                "out_specs": [_spec_json(x) for x in s.kernel.out_specs],
-                "inputs": list(s.inputs),
-                "outputs": list(s.outputs),
-            } for s in self.steps],
-            "outputs": list(self.outputs),
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any], engine: Engine | None = None) -> CpuOp:
-        """Rebuild an op saved by :meth:`to_json` (machine code from the engine's caches)."""
-        if not isinstance(data, Mapping) or data.get("format") != FORMAT:
-            raise CompileError(f"not a saved CPU op (expected format {FORMAT!r})")
-        try:
-            op, name = str(data["op"]), str(data["name"])
-            in_specs = [_spec_from(op, k, s) for k, s in enumerate(data["in_specs"])]
-            out_specs = [_spec_from(op, k, s) for k, s in enumerate(data["out_specs"])]
-            steps = []
-            for st in data["steps"]:
-                kernel = CpuKernel(str(st["kernel"]), str(st["ir"]),
-                                   [_spec_from(op, k, s) for k, s in enumerate(st["in_specs"])],
-                                   [_spec_from(op, k, s) for k, s in enumerate(st["out_specs"])],
-                                   engine, op=str(st["op"]))
-                steps.append(CpuStep(kernel, tuple(int(i) for i in st["inputs"]),
-                                     tuple(int(i) for i in st["outputs"])))
-            outputs = [int(i) for i in data["outputs"]]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CompileError(f"malformed saved CPU op: {exc!r}") from None
-        defined = {k for k, s in enumerate(in_specs) if s is not None}
-        for st in steps:
-            if not set(st.inputs) <= defined:
-                raise CompileError(f"malformed saved CPU op {name!r}: a step reads an "
-                                   "undefined slot")
-            defined |= set(st.outputs)
-        if not set(outputs) <= defined or any(s is None for s in out_specs):
-            raise CompileError(f"malformed saved CPU op {name!r}: bad outputs")
-        return cls(op, name, in_specs, out_specs, steps, outputs)
-
-
 # -- planning ------------------------------------------------------------------------------------
 
 
@@ -182,7 +64,7 @@ class _Plan:
         self.engine = engine
         self.specs: list[Spec | None] = list(in_specs)
         self.n_in = len(in_specs)
-        self.steps: list[CpuStep] = []
+        self.steps: list[KernelCall] = []
 
     def err(self, msg: str) -> CompileError:
         return CompileError(f"node {self.node.name!r} ({self.node.op}): {msg}")
@@ -215,10 +97,13 @@ class _Plan:
                 raise AssertionError(f"view {shape} of {self.shape(slot)} changes the size")
             slots.append(slot)
             specs.append((tuple(shape), self.spec(slot)[1]))
-        k = cpu_kernels.get(op, attrs, specs, engine=self.engine)
+        try:
+            k = kernels.get(op, attrs, specs, engine=self.engine)
+        except KernelError as exc:
+            raise self.err(str(exc)) from None
         outs = list(range(len(self.specs), len(self.specs) + len(k.out_specs)))
         self.specs.extend(k.out_specs)
-        self.steps.append(CpuStep(k, tuple(slots), tuple(outs)))
+        self.steps.append(KernelCall(k, tuple(slots), tuple(outs)))
         return outs
 
     def one(self, op: str, attrs: dict[str, Any],
@@ -266,7 +151,7 @@ def _pool_attrs(a: Mapping[str, Any], avg: bool) -> dict[str, Any]:
 
 def _requant(p: _Plan, acc: int, residual: int | None = None) -> int:
     epi = p.node.attrs.get("epilogue")
-    if epi is None or not hasattr(epi, "alu_steps"):
+    if not isinstance(epi, Epilogue):
         raise p.err("has no requantisation epilogue")
     args = [acc] if residual is None else [acc, residual]
     return p.one("Requant", requant_attrs(epi, 1), args)
