@@ -188,7 +188,10 @@ def build_bitstream(cfg: Config, board: Board | str, out_dir: str | Path, *,
                               + f" (reports in {out})")
         argv = list(argv)
         if tool == "nextpnr-ecp5":
-            argv = [a for a in argv if not a.startswith("--seed")] + ["--seed", str(seed)]
+            if "--seed" in argv:
+                i = argv.index("--seed")
+                del argv[i:i + 2]
+            argv += ["--seed", str(seed)]
         progress(f"{what[tool]} ...")
         log = gw / f"{tool}.log"
         seconds[tool] = _run_step(tools[tool] + argv[1:], gw, log, what[tool], progress, timeout)
