@@ -21,7 +21,13 @@ from tessera.driver.link import BytePort, FaultyPort, HostLink
 from tessera.errors import DeviceError, HwError
 from tessera.hostlink import MAX_REG_WORDS, REG_SPACE, Info, config_hash
 from tessera.regs import (
-    COUNTER_BASE, COUNTERS, STATUS_BUSY, STATUS_DONE, STATUS_ERROR, ErrorCode, Reg,
+    COUNTER_BASE,
+    COUNTERS,
+    STATUS_BUSY,
+    STATUS_DONE,
+    STATUS_ERROR,
+    ErrorCode,
+    Reg,
 )
 
 __all__ = ["LinkDevice", "BoardDevice", "DEFAULT_TIMEOUT_CYCLES"]

@@ -1,4 +1,4 @@
-"""Elaborating the board SoC: the Amaranth modules' Verilog, the LiteX SoC, and its co-simulation top.
+"""Elaborating the board SoC: the Amaranth modules' Verilog, the LiteX SoC, its co-simulation top.
 
 :func:`elaborate` returns the LiteX platform and :class:`~tessera.hw.boards.soc.TesseraSoC` for
 a config and a board with the core's and the bridge's Verilog added as sources;

@@ -32,10 +32,18 @@ from litex.gen import LiteXModule
 from litex.soc.cores.clock import ECP5PLL
 from litex.soc.cores.uart import RS232PHY, RS232PHYModel
 from litex.soc.interconnect.axi import (
-    AXIInterface, AXILiteClockDomainCrossing, AXILiteInterface,
+    AXIInterface,
+    AXILiteClockDomainCrossing,
+    AXILiteInterface,
 )
 from migen import (
-    ClockDomain, ClockDomainsRenamer, ClockSignal, If, Instance, ResetSignal, Signal,
+    ClockDomain,
+    ClockDomainsRenamer,
+    ClockSignal,
+    If,
+    Instance,
+    ResetSignal,
+    Signal,
 )
 from migen.genlib.fsm import FSM, NextState, NextValue
 from migen.genlib.resetsync import AsyncResetSynchronizer

@@ -15,7 +15,10 @@ from pathlib import Path
 
 from tessera.errors import HwError
 from tessera.sim.verilator_build import (
-    MAKE_FIXUPS, cached_build_dir, verilator_env, verilator_root,
+    MAKE_FIXUPS,
+    cached_build_dir,
+    verilator_env,
+    verilator_root,
 )
 
 __all__ = ["build_soc_sim", "soc_sim_executable", "HARNESS", "EXE_NAME"]
