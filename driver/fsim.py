@@ -17,6 +17,7 @@ from tessera.regs import (
     STATUS_ERROR,
     Reg,
 )
+from tessera.sim.bound import cycles_lower_bound
 from tessera.sim.fsim import FunctionalSimulator
 
 __all__ = ["FsimDevice"]
@@ -26,7 +27,9 @@ class FsimDevice(Device):
     """A device with no timing: runs complete synchronously; ``RunStats.cycles`` is None.
 
     Timing registers (CYCLES_*, the timing counters of ``regs.COUNTERS``) read 0: the functional
-    simulator does not model time.
+    simulator does not model time. ``timeout_cycles`` is honoured against a conservative lower
+    bound of the cycles the program needs (:func:`tessera.sim.bound.cycles_lower_bound`): a run
+    whose bound exceeds the limit is refused before anything executes (spec-notes).
     """
 
     kind = "fsim"
@@ -83,8 +86,27 @@ class FsimDevice(Device):
         self._regs[Reg.INSN_ADDR], self._regs[Reg.INSN_COUNT] = insn_addr, insn_count
         self._status, self._error = 0, (0, 0)
         t0 = time.perf_counter()
+        prog = self._simulate(self.sim.prepare, insn_addr, insn_count)
+        if timeout_cycles is not None:
+            need = cycles_lower_bound(prog, self.config)
+            if need > timeout_cycles:  # like a timed-out core after its reset: no status bits
+                self.last_error = DeviceError(
+                    f"run of {insn_count} instructions at {insn_addr:#x} timed out: it would "
+                    f"need at least {need} cycles > timeout_cycles={timeout_cycles} (fsim's "
+                    f"conservative cycle bound); nothing was executed")
+                raise self.last_error
+        counters = self._simulate(self.sim.execute, prog)
+        self._status = STATUS_DONE
+        self._counters = counters
+        stats = dict(counters)
+        stats.update({f"bytes_{k}": v for k, v in self.sim.bytes_by_type.items()})
+        return RunStats(cycles=None, counters=stats, wall_seconds=time.perf_counter() - t0)
+
+    def _simulate(self, step, *args):
+        """Call a simulator step; record its error in the registers and re-raise it as a
+        DeviceError (SPEC §6 errors incl. code 7 deadlocks with code and pc; races by message)."""
         try:
-            counters = self.sim.run(insn_addr, insn_count)
+            return step(*args)
         except SimError as exc:
             self._status = STATUS_DONE | STATUS_ERROR
             if exc.code is not None:
@@ -95,8 +117,3 @@ class FsimDevice(Device):
             self._status = STATUS_DONE | STATUS_ERROR
             self.last_error = exc
             raise
-        self._status = STATUS_DONE
-        self._counters = counters
-        stats = dict(counters)
-        stats.update({f"bytes_{k}": v for k, v in self.sim.bytes_by_type.items()})
-        return RunStats(cycles=None, counters=stats, wall_seconds=time.perf_counter() - t0)

@@ -17,7 +17,7 @@ import numpy as np
 from tessera.config import Config
 from tessera.driver.base import DEFAULT_MEM_BYTES, Device, RunStats
 from tessera.errors import DeviceError, HwError
-from tessera.regs import CONTROL_START, COUNTER_BASE, COUNTERS, STATUS_ERROR, Reg
+from tessera.regs import CONTROL_START, COUNTER_BASE, COUNTERS, ERROR_TEXT, STATUS_ERROR, Reg
 from tessera.sim.verilator_build import BuildOptions, build_harness_library, core_verilog
 
 __all__ = ["VerilatorDevice", "DEFAULT_TIMEOUT_CYCLES", "load_harness"]
@@ -184,9 +184,10 @@ class VerilatorDevice(Device):
         cyc = self.read_reg(Reg.CYCLES_LO) | (self.read_reg(Reg.CYCLES_HI) << 32)
         if status & STATUS_ERROR:
             code, pc = self.read_reg(Reg.ERROR_CODE), self.read_reg(Reg.ERROR_PC)
+            what = ERROR_TEXT.get(code, "unknown error code")
             self.last_error = DeviceError(
-                f"device error {code} at instruction {pc} (run of {insn_count} instructions "
-                f"at {insn_addr:#x})", code=code, pc=pc)
+                f"device error {code} ({what}) at instruction {pc} (run of {insn_count} "
+                f"instructions at {insn_addr:#x})", code=code, pc=pc)
             raise self.last_error
         return RunStats(cycles=cyc, counters=counters, wall_seconds=wall)
 

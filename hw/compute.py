@@ -27,6 +27,7 @@ from amaranth.lib.wiring import In, Out
 from tessera.config import Config
 from tessera.hw.alu import AluLanes
 from tessera.hw.axi import read_client_signature
+from tessera.hw.deadlock import ModuleStatusSignature
 from tessera.hw.dma import RowLoader, Target
 from tessera.hw.gemm import GemmArray
 from tessera.hw.insn import CMD_PC_BITS, Cmd, bad_param, fields
@@ -66,6 +67,7 @@ class ComputeModule(wiring.Component):
             "err": Out(1), "err_pc": Out(CMD_PC_BITS),
             "retire": Out(1), "gemm_step": Out(1), "gemm_reset_step": Out(1),
             "alu_step": Out(1), "waiting": Out(1), "read_bytes": Out(16),
+            "status": Out(ModuleStatusSignature),
         })
 
     def elaborate(self, platform) -> Module:
@@ -254,7 +256,8 @@ class ComputeModule(wiring.Component):
         # --- instruction sequencing ------------------------------------------------------------
         pop_ok = ((~gf.pop_prev | self.l2c.valid) & (~gf.pop_next | self.s2c.valid))
         push_ok = ((~gf.push_prev | self.c2l.ready) & (~gf.push_next | self.c2s.ready))
-        with m.FSM():
+        m.d.comb += self.status.pc.eq(pc)
+        with m.FSM() as fsm:
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(1)
                 with m.If(self.cmd.valid):
@@ -294,6 +297,11 @@ class ComputeModule(wiring.Component):
                     m.next = "IDLE"
             with m.State("HALT"):
                 pass
+        m.d.comb += [
+            self.status.busy.eq(~fsm.ongoing("IDLE")),
+            self.status.blocked.eq((fsm.ongoing("POP") & ~pop_ok)
+                                   | (fsm.ongoing("PUSH") & ~push_ok)),
+        ]
         return m
 
 

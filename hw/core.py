@@ -9,7 +9,8 @@ or CONTROL.error is set).
 Every start resets the modules, the command queues and the token queues (spec-notes §2); the
 buffers keep their contents. On an error the modules are held in reset (they stop dispatching
 and abandon their work at once) while the AXI master completes the transactions already issued;
-the run then ends with done and error set.
+the run then ends with done and error set. A token deadlock (every module with work left blocked
+on a token queue, nothing in flight, nothing left to dispatch) is error 7 (``hw/deadlock.py``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from tessera.config import Config
 from tessera.errors import HwError
 from tessera.hw.axi import AxiMaster, axi4_master_members
 from tessera.hw.compute import ComputeModule
+from tessera.hw.deadlock import DeadlockDetector
 from tessera.hw.fetch import Fetch
 from tessera.hw.insn import bad_param
 from tessera.hw.load import LoadModule
@@ -101,6 +103,14 @@ class TesseraCore(wiring.Component):
             fetch.insn_addr.eq(regs.insn_addr), fetch.insn_count.eq(regs.insn_count),
         ]
 
+        # --- token-deadlock detection (SPEC §6 v1.1) ----------------------------------------------
+        dl = add("deadlock", DeadlockDetector(("load", "compute", "store")))
+        for name, block in (("load", load), ("compute", compute), ("store", store)):
+            port = getattr(dl, name)
+            m.d.comb += [port.busy.eq(block.status.busy | getattr(fetch, f"{name}_queued")),
+                         port.blocked.eq(block.status.blocked), port.pc.eq(block.status.pc)]
+        m.d.comb += [dl.fetch_stuck.eq(fetch.stuck), dl.quiet.eq(fetch.idle & axi.idle)]
+
         # --- errors and completion ---------------------------------------------------------------
         with m.If(compute.err):
             m.d.comb += [regs.err.eq(1), regs.err_code.eq(ErrorCode.SRAM_RANGE),
@@ -108,6 +118,9 @@ class TesseraCore(wiring.Component):
         with m.Elif(fetch.err):
             m.d.comb += [regs.err.eq(1), regs.err_code.eq(fetch.err_code),
                          regs.err_pc.eq(fetch.err_pc)]
+        with m.Elif(dl.err):
+            m.d.comb += [regs.err.eq(1), regs.err_code.eq(ErrorCode.TOKEN_DEADLOCK),
+                         regs.err_pc.eq(dl.err_pc)]
         retired = Signal(32)
         retiring = load.retire + compute.retire + store.retire
         with m.If(regs.start):

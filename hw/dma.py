@@ -367,22 +367,27 @@ class RowStorer(wiring.Component):
 
 
 def sequence_dma_insns(m: Module, *, cmd, insn: Signal, x_size, pop, pop_queue, push,
-                       push_queue, engine, busy: Signal, retire: Signal) -> None:
+                       push_queue, engine, busy: Signal, retire: Signal, status) -> None:
     """The instruction loop of the load and store modules: take a command, pop its token (if
     flagged), run the DMA engine unless ``x_size == 0``, wait for it, push its token (if
-    flagged) and retire. A push to a full queue stalls here (SPEC §5)."""
+    flagged) and retire. A push to a full queue stalls here (SPEC §5). ``status`` (a
+    :data:`~tessera.hw.deadlock.ModuleStatusSignature` port) tells the deadlock detector
+    whether an instruction is in progress, whether it waits on a token queue, and its pc."""
+    pc = Signal.like(status.pc)
+    m.d.comb += status.pc.eq(pc)
     with m.FSM():
         with m.State("IDLE"):
             m.d.comb += cmd.ready.eq(1)
             with m.If(cmd.valid):
-                m.d.sync += insn.eq(cmd.payload.insn)
+                m.d.sync += [insn.eq(cmd.payload.insn), pc.eq(cmd.payload.pc)]
                 m.next = "POP"
         with m.State("POP"):
+            m.d.comb += [status.busy.eq(1), status.blocked.eq(pop & ~pop_queue.valid)]
             with m.If(~pop | pop_queue.valid):
                 m.d.comb += pop_queue.ready.eq(pop)
                 m.next = "EXEC"
         with m.State("EXEC"):
-            m.d.comb += busy.eq(1)
+            m.d.comb += [busy.eq(1), status.busy.eq(1)]
             with m.If(x_size == 0):
                 m.next = "PUSH"
             with m.Else():
@@ -390,11 +395,11 @@ def sequence_dma_insns(m: Module, *, cmd, insn: Signal, x_size, pop, pop_queue, 
                 with m.If(engine.cmd.ready):
                     m.next = "WAIT"
         with m.State("WAIT"):
-            m.d.comb += busy.eq(1)
+            m.d.comb += [busy.eq(1), status.busy.eq(1)]
             with m.If(~engine.busy):
                 m.next = "PUSH"
         with m.State("PUSH"):
+            m.d.comb += [status.busy.eq(1), status.blocked.eq(push & ~push_queue.ready)]
             with m.If(~push | push_queue.ready):
                 m.d.comb += [push_queue.valid.eq(push), retire.eq(1)]
                 m.next = "IDLE"
-

@@ -53,6 +53,8 @@ class Fetch(wiring.Component):
             "store_cmd": Out(stream.Signature(Cmd)),
             "err": Out(1), "err_code": Out(3), "err_pc": Out(CMD_PC_BITS),
             "done": Out(1), "dispatched": Out(32), "idle": Out(1),
+            "stuck": Out(1), "load_queued": Out(1), "compute_queued": Out(1),
+            "store_queued": Out(1),
         })
 
     def elaborate(self, platform) -> Module:
@@ -183,12 +185,12 @@ class Fetch(wiring.Component):
             queues[name] = q
         active = ir_valid & ~stop
         leaving = Signal()
+        ready = Mux(to_load, queues["load"].w_rdy,
+                    Mux(to_store, queues["store"].w_rdy, queues["compute"].w_rdy))
         with m.If(active & (code != 0)):
             m.d.comb += [self.err.eq(1), self.err_code.eq(code), self.err_pc.eq(pc)]
             m.d.sync += err_seen.eq(1)
         with m.Elif(active):
-            ready = Mux(to_load, queues["load"].w_rdy,
-                        Mux(to_store, queues["store"].w_rdy, queues["compute"].w_rdy))
             with m.If(ready):
                 m.d.comb += [
                     leaving.eq(1),
@@ -208,5 +210,9 @@ class Fetch(wiring.Component):
             self.done.eq(finish_seen | ((pc == self.insn_count) & ~err_seen)),
             self.dispatched.eq(pc),
             self.idle.eq((n_left == 0) & ~(self.rd.req.valid)),
+            # nothing more will be dispatched: all of it is, or the next instruction (decoded
+            # without error) waits for room in its module's command queue
+            self.stuck.eq(self.done | (active & (code == 0) & ~ready)),
+            *[getattr(self, f"{n}_queued").eq(q.level != 0) for n, q in queues.items()],
         ]
         return m

@@ -12,6 +12,7 @@ from amaranth.lib.wiring import In, Out
 
 from tessera.config import Config
 from tessera.hw.axi import read_client_signature
+from tessera.hw.deadlock import ModuleStatusSignature
 from tessera.hw.dma import RowLoader, Target, sequence_dma_insns
 from tessera.hw.insn import Cmd, bad_param, fields
 from tessera.hw.queues import TokenSignature
@@ -41,6 +42,7 @@ class LoadModule(wiring.Component):
             "inp_waddr": Out(16), "inp_wdata": Out(e_inp), "inp_wen": Out(e_inp // min(e_inp, bus)),
             "wgt_waddr": Out(16), "wgt_wdata": Out(e_wgt), "wgt_wen": Out(e_wgt // min(e_wgt, bus)),
             "busy": Out(1), "retire": Out(1), "read_bytes": Out(16),
+            "status": Out(ModuleStatusSignature),
         })
 
     def elaborate(self, platform) -> Module:
@@ -73,5 +75,6 @@ class LoadModule(wiring.Component):
         ]
         sequence_dma_insns(m, cmd=self.cmd, insn=insn, x_size=mf.x_size, pop=mf.pop_next,
                            pop_queue=self.c2l, push=mf.push_next, push_queue=self.l2c,
-                           engine=loader, busy=self.busy, retire=self.retire)
+                           engine=loader, busy=self.busy, retire=self.retire,
+                           status=self.status)
         return m

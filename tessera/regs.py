@@ -33,6 +33,8 @@ class ErrorCode(IntEnum):
     # [ext] a LOAD/STORE whose DRAM byte range does not fit the 32-bit address space; checked at
     # decode, after every SPEC code (the SPEC lists no code for it, and a silent wrap is worse).
     DRAM_RANGE = 6
+    # SPEC v1.1 §6: every module with work left is blocked on a token queue (spec-notes).
+    TOKEN_DEADLOCK = 7
 
 
 ERROR_TEXT = {
@@ -42,6 +44,7 @@ ERROR_TEXT = {
     ErrorCode.BAD_DEP_FLAG: "illegal dependency flag",
     ErrorCode.BAD_ALU_OPCODE: "bad ALU opcode",
     ErrorCode.DRAM_RANGE: "DRAM address beyond the 32-bit address space",
+    ErrorCode.TOKEN_DEADLOCK: "token deadlock",
 }
 
 COUNTER_BASE = 0x20

