@@ -3,7 +3,9 @@
 :class:`LinkDevice` implements the whole Device protocol with :class:`~tessera.driver.link.HostLink`
 requests: memory copies are READ_MEM / WRITE_MEM frames, registers READ_REG / WRITE_REG, a run is
 one RUN request and then polls of the status registers until done, error or the cycle limit (on
-which the core is reset through the link, so the device stays usable). On opening it checks the
+which the core is reset through the link, so the device stays usable). Before a run the program
+is read back and every LOAD/STORE it will dispatch is checked against allocated memory, as the
+other kinds do (spec-notes 10): the SoC itself does not guard DMA. On opening it checks the
 INFO block: the device must speak this protocol and carry a core built for the same hardware
 config. :class:`BoardDevice` opens a real serial port; the ``soc-sim`` kind
 (``tessera.driver.soc_sim``) opens a socket to the co-simulated SoC and uses the same class.
@@ -11,15 +13,18 @@ config. :class:`BoardDevice` opens a real serial port; the ``soc-sim`` kind
 
 from __future__ import annotations
 
+import os
 import time
+import warnings
 
 import numpy as np
 
 from tessera.config import Config
 from tessera.driver.base import Device, RunStats
 from tessera.driver.link import BytePort, FaultyPort, HostLink
-from tessera.errors import DeviceError, HwError
+from tessera.errors import DeviceError, HwError, SimError
 from tessera.hostlink import MAX_REG_WORDS, REG_SPACE, Info, config_hash
+from tessera.isa import INSN_BYTES, MemType, Opcode, elem_bytes
 from tessera.regs import (
     COUNTER_BASE,
     COUNTERS,
@@ -29,6 +34,7 @@ from tessera.regs import (
     ErrorCode,
     Reg,
 )
+from tessera.sim.decode import decode_program
 
 __all__ = ["LinkDevice", "BoardDevice", "DEFAULT_TIMEOUT_CYCLES"]
 
@@ -114,9 +120,33 @@ class LinkDevice(Device):
 
     # -- runs ---------------------------------------------------------------------------------
 
+    def _check_dma(self, insn_addr: int, insn_count: int) -> None:
+        """DeviceError (code None) naming the first LOAD/STORE that would move data outside
+        allocated memory."""
+        raw = np.frombuffer(self.link.read_mem(insn_addr, insn_count * INSN_BYTES), np.uint8)
+        try:
+            prog = decode_program(raw, self.config)
+        except SimError as exc:
+            # The device reports this decode error itself (code and pc); only the instructions
+            # dispatched before it can move data.
+            if not exc.pc:
+                return
+            prog = decode_program(raw[:exc.pc * INSN_BYTES], self.config)
+        f = prog.arrays
+        op, mt = f["opcode"], f["memory_type"]
+        moves = np.flatnonzero(((op == Opcode.LOAD) | (op == Opcode.STORE))
+                               & (f["x_size"] > 0) & (f["y_size"] > 0))
+        for pc in moves.tolist():
+            eb = elem_bytes(self.config, int(mt[pc]))
+            starts = (int(f["dram_base"][pc]) + np.arange(int(f["y_size"][pc]), dtype=np.int64)
+                      * int(f["x_stride"][pc])) * eb
+            what = f"{Opcode(int(op[pc])).name} {MemType(int(mt[pc])).name} at instruction {pc}"
+            self.allocator.check_rows(starts, int(f["x_size"][pc]) * eb, what)
+
     def _run(self, insn_addr: int, insn_count: int, timeout_cycles: int | None) -> RunStats:
         limit = DEFAULT_TIMEOUT_CYCLES if timeout_cycles is None else int(timeout_cycles)
         t0 = time.perf_counter()
+        self._check_dma(insn_addr, insn_count)
         self.link.run(insn_addr, insn_count)
         while True:
             st = self.link.read_regs(Reg.CONTROL, _STATUS_WORDS)
@@ -155,7 +185,8 @@ def _error_text(code: int) -> str:
 
 class BoardDevice(LinkDevice):
     """A real board on a serial port: ``open_device("board", cfg, board="ulx3s",
-    port="/dev/ttyUSB0")``. ``baud`` defaults to the board's."""
+    port="/dev/ttyUSB0")``. ``port`` defaults to ``$TESSERA_BOARD_PORT`` (so that
+    ``tessera run m.tsr --device board`` finds it), ``baud`` to the board's."""
 
     kind = "board"
 
@@ -168,9 +199,10 @@ class BoardDevice(LinkDevice):
             spec = get_board(board)
         except HwError as exc:
             raise DeviceError(str(exc)) from None
-        if port is None:
-            raise DeviceError(f"the board device needs port= (the {spec.name}'s USB-serial "
-                              f"device, e.g. '/dev/ttyUSB0')")
+        port = port or os.environ.get("TESSERA_BOARD_PORT")
+        if not port:
+            raise DeviceError(f"the board device needs port= or $TESSERA_BOARD_PORT (the "
+                              f"{spec.name}'s USB-serial device, e.g. '/dev/ttyUSB0')")
         try:
             import serial
         except ImportError:
@@ -182,5 +214,11 @@ class BoardDevice(LinkDevice):
             raise DeviceError(f"cannot open {port!r}: {exc} (is the {spec.name} plugged in, and "
                               f"is the port readable by you?)") from None
         ser.reset_input_buffer()
+        if hasattr(ser, "set_low_latency_mode"):  # Linux: the FTDI latency timer to 1 ms
+            try:
+                ser.set_low_latency_mode(True)
+            except (OSError, ValueError) as exc:
+                warnings.warn(f"{port}: cannot set low-latency mode ({exc}); every frame may "
+                              f"wait up to 16 ms in the USB adapter", stacklevel=2)
         super().__init__(config, ser, name=f"{spec.name} on {port}", link_timeout=link_timeout,
                          link_retries=link_retries, faults=faults)

@@ -8,7 +8,6 @@ a config and a board with the core's and the bridge's Verilog added as sources;
 
 from __future__ import annotations
 
-import hashlib
 import re
 import tempfile
 from pathlib import Path
@@ -51,23 +50,26 @@ def _core_verilog(cfg: Config) -> str:
     return core_verilog(cfg)
 
 
-def elaborate(cfg: Config, board: Board | str, *, sim: bool, src_dir: Path):
+def elaborate(cfg: Config, board: Board | str, *, sim: bool, src_dir: Path, uart: bool = False,
+              core_verilog: str | None = None):
     """``(platform, soc)`` with ``tessera_core.v`` and ``tessera_hostlink.v`` written to
-    ``src_dir`` and added to the platform's sources."""
+    ``src_dir`` and added to the platform's sources. ``uart`` keeps the bit-level UART in a
+    co-simulation; ``core_verilog`` replaces the core (tests use a stand-in with its ports)."""
     require_litex()
     from litex.build.sim import SimPlatform
 
-    from tessera.hw.boards.soc import SIM_IO, TesseraSoC
+    from tessera.hw.boards.soc import SIM_IO, SIM_IO_UART, TesseraSoC
 
     board = get_board(board)
     if not isinstance(cfg, Config):
         raise HwError(f"cfg must be a Config, not {cfg!r}")
     src_dir = Path(src_dir)
     src_dir.mkdir(parents=True, exist_ok=True)
-    platform = SimPlatform("SIM", list(SIM_IO), name=SIM_TOP) if sim else board.platform()
-    soc = TesseraSoC(platform, cfg, board, sim=sim)
+    io = list(SIM_IO_UART if uart else SIM_IO)
+    platform = SimPlatform("SIM", io, name=SIM_TOP) if sim else board.platform()
+    soc = TesseraSoC(platform, cfg, board, sim=sim, uart=uart)
     core = src_dir / "tessera_core.v"
-    core.write_text(_core_verilog(cfg))
+    core.write_text(core_verilog if core_verilog is not None else _core_verilog(cfg))
     bridge = src_dir / "tessera_hostlink.v"
     bridge.write_text(bridge_verilog(**soc.bridge_params))
     platform.add_source(str(core))
@@ -75,11 +77,13 @@ def elaborate(cfg: Config, board: Board | str, *, sim: bool, src_dir: Path):
     return platform, soc
 
 
-def sim_verilog(cfg: Config, board: Board | str = "ulx3s") -> str:
+def sim_verilog(cfg: Config, board: Board | str = "ulx3s", *, uart: bool = False,
+                core_verilog: str | None = None) -> str:
     """The co-simulation SoC as one Verilog text: the LiteX top ``sim``, then the bridge and
-    the core."""
+    the core (options as for :func:`elaborate`)."""
     with tempfile.TemporaryDirectory(prefix="tessera-soc-") as tmp:
-        platform, soc = elaborate(cfg, board, sim=True, src_dir=Path(tmp))
+        platform, soc = elaborate(cfg, board, sim=True, src_dir=Path(tmp), uart=uart,
+                                  core_verilog=core_verilog)
         try:
             top = platform.get_verilog(soc, name=SIM_TOP)
         except Exception as exc:
@@ -96,6 +100,3 @@ def sim_verilog(cfg: Config, board: Board | str = "ulx3s") -> str:
         parts += [(Path(tmp) / n).read_text() for n in ("tessera_hostlink.v", "tessera_core.v")]
     return "\n".join(parts)
 
-
-def verilog_digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -9,9 +9,10 @@
                                              `-- m_axi (64 bit) -- LiteDRAMAXI2Native -- CDC --+
 
 ``sim=True`` builds the *same* SoC for co-simulation: the SDRAM PHY becomes LiteDRAM's
-``SDRAMPHYModel`` (the controller, crossbar, CDC and both frontends stay), the serial PHY becomes
+``SDRAMPHYModel`` (the controller, crossbar and both frontends stay), the serial PHY becomes
 a byte-level stream at the top (``serial_sink_*`` into the bridge, ``serial_source_*`` out of
-it), and the clocks and reset are top-level inputs instead of a PLL.
+it; with ``uart=True`` the real UART PHY stays, on pins ``serial_tx``/``serial_rx``), and the
+clocks and reset are top-level inputs instead of a PLL.
 
 LiteDRAM leaves SDRAM initialisation to a CPU's BIOS; this SoC has no CPU, so
 :class:`SdramInit` plays LiteDRAM's own init sequence (``litedram.init``) into the DFI injector's
@@ -31,6 +32,7 @@ from litex.build.io import DDROutput
 from litex.gen import LiteXModule
 from litex.soc.cores.clock import ECP5PLL
 from litex.soc.cores.uart import RS232PHY, RS232PHYModel
+from litex.soc.interconnect import stream
 from litex.soc.interconnect.axi import (
     AXIInterface,
     AXILiteClockDomainCrossing,
@@ -67,12 +69,16 @@ SIM_IO = [
         Subsignal("sink_valid", Pins(1)), Subsignal("sink_ready", Pins(1)),
         Subsignal("sink_data", Pins(8))),
 ]
+# The same with the board's bit-level UART pins (the real RS232PHY inside), for cocotb.
+SIM_IO_UART = SIM_IO[:3] + [("serial", 0, Subsignal("tx", Pins(1)), Subsignal("rx", Pins(1)))]
 
 
-def info_words(cfg: Config, board: Board, dram_bytes: int, sim: bool) -> tuple[int, ...]:
-    """The INFO block (``tessera.hostlink.Info``) this SoC answers with."""
+def info_words(cfg: Config, board: Board, dram_bytes: int, byte_model: bool,
+               ) -> tuple[int, ...]:
+    """The INFO block (``tessera.hostlink.Info``) this SoC answers with (baud 0: the serial
+    port is the co-simulation's byte model)."""
     return (INFO_MAGIC, PROTOCOL_VERSION, MAX_PAYLOAD, dram_bytes, config_hash(cfg),
-            int(board.sys_clk_hz), int(board.core_clk_hz), 0 if sim else board.baud)
+            int(board.sys_clk_hz), int(board.core_clk_hz), 0 if byte_model else board.baud)
 
 
 class SdramInit(LiteXModule):
@@ -113,6 +119,24 @@ class SdramInit(LiteXModule):
             fsm.act(f"STEP{i}", *actions)
             fsm.act(f"WAIT{i}", If(wait == 0, NextState(after)).Else(NextValue(wait, wait - 1)))
         fsm.act("DONE", self.done.eq(1))
+
+
+class AXIClockDomainCrossing(LiteXModule):
+    """An AXI4 link between two clock domains: one asynchronous FIFO per channel (LiteX has this
+    only for AXI4-Lite). LiteDRAM's native-port CDC is not used on the core's path because it
+    lets a write command reach the controller ahead of its data (measured: long write bursts
+    hang), so the AXI front end runs in the controller's domain and the crossing is here."""
+
+    def __init__(self, master, slave, cd_from: str, cd_to: str, depth: int = 16):
+        for name, forward in (("aw", True), ("w", True), ("b", False), ("ar", True),
+                              ("r", False)):
+            src, dst = getattr(master, name), getattr(slave, name)
+            if not forward:
+                src, dst = dst, src
+            cdc = stream.ClockDomainCrossing(src.description, cd_from if forward else cd_to,
+                                             cd_to if forward else cd_from, depth=depth)
+            self.add_module(name=f"{name}_cdc", module=cdc)
+            self.comb += [src.connect(cdc.sink), cdc.source.connect(dst)]
 
 
 class _CRG(LiteXModule):
@@ -167,7 +191,7 @@ class TesseraSoC(LiteXModule):
     bridge's generated from :attr:`bridge_params` (``dram_bytes``, ``info``, ``mem_addr_bits``).
     """
 
-    def __init__(self, platform, cfg: Config, board: Board, *, sim: bool):
+    def __init__(self, platform, cfg: Config, board: Board, *, sim: bool, uart: bool = False):
         self.crg = _CRG(platform, board, sim)
         sys_hz = board.sys_clk_hz
 
@@ -189,8 +213,10 @@ class TesseraSoC(LiteXModule):
             // 8)
 
         # --- host link: serial PHY and bridge (reset only at power-up) --------------------------
-        if sim:
+        if sim and not uart:
             uart_phy = RS232PHYModel(platform.request("serial"))
+        elif sim:
+            uart_phy = RS232PHY(platform.request("serial"), sys_hz, board.baud)
         else:
             uart_phy = RS232PHY(platform.request(board.serial_pins), sys_hz, board.baud)
         self.uart_phy = ClockDomainsRenamer("link")(uart_phy)
@@ -244,9 +270,12 @@ class TesseraSoC(LiteXModule):
             axil, core_axil, cd_from="link" if cd == "core" else cd, cd_to=cd)
         bus_bits = cfg.mem_bus_bits
         axi = AXIInterface(data_width=bus_bits, address_width=32, id_width=4, clock_domain=cd)
-        core_port = self.sdram.crossbar.get_port(data_width=bus_bits, clock_domain=cd)
-        self.axi2native = ClockDomainsRenamer(cd)(
-            LiteDRAMAXI2Native(axi, core_port, base_address=0))
+        axi_sys = axi
+        if cd != "sys":
+            axi_sys = AXIInterface(data_width=bus_bits, address_width=32, id_width=4)
+            self.axi_cdc = AXIClockDomainCrossing(axi, axi_sys, cd_from=cd, cd_to="sys")
+        core_port = self.sdram.crossbar.get_port(data_width=bus_bits)
+        self.axi2native = LiteDRAMAXI2Native(axi_sys, core_port, base_address=0)
         self.specials += Instance(
             CORE_TOP,
             i_clk=ClockSignal(cd), i_rst=ResetSignal(cd),
@@ -275,5 +304,5 @@ class TesseraSoC(LiteXModule):
             o_irq=Signal(name="core_irq"),
         )
         self.bridge_params = dict(dram_bytes=dram_bytes,
-                                  info=info_words(cfg, board, dram_bytes, sim),
+                                  info=info_words(cfg, board, dram_bytes, sim and not uart),
                                   mem_addr_bits=len(bridge_port.cmd.addr))

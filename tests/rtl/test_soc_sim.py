@@ -115,6 +115,13 @@ def test_soc_recovers_from_link_faults(soc, fsim):
     try:
         for seed in (900, 901):
             _same_as_fsim(soc, fsim, seed, rounds=3)
+        # Bulk copies both ways, so that every kind of fault hits both directions.
+        buf = soc.alloc(1 << 16)
+        data = np.random.default_rng(5).bytes(1 << 16)
+        soc.write(buf.addr, data)
+        for _ in range(3):
+            assert soc.read(buf.addr, 1 << 16) == data
+        soc.free(buf)
     finally:
         link.port, link.timeout, link.retries = clean, saved[0], 8
     for direction in ("out", "in"):
@@ -137,3 +144,18 @@ def test_soc_compiled_model_equals_fsim():
         assert np.array_equal(a, b)
     assert prof.totals()["cycles"] > 0
     model.close()
+
+
+def test_soc_dma_outside_allocated_memory_is_refused(soc):
+    """As on every kind (spec-notes 10): no byte moves, DeviceError names the instruction."""
+    prog, data = soc.alloc(4096), soc.alloc(4096)
+    stray = [MemInsn(opcode=Opcode.LOAD, memory_type=MemType.INP, x_size=0),
+             MemInsn(opcode=Opcode.LOAD, memory_type=MemType.INP, dram_base=data.addr // 8,
+                     y_size=2, x_size=4, x_stride=1000),  # second row beyond `data`
+             FinishInsn()]
+    soc.write(prog.addr, isa.to_bytes(stray, CFG))
+    with pytest.raises(DeviceError, match="LOAD INP at instruction 1") as err:
+        soc.run(prog.addr, len(stray))
+    assert err.value.code is None
+    soc.free(prog)
+    soc.free(data)

@@ -113,3 +113,14 @@ def test_program_without_loader(monkeypatch, tmp_path):
 def test_unknown_board():
     with pytest.raises(HwError, match="known boards: ulx3s"):
         get_board("de10")
+
+
+def test_board_device_needs_a_port(monkeypatch):
+    from tessera.driver import open_device
+    from tessera.errors import DeviceError
+
+    monkeypatch.delenv("TESSERA_BOARD_PORT", raising=False)
+    with pytest.raises(DeviceError, match="TESSERA_BOARD_PORT"):
+        open_device("board", "ulx3s")
+    with pytest.raises(DeviceError, match="cannot open '/dev/no-such-tty'.*plugged in"):
+        open_device("board", "ulx3s", port="/dev/no-such-tty")
