@@ -17,8 +17,8 @@ from collections.abc import Callable
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from tessera.compiler import cpu_kernels
-from tessera.compiler.llvm_jit import Engine, default_engine
+from tessera.runtime.cpu import kernels as cpu_kernels
+from tessera.runtime.cpu.jit import Engine, default_engine
 
 
 def best_time(fn: Callable[[], object], budget: float) -> float:

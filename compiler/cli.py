@@ -1,4 +1,4 @@
-"""Command-line surface of the compiler: ``compile``, ``run``, ``profile`` and ``demo``."""
+"""Command-line surface of the compiler: ``compile`` and ``demo``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import numpy as np
 
 from tessera.errors import CompileError
 
+COMMANDS = ("compile", "demo")
 DEMO_MODELS = ("resnet_tiny", "mobilenet_tiny", "small_cnn", "mlp", "resnet18", "mobilenet_v1")
 
 
@@ -59,46 +60,6 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     return 0
 
 
-def _feeds(model, inputs: list[str]) -> dict[str, np.ndarray]:
-    names = model.input_names
-    feeds = {}
-    for item in inputs:
-        name, sep, path = item.partition("=")
-        if not sep:
-            if len(names) != 1:
-                raise CompileError(f"the model has inputs {names}; use --input NAME=FILE.npy")
-            name, path = names[0], item
-        try:
-            feeds[name] = np.load(path)
-        except (OSError, ValueError) as exc:
-            raise CompileError(f"cannot read input file {path!r}: {exc}") from None
-    return feeds
-
-
-def _cmd_run(args: argparse.Namespace, profile: bool = False) -> int:
-    from tessera.compiler.api import load
-
-    model = load(args.model)
-    feeds = _feeds(model, args.input)
-    t0 = time.perf_counter()
-    result = model.run(feeds, device=args.device, profile=profile,
-                       progress=sys.stderr.isatty())
-    outs, prof = result if profile else (result, None)
-    wall = time.perf_counter() - t0
-    for name, value in zip(model.output_names, outs):
-        flat = value.reshape(-1)
-        print(f"{name}: {value.dtype}{list(value.shape)} "
-              f"{np.array2string(flat[:8], precision=4)}{' ...' if flat.size > 8 else ''}")
-    if args.output:
-        np.savez(args.output, **dict(zip(model.output_names, outs)))
-        print(f"wrote {args.output}")
-    if prof is not None:
-        print(prof.table())
-    print(f"{args.device}: {wall:.3f} s")
-    model.close()
-    return 0
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compile", help="compile an ONNX model to a .tsr file")
     p.add_argument("model", help="ONNX file")
@@ -109,16 +70,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dump-ir", action="append", help="print the IR after this pass ('all')")
     p.add_argument("--no-double-buffer", action="store_true")
     p.set_defaults(func=_cmd_compile)
-    for name, helptext in (("run", "run a compiled model"),
-                           ("profile", "run a compiled model and print per-layer figures")):
-        p = sub.add_parser(name, help=helptext)
-        p.add_argument("model", help=".tsr file")
-        p.add_argument("--input", action="append", required=True,
-                       help="FILE.npy, or NAME=FILE.npy for several inputs")
-        p.add_argument("--device", default="fsim", help="fsim or verilator")
-        p.add_argument("-o", "--output", help="write the outputs to this .npz")
-        p.set_defaults(func=(lambda a: _cmd_run(a, profile=True)) if name == "profile"
-                       else _cmd_run)
     p = sub.add_parser("demo", help="compile a bundled model, run it on fsim and the RTL, "
                                     "compare with onnxruntime, print a per-layer table")
     p.add_argument("--model", default="resnet18", choices=DEMO_MODELS)

@@ -2,186 +2,45 @@
 
 Float ops follow ONNX. Quantised ops (``qconv2d``, ``qdense``, ``qadd``, ``requant``,
 ``qavgpool``, ``qglobal_avgpool``) produce an int32 accumulator and then run the requantisation
-:class:`Epilogue` as the exact sequence of accelerator ALU operations (SPEC §4: int32 lanes, ADD
-and MUL wrap mod 2**32, SHR is an arithmetic shift that truncates). The accelerator lowering must
-reproduce :func:`run` on a quantised graph bit for bit; :meth:`Epilogue.alu_steps` is the program
-it has to emit.
+:class:`~tessera.runtime.accel.epilogue.Epilogue` with
+:func:`~tessera.runtime.accel.epilogue.apply_epilogue`, i.e. through the functional simulator's
+ALU (SPEC §4). The accelerator must reproduce :func:`run` on a quantised graph bit for bit.
+Accelerator layers whose layouts are assigned (``layout="blocked"``) read and write SPEC §2
+blocked tensors; the reference unpacks, computes and packs them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from tessera.compiler.ir import Graph, Node
-from tessera.errors import CompileError
+from tessera.errors import CompileError, ProgramError
+from tessera.runtime.accel.epilogue import Epilogue
+from tessera.runtime.accel.epilogue import apply_epilogue as _apply
 
-__all__ = [
-    "run", "Epilogue", "AluStep", "alu", "wrap32", "rounding_shift", "rounding_shift_steps",
-    "conv2d_nchw", "apply_epilogue", "KERNELS", "IMM_MIN", "IMM_MAX",
-]
+__all__ = ["run", "conv2d_nchw", "apply_epilogue", "wrap32", "KERNELS"]
 
-IMM_MIN, IMM_MAX = -(1 << 15), (1 << 15) - 1  # the ALU immediate is 16-bit signed
-MAX_ROUND_SHIFT = 15  # largest shift whose rounding constant 1 << (s-1) fits the immediate
-
-
-# -- the ALU, exactly ---------------------------------------------------------------------------
 
 def wrap32(v: np.ndarray) -> np.ndarray:
-    """Two's complement wrap of int64 values to int32 range (returned as int64)."""
+    """Two's complement wrap of integer values to int32 range (returned as int64): the
+    accumulator's arithmetic."""
     v = np.asarray(v, dtype=np.int64)
     return ((v + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
 
 
-def alu(opcode: str, a: np.ndarray, b: np.ndarray | int) -> np.ndarray:
-    """One ALU operation on int32 lanes (SPEC §4), values held as int64."""
-    a = np.asarray(a, dtype=np.int64)
-    b = np.asarray(b, dtype=np.int64)
-    if opcode == "MIN":
-        return np.minimum(a, b)
-    if opcode == "MAX":
-        return np.maximum(a, b)
-    if opcode == "ADD":
-        return wrap32(a + b)
-    if opcode == "MUL":
-        return wrap32(a * b)
-    if opcode == "SHR":
-        s = np.clip(b, -31, 31)
-        return np.where(s >= 0, a >> np.maximum(s, 0), wrap32(a << np.maximum(-s, 0)))
-    raise ValueError(f"unknown ALU opcode {opcode!r}")
-
-
-@dataclass(frozen=True)
-class AluStep:
-    """One ALU instruction of an epilogue. ``operand`` is an int immediate or, for a per-channel
-    vector (e.g. ``mult``), the numpy array the lowering must load into the accumulator and use
-    as the ALU's src operand (``use_imm = 0``)."""
-
-    opcode: str
-    operand: int | np.ndarray
-    branch: str = "main"  # "main", "residual" (on the sign-extended residual) or "combine"
-
-    def __repr__(self) -> str:
-        op = self.operand if isinstance(self.operand, int) else f"vec{list(self.operand.shape)}"
-        return f"{self.branch}:{self.opcode} {op}"
-
-
-def rounding_shift_steps(s: int) -> list[tuple[str, int]]:
-    """ALU steps computing round-half-up ``v / 2**s``: ``(v + 2**(s-1)) >> s``.
-
-    The rounding constant must fit the 16-bit signed immediate, so for ``s > 15`` the shift is
-    split: ``(v + 2**(s-1)) >> s == ((v >> (s-15)) + 2**14) >> 15`` exactly (the truncated low
-    bits never carry into the rounded result). Shift amounts stay within the ALU's 31.
-    """
-    if s < 0 or s > 62:
-        raise ValueError(f"rounding shift must be in [0, 62], not {s}")
-    if s == 0:
-        return []
-    steps: list[tuple[str, int]] = []
-    k = min(s, MAX_ROUND_SHIFT)
-    pre = s - k
-    while pre > 0:
-        steps.append(("SHR", min(pre, 31)))
-        pre -= min(pre, 31)
-    steps += [("ADD", 1 << (k - 1)), ("SHR", k)]
-    return steps
-
-
-def rounding_shift(v: np.ndarray, s: int) -> np.ndarray:
-    """Round-half-up arithmetic shift by ``s``, executed as its ALU steps."""
-    v = np.asarray(v, dtype=np.int64)
-    for op, imm in rounding_shift_steps(s):
-        v = alu(op, v, imm)
-    return v
-
-
-@dataclass(frozen=True, eq=False)
-class Epilogue:
-    """Requantisation of an int32 accumulator to int8, in accelerator ALU operations::
-
-        v = rshift(acc, pre_shift) * mult[c]; v = rshift(v, shift)         # main branch
-        u = rshift(residual * res_mult, res_shift); v = v + u              # optional residual
-        v = rshift(v, final_shift); y = max(min(v, hi), lo)                # int8 result
-
-    ``rshift`` is the rounding shift of :func:`rounding_shift_steps`. ``mult`` has one int16
-    entry per output channel (or one entry for the whole tensor). ``residual`` is an int8 tensor
-    sign-extended into the accumulator (an ACC_8BIT load). The quantiser picks the parameters
-    so no step overflows int32 given the layer's accumulator bound (``acc_bound``).
-    """
-
-    mult: np.ndarray
-    shift: int
-    pre_shift: int = 0
-    lo: int = -128
-    hi: int = 127
-    res_mult: int | None = None
-    res_shift: int = 0
-    final_shift: int = 0
-    acc_bound: int = 0
-    notes: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        m = np.atleast_1d(np.asarray(self.mult, dtype=np.int64))
-        if m.min(initial=0) < IMM_MIN or m.max(initial=0) > IMM_MAX:
-            raise ValueError(f"epilogue multipliers must fit int16, got [{m.min()}, {m.max()}]")
-        object.__setattr__(self, "mult", m)
-        if self.res_mult is not None and not IMM_MIN <= self.res_mult <= IMM_MAX:
-            raise ValueError(f"residual multiplier must fit int16, got {self.res_mult}")
-        if not -128 <= self.lo <= self.hi <= 127:
-            raise ValueError(f"clip bounds must satisfy -128 <= lo <= hi <= 127, not "
-                             f"[{self.lo}, {self.hi}]")
-
-    @property
-    def per_channel(self) -> bool:
-        return self.mult.size > 1 and not np.all(self.mult == self.mult[0])
-
-    def alu_steps(self) -> list[AluStep]:
-        """The ALU program of this epilogue, in order. A per-tensor multiplier is an immediate;
-        a per-channel one is a vector operand (broadcast over spatial positions)."""
-        mult: int | np.ndarray = int(self.mult[0]) if not self.per_channel else self.mult
-        steps = [AluStep(op, imm) for op, imm in rounding_shift_steps(self.pre_shift)]
-        steps.append(AluStep("MUL", mult))
-        steps += [AluStep(op, imm) for op, imm in rounding_shift_steps(self.shift)]
-        if self.res_mult is not None:
-            steps.append(AluStep("MUL", int(self.res_mult), "residual"))
-            steps += [AluStep(op, imm, "residual") for op, imm in
-                      rounding_shift_steps(self.res_shift)]
-            steps.append(AluStep("ADD", 0, "combine"))  # main += residual (acc operand)
-        steps += [AluStep(op, imm) for op, imm in rounding_shift_steps(self.final_shift)]
-        steps += [AluStep("MIN", self.hi), AluStep("MAX", self.lo)]
-        return steps
-
-    def __repr__(self) -> str:
-        m = int(self.mult[0]) if not self.per_channel else f"vec[{self.mult.size}]"
-        r = f" res*{self.res_mult}>>{self.res_shift} >>{self.final_shift}" \
-            if self.res_mult is not None else ""
-        return f"Epilogue(>>{self.pre_shift} *{m} >>{self.shift}{r} [{self.lo},{self.hi}])"
-
-
 def apply_epilogue(acc: np.ndarray, epi: Epilogue, residual: np.ndarray | None = None,
                    channel_axis: int = 1) -> np.ndarray:
-    """Run ``epi.alu_steps()`` on an int32 accumulator; returns int8."""
-    v = np.asarray(acc, dtype=np.int64)
-    u = None if residual is None else np.asarray(residual, dtype=np.int64)
-    if epi.res_mult is not None and u is None:
-        raise CompileError("epilogue expects a residual input but none was given")
-    for step in epi.alu_steps():
-        operand: Any = step.operand
-        if isinstance(operand, np.ndarray):
-            shape = [1] * v.ndim
-            shape[channel_axis] = operand.size
-            operand = operand.reshape(shape)
-        if step.branch == "residual":
-            u = alu(step.opcode, u, operand)
-        elif step.branch == "combine":
-            v = alu("ADD", v, u)
-        else:
-            v = alu(step.opcode, v, operand)
-    return v.astype(np.int8)
+    """:func:`tessera.runtime.accel.epilogue.apply_epilogue`, with its errors as
+    :class:`CompileError`."""
+    try:
+        return _apply(acc, epi, residual, channel_axis)
+    except ProgramError as exc:
+        raise CompileError(str(exc)) from None
+
 
 
 # -- float / integer kernels --------------------------------------------------------------------
@@ -360,6 +219,26 @@ def _int_acc(y: np.ndarray) -> np.ndarray:
     return wrap32(np.rint(y).astype(np.int64))
 
 
+def _blocked(kernel: Callable) -> Callable:
+    """Run an accelerator layer's NCHW kernel on blocked (SPEC §2) inputs and output."""
+    def k(n: Node, x, w, b=None, r=None):
+        a = n.attrs
+        if a.get("layout", "nchw") != "blocked":
+            return kernel(n, x, w, b, r)
+        shape = tuple(a["in_shape"])
+        xs = _k_unpack(n.with_attrs(shape=shape), x)[0]
+        y = kernel(n, xs, w, b, None if r is None else _unpack_like(n, r, xs, w))[0]
+        return _k_pack(n, y)
+    return k
+
+
+def _unpack_like(n: Node, r: np.ndarray, x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """The residual of a blocked layer in the logical output's shape."""
+    out_c = w.shape[0]
+    shape = (x.shape[0], out_c) + tuple(r.shape[2:-2])
+    return _k_unpack(n.with_attrs(shape=shape), r)[0]
+
+
 def _k_qconv2d(n: Node, x, w, b=None, r=None):
     a = n.attrs
     acc = _int_acc(conv2d_nchw(_acc64(x), _acc64(w), a["strides"], a["pads"], a["dilations"],
@@ -441,8 +320,8 @@ KERNELS: dict[str, Callable[..., list[np.ndarray]]] = {
     "cast": lambda n, x: [x.astype(n.attrs["to"])],
     "quantize": _k_quantize,
     "dequantize": lambda n, x: [x.astype(np.float32) * np.float32(n.attrs["scale"])],
-    "qconv2d": _k_qconv2d,
-    "qdense": _k_qdense,
+    "qconv2d": _blocked(_k_qconv2d),
+    "qdense": _blocked(_k_qdense),
     "qadd": _k_qadd,
     "requant": _k_requant,
     "qavgpool": _k_qavgpool,

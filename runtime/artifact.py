@@ -1,4 +1,4 @@
-"""The compiled-model file: one container of named sections, no pickle.
+"""The compiled-model file (``.tsr``): one container of named sections holding data only.
 
 Layout (little-endian)::
 
@@ -8,9 +8,14 @@ Layout (little-endian)::
     H bytes       header JSON: {"sections": [{"name", "offset", "size", "sha256"}], "meta": {...}}
     ...           section payloads, at the offsets the header gives (relative to the payload start)
 
-Arrays are stored by :func:`pack_arrays` as one raw blob plus a JSON index (name, dtype, shape,
-offset), so loading never executes code from the file. A truncated, corrupted or foreign file, or
-one of an unknown format version, raises :class:`~tessera.errors.ArtifactError`.
+A compiled model (:func:`save`, :func:`load`) has the sections ``graph.json`` (slots, steps,
+inputs, outputs, sizes), ``params`` (one raw blob of arrays, indexed in the header's meta by
+name, dtype, shape and offset), and per accelerator step ``code/K`` (encoded instructions) and
+``uops/K`` (micro-op words). CPU steps are *descriptions* of kernel calls (operator, attributes,
+input shapes and dtypes, slot wiring) that the runtime regenerates through its kernel library:
+a file never carries native code or IR, and loading never executes anything from it. A
+truncated, corrupted, foreign or inconsistent file, or one of another format version, raises
+:class:`~tessera.errors.ArtifactError` naming what is wrong.
 """
 
 from __future__ import annotations
@@ -24,12 +29,14 @@ from typing import Any
 import numpy as np
 
 from tessera.errors import ArtifactError
+from tessera.runtime.plan import AccelStep, Plan
 
-__all__ = ["MAGIC", "FORMAT_VERSION", "write_container", "read_container", "pack_arrays",
-           "unpack_arrays"]
+__all__ = ["MAGIC", "FORMAT_VERSION", "ARTIFACT_KIND", "write_container", "read_container",
+           "pack_arrays", "unpack_arrays", "save", "load"]
 
 MAGIC = b"TESSERA\0"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+ARTIFACT_KIND = "tessera-compiled-model"
 _PREFIX = struct.Struct("<8sIQ")
 _ALLOWED_DTYPES = {"int8", "uint8", "int16", "int32", "int64", "uint32", "float32", "float64",
                    "bool"}
@@ -120,3 +127,59 @@ def unpack_arrays(index: list[dict[str, Any]], blob: bytes) -> dict[str, np.ndar
         out[entry["name"]] = np.frombuffer(blob, dt, count=n // dt.itemsize,
                                            offset=lo).reshape(shape).astype(dt.newbyteorder("="))
     return out
+
+
+# -- compiled models ----------------------------------------------------------------------------
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    return v
+
+
+def save(path: str | Path, plan: Plan, input_specs: dict[str, tuple[tuple[int, ...], str]],
+         meta: dict[str, Any]) -> None:
+    """Write ``plan`` (with the inputs' specs and JSON ``meta``) as a compiled-model file."""
+    index, blob = pack_arrays(plan.params)
+    sections: dict[str, bytes] = {"params": blob}
+    steps = []
+    for k, step in enumerate(plan.steps):
+        entry: dict[str, Any] = {"kind": step.kind, "name": step.name,
+                                 "inputs": list(step.inputs), "outputs": list(step.outputs),
+                                 "info": _jsonable(step.info)}
+        if isinstance(step, AccelStep):
+            entry.update({"op": step.op, "uop_load_pcs": list(step.uop_load_pcs)})
+            sections[f"code/{k}"] = bytes(step.code)
+            sections[f"uops/{k}"] = bytes(step.uop_words)
+        else:
+            entry["op"] = step.op.to_json()
+        steps.append(entry)
+    graph = {"inputs": plan.inputs, "outputs": plan.outputs,
+             "slots": [s.to_json() for s in plan.slots.values()], "steps": steps,
+             "arena_size": plan.arena_size, "params_size": plan.params_size,
+             "input_specs": {k: [list(v[0]), v[1]] for k, v in input_specs.items()}}
+    try:
+        sections["graph.json"] = json.dumps(graph, allow_nan=False).encode()
+        head = {"kind": ARTIFACT_KIND, "config": plan.config.to_dict(), "params_index": index,
+                "meta": _jsonable(meta)}
+        json.dumps(head, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ArtifactError(f"the model cannot be saved as JSON: {exc}") from None
+    write_container(path, sections, head)
+
+
+def load(path: str | Path) -> tuple[Plan, dict[str, tuple[tuple[int, ...], str]],
+                                     dict[str, Any]]:
+    """The plan, input specs and meta of a compiled-model file, validated before anything of it
+    is used (:mod:`tessera.runtime.validate`)."""
+    from tessera.runtime.validate import plan_from_file
+
+    sections, head = read_container(path)
+    return plan_from_file(str(path), sections, head)

@@ -25,6 +25,8 @@ import dataclasses
 from collections import Counter
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from tessera.config import Config
 from tessera.driver.base import Device, RunStats
 from tessera.errors import IsaError, ProgramError
@@ -41,55 +43,105 @@ from tessera.isa import (
     depth,
     elem_bytes,
     encode,
+    extract,
+    layout,
     to_bytes,
 )
 from tessera.runtime.deps import Module, check_tokens, module_of, noop, queue
 from tessera.runtime.uop_cache import MicroKernel, UopCache
 
-__all__ = ["CommandBuilder", "Program", "Module", "BuilderStats", "insn_kind"]
-
-MAX_PAD = 15
-MAX_16 = (1 << 16) - 1
+__all__ = ["CommandBuilder", "Program", "Module", "BuilderStats", "insn_kind", "count_kinds",
+           "relocate"]
 
 
 @dataclass
 class Program:
-    """A finished stream: instructions (UOP loads address the micro-op area from element 0)
-    and the micro-op area's words. ``relocated(base)`` gives the instructions for an area at
-    device byte address ``base``."""
+    """A finished stream: instructions (UOP loads address the micro-op area from element 0, at
+    the pcs ``uop_load_pcs``) and the micro-op area's words. ``to_bytes(base)`` encodes the
+    instructions for a micro-op area at device byte address ``base`` (:func:`relocate`)."""
 
     config: Config
     insns: list[Insn]
     uop_words: bytes
     uop_load_pcs: list[int] = field(default_factory=list)
 
-    def relocated(self, uop_area_addr: int) -> list[Insn]:
-        ebytes = self.config.uop_elem_bytes
-        if uop_area_addr % ebytes:
-            raise ProgramError(f"the micro-op area must be {ebytes}-byte aligned, not "
-                               f"{uop_area_addr:#x}")
-        out = list(self.insns)
-        for pc in self.uop_load_pcs:
-            out[pc] = dataclasses.replace(out[pc],
-                                          dram_base=out[pc].dram_base + uop_area_addr // ebytes)
-        return out
-
     def to_bytes(self, uop_area_addr: int) -> bytes:
-        return to_bytes(self.relocated(uop_area_addr), self.config)
+        return relocate(to_bytes(self.insns, self.config), self.config, self.uop_load_pcs,
+                        uop_area_addr)
 
     def counts(self) -> Counter:
-        """Instructions per kind: ``load``, ``store``, ``gemm``, ``alu``, ``uop_load``, ..."""
-        c: Counter = Counter()
-        for insn in self.insns:
-            c[insn_kind(insn)] += 1
-        return c
+        """Instructions per kind: ``load``, ``store``, ``gemm``, ``reset``, ``alu``, ..."""
+        return Counter(insn_kind(insn) for insn in self.insns)
+
+
+def relocate(code: bytes, cfg: Config, uop_pcs: list[int], uop_addr: int,
+             regions: dict[int, tuple[int, int]] | None = None) -> bytes:
+    """Rewrite the DRAM addresses of an encoded stream (the one relocation mechanism).
+
+    Micro-op loads (``uop_pcs``) address their micro-op area from element 0 and are moved to
+    byte address ``uop_addr``. With ``regions`` (virtual base -> (size, real base)), every other
+    LOAD/STORE that moves data must lie inside one region and moves with it; without, data
+    addresses are already real and stay. Raises :class:`ProgramError` for a pc that is not a
+    micro-op load, an address outside every region, or a moved address the dram_base field
+    cannot hold.
+    """
+    if len(code) % INSN_BYTES:
+        raise ProgramError(f"an instruction stream must be a multiple of {INSN_BYTES} bytes, "
+                           f"not {len(code)}")
+    if uop_addr % cfg.uop_elem_bytes:
+        raise ProgramError(f"the micro-op area must be {cfg.uop_elem_bytes}-byte aligned, not "
+                           f"{uop_addr:#x}")
+    words = np.frombuffer(code, dtype="<u8").reshape(-1, 2).copy()
+    lo, hi = words[:, 0], words[:, 1]
+    f = {fl.name: fl for fl in layout(cfg).mem}
+    op = (lo & np.uint64(7)).astype(np.int64)
+    mt = extract(lo, hi, f["memory_type"])
+    base = extract(lo, hi, f["dram_base"])
+    x_size = extract(lo, hi, f["x_size"])
+    is_mem = (op == Opcode.LOAD) | (op == Opcode.STORE)
+    pcs = np.asarray(list(uop_pcs), np.int64)
+    if pcs.size and (pcs.min() < 0 or pcs.max() >= len(base)):
+        raise ProgramError(f"micro-op load pcs must lie inside the stream of {len(base)} "
+                           f"instructions")
+    uop_mask = np.zeros(len(base), bool)
+    uop_mask[pcs] = True
+    if (op[uop_mask] != Opcode.LOAD).any() or (mt[uop_mask] != MemType.UOP).any():
+        raise ProgramError("a micro-op load pc does not point at a LOAD of micro-ops")
+    new = base.copy()
+    new[uop_mask] += uop_addr // cfg.uop_elem_bytes
+    if regions is not None:
+        for pc in np.flatnonzero(is_mem & ~uop_mask & (x_size > 0)):
+            eb = elem_bytes(cfg, int(mt[pc]))
+            byte = int(base[pc]) * eb
+            for vbase, (size, real) in regions.items():
+                if vbase <= byte < vbase + size:
+                    new[pc] = (byte - vbase + real) // eb
+                    break
+            else:
+                raise ProgramError(f"instruction {pc} addresses {byte:#x}, outside every region "
+                                   f"of the plan")
+    dram = f["dram_base"]
+    if (new > dram.max).any():
+        raise ProgramError("a relocated DRAM address does not fit the dram_base field")
+    mask = np.uint64(dram.mask << dram.lo)
+    words[:, 0] = (lo & ~mask) | (new.astype(np.uint64) << np.uint64(dram.lo))
+    return words.tobytes()
+
+
+def count_kinds(insns: list[Insn]) -> dict[str, int]:
+    """Instructions per kind (see :func:`insn_kind`)."""
+    return dict(Counter(insn_kind(i) for i in insns))
 
 
 def insn_kind(insn: Insn) -> str:
+    """``load``, ``uop_load``, ``acc_load``, ``store``, ``gemm``, ``reset`` (a GEMM that zeroes
+    accumulators), ``alu`` or ``finish``."""
     op = Opcode(insn.opcode)
     if op == Opcode.LOAD:
         return {MemType.UOP: "uop_load", MemType.ACC: "acc_load",
                 MemType.ACC_8BIT: "acc_load"}.get(insn.memory_type, "load")
+    if op == Opcode.GEMM and insn.reset:
+        return "reset"
     return op.name.lower()
 
 
@@ -110,6 +162,7 @@ class CommandBuilder:
         if device is not None and device.config != config:
             raise ProgramError("the device was opened for a different config than the builder")
         self.cfg = config
+        self.limits = layout(config).limits
         self.device = device
         self.uop_cache = UopCache(config.uop_depth)
         self.stats = BuilderStats()
@@ -226,9 +279,10 @@ class CommandBuilder:
             raise ProgramError(f"load_2d: pads must be (y_pad_0, y_pad_1, x_pad_0, x_pad_1), "
                                f"not {pads!r}")
         self._check_mem("load_2d", mt, sram, dram_elem_base, y, x, stride)
+        top = self.limits.max_pad
         for name, p in zip(("y_pad_0", "y_pad_1", "x_pad_0", "x_pad_1"), pads):
-            if not isinstance(p, int) or not 0 <= p <= MAX_PAD:
-                raise ProgramError(f"load_2d: {name} must be in [0, {MAX_PAD}], not {p!r}")
+            if not isinstance(p, int) or not 0 <= p <= top:
+                raise ProgramError(f"load_2d: {name} must be in [0, {top}], not {p!r}")
         yp0, yp1, xp0, xp1 = pads
         span = (yp0 + y + yp1) * (xp0 + x + xp1)
         if sram + span > depth(self.cfg, mt):
@@ -252,8 +306,10 @@ class CommandBuilder:
 
     def _check_mem(self, what: str, mt: MemType, sram: int, dram: int, y: int, x: int,
                    stride: int) -> None:
-        for name, v, hi in (("sram", sram, MAX_16), ("y", y, MAX_16), ("x", x, MAX_16),
-                            ("stride", stride, MAX_16), ("dram_elem_base", dram, (1 << 32) - 1)):
+        lim = self.limits
+        for name, v, hi in (("sram", sram, lim.max_sram_base), ("y", y, lim.max_y_size),
+                            ("x", x, lim.max_x_size), ("stride", stride, lim.max_x_stride),
+                            ("dram_elem_base", dram, lim.max_dram_base)):
             if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= hi:
                 raise ProgramError(f"{what}: {name} must be an integer in [0, {hi}], not {v!r}")
         if y == 0 or x == 0:
@@ -307,7 +363,7 @@ class CommandBuilder:
             op = AluOp(op)
         except ValueError:
             raise ProgramError(f"alu: unknown ALU opcode {op!r}") from None
-        if imm is not None and not -(1 << 15) <= imm < 1 << 15:
+        if imm is not None and not self.limits.imm_min <= imm <= self.limits.imm_max:
             raise ProgramError(f"alu {op.name}: imm must fit 16-bit signed, not {imm}")
         if kernel.wgt_factor_out or kernel.wgt_factor_in:
             raise ProgramError("alu: an ALU kernel has no weight factors")

@@ -11,143 +11,36 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
-from tessera.config import Config
 from tessera.driver.base import Device
-from tessera.errors import DeviceError
-from tessera.isa import INSN_BYTES, Opcode, elem_bytes, layout
-from tessera.runtime.layout import ceil_div
+from tessera.errors import DeviceError, ProgramError
+from tessera.isa import INSN_BYTES
+from tessera.runtime.builder import relocate
+from tessera.runtime.plan import REGION_BASES, REGION_LIMIT, Plan, Slot
+from tessera.runtime.profile import LayerProfile, Profile
 
-__all__ = ["Executor", "relocate", "LayerProfile", "Profile"]
-
-
-def relocate(code: bytes, cfg: Config, regions: dict[int, tuple[int, int]], uop_pcs: list[int],
-             uop_addr: int) -> bytes:
-    """Rewrite the DRAM addresses of a stream.
-
-    ``regions`` maps a virtual base to ``(size, real base)``; every LOAD/STORE that moves data
-    must fall inside one region. Micro-op loads (``uop_pcs``) address the micro-op area from
-    element 0 and are moved to ``uop_addr``.
-    """
-    words = np.frombuffer(code, dtype="<u8").reshape(-1, 2).copy()
-    lay = layout(cfg)
-    f = {fl.name: fl for fl in lay.mem}
-    lo = words[:, 0]
-    op = (lo & np.uint64(7)).astype(np.int64)
-    mt = ((lo >> np.uint64(f["memory_type"].lo)) & np.uint64(7)).astype(np.int64)
-    base = ((lo >> np.uint64(f["dram_base"].lo)) & np.uint64(f["dram_base"].mask)).astype(
-        np.int64)
-    x_size = ((words[:, 1] >> np.uint64(f["x_size"].lo - 64)) & np.uint64(0xFFFF)).astype(
-        np.int64)
-    is_mem = (op == Opcode.LOAD) | (op == Opcode.STORE)
-    new = base.copy()
-    uop_mask = np.zeros(len(base), bool)
-    uop_mask[list(uop_pcs)] = True
-    new[uop_mask] += uop_addr // cfg.uop_elem_bytes
-    data = is_mem & ~uop_mask & (x_size > 0)
-    for pc in np.flatnonzero(data):
-        eb = elem_bytes(cfg, int(mt[pc]))
-        byte = int(base[pc]) * eb
-        for vbase, (size, real) in regions.items():
-            if vbase <= byte < vbase + size:
-                new[pc] = (byte - vbase + real) // eb
-                break
-        else:
-            raise DeviceError(f"instruction {pc} addresses {byte:#x}, outside every region of "
-                              f"the plan")
-    mask = np.uint64(f["dram_base"].mask << f["dram_base"].lo)
-    lo = (lo & ~mask) | (new.astype(np.uint64) << np.uint64(f["dram_base"].lo))
-    words[:, 0] = lo
-    return words.tobytes()
-
-
-@dataclass
-class LayerProfile:
-    name: str
-    kind: str  # "accel" or "cpu"
-    op: str
-    wall_ms: float
-    cycles: int | None = None
-    macs: int = 0
-    gemm_steps: int = 0
-    counters: dict[str, int] = field(default_factory=dict)
-    info: dict[str, Any] = field(default_factory=dict)
-
-    def utilisation(self, cfg: Config) -> float | None:
-        """GEMM utilisation: useful MACs / (cycles x MACs per cycle), on kinds with timing."""
-        if not self.cycles:
-            return None
-        return self.macs / (self.cycles * cfg.macs_per_gemm_step)
-
-
-@dataclass
-class Profile:
-    device: str
-    config: Config
-    layers: list[LayerProfile]
-
-    def totals(self) -> dict[str, Any]:
-        acc = [p for p in self.layers if p.kind == "accel"]
-        cpu = [p for p in self.layers if p.kind == "cpu"]
-        cycles = [p.cycles for p in acc if p.cycles is not None]
-        macs_acc = sum(p.macs for p in acc)
-        out = {"accel_layers": len(acc), "cpu_ops": len(cpu),
-               "accel_wall_ms": sum(p.wall_ms for p in acc),
-               "cpu_wall_ms": sum(p.wall_ms for p in cpu), "accel_macs": macs_acc,
-               "cpu_macs": sum(p.macs for p in cpu),
-               "cycles": sum(cycles) if len(cycles) == len(acc) and acc else None}
-        if out["cycles"]:
-            out["utilisation"] = macs_acc / (out["cycles"] * self.config.macs_per_gemm_step)
-        return out
-
-    def table(self) -> str:
-        cfg = self.config
-        lines = [f"{'layer':<28} {'where':<6} {'op':<16} {'cycles':>10} {'util':>6} "
-                 f"{'MMACs':>8} {'insns':>6} {'KB in':>8} {'KB out':>7} {'ms':>8}"]
-        for p in self.layers:
-            util = p.utilisation(cfg)
-            c = p.counters
-            insns = c.get("insns_retired")
-            kb_in = c.get("dram_read_bytes")
-            kb_out = c.get("dram_write_bytes")
-            lines.append(
-                f"{p.name[:28]:<28} {p.kind:<6} {p.op[:16]:<16} "
-                f"{p.cycles if p.cycles is not None else '-':>10} "
-                f"{f'{util:.0%}' if util is not None else '-':>6} {p.macs / 1e6:>8.2f} "
-                f"{insns if insns is not None else '-':>6} "
-                f"{f'{kb_in / 1024:.1f}' if kb_in is not None else '-':>8} "
-                f"{f'{kb_out / 1024:.1f}' if kb_out is not None else '-':>7} "
-                f"{p.wall_ms:>8.2f}")
-        t = self.totals()
-        util = t.get("utilisation")
-        lines.append(
-            f"{'total':<28} {'':<6} {'':<16} {t['cycles'] if t['cycles'] else '-':>10} "
-            f"{f'{util:.0%}' if util is not None else '-':>6} "
-            f"{(t['accel_macs'] + t['cpu_macs']) / 1e6:>8.2f} {'':>6} {'':>8} {'':>7} "
-            f"{t['accel_wall_ms'] + t['cpu_wall_ms']:>8.2f}")
-        share = t["accel_macs"] / max(t["accel_macs"] + t["cpu_macs"], 1)
-        lines.append(f"accelerator share of MACs: {share:.1%}; accelerator wall "
-                     f"{t['accel_wall_ms']:.1f} ms, CPU wall {t['cpu_wall_ms']:.1f} ms "
-                     f"({self.device})")
-        return "\n".join(lines)
+__all__ = ["Executor"]
 
 
 class Executor:
     """A plan laid out on one device, ready to run any number of times."""
 
-    def __init__(self, plan, device: Device):
-        from tessera.compiler.lower import REGION_BASES, REGION_LIMIT
-
+    def __init__(self, plan: Plan, device: Device):
         if device.config != plan.config:
             raise DeviceError(f"the model was compiled for {plan.config.summary()}, but the "
                               f"device is {device.config.summary()}")
         self.plan, self.dev = plan, device
         self.cfg = plan.config
         self._bufs = []
+        try:
+            self._lay_out(plan, device)
+        except BaseException:
+            self.close()  # nothing of a failed layout stays allocated on the device
+            raise
+
+    def _lay_out(self, plan: Plan, device: Device) -> None:
         self.arena = self._alloc(max(plan.arena_size, 1))
         self.params = self._alloc(max(plan.params_size, 1))
         bases = {"arena": self.arena.addr, "params": self.params.addr}
@@ -163,7 +56,10 @@ class Executor:
             uop = self._alloc(max(len(step.uop_words), 4))
             if step.uop_words:
                 device.write(uop.addr, step.uop_words)
-            code = relocate(step.code, self.cfg, regions, step.uop_load_pcs, uop.addr)
+            try:
+                code = relocate(step.code, self.cfg, step.uop_load_pcs, uop.addr, regions)
+            except ProgramError as exc:
+                raise DeviceError(f"step {step.name!r}: {exc}") from None
             cbuf = self._alloc(len(code))
             device.write(cbuf.addr, code)
             self.code[k] = (cbuf.addr, len(code) // INSN_BYTES)
@@ -178,14 +74,9 @@ class Executor:
             self.dev.free(buf)
         self._bufs.clear()
 
-    def _stored(self, slot) -> tuple[tuple[int, ...], str]:
-        if slot.layout != "blocked":
-            return tuple(slot.shape), slot.dtype
-        shape = tuple(slot.shape) + (1,) * (4 - len(slot.shape))
-        n, c, h, w = shape
-        cfg = self.cfg
-        return ((ceil_div(n, cfg.batch), ceil_div(c, cfg.block_in), h, w, cfg.batch,
-                 cfg.block_in), "int8")
+    @staticmethod
+    def _stored(slot: Slot) -> tuple[tuple[int, ...], str]:
+        return tuple(slot.shape), slot.dtype
 
     def read_slot(self, name: str) -> np.ndarray:
         shape, dtype = self._stored(self.plan.slots[name])

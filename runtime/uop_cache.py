@@ -24,13 +24,11 @@ import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from tessera.config import ITER_BITS, Config
+from tessera.config import Config
 from tessera.errors import IsaError, ProgramError
-from tessera.isa import Uop, uops_to_bytes
+from tessera.isa import MAX_ITER, Uop, uops_to_bytes
 
 __all__ = ["MicroKernel", "KernelBuilder", "UopCache", "CacheStats"]
-
-MAX_ITER = (1 << ITER_BITS) - 1
 
 
 @dataclass(frozen=True)

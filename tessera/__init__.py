@@ -7,7 +7,9 @@ from tessera.errors import (
     ConfigError,
     DeviceError,
     HwError,
+    InputError,
     IsaError,
+    KernelError,
     ProgramError,
     SimError,
     TesseraError,
@@ -15,7 +17,8 @@ from tessera.errors import (
 
 __all__ = [
     "Config", "PRESETS", "TesseraError", "ConfigError", "IsaError", "SimError", "DeviceError",
-    "ProgramError", "HwError", "CompileError", "ArtifactError", "compile", "load",
+    "ProgramError", "HwError", "CompileError", "ArtifactError", "KernelError", "InputError",
+    "compile", "load",
 ]
 __version__ = "0.1.0"
 
@@ -28,7 +31,8 @@ def compile(model, config=None, calibration=None, **options):  # noqa: A001 - th
 
 
 def load(path):
-    """Load a compiled model written by ``CompiledModel.save``."""
-    from tessera.compiler.api import load as _load
+    """Load a compiled model written by ``CompiledModel.save`` (runtime only: the compiler is
+    not imported); see :func:`tessera.runtime.model.load`."""
+    from tessera.runtime.model import load as _load
 
     return _load(path)

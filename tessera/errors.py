@@ -60,3 +60,13 @@ class CompileError(TesseraError):
 
 class ArtifactError(TesseraError):
     """A compiled-model file is truncated, foreign or of an unknown format version."""
+
+
+class KernelError(TesseraError, ValueError):
+    """A CPU kernel cannot be generated or called: unknown operator, or attributes, shapes or
+    dtypes its generator rejects."""
+
+
+class InputError(TesseraError, ValueError):
+    """A run-time input (a feed, a calibration batch, an input file) is missing, of the wrong
+    shape or dtype, or not finite."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from enum import IntEnum
-from functools import cache
+from functools import cache, cached_property
 
 import numpy as np
 
@@ -19,10 +19,15 @@ from tessera.errors import IsaError
 __all__ = [
     "Opcode", "MemType", "AluOp", "Field", "Layout", "layout", "MemInsn", "GemmInsn", "AluInsn",
     "FinishInsn", "Insn", "Uop", "encode", "decode", "encode_uop", "decode_uop", "to_bytes",
-    "from_bytes", "disassemble", "disassemble_one", "INSN_BYTES", "elem_bytes", "depth",
+    "from_bytes", "disassemble", "disassemble_one", "INSN_BYTES", "elem_bytes", "depth", "Limits",
+    "IMM_MIN", "IMM_MAX", "MAX_ITER",
 ]
 
 INSN_BYTES = 16
+# Config-independent field limits (the widths are fixed in SPEC §3); per-config limits, e.g. the
+# padding and stride fields, are in ``layout(cfg).limits``.
+IMM_MIN, IMM_MAX = -(1 << (ALU_IMM_BITS - 1)), (1 << (ALU_IMM_BITS - 1)) - 1
+MAX_ITER = (1 << ITER_BITS) - 1
 
 
 class Opcode(IntEnum):
@@ -113,6 +118,22 @@ HEADER = [("opcode", 3), ("pop_prev", 1), ("pop_next", 1), ("push_prev", 1), ("p
 
 
 @dataclass(frozen=True)
+class Limits:
+    """Largest values the instruction fields of one Config can hold (read off the tables)."""
+
+    max_pad: int  # each of y_pad_0, y_pad_1, x_pad_0, x_pad_1
+    max_sram_base: int
+    max_dram_base: int  # in elements of the instruction's memory type
+    max_y_size: int
+    max_x_size: int
+    max_x_stride: int
+    max_iter: int  # iter_out and iter_in
+    max_uop_end: int
+    imm_min: int
+    imm_max: int
+
+
+@dataclass(frozen=True)
 class Layout:
     """Field tables of every instruction format and of the micro-op, for one Config."""
 
@@ -121,6 +142,22 @@ class Layout:
     alu: tuple[Field, ...]
     finish: tuple[Field, ...]
     uop: tuple[Field, ...]
+
+    @cached_property
+    def limits(self) -> Limits:
+        def top(fmt: str, name: str) -> int:
+            return self.field(fmt, name).max
+
+        pads = {top("mem", n) for n in ("y_pad_0", "y_pad_1", "x_pad_0", "x_pad_1")}
+        assert len(pads) == 1  # SPEC §3.1: four 4-bit fields
+        iters = {top("gemm", "iter_out"), top("gemm", "iter_in"), top("alu", "iter_out")}
+        assert len(iters) == 1
+        imm = self.field("alu", "imm")
+        return Limits(max_pad=pads.pop(), max_sram_base=top("mem", "sram_base"),
+                      max_dram_base=top("mem", "dram_base"), max_y_size=top("mem", "y_size"),
+                      max_x_size=top("mem", "x_size"), max_x_stride=top("mem", "x_stride"),
+                      max_iter=iters.pop(), max_uop_end=top("gemm", "uop_end"),
+                      imm_min=imm.min, imm_max=imm.max)
 
     def format(self, opcode: int) -> tuple[Field, ...]:
         return {

@@ -48,5 +48,10 @@ def test_bad_files_raise_clear_errors(tmp_path):
     (tmp_path / "new.tsr").write_bytes(bytes(newer))
     with pytest.raises(ArtifactError, match="format version 99"):
         read_container(tmp_path / "new.tsr")
+    older = bytearray(raw)
+    older[8] = 1  # format 1 stored CPU kernels as LLVM IR text: refused, naming the version
+    (tmp_path / "v1.tsr").write_bytes(bytes(older))
+    with pytest.raises(ArtifactError, match="format version 1; this Tessera reads version 2"):
+        read_container(tmp_path / "v1.tsr")
     with pytest.raises(ArtifactError, match="cannot read"):
         read_container(tmp_path / "missing.tsr")

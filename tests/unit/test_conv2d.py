@@ -1,4 +1,5 @@
-"""Tiled int8 conv2d on fsim, exactly equal to the numpy integer reference."""
+"""Tiled int8 conv2d (the accelerator library's conv operator) on fsim, exactly equal to the
+numpy integer reference."""
 
 from __future__ import annotations
 
@@ -7,16 +8,18 @@ import pytest
 
 from tessera.config import Config
 from tessera.driver import open_device
-from tessera.runtime.builder import CommandBuilder
-from tessera.runtime.conv2d import (
-    ConvPlan,
+from tessera.runtime.accel import (
+    ConvGeom,
     ConvShape,
+    ConvTiles,
+    Epilogue,
+    LayerAddrs,
     conv2d,
     conv2d_reference,
     emit_conv2d,
     plan_conv2d,
 )
-from tessera.runtime.kernels import Requant
+from tessera.runtime.builder import CommandBuilder
 from tessera.runtime.layout import pack_activation, pack_bias, pack_weights, unpack_activation
 
 TINY = Config.preset("tiny")
@@ -50,8 +53,8 @@ def _unpack_case(case):
 def test_random_shapes_tiny(double_buffer):
     rng = np.random.default_rng(20)
     dev = open_device("fsim", TINY)
-    requants = [Requant(mul=7, shift=10, round=True), Requant(shift=8, lo=0),
-                Requant(mul=-3, shift=17, round=True, lo=-90, hi=120)]
+    requants = [Epilogue(7, 10), Epilogue(1, 8, lo=0, rounding=False),
+                Epilogue(-3, 17, lo=-90, hi=120)]
     for i, raw in enumerate(TINY_CASES):
         dims, stride, pad = _unpack_case(raw)
         x, wt, bias = _case(rng, dims)
@@ -68,7 +71,7 @@ def test_batched_config():
     rng = np.random.default_rng(21)
     dev = open_device("fsim", BATCH2)
     x, wt, bias = _case(rng, (3, 5, 8, 7, 6, 3, 3))
-    rq = Requant(mul=5, shift=11, round=True)
+    rq = Epilogue(5, 11)
     for db in (False, True):
         got, _, _ = conv2d(dev, x, wt, bias, 1, 1, rq, db)
         assert np.array_equal(got, conv2d_reference(x, wt, bias, 1, 1, rq))
@@ -76,21 +79,24 @@ def test_batched_config():
 
 def test_explicit_plan_and_chooser_limits():
     cfg = Config.preset("default")
-    s = ConvShape(1, 64, 56, 56, 128, 3, 3, 1, 1, 1, 1)
+    s = ConvShape.make((1, 64, 56, 56), (128, 64, 3, 3), 1, 1)
     for db in (False, True):
-        p = plan_conv2d(cfg, s, db)
-        t = 2 if db else 1
+        p = plan_conv2d(cfg, ConvGeom.of(cfg, s), double_buffer=db).resolved(
+            ConvGeom.of(cfg, s))
+        t = 2 if p.double_buffer else 1
         ih, iw = (p.th - 1) + p.tkh, (p.tw - 1) + 3
-        assert p.tc * ih * iw <= cfg.inp_depth // t
-        assert p.to * p.tc * p.tkh * 3 <= cfg.wgt_depth // t
+        assert p.kc * ih * iw <= cfg.inp_depth // t
+        assert p.to * p.kc * p.tkh * 3 <= cfg.wgt_depth // t
         assert p.to * p.th * p.tw <= cfg.acc_depth // t
     rng = np.random.default_rng(22)
     dev = open_device("fsim", TINY)
     x, wt, bias = _case(rng, (1, 8, 9, 11, 8, 3, 3))
-    plan = ConvPlan(to=1, tc=1, tkh=2, th=2, tw=3, threads=2)  # ragged everywhere
-    got, stats, _ = conv2d(dev, x, wt, bias, 1, 1, Requant(shift=6), plan=plan)
-    assert np.array_equal(got, conv2d_reference(x, wt, bias, 1, 1, Requant(shift=6)))
-    assert stats.plan == plan
+    rq = Epilogue(1, 6, rounding=False)
+    for form in ("window", "channel"):  # ragged everywhere: kernel rows and width split
+        plan = ConvTiles(to=1, th=2, kc=1, double_buffer=True, loop_form=form, tw=3, tkh=2)
+        got, stats, _ = conv2d(dev, x, wt, bias, 1, 1, rq, tiles=plan)
+        assert np.array_equal(got, conv2d_reference(x, wt, bias, 1, 1, rq))
+        assert stats.tiles == plan
 
 
 @pytest.mark.parametrize("stride", [1, 2])
@@ -100,7 +106,7 @@ def test_issue_size_default(stride, double_buffer):
     rng = np.random.default_rng(23 + stride)
     dev = open_device("fsim", "default")
     x, wt, bias = _case(rng, (1, 64, 56, 56, 128, 3, 3))
-    rq = Requant(mul=3, shift=12, round=True)
+    rq = Epilogue(3, 12)
     got, stats, run = conv2d(dev, x, wt, bias, stride, 1, rq, double_buffer)
     assert np.array_equal(got, conv2d_reference(x, wt, bias, stride, 1, rq))
     oh = 56 // stride
@@ -115,7 +121,7 @@ def test_network_of_two_convs_in_one_stream():
     dev = open_device("fsim", TINY)
     x, w1, b1 = _case(rng, (1, 6, 10, 10, 7, 3, 3))
     w2 = rng.integers(-128, 128, (5, 7, 3, 3), dtype=np.int8)
-    rq = Requant(mul=3, shift=10, round=True)
+    rq = Epilogue(3, 10)
     s1 = ConvShape.make(x.shape, w1.shape, 1, 1)
     s2 = ConvShape.make((1, 7, 10, 10), w2.shape, 2, 1)
     arrays = [pack_activation(x, TINY), pack_weights(w1, TINY), pack_bias(b1, TINY),
@@ -127,9 +133,8 @@ def test_network_of_two_convs_in_one_stream():
     out_shape = (1, 2, 5, 5, 1, 4)
     out = dev.alloc(int(np.prod(out_shape)))
     b = CommandBuilder(TINY, dev)
-    emit_conv2d(b, bufs[0].addr, bufs[1].addr, mid.addr, s1, bias_addr=bufs[2].addr,
-                requant=rq)
-    emit_conv2d(b, mid.addr, bufs[3].addr, out.addr, s2, requant=rq)
+    emit_conv2d(b, s1, LayerAddrs(bufs[0].addr, bufs[1].addr, mid.addr, bias=bufs[2].addr), rq)
+    emit_conv2d(b, s2, LayerAddrs(mid.addr, bufs[3].addr, out.addr), rq)
     b.synchronize()
     got = unpack_activation(dev.read_array(out.addr, out_shape, np.int8), (1, 5, 5, 5))
     want = conv2d_reference(conv2d_reference(x, w1, b1, 1, 1, rq), w2, None, 2, 1, rq)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from tessera import Config
-from tessera.compiler import cpu_kernels
-from tessera.compiler.llvm_jit import Engine
-from tessera.errors import CompileError
+from tessera.errors import KernelError
+from tessera.runtime.cpu import kernels as cpu_kernels
+from tessera.runtime.cpu.jit import Engine
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +126,6 @@ def test_pack_uses_config_blocking(engine):
      "blocked layout"),
 ])
 def test_bad_inputs_raise_compile_error(engine, op, attrs, specs, match):
-    with pytest.raises(CompileError, match=match) as info:
+    with pytest.raises(KernelError, match=match) as info:
         cpu_kernels.get(op, attrs, specs, engine=engine)
     assert op in str(info.value)

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
-from tessera.compiler import cpu_kernels
-from tessera.compiler.cpu_kernels_eltwise import requant_multipliers
-from tessera.compiler.llvm_jit import Engine
-from tessera.errors import CompileError
+from tessera.errors import KernelError
+from tessera.runtime.cpu import kernels as cpu_kernels
+from tessera.runtime.cpu.eltwise import requant_multipliers
+from tessera.runtime.cpu.jit import Engine
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -198,7 +198,7 @@ def test_dequantize_linear(engine, dtype, per_channel):
     ("Add", {}, [((3,), "float64"), ((3,), "float64")], "float64"),
 ])
 def test_bad_inputs_raise_compile_error(engine, op, attrs, specs, match):
-    with pytest.raises(CompileError, match=match) as info:
+    with pytest.raises(KernelError, match=match) as info:
         cpu_kernels.get(op, attrs, specs, engine=engine)
     assert op in str(info.value)
 
@@ -206,11 +206,11 @@ def test_bad_inputs_raise_compile_error(engine, op, attrs, specs, match):
 def test_call_checks_arrays(engine):
     kernel = cpu_kernels.get("Add", {}, [((2, 3), "float32"), ((3,), "float32")], engine=engine)
     a, b = np.ones((2, 3), np.float32), np.ones(3, np.float32)
-    with pytest.raises(CompileError, match=r"input 1 must be float32\[3\]"):
+    with pytest.raises(KernelError, match=r"input 1 must be float32\[3\]"):
         kernel(a, np.ones(4, np.float32))
-    with pytest.raises(CompileError, match="expects 2 input"):
+    with pytest.raises(KernelError, match="expects 2 input"):
         kernel(a)
-    with pytest.raises(CompileError, match="overlaps"):
+    with pytest.raises(KernelError, match="overlaps"):
         kernel(a, b, out=[a])
     out = np.empty((2, 3), np.float32)
     assert kernel(a, b, out=[out])[0] is out

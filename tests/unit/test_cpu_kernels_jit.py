@@ -1,14 +1,17 @@
-"""The LLVM engine: compilation caches (memory and disk), IR round trip, host code quality."""
+"""The LLVM engine: compilation caches (memory and disk), kernels rebuilt from their
+descriptions, host code quality."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
 
-from tessera.compiler import cpu_kernels
-from tessera.compiler.cpu_kernels import CpuKernel
-from tessera.compiler.llvm_jit import Engine
-from tessera.errors import CompileError
+from tessera.errors import KernelError
+from tessera.runtime.cpu import kernels as cpu_kernels
+from tessera.runtime.cpu.jit import Engine
+from tessera.runtime.cpu.kernels import CpuKernel
 
 SPECS = [((3, 40), "float32"), ((40,), "float32")]
 
@@ -59,20 +62,36 @@ def test_damaged_cache_file_is_rebuilt(tmp_path):
     assert obj.read_bytes() != b"not an object file"
 
 
-def test_from_ir_round_trip(tmp_path):
+def test_description_round_trip(tmp_path):
     engine = Engine(cache_dir=tmp_path)
-    kernel = cpu_kernels.get("MaxPool", {"kernel_shape": [2, 2], "strides": [2, 2]},
+    kernel = cpu_kernels.get("MaxPool", {"kernel_shape": (2, 2), "strides": [2, 2]},
                              [((1, 2, 6, 6), "int8")], engine=engine)
+    desc = json.loads(json.dumps(kernel.description()))
+    assert desc == {"op": "MaxPool", "attrs": {"kernel_shape": [2, 2], "strides": [2, 2]},
+                    "in_specs": [[[1, 2, 6, 6], "int8"]]}
     fresh = Engine(cache_dir=tmp_path / "other")
-    again = CpuKernel.from_ir(kernel.ir, kernel.name, kernel.in_specs, kernel.out_specs,
-                              engine=fresh)
+    again = CpuKernel.from_description(desc, engine=fresh)
     assert fresh.stats.compiles == 1
     x = np.random.default_rng(30).integers(-128, 128, (1, 2, 6, 6), dtype=np.int8)
     np.testing.assert_array_equal(again(x)[0], kernel(x)[0])
-    with pytest.raises(CompileError, match="does not define"):
-        CpuKernel.from_ir(kernel.ir, "nope", kernel.in_specs, kernel.out_specs, engine=fresh)
-    with pytest.raises(CompileError, match="invalid LLVM IR"):
-        CpuKernel.from_ir("define void @f( {", "f", [], [], engine=fresh)
+    # the description key, not the IR, finds the cached object in a third engine
+    third = Engine(cache_dir=tmp_path / "other")
+    CpuKernel.from_description(desc, engine=third)
+    assert third.stats.compiles == 0 and third.stats.disk_hits == 1
+    with pytest.raises(KernelError, match="exactly the keys"):
+        CpuKernel.from_description({**desc, "ir": "define void @f() { ret void }"}, fresh)
+    with pytest.raises(KernelError, match="strides must be >= 1"):
+        CpuKernel.from_description({**desc, "attrs": {"kernel_shape": [2, 2],
+                                                      "strides": [0, 2]}}, fresh)
+
+
+def test_engine_rejects_bad_ir(tmp_path):
+    engine = Engine(cache_dir=tmp_path)
+    kernel = cpu_kernels.get("Relu", {}, [((4,), "float32")], engine=engine)
+    with pytest.raises(KernelError, match="does not define"):
+        engine.compile(kernel.ir, "nope", 2)
+    with pytest.raises(KernelError, match="invalid LLVM IR"):
+        engine.compile("define void @f( {", "f", 0)
 
 
 def test_code_is_vectorised_for_the_host(tmp_path):

@@ -10,12 +10,14 @@ import warnings
 import numpy as np
 import pytest
 
-from tessera.compiler import cpu_kernels, reference
-from tessera.compiler.cpu_ops import CpuOp, make_cpu_op, supported_ops
+from tessera.compiler import reference
 from tessera.compiler.ir import OPS, GraphBuilder, Node, TensorInfo
-from tessera.compiler.llvm_jit import Engine
-from tessera.compiler.quantize import make_epilogue
-from tessera.errors import CompileError
+from tessera.compiler.lower.cpu import make_cpu_op, supported_ops
+from tessera.compiler.quant.quantize import make_epilogue
+from tessera.errors import CompileError, KernelError
+from tessera.runtime.cpu import kernels as cpu_kernels
+from tessera.runtime.cpu.jit import Engine
+from tessera.runtime.cpu.op import CpuOp
 
 
 @pytest.fixture(scope="module")
@@ -201,18 +203,23 @@ def test_cpu_op_json_round_trip(engine, tmp_path):
     np.testing.assert_array_equal(pk2(z)[0], pk(z)[0])
 
 
-@pytest.mark.parametrize("mutate", [
-    lambda d: d.update(format="other"),
-    lambda d: d.pop("steps"),
-    lambda d: d.update(outputs=[99]),
-    lambda d: d["steps"][0].update(inputs=[42]),
-    lambda d: d["steps"][0].update(ir="not llvm"),
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: d.update(format="other"), "format"),
+    (lambda d: d.pop("kernels"), "keys"),
+    (lambda d: d.update(outputs=[99]), "outputs"),
+    (lambda d: d["kernels"][0].update(inputs=[42]), "slot 42 is not defined"),
+    (lambda d: d["kernels"][0].update(ir="define void @f() { ret void }"), "keys"),
+    (lambda d: d["kernels"][0].update(op="System"), "no CPU kernel"),
+    (lambda d: d["kernels"][0].update(attrs={"cmd": "rm -rf /"}), "unsupported attribute"),
+    (lambda d: d["kernels"][0].update(in_specs=[[[4], "float32"]]), "cannot be viewed"),
+    (lambda d: d["kernels"][0].update(outputs=[0]), "next free slots"),
+    (lambda d: d.update(out_specs=[[[3], "int8"]]), "does not hold"),
 ])
-def test_cpu_op_from_json_rejects_bad_data(engine, mutate):
+def test_cpu_op_from_json_rejects_bad_data(engine, mutate, message):
     g, names, _ = one_node("relu", [f32(3)])
     data = make_cpu_op(g.nodes[0], [g.info(names[0])], engine=engine).to_json()
     mutate(data)
-    with pytest.raises(CompileError):
+    with pytest.raises(KernelError, match=message):
         CpuOp.from_json(data, engine=engine)
 
 
@@ -244,11 +251,11 @@ def test_errors_name_the_node_and_op(engine, op, ins, attrs, message):
 def test_call_checks_arrays(engine):
     g, names, _ = one_node("dense", [f32(2, 3), f32(4, 3), None])
     cop = make_cpu_op(g.nodes[0], [g.info(names[0]), g.info(names[1]), None], engine=engine)
-    with pytest.raises(CompileError, match="dense.*expects 3 input"):
+    with pytest.raises(KernelError, match="dense.*expects 3 input"):
         cop(f32(2, 3), f32(4, 3))
-    with pytest.raises(CompileError, match="dense.*input 0 must be float32\\[2, 3\\]"):
+    with pytest.raises(KernelError, match="dense.*input 0 must be float32\\[2, 3\\]"):
         cop(f32(3, 3), f32(4, 3), None)
-    with pytest.raises(CompileError, match="absent"):
+    with pytest.raises(KernelError, match="absent"):
         cop(f32(2, 3), f32(4, 3), f32(4))
     with pytest.raises(CompileError, match="None exactly when"):
         make_cpu_op(g.nodes[0], [g.info(names[0]), g.info(names[1]), g.info(names[0])],

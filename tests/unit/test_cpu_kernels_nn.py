@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
-from tessera.compiler import cpu_kernels
-from tessera.compiler.llvm_jit import Engine
-from tessera.errors import CompileError
+from tessera.errors import KernelError
+from tessera.runtime.cpu import kernels as cpu_kernels
+from tessera.runtime.cpu.jit import Engine
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -276,6 +276,6 @@ def test_conv_int8(engine, case):
     ("NoSuchOp", {}, [((1,), "float32")], "no CPU kernel"),
 ])
 def test_bad_inputs_raise_compile_error(engine, op, attrs, specs, match):
-    with pytest.raises(CompileError, match=match) as info:
+    with pytest.raises(KernelError, match=match) as info:
         cpu_kernels.get(op, attrs, specs, engine=engine)
     assert op in str(info.value)

@@ -6,15 +6,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tessera.compiler import cpu_kernels, reference, zoo
-from tessera.compiler.cpu_kernels_quant import requant_attrs
-from tessera.compiler.cpu_ops import make_cpu_op
+from tessera.compiler import reference, zoo
 from tessera.compiler.frontend import import_onnx
 from tessera.compiler.ir import GraphBuilder
-from tessera.compiler.llvm_jit import Engine
-from tessera.compiler.quantize import make_epilogue, quantize
-from tessera.compiler.reference import Epilogue, alu
-from tessera.errors import CompileError
+from tessera.compiler.lower.cpu import make_cpu_op
+from tessera.compiler.passes import GRAPH_PASSES, run_pipeline
+from tessera.compiler.quant.quantize import make_epilogue, quantize
+from tessera.errors import CompileError, KernelError
+from tessera.isa import AluOp
+from tessera.runtime.accel.epilogue import Epilogue
+from tessera.runtime.cpu import kernels as cpu_kernels
+from tessera.runtime.cpu.jit import Engine
+from tessera.runtime.cpu.quant import requant_attrs
+from tessera.sim.fsim import alu_apply
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +57,7 @@ def i32(rng, *shape, bound=1 << 31):
 
 
 def emulate(steps, x, residual=None, axis=1):
-    """The step list on int64 lanes with reference.alu (the executable spec)."""
+    """The step list on int64 lanes with the functional simulator's ALU (the executable spec)."""
     v = x.astype(np.int64)
     u = None if residual is None else residual.astype(np.int64)
     for opcode, operand, branch in steps:
@@ -62,11 +66,11 @@ def emulate(steps, x, residual=None, axis=1):
             shape[axis] = len(operand)
             operand = np.asarray(operand, np.int64).reshape(shape)
         if branch == "residual":
-            u = alu(opcode, u, operand)
+            u = alu_apply(AluOp[opcode], u, operand).astype(np.int64)
         elif branch == "combine":
-            v = alu("ADD", v, u)
+            v = alu_apply(AluOp.ADD, v, u).astype(np.int64)
         else:
-            v = alu(opcode, v, operand)
+            v = alu_apply(AluOp[opcode], v, operand).astype(np.int64)
     return v.astype(np.int8)
 
 
@@ -130,7 +134,7 @@ def test_requant_attrs_matches_apply_epilogue(engine):
 ])
 def test_requant_errors(engine, attrs, inputs, message):
     specs = [((2, 4, 3), np.int32)] + [((2, 4, 3), np.int8)] * (inputs - 1)
-    with pytest.raises(CompileError, match=f"Requant: .*{message}"):
+    with pytest.raises(KernelError, match=f"Requant: .*{message}"):
         cpu_kernels.get("Requant", attrs, specs, engine=engine)
 
 
@@ -291,7 +295,7 @@ def test_zoo_models_node_by_node(engine, model):
     rng = np.random.default_rng(13)
     shape = g.tensors[g.inputs[0]].shape
     cal = [{g.inputs[0]: rng.standard_normal(shape).astype(np.float32)} for _ in range(2)]
-    qg = quantize(g, cal).graph
+    qg = quantize(run_pipeline(g, GRAPH_PASSES), cal).graph
     assert {"qconv2d", "qdense"} & set(qg.ops())
     for graph in (g, qg):
         env = reference.run(graph, cal[1], all_tensors=True)

@@ -1,4 +1,5 @@
-"""Tiled int8 matmul on fsim, exactly equal to the numpy integer reference."""
+"""Tiled int8 matmul (the accelerator library's dense operator) on fsim, exactly equal to the
+numpy integer reference."""
 
 from __future__ import annotations
 
@@ -7,10 +8,16 @@ import pytest
 
 from tessera.config import Config
 from tessera.driver import open_device
+from tessera.runtime.accel import (
+    Epilogue,
+    LayerAddrs,
+    emit_dense,
+    matmul,
+    matmul_reference,
+    plan_dense,
+)
 from tessera.runtime.builder import CommandBuilder
-from tessera.runtime.kernels import Requant
 from tessera.runtime.layout import pack_matrix_a, pack_matrix_b, unpack_matrix
-from tessera.runtime.matmul import emit_matmul, matmul, matmul_reference, plan_matmul
 
 TINY = Config.preset("tiny")
 BATCH2 = Config(**{**TINY.to_dict(), "log_batch": 1})
@@ -29,9 +36,8 @@ def test_random_shapes_tiny(double_buffer):
     dev = open_device("fsim", TINY)
     shapes = [(1, 1, 1), (5, 7, 9), (33, 70, 21), (64, 64, 64), (17, 130, 3), (40, 9, 75),
               (100, 200, 50)]
-    requants = [Requant(), Requant(mul=3, shift=9, round=True), Requant(shift=7, lo=0),
-                Requant(mul=-5, shift=18, round=True, lo=-100, hi=100),
-                Requant(mul=1000, shift=20, round=True)]
+    requants = [Epilogue(), Epilogue(3, 9), Epilogue(1, 7, lo=0, rounding=False),
+                Epilogue(-5, 18, lo=-100, hi=100), Epilogue(1000, 20)]
     for i, (m, k, n) in enumerate(shapes):
         rq = requants[i % len(requants)]
         a, bm, bias = _operands(rng, m, k, n, bias=i % 2 == 1)
@@ -39,7 +45,7 @@ def test_random_shapes_tiny(double_buffer):
         assert np.array_equal(got, matmul_reference(a, bm, bias, rq)), (m, k, n)
         assert run.counters["gemm_steps"] * TINY.macs_per_gemm_step == stats.hw_macs
         assert stats.insns + 1 == run.counters["insns_retired"]  # + FINISH
-        assert stats.plan.threads == (2 if double_buffer else 1)
+        assert stats.tiles.double_buffer is double_buffer
 
 
 def test_batched_config():
@@ -47,7 +53,7 @@ def test_batched_config():
     dev = open_device("fsim", BATCH2)
     for m, k, n in [(7, 13, 10), (30, 40, 20)]:
         a, bm, bias = _operands(rng, m, k, n, bias=True)
-        rq = Requant(mul=7, shift=12, round=True)
+        rq = Epilogue(7, 12)
         for db in (False, True):
             got, _, _ = matmul(dev, a, bm, bias, rq, double_buffer=db)
             assert np.array_equal(got, matmul_reference(a, bm, bias, rq))
@@ -56,12 +62,12 @@ def test_batched_config():
 def test_tile_chooser_fits_and_prefers_long_gemms():
     cfg = Config.preset("default")
     for db in (False, True):
-        p = plan_matmul(cfg, 256, 1024, 512, double_buffer=db)
+        p = plan_dense(cfg, 256, 1024, 512, double_buffer=db)
         threads = 2 if db else 1
-        assert p.tm * p.tk <= cfg.inp_depth // threads
-        assert p.tn * p.tk <= cfg.wgt_depth // threads
-        assert p.tm * p.tn <= cfg.acc_depth // threads
-        assert p.tm * p.tn * p.tk >= 8192  # >= 2M MACs per GEMM instruction
+        assert p.tm * p.kc <= cfg.inp_depth // threads
+        assert p.to * p.kc <= cfg.wgt_depth // threads
+        assert p.tm * p.to <= cfg.acc_depth // threads
+        assert p.tm * p.to * p.kc >= 8192  # >= 2M MACs per GEMM instruction
 
 
 @pytest.mark.parametrize("double_buffer", [False, True])
@@ -73,11 +79,11 @@ def test_issue_size_default(double_buffer):
     a, bm, bias = _operands(rng, 256, 1024, 512, bias=True)
     assert a.nbytes > cfg.inp_depth * cfg.inp_elem_bytes
     assert bm.nbytes > cfg.wgt_depth * cfg.wgt_elem_bytes
-    rq = Requant(mul=5, shift=18, round=True)
+    rq = Epilogue(5, 18)
     got, stats, run = matmul(dev, a, bm, bias, rq, double_buffer=double_buffer)
     assert np.array_equal(got, matmul_reference(a, bm, bias, rq))
     assert stats.macs == 256 * 1024 * 512
-    assert stats.plan.tk < 1024 // cfg.block_in  # K really accumulated across tiles
+    assert stats.tiles.kc < 1024 // cfg.block_in  # K really accumulated across tiles
     assert stats.counts["gemm"] <= 64 and stats.insns < 400
 
 
@@ -88,15 +94,15 @@ def test_two_layers_in_one_stream():
     dev = open_device("fsim", TINY)
     a, b1, _ = _operands(rng, 24, 40, 36, bias=False)
     b2 = rng.integers(-128, 128, (36, 20), dtype=np.int8)
-    rq = Requant(mul=3, shift=10, round=True)
+    rq = Epilogue(3, 10)
     pa, p1, p2 = pack_matrix_a(a, TINY), pack_matrix_b(b1, TINY), pack_matrix_b(b2, TINY)
     bufs = [dev.alloc(x.nbytes) for x in (pa, p1, p2)]
     for buf, x in zip(bufs, (pa, p1, p2)):
         dev.write(buf.addr, x)
     mid, out = dev.alloc(24 * 36), dev.alloc(24 * 20)
     b = CommandBuilder(TINY, dev)
-    s1 = emit_matmul(b, bufs[0].addr, bufs[1].addr, mid.addr, 24, 40, 36, requant=rq)
-    s2 = emit_matmul(b, mid.addr, bufs[2].addr, out.addr, 24, 36, 20, requant=rq)
+    s1 = emit_dense(b, 24, 40, 36, LayerAddrs(bufs[0].addr, bufs[1].addr, mid.addr), rq)
+    s2 = emit_dense(b, 24, 36, 20, LayerAddrs(mid.addr, bufs[2].addr, out.addr), rq)
     run = b.synchronize()
     assert run.counters["insns_retired"] > s1.insns + s2.insns  # + barrier + FINISH
     got = unpack_matrix(dev.read_array(out.addr, (24, 5, 1, 4), np.int8), 24, 20)

@@ -1,4 +1,6 @@
-"""Passes: each on a tiny hand-built graph, reference execution compared before/after."""
+"""Passes: each on a tiny hand-built graph, reference execution compared before/after (the
+lowering passes too: partition, layout assignment and memory planning keep the reference's
+results)."""
 
 import io
 
@@ -7,14 +9,15 @@ import pytest
 
 from tessera.compiler import reference
 from tessera.compiler.ir import GraphBuilder
-from tessera.compiler.passes import (
-    DEFAULT_PIPELINE,
-    PASSES,
-    LayoutPack,
+from tessera.compiler.lower import (
+    assign_layouts,
+    fold_narrow_input,
+    lowering_passes,
+    partition,
     plan_memory,
-    run_pipeline,
 )
-from tessera.compiler.quantize import quantize
+from tessera.compiler.passes import GRAPH_PASSES, PASSES, run_pipeline
+from tessera.compiler.quant import Quantize, quantize
 from tessera.config import Config
 from tessera.errors import CompileError
 
@@ -110,7 +113,7 @@ def test_fuse_activation_and_residual():
 
 def test_default_pipeline_and_dump_after():
     buf = io.StringIO()
-    g = run_pipeline(_resblock(), DEFAULT_PIPELINE, dump_after="fold_batchnorm", out=buf)
+    g = run_pipeline(_resblock(), GRAPH_PASSES, dump_after="fold_batchnorm", out=buf)
     assert "# IR after fold_batchnorm" in buf.getvalue()
     assert "= batchnorm(" not in buf.getvalue()
     assert g.ops() == ["conv2d", "conv2d"]
@@ -118,6 +121,16 @@ def test_default_pipeline_and_dump_after():
         run_pipeline(_resblock(), ["dce"], dump_after="fuse_residual")
     with pytest.raises(CompileError, match="unknown pass"):
         run_pipeline(_resblock(), ["nope"])
+
+
+def _quantised(g, cal):
+    return quantize(run_pipeline(g, GRAPH_PASSES), cal).graph
+
+
+def _assert_same(g1, g2, feeds):
+    before, after = reference.run(g1, feeds), reference.run(g2, feeds)
+    for o in g1.outputs:
+        np.testing.assert_array_equal(after[o], before[o])
 
 
 def test_plan_memory_reuses_space_without_overlap():
@@ -130,38 +143,92 @@ def test_plan_memory_reuses_space_without_overlap():
         outs.append(t)
     y = b.node("add", [t, outs[1]])
     g = b.build([y])
-    plan = plan_memory(g)
-    assert plan.overlaps() == []
-    assert set(plan.offsets) == set(outs)
+    g2, changed = plan_memory(g)
+    plan = g2.memory
+    assert changed and plan.overlaps() == []
+    assert set(plan.offsets) == set(outs) | {"x", y}
     total = sum(plan.sizes.values())
     assert plan.arena_size < total  # space was reused
     assert plan.arena_size >= 3 * g.tensors[outs[0]].nbytes  # outs[1] lives long
+    assert plan.live["x"] == (-1, len(g.nodes)) and plan.live[y][1] == len(g.nodes)
+    assert "# arena:" in g2.dump()
+    assert g2.replace(nodes=g2.nodes).memory is None  # any rewrite drops the placement
 
 
-def test_layout_pack_preserves_quantised_results():
+def test_lowering_passes_keep_quantised_results():
     b = GraphBuilder()
     x = b.input("x", (1, 5, 6, 6))
     c1 = b.node("conv2d", [x, b.const("w1", _w(6, 5, 3, 3)), b.const("b1", _w(6))],
                 pads=(1, 1, 1, 1), act="relu")
     c2 = b.node("conv2d", [c1, b.const("w2", _w(7, 6, 1, 1))], act="relu")
-    g = b.build([c2])
+    p = b.node("global_avgpool", [c2])
+    f = b.node("flatten", [p])
+    d = b.node("dense", [f, b.const("w3", _w(3, 7))])
+    g = b.build([d, c2])
     cal = [{"x": RNG.standard_normal((1, 5, 6, 6)).astype(np.float32)} for _ in range(4)]
-    qg = quantize(g, cal).graph
+    cfg = Config.preset("tiny")
+    qg = _quantised(g, cal)
     feeds = cal[0]
-    before = reference.run(qg, feeds)
-    packed, changed = LayoutPack(Config.preset("tiny")).apply(qg)
-    packed.verify()
+    parted, changed = partition(qg, cfg)
     assert changed
-    packs = [n for n in packed.nodes if n.op == "pack"]
+    targets = {n.op: n.attrs["target"] for n in parted.nodes}
+    assert targets["qconv2d"] == "accel" and targets["qdense"] == "accel"
+    assert targets["quantize"] == "cpu"
+    laid, changed = assign_layouts(parted, cfg)
+    laid.verify()
+    assert changed
+    _assert_same(qg, laid, feeds)
+    packs = [n for n in laid.nodes if n.op == "pack"]
+    unpacks = [n for n in laid.nodes if n.op == "unpack"]
     assert packs and all(n.attrs["block"] == 4 for n in packs)
-    shapes = {packed.tensors[n.outputs[0]].shape for n in packs}
+    shapes = {laid.tensors[n.outputs[0]].shape for n in packs}
     assert (1, 2, 6, 6, 1, 4) in shapes  # 5 channels padded to 8 = 2 blocks of 4
-    conv = next(n for n in packed.nodes if n.op == "qconv2d")
-    assert conv.attrs["packed_weight"].shape == (2, 2, 3, 3, 4, 4)
-    after = reference.run(packed, feeds)
-    np.testing.assert_array_equal(after[c2], before[c2])
-    p = next(n for n in packs)
-    v = reference.run(packed, feeds, all_tensors=True)
-    src, dst = v[p.inputs[0]], v[p.outputs[0]]
+    # the two convs stay blocked between them: one pack in, unpacks only where the CPU reads
+    convs = [n for n in laid.nodes if n.op == "qconv2d"]
+    assert all(n.attrs["layout"] == "blocked" for n in convs)
+    assert convs[1].inputs[0] == convs[0].outputs[0] and convs[0].outputs[0].endswith("@blocked")
+    assert {n.outputs[0] for n in unpacks} >= {f"{c2}:q"}
+    v = reference.run(laid, feeds, all_tensors=True)
+    src, dst = v[packs[0].inputs[0]], v[packs[0].outputs[0]]
     np.testing.assert_array_equal(dst[0, 1, :, :, 0, 0], src[0, 4])
     assert not dst[0, 1, :, :, 0, 1:].any()
+    assert assign_layouts(laid, cfg) == (laid, False)
+    placed, _ = plan_memory(laid, cfg)
+    assert placed.memory.overlaps() == []
+    with pytest.raises(CompileError, match="partition"):
+        assign_layouts(qg, cfg)
+
+
+def test_fold_narrow_input_keeps_results_and_shrinks_the_gemm():
+    b = GraphBuilder()
+    x = b.input("x", (1, 3, 12, 12))
+    c = b.node("conv2d", [x, b.const("w", _w(8, 3, 5, 5))], pads=(2, 2, 2, 2),
+               strides=(2, 2), act="relu")
+    g = b.build([c])
+    cal = [{"x": RNG.standard_normal((1, 3, 12, 12)).astype(np.float32)} for _ in range(3)]
+    cfg = Config.preset("default")
+    qg = _quantised(g, cal)
+    folded, changed = fold_narrow_input(qg, cfg)
+    assert changed
+    conv = next(n for n in folded.nodes if n.op == "qconv2d")
+    assert folded.tensors[conv.inputs[1]].shape == (8, 15, 5, 1)
+    assert [n.op for n in folded.nodes].count("slice") == 5
+    _assert_same(qg, folded, cal[0])
+    assert fold_narrow_input(folded, cfg)[1] is False
+
+
+def test_one_pipeline_dumps_any_pass(capsys):
+    g = _resblock()
+    cal = [{"x": RNG.standard_normal((2, 5, 7, 7)).astype(np.float32)} for _ in range(2)]
+    quant = Quantize(cal)
+    passes = [*GRAPH_PASSES, quant, *lowering_passes(Config.preset("tiny"))]
+    buf = io.StringIO()
+    out = run_pipeline(g, passes, dump_after=["quantize", "assign_layouts", "plan_memory"],
+                       out=buf)
+    text = buf.getvalue()
+    for name in ("quantize", "assign_layouts", "plan_memory"):
+        assert f"# IR after {name}" in text
+    assert "pack(" in text and "layout=blocked" in text and "# arena:" in text
+    assert out.memory is not None and quant.result is not None
+    with pytest.raises(CompileError, match="not in the pipeline"):
+        run_pipeline(g, passes, dump_after="layout_pack")

@@ -13,20 +13,30 @@ from onnx import TensorProto, helper, numpy_helper
 from tessera.compiler import reference, zoo
 from tessera.compiler.frontend import import_onnx
 from tessera.compiler.ir import GraphBuilder
-from tessera.compiler.quantize import (
-    make_epilogue,
-    quantize,
-    quantize_weight,
-    threshold_mse,
-    threshold_percentile,
-)
-from tessera.compiler.reference import (
-    Epilogue,
-    alu,
-    apply_epilogue,
-    rounding_shift,
-    rounding_shift_steps,
-)
+from tessera.compiler.passes import GRAPH_PASSES, run_pipeline
+from tessera.compiler.quant.calibrate import threshold_mse, threshold_percentile
+from tessera.compiler.quant.quantize import make_epilogue, quantize_weight
+from tessera.compiler.quant.quantize import quantize as _quantize
+from tessera.isa import AluOp
+from tessera.runtime.accel.epilogue import Epilogue, apply_epilogue, rounding_shift_steps
+from tessera.sim.fsim import alu_apply
+
+
+def quantize(g, cal, **kw):
+    """The compiler's order: graph rewrites (BN folding, fusion), then quantisation."""
+    return _quantize(run_pipeline(g, GRAPH_PASSES), cal, **kw)
+
+
+def alu(opcode, a, b):
+    return alu_apply(AluOp[opcode], np.asarray(a, np.int64), np.asarray(b, np.int64)
+                     ).astype(np.int64)
+
+
+def rounding_shift(v, s):
+    v = np.asarray(v, np.int64)
+    for op, imm in rounding_shift_steps(s):
+        v = alu(op, v, imm)
+    return v
 
 
 def _round_half_up_shift(v, s):

@@ -9,10 +9,17 @@ from tessera.config import Config
 from tessera.driver import open_device
 from tessera.errors import ProgramError
 from tessera.isa import AluOp, GemmInsn, MemInsn, MemType, Opcode, Uop
+from tessera.runtime.accel import (
+    ConvShape,
+    DenseTiles,
+    Epilogue,
+    LayerAddrs,
+    apply_epilogue,
+    emit_conv2d,
+    emit_dense,
+)
 from tessera.runtime.builder import CommandBuilder
-from tessera.runtime.conv2d import ConvShape, emit_conv2d
 from tessera.runtime.deps import HappensBefore, Module, check_tokens
-from tessera.runtime.kernels import Requant, requant_reference
 from tessera.runtime.layout import (
     pack_activation,
     pack_bias,
@@ -22,7 +29,6 @@ from tessera.runtime.layout import (
     unpack_activation,
     unpack_matrix,
 )
-from tessera.runtime.matmul import MatmulPlan, emit_matmul
 from tessera.runtime.uop_cache import KernelBuilder, MicroKernel, UopCache
 
 TINY = Config.preset("tiny")
@@ -259,8 +265,8 @@ def _matmul_stream(threads: int):
     for buf, x in zip(bufs, (pa, pb)):
         dev.write(buf.addr, x)
     b = CommandBuilder(TINY, dev)
-    plan = MatmulPlan(tm=2, tn=2, tk=4, threads=threads)  # 3 reduction steps per tile
-    emit_matmul(b, bufs[0].addr, bufs[1].addr, out.addr, m, k, n, plan=plan)
+    plan = DenseTiles(tm=2, to=2, kc=4, double_buffer=threads == 2)  # 3 stages per tile
+    emit_dense(b, m, k, n, LayerAddrs(bufs[0].addr, bufs[1].addr, out.addr), tiles=plan)
     insns = list(b.insns)
     b.synchronize()
     got = unpack_matrix(dev.read_array(out.addr, (8, 4, 1, 4), np.int8), m, n)
@@ -317,33 +323,33 @@ def test_bad_requests_raise_program_error_naming_the_problem():
         b.gemm(MicroKernel((Uop(0, 0, 0),), dst_factor_out=5000))  # field is 7 bits on tiny
     with pytest.raises(ProgramError, match="needs a device"):
         b.synchronize()
-    with pytest.raises(ProgramError, match="mul must be"):
-        Requant(mul=1 << 15)
-    with pytest.raises(ProgramError, match="shift must be"):
-        Requant(shift=32)
-    with pytest.raises(ProgramError, match="padding ph"):
-        ConvShape(1, 4, 8, 8, 4, 3, 3, ph=16)
+    with pytest.raises(ProgramError, match="multipliers must fit int16"):
+        Epilogue(1 << 15)
+    with pytest.raises(ProgramError, match="shift must be an integer in"):
+        Epilogue(shift=63)
+    with pytest.raises(ProgramError, match="padding pt must be in"):
+        emit_conv2d(b, ConvShape(1, 4, 8, 8, 4, 3, 3, pt=16), LayerAddrs(0, 0, 0))
     with pytest.raises(ProgramError, match="multiple of 4 bytes"):
-        emit_conv2d(b, 2, 0, 0, ConvShape(1, 4, 8, 8, 4, 3, 3))
+        emit_conv2d(b, ConvShape(1, 4, 8, 8, 4, 3, 3), LayerAddrs(2, 0, 0))
     big = Config(**{**TINY.to_dict(), "log_wgt_buff_size": 5})  # two weight elements
     with pytest.raises(ProgramError, match="no conv2d tiling"):
-        emit_conv2d(CommandBuilder(big), 0, 0, 0, ConvShape(1, 4, 8, 8, 4, 3, 3))
+        emit_conv2d(CommandBuilder(big), ConvShape(1, 4, 8, 8, 4, 3, 3), LayerAddrs(0, 0, 0))
     assert b.insns == []  # nothing half-emitted by the failed requests
 
 
 # -- requantisation ---------------------------------------------------------------------------
 
 
-def test_requant_reference_is_round_half_up_and_clip():
+def test_epilogue_reference_is_round_half_up_and_clip():
     rng = np.random.default_rng(3)
     acc = rng.integers(-(1 << 22), 1 << 22, 5000)
     for shift in (1, 7, 15, 16, 20, 31):
         for mul in (1, 3, -77, 511):
             for rnd in (False, True):
-                rq = Requant(mul=mul, shift=shift, round=rnd, lo=-100, hi=90)
+                rq = Epilogue(mul, shift, lo=-100, hi=90, rounding=rnd)
                 x = acc * mul  # no wrap: |acc*mul| < 2**31
                 want = (x + (1 << (shift - 1))) >> shift if rnd else x >> shift
                 want = np.clip(want, -100, 90)
-                assert np.array_equal(requant_reference(acc, rq), want), (shift, mul, rnd)
-    assert [op for op, _ in Requant(shift=20, round=True).alu_ops()] == [
+                assert np.array_equal(apply_epilogue(acc, rq), want), (shift, mul, rnd)
+    assert [AluOp[s.opcode] for s in Epilogue(shift=20).alu_steps()] == [
         AluOp.SHR, AluOp.ADD, AluOp.SHR, AluOp.MIN, AluOp.MAX]

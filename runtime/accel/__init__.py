@@ -1,0 +1,39 @@
+"""The accelerator kernel library: every instruction stream Tessera runs is built here.
+
+- :mod:`~tessera.runtime.accel.epilogue`: the one requantisation type (ALU programs, numpy
+  reference through fsim's ALU);
+- :mod:`~tessera.runtime.accel.emitter`: the one double-buffered tile pipeline (tokens, virtual
+  threads, resident-load skipping);
+- :mod:`~tessera.runtime.accel.tiling`: the one cost model;
+- :mod:`~tessera.runtime.accel.conv2d`, :mod:`~tessera.runtime.accel.dense`: the operators,
+  used by the compiler's lowering and directly (``conv2d(device, ...)``, ``matmul(device,
+  ...)``) by tests and benchmarks.
+"""
+
+from tessera.runtime.accel.conv2d import (
+    ConvGeom,
+    ConvShape,
+    ConvTiles,
+    conv2d,
+    conv2d_params,
+    conv2d_reference,
+    emit_conv2d,
+    plan_conv2d,
+)
+from tessera.runtime.accel.dense import (
+    DenseTiles,
+    dense_params,
+    emit_dense,
+    matmul,
+    matmul_reference,
+    plan_dense,
+)
+from tessera.runtime.accel.epilogue import AluStep, Epilogue, apply_epilogue, rounding_shift_steps
+from tessera.runtime.accel.layer import LayerAddrs, LayerStats
+
+__all__ = [
+    "ConvGeom", "ConvShape", "ConvTiles", "conv2d", "conv2d_params", "conv2d_reference",
+    "emit_conv2d", "plan_conv2d", "DenseTiles", "dense_params", "emit_dense", "matmul",
+    "matmul_reference", "plan_dense", "AluStep", "Epilogue", "apply_epilogue",
+    "rounding_shift_steps", "LayerAddrs", "LayerStats",
+]

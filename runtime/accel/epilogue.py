@@ -1,0 +1,194 @@
+"""The epilogue of an accelerator layer: int32 accumulators to int8, as a program of ALU steps.
+
+:class:`Epilogue` is the one requantisation type of Tessera. The quantiser builds it, the
+accelerator kernels emit its :meth:`Epilogue.alu_steps` as ALU instructions, the CPU ``Requant``
+kernel compiles the same steps, and :func:`apply_epilogue` runs them in numpy through the
+functional simulator's ALU (:func:`tessera.sim.fsim.alu_apply`, SPEC §4), so every
+implementation computes exactly what the hardware computes::
+
+    v = rshift(acc, pre_shift) * mult[c]; v = rshift(v, shift)          # main branch
+    u = rshift(residual * res_mult, res_shift); v = v + u               # optional residual
+    v = rshift(v, final_shift); y = max(min(v, hi), lo)                 # int8 result
+
+``rshift`` rounds half up (``(v + 2**(s-1)) >> s``) unless ``rounding`` is False (then it is
+the floor ``v >> s``). ``mult`` has one int16 entry per output channel, or one for the whole
+tensor. ``residual`` is an int8 tensor sign-extended into the accumulator (an ACC_8BIT load).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tessera.errors import ProgramError
+from tessera.isa import IMM_MAX, IMM_MIN, AluOp
+from tessera.sim.fsim import alu_apply
+
+__all__ = ["AluStep", "Epilogue", "apply_epilogue", "rounding_shift_steps", "MAX_SHIFT",
+           "BRANCHES"]
+
+# The largest shift whose rounding constant 1 << (s - 1) fits the ALU's immediate.
+MAX_ROUND_SHIFT = IMM_MAX.bit_length()
+# SHR shifts by at most 31 per step (SPEC §4); longer shifts take several steps.
+MAX_SHIFT = 62
+BRANCHES = ("main", "residual", "combine")
+
+
+@dataclass(frozen=True)
+class AluStep:
+    """One ALU instruction of an epilogue. ``opcode`` is an :class:`~tessera.isa.AluOp` name;
+    ``operand`` an int immediate or, for a per-channel vector (``mult``), the int array the
+    accelerator loads into the accumulator and uses as the ALU's source (``use_imm = 0``)."""
+
+    opcode: str
+    operand: int | np.ndarray
+    branch: str = "main"  # "main", "residual" (on the sign-extended residual) or "combine"
+
+    def __repr__(self) -> str:
+        op = self.operand if isinstance(self.operand, int) else f"vec{list(self.operand.shape)}"
+        return f"{self.branch}:{self.opcode} {op}"
+
+
+def rounding_shift_steps(s: int, rounding: bool = True) -> list[tuple[str, int]]:
+    """ALU steps computing ``v / 2**s``, rounded half up (or floored when not ``rounding``).
+
+    The rounding constant must fit the 16-bit signed immediate, so for ``s > 15`` the shift is
+    split: ``(v + 2**(s-1)) >> s == ((v >> (s-15)) + 2**14) >> 15`` exactly (floor division
+    composes, and the truncated low bits never carry into the rounded result). Each SHR shifts by
+    at most 31.
+    """
+    if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or not 0 <= s <= MAX_SHIFT:
+        raise ProgramError(f"shift must be an integer in [0, {MAX_SHIFT}], not {s!r}")
+    s = int(s)
+    if s == 0:
+        return []
+    steps: list[tuple[str, int]] = []
+    k = min(s, MAX_ROUND_SHIFT) if rounding else min(s, 31)
+    pre = s - k
+    while pre > 0:
+        steps.append(("SHR", min(pre, 31)))
+        pre -= min(pre, 31)
+    if rounding:
+        steps.append(("ADD", 1 << (k - 1)))
+    steps.append(("SHR", k))
+    return steps
+
+
+def _int_in(value: Any, lo: int, hi: int, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
+            or not lo <= value <= hi:
+        raise ProgramError(f"epilogue {what} must be an integer in [{lo}, {hi}], not {value!r}")
+    return int(value)
+
+
+@dataclass(frozen=True, eq=False)
+class Epilogue:
+    """Requantisation of an int32 accumulator to int8 in accelerator ALU operations (see the
+    module docstring). The quantiser picks the parameters so that no step overflows int32 for the
+    layer's accumulator bound ``acc_bound``; the hardware wraps if one does."""
+
+    mult: Any = 1
+    shift: int = 0
+    pre_shift: int = 0
+    lo: int = -128
+    hi: int = 127
+    res_mult: int | None = None
+    res_shift: int = 0
+    final_shift: int = 0
+    acc_bound: int = 0
+    notes: dict[str, Any] = field(default_factory=dict)
+    rounding: bool = True
+
+    def __post_init__(self) -> None:
+        try:
+            m = np.atleast_1d(np.asarray(self.mult))
+        except (TypeError, ValueError):
+            raise ProgramError(f"epilogue multipliers must be integers, not {self.mult!r}") \
+                from None
+        if m.ndim != 1 or m.size == 0 or not np.issubdtype(m.dtype, np.integer):
+            raise ProgramError(f"epilogue multipliers must be a non-empty list of integers, not "
+                               f"{self.mult!r}")
+        m = m.astype(np.int64)
+        if m.min() < IMM_MIN or m.max() > IMM_MAX:
+            raise ProgramError(f"epilogue multipliers must fit int16, got [{m.min()}, "
+                               f"{m.max()}]")
+        object.__setattr__(self, "mult", m)
+        for name in ("shift", "pre_shift", "res_shift", "final_shift"):
+            object.__setattr__(self, name, _int_in(getattr(self, name), 0, MAX_SHIFT, name))
+        if self.res_mult is not None:
+            object.__setattr__(self, "res_mult",
+                               _int_in(self.res_mult, IMM_MIN, IMM_MAX, "res_mult"))
+        lo = _int_in(self.lo, -128, 127, "lo")
+        hi = _int_in(self.hi, -128, 127, "hi")
+        if lo > hi:
+            raise ProgramError(f"clip bounds must satisfy -128 <= lo <= hi <= 127, not "
+                               f"[{lo}, {hi}]")
+        object.__setattr__(self, "lo", lo)
+        object.__setattr__(self, "hi", hi)
+        if not isinstance(self.rounding, bool):
+            raise ProgramError(f"epilogue rounding must be True or False, not "
+                               f"{self.rounding!r}")
+
+    @property
+    def per_channel(self) -> bool:
+        return self.mult.size > 1 and not np.all(self.mult == self.mult[0])
+
+    @property
+    def residual(self) -> bool:
+        """Whether the epilogue adds a rescaled int8 residual input."""
+        return self.res_mult is not None
+
+    def _shift(self, s: int, branch: str = "main") -> list[AluStep]:
+        return [AluStep(op, imm, branch) for op, imm in rounding_shift_steps(s, self.rounding)]
+
+    def alu_steps(self) -> list[AluStep]:
+        """The ALU program of this epilogue, in order. A per-tensor multiplier is an immediate
+        (omitted when it is 1); a per-channel one is a vector operand (broadcast over spatial
+        positions)."""
+        steps = self._shift(self.pre_shift)
+        if self.per_channel:
+            steps.append(AluStep("MUL", self.mult))
+        elif int(self.mult[0]) != 1:
+            steps.append(AluStep("MUL", int(self.mult[0])))
+        steps += self._shift(self.shift)
+        if self.res_mult is not None:
+            steps.append(AluStep("MUL", int(self.res_mult), "residual"))
+            steps += self._shift(self.res_shift, "residual")
+            steps.append(AluStep("ADD", 0, "combine"))  # main += residual (acc operand)
+        steps += self._shift(self.final_shift)
+        steps += [AluStep("MIN", self.hi), AluStep("MAX", self.lo)]
+        return steps
+
+    def __repr__(self) -> str:
+        m = int(self.mult[0]) if not self.per_channel else f"vec[{self.mult.size}]"
+        r = f" res*{self.res_mult}>>{self.res_shift} >>{self.final_shift}" \
+            if self.res_mult is not None else ""
+        rnd = "" if self.rounding else " floor"
+        return f"Epilogue(>>{self.pre_shift} *{m} >>{self.shift}{r} [{self.lo},{self.hi}]{rnd})"
+
+
+def apply_epilogue(acc: np.ndarray, epi: Epilogue, residual: np.ndarray | None = None,
+                   channel_axis: int = 1) -> np.ndarray:
+    """Run ``epi.alu_steps()`` on int32 accumulator values (any integer array whose values fit
+    int32) with the functional simulator's ALU; returns int8 (the low 8 bits, as a STORE
+    writes them)."""
+    v = np.asarray(acc, dtype=np.int64)
+    u = None if residual is None else np.asarray(residual, dtype=np.int64)
+    if epi.res_mult is not None and u is None:
+        raise ProgramError("epilogue expects a residual input but none was given")
+    for step in epi.alu_steps():
+        operand: Any = step.operand
+        if isinstance(operand, np.ndarray):
+            shape = [1] * v.ndim
+            shape[channel_axis] = operand.size
+            operand = operand.reshape(shape)
+        operand = np.asarray(operand, np.int64)
+        if step.branch == "residual":
+            u = alu_apply(AluOp[step.opcode], u, operand).astype(np.int64)
+        elif step.branch == "combine":
+            v = alu_apply(AluOp.ADD, v, u).astype(np.int64)
+        else:
+            v = alu_apply(AluOp[step.opcode], v, operand).astype(np.int64)
+    return v.astype(np.int8)

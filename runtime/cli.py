@@ -1,0 +1,68 @@
+"""Command-line surface of the runtime: ``run`` and ``profile`` (no compiler needed)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+
+from tessera.errors import InputError
+
+COMMANDS = ("run", "profile")
+
+
+def _feeds(model, inputs: list[str]) -> dict[str, np.ndarray]:
+    names = model.input_names
+    feeds = {}
+    for item in inputs:
+        name, sep, path = item.partition("=")
+        if not sep:
+            if len(names) != 1:
+                raise InputError(f"the model has inputs {names}; use --input NAME=FILE.npy")
+            name, path = names[0], item
+        try:
+            feeds[name] = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot read input file {path!r}: {exc}") from None
+    return feeds
+
+
+def _cmd_run(args: argparse.Namespace, profile: bool = False) -> int:
+    from tessera.runtime.model import load
+
+    model = load(args.model)
+    feeds = _feeds(model, args.input)
+    t0 = time.perf_counter()
+    try:
+        result = model.run(feeds, device=args.device, profile=profile,
+                           progress=sys.stderr.isatty())
+    finally:
+        model.close()
+    outs, prof = result if profile else (result, None)
+    wall = time.perf_counter() - t0
+    for name, value in zip(model.output_names, outs):
+        flat = value.reshape(-1)
+        print(f"{name}: {value.dtype}{list(value.shape)} "
+              f"{np.array2string(flat[:8], precision=4)}{' ...' if flat.size > 8 else ''}")
+    if args.output:
+        np.savez(args.output, **dict(zip(model.output_names, outs)))
+        print(f"wrote {args.output}")
+    if prof is not None:
+        print(prof.table())
+    print(f"{args.device}: {wall:.3f} s")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    for name, helptext in (("run", "run a compiled model"),
+                           ("profile", "run a compiled model and print per-layer figures")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("model", help=".tsr file")
+        p.add_argument("--input", action="append", required=True,
+                       help="FILE.npy, or NAME=FILE.npy for several inputs")
+        p.add_argument("--device", default="fsim", help="fsim or verilator")
+        p.add_argument("-o", "--output", help="write the outputs to this .npz")
+        p.set_defaults(func=(lambda a: _cmd_run(a, profile=True)) if name == "profile"
+                       else _cmd_run)
