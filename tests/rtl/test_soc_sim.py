@@ -159,3 +159,19 @@ def test_soc_dma_outside_allocated_memory_is_refused(soc):
     assert err.value.code is None
     soc.free(prog)
     soc.free(data)
+
+
+@pytest.mark.slow
+def test_soc_with_a_separate_core_clock_equals_fsim():
+    """The core in its own clock domain (AXI4 and AXI4-Lite crossings), as when the core
+    closes timing faster than the SDRAM side: a second SoC build, hence slow."""
+    import dataclasses
+
+    from tessera.hw.boards.ulx3s import ULX3S
+
+    board = dataclasses.replace(ULX3S, core_clk_hz=40e6)
+    with open_device("soc-sim", CFG, board=board) as soc, \
+            open_device("fsim", CFG, mem_bytes=32 << 20) as fsim:
+        assert soc.info.core_clk_hz == 40_000_000
+        for seed in range(4):
+            _same_as_fsim(soc, fsim, 1000 + seed, rounds=4)
