@@ -45,16 +45,18 @@ def bridge_verilog(dram_bytes: int, info: tuple[int, ...], mem_addr_bits: int) -
 
 
 def _core_verilog(cfg: Config) -> str:
-    from tessera.sim.verilator_build import core_verilog
+    from tessera.hw.verilog import generate_verilog
 
-    return core_verilog(cfg)
+    return generate_verilog(cfg)
 
 
 def elaborate(cfg: Config, board: Board | str, *, sim: bool, src_dir: Path, uart: bool = False,
               core_verilog: str | None = None):
     """``(platform, soc)`` with ``tessera_core.v`` and ``tessera_hostlink.v`` written to
     ``src_dir`` and added to the platform's sources. ``uart`` keeps the bit-level UART in a
-    co-simulation; ``core_verilog`` replaces the core (tests use a stand-in with its ports)."""
+    co-simulation; ``core_verilog`` is the core's Verilog when the caller has it (the
+    co-simulation passes its cached copy; tests a stand-in with the core's ports), else it is
+    generated."""
     require_litex()
     from litex.build.sim import SimPlatform
 

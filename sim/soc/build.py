@@ -77,5 +77,6 @@ def build_soc_sim(verilog: str, *, jobs: int = 2, cache: Path | None = None) -> 
 def soc_sim_executable(cfg, board="ulx3s") -> Path:
     """The cached co-simulation executable for ``cfg`` on ``board`` (built on first use)."""
     from tessera.hw.boards.build import sim_verilog
+    from tessera.sim.verilator_build import core_verilog
 
-    return build_soc_sim(sim_verilog(cfg, board))
+    return build_soc_sim(sim_verilog(cfg, board, core_verilog=core_verilog(cfg)))
