@@ -23,7 +23,7 @@ from tessera.config import Config
 from tessera.driver.base import Device, RunStats
 from tessera.driver.link import BytePort, FaultyPort, HostLink
 from tessera.errors import DeviceError, HwError, SimError
-from tessera.hostlink import MAX_REG_WORDS, REG_SPACE, Info, config_hash
+from tessera.hostlink import MAX_REG_WORDS, Info, config_hash
 from tessera.isa import INSN_BYTES, MemType, Opcode, elem_bytes
 from tessera.regs import (
     COUNTER_BASE,
@@ -101,22 +101,11 @@ class LinkDevice(Device):
     def _mem_read(self, addr: int, nbytes: int) -> bytes:
         return self.link.read_mem(addr, nbytes)
 
-    @staticmethod
-    def _check_offset(offset: int) -> None:
-        if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)) or \
-                not 0 <= offset < REG_SPACE or offset % 4:
-            raise DeviceError(f"register offset must be a multiple of 4 in [0, {REG_SPACE:#x}), "
-                              f"not {offset!r}")
+    def _write_reg(self, offset: int, value: int) -> None:
+        self.link.write_reg(offset, value)
 
-    def write_reg(self, offset: int, value: int) -> None:
-        self._check_open()
-        self._check_offset(offset)
-        self.link.write_reg(int(offset), int(value) & 0xFFFFFFFF)
-
-    def read_reg(self, offset: int) -> int:
-        self._check_open()
-        self._check_offset(offset)
-        return self.link.read_reg(int(offset))
+    def _read_reg(self, offset: int) -> int:
+        return self.link.read_reg(offset)
 
     # -- runs ---------------------------------------------------------------------------------
 

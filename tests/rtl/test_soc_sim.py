@@ -56,7 +56,7 @@ def test_soc_reports_what_it_is(soc):
     assert info.dram_bytes == soc.mem_bytes == 32 << 20
     assert info.core_clk_hz == CFG.clock_mhz * 1e6
     assert soc.read_reg(0x04) == soc.read_reg(0x04)
-    with pytest.raises(DeviceError, match="register offset"):
+    with pytest.raises(DeviceError, match="register offset|no register"):
         soc.read_reg(0x100)
 
 
