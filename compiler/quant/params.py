@@ -68,6 +68,7 @@ def quantize_weight(w: np.ndarray, floor_ratio: float = WEIGHT_FLOOR_RATIO
         scale = np.ones(w.shape[0])
     else:
         scale = np.maximum(amax, floor_ratio * top) / 127.0
+        scale = np.where(scale > 0, scale, top / 127.0)  # all-zero channels
     return _round_weights(w, scale), scale
 
 

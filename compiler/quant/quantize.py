@@ -43,6 +43,7 @@ from tessera.compiler.quant.calibrate import (
     qparams,
 )
 from tessera.compiler.quant.params import (
+    WEIGHT_FLOOR_RATIO,
     LayerQuant,
     make_epilogue,
     model_weight_scales,
@@ -162,6 +163,7 @@ class _Builder:
         self.given: dict[str, QParams] = {}  # the model's own activation parameters
         self.alias: dict[str, str] = {}  # the model's int8 tensors -> ours
         self.pre_quantised = False
+        self.weight_floor = WEIGHT_FLOOR_RATIO
         self._scan_model_quantisation()
 
     # -- the model's own Q/DQ nodes ---------------------------------------------------------
@@ -290,14 +292,16 @@ def _unify_concat(b: _Builder, g: Graph) -> None:
 def quantize(graph: Graph, calibration: Iterable[Mapping[str, np.ndarray]] | None, *,
              method: str = "mse", percentile: float = 99.99, seed: int = 0,
              activations: str = "auto", keep_float: Iterable[str] = (),
-             accel: Callable[[Graph, Node], bool] | None = None) -> QuantizedModel:
+             accel: Callable[[Graph, Node], bool] | None = None,
+             weight_floor: float = WEIGHT_FLOOR_RATIO) -> QuantizedModel:
     """Quantise an optimised float graph (the compiler runs the graph rewrites before this, in
     the same pipeline: BN folding and fusion decide which ops become accelerator layers).
 
     ``calibration`` is an iterable of input dicts; it may be None for a pre-quantised graph.
     ``accel(graph, node)`` tells whether a float conv/dense node will run on the accelerator
     once quantised (:func:`~tessera.compiler.quant.quantize.accel_predicate` builds it from a
-    config).
+    config). ``weight_floor`` is the smallest per-channel weight scale as a fraction of the
+    layer's largest (:mod:`~tessera.compiler.quant.params`).
     """
     if method not in CALIBRATION_METHODS:
         raise CompileError(f"calibration method must be one of {CALIBRATION_METHODS}, "
@@ -313,6 +317,7 @@ def quantize(graph: Graph, calibration: Iterable[Mapping[str, np.ndarray]] | Non
         raise CompileError(f"keep_float names unknown node(s) {unknown}; the graph's nodes are "
                            f"{names[:12]}{' ...' if len(names) > 12 else ''}")
     b = _Builder(g, {}, method, percentile, activations, keep, accel)
+    b.weight_floor = float(weight_floor)
     if not b.pre_quantised:
         if calibration is None:
             raise CompileError("quantisation needs calibration batches (the model has no "
@@ -406,7 +411,8 @@ def _layer_weights(b: _Builder, g: Graph, n: Node, sx: float, zx: int, extra: np
     bias = g.constants[n.input(2)] if n.input(2) else None
     bias = (np.zeros(w.shape[0]) if bias is None else np.asarray(bias, np.float64).reshape(-1))
     scales = model_weight_scales(w) if b.pre_quantised else None
-    return quantize_layer(w, bias + extra, sx, what, in_zero_point=zx, scales=scales)
+    return quantize_layer(w, bias + extra, sx, what, b.weight_floor, in_zero_point=zx,
+                          scales=scales)
 
 
 def _quantize_node(b: _Builder, g: Graph, n: Node) -> None:
