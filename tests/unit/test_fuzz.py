@@ -290,3 +290,20 @@ def test_random_instruction_streams(world, words):
         finally:
             world.dev.free(buf)
     world.check_good_run()
+
+
+def test_regression_a_load_that_writes_nothing(world):
+    """Found by test_instruction_fields_mutated: a LOAD with y_size 0 and no padding writes no
+    SRAM element; fsim used to crash (a race check on an empty range) instead of running it."""
+    from tessera.isa import FinishInsn, MemInsn, MemType, Opcode, to_bytes
+
+    cfg = world.dev.config
+    code = to_bytes([MemInsn(opcode=Opcode.LOAD, memory_type=MemType.INP, y_size=0, x_size=3,
+                             x_stride=3), FinishInsn()], cfg)
+    buf = world.dev.alloc(len(code))
+    try:
+        world.dev.write(buf.addr, code)
+        assert world.dev.run(buf.addr, 2).counters["dram_read_bytes"] == 0
+    finally:
+        world.dev.free(buf)
+    world.check_good_run()
