@@ -34,13 +34,18 @@ class FsimDevice(Device):
     run that would take longer at once (spec-notes). A program whose deadlock-freedom depends on
     command-queue depth (spec-notes 2) completes on fsim's unbounded queues but deadlocks the
     RTL: it runs, with ``RunStats.cycles`` None; ``last_prediction.blocked`` says why.
+
+    ``fast=False`` runs the simulator's plain loop nests instead of its cached plans (same
+    results, much slower; for differential tests and debugging).
     """
 
     kind = "fsim"
 
     def __init__(self, config: Config, mem_bytes: int = DEFAULT_MEM_BYTES, *,
-                 read_latency: int = 16, beats_per_cycle: float = 1.0):
+                 read_latency: int = 16, beats_per_cycle: float = 1.0, fast: bool = True):
         super().__init__(config, mem_bytes)
+        if not isinstance(fast, bool):
+            raise DeviceError(f"fast must be True or False, not {fast!r}")
         try:
             self.dram_timing = timing.DramTiming(read_latency, beats_per_cycle)
         except SimError as exc:
@@ -50,7 +55,7 @@ class FsimDevice(Device):
         self.last_prediction: timing.Prediction | None = None
         # np.zeros maps untouched pages lazily, so a large device memory costs nothing up front.
         self._dram = np.zeros(self.mem_bytes, np.uint8)
-        self.sim = FunctionalSimulator(config, self._dram, self.allocator.check_rows)
+        self.sim = FunctionalSimulator(config, self._dram, self.allocator.check_rows, fast=fast)
         self._regs = {Reg.INSN_COUNT: 0, Reg.INSN_ADDR: 0}
         self._status = 0
         self._error = (0, 0)
