@@ -69,8 +69,7 @@ class FsimDevice(Device):
     def _mem_read(self, addr: int, nbytes: int) -> bytes:
         return self._dram[addr:addr + nbytes].tobytes()
 
-    def write_reg(self, offset: int, value: int) -> None:
-        self._check_open()
+    def _write_reg(self, offset: int, value: int) -> None:
         if offset in (Reg.INSN_COUNT, Reg.INSN_ADDR):
             self._regs[Reg(offset)] = int(value) & 0xFFFFFFFF
         elif offset == Reg.CONTROL:
@@ -82,8 +81,7 @@ class FsimDevice(Device):
         else:
             raise DeviceError(f"register {offset:#x} is not writable")
 
-    def read_reg(self, offset: int) -> int:
-        self._check_open()
+    def _read_reg(self, offset: int) -> int:
         if offset == Reg.CONTROL:
             return self._status
         if offset in (Reg.INSN_COUNT, Reg.INSN_ADDR):
