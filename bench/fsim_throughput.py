@@ -1,7 +1,8 @@
 """Functional-simulator throughput: the whole ResNet-18 and one conv stream, beside numpy.
 
 Everything is measured in one run and printed side by side, for each BLAS thread count asked
-for (each in its own process, since OpenBLAS reads its thread count at import):
+for (each in its own process, since OpenBLAS reads its thread count at import; the simulator is
+opened with ``blas_threads`` set to the same count — its default is 1):
 
 * **ResNet-18 224x224** (``tessera.compiler.zoo``, compiled with the public ``tessera.compile``
   on ``--config``): accelerator MACs per second of ``model.run(device="fsim")`` wall time — the
@@ -92,7 +93,8 @@ def _resnet18(args, np) -> None:
     cal = [{inp.name: rng.standard_normal(shape).astype(np.float32)} for _ in range(2)]
     x = {inp.name: rng.standard_normal(shape).astype(np.float32)}
     model = tessera.compile(proto, config=args.config, calibration=cal)
-    dev = open_device("fsim", model.config)
+    threads = int(os.environ["OPENBLAS_NUM_THREADS"])
+    dev = open_device("fsim", model.config, blas_threads=threads)
     (outs, prof), wall, cpu = _timed(lambda: model.run(x, device=dev, profile=True))
     macs = prof.totals()["accel_macs"]
     print(f"ResNet-18 224x224: {macs / 1e9:.3f} G accelerator MACs per inference")
@@ -293,7 +295,7 @@ def _conv_stream_figure(args, np) -> None:
 
     cfg = Config.resolve(args.config)
     rng = np.random.default_rng(0)
-    dev = open_device("fsim", cfg)
+    dev = open_device("fsim", cfg, blas_threads=int(os.environ["OPENBLAS_NUM_THREADS"]))
     insns, x, wt, out = conv_stream(cfg, dev, args.channels, args.channels, args.size,
                                     args.rows, rng)
     code = to_bytes(insns, cfg)
