@@ -2,10 +2,9 @@
 
 Everything is measured in one run and printed side by side, for each BLAS thread count asked
 for (each in its own process, since OpenBLAS reads its thread count at import; the simulator is
-opened with ``blas_threads`` set to the same count — its default is 1):
-
-On a shared machine wall time includes waiting for a core; the CPU seconds of the process (in
-brackets) show what the same work costs on an idle one.
+opened with ``blas_threads`` set to the same count — its default is 1). On a shared machine
+wall time includes waiting for a core; the CPU seconds of the process (in brackets) show what
+the same work costs on an idle one.
 
 * **ResNet-18 224x224** (``tessera.compiler.zoo``, compiled with the public ``tessera.compile``
   on ``--config``): accelerator MACs per second of ``model.run(device="fsim")`` wall time — the
