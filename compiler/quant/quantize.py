@@ -14,6 +14,9 @@
   point and its residual's are folded into its int32 bias; a CPU epilogue (qadd, requant,
   pooling) carries them as offsets.
 * Requantisation: an :class:`~tessera.runtime.accel.epilogue.Epilogue` per layer.
+* Bias correction (default on): each conv/dense layer's per-channel mean error on the
+  calibration batches is folded into its int32 bias
+  (:mod:`~tessera.compiler.quant.bias_correction`).
 * Mixed precision: nodes named in ``keep_float`` stay float (their inputs are dequantised,
   their outputs quantised again where an int8 consumer needs them), as do ops without an
   integer form.
@@ -25,6 +28,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -34,6 +38,7 @@ import numpy as np
 
 from tessera.compiler import reference
 from tessera.compiler.ir import Graph, Node, TensorInfo
+from tessera.compiler.quant.bias_correction import correct_biases
 from tessera.compiler.quant.calibrate import (
     CALIBRATION_METHODS,
     QParams,
@@ -43,6 +48,7 @@ from tessera.compiler.quant.calibrate import (
     qparams,
 )
 from tessera.compiler.quant.params import (
+    INT32_LIMIT,
     WEIGHT_FLOOR_RATIO,
     LayerQuant,
     make_epilogue,
@@ -164,6 +170,7 @@ class _Builder:
         self.alias: dict[str, str] = {}  # the model's int8 tensors -> ours
         self.pre_quantised = False
         self.weight_floor = WEIGHT_FLOOR_RATIO
+        self.epilogue_args: dict[str, dict[str, Any]] = {}  # conv/dense layer -> make_epilogue
         self._scan_model_quantisation()
 
     # -- the model's own Q/DQ nodes ---------------------------------------------------------
@@ -293,7 +300,8 @@ def quantize(graph: Graph, calibration: Iterable[Mapping[str, np.ndarray]] | Non
              method: str = "mse", percentile: float = 99.99, seed: int = 0,
              activations: str = "auto", keep_float: Iterable[str] = (),
              accel: Callable[[Graph, Node], bool] | None = None,
-             weight_floor: float = WEIGHT_FLOOR_RATIO) -> QuantizedModel:
+             weight_floor: float = WEIGHT_FLOOR_RATIO,
+             bias_correction: bool = True) -> QuantizedModel:
     """Quantise an optimised float graph (the compiler runs the graph rewrites before this, in
     the same pipeline: BN folding and fusion decide which ops become accelerator layers).
 
@@ -301,7 +309,9 @@ def quantize(graph: Graph, calibration: Iterable[Mapping[str, np.ndarray]] | Non
     ``accel(graph, node)`` tells whether a float conv/dense node will run on the accelerator
     once quantised (:func:`~tessera.compiler.quant.quantize.accel_predicate` builds it from a
     config). ``weight_floor`` is the smallest per-channel weight scale as a fraction of the
-    layer's largest (:mod:`~tessera.compiler.quant.params`).
+    layer's largest (:mod:`~tessera.compiler.quant.params`). ``bias_correction`` runs the
+    calibration batches once more to remove each layer's mean error
+    (:mod:`~tessera.compiler.quant.bias_correction`; not for pre-quantised graphs).
     """
     if method not in CALIBRATION_METHODS:
         raise CompileError(f"calibration method must be one of {CALIBRATION_METHODS}, "
@@ -318,11 +328,13 @@ def quantize(graph: Graph, calibration: Iterable[Mapping[str, np.ndarray]] | Non
                            f"{names[:12]}{' ...' if len(names) > 12 else ''}")
     b = _Builder(g, {}, method, percentile, activations, keep, accel)
     b.weight_floor = float(weight_floor)
+    batches: list[dict[str, np.ndarray]] = []
     if not b.pre_quantised:
         if calibration is None:
             raise CompileError("quantisation needs calibration batches (the model has no "
                                "QuantizeLinear nodes of its own)")
-        b.stats = collect(g, check_batches(g, calibration), seed=seed)
+        batches = check_batches(g, calibration)
+        b.stats = collect(g, batches, seed=seed)
         _unify_concat(b, g)
     for n in g.nodes:
         _node(b, g, n)
@@ -341,6 +353,8 @@ def quantize(graph: Graph, calibration: Iterable[Mapping[str, np.ndarray]] | Non
         if q not in g.inputs:
             tensors[q] = TensorInfo((), "int8", qp.scale)
     qg = qg.replace(tensors={**qg.tensors, **tensors}).verify()
+    if bias_correction and batches:
+        qg, _ = correct_biases(qg, g, b.qp, batches, lambda n, d: _corrected_layer(b, n, d))
     return QuantizedModel(qg, g, dict(b.int_of), dict(b.qp),
                           "model" if b.pre_quantised else method, b.layers, b.stats,
                           tuple(sorted(keep)), dict(b.alias))
@@ -431,13 +445,11 @@ def _quantize_node(b: _Builder, g: Graph, n: Node) -> None:
             r = b.as_int(res)
             extra = extra - b.qp[r].zero_point * b.qp[r].scale
         lq = _layer_weights(b, g, n, qx.scale, qx.zero_point, extra, what)
-        ratio = qx.scale * lq.w_scale / qy.scale
         lo, hi = _bounds(a["act"], a, qy)
-        if r:
-            epi = make_epilogue(ratio, lq.bound, lo, hi, residual_ratio=b.qp[r].scale / qy.scale,
-                                what=what)
-        else:
-            epi = make_epilogue(ratio, lq.bound, lo, hi, what=what)
+        b.epilogue_args[n.name] = {
+            "ratio": qx.scale * lq.w_scale / qy.scale, "lo": lo, "hi": hi,
+            "residual_ratio": b.qp[r].scale / qy.scale if r else None, "what": what}
+        epi = make_epilogue(acc_bound=lq.bound, **b.epilogue_args[n.name])
         b.layers[n.name] = lq
         geo = {k: a[k] for k in ("strides", "pads", "dilations", "groups") if k in a}
         if n.op == "conv2d" and qx.zero_point and any(a["pads"]):
@@ -490,6 +502,23 @@ def _quantize_node(b: _Builder, g: Graph, n: Node) -> None:
         b.int_of[out], b.qp[qo] = qo, b.qp[x]
 
 
+def _corrected_layer(b: _Builder, n: Node, delta: np.ndarray
+                     ) -> tuple[Node, np.ndarray] | None:
+    """Layer ``n`` (qconv2d/qdense) with ``delta`` added to its int32 bias: a new accumulator
+    bound and epilogue (None, with a note on the layer, if the bound would leave int32)."""
+    lq = b.layers[n.name]
+    o = lq.wq.shape[0]
+    bq = lq.bq.astype(np.int64) + delta
+    bound = np.abs(lq.wq.reshape(o, -1).astype(np.int64)).sum(axis=1) * 128 + np.abs(bq)
+    if int(bound.max(initial=0)) > INT32_LIMIT:
+        lq.notes["bias_correction_skipped"] = "the corrected bias would leave int32"
+        return None
+    epi = make_epilogue(acc_bound=bound, **b.epilogue_args[n.name])
+    b.layers[n.name] = dataclasses.replace(lq, bq=bq.astype(np.int32), bound=bound,
+                                           notes={**lq.notes, "bias_correction": delta})
+    return n.with_attrs(epilogue=epi), bq.astype(np.int32)
+
+
 def _explicit_pad(b: _Builder, x: str, pads: tuple[int, ...], value: int, name: str) -> str:
     """``x`` padded with int8 ``value`` (the real zero of an asymmetric input) on the CPU."""
     pt, pl, pb, pr = pads
@@ -526,8 +555,10 @@ class Quantize:
 
     def __init__(self, calibration: Iterable[Mapping[str, np.ndarray]] | None,
                  method: str = "mse", *, activations: str = "auto",
-                 keep_float: Iterable[str] = (), config: Config | None = None):
+                 keep_float: Iterable[str] = (), config: Config | None = None,
+                 bias_correction: bool = True):
         self.calibration = calibration
+        self.bias_correction = bias_correction
         self.method = method
         self.activations = activations
         self.keep_float = tuple(keep_float)
@@ -537,5 +568,5 @@ class Quantize:
     def apply(self, graph: Graph) -> tuple[Graph, bool]:
         self.result = quantize(graph, self.calibration, method=self.method,
                                activations=self.activations, keep_float=self.keep_float,
-                               accel=self.accel)
+                               accel=self.accel, bias_correction=self.bias_correction)
         return self.result.graph, True
