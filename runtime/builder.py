@@ -115,6 +115,10 @@ def relocate(code: bytes, cfg: Config, uop_pcs: list[int], uop_addr: int,
             byte = int(base[pc]) * eb
             for vbase, (size, real) in regions.items():
                 if vbase <= byte < vbase + size:
+                    if (real - vbase) % eb:
+                        raise ProgramError(
+                            f"instruction {pc}: region {vbase:#x} moved to {real:#x} is not "
+                            f"aligned to its {eb}-byte {MemType(int(mt[pc])).name} elements")
                     new[pc] = (byte - vbase + real) // eb
                     break
             else:

@@ -65,7 +65,7 @@ class Executor:
             self.code[k] = (cbuf.addr, len(code) // INSN_BYTES)
 
     def _alloc(self, n: int):
-        buf = self.dev.alloc(n)
+        buf = self.dev.alloc(n, align=self.cfg.dram_align)
         self._bufs.append(buf)
         return buf
 

@@ -36,9 +36,13 @@ from tessera.runtime.builder import CommandBuilder
 from tessera.runtime.layout import ceil_div
 from tessera.runtime.plan import REGION_BASES, REGION_LIMIT, AccelStep, CpuStep, Plan, Slot
 
-__all__ = ["build_plan", "cpu_macs"]
+__all__ = ["build_plan", "cpu_macs", "param_align"]
 
-PARAM_ALIGN = 256
+
+def param_align(cfg: Config) -> int:
+    """Bytes each parameter array is aligned to in the params region: the config's largest DRAM
+    element (so any memory type can address it) and at least one bus beat."""
+    return max(cfg.dram_align, cfg.mem_bus_bytes)
 
 
 def cpu_macs(g: Graph, n: Node) -> int:
@@ -73,7 +77,8 @@ class _Builder:
         if name in self.slots:
             raise CompileError(f"parameter {name!r} collides with another slot")
         data = np.ascontiguousarray(data)
-        offset = ceil_div(self.params_size, PARAM_ALIGN) * PARAM_ALIGN
+        align = param_align(self.cfg)
+        offset = ceil_div(self.params_size, align) * align
         self.params[name] = data
         self.slots[name] = Slot(name, "params", offset, data.nbytes, tuple(data.shape),
                                 data.dtype.name, "raw")
