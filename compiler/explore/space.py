@@ -175,7 +175,9 @@ def random_points(n: int, seed: int = 0, base: Config | None = None,
 def config_label(cfg: Config | None, values: dict[str, Any] | None = None) -> str:
     """A short label of a config for tables and plots: ``16x16 b1 64b i2048 w1024 a2048 q8``."""
     if cfg is None:
-        return "invalid"
+        ref = Config.preset("default").to_dict()
+        diff = [f"{k}={v}" for k, v in (values or {}).items() if ref.get(k) != v]
+        return "invalid " + " ".join(diff) if diff else "invalid"
     return (f"{cfg.block_in}x{cfg.block_out} b{cfg.batch} {cfg.mem_bus_bits}b "
             f"i{cfg.inp_depth} w{cfg.wgt_depth} a{cfg.acc_depth} u{cfg.uop_depth} "
             f"q{cfg.dep_queue_depth}")
