@@ -97,7 +97,8 @@ class Task:
 
 
 def _row(model: str, p: Point, device: str) -> dict[str, Any]:
-    return {"model": model, "config_json": p.config_json, "label": config_label(p.config, dict(p.values)),
+    return {"model": model, "config_json": p.config_json,
+            "label": config_label(p.config, dict(p.values)),
             "read_latency": p.dram.read_latency, "beats_per_cycle": p.dram.beats_per_cycle,
             "device": device, "cycles": None, "utilisation": None, "lut": None, "ff": None,
             "bram": None, "dsp": None, "fmax_mhz": None, "accel_layers": None,
