@@ -97,3 +97,24 @@ def test_a_layer_too_large_for_the_buffers_names_the_layer():
     cfg = Config(**{**Config.preset("tiny").to_dict(), "log_inp_buff_size": 2})
     with pytest.raises(CompileError, match=r"node 'Conv\d+' \(qconv2d\): no conv2d tiling fits"):
         tessera.compile(zoo.small_cnn(), config=cfg)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet_tiny", "mobilenet_tiny", "mlp"])
+def test_zoo_models_on_random_configs_equal_default(name):
+    proto = getattr(zoo, name)()
+    inp = proto.graph.input[0]
+    shape = tuple(d.dim_value for d in inp.type.tensor_type.shape.dim)
+    rng = np.random.default_rng(SEED)
+    cal = [{inp.name: rng.standard_normal(shape).astype(np.float32)} for _ in range(2)]
+    feeds = {inp.name: rng.standard_normal(shape).astype(np.float32)}
+    outs = []
+    for cfg in [Config.preset("default"), *random_configs(6, SEED + 2)]:
+        model = tessera.compile(proto, config=cfg, calibration=cal)
+        try:
+            (y,) = model.run(feeds, device="fsim")
+        finally:
+            model.close()
+        outs.append((config_label(cfg), y))
+    for label, y in outs[1:]:
+        assert np.array_equal(y, outs[0][1]), f"{name} on {label} differs from default"
