@@ -60,11 +60,18 @@ class ResultsDB:
                              f"without the column(s) {missing}; use a new file")
         self.conn.commit()
 
-    def done(self, retry_failed: bool = False) -> set[tuple]:
-        """Keys of the points already in the table (failed ones too, unless ``retry_failed``)."""
-        where = " WHERE error IS NULL" if retry_failed else ""
+    def done(self, retry_failed: bool = False, need: tuple[str, ...] = ()) -> set[tuple]:
+        """Keys of the points already in the table: failed ones too, unless ``retry_failed``;
+        a point measured without one of the columns ``need`` (e.g. ``lut`` for a sweep that now
+        asks for area) is not done unless it failed."""
+        for col in need:
+            if col not in COLUMNS:
+                raise InputError(f"no results column {col!r}")
+        conds = ["error IS NOT NULL" + (" AND 0" if retry_failed else "")]
+        conds.append("(" + " AND ".join([f"{c} IS NOT NULL" for c in need] or ["1"])
+                     + " AND error IS NULL)")
         return {tuple(r) for r in self.conn.execute(
-            f"SELECT {', '.join(KEY)} FROM results{where}")}
+            f"SELECT {', '.join(KEY)} FROM results WHERE {' OR '.join(conds)}")}
 
     def add(self, rows: list[dict[str, Any]]) -> None:
         """Insert (or replace) ``rows`` and commit: an interrupted sweep keeps every finished

@@ -170,7 +170,8 @@ def explore(models: Iterable[str], grid: dict[str, list] | list[str] | None = No
         raise ExploreError("the design space is empty")
     store = ResultsDB(db) if db is not None else None
     try:
-        done = store.done(retry_failed) if store is not None else set()
+        need = ("lut",) * (area or fmax) + ("fmax_mhz",) * fmax
+        done = store.done(retry_failed, need) if store is not None else set()
         tasks, skipped = plan_tasks(models, points, area=area, fmax=fmax, device=device,
                                     seed=seed, done=done, synth_timeout=synth_timeout)
         rows = _sweep(tasks, store, scheduler, jobs, progress, skipped, connect_timeout)

@@ -20,6 +20,7 @@ from tessera.compiler.explore import (
     random_configs,
 )
 from tessera.compiler.explore.evaluate import Task, run_task
+from tessera.compiler.explore.hwcost import HwCost
 from tessera.config import Config
 from tessera.errors import CompileError, ConfigError, ExploreError, InputError
 from tessera.sim.timing import DramTiming
@@ -186,3 +187,17 @@ def test_cli_explore_prints_the_table_and_writes_the_db(tmp_path, capsys):
     assert "mlp" in out and "2 point(s), 0 with errors" in out
     assert main(["explore", "-q", "--models", "mlp", "--grid", "bogus=1"]) == 2
     assert "grid field must be a Config field" in capsys.readouterr().err
+
+
+def test_a_sweep_asking_for_more_figures_re_runs_points_without_them(tmp_path, monkeypatch):
+    db = tmp_path / "r.sqlite"
+    explore(["mlp"], ["read_latency=8"], config="tiny", db=db)
+    with ResultsDB(db) as store:
+        assert len(store.done()) == 1 and store.done(need=("lut",)) == set()
+        store.add([{**store.rows()[0], "read_latency": 9, "error": "run: boom"}])
+        assert len(store.done(need=("lut",))) == 1  # the failed one
+        assert store.done(retry_failed=True) == {k for k in store.done() if k[2] == 8}
+    monkeypatch.setattr("tessera.compiler.explore.hwcost.area",
+                        lambda cfg, timeout=None: HwCost(10, 20, 3, 4))
+    (row,) = explore(["mlp"], ["read_latency=8"], config="tiny", db=db, area=True)
+    assert (row["lut"], row["dsp"]) == (10, 4) and row["cycles"] > 0
