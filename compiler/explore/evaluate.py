@@ -24,7 +24,8 @@ from tessera.config import Config
 from tessera.errors import CompileError, TesseraError
 from tessera.sim.timing import DramTiming
 
-__all__ = ["Task", "run_task", "error_rows", "load_model", "model_names", "feeds_for", "DEVICES"]
+__all__ = ["Task", "run_task", "error_rows", "check_model", "load_model", "model_names",
+           "feeds_for", "DEVICES"]
 
 DEVICES = ("fsim", "verilator")
 CALIBRATION_BATCHES = 2
@@ -35,24 +36,29 @@ def model_names() -> tuple[str, ...]:
     return ("resnet18", "resnet_tiny", "mobilenet_v1", "mobilenet_tiny", "mlp", "small_cnn")
 
 
-def load_model(name: str):
-    """A zoo model by name, or an ``.onnx`` file (read and checked, never executed)."""
-    import onnx
-
-    from tessera.compiler import zoo
-
+def check_model(name: str) -> None:
+    """:class:`CompileError` unless ``name`` is a zoo model or an existing ``.onnx`` file."""
+    if not isinstance(name, str):
+        raise CompileError(f"a model must be a zoo name or an .onnx path, not {name!r}")
     if name in model_names():
-        return getattr(zoo, name)()
-    path = Path(name)
-    if path.suffix != ".onnx":
+        return
+    if Path(name).suffix != ".onnx":
         raise CompileError(f"model must be a zoo name ({', '.join(model_names())}) or an .onnx "
                            f"file, not {name!r}")
-    if not path.is_file():
+    if not Path(name).is_file():
         raise CompileError(f"model file {name!r} does not exist or is not a regular file")
-    try:
-        return onnx.load(str(path))
-    except Exception as exc:  # protobuf/IO errors of an untrusted file
-        raise CompileError(f"cannot read ONNX model {name!r}: {exc}") from None
+
+
+def load_model(name: str):
+    """A zoo model by name, or an ``.onnx`` file (loaded by the compiler's frontend: a regular
+    file, parsed, never executed)."""
+    from tessera.compiler import zoo
+    from tessera.compiler.frontend.importer import load_model as load_onnx
+
+    check_model(name)
+    if name in model_names():
+        return getattr(zoo, name)()
+    return load_onnx(name)
 
 
 def _input_shapes(proto) -> dict[str, tuple[int, ...]]:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tessera.compiler.explore.db import ResultsDB
-from tessera.compiler.explore.evaluate import DEVICES, Task, error_rows, load_model, run_task
+from tessera.compiler.explore.evaluate import DEVICES, Task, check_model, error_rows, run_task
 from tessera.compiler.explore.space import Point, grid_points, parse_grid, random_points
 from tessera.config import Config
 from tessera.errors import ExploreError
@@ -63,12 +63,7 @@ def _check_models(models: Iterable[str]) -> list[str]:
     if not out:
         raise ExploreError("a sweep needs at least one model")
     for m in out:
-        if not isinstance(m, str):
-            raise ExploreError(f"models must be zoo names or .onnx paths, not {m!r}")
-        if not m.endswith(".onnx"):
-            load_model(m)  # an unknown zoo name fails here, before any work
-        elif not Path(m).is_file():
-            raise ExploreError(f"model file {m!r} does not exist")
+        check_model(m)  # an unknown name or a missing file fails here, before any work
     return out
 
 
