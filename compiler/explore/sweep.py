@@ -94,9 +94,8 @@ def _run_local(tasks: list[Task], jobs: int) -> Iterator[tuple[Task, list[dict]]
                     yield t, fut.result()
                 except Exception as exc:  # recorded as the task's error rows, and reported
                     yield t, _internal(t, exc)
-        except BaseException:
-            for fut in futures:
-                fut.cancel()
+        except BaseException:  # interrupted: drop what has not started, then re-raise
+            pool.shutdown(wait=False, cancel_futures=True)
             raise
 
 
