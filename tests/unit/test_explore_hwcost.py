@@ -18,7 +18,12 @@ CELLS = {"LUT4": 1234, "TRELLIS_FF": 567, "DP16KD": 8, "MULT18X18D": 9, "CCU2C":
 
 @pytest.fixture
 def tools(monkeypatch, tmp_path):
-    monkeypatch.setenv("TESSERA_CACHE", str(tmp_path))
+    def cache_dir(name):  # this test's own area/Fmax cache (the kernel caches stay warm)
+        path = tmp_path / name
+        path.mkdir(exist_ok=True)
+        return path
+
+    monkeypatch.setattr(hwcost, "cache_dir", cache_dir)
     calls = {"synth": 0, "pnr": 0}
 
     def verilog(cfg):
