@@ -159,7 +159,8 @@ class ComputeModule(wiring.Component):
         od_o, od, os_o, os_, ow_o, ow = (Signal(32, name=n) for n in (
             "od_o", "od", "os_o", "os", "ow_o", "ow"))
         # loop bounds and source factors, registered when the loop starts (off the S0 path)
-        sfo, sfi = Signal.like(af.src_factor_out), Signal.like(af.src_factor_in)
+        sfo = Signal(max(len(af.src_factor_out), len(gf.src_factor_out)))
+        sfi = Signal(max(len(af.src_factor_in), len(gf.src_factor_in)))
         u_last, j_last, i_last = Signal.like(u), Signal.like(j), Signal.like(i)
 
         with m.If(start_run):
