@@ -46,7 +46,7 @@ def compile(model: Any, config: Config | str | None = None,
             input_shapes: Mapping[str, Iterable[int]] | None = None,
             calibration_method: str = "mse", dump_ir: str | Iterable[str] | None = None,
             double_buffer: bool = True, keep_float: Iterable[str] = (),
-            activations: str = "auto", bias_correction: bool = True) -> CompiledModel:
+            activations: str = "auto") -> CompiledModel:
     """Compile an ONNX model (path, bytes or ModelProto) to int8 for ``config``.
 
     ``calibration`` is an iterable of input dicts (float arrays, one dict per batch); without
@@ -55,8 +55,7 @@ def compile(model: Any, config: Config | str | None = None,
     calibration. ``keep_float`` names nodes (after the graph rewrites: a fused conv+relu is
     named after the conv) that stay float inside the int8 model; ``activations`` is
     ``"auto"``, ``"symmetric"`` or ``"asymmetric"``
-    (:mod:`tessera.compiler.quant.quantize`); ``bias_correction`` removes each int8 layer's
-    mean error on the calibration batches (:mod:`tessera.compiler.quant.bias_correction`).
+    (:mod:`tessera.compiler.quant.quantize`).
     """
     t0 = time.perf_counter()
     cfg = Config.resolve(config)
@@ -75,7 +74,7 @@ def compile(model: Any, config: Config | str | None = None,
     specs = {name: (tuple(graph.tensors[name].shape), graph.tensors[name].dtype)
              for name in graph.inputs}
     quant = Quantize(batches, calibration_method, activations=activations,
-                     keep_float=keep_float, config=cfg, bias_correction=bias_correction)
+                     keep_float=keep_float, config=cfg)
     graph = run_pipeline(graph, [*GRAPH_PASSES, quant, *lowering_passes(cfg)],
                          dump_after=dump_ir)
     if quant.result is not None and quant.result.method == "model":

@@ -319,7 +319,7 @@ def quantize(graph: Graph, calibration: Iterable[Mapping[str, np.ndarray]] | Non
     if activations not in ACTIVATION_MODES:
         raise CompileError(f"activations must be one of {ACTIVATION_MODES}, not "
                            f"{activations!r}")
-    g = graph
+    g = _carry_uint8_moves(graph)
     keep = set(keep_float)
     unknown = sorted(keep - {n.name for n in g.nodes})
     if unknown:
@@ -570,3 +570,57 @@ class Quantize:
                                activations=self.activations, keep_float=self.keep_float,
                                accel=self.accel, bias_correction=self.bias_correction)
         return self.result.graph, True
+
+
+# -- uint8 data movement ------------------------------------------------------------------------
+
+_MOVES = ("reshape", "flatten", "transpose", "maxpool", "global_maxpool", "slice", "identity")
+
+
+def _carry_uint8_moves(g: Graph) -> Graph:
+    """Data-movement ops of a uint8 QOperator model (``Flatten``/``MaxPool``/``Reshape``
+    between QLinear ops) run on the int8 carrier: ``op(recenter_u8(x))`` becomes
+    ``recenter_u8(op(x))`` (the ops commute with the shift by 128: they move or compare values)
+    and ``recenter_i8(recenter_u8(y))`` reads ``y``. Nodes left unused are dropped."""
+    if not any(n.op == "recenter" for n in g.nodes):
+        return g
+    prod: dict[str, Node] = {}
+    rename: dict[str, str] = {}
+    nodes: list[Node] = []
+    names = set(g.tensors) | {n.name for n in g.nodes}
+
+    def fresh(base: str) -> str:
+        name, k = base, 0
+        while name in names:
+            k += 1
+            name = f"{base}_{k}"
+        names.add(name)
+        return name
+
+    for n in g.nodes:
+        n = n.replace(inputs=tuple(rename.get(i, i) for i in n.inputs))
+        src = prod.get(n.inputs[0]) if n.inputs else None
+        to_u8 = src is not None and src.op == "recenter" and src.attrs.get("to") == "uint8"
+        if to_u8 and n.op == "recenter" and n.attrs.get("to") == "int8" \
+                and n.outputs[0] not in g.outputs:
+            rename[n.outputs[0]] = src.inputs[0]
+            continue
+        if to_u8 and n.op in _MOVES and len(n.outputs) == 1 \
+                and all(i in g.constants for i in n.inputs[1:] if i):
+            carried = fresh(f"{n.outputs[0]}:i8")
+            moved = n.replace(inputs=(src.inputs[0],) + n.inputs[1:], outputs=(carried,))
+            back = Node("recenter", (carried,), n.outputs, {"to": "uint8"},
+                        fresh(f"{n.name}:recenter"))
+            nodes += [moved, back]
+            prod[carried], prod[n.outputs[0]] = moved, back
+            continue
+        nodes.append(n)
+        for o in n.outputs:
+            prod[o] = n
+    live = set(g.outputs)
+    kept: list[Node] = []
+    for n in reversed(nodes):
+        if any(o in live for o in n.outputs):
+            kept.append(n)
+            live.update(i for i in n.inputs if i)
+    return g.replace(nodes=reversed(kept))
