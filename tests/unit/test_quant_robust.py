@@ -268,3 +268,29 @@ def test_bias_correction_removes_the_mean_error_of_each_layer():
         if node.name in corrected:
             np.testing.assert_array_equal(
                 lq.bq, plain.layers[node.name].bq + lq.notes["bias_correction"])
+
+
+def test_cpu_integer_ops_between_float_ops_stay_float():
+    """|X|^2 = re^2 + im^2 -> sqrt -> conv (silero-vad's STFT magnitude): the add reads only
+    float tensors, so it stays float (quantising a squared spectrum costs most of its
+    precision); the convs after it are int8 (the residual add of two int8 tensors fused into
+    the second)."""
+    rng = np.random.default_rng(8)
+    g = GraphBuilder()
+    re, im = g.input("re", (1, 4, 8, 8)), g.input("im", (1, 4, 8, 8))
+    mag = g.node("sqrt", [g.node("add", [g.node("mul", [re, re]), g.node("mul", [im, im])],
+                                 name="power")])
+    w = g.const("w", rng.standard_normal((4, 4, 1, 1)).astype(np.float32))
+    c1 = g.node("conv2d", [mag, w], name="c1")
+    c2 = g.node("conv2d", [c1, w], name="c2")
+    y = g.node("add", [c1, c2], name="residual")
+    graph = run_pipeline(g.build([y]), GRAPH_PASSES)
+    cal = [{"re": rng.standard_normal((1, 4, 8, 8)).astype(np.float32),
+            "im": rng.standard_normal((1, 4, 8, 8)).astype(np.float32)} for _ in range(4)]
+    qm = quantize(graph, cal)
+    ops = {n.name: n.op for n in qm.graph.nodes}
+    assert ops["power"] == "add"
+    assert ops["c1"] == "qconv2d" and ops["c2"] == "qconv2d"
+    assert len(next(n for n in qm.graph.nodes if n.name == "c2").inputs) == 4
+    assert not any(n.op == "quantize" and n.outputs[0].startswith(("mul", "add"))
+                   for n in qm.graph.nodes)
