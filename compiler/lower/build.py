@@ -72,7 +72,7 @@ class _Builder:
         """Place constant ``data`` in the params region; returns its virtual byte address."""
         if name in self.slots:
             raise CompileError(f"parameter {name!r} collides with another slot")
-        data = np.ascontiguousarray(data)
+        data = np.ascontiguousarray(data).reshape(np.shape(data))  # keeps 0-d arrays 0-d
         offset = ceil_div(self.params_size, PARAM_ALIGN) * PARAM_ALIGN
         self.params[name] = data
         self.slots[name] = Slot(name, "params", offset, data.nbytes, tuple(data.shape),
