@@ -17,28 +17,45 @@ from tessera.regs import (
     STATUS_ERROR,
     Reg,
 )
-from tessera.sim.bound import cycles_lower_bound
+from tessera.sim import timing
 from tessera.sim.fsim import FunctionalSimulator
 
 __all__ = ["FsimDevice"]
 
 
 class FsimDevice(Device):
-    """A device with no timing: runs complete synchronously; ``RunStats.cycles`` is None.
+    """The functional simulator, with the RTL's cycles from the cycle model.
 
-    Timing registers (CYCLES_*, the timing counters of ``regs.COUNTERS``) read 0: the functional
-    simulator does not model time. ``timeout_cycles`` is honoured against a conservative lower
-    bound of the cycles the program needs (:func:`tessera.sim.bound.cycles_lower_bound`): a run
-    whose bound exceeds the limit is refused before anything executes (spec-notes).
+    Runs complete synchronously. ``RunStats.cycles``, the CYCLES registers and the timing
+    counters of ``regs.COUNTERS`` come from :func:`tessera.sim.timing.predict`, the cycle
+    model of the RTL behind the verilator device's DRAM model; ``read_latency`` and
+    ``beats_per_cycle`` are that model's knobs, with the verilator device's meaning and
+    defaults. The prediction is made before anything executes, so ``timeout_cycles`` refuses a
+    run that would take longer at once (spec-notes). A program whose deadlock-freedom depends on
+    command-queue depth (spec-notes 2) completes on fsim's unbounded queues but deadlocks the
+    RTL: it runs, with ``RunStats.cycles`` None; ``last_prediction.blocked`` says why.
+
+    ``fast=False`` runs the simulator's plain loop nests instead of its cached plans (same
+    results, much slower; for differential tests and debugging).
     """
 
     kind = "fsim"
 
-    def __init__(self, config: Config, mem_bytes: int = DEFAULT_MEM_BYTES):
+    def __init__(self, config: Config, mem_bytes: int = DEFAULT_MEM_BYTES, *,
+                 read_latency: int = 16, beats_per_cycle: float = 1.0, fast: bool = True):
         super().__init__(config, mem_bytes)
+        if not isinstance(fast, bool):
+            raise DeviceError(f"fast must be True or False, not {fast!r}")
+        try:
+            self.dram_timing = timing.DramTiming(read_latency, beats_per_cycle)
+        except SimError as exc:
+            raise DeviceError(str(exc)) from None
+        self.read_latency, self.beats_per_cycle = read_latency, beats_per_cycle
+        self._cycles = 0
+        self.last_prediction: timing.Prediction | None = None
         # np.zeros maps untouched pages lazily, so a large device memory costs nothing up front.
         self._dram = np.zeros(self.mem_bytes, np.uint8)
-        self.sim = FunctionalSimulator(config, self._dram, self.allocator.check_rows)
+        self.sim = FunctionalSimulator(config, self._dram, self.allocator.check_rows, fast=fast)
         self._regs = {Reg.INSN_COUNT: 0, Reg.INSN_ADDR: 0}
         self._status = 0
         self._error = (0, 0)
@@ -52,8 +69,7 @@ class FsimDevice(Device):
     def _mem_read(self, addr: int, nbytes: int) -> bytes:
         return self._dram[addr:addr + nbytes].tobytes()
 
-    def write_reg(self, offset: int, value: int) -> None:
-        self._check_open()
+    def _write_reg(self, offset: int, value: int) -> None:
         if offset in (Reg.INSN_COUNT, Reg.INSN_ADDR):
             self._regs[Reg(offset)] = int(value) & 0xFFFFFFFF
         elif offset == Reg.CONTROL:
@@ -65,8 +81,7 @@ class FsimDevice(Device):
         else:
             raise DeviceError(f"register {offset:#x} is not writable")
 
-    def read_reg(self, offset: int) -> int:
-        self._check_open()
+    def _read_reg(self, offset: int) -> int:
         if offset == Reg.CONTROL:
             return self._status
         if offset in (Reg.INSN_COUNT, Reg.INSN_ADDR):
@@ -75,8 +90,10 @@ class FsimDevice(Device):
             return self._error[0]
         if offset == Reg.ERROR_PC:
             return self._error[1]
-        if offset in (Reg.CYCLES_LO, Reg.CYCLES_HI):
-            return 0
+        if offset == Reg.CYCLES_LO:
+            return self._cycles & 0xFFFFFFFF
+        if offset == Reg.CYCLES_HI:
+            return self._cycles >> 32
         index = (offset - COUNTER_BASE) // 4
         if offset % 4 == 0 and 0 <= index < len(COUNTERS):
             return self._counters.get(COUNTERS[index][0], 0) & 0xFFFFFFFF
@@ -86,21 +103,29 @@ class FsimDevice(Device):
         self._regs[Reg.INSN_ADDR], self._regs[Reg.INSN_COUNT] = insn_addr, insn_count
         self._status, self._error = 0, (0, 0)
         t0 = time.perf_counter()
+        self._cycles = 0
         prog = self._simulate(self.sim.prepare, insn_addr, insn_count)
-        if timeout_cycles is not None:
-            need = cycles_lower_bound(prog, self.config)
-            if need > timeout_cycles:  # like a timed-out core after its reset: no status bits
-                self.last_error = DeviceError(
-                    f"run of {insn_count} instructions at {insn_addr:#x} timed out: it would "
-                    f"need at least {need} cycles > timeout_cycles={timeout_cycles} (fsim's "
-                    f"conservative cycle bound); nothing was executed")
-                raise self.last_error
+        pred = timing.predict(prog, self.config, self.dram_timing, insn_addr=insn_addr,
+                              insn_count=insn_count)
+        # a deadlock is reported once it has arisen (cycles until then)
+        need = pred.cycles if pred.cycles is not None else pred.blocked_at
+        if timeout_cycles is not None and need > timeout_cycles:
+            # like a timed-out core after its reset: no status bits
+            self.last_error = DeviceError(
+                f"run of {insn_count} instructions at {insn_addr:#x} timed out: it would "
+                f"take {need} cycles > timeout_cycles={timeout_cycles} (the cycle model's "
+                f"prediction); nothing was executed")
+            raise self.last_error
+        self.last_prediction = pred
         counters = self._simulate(self.sim.execute, prog)
+        counters.update(pred.counters)
         self._status = STATUS_DONE
         self._counters = counters
+        self._cycles = pred.cycles or 0
         stats = dict(counters)
         stats.update({f"bytes_{k}": v for k, v in self.sim.bytes_by_type.items()})
-        return RunStats(cycles=None, counters=stats, wall_seconds=time.perf_counter() - t0)
+        return RunStats(cycles=pred.cycles, counters=stats,
+                        wall_seconds=time.perf_counter() - t0)
 
     def _simulate(self, step, *args):
         """Call a simulator step; record its error in the registers and re-raise it as a

@@ -53,8 +53,11 @@ def memory_diff(a: Device, b: Device) -> list[str]:
 
 
 def open_pair(cfg: Config, **verilator_options) -> tuple[Device, Device]:
+    """A verilator and an fsim device; the DRAM knobs go to both (fsim's cycle model)."""
+    knobs = {k: v for k, v in verilator_options.items()
+             if k in ("read_latency", "beats_per_cycle")}
     return (open_device("verilator", cfg, mem_bytes=MEM_BYTES, **verilator_options),
-            open_device("fsim", cfg, mem_bytes=MEM_BYTES))
+            open_device("fsim", cfg, mem_bytes=MEM_BYTES, **knobs))
 
 
 def patch(word: int, fld: Field, value: int) -> int:

@@ -68,7 +68,8 @@ def test_profile_reports_every_step(tmp_path):
     outs, prof = model.run(x, device="fsim", profile=True)
     assert [p.name for p in prof.layers] == [s.name for s in model.plan.steps]
     acc = [p for p in prof.layers if p.kind == "accel"]
-    assert all(p.cycles is None and p.counters["gemm_steps"] > 0 for p in acc)
+    # fsim's cycles come from the cycle model (tests/rtl/test_timing_model.py checks them)
+    assert all(p.cycles > p.counters["gemm_steps"] > 0 for p in acc)
     assert "accelerator share of MACs" in prof.table()
 
 

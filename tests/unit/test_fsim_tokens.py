@@ -12,6 +12,7 @@ from tessera.driver import open_device
 from tessera.errors import DeviceError
 from tessera.isa import FinishInsn, GemmInsn, MemInsn, MemType, Opcode, to_bytes
 from tessera.regs import ErrorCode, Reg
+from tessera.sim import timing
 from tessera.sim.bound import cycles_lower_bound
 from tessera.sim.progen import random_program
 
@@ -218,15 +219,20 @@ def test_timeout_refuses_a_long_run_before_executing_it():
     code = to_bytes(insns, TINY)
     pbuf = dev.alloc(len(code))
     dev.write(pbuf.addr, code)
-    need = cycles_lower_bound(dev.sim.prepare(pbuf.addr, len(insns)), TINY)
-    assert need == 1 + 10_000 * 8 + 1
-    with pytest.raises(DeviceError, match=f"would need at least {need} cycles > "
-                                          f"timeout_cycles=1000") as info:
-        dev.run(pbuf.addr, len(insns), timeout_cycles=1000)
+    bound = cycles_lower_bound(dev.sim.prepare(pbuf.addr, len(insns)), TINY)
+    assert bound == 1 + 10_000 * 8 + 1
+    # the device times out against the cycle model's prediction, which exceeds the bound
+    need = timing.predict(dev.sim.prepare(pbuf.addr, len(insns)), TINY,
+                          insn_addr=pbuf.addr, insn_count=len(insns)).cycles
+    assert need > bound
+    with pytest.raises(DeviceError, match=f"would take {need} cycles > "
+                                          f"timeout_cycles={need - 1}") as info:
+        dev.run(pbuf.addr, len(insns), timeout_cycles=need - 1)
     assert info.value.code is None and info.value.pc is None
     assert dev.read(out.addr, 8) == b"\x55" * 8  # nothing executed: the STORE did not write
     assert dev.read_reg(Reg.CONTROL) == 0 and dev.read_reg(Reg.ERROR_CODE) == 0
-    stats = dev.run(pbuf.addr, len(insns), timeout_cycles=need)  # exactly the bound: runs
+    stats = dev.run(pbuf.addr, len(insns), timeout_cycles=need)  # exactly the prediction: runs
+    assert stats.cycles == need
     assert stats.counters["gemm_reset_steps"] == 10_000 * 8
     assert dev.read(out.addr, 8) == b"\0" * 8
 
