@@ -146,6 +146,16 @@ def _k_binary(fn: Callable) -> Callable:
     return k
 
 
+def _power(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """numpy power; integers to negative powers give 0 (1 and -1 their own powers)."""
+    if a.dtype.kind == "f" or b.dtype.kind == "f":
+        return np.power(a, b)
+    neg = b < 0
+    out = np.power(a, np.where(neg, 0, b))
+    unit = np.where(a == -1, np.where(b % 2 == 1, -1, 1), np.where(a == 1, 1, 0))
+    return np.where(neg, unit, out).astype(np.result_type(a, b))
+
+
 def _int_divide(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Division of integers truncating toward zero (C, onnxruntime); exact for int64."""
     if a.dtype.kind == "f" or b.dtype.kind == "f":
@@ -311,7 +321,7 @@ KERNELS: dict[str, Callable[..., list[np.ndarray]]] = {
     "div": _k_binary(_int_divide),
     "max": _k_binary(np.maximum),
     "min": _k_binary(np.minimum),
-    "pow": _k_binary(np.power),
+    "pow": _k_binary(_power),
     "relu": lambda n, x: [np.maximum(x, np.zeros((), x.dtype))],
     "clip": lambda n, x: [np.clip(x, n.attrs["min"], n.attrs["max"]).astype(x.dtype)],
     "sigmoid": lambda n, x: [(1 / (1 + np.exp(-x))).astype(x.dtype)],

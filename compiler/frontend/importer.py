@@ -1,7 +1,10 @@
 """ONNX -> IR. Imports a model with static shapes, folding shape arithmetic and constants.
 
-Handles the default-domain opsets 7–25; a model of a later opset imports when every op it uses
-has the same schema as in opset 25 (the op's ``since_version`` is at most 25). Anything computable
+Handles the default-domain opsets 7–25. A node of a later opset imports when its op's schema
+there has the signature (attributes and their defaults, inputs, outputs) of its opset-25 version
+(later versions that only widened the type constraints) or is a version the converter implements
+(:data:`NEWER_VERSIONS`); a node of an opset below 7 imports when its op is unchanged up to opset
+7. Zero-sized dimensions are static shapes like any other. Anything computable
 from constants alone (initializers, Constant, ConstantOfShape, Shape of a static tensor, Gather,
 Range, Cast, ...) is evaluated at import time. An unsupported model raises one
 :class:`~tessera.compiler.frontend.context.ImportProblems` (a :class:`CompileError`) listing every
@@ -36,8 +39,10 @@ from tessera.errors import CompileError
 
 __all__ = ["import_onnx", "load_model", "SUPPORTED_ONNX_OPS", "MIN_OPSET", "MAX_OPSET"]
 
-MIN_OPSET = 7
+MIN_OPSET = 7  # older models import node by node (see the module docstring)
 MAX_OPSET = 25  # the newest default-domain opset whose op schemas the converters implement
+# schema versions after MAX_OPSET that the converters implement in full
+NEWER_VERSIONS = {"SpaceToDepth": 28, "Range": 27}
 SUPPORTED_ONNX_OPS = supported_ops()
 
 
@@ -65,13 +70,41 @@ def _default_opset(m: onnx.ModelProto) -> int | None:
     return next((o.version for o in m.opset_import if domain_of(o.domain) == ""), None)
 
 
+def _schema(op: str, opset: int) -> onnx.defs.OpSchema | None:
+    try:
+        return onnx.defs.get_schema(op, opset, "")
+    except onnx.defs.SchemaError:
+        return None
+
+
 def _since_version(n: onnx.NodeProto, opset: int) -> int | None:
     """The opset version that defined the schema of ``n`` in a model of ``opset``, or None when
     ONNX does not know the op."""
-    try:
-        return onnx.defs.get_schema(n.op_type, opset, "").since_version
-    except onnx.defs.SchemaError:
+    s = _schema(n.op_type, opset)
+    return None if s is None else s.since_version
+
+
+def _signature(s: onnx.defs.OpSchema) -> tuple:
+    attrs = tuple((name, a.type, a.default_value.SerializeToString())
+                  for name, a in sorted(s.attributes.items()))
+    return (attrs, tuple((i.name, i.option) for i in s.inputs),
+            tuple((o.name, o.option) for o in s.outputs))
+
+
+def _version_problem(n: onnx.NodeProto, opset: int) -> str | None:
+    """Why the converters cannot take this node's schema version, or None."""
+    since = _since_version(n, opset)
+    if since is None:
         return None
+    if since > MAX_OPSET and since > NEWER_VERSIONS.get(n.op_type, 0):
+        known = _schema(n.op_type, MAX_OPSET)
+        if known is None or _signature(known) != _signature(_schema(n.op_type, opset)):
+            return (f"{n.op_type} of opset {opset} is the version of opset {since}, whose "
+                    f"signature differs from the opset-{MAX_OPSET} version the converters know")
+    if since < MIN_OPSET and _since_version(n, MIN_OPSET) != since:
+        return (f"{n.op_type} of opset {opset} is the version of opset {since}, older than the "
+                f"opset-{MIN_OPSET} version the converters know")
+    return None
 
 
 class _Types:
@@ -147,8 +180,8 @@ def import_onnx(model: str | Path | bytes | onnx.ModelProto,
     """
     m = load_model(model)
     opset = _default_opset(m)
-    if opset is None or opset < MIN_OPSET:
-        raise CompileError(f"ONNX default-domain opset must be at least {MIN_OPSET}, not "
+    if opset is None or opset < 1:
+        raise CompileError(f"the model must import a default-domain (ai.onnx) opset >= 1, not "
                            f"{opset}")
     opsets = {domain_of(o.domain): int(o.version) for o in m.opset_import}
     g = m.graph
@@ -176,7 +209,9 @@ def import_onnx(model: str | Path | bytes | onnx.ModelProto,
         shape = overrides.pop(vi.name, None)
         if shape is None:
             shape = _value_shape(vi)
-            if any(not isinstance(d, int) or d <= 0 for d in shape):
+            if not vi.type.tensor_type.HasField("shape"):
+                shape = ["unknown rank"]
+            if any(not isinstance(d, int) or d < 0 for d in shape):
                 problems.append(f"input {vi.name!r} has non-static shape {shape}; pass "
                                 f"input_shapes={{{vi.name!r}: (...)}}")
                 continue
@@ -253,10 +288,9 @@ def _convert_one(ctx: Ctx, n: onnx.NodeProto) -> None:
         raise Unsupported(f"operator {n.op_type} is not an ONNX operator of domain "
                           f"{n.domain or 'ai.onnx'!r}")
     if dom == "":
-        since = _since_version(n, ctx.opset)
-        if since is not None and since > MAX_OPSET:
-            raise Unsupported(f"{n.op_type} of opset {ctx.opset} is the version of opset {since}, "
-                              f"newer than the converters know (up to opset {MAX_OPSET})")
+        problem = _version_problem(n, ctx.opset)
+        if problem:
+            raise Unsupported(problem)
     missing = [i for i in n.input if i and i not in ctx.infos]
     if missing:
         raise Unsupported(f"reads undefined tensor(s) {missing}")

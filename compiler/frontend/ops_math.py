@@ -27,18 +27,21 @@ def _binary(ctx: Ctx, n: onnx.NodeProto, a: dict) -> None:
         raise Unsupported(f"{n.op_type} needs two inputs, not {len(n.input)}")
     op = _BINARY[n.op_type]
     ins = list(n.input)
-    if op == "pow":  # float base, any exponent dtype: compute in the base's dtype
-        if ctx.info(ins[1]).dtype != ctx.info(ins[0]).dtype:
+    if op == "pow":  # the result has the base's dtype
+        base, exp = ctx.info(ins[0]).dtype, ctx.info(ins[1]).dtype
+        if base != "float32" and exp == "float32":  # integer base, float exponent
+            fb = ctx.emit("cast", [ins[0]], ctx.tmp(ins[0]), to="float32")
+            p = ctx.emit("pow", [fb, ins[1]], ctx.tmp(n.output[0]))
+            ctx.emit("cast", [p], n.output[0], to=base)
+            return
+        if exp != base:
             if ctx.is_const(ins[1]):
-                ins[1] = ctx.add_const(ctx.tmp(ins[1]), ctx.consts[ins[1]].astype(
-                    ctx.info(ins[0]).dtype))
+                ins[1] = ctx.add_const(ctx.tmp(ins[1]), ctx.consts[ins[1]].astype(base))
             else:
-                ins[1] = ctx.emit("cast", [ins[1]], ctx.tmp(ins[1]), to=ctx.info(ins[0]).dtype)
+                ins[1] = ctx.emit("cast", [ins[1]], ctx.tmp(ins[1]), to=base)
     else:
         ins = same_dtype_inputs(ctx, ins, n.op_type)
     attrs = {"fmod": int(a.get("fmod", 0))} if op == "mod" else {}
-    if op == "mod" and not attrs["fmod"] and ctx.info(ins[0]).dtype == "float32":
-        raise Unsupported("Mod of floats needs fmod=1 (ONNX)")
     ctx.emit(op, ins, n.output[0], **attrs)
 
 

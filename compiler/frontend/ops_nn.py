@@ -101,8 +101,7 @@ def _transpose_pads(a: dict, in_size: Sequence[int], kernel: Sequence[int],
         raise Unsupported(f"auto_pad must be NOTSET, SAME_UPPER, SAME_LOWER or VALID, not "
                           f"{auto!r}")
     if any(t < 0 for t in total):
-        raise Unsupported(f"output_shape {a.get('output_shape')} is larger than the full "
-                          f"transposed convolution {full} (needs output_padding)")
+        raise AssertionError("callers extend output_padding first")
     if auto == "SAME_UPPER":
         begin = [t // 2 for t in total]
     else:  # SAME_LOWER, or output_shape without auto_pad: the odd pixel at the start
@@ -122,6 +121,13 @@ def _conv_transpose(ctx: Ctx, n: onnx.NodeProto, a: dict) -> None:
     dil = [int(v) for v in a.get("dilations", [1] * nd)]
     out_pad = [int(v) for v in a.get("output_padding", [0] * nd)]
     xs = ctx.shape(x)
+    if "output_shape" in a:
+        # an output_shape beyond the full result is reached with zero rows/columns at the end
+        # (output padding), as onnxruntime does
+        want = [int(v) for v in a["output_shape"]][-nd:]
+        full = [s * (i - 1) + op + (k - 1) * d + 1
+                for i, k, s, d, op in zip(xs[2:], kernel, strides, dil, out_pad)]
+        out_pad = [op + max(0, w - f) for op, w, f in zip(out_pad, want, full)]
     begin, end = _transpose_pads(a, xs[2:], kernel, strides, dil, out_pad)
     if nd == 1:
         attrs = dict(strides=(1, strides[0]), dilations=(1, dil[0]),
@@ -140,13 +146,38 @@ def _conv_transpose(ctx: Ctx, n: onnx.NodeProto, a: dict) -> None:
     ctx.emit("reshape", [y], n.output[0], shape=s[:2] + s[3:])
 
 
+def _pool3d(ctx: Ctx, n: onnx.NodeProto, a: dict, op: str, kernel: list[int]) -> None:
+    """3-D pooling as a 2-D pooling over (H, W) then a 1-D pooling over D: max and average
+    pooling are separable (an average's count is the product of its per-axis counts)."""
+    x = n.input[0]
+    bt, c, d, h, w = ctx.shape(x)
+    strides = [int(v) for v in a.get("strides", [1, 1, 1])]
+    dil = [int(v) for v in a.get("dilations", [1, 1, 1])]
+    begin, end = spatial_pads(a, (d, h, w), kernel, strides, dil)
+    common = dict(ceil_mode=bool(a.get("ceil_mode", 0)))
+    if op == "avgpool":
+        common["count_include_pad"] = bool(a.get("count_include_pad", 0))
+    v = ctx.emit("reshape", [x], ctx.tmp(x), shape=(bt, c * d, h, w))
+    v = ctx.emit(op, [v], ctx.tmp(x), kernel=tuple(kernel[1:]), strides=tuple(strides[1:]),
+                 dilations=tuple(dil[1:]), pads=(begin[1], begin[2], end[1], end[2]), **common)
+    oh, ow = ctx.shape(v)[2:]
+    v = ctx.emit("reshape", [v], ctx.tmp(x), shape=(bt, c, d, oh * ow))
+    v = ctx.emit(op, [v], ctx.tmp(x), kernel=(kernel[0], 1), strides=(strides[0], 1),
+                 dilations=(dil[0], 1), pads=(begin[0], 0, end[0], 0), **common)
+    ctx.emit("reshape", [v], n.output[0], shape=(bt, c, ctx.shape(v)[2], oh, ow))
+
+
 @converter("MaxPool", "AveragePool")
 def _pool(ctx: Ctx, n: onnx.NodeProto, a: dict) -> None:
     x = n.input[0]
-    nd = _spatial_rank(ctx, x, "pooling")
     if len(n.output) > 1 and n.output[1]:
         raise Unsupported("the MaxPool Indices output is not supported")
     kernel = [int(v) for v in a["kernel_shape"]]
+    op = "maxpool" if n.op_type == "MaxPool" else "avgpool"
+    if ctx.rank(x) == 5 and len(kernel) == 3:
+        _pool3d(ctx, n, a, op, kernel)
+        return
+    nd = _spatial_rank(ctx, x, "pooling")
     if len(kernel) != nd:
         raise Unsupported(f"kernel_shape {kernel} must have {nd} values")
     strides, dil, pads = _conv_geometry(a, ctx.shape(x)[2:], kernel)
@@ -154,7 +185,6 @@ def _pool(ctx: Ctx, n: onnx.NodeProto, a: dict) -> None:
                  ceil_mode=bool(a.get("ceil_mode", 0)))
     if n.op_type == "AveragePool":
         attrs["count_include_pad"] = bool(a.get("count_include_pad", 0))
-    op = "maxpool" if n.op_type == "MaxPool" else "avgpool"
     if nd == 2:
         ctx.emit(op, [x], n.output[0], **attrs)
         return
@@ -257,13 +287,64 @@ def _softmax(ctx: Ctx, n: onnx.NodeProto, a: dict) -> None:
     ctx.emit("reshape", [t], n.output[0], shape=shape)
 
 
+@converter("Hardmax")
+def _hardmax(ctx: Ctx, n: onnx.NodeProto, a: dict) -> None:
+    x = n.input[0]
+    shape = ctx.shape(x)
+    r = len(shape)
+    axis = norm_axes([int(a.get("axis", -1 if ctx.opset >= 13 else 1))], r, "axis")[0]
+    src, work = x, shape
+    if ctx.opset < 13 and axis != r - 1:  # opset < 13: 2-D coerced
+        work = (int(np.prod(shape[:axis])), int(np.prod(shape[axis:])))
+        src = ctx.emit("reshape", [x], ctx.tmp(x), shape=work)
+        axis = 1
+    # one-hot of the first maximum: argmax == iota along the axis
+    idx = ctx.emit("argmax", [src], ctx.tmp(x), axis=axis, keepdims=True)
+    view = [1] * len(work)
+    view[axis] = work[axis]
+    iota = ctx.add_const(ctx.tmp("iota"), np.arange(work[axis], dtype=np.int64).reshape(view))
+    hot = ctx.emit("cast", [ctx.emit("equal", [idx, iota], ctx.tmp(x))], ctx.tmp(x),
+                   to=ctx.info(x).dtype)
+    if work != shape:
+        ctx.emit("reshape", [hot], n.output[0], shape=shape)
+    else:
+        ctx.emit("identity", [hot], n.output[0])
+
+
 # -- normalisation --------------------------------------------------------------------------------
 
 @converter("BatchNormalization")
 def _batchnorm(ctx: Ctx, n: onnx.NodeProto, a: dict) -> None:
-    if int(a.get("training_mode", 0)) or any(o for o in n.output[1:]):
-        raise Unsupported("training-mode BatchNormalization is not supported")
-    ctx.emit("batchnorm", list(n.input[:5]), n.output[0], epsilon=float(a.get("epsilon", 1e-5)))
+    eps = float(a.get("epsilon", 1e-5))
+    if not int(a.get("training_mode", 0)) and not any(o for o in n.output[1:]):
+        ctx.emit("batchnorm", list(n.input[:5]), n.output[0], epsilon=eps)
+        return
+    if not int(a.get("training_mode", 0)) or ctx.opset < 14:
+        raise Unsupported("BatchNormalization's running mean/var outputs need training_mode=1 "
+                          "(opset 14+)")
+    # training mode: normalise with the batch statistics (population variance) and update the
+    # running ones, from IR ops
+    x, scale, bias, mean_in, var_in = n.input[:5]
+    r = ctx.rank(x)
+    axes = (0,) + tuple(range(2, r))
+    mean, d, inv = _moments(ctx, x, axes, eps, n.output[0])
+    y = ctx.emit("mul", [d, inv], ctx.tmp(n.output[0]))
+    _channel_affine(ctx, y, scale, bias, n.output[0], r)
+    momentum = float(a.get("momentum", 0.9))
+    c = ctx.shape(x)[1]
+    var = ctx.emit("mean", [ctx.emit("mul", [d, d], ctx.tmp(x))], ctx.tmp(x), axes=axes,
+                   keepdims=False)
+    for out, cur, run in ((opt_output(n, 1), mean, mean_in), (opt_output(n, 2), var, var_in)):
+        if not out:
+            continue
+        cur = ctx.emit("reshape", [cur], ctx.tmp(out), shape=(c,))
+        old = ctx.emit("mul", [run, ctx.scalar(momentum)], ctx.tmp(out))
+        ctx.emit("add", [old, ctx.emit("mul", [cur, ctx.scalar(1 - momentum)], ctx.tmp(out))],
+                 out)
+
+
+def opt_output(n: onnx.NodeProto, k: int) -> str:
+    return n.output[k] if k < len(n.output) else ""
 
 
 def _affine_const(ctx: Ctx, name: str, tail: tuple[int, ...], fill: float, what: str) -> str:
@@ -391,7 +472,10 @@ def _lp_norm(ctx: Ctx, n: onnx.NodeProto, a: dict) -> None:
         raise Unsupported(f"p must be 1 or 2, not {p}")
     norm = ctx.emit("reduce", [x], ctx.tmp(x), fn="l2" if p == 2 else "l1", axes=(axis,),
                     keepdims=True)
-    ctx.emit("div", [x, norm], n.output[0])
+    # a zero vector stays zero (onnxruntime): divide by 1 where the norm is 0
+    zero = ctx.emit("equal", [norm, ctx.scalar(0.0)], ctx.tmp(x))
+    safe = ctx.emit("where", [zero, ctx.scalar(1.0), norm], ctx.tmp(x))
+    ctx.emit("div", [x, safe], n.output[0])
 
 
 # -- resize ---------------------------------------------------------------------------------------
@@ -416,7 +500,8 @@ def _emit_resize(ctx: Ctx, n: onnx.NodeProto, x: str, mode: str, coord: str, nea
              scales=tuple(scales), out_shape=tuple(out), roi=tuple(roi),
              cubic_coeff_a=float(a.get("cubic_coeff_a", -0.75)),
              exclude_outside=bool(a.get("exclude_outside", 0)),
-             extrapolation_value=float(a.get("extrapolation_value", 0.0)))
+             extrapolation_value=float(a.get("extrapolation_value", 0.0)),
+             antialias=bool(a.get("antialias", 0)))
 
 
 def _legacy_nearest(scales: Sequence[float]) -> str:
@@ -458,8 +543,6 @@ def _resize(ctx: Ctx, n: onnx.NodeProto, a: dict) -> None:
         nearest = _legacy_nearest(scales) if mode == "nearest" else "round_prefer_floor"
         _emit_resize(ctx, n, x, mode, "asymmetric", nearest, scales, out, [], a)
         return
-    if int(a.get("antialias", 0)):
-        raise Unsupported("antialias resize is not supported")
     coord = decode(a.get("coordinate_transformation_mode", "half_pixel"))
     nearest = decode(a.get("nearest_mode", "round_prefer_floor"))
     axes = norm_axes(a["axes"], r, "axes") if "axes" in a else list(range(r))

@@ -77,7 +77,10 @@ def _identity(ctx: Ctx, n: onnx.NodeProto, a: dict) -> None:
 def _dropout(ctx: Ctx, n: onnx.NodeProto, a: dict) -> None:
     training = opt_input(n, 2)
     if training and bool(ctx.const(training, "Dropout training_mode").reshape(-1)[0]):
-        raise Unsupported("Dropout in training mode is not supported (inference only)")
+        ratio = float(ctx.const(n.input[1], "Dropout ratio").reshape(-1)[0]) \
+            if opt_input(n, 1) else 0.5
+        if ratio != 0.0:  # a ratio of 0 drops nothing, in training mode too
+            raise Unsupported("Dropout in training mode is not supported (inference only)")
     if len(n.output) > 1 and n.output[1]:
         # inference mode: nothing is dropped, the mask is all true
         ctx.add_const(n.output[1], np.ones(ctx.shape(n.input[0]), dtype=bool))
@@ -118,7 +121,7 @@ def _flatten(ctx: Ctx, n: onnx.NodeProto, a: dict) -> None:
     axis = int(a.get("axis", 1))
     if not -r <= axis <= r:
         raise Unsupported(f"axis {axis} is out of range for rank {r}")
-    ctx.emit("flatten", [n.input[0]], n.output[0], axis=axis % (r + 1) if axis < 0 else axis)
+    ctx.emit("flatten", [n.input[0]], n.output[0], axis=axis + r if axis < 0 else axis)
 
 
 @converter("Squeeze", "Unsqueeze")
@@ -296,7 +299,11 @@ def _depth_space(ctx: Ctx, n: onnx.NodeProto, a: dict) -> None:
     else:
         if h % bs or w % bs:
             raise Unsupported(f"spatial size {h}x{w} is not a multiple of blocksize {bs}")
-        view, perm = (b, c, h // bs, bs, w // bs, bs), (0, 3, 5, 1, 2, 4)
+        mode = decode(a.get("mode", "DCR"))
+        if mode not in ("DCR", "CRD"):
+            raise Unsupported(f"mode must be DCR or CRD, not {mode!r}")
+        view = (b, c, h // bs, bs, w // bs, bs)
+        perm = (0, 3, 5, 1, 2, 4) if mode == "DCR" else (0, 1, 3, 5, 2, 4)
         final = (b, c * bs * bs, h // bs, w // bs)
     t = ctx.emit("reshape", [x], ctx.tmp(n.output[0]), shape=view)
     t = ctx.emit("transpose", [t], ctx.tmp(n.output[0]), perm=perm)

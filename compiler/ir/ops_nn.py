@@ -60,7 +60,7 @@ NEAREST_MODES = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil")
         "transform uses them), roi (start then end per axis, tf_crop_and_resize)",
         mode="nearest", coord="half_pixel", nearest_mode="round_prefer_floor", scales=(),
         out_shape=(), roi=(), cubic_coeff_a=-0.75, exclude_outside=False,
-        extrapolation_value=0.0)
+        extrapolation_value=0.0, antialias=False)
 def _resize(node: Node, ins: list, g: Graph) -> list[TensorInfo]:
     need_inputs(node, ins, 0)
     a = node.attrs

@@ -229,7 +229,10 @@ def _plan(p: _Plan) -> list[int]:
                                "keepdims": int(bool(a["keepdims"]))}, [p.input(0)])]
     if op in ("flatten", "reshape"):
         out = OPS[op].infer(n, [_info(p.spec(0))], None)[0].shape  # type: ignore[arg-type]
-        return [p.one("Reshape", {"shape": list(out)}, [p.input(0)])]
+        attrs = {"shape": list(out)}
+        if 0 in out:
+            attrs["allowzero"] = 1  # the shape is final: a 0 is an empty dimension
+        return [p.one("Reshape", attrs, [p.input(0)])]
     if op == "transpose":
         perm = [int(v) for v in a["perm"]]
         return [p.one("Transpose", {"perm": perm} if perm else {}, [p.input(0)])]

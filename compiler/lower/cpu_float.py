@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tessera.compiler.ir.ops_math import COMPARISONS, LOGIC, UNARY_FLOAT
+from tessera.runtime.cpu.resize import MAX_TAPS, axis_table
 
 __all__ = ["PLANNERS"]
 
@@ -73,16 +74,46 @@ def _conv_transpose(p: Any) -> list[int]:
 
 
 def _resize(p: Any) -> list[int]:
+    """One Resize kernel over every axis, or (when the taps per output element would exceed
+    the kernel's limit: wide antialiasing filters) one kernel per resized axis in turn — resize
+    is separable, so the result is the same up to float32 rounding."""
     a = p.node.attrs
-    attrs = {"mode": a["mode"], "coord": a["coord"], "nearest_mode": a["nearest_mode"],
-             "scales": [float(v) for v in a["scales"]],
-             "out_shape": [int(v) for v in a["out_shape"]],
-             "cubic_coeff_a": float(a["cubic_coeff_a"]),
-             "exclude_outside": int(bool(a["exclude_outside"])),
-             "extrapolation_value": float(a["extrapolation_value"])}
-    if a["coord"] == "tf_crop_and_resize":
-        attrs["roi"] = [float(v) for v in a["roi"]]
-    return [p.one("Resize", attrs, [p.input(0)])]
+    x = p.input(0)
+    shape, out = list(p.shape(x)), [int(v) for v in a["out_shape"]]
+    r = len(shape)
+    scales = [float(v) for v in a["scales"]]
+    roi = [float(v) for v in a["roi"]] or [0.0] * r + [1.0] * r
+
+    def attrs_for(axes: set[int], in_shape: list[int]) -> dict[str, Any]:
+        at = {"mode": a["mode"], "coord": a["coord"], "nearest_mode": a["nearest_mode"],
+              "scales": [scales[d] if d in axes else 1.0 for d in range(r)],
+              "out_shape": [out[d] if d in axes else in_shape[d] for d in range(r)],
+              "cubic_coeff_a": float(a["cubic_coeff_a"]),
+              "exclude_outside": int(bool(a["exclude_outside"])),
+              "extrapolation_value": float(a["extrapolation_value"])}
+        if a["coord"] == "tf_crop_and_resize":
+            at["roi"] = [roi[d] if d in axes else 0.0 for d in range(r)] + \
+                [roi[d + r] if d in axes else 1.0 for d in range(r)]
+        if a["antialias"]:
+            at["antialias"] = 1
+        return at
+
+    taps = 1
+    moved = []
+    for d in range(r):
+        t = axis_table(a["mode"], a["coord"], a["nearest_mode"], shape[d], out[d], scales[d],
+                       (roi[d], roi[d + r]), float(a["cubic_coeff_a"]),
+                       bool(a["exclude_outside"]), bool(a["antialias"]))
+        if not t.identity:
+            moved.append(d)
+            taps *= t.idx.shape[1]
+    if taps <= MAX_TAPS or len(moved) < 2:
+        return [p.one("Resize", attrs_for(set(range(r)), shape), [x])]
+    cur = shape
+    for d in moved:
+        x = p.one("Resize", attrs_for({d}, cur), [x])
+        cur = list(p.shape(x))
+    return [x]
 
 
 def _layernorm(p: Any) -> list[int]:

@@ -70,6 +70,9 @@ def _reduce(n: Node, x: np.ndarray) -> list[np.ndarray]:
         if fn in ("max", "min"):
             if flt:
                 init = -np.inf if fn == "max" else np.inf
+            elif x.dtype == np.bool_:
+                init = fn != "max"
+                xf = x
             else:
                 info = np.iinfo(x.dtype)
                 init = info.min if fn == "max" else info.max

@@ -46,7 +46,8 @@ def _resize(n: Node, x: np.ndarray) -> list[np.ndarray]:
     for d in range(r):
         t = axis_table(a["mode"], a["coord"], a["nearest_mode"], x.shape[d],
                        int(a["out_shape"][d]), float(a["scales"][d]), (roi[d], roi[d + r]),
-                       float(a["cubic_coeff_a"]), bool(a["exclude_outside"]))
+                       float(a["cubic_coeff_a"]), bool(a["exclude_outside"]),
+                       bool(a["antialias"]))
         if t.identity:
             continue
         taken = np.take(out, t.idx, axis=d)  # axes: ..., out_d, taps, ...

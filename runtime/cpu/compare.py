@@ -4,9 +4,9 @@
   uint8 operands of one dtype -> bool (ordered float comparisons: NaN compares false);
 - And, Or, Xor (bool x bool -> bool), Not (bool -> bool);
 - Where(cond bool, x, y): any dtype of x and y (one dtype);
-- Mod: ``fmod=1`` is C ``fmod`` (sign of the dividend; float32 and integers), ``fmod=0`` the
-  sign of the divisor (integers only, as ONNX); an integer remainder by 0 gives 0 (ONNX leaves it
-  undefined; nothing traps);
+- Mod: ``fmod=1`` is C ``fmod`` (sign of the dividend), ``fmod=0`` the sign of the divisor
+  (numpy's ``mod``; floats allowed from opset 28); float32, int8/int32/int64, uint8; an integer
+  remainder by 0 gives 0 (ONNX leaves it undefined; nothing traps);
 - PRelu(x, slope): ``x if x >= 0 else slope * x`` (float32);
 - IsNaN, IsInf (``detect_positive``, ``detect_negative``): float32 -> bool.
 
@@ -110,7 +110,7 @@ def _mod(op: str, attrs: dict[str, Any], in_specs: list[Spec]) -> tuple[str, str
     check_inputs(op, in_specs, (2,))
     fmod = int_attr(op, attrs, "fmod", 0)
     check(fmod in (0, 1), op, f"fmod must be 0 or 1, not {fmod}")
-    dt = _same_dtype(op, in_specs, ("float32", *_INTS) if fmod else _INTS)
+    dt = _same_dtype(op, in_specs, ("float32", *_INTS, "uint8"))
     out = broadcast_shape(op, [s for s, _ in in_specs])
     ty = DTYPES[dt]
     kb = KernelBuilder(f"tsr_mod{fmod}_{dt}", 2, 1)
@@ -119,8 +119,18 @@ def _mod(op: str, attrs: dict[str, Any], in_specs: list[Spec]) -> tuple[str, str
     def fn(v: list[ir.Value]) -> ir.Value:
         a, d = v
         if dt == "float32":
-            return b.frem(a, d)
+            r = b.frem(a, d)
+            if fmod:
+                return r
+            zero_f = kb.fconst(0.0)
+            differ = b.and_(b.fcmp_ordered("!=", r, zero_f),
+                            b.xor(b.fcmp_ordered("<", r, zero_f), b.fcmp_ordered("<", d, zero_f)))
+            return b.select(differ, b.fadd(r, d), r)
         zero = ir.Constant(ty, 0)
+        if dt == "uint8":
+            return b.select(b.icmp_unsigned("==", d, zero), zero,
+                            b.urem(a, b.select(b.icmp_unsigned("==", d, zero),
+                                               ir.Constant(ty, 1), d)))
         safe = b.select(b.icmp_signed("==", d, zero), ir.Constant(ty, 1), d)
         # INT_MIN % -1 overflows in LLVM; its remainder is 0
         r = b.select(b.icmp_signed("==", safe, ir.Constant(ty, -1)), zero, b.srem(a, safe))

@@ -11,10 +11,12 @@ Semantics follow :mod:`tessera.runtime.accel.epilogue` (numpy) where it and ONNX
   x86: float -> int truncates toward zero, giving INT32_MIN (INT64_MIN for int64; then
   truncated) when out of range or NaN; int -> int sign-extends (uint8 and bool zero-extend) or
   wraps; anything -> bool is ``x != 0`` (NaN is true);
-- Mean: over ``axes`` (``keepdims``); float32 sums in float64; integers sum in int64 and divide
-  truncating toward zero (numpy's ``mean().astype(int)``);
-- Neg (float32, int8/int32 wrapping), Sqrt, LeakyRelu (``alpha``), Pow (broadcasting, libm
-  ``powf``) on float32; Identity copies any supported dtype;
+- Mean: over ``axes`` (``keepdims``); float32 sums in float64 (an empty mean is NaN);
+  integers sum in int64 and divide truncating toward zero (numpy's ``mean().astype(int)``);
+- Neg (float32, int8/int32/int64 wrapping), Sqrt, LeakyRelu (``alpha``) on float32; Pow
+  (broadcasting): float32 with libm ``powf``, int32/int64 exactly by square-and-multiply
+  (wrapping; a negative exponent gives 0 unless the base is 1 or -1); Identity copies any
+  supported dtype;
 - MatMul: numpy ``matmul`` (batched, broadcast batch axes, 1-D operands promoted); float32, or
   int8/int32 wrapping in the operand dtype.
 """
@@ -262,7 +264,8 @@ def _mean(op: str, attrs: dict[str, Any], in_specs: list[Spec]) -> tuple[str, st
     kept = [k for k in range(rank) if k not in axes]
     out = tuple(1 if k in axes else d for k, d in enumerate(shape) if keep or k not in axes)
     count = size(shape[k] for k in axes)
-    check(count > 0, op, f"cannot take the mean over empty axes {axes} of {shape}")
+    check(count > 0 or dt == "float32", op,
+          f"cannot take an integer mean over empty axes {axes} of {shape}")  # float: NaN
     strides = contiguous_strides(shape)
     ty = DTYPES[dt]
     flt = dt == "float32"
@@ -327,14 +330,44 @@ def _unary(op: str, attrs: dict[str, Any], in_specs: list[Spec]) -> tuple[str, s
 def _pow(op: str, attrs: dict[str, Any], in_specs: list[Spec]) -> tuple[str, str, list[Spec]]:
     check_attrs(op, attrs, ())
     check_inputs(op, in_specs, (2,))
-    for k in range(2):
-        check_dtype(op, f"input {k}", in_specs[k], ("float32",))
+    dt = check_dtype(op, "input 0", in_specs[0], ("float32", "int32", "int64"))
+    check_dtype(op, "input 1", in_specs[1], (dt,))
     out = broadcast_shape(op, [s for s, _ in in_specs])
-    kb = KernelBuilder("tsr_pow_float32", 2, 1)
-    powf = kb.intrinsic("llvm.pow.f32", F32, [F32, F32])
-    emit_map(kb, [s for s, _ in in_specs], [F32, F32], out, F32,
-             lambda vals: kb.b.call(powf, list(vals)))
-    return kb.finish(), kb.name, [(out, np.dtype("float32"))]
+    ty = DTYPES[dt]
+    kb = KernelBuilder(f"tsr_pow_{dt}", 2, 1)
+    if dt == "float32":
+        powf = kb.intrinsic("llvm.pow.f32", F32, [F32, F32])
+        emit_map(kb, [s for s, _ in in_specs], [F32, F32], out, F32,
+                 lambda vals: kb.b.call(powf, list(vals)))
+        return kb.finish(), kb.name, [(out, np.dtype(dt))]
+    b = kb.b
+    acc, base, exp = kb.alloca(ty, 1), kb.alloca(ty, 1), kb.alloca(ty, 1)
+    zero, one = ir.Constant(ty, 0), ir.Constant(ty, 1)
+
+    def ipow(vals: list[ir.Value]) -> ir.Value:
+        # square-and-multiply over the exponent's bits (wrapping like the integer dtype); a
+        # negative exponent gives 0 except for bases 1 and -1 (as integer division would)
+        x, e = vals
+        b.store(one, acc)
+        b.store(x, base)
+        b.store(e, exp)
+        with kb.loop(0, ty.width - 1, name="bit"):
+            cur = b.load(exp, typ=ty)
+            odd = b.icmp_signed("!=", b.and_(cur, one), zero)
+            a = b.load(acc, typ=ty)
+            b.store(b.select(odd, b.mul(a, b.load(base, typ=ty)), a), acc)
+            sq = b.load(base, typ=ty)
+            b.store(b.mul(sq, sq), base)
+            b.store(b.ashr(cur, one), exp)
+        neg = b.icmp_signed("<", e, zero)
+        unit = b.or_(b.icmp_signed("==", x, one), b.icmp_signed("==", x, ir.Constant(ty, -1)))
+        odd_e = b.icmp_signed("!=", b.and_(e, one), zero)
+        neg_val = b.select(unit, b.select(b.and_(b.icmp_signed("==", x, ir.Constant(ty, -1)),
+                                                 odd_e), ir.Constant(ty, -1), one), zero)
+        return b.select(neg, neg_val, b.load(acc, typ=ty))
+
+    emit_map(kb, [s for s, _ in in_specs], [ty, ty], out, ty, ipow)
+    return kb.finish(), kb.name, [(out, np.dtype(dt))]
 
 
 def _matmul(op: str, attrs: dict[str, Any], in_specs: list[Spec]) -> tuple[str, str, list[Spec]]:

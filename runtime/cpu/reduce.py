@@ -3,8 +3,8 @@
 - Reduce (``fn`` sum, max, min, prod, l1, l2, sum_square, log_sum, log_sum_exp; ``axes``
   (empty: none), ``keepdims``; means are misc's Mean): float32 accumulates in float64 (max/min
   in float32; NaNs are skipped as ``maxnum`` does); int8/int32/int64 accumulate in int64
-  (wrapping). An empty reduction gives sum 0, prod 1, max -inf / min +inf (integers: the
-  dtype's lowest / highest value);
+  (wrapping); max and min also take uint8 and bool. An empty reduction gives sum 0, prod 1,
+  max -inf / min +inf (integers: the dtype's lowest / highest value);
 - ArgMax, ArgMin (``axis``, ``keepdims``, ``select_last_index``): int64 indices of the first (or
   last) extreme value; float32 / int8 / int32 / int64;
 - LayerNorm (``axis``, ``epsilon``): inputs x, scale, bias (scale and bias of the normalised
@@ -53,9 +53,10 @@ def _axis_view(shape: tuple[int, ...], axis: int) -> tuple[int, int, int]:
 def _reduce(op: str, attrs: dict[str, Any], in_specs: list[Spec]) -> tuple[str, str, list[Spec]]:
     check_attrs(op, attrs, ("fn", "axes", "keepdims"))
     check_inputs(op, in_specs, (1,))
-    dt = check_dtype(op, "input", in_specs[0], _NUM)
     fn = attrs.get("fn", "sum")
     check(fn in REDUCE_FNS, op, f"fn must be one of {', '.join(REDUCE_FNS)}, not {fn!r}")
+    unsigned = ("uint8", "bool") if fn in ("max", "min") else ()
+    dt = check_dtype(op, "input", in_specs[0], _NUM + unsigned)
     shape = in_specs[0][0]
     rank = len(shape)
     axes = sorted({norm_axis(op, a, rank, "axes") for a in ints_attr(op, attrs, "axes", None,
@@ -86,6 +87,8 @@ def _reduce(op: str, attrs: dict[str, Any], in_specs: list[Spec]) -> tuple[str, 
         if extreme:
             if flt:
                 return kb.fconst(-np.inf if fn == "max" else np.inf)
+            if dt == "bool":
+                return ir.Constant(acc_ty, 0 if fn == "max" else 1)
             info = np.iinfo(np.dtype(dt))
             return ir.Constant(acc_ty, int(info.min if fn == "max" else info.max))
         return ir.Constant(acc_ty, 0.0 if flt else 0)
@@ -99,6 +102,9 @@ def _reduce(op: str, attrs: dict[str, Any], in_specs: list[Spec]) -> tuple[str, 
             if flt:
                 f = "llvm.maxnum.f32" if fn == "max" else "llvm.minnum.f32"
                 return b.call(kb.intrinsic(f, F32, [F32, F32]), [acc, v])
+            if dt in ("uint8", "bool"):
+                take = b.icmp_unsigned(">" if fn == "max" else "<", acc, v)
+                return b.select(take, acc, v)
             return kb.smax(acc, v) if fn == "max" else kb.smin(acc, v)
         if flt:
             if fn == "log_sum_exp":

@@ -13,10 +13,12 @@ asymmetric, tf_half_pixel_for_nn, tf_crop_and_resize), then
 - linear: taps ``floor(x)`` and ``floor(x) + 1`` weighted ``1 - f`` and ``f``;
 - cubic: taps ``floor(x) - 1 .. floor(x) + 2`` with Keys' coefficients (``cubic_coeff_a``);
 
-taps outside the input read the nearest edge element, or with ``exclude_outside`` get weight 0
-and the rest are renormalised. Under tf_crop_and_resize a source coordinate outside the input
-gives ``extrapolation_value``. A nearest-mode axis of scale 1 is copied unchanged (as
-onnxruntime does). Nearest works on every dtype (a gather); linear and cubic on float32.
+with ``antialias`` a downsampled (scale < 1) linear or cubic axis stretches the filter by
+``1 / scale`` and renormalises it (ONNX's antialiasing); taps outside the input read the nearest
+edge element, or with ``exclude_outside`` get weight 0 and the rest are renormalised. Under
+tf_crop_and_resize a source coordinate outside the input gives ``extrapolation_value``. A
+nearest-mode axis of scale 1 is copied unchanged (as onnxruntime does). Nearest works on every
+dtype (a gather); linear and cubic on float32.
 """
 
 from __future__ import annotations
@@ -58,17 +60,23 @@ _ANY = ("float32", "int8", "int32", "int64", "bool", "uint8")
 @dataclass(frozen=True)
 class AxisTable:
     """Taps of one axis: ``idx`` [out, taps] input indices (in range), ``w`` [out, taps]
-    float32 weights, ``outside`` [out] (tf_crop_and_resize extrapolation)."""
+    float32 weights, ``outside`` [out] (tf_crop_and_resize extrapolation), the input length."""
 
     idx: np.ndarray
     w: np.ndarray
     outside: np.ndarray
+    in_len: int
 
     @property
     def identity(self) -> bool:
+        """Every output position reads its own input position with weight 1 (and the other
+        taps, if any, with weight 0)."""
         n = len(self.outside)
-        return (self.idx.shape[1] == 1 and bool(np.all(self.idx[:, 0] == np.arange(n)))
-                and bool(np.all(self.w == 1)) and not self.outside.any())
+        if self.outside.any() or n != self.in_len:
+            return False
+        own = self.idx == np.arange(n)[:, None]
+        return bool(np.all(np.where(own, self.w, 0).sum(axis=1) == 1)
+                    and np.all(np.where(own, 0, self.w) == 0))
 
 
 def _source(coord: str, out_len: int, in_len: int, scale: float,
@@ -109,15 +117,23 @@ def _cubic(t: np.ndarray, a: float) -> np.ndarray:
     return np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], axis=1)
 
 
+def _keys(d: np.ndarray, a: float) -> np.ndarray:
+    """Keys' cubic kernel at distances ``d``."""
+    d = np.abs(d)
+    near = ((a + 2) * d - (a + 3)) * d * d + 1
+    far = ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+    return np.where(d <= 1, near, np.where(d < 2, far, 0.0))
+
+
 def axis_table(mode: str, coord: str, nearest_mode: str, in_len: int, out_len: int,
                scale: float, roi: tuple[float, float] = (0.0, 1.0), cubic_coeff_a: float = -0.75,
-               exclude_outside: bool = False) -> AxisTable:
+               exclude_outside: bool = False, antialias: bool = False) -> AxisTable:
     """The taps of one axis (see the module docstring)."""
     if mode == "nearest" and scale == 1.0 and in_len == out_len and coord != "tf_crop_and_resize":
         # onnxruntime copies an axis nearest resize leaves at scale 1 (tf_half_pixel_for_nn
         # would otherwise shift it by half a pixel)
         return AxisTable(np.arange(in_len)[:, None], np.ones((in_len, 1), np.float32),
-                         np.zeros(in_len, bool))
+                         np.zeros(in_len, bool), in_len)
     x = _source(coord, out_len, in_len, scale, roi)
     outside = ((x < 0) | (x > in_len - 1)) if coord == "tf_crop_and_resize" \
         else np.zeros(out_len, bool)
@@ -133,9 +149,19 @@ def axis_table(mode: str, coord: str, nearest_mode: str, in_len: int, out_len: i
         else:
             idx = np.ceil(x).astype(np.int64)
         return AxisTable(np.clip(idx, 0, in_len - 1)[:, None], np.ones((out_len, 1), np.float32),
-                         outside)
+                         outside, in_len)
     t = (x - fl).astype(np.float64)
-    if mode == "linear":
+    if antialias and scale < 1:
+        # downsampling: the filter is stretched by 1 / scale and renormalised
+        s = float(scale)
+        support = 1 if mode == "linear" else 2  # the filter's half width at scale 1
+        first = int(np.floor(-support / s)) + 1
+        offs = np.arange(first, support - first + (2 - support))
+        dist = (offs[None, :] - t[:, None]) * s
+        w = np.clip(1 - np.abs(dist), 0, 1) if mode == "linear" else _keys(dist, cubic_coeff_a)
+        w = w / w.sum(axis=1, keepdims=True)
+        taps = fl[:, None] + offs[None, :]
+    elif mode == "linear":
         taps, w = fl[:, None] + np.arange(2), np.stack([1 - t, t], axis=1)
     else:
         taps, w = fl[:, None] + np.arange(-1, 3), _cubic(t, cubic_coeff_a)
@@ -143,13 +169,14 @@ def axis_table(mode: str, coord: str, nearest_mode: str, in_len: int, out_len: i
         w = np.where((taps < 0) | (taps >= in_len), 0.0, w)
         total = w.sum(axis=1, keepdims=True)
         w = w / np.where(total == 0, 1.0, total)
-    return AxisTable(np.clip(taps, 0, in_len - 1), w.astype(np.float32), outside)
+    return AxisTable(np.clip(taps, 0, in_len - 1), w.astype(np.float32), outside, in_len)
 
 
 def _tables(op: str, attrs: dict[str, Any], shape: tuple[int, ...]
             ) -> tuple[str, tuple[int, ...], list[AxisTable], float]:
     check_attrs(op, attrs, ("mode", "coord", "nearest_mode", "scales", "out_shape", "roi",
-                            "cubic_coeff_a", "exclude_outside", "extrapolation_value"))
+                            "cubic_coeff_a", "exclude_outside", "extrapolation_value",
+                            "antialias"))
     rank = len(shape)
     mode = attrs.get("mode", "nearest")
     coord = attrs.get("coord", "half_pixel")
@@ -175,8 +202,10 @@ def _tables(op: str, attrs: dict[str, Any], shape: tuple[int, ...]
     excl = int_attr(op, attrs, "exclude_outside", 0)
     check(excl in (0, 1), op, f"exclude_outside must be 0 or 1, not {excl}")
     extra = float_attr(op, attrs, "extrapolation_value", 0.0)
+    anti = int_attr(op, attrs, "antialias", 0)
+    check(anti in (0, 1), op, f"antialias must be 0 or 1, not {anti}")
     tables = [axis_table(mode, coord, nearest_mode, shape[d], out[d], float(scales[d]),
-                         (float(roi[d]), float(roi[d + rank])), a, bool(excl))
+                         (float(roi[d]), float(roi[d + rank])), a, bool(excl), bool(anti))
               for d in range(rank)]
     return mode, out, tables, extra
 
