@@ -1,7 +1,10 @@
 """Functional-simulator throughput: the whole ResNet-18 and one conv stream, beside numpy.
 
 Everything is measured in one run and printed side by side, for each BLAS thread count asked
-for (each in its own process, since OpenBLAS reads its thread count at import):
+for (each in its own process, since OpenBLAS reads its thread count at import; the simulator is
+opened with ``blas_threads`` set to the same count — its default is 1). On a shared machine
+wall time includes waiting for a core; the CPU seconds of the process (in brackets) show what
+the same work costs on an idle one.
 
 * **ResNet-18 224x224** (``tessera.compiler.zoo``, compiled with the public ``tessera.compile``
   on ``--config``): accelerator MACs per second of ``model.run(device="fsim")`` wall time — the
@@ -92,7 +95,8 @@ def _resnet18(args, np) -> None:
     cal = [{inp.name: rng.standard_normal(shape).astype(np.float32)} for _ in range(2)]
     x = {inp.name: rng.standard_normal(shape).astype(np.float32)}
     model = tessera.compile(proto, config=args.config, calibration=cal)
-    dev = open_device("fsim", model.config)
+    threads = int(os.environ["OPENBLAS_NUM_THREADS"])
+    dev = open_device("fsim", model.config, blas_threads=threads)
     (outs, prof), wall, cpu = _timed(lambda: model.run(x, device=dev, profile=True))
     macs = prof.totals()["accel_macs"]
     print(f"ResNet-18 224x224: {macs / 1e9:.3f} G accelerator MACs per inference")
@@ -104,7 +108,8 @@ def _resnet18(args, np) -> None:
         best = (wall, cpu) if best is None or wall < best[0] else best
     wall, cpu = best
     print(f"  fsim, steady state (best of {args.runs}): {wall:7.3f} s [{cpu:6.3f}]  "
-          f"{macs / wall / 1e9:6.2f} GMAC/s   <- the figure")
+          f"{macs / wall / 1e9:6.2f} GMAC/s   <- the figure (per CPU second: "
+          f"{macs / cpu / 1e9:.2f})")
     layers = _layer_shapes(proto)
     ref_macs = sum(_layer_macs(s) for s in layers)
     for kind in ("int32", "float32"):
@@ -293,7 +298,7 @@ def _conv_stream_figure(args, np) -> None:
 
     cfg = Config.resolve(args.config)
     rng = np.random.default_rng(0)
-    dev = open_device("fsim", cfg)
+    dev = open_device("fsim", cfg, blas_threads=int(os.environ["OPENBLAS_NUM_THREADS"]))
     insns, x, wt, out = conv_stream(cfg, dev, args.channels, args.channels, args.size,
                                     args.rows, rng)
     code = to_bytes(insns, cfg)

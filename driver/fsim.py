@@ -36,16 +36,23 @@ class FsimDevice(Device):
     RTL: it runs, with ``RunStats.cycles`` None; ``last_prediction.blocked`` says why.
 
     ``fast=False`` runs the simulator's plain loop nests instead of its cached plans (same
-    results, much slower; for differential tests and debugging).
+    results, much slower; for differential tests and debugging). ``blas_threads`` (default 1;
+    None: as configured) limits BLAS threads while a program executes (see
+    :class:`~tessera.sim.fsim.FunctionalSimulator`).
     """
 
     kind = "fsim"
 
     def __init__(self, config: Config, mem_bytes: int = DEFAULT_MEM_BYTES, *,
-                 read_latency: int = 16, beats_per_cycle: float = 1.0, fast: bool = True):
+                 read_latency: int = 16, beats_per_cycle: float = 1.0, fast: bool = True,
+                 blas_threads: int | None = 1):
         super().__init__(config, mem_bytes)
         if not isinstance(fast, bool):
             raise DeviceError(f"fast must be True or False, not {fast!r}")
+        if blas_threads is not None and (isinstance(blas_threads, bool) or not isinstance(
+                blas_threads, int) or blas_threads < 1):
+            raise DeviceError(f"blas_threads must be a positive integer or None, not "
+                              f"{blas_threads!r}")
         try:
             self.dram_timing = timing.DramTiming(read_latency, beats_per_cycle)
         except SimError as exc:
@@ -55,7 +62,8 @@ class FsimDevice(Device):
         self.last_prediction: timing.Prediction | None = None
         # np.zeros maps untouched pages lazily, so a large device memory costs nothing up front.
         self._dram = np.zeros(self.mem_bytes, np.uint8)
-        self.sim = FunctionalSimulator(config, self._dram, self.allocator.check_rows, fast=fast)
+        self.sim = FunctionalSimulator(config, self._dram, self.allocator.check_rows, fast=fast,
+                                       blas_threads=blas_threads)
         self._regs = {Reg.INSN_COUNT: 0, Reg.INSN_ADDR: 0}
         self._status = 0
         self._error = (0, 0)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 import time
 
 import numpy as np
 
 from tessera.errors import InputError
+from tessera.files import check_writable, read_regular
 
 COMMANDS = ("run", "profile")
 
@@ -22,22 +24,35 @@ def _feeds(model, inputs: list[str]) -> dict[str, np.ndarray]:
             if len(names) != 1:
                 raise InputError(f"the model has inputs {names}; use --input NAME=FILE.npy")
             name, path = names[0], item
+        if name in feeds:
+            raise InputError(f"input {name!r} is given twice")
+        raw = read_regular(path, "input file", InputError)
         try:
-            feeds[name] = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
+            arr = np.load(io.BytesIO(raw), allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
             raise InputError(f"cannot read input file {path!r}: {exc}") from None
+        if not isinstance(arr, np.ndarray):
+            raise InputError(f"input file {path!r} must hold one array (.npy), not an archive")
+        feeds[name] = arr
     return feeds
 
 
 def _cmd_run(args: argparse.Namespace, profile: bool = False) -> int:
+    for flag in ("trace", "plot"):
+        if not hasattr(args, flag):
+            setattr(args, flag, None)
     from tessera.runtime.model import load
 
+    if args.output:
+        check_writable(args.output, "output file", InputError)  # before any work
     model = load(args.model)
     feeds = _feeds(model, args.input)
+    options = {k: v for k, v in (("read_latency", args.read_latency),
+                                 ("beats_per_cycle", args.beats_per_cycle)) if v is not None}
     t0 = time.perf_counter()
     try:
         result = model.run(feeds, device=args.device, profile=profile,
-                           progress=sys.stderr.isatty())
+                           progress=sys.stderr.isatty(), **options)
     finally:
         model.close()
     outs, prof = result if profile else (result, None)
@@ -51,6 +66,12 @@ def _cmd_run(args: argparse.Namespace, profile: bool = False) -> int:
         print(f"wrote {args.output}")
     if prof is not None:
         print(prof.table())
+        if args.trace:
+            prof.write_trace(args.trace)
+            print(f"wrote {args.trace} (open in ui.perfetto.dev or chrome://tracing)")
+        if args.plot:
+            prof.plot_roofline(args.plot)
+            print(f"wrote {args.plot}")
     print(f"{args.device}: {wall:.3f} s")
     return 0
 
@@ -64,5 +85,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="FILE.npy, or NAME=FILE.npy for several inputs")
         p.add_argument("--device", default="fsim", help="fsim or verilator")
         p.add_argument("-o", "--output", help="write the outputs to this .npz")
+        p.add_argument("--read-latency", type=int, help="DRAM read latency in cycles "
+                       "(fsim and verilator; default 16)")
+        p.add_argument("--beats-per-cycle", type=float, help="DRAM data beats per cycle, "
+                       "(0, 1] (fsim and verilator; default 1)")
+        if name == "profile":
+            p.add_argument("--trace", metavar="FILE.json",
+                           help="write a Chrome/Perfetto trace of the modules' busy and "
+                                "stalled intervals")
+            p.add_argument("--plot", metavar="FILE.png", help="draw the per-layer roofline")
         p.set_defaults(func=(lambda a: _cmd_run(a, profile=True)) if name == "profile"
                        else _cmd_run)

@@ -3,8 +3,8 @@
 :class:`DecodedProgram` is the simulator's view of a program before anything executes: every
 field of every dispatched instruction, the module each instruction routes to, and (once
 :func:`tessera.sim.tokens.schedule` has run) the token-level schedule. Timing depends only on
-the instructions, so this structure is also what a cycle model consumes (see
-:func:`tessera.sim.bound.cycles_lower_bound`).
+the instructions, so this structure is also what the cycle model consumes
+(:func:`tessera.sim.timing.predict`).
 """
 
 from __future__ import annotations

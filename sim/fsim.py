@@ -28,6 +28,7 @@ from tessera.errors import SimError
 from tessera.isa import INSN_BYTES, AluOp, MemType, Opcode, elem_bytes, extract_uops
 from tessera.regs import ErrorCode
 from tessera.sim.alu_kernel import AluPlan, alu_apply, alu_plain, plan_alu
+from tessera.sim.blas import blas_limit
 from tessera.sim.decode import COMPUTE, LOAD, MODULE_NAMES, STORE, DecodedProgram, decode_program
 from tessera.sim.gemm_kernel import GemmPlan, gemm_plain, plan_gemm
 from tessera.sim.races import DramRaceTracker, IndexSet, SramShadow
@@ -51,12 +52,21 @@ class FunctionalSimulator:
     kernel (``sim/gemm_kernel.py``, ``sim/alu_kernel.py``) and checks races on index runs;
     ``fast=False`` runs the plain SPEC loop nests step by step (for differential tests: both
     must give identical results, errors and counters). ``cache_bytes`` bounds the plan cache.
+
+    ``blas_threads`` (default 1) limits the BLAS thread pool while a program executes (None
+    leaves it as configured): the products are one tile each, too small for threads to pay,
+    and OpenBLAS threads that wait for a busy core slow every product down several times.
     """
 
     def __init__(self, cfg: Config, dram: np.ndarray, dma_check: DmaCheck | None = None,
-                 fast: bool = True, cache_bytes: int = 256 << 20):
+                 fast: bool = True, cache_bytes: int = 256 << 20, blas_threads: int | None = 1):
         if dram.dtype != np.uint8 or dram.ndim != 1:
             raise ValueError(f"dram must be a 1-D uint8 array, not {dram.dtype} {dram.shape}")
+        if blas_threads is not None and (isinstance(blas_threads, bool) or not isinstance(
+                blas_threads, int) or blas_threads < 1):
+            raise ValueError(f"blas_threads must be a positive integer or None, not "
+                             f"{blas_threads!r}")
+        self.blas_threads = blas_threads
         self.cfg = cfg
         self.dram = dram
         self.dma_check = dma_check
@@ -131,11 +141,12 @@ class FunctionalSimulator:
         self.dram_races = DramRaceTracker()
         execute = (self._exec_load_module, self._exec_compute, self._exec_store)
         counters, module, clocks, seq = self.counters, prog.module, sched.clocks.tolist(), sched.seq
-        for k, pc in enumerate(sched.order):
-            m = module[pc]
-            execute[m](pc, seq[k], clocks[k])
-            counters["insns_retired"] += 1
-            counters[MODULE_NAMES[m] + "_insns"] += 1
+        with blas_limit(self.blas_threads):
+            for k, pc in enumerate(sched.order):
+                m = module[pc]
+                execute[m](pc, seq[k], clocks[k])
+                counters["insns_retired"] += 1
+                counters[MODULE_NAMES[m] + "_insns"] += 1
         if sched.deadlock is not None:
             raise SimError(sched.deadlock.message(),
                            code=int(ErrorCode.TOKEN_DEADLOCK), pc=sched.deadlock.pc)

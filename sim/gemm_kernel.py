@@ -101,7 +101,7 @@ class GemmPlan:
             r, n = st.xidx.shape
             g = st.widx.shape[0]
             length = n * bi
-            x = np.take(inp_f, st.xidx, axis=0)  # (R, n, B, BI)
+            x = inp_f.take(st.xidx, axis=0)  # (R, n, B, BI)
             if b > 1:
                 x = x.transpose(0, 2, 1, 3)
             x = x.reshape(r * b, length)
@@ -136,7 +136,7 @@ class GemmPlan:
         cached = self._wcache[k]
         if cached is not None and cached[0] == stamp:
             return cached[1]
-        w = np.take(wgt_t, st.widx, axis=0).reshape(g, length, bo)
+        w = wgt_t.take(st.widx, axis=0).reshape(g, length, bo)
         self._wcache[k] = (stamp, w)
         return w
 
@@ -159,16 +159,19 @@ def plan_gemm(ud: np.ndarray, us: np.ndarray, uw: np.ndarray, reset: bool, iter_
         return GemmPlan(True, steps, rows, None, None, None, None)
     x = (us + i * sfo + j * sfi).reshape(-1)
     w = (uw + i * wfo + j * wfi).reshape(-1)
-    reads_inp, reads_wgt = IndexSet(x, runs_allowed=fast), IndexSet(w, runs_allowed=fast)
     if not fast:
-        plan = GemmPlan(False, steps, rows, reads_inp, reads_wgt, None, None)
+        plan = GemmPlan(False, steps, rows, IndexSet(x, runs_allowed=False),
+                        IndexSet(w, runs_allowed=False), None, None)
         plan.steps_arrays = (a, x, w)
         return plan
-    stacks = None
-    if stacked:
-        stacks = _stacks(*_virtual(ud, us, uw, iter_out, iter_in, factors))
-    general = None if stacks is not None else _general(a, x, w)
-    return GemmPlan(False, steps, rows, reads_inp, reads_wgt, stacks, general)
+    stacks = _stacks(*_virtual(ud, us, uw, iter_out, iter_in, factors)) if stacked else None
+    if stacks is None:
+        return GemmPlan(False, steps, rows, IndexSet(x), IndexSet(w), None, _general(a, x, w))
+    # the stacks' index matrices hold every row read, each far fewer times than the steps do
+    reads_inp = IndexSet(np.concatenate([st.xidx.reshape(-1) for st in stacks]))
+    reads_wgt = (stacks[0].wkey if len(stacks) == 1 else
+                 IndexSet(np.concatenate([st.widx.reshape(-1) for st in stacks])))
+    return GemmPlan(False, steps, rows, reads_inp, reads_wgt, stacks, None)
 
 
 def _virtual(ud, us, uw, iter_out, iter_in, factors):
@@ -200,7 +203,9 @@ def _stacks(a, x0, w0, soff, woff) -> list[_Stack] | None:
     """Group destination rows into stacks (module docstring), or None when they do not."""
     order = np.lexsort((x0, w0, a))
     a, x0, w0 = a[order], x0[order], w0[order]
-    rows, starts, counts = np.unique(a, return_index=True, return_counts=True)
+    starts = np.flatnonzero(np.concatenate(([True], a[1:] != a[:-1])))  # a is sorted
+    counts = np.diff(np.append(starts, a.size))
+    rows = a[starts]
     by_key: dict[tuple[int, bytes], list[tuple[np.ndarray, np.ndarray]]] = {}
     xs_of: dict[tuple[int, bytes], np.ndarray] = {}
     ngroups = 0
@@ -208,18 +213,19 @@ def _stacks(a, x0, w0, soff, woff) -> list[_Stack] | None:
         sel = np.flatnonzero(counts == c)
         pos = starts[sel][:, None] + np.arange(c)
         wseq, xseq, rsel = w0[pos], x0[pos], rows[sel]
-        useq, inv = np.unique(wseq, axis=0, return_inverse=True)
-        inv = inv.reshape(-1)
-        ngroups += useq.shape[0]
+        # rows with equal weight sequences, by sorting the sequences (stable: rows stay in order)
+        by_w = np.lexsort(wseq.T[::-1])
+        ws = wseq[by_w]
+        cut = np.flatnonzero((ws[1:] != ws[:-1]).any(axis=1)) + 1
+        ngroups += cut.size + 1
         if ngroups > MAX_GROUPS:
             return None
-        for gi in range(useq.shape[0]):
-            members = np.flatnonzero(inv == gi)
+        for members in np.split(by_w, cut):
             xm = xseq[members]
-            canon = np.lexsort(xm.T[::-1]) if c > 1 else np.argsort(xm[:, 0], kind="stable")
+            canon = np.lexsort(xm.T[::-1])
             xm = np.ascontiguousarray(xm[canon])
             key = (c, xm.tobytes())
-            by_key.setdefault(key, []).append((useq[gi], rsel[members][canon]))
+            by_key.setdefault(key, []).append((wseq[members[0]], rsel[members][canon]))
             xs_of[key] = xm
     if len(by_key) > MAX_STACKS:
         return None

@@ -27,6 +27,7 @@ LOAD, COMPUTE, STORE = 0, 1, 2
 _NAMES = ("load", "compute", "store")
 PcOf = Callable[[int, int], int]
 MAX_RUNS = 8  # an index set with more runs is handled by fancy indexing
+_max = np.maximum.reduce  # the ufunc itself: ndarray.max() adds a Python wrapper per call
 
 
 class IndexSet:
@@ -36,7 +37,13 @@ class IndexSet:
     __slots__ = ("uniq", "runs", "top")
 
     def __init__(self, idx: np.ndarray, runs_allowed: bool = True):
-        u = np.unique(idx)
+        idx = np.asarray(idx).reshape(-1)
+        if idx.size and 0 <= int(idx.min()) and int(idx.max()) < 1 << 22:
+            seen = np.zeros(int(idx.max()) + 1, bool)  # buffer indices: a mask beats a sort
+            seen[idx] = True
+            u = np.flatnonzero(seen)
+        else:
+            u = np.unique(idx)
         self.uniq = u
         self.top = int(u[-1]) if u.size else -1
         self.runs: list[tuple[int, int]] | None = None
@@ -53,9 +60,13 @@ class IndexSet:
 
     def max_of(self, arr: np.ndarray) -> int:
         """``arr[self].max()`` (the set is not empty)."""
-        if self.runs is not None:
-            return max(int(arr[lo:hi].max()) for lo, hi in self.runs)
-        return int(arr[self.uniq].max())
+        runs = self.runs
+        if runs is not None:
+            if len(runs) == 1:
+                lo, hi = runs[0]
+                return int(_max(arr[lo:hi]))
+            return max(int(_max(arr[lo:hi])) for lo, hi in runs)
+        return int(_max(arr[self.uniq]))
 
     def assign(self, arr: np.ndarray, value) -> None:
         """``arr[self] = value``."""
@@ -91,7 +102,7 @@ class SramShadow:
     def load_write(self, mt: MemType, lo: int, hi: int, seq: int, vc, pc: int,
                    pc_of: PcOf) -> None:
         readers = self.r[mt][lo:hi]
-        if int(readers.max()) > vc[COMPUTE]:
+        if readers.size and int(_max(readers)) > vc[COMPUTE]:  # a LOAD may write nothing
             bad = readers > vc[COMPUTE]
             other = pc_of(COMPUTE, int(readers[bad].max()))
             raise _race(mt.name, np.arange(lo, hi), bad, (other, COMPUTE, "reads"),
@@ -118,7 +129,7 @@ class SramShadow:
 
     def store_read(self, lo: int, hi: int, seq: int, vc, pc: int, pc_of: PcOf) -> None:
         writers = self.out_w[lo:hi]
-        if int(writers.max()) > vc[COMPUTE]:
+        if int(_max(writers)) > vc[COMPUTE]:
             bad = writers > vc[COMPUTE]
             other = pc_of(COMPUTE, int(writers[bad].max()))
             raise _race("OUT", np.arange(lo, hi), bad, (other, COMPUTE, "writes"),

@@ -16,6 +16,7 @@ unsupported node computes is listed separately, naming the node it depends on.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from tessera.compiler.frontend.context import (
 from tessera.compiler.frontend.registry import CONVERTERS, domain_of, supported_ops
 from tessera.compiler.ir import Graph, Node, TensorInfo
 from tessera.errors import CompileError
+from tessera.files import open_regular
 
 __all__ = ["import_onnx", "load_model", "SUPPORTED_ONNX_OPS", "MIN_OPSET", "MAX_OPSET"]
 
@@ -53,11 +55,14 @@ def load_model(model: str | Path | bytes | onnx.ModelProto) -> onnx.ModelProto:
     if not isinstance(model, (bytes, bytearray, str, Path)):
         raise CompileError(f"model must be a path, bytes or onnx.ModelProto, not "
                            f"{type(model).__name__}")
+    if isinstance(model, (str, Path)):
+        # a regular file only: never block on a FIFO or read a device such as /dev/zero
+        os.close(open_regular(model, "ONNX model", CompileError)[0])
     try:
         if isinstance(model, (bytes, bytearray)):
             return onnx.load_from_string(bytes(model))
         return onnx.load(str(model))
-    except Exception as exc:  # noqa: BLE001 - protobuf/IO errors of an untrusted file
+    except Exception as exc:  # noqa: BLE001 - onnx raises many types for a corrupt file
         raise CompileError(f"cannot load ONNX model {str(model)[:80]!r}: {exc}") from None
 
 

@@ -95,7 +95,8 @@ def _check_gemm(ud, us, uw, loop, inp, wgt, acc0, stacked):
     wgt_t = wgt.transpose(0, 2, 1).astype(np.float32)
     plan.run(got, inp_f, wgt_t, np.zeros(wgt.shape[0], np.int64))
     assert np.array_equal(got, want)
-    assert np.array_equal(plan.rows.uniq, np.unique(plain.steps_arrays[0]))
+    for got_set, steps in zip((plan.rows, plan.reads_inp, plan.reads_wgt), plain.steps_arrays):
+        assert np.array_equal(got_set.uniq, np.unique(steps))  # what races and checks see
     return plan
 
 
@@ -207,3 +208,20 @@ def test_fast_and_plain_report_the_same_errors():
         seen.add(results[0][0] if len(results[0]) == 3 and results[0][0] else
                  ("race" if "race" in str(results[0]) else "ok"))
     assert {3, "race", "ok"} <= seen, seen
+
+
+def test_blas_threads_are_limited_while_executing_and_restored():
+    from threadpoolctl import threadpool_info
+
+    from tessera.sim.blas import blas_limit
+
+    def blas_threads():
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    before = blas_threads()
+    assert before, "numpy's BLAS must be visible to threadpoolctl"
+    with blas_limit(1):
+        assert blas_threads() == [1] * len(before)
+    assert blas_threads() == before
+    with pytest.raises(DeviceError, match="blas_threads must be a positive integer or None"):
+        open_device("fsim", Config.preset("tiny"), blas_threads=0)
