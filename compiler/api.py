@@ -48,12 +48,17 @@ def compile(model: Any, config: Config | str | None = None,
             precision: str = "int8",
             input_shapes: Mapping[str, Iterable[int]] | None = None,
             calibration_method: str = "mse", dump_ir: str | Iterable[str] | None = None,
-            double_buffer: bool = True) -> CompiledModel:
+            double_buffer: bool = True, keep_float: Iterable[str] = (),
+            activations: str = "auto") -> CompiledModel:
     """Compile an ONNX model (path, bytes or ModelProto) for ``config``.
 
     ``precision="int8"`` (the default) quantises to int8 for the accelerator: ``calibration``
     is an iterable of input dicts (float arrays, one dict per batch); without it, eight batches
-    of seeded standard-normal data are used and the model's ``meta`` records that.
+    of seeded standard-normal data are used and the model's ``meta`` records that. A
+    pre-quantised model (QDQ or QOperator) runs with its own scales and needs no calibration.
+    ``keep_float`` names nodes (after the graph rewrites: a fused conv+relu is named after the
+    conv) that stay float inside the int8 model; ``activations`` is ``"auto"``,
+    ``"symmetric"`` or ``"asymmetric"`` (:mod:`tessera.compiler.quant.quantize`).
     ``precision="float"`` runs every op as an LLVM CPU kernel in float32 — the same graph
     rewrites, no quantisation, no calibration.
     """
@@ -67,6 +72,10 @@ def compile(model: Any, config: Config | str | None = None,
     if precision == "float" and calibration is not None:
         raise CompileError("calibration is only used with precision='int8'; a float model "
                            "needs none")
+    keep_float = tuple(keep_float)
+    if precision == "float" and keep_float:
+        raise CompileError("keep_float is only used with precision='int8'; with "
+                           "precision='float' every node is float")
     graph = import_onnx(model, input_shapes=input_shapes)
     specs = {name: (tuple(graph.tensors[name].shape), graph.tensors[name].dtype)
              for name in graph.inputs}
@@ -83,9 +92,12 @@ def compile(model: Any, config: Config | str | None = None,
                                f"batches)")
     else:
         batches = check_batches(graph, calibration)
-    quant = Quantize(batches, calibration_method)
+    quant = Quantize(batches, calibration_method, activations=activations,
+                     keep_float=keep_float, config=cfg)
     graph = run_pipeline(graph, [*GRAPH_PASSES, quant, *lowering_passes(cfg)],
                          dump_after=dump_ir)
+    if quant.result is not None and quant.result.method == "model":
+        meta["calibration"] = "none: the model's own quantisation scales"
     plan = build_plan(graph, cfg, double_buffer=double_buffer)
     meta["partition"] = partition_report(graph)
     meta["compile_seconds"] = time.perf_counter() - t0

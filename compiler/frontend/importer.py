@@ -25,7 +25,7 @@ import onnx
 from onnx import numpy_helper
 
 # The op families register their converters on import.
-from tessera.compiler.frontend import ops_math, ops_nn, ops_rnn, ops_shape  # noqa: F401
+from tessera.compiler.frontend import ops_math, ops_nn, ops_rnn, ops_shape, qlinear  # noqa: F401
 from tessera.compiler.frontend.context import (
     ONNX_DTYPES,
     Ctx,
