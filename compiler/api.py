@@ -23,7 +23,7 @@ import numpy as np
 
 from tessera.compiler.frontend import import_onnx
 from tessera.compiler.ir import Graph
-from tessera.compiler.lower import build_plan, lowering_passes, partition_report
+from tessera.compiler.lower import build_plan, check_config, lowering_passes, partition_report
 from tessera.compiler.passes import GRAPH_PASSES, run_pipeline
 from tessera.compiler.quant import CALIBRATION_METHODS, Quantize
 from tessera.compiler.quant.calibrate import check_batches
@@ -66,6 +66,7 @@ def compile(model: Any, config: Config | str | None = None,
     cfg = Config.resolve(config)
     if precision not in PRECISIONS:
         raise CompileError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    check_config(cfg)  # a config no layer can run on fails here, before any work
     if calibration_method not in CALIBRATION_METHODS:
         raise CompileError(f"calibration_method must be one of {CALIBRATION_METHODS}, not "
                            f"{calibration_method!r}")
