@@ -18,6 +18,7 @@ from onnx import numpy_helper
 
 from tessera.compiler.frontend.context import ONNX_DTYPES, Ctx, Unsupported, attrs_of
 from tessera.compiler.frontend.converters import CONVERTERS, SUPPORTED_ONNX_OPS
+from tessera.compiler.frontend.qlinear import QUANT_CONVERTERS
 from tessera.compiler.ir import Graph, TensorInfo
 from tessera.errors import CompileError
 from tessera.files import open_regular
@@ -104,6 +105,7 @@ def import_onnx(model: str | Path | bytes | onnx.ModelProto,
             poisoned.update(o for o in n.output if o)
             continue
         conv = CONVERTERS.get(n.op_type) if n.domain in ("", "ai.onnx") else None
+        conv = QUANT_CONVERTERS.get((n.domain, n.op_type), conv)
         try:
             if conv is None:
                 dom = f" (domain {n.domain!r})" if n.domain not in ("", "ai.onnx") else ""

@@ -27,7 +27,7 @@ I64 = ir.IntType(64)
 F32 = ir.FloatType()
 PTR = ir.PointerType()
 
-DTYPES: dict[str, ir.Type] = {"float32": F32, "int8": I8, "int32": I32}
+DTYPES: dict[str, ir.Type] = {"float32": F32, "int8": I8, "int32": I32, "uint8": I8}
 FAST = ("reassoc", "nsz", "contract")  # reductions only: lets LLVM reorder and vectorise sums
 MAX_EXTENT = 1 << 24  # largest kernel, stride, dilation or pad a window may have
 
