@@ -10,7 +10,8 @@ The cycle model (``tessera.sim.timing``, ``docs/cycle-model.md``) was written an
 random programs, ResNet-18, resnet_tiny, mobilenet_tiny and small_cnn, on the configs of
 ``bench/cycle_model.py``. This bench uses neither: zoo networks it was not checked on
 (MobileNet-v1 at a reduced resolution, seeded random CNNs, trained-like CNNs with dead channels,
-the MLP), a trained model shipped in a PyPI wheel (``survey:NAME``, fetched like
+the MLP), the onnx wheel's ``light_*`` architecture models (``light:NAME``, e.g.
+``light:squeezenet``), a trained model shipped in a PyPI wheel (``survey:NAME``, fetched like
 ``bench/real_models.py``), on the named presets and seeded random configs drawn by
 ``tessera explore``'s design space (``random:N``: N configs of
 :func:`tessera.compiler.explore.space.random_configs` with ``--seed``, keeping arrays
@@ -81,9 +82,29 @@ def _survey_model(name: str):
     return name, proto, (lambda rng, n: rm.make_inputs(spec, rng, n)), spec.inputs
 
 
+def _light_model(name: str):
+    import onnx
+
+    path = next((p for p in zoo.light_models() if p.stem == f"light_{name}"), None)
+    if path is None:
+        raise SystemExit(f"unknown light model {name!r}; one of "
+                         f"{', '.join(p.stem[6:] for p in zoo.light_models())}")
+    proto = onnx.load(str(path))
+    inits = {i.name for i in proto.graph.initializer}
+    (inp,) = [i for i in proto.graph.input if i.name not in inits]
+    shape = tuple(d.dim_value for d in inp.type.tensor_type.shape.dim)
+
+    def feeds(rng: np.random.Generator, n: int) -> list[dict[str, np.ndarray]]:
+        return [{inp.name: rng.standard_normal(shape).astype(np.float32)} for _ in range(n)]
+
+    return f"light_{name}", proto, feeds, None
+
+
 def load_model(spec: str):
     if spec.startswith("survey:"):
         return _survey_model(spec.partition(":")[2])
+    if spec.startswith("light:"):
+        return _light_model(spec.partition(":")[2])
     return _zoo_model(spec)
 
 
@@ -150,8 +171,8 @@ def main() -> None:
             try:
                 model = tessera.compile(proto, config=cfg, calibration=cal, input_shapes=shapes)
             except TesseraError as exc:
-                print(f"| {label} | {mlabel} | - | compile error: {str(exc).splitlines()[0]} "
-                      f"| | | | | |", flush=True)
+                why = " ".join(line.strip() for line in str(exc).splitlines()[:2])
+                print(f"| {label} | {mlabel} | - | compile error: {why} | | | | | |", flush=True)
                 continue
             try:
                 for dram in drams:
