@@ -34,6 +34,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import onnx
+import onnxruntime as _ort
+
+_ort.set_default_logger_severity(3)  # its graph warnings drown the tables
 
 __all__ = ["rel_error", "ort_float", "ort_int8", "natural_images", "text_lines", "speech_like",
            "Reader"]
