@@ -167,7 +167,7 @@ class CommandBuilder:
         self.uop_cache = UopCache(config.uop_depth)
         self.stats = BuilderStats()
         self.runs = 0
-        self._words: dict[tuple, tuple[bytes, bytes]] = {}  # uops -> (encoded words, key)
+        self._words: dict[bytes, tuple[bytes, bytes]] = {}  # kernel key -> (words, hash)
         self._reset_stream()
 
     # -- stream state -----------------------------------------------------------------------
@@ -190,7 +190,9 @@ class CommandBuilder:
         """Tokens pushed minus popped so far on the queue ``src -> dst`` (program order)."""
         return self._outstanding[queue(src, dst).name]
 
-    def _append(self, insn: Insn) -> int:
+    def _append(self, insn: Insn, checked: bool = False) -> int:
+        """Append ``insn`` (taking the module's pending pops); ``checked``: its fields are known
+        to encode (flags aside), so it is not encoded again here."""
         m = module_of(insn)
         pending = self._pending[m]
         if pending:
@@ -198,10 +200,12 @@ class CommandBuilder:
             insn = dataclasses.replace(insn, **flags)
             self.stats.pops_folded += len(pending)
             pending.clear()
-        try:
-            encode(insn, self.cfg)
-        except IsaError as exc:
-            raise ProgramError(f"cannot encode instruction {len(self.insns)}: {exc}") from None
+        if not checked:
+            try:
+                encode(insn, self.cfg)
+            except IsaError as exc:
+                raise ProgramError(f"cannot encode instruction {len(self.insns)}: {exc}") \
+                    from None
         self.insns.append(insn)
         self._modules.append(m)
         self._last[m] = len(self.insns) - 1
@@ -323,12 +327,13 @@ class CommandBuilder:
     # -- compute ----------------------------------------------------------------------------
 
     def _uop_range(self, kernel: MicroKernel) -> tuple[int, int]:
-        cached = self._words.get(kernel.uops)
+        """Micro-op buffer range of ``kernel``'s part, loading the kernel if not resident."""
+        cached = self._words.get(kernel.key)
         if cached is None:
             words = kernel.words(self.cfg)
-            cached = self._words[kernel.uops] = (words, MicroKernel.content_key(words))
+            cached = self._words[kernel.key] = (words, MicroKernel.content_key(words))
         words, key = cached
-        n = len(kernel.uops)
+        n = kernel.size
         base, hit = self.uop_cache.lookup(key, n)
         if not hit:
             offset = self._uop_area_index.get(key)
@@ -340,23 +345,29 @@ class CommandBuilder:
                                       sram_base=base, dram_base=offset, y_size=1, x_size=n,
                                       x_stride=n))
             self._uop_load_pcs.append(pc)
-        return base, base + n
+        return base + kernel.lo, base + kernel.hi
 
     def gemm(self, kernel: MicroKernel, reset: bool = False) -> int:
-        """Run ``kernel`` as one GEMM (``reset`` zeroes the accumulators instead)."""
+        """Run ``kernel`` (its part ``[lo, hi)``) as one GEMM (``reset`` zeroes the accumulators
+        instead)."""
         if not isinstance(kernel, MicroKernel):
             raise ProgramError(f"gemm needs a MicroKernel, not {type(kernel).__name__}")
         self._check_kernel(kernel, gemm=True)
         k = kernel
         insn = GemmInsn(
-            reset=int(reset), uop_bgn=0, uop_end=len(k.uops), iter_out=k.iter_out,
+            reset=int(reset), uop_bgn=0, uop_end=k.hi - k.lo, iter_out=k.iter_out,
             iter_in=k.iter_in, dst_factor_out=k.dst_factor_out, dst_factor_in=k.dst_factor_in,
             src_factor_out=k.src_factor_out, src_factor_in=k.src_factor_in,
             wgt_factor_out=k.wgt_factor_out, wgt_factor_in=k.wgt_factor_in)
         return self._run_kernel(insn, k)
 
-    def alu(self, kernel: MicroKernel, op: AluOp, imm: int | None = None) -> int:
-        """Run ``kernel`` as one ALU instruction: ``acc[dst] = op(acc[dst], imm or acc[src])``."""
+    def alu(self, kernel: MicroKernel, op: AluOp, imm: int | None = None,
+            deferred: bool = False) -> int:
+        """Run ``kernel`` as one ALU instruction: ``acc[dst] = op(acc[dst], imm or acc[src])``.
+
+        ``deferred`` [ext] lets the compute module run it concurrently with the GEMMs that
+        follow, up to the next fence (spec-notes 14): the caller guarantees that those GEMMs
+        touch no accumulator row it reads or writes, and none in its destination rows' half."""
         if not isinstance(kernel, MicroKernel):
             raise ProgramError(f"alu needs a MicroKernel, not {type(kernel).__name__}")
         try:
@@ -370,11 +381,17 @@ class CommandBuilder:
         self._check_kernel(kernel, gemm=False)
         k = kernel
         insn = AluInsn(
-            uop_bgn=0, uop_end=len(k.uops), iter_out=k.iter_out, iter_in=k.iter_in,
+            uop_bgn=0, uop_end=k.hi - k.lo, iter_out=k.iter_out, iter_in=k.iter_in,
             dst_factor_out=k.dst_factor_out, dst_factor_in=k.dst_factor_in,
             src_factor_out=k.src_factor_out, src_factor_in=k.src_factor_in,
-            alu_opcode=op, use_imm=int(imm is not None), imm=int(imm or 0))
+            alu_opcode=op, use_imm=int(imm is not None), imm=int(imm or 0),
+            deferred=int(bool(deferred)))
         return self._run_kernel(insn, k)
+
+    def fence(self) -> int:
+        """A compute instruction before which every deferred ALU instruction has completed (an
+        empty, non-deferred ALU instruction; spec-notes 14)."""
+        return self._append(AluInsn(uop_bgn=0, uop_end=0))
 
     def _run_kernel(self, insn: GemmInsn | AluInsn, kernel: MicroKernel) -> int:
         """Check that ``insn`` encodes, load its kernel if not resident, then append it."""
@@ -382,27 +399,29 @@ class CommandBuilder:
             encode(insn, self.cfg)
         except IsaError as exc:
             raise ProgramError(f"cannot encode {Opcode(insn.opcode).name}: {exc}") from None
-        kernel.words(self.cfg)  # micro-op fields must encode too
-        bgn, end = self._uop_range(kernel)
-        return self._append(dataclasses.replace(insn, uop_bgn=bgn, uop_end=end))
+        bgn, end = self._uop_range(kernel)  # micro-op fields must encode too
+        return self._append(dataclasses.replace(insn, uop_bgn=bgn, uop_end=end), checked=True)
 
     def _check_kernel(self, k: MicroKernel, gemm: bool) -> None:
         """Every index the loop nest generates must lie inside its buffer."""
         cfg = self.cfg
         io, ii = k.iter_out - 1, k.iter_in - 1
-        bounds = [("accumulator", "dst_idx", k.dst_factor_out, k.dst_factor_in, cfg.acc_depth)]
+        top = k.array[k.lo:k.hi].max(axis=0)
+        if k.array.min() < 0:
+            raise ProgramError("micro-kernel indices must be non-negative")
+        bounds = [("accumulator", 0, k.dst_factor_out, k.dst_factor_in, cfg.acc_depth)]
         if gemm:
-            bounds += [("input", "src_idx", k.src_factor_out, k.src_factor_in, cfg.inp_depth),
-                       ("weight", "wgt_idx", k.wgt_factor_out, k.wgt_factor_in, cfg.wgt_depth)]
+            bounds += [("input", 1, k.src_factor_out, k.src_factor_in, cfg.inp_depth),
+                       ("weight", 2, k.wgt_factor_out, k.wgt_factor_in, cfg.wgt_depth)]
         else:
-            bounds += [("accumulator source", "src_idx", k.src_factor_out, k.src_factor_in,
+            bounds += [("accumulator source", 1, k.src_factor_out, k.src_factor_in,
                         cfg.acc_depth)]
-        for what, attr, fo, fi, dep in bounds:
+        for what, col, fo, fi, dep in bounds:
             if fo < 0 or fi < 0:
                 raise ProgramError(f"micro-kernel {what} factors must be non-negative")
-            top = max(getattr(u, attr) for u in k.uops) + io * fo + ii * fi
-            if top >= dep:
-                raise ProgramError(f"micro-kernel reaches {what} index {top}, outside the "
+            t = int(top[col]) + io * fo + ii * fi
+            if t >= dep:
+                raise ProgramError(f"micro-kernel reaches {what} index {t}, outside the "
                                    f"buffer (depth {dep})")
 
     # -- finishing and running --------------------------------------------------------------

@@ -268,7 +268,7 @@ class _Gen:
                              dst_factor_out=facs[0][0], dst_factor_in=facs[0][1],
                              src_factor_out=facs[1][0], src_factor_in=facs[1][1],
                              alu_opcode=op, use_imm=use_imm, imm=imm if use_imm else 0,
-                             reset=int(r.random() < 0.1)))
+                             deferred=int(r.random() < 0.1)))
 
     def store(self, rnd: int, half: int) -> MemInsn:
         r = self.rng

@@ -27,10 +27,9 @@ from tessera.runtime.accel import (
     LayerAddrs,
     conv2d_params,
     dense_params,
+    dense_shape,
     emit_conv2d,
-    emit_dense,
     plan_conv2d,
-    plan_dense,
 )
 from tessera.runtime.builder import CommandBuilder
 from tessera.runtime.layout import ceil_div
@@ -102,36 +101,30 @@ class _Builder:
         res = n.input(3) or None
         x_shape = tuple(a["in_shape"])
         if n.op == "qconv2d":
-            shape = ConvShape.make(x_shape, wt.shape, tuple(a["strides"]), tuple(a["pads"]))
+            shape = ConvShape.make(x_shape, wt.shape, tuple(a["strides"]), tuple(a["pads"]),
+                                   tuple(a.get("dilations", (1, 1))))
             params = conv2d_params(cfg, wt, bias, epi)
-            tiles = plan_conv2d(cfg, ConvGeom.of(cfg, shape), residual=res is not None,
-                                vec="mult" in params, n_alu=len(epi.alu_steps()),
-                                double_buffer=self.double_buffer)
-            macs, tile = shape.macs, [tiles.to, tiles.th, tiles.kc]
         else:
             m, k = x_shape
-            o = wt.shape[0]
+            shape = dense_shape(m, k, wt.shape[0])
             params = dense_params(cfg, wt, bias, epi)
-            tiles = plan_dense(cfg, m, k, o, residual=res is not None, vec="mult" in params,
-                               n_alu=len(epi.alu_steps()), double_buffer=self.double_buffer)
-            macs, tile = m * k * o, [tiles.tm, tiles.to, tiles.kc]
-        addr = {key: self.param(f"{n.name}:{key}", arr) for key, arr in params.items()}
+        tiles = plan_conv2d(cfg, ConvGeom.of(cfg, shape), params.program,
+                            double_buffer=self.double_buffer)
+        addr = {key: self.param(f"{n.name}:{key}", arr) for key, arr in params.arrays.items()}
         x, y = n.inputs[0], n.outputs[0]
-        addrs = LayerAddrs(self.arena(x), addr["w"], self.arena(y), addr["bias"],
-                           addr.get("mult"), self.arena(res) if res else None)
+        addrs = LayerAddrs(self.arena(x), addr["w"], self.arena(y), addr.get("consts"),
+                           self.arena(res) if res else None)
         b = CommandBuilder(cfg)
-        if n.op == "qconv2d":
-            stats = emit_conv2d(b, shape, addrs, epi, tiles=tiles)
-        else:
-            stats = emit_dense(b, m, k, o, addrs, epi, tiles=tiles)
+        stats = emit_conv2d(b, shape, addrs, params.program, tiles=tiles)
         prog = b.finish()
         code = prog.to_bytes(0)
-        inputs = [x] + ([res] if res else []) + [f"{n.name}:{key}" for key in params]
-        info = {"op": n.op, "macs": int(macs),
+        inputs = [x] + ([res] if res else []) + [f"{n.name}:{key}" for key in params.arrays]
+        info = {"op": n.op, "macs": int(shape.macs),
                 "gemm_steps": stats.hw_macs // cfg.macs_per_gemm_step,
-                "insns": len(prog.insns), "tile": tile, "double_buffer": tiles.double_buffer,
-                "loop_form": getattr(tiles, "loop_form", "dense"),
-                "est_cycles": tiles.est_cycles, "counts": dict(prog.counts()),
+                "insns": len(prog.insns),
+                "tile": [tiles.tn, tiles.to, tiles.th, tiles.tw or 0, tiles.kc, tiles.tkh or 0],
+                "double_buffer": tiles.double_buffer, "est_cycles": tiles.est_cycles,
+                "epilogue_steps": len(params.program.steps), "counts": dict(prog.counts()),
                 "loads_skipped": stats.pipeline["loads_skipped"]}
         return AccelStep(n.name, n.op, inputs, [y], code, prog.uop_words,
                          list(prog.uop_load_pcs), info)

@@ -1,46 +1,59 @@
-"""The one cost model of the accelerator kernels, used by every operator's tile search.
+"""The tile search of the accelerator operators and its cost model.
 
-An operator enumerates the tile shapes that fit the SRAM (its own feasibility rules) and asks
-:func:`tile_cycles` what one tile of each distinct shape costs; the shape with the lowest total
-wins. The model:
+:func:`plan_conv2d` enumerates the tile shapes of a convolution (dense layers are 1x1
+convolutions) that fit the buffers and fields (:func:`~tessera.runtime.accel.conv2d.fits`) and
+picks the one with the lowest estimated cycle count; fewer instructions break ties.
 
-- compute: one cycle per GEMM micro-op step (the reset included) and per ALU step, plus 8 per
-  GEMM instruction and 40 per tile;
-- load: DRAM bytes at the memory bus width, plus 40 per input LOAD instruction (the weight load
-  of a stage overlaps them), and the residual rows of the epilogue;
-- store: the tile's bytes at the bus width plus 20 per STORE instruction;
-- double buffered, the three modules overlap and a tile costs the slowest of them; otherwise
-  they add up.
+The estimate (:func:`estimate`) is an analytic model of the RTL running the emitter's schedule,
+evaluated once per distinct tile shape (at most two extents per dimension: the full tiles and
+the ragged last one):
 
-Loads the pipeline skips because their data is still resident are not modelled (the estimate is
-an upper bound there).
+- compute: one cycle per GEMM step plus ``INSN`` per instruction; the reset and every epilogue
+  ALU instruction pass once over the tile's rows; residual rows arrive by compute-module loads
+  (``LOAD_FIXED`` plus their beats), which stall the GEMMs;
+- load: per LOAD, ``LOAD_FIXED`` plus its DRAM beats plus one cycle per padding element;
+  weights are loaded once per group of output blocks when every chunk has its own place in the
+  weight buffer (weight-stationary), else once per stage;
+- store: its beats plus ``STORE_FIXED`` per STORE;
+- the three modules overlap (two threads) and a tile costs the slowest; the first stage's loads
+  and the last tile's epilogue and store are not overlapped.
+
+:func:`tessera.runtime.accel.tiling` is checked against the cycle model of the RTL
+(``sim/timing``) in ``tests/unit/test_tiling.py``; ``tessera compile --tune`` ranks the best
+candidates of this model with the cycle model itself (:func:`tune_conv2d`).
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tessera.config import Config
+from tessera.errors import ProgramError
+from tessera.isa import INSN_BYTES
+from tessera.runtime.accel.conv2d import (
+    GEMM_PARTS,
+    ConvGeom,
+    ConvShape,
+    ConvTiles,
+    const_rows,
+    emit_conv2d,
+    fits,
+)
+from tessera.runtime.accel.epilogue import Epilogue
+from tessera.runtime.accel.layer import LayerAddrs
+from tessera.runtime.accel.requant import DeviceEpilogue, lower_epilogue
+from tessera.runtime.builder import CommandBuilder
+from tessera.runtime.layout import ceil_div
+from tessera.sim import timing
 
-__all__ = ["StageShape", "tile_cycles", "spans", "TILE_OVERHEAD", "GEMM_OVERHEAD",
-           "LOAD_OVERHEAD", "STORE_OVERHEAD"]
+__all__ = ["plan_conv2d", "estimate", "measure", "candidates", "spans", "INSN", "LOAD_FIXED",
+           "STORE_FIXED"]
 
-TILE_OVERHEAD = 40
-GEMM_OVERHEAD = 8
-LOAD_OVERHEAD = 40
-STORE_OVERHEAD = 20
-
-
-@dataclass(frozen=True)
-class StageShape:
-    """``count`` reduction stages of one shape within a tile."""
-
-    count: int
-    gemm_steps: int  # micro-op steps of the stage's GEMM
-    inp_elems: int  # input elements the stage loads (padding included)
-    wgt_elems: int  # weight elements the stage loads
-    inp_loads: int  # input LOAD instructions
+INSN = 7  # compute cycles per GEMM/ALU instruction beyond its steps (FSM and pipeline fill)
+LOAD_FIXED = 22  # cycles per LOAD beyond its beats (FSM, request, DRAM read latency)
+STORE_FIXED = 24  # cycles per STORE beyond its beats (FSM, write responses)
 
 
 def spans(total: int, step: int) -> list[tuple[int, int]]:
@@ -49,19 +62,152 @@ def spans(total: int, step: int) -> list[tuple[int, int]]:
     return [(step, full)] * (full > 0) + [(rest, 1)] * (rest > 0)
 
 
-def tile_cycles(cfg: Config, rows: int, stages: Iterable[StageShape], alu_steps: int,
-                residual: bool, double_buffer: bool, store_insns: int = 1) -> int:
-    """Estimated cycles of one tile with ``rows`` accumulator rows of result, its ``stages``,
-    ``alu_steps`` ALU passes over the rows (besides the bias add) and an optional residual."""
-    bus = cfg.mem_bus_bytes
-    compute = rows + rows * (alu_steps + (2 if residual else 0)) + TILE_OVERHEAD
-    load = rows * cfg.acc8_elem_bytes // bus if residual else 0
-    for st in stages:
-        compute += st.count * (st.gemm_steps + GEMM_OVERHEAD)
-        load += st.count * ((st.inp_elems * cfg.inp_elem_bytes
-                             + st.wgt_elems * cfg.wgt_elem_bytes) // bus
-                            + LOAD_OVERHEAD * st.inp_loads)
-    store = rows * cfg.out_elem_bytes // bus + STORE_OVERHEAD * store_insns
-    if double_buffer:
-        return max(compute, load, store)
-    return compute + load + store
+def _extents(total: int, cap: int = 24) -> list[int]:
+    """Candidate tile extents for a dimension of ``total``: every balanced split
+    ``ceil(total / k)``, and powers of two."""
+    out = {ceil_div(total, k) for k in range(1, min(total, cap) + 1)}
+    out |= {1 << i for i in range(total.bit_length()) if 1 << i <= total}
+    return sorted(out)
+
+
+@dataclass(frozen=True)
+class _Cost:
+    bus: int
+    inp_beats: float  # beats per input element
+    wgt_beats: float
+    out_beats: float
+    acc8_beats: float
+    acc_beats: float
+
+
+def _cost(cfg: Config) -> _Cost:
+    b = cfg.mem_bus_bytes
+    return _Cost(b, cfg.inp_elem_bytes / b, cfg.wgt_elem_bytes / b, cfg.out_elem_bytes / b,
+                 cfg.acc8_elem_bytes / b, cfg.acc_elem_bytes / b)
+
+
+def _beats(elems: int, per: float) -> int:
+    return max(1, round(elems * per)) if elems else 0
+
+
+def estimate(cfg: Config, g: ConvGeom, t: ConvTiles, prog: DeviceEpilogue) -> int:
+    """Estimated cycles of the layer with tile shape ``t`` (resolved; see the module doc)."""
+    c = _cost(cfg)
+    n_alu = len(prog.steps)
+    residual = prog.residual
+    chunks = [(kc, nk * nc, tkh) for kc, nc in spans(g.cb, t.kc)
+              for tkh, nk in spans(g.kh, t.tkh)]
+    n_chunks = sum(n for _, n, _ in chunks)
+    parts = ceil_div(GEMM_PARTS, n_chunks)
+    wsize = t.to * t.kc * t.tkh * g.kw
+    wgt_cap = cfg.wgt_depth // (2 if t.double_buffer else 1)
+    stationary = n_chunks * wsize <= wgt_cap
+    n_o = ceil_div(g.ob, t.to)
+    n_sp = ceil_div(g.oh, t.th) * ceil_div(g.ow, t.tw) * ceil_div(g.n, t.tn)
+    total = 0
+    first_load = last = 0
+    for to, k_o in spans(g.ob, t.to):
+        for th, k_h in spans(g.oh, t.th):
+            for tw, k_w in spans(g.ow, t.tw):
+                for tn, k_n in spans(g.n, t.tn):
+                    per = th * tw
+                    rows = tn * to * per
+                    comp = (rows + INSN) * (1 + n_alu) + INSN
+                    load = 0
+                    for kc, count, tkh in chunks:
+                        steps = rows * kc * tkh * g.kw
+                        comp += count * (steps + parts * INSN)
+                        ih, iw = g.in_rows(th, tkh), g.in_width(tw)
+                        if g.subsampled:
+                            loads = tn * kc * th
+                            inp = loads * (LOAD_FIXED + _beats(tw, c.inp_beats))
+                        elif ih == g.h and iw == g.w and not (g.pt or g.pb or g.pl or g.pr):
+                            inp = LOAD_FIXED + _beats(tn * kc * ih * iw, c.inp_beats)
+                        else:
+                            loads = tn * kc
+                            inp = loads * (LOAD_FIXED + _beats(ih * iw, c.inp_beats))
+                        wgt = LOAD_FIXED + _beats(to * kc * tkh * g.kw, c.wgt_beats)
+                        if stationary:
+                            wgt = wgt / max(1, n_sp)  # once per group of output blocks
+                        load += count * (inp + wgt)
+                    stores = tn if tw == g.ow else tn * to
+                    store = _beats(rows, c.out_beats) + STORE_FIXED * stores
+                    if residual:
+                        comp += _beats(rows, c.acc8_beats) + LOAD_FIXED * stores
+                    tile = max(comp, load, store) if t.double_buffer else comp + load + store
+                    k = k_o * k_h * k_w * k_n
+                    total += k * tile
+                    first_load = first_load or int(load / max(1, n_chunks))
+                    last = max(last, store)
+    consts = len(prog.vectors)
+    total += n_o * consts * (LOAD_FIXED + _beats(t.to, c.acc_beats))
+    if t.double_buffer:
+        total += first_load + last
+    return int(total)
+
+
+def candidates(cfg: Config, g: ConvGeom, double_buffer: bool, wide: bool = False
+               ) -> Iterable[ConvTiles]:
+    """Tile shapes to consider: full-width tiles over the whole kernel, or (``wide``) every
+    width and kernel-row split as well."""
+    dbs = (True, False) if double_buffer else (False,)
+    tws = _extents(g.ow) if wide else [g.ow]
+    tkhs = list(range(1, g.kh + 1)) if wide else [g.kh]
+    for db, tn, to, th, tw, kc, tkh in itertools.product(
+            dbs, _extents(g.n, 8), _extents(g.ob), _extents(g.oh), tws, _extents(g.cb),
+            tkhs):
+        yield ConvTiles(to, th, kc, db, tw, tkh, tn)
+
+
+def plan_conv2d(cfg: Config, g: ConvGeom, prog: DeviceEpilogue | None = None, *,
+                double_buffer: bool = True) -> ConvTiles:
+    """The feasible tile shape with the lowest estimated cycle count for the layer's epilogue
+    program ``prog`` (default: no bias, identity requantisation).
+
+    Full-width tiles over the whole kernel are searched first; only when none fits (very wide
+    rows, tall kernels or a small config) are the width and the kernel rows split as well.
+    """
+    if prog is None:
+        prog = lower_epilogue(Epilogue(), None, g.ob * cfg.block_out)
+    if not isinstance(prog, DeviceEpilogue):
+        raise ProgramError(f"plan_conv2d needs the layer's DeviceEpilogue, not {prog!r}")
+    for wide in (False, True):
+        best, best_key = None, None
+        for t in candidates(cfg, g, double_buffer, wide):
+            if fits(cfg, g, t, prog) is not None:
+                continue
+            n_tiles = (ceil_div(g.ob, t.to) * ceil_div(g.oh, t.th) * ceil_div(g.ow, t.tw)
+                       * ceil_div(g.n, t.tn))
+            key = (estimate(cfg, g, t, prog), n_tiles)
+            if best_key is None or key < best_key:
+                best, best_key = t, key
+        if best is not None:
+            return replace(best, est_cycles=best_key[0])
+    small = ConvTiles(1, 1, 1, False, 1, 1, 1)
+    why = fits(cfg, g, small, prog)
+    raise ProgramError(
+        f"no conv2d tiling fits {cfg.summary()}: even a 1x1x1 tile over one kernel row fails "
+        f"({why}; {g.kh}x{g.kw} kernel, {g.cb} input and {g.ob} output channel blocks, "
+        f"{const_rows(prog, 1)} constant rows)")
+
+
+_ADDRS = LayerAddrs(0x0100_0000, 0x0200_0000, 0x0300_0000, 0x0400_0000, 0x0500_0000)
+_UOP_AREA, _INSN_AREA = 0x0600_0000, 0x0700_0000
+
+
+def measure(cfg: Config, shape: ConvShape, prog: DeviceEpilogue, tiles: ConvTiles,
+            dram: timing.DramTiming | None = None) -> int:
+    """Cycles the RTL takes for the layer with tile shape ``tiles``, by the cycle model
+    (``sim/timing``) on the emitted stream (tensors at fixed, aligned addresses)."""
+    b = CommandBuilder(cfg)
+    addrs = replace(_ADDRS, consts=_ADDRS.consts if prog.vectors else None,
+                    residual=_ADDRS.residual if prog.residual else None)
+    emit_conv2d(b, shape, addrs, prog, tiles=tiles)
+    p = b.finish()
+    code = p.to_bytes(_UOP_AREA)
+    n = len(code) // INSN_BYTES
+    pred = timing.predict(timing.decode_stream(code, cfg), cfg, dram, insn_addr=_INSN_AREA,
+                          insn_count=n)
+    if pred.cycles is None:
+        raise ProgramError(f"the cycle model cannot finish the layer: {pred.blocked}")
+    return pred.cycles

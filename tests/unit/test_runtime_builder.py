@@ -11,7 +11,7 @@ from tessera.errors import ProgramError
 from tessera.isa import AluOp, GemmInsn, MemInsn, MemType, Opcode, Uop
 from tessera.runtime.accel import (
     ConvShape,
-    DenseTiles,
+    ConvTiles,
     Epilogue,
     LayerAddrs,
     apply_epilogue,
@@ -265,7 +265,7 @@ def _matmul_stream(threads: int):
     for buf, x in zip(bufs, (pa, pb)):
         dev.write(buf.addr, x)
     b = CommandBuilder(TINY, dev)
-    plan = DenseTiles(tm=2, to=2, kc=4, double_buffer=threads == 2)  # 3 stages per tile
+    plan = ConvTiles(to=2, th=1, kc=4, double_buffer=threads == 2, tn=2)  # 3 stages per tile
     emit_dense(b, m, k, n, LayerAddrs(bufs[0].addr, bufs[1].addr, out.addr), tiles=plan)
     insns = list(b.insns)
     b.synchronize()
