@@ -21,7 +21,7 @@ Every instruction is encoded as it is appended, so a request the ISA cannot expr
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -197,7 +197,7 @@ class CommandBuilder:
         pending = self._pending[m]
         if pending:
             flags = {queue_flag(name): 1 for name in pending}
-            insn = dataclasses.replace(insn, **flags)
+            insn = _with(insn, **flags)
             self.stats.pops_folded += len(pending)
             pending.clear()
         if not checked:
@@ -229,11 +229,11 @@ class CommandBuilder:
         last = self._last[q.src]
         if (last is not None and not self._pending[q.src]
                 and not getattr(self.insns[last], q.push_flag)):
-            self.insns[last] = dataclasses.replace(self.insns[last], **{q.push_flag: 1})
+            self.insns[last] = _with(self.insns[last], **{q.push_flag: 1})
             self.stats.pushes_folded += 1
             return
         pc = self.noop(q.src)
-        self.insns[pc] = dataclasses.replace(self.insns[pc], **{q.push_flag: 1})
+        self.insns[pc] = _with(self.insns[pc], **{q.push_flag: 1})
 
     def dep_pop(self, src: Module, dst: Module) -> None:
         """Make the next instruction of ``dst`` wait for a token ``src`` pushed."""
@@ -295,7 +295,7 @@ class CommandBuilder:
         return self._append(MemInsn(opcode=Opcode.LOAD, memory_type=mt, sram_base=sram,
                                     dram_base=dram_elem_base, y_size=y, x_size=x,
                                     x_stride=stride, y_pad_0=yp0, y_pad_1=yp1, x_pad_0=xp0,
-                                    x_pad_1=xp1))
+                                    x_pad_1=xp1), checked=True)
 
     def store_2d(self, sram: int, dram_elem_base: int, y: int, x: int, stride: int) -> int:
         """STORE ``y`` rows of ``x`` out-buffer elements from ``sram`` (rows consecutive) to
@@ -306,7 +306,7 @@ class CommandBuilder:
                                f"buffer depth {self.cfg.out_depth}")
         return self._append(MemInsn(opcode=Opcode.STORE, memory_type=MemType.OUT,
                                     sram_base=sram, dram_base=dram_elem_base, y_size=y,
-                                    x_size=x, x_stride=stride))
+                                    x_size=x, x_stride=stride), checked=True)
 
     def _check_mem(self, what: str, mt: MemType, sram: int, dram: int, y: int, x: int,
                    stride: int) -> None:
@@ -400,7 +400,7 @@ class CommandBuilder:
         except IsaError as exc:
             raise ProgramError(f"cannot encode {Opcode(insn.opcode).name}: {exc}") from None
         bgn, end = self._uop_range(kernel)  # micro-op fields must encode too
-        return self._append(dataclasses.replace(insn, uop_bgn=bgn, uop_end=end), checked=True)
+        return self._append(_with(insn, uop_bgn=bgn, uop_end=end), checked=True)
 
     def _check_kernel(self, k: MicroKernel, gemm: bool) -> None:
         """Every index the loop nest generates must lie inside its buffer."""
@@ -459,6 +459,17 @@ class CommandBuilder:
                 dev.free(uop_buf)
         self.runs += 1
         return stats
+
+
+def _with(insn: Insn, **changes: int) -> Insn:
+    """A copy of the frozen record ``insn`` with ``changes`` (field names of its own type; a
+    fast ``dataclasses.replace`` for the builder's hot path)."""
+    new = copy.copy(insn)
+    for k, v in changes.items():
+        if k not in new.__dict__:
+            raise ProgramError(f"{type(insn).__name__} has no field {k!r}")
+        object.__setattr__(new, k, v)
+    return new
 
 
 def queue_flag(name: str) -> str:

@@ -1,7 +1,7 @@
 """The ``partition`` pass: which nodes run on the accelerator, which on the CPU.
 
-Accelerator: ``qconv2d`` with ``groups == 1``, no dilation, constant weights and bias and padding
-the LOAD padding fields can hold, and ``qdense`` with constant weights and bias. Everything else
+Accelerator: ``qconv2d`` with ``groups == 1`` (any stride, dilation and asymmetric padding the
+LOAD padding fields can hold) and constant weights and bias, and ``qdense`` with constant weights and bias. Everything else
 runs on the CPU. The pass records the decision on every node as ``attrs["target"]`` (``"accel"``
 or ``"cpu"``) and, for a CPU node that is an accelerator op, why (``attrs["cpu_reason"]``).
 """
@@ -28,8 +28,6 @@ def accel_capable(g: Graph, n: Node, cfg: Config) -> str | None:
     if n.op == "qconv2d":
         if n.attrs.get("groups", 1) != 1:
             return "grouped/depthwise convolution"
-        if tuple(n.attrs.get("dilations", (1, 1))) != (1, 1):
-            return "dilated convolution"
         top = layout(cfg).limits.max_pad
         if max(n.attrs.get("pads", (0, 0, 0, 0))) > top:
             return f"padding above {top}"

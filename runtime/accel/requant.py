@@ -90,9 +90,14 @@ class DeviceEpilogue:
 def acc_bounds(w: np.ndarray, in_lo: int = -128, in_hi: int = 127) -> tuple[np.ndarray, np.ndarray]:
     """Per-output-channel range of ``sum(x * w)`` over int8 inputs in ``[in_lo, in_hi]``
     (``w``: int weights, output channel first)."""
-    wf = np.asarray(w, np.int64).reshape(np.shape(w)[0], -1)
-    hi = np.maximum(wf * in_hi, wf * in_lo).sum(axis=1)
-    lo = np.minimum(wf * in_hi, wf * in_lo).sum(axis=1)
+    wf = np.asarray(w).reshape(np.shape(w)[0], -1)
+    if wf.dtype.itemsize < 4 and np.issubdtype(wf.dtype, np.signedinteger):
+        wf = wf.astype(np.int16)
+    total = wf.sum(axis=1, dtype=np.int64)
+    mag = np.abs(wf).sum(axis=1, dtype=np.int64)
+    pos, neg = (mag + total) // 2, (total - mag) // 2  # sums of the positive / negative weights
+    hi = pos * in_hi + neg * in_lo
+    lo = pos * in_lo + neg * in_hi
     return lo, hi
 
 

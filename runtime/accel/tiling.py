@@ -48,7 +48,7 @@ from tessera.runtime.builder import CommandBuilder
 from tessera.runtime.layout import ceil_div
 from tessera.sim import timing
 
-__all__ = ["plan_conv2d", "estimate", "measure", "candidates", "spans", "INSN", "LOAD_FIXED",
+__all__ = ["plan_conv2d", "rank", "estimate", "measure", "candidates", "spans", "INSN", "LOAD_FIXED",
            "STORE_FIXED"]
 
 INSN = 7  # compute cycles per GEMM/ALU instruction beyond its steps (FSM and pipeline fill)
@@ -146,17 +146,27 @@ def estimate(cfg: Config, g: ConvGeom, t: ConvTiles, prog: DeviceEpilogue) -> in
     return int(total)
 
 
-def candidates(cfg: Config, g: ConvGeom, double_buffer: bool, wide: bool = False
-               ) -> Iterable[ConvTiles]:
-    """Tile shapes to consider: full-width tiles over the whole kernel, or (``wide``) every
-    width and kernel-row split as well."""
-    dbs = (True, False) if double_buffer else (False,)
+def candidates(cfg: Config, g: ConvGeom, prog: DeviceEpilogue, double_buffer: bool,
+               wide: bool = False, tune: bool = False) -> Iterable[ConvTiles]:
+    """Feasible tile shapes to consider: full-width tiles over the whole kernel, or (``wide``)
+    every width and kernel-row split as well. Per combination of the other extents only the
+    tallest feasible tiles are kept (and their balanced variant), unless ``tune``."""
     tws = _extents(g.ow) if wide else [g.ow]
     tkhs = list(range(1, g.kh + 1)) if wide else [g.kh]
-    for db, tn, to, th, tw, kc, tkh in itertools.product(
-            dbs, _extents(g.n, 8), _extents(g.ob), _extents(g.oh), tws, _extents(g.cb),
-            tkhs):
-        yield ConvTiles(to, th, kc, db, tw, tkh, tn)
+    ths = _extents(g.oh)
+    for tn, to, tw, kc, tkh in itertools.product(_extents(g.n, 8), _extents(g.ob), tws,
+                                                 _extents(g.cb), tkhs):
+        feasible = [th for th in ths
+                    if fits(cfg, g, ConvTiles(to, th, kc, double_buffer, tw, tkh, tn), prog)
+                    is None] if tune else []
+        if not tune:
+            for th in reversed(ths):  # feasibility is monotone in th
+                if fits(cfg, g, ConvTiles(to, th, kc, double_buffer, tw, tkh, tn),
+                        prog) is None:
+                    feasible = sorted({th, ceil_div(g.oh, ceil_div(g.oh, th))})
+                    break
+        for th in feasible:
+            yield ConvTiles(to, th, kc, double_buffer, tw, tkh, tn)
 
 
 def plan_conv2d(cfg: Config, g: ConvGeom, prog: DeviceEpilogue | None = None, *,
@@ -164,31 +174,38 @@ def plan_conv2d(cfg: Config, g: ConvGeom, prog: DeviceEpilogue | None = None, *,
     """The feasible tile shape with the lowest estimated cycle count for the layer's epilogue
     program ``prog`` (default: no bias, identity requantisation).
 
-    Full-width tiles over the whole kernel are searched first; only when none fits (very wide
-    rows, tall kernels or a small config) are the width and the kernel rows split as well.
+    Double-buffered full-width tiles over the whole kernel are searched first; single
+    buffering, split widths and split kernel rows only when nothing fits (very wide rows, tall
+    kernels or a small config).
     """
     if prog is None:
         prog = lower_epilogue(Epilogue(), None, g.ob * cfg.block_out)
     if not isinstance(prog, DeviceEpilogue):
         raise ProgramError(f"plan_conv2d needs the layer's DeviceEpilogue, not {prog!r}")
+    dbs = (True, False) if double_buffer and cfg.dep_queue_depth >= 2 else (False,)
     for wide in (False, True):
-        best, best_key = None, None
-        for t in candidates(cfg, g, double_buffer, wide):
-            if fits(cfg, g, t, prog) is not None:
-                continue
-            n_tiles = (ceil_div(g.ob, t.to) * ceil_div(g.oh, t.th) * ceil_div(g.ow, t.tw)
-                       * ceil_div(g.n, t.tn))
-            key = (estimate(cfg, g, t, prog), n_tiles)
-            if best_key is None or key < best_key:
-                best, best_key = t, key
-        if best is not None:
-            return replace(best, est_cycles=best_key[0])
+        for db in dbs:
+            ranked = rank(cfg, g, prog, candidates(cfg, g, prog, db, wide))
+            if ranked:
+                return ranked[0]
     small = ConvTiles(1, 1, 1, False, 1, 1, 1)
     why = fits(cfg, g, small, prog)
     raise ProgramError(
         f"no conv2d tiling fits {cfg.summary()}: even a 1x1x1 tile over one kernel row fails "
         f"({why}; {g.kh}x{g.kw} kernel, {g.cb} input and {g.ob} output channel blocks, "
         f"{const_rows(prog, 1)} constant rows)")
+
+
+def rank(cfg: Config, g: ConvGeom, prog: DeviceEpilogue, tiles: Iterable[ConvTiles]
+         ) -> list[ConvTiles]:
+    """``tiles`` by estimated cycles (fewer tiles break ties), each with ``est_cycles``."""
+    keyed = []
+    for t in tiles:
+        n_tiles = (ceil_div(g.ob, t.to) * ceil_div(g.oh, t.th) * ceil_div(g.ow, t.tw)
+                   * ceil_div(g.n, t.tn))
+        keyed.append((estimate(cfg, g, t, prog), n_tiles, t))
+    keyed.sort(key=lambda k: (k[0], k[1]))
+    return [replace(t, est_cycles=c) for c, _, t in keyed]
 
 
 _ADDRS = LayerAddrs(0x0100_0000, 0x0200_0000, 0x0300_0000, 0x0400_0000, 0x0500_0000)

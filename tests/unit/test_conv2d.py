@@ -141,3 +141,17 @@ def test_network_of_two_convs_in_one_stream():
     got = unpack_activation(dev.read_array(out.addr, out_shape, np.int8), (1, 5, 5, 5))
     want = conv2d_reference(conv2d_reference(x, w1, b1, 1, 1, rq), w2, None, 2, 1, rq)
     assert np.array_equal(got, want)
+
+
+def test_dilation_and_asymmetric_padding():
+    rng = np.random.default_rng(25)
+    dev = open_device("fsim", TINY)
+    rq = Epilogue(3, 11, lo=-100)
+    for dims, stride, pad, dil in [((1, 5, 13, 11, 6, 3, 3), 1, (2, 1, 0, 3), (2, 3)),
+                                   ((2, 4, 9, 10, 3, 2, 3), (2, 1), (1, 0, 2, 1), 2),
+                                   ((1, 3, 8, 8, 5, 1, 1), 2, 0, 1)]:  # strided 1x1
+        x, wt, bias = _case(rng, dims)
+        for db in (False, True):
+            got, _, _ = conv2d(dev, x, wt, bias, stride, pad, rq, db, dilation=dil)
+            assert np.array_equal(got, conv2d_reference(x, wt, bias, stride, pad, rq,
+                                                        dilation=dil)), (dims, db)
