@@ -347,6 +347,43 @@ class CommandBuilder:
             self._uop_load_pcs.append(pc)
         return base + kernel.lo, base + kernel.hi
 
+    def preload(self, kernels: list[MicroKernel]) -> int:
+        """Make ``kernels`` resident now, with as few micro-op LOADs as possible (runs of
+        kernels adjacent in both the DRAM micro-op area and the buffer share one), so that the
+        stream's later GEMM/ALU instructions find them. Does nothing unless all of them fit in
+        half the micro-op buffer. Returns the number of LOAD instructions emitted."""
+        todo: dict[bytes, tuple[bytes, int]] = {}
+        for k in kernels:
+            cached = self._words.get(k.key)
+            if cached is None:
+                words = k.words(self.cfg)
+                cached = self._words[k.key] = (words, MicroKernel.content_key(words))
+            words, key = cached
+            if key not in self.uop_cache and key not in todo:
+                todo[key] = (words, k.size)
+        if not todo or sum(n for _, n in todo.values()) > self.cfg.uop_depth // 2:
+            return 0
+        runs: list[list[int]] = []  # [sram base, dram offset, size]
+        for key, (words, n) in todo.items():
+            base, hit = self.uop_cache.lookup(key, n)
+            assert not hit
+            offset = self._uop_area_index.get(key)
+            if offset is None:
+                offset = len(self._uop_area) // self.cfg.uop_elem_bytes
+                self._uop_area += words
+                self._uop_area_index[key] = offset
+            last = runs[-1] if runs else None
+            if last and last[0] + last[2] == base and last[1] + last[2] == offset:
+                last[2] += n
+            else:
+                runs.append([base, offset, n])
+        for base, offset, n in runs:
+            pc = self._append(MemInsn(opcode=Opcode.LOAD, memory_type=MemType.UOP,
+                                      sram_base=base, dram_base=offset, y_size=1, x_size=n,
+                                      x_stride=n))
+            self._uop_load_pcs.append(pc)
+        return len(runs)
+
     def gemm(self, kernel: MicroKernel, reset: bool = False) -> int:
         """Run ``kernel`` (its part ``[lo, hi)``) as one GEMM (``reset`` zeroes the accumulators
         instead)."""

@@ -26,6 +26,7 @@ from tessera.errors import SimError
 from tessera.isa import INSN_BYTES, AluOp, MemType, Opcode, extract_uops
 from tessera.regs import ErrorCode
 from tessera.sim.decode import COMPUTE, LOAD, MODULE_NAMES, STORE, DecodedProgram, decode_program
+from tessera.sim.deferred import Deferred
 from tessera.sim.gemm_kernel import gemm_accumulate, gemm_folded
 from tessera.sim.races import DramRaceTracker, SramShadow
 from tessera.sim.tokens import schedule
@@ -89,6 +90,7 @@ class FunctionalSimulator:
         self.bytes_by_type = {m.name.lower(): 0 for m in MemType}
         self.local_pcs = prog.local_pcs  # local sequence number k (1-based) -> pc
         self.shadow = SramShadow(self.cfg)
+        self.deferred = Deferred(self.cfg.acc_depth)
         self.dram_races = DramRaceTracker()
         execute = (self._exec_load_module, self._exec_compute, self._exec_store)
         counters, module, clocks, seq = self.counters, prog.module, sched.clocks, sched.seq
@@ -181,7 +183,9 @@ class FunctionalSimulator:
     # -- the compute module ----------------------------------------------------------------------
 
     def _exec_compute(self, pc: int, seq: int, vc: np.ndarray) -> None:
-        op = self.prog.f["opcode"][pc]
+        f = self.prog.f
+        op = f["opcode"][pc]
+        self.deferred.before(pc, f)
         if op == Opcode.LOAD:
             self._load(pc, COMPUTE, seq, vc)
         elif op == Opcode.GEMM:
@@ -189,6 +193,7 @@ class FunctionalSimulator:
         elif op == Opcode.ALU:
             self._alu(pc, seq, vc)
         # FINISH: retires once every earlier instruction has (the scheduler drains all modules).
+        self.deferred.after(pc, f)
 
     def _loop_indices(self, pc: int, alu: bool) -> tuple[np.ndarray, ...] | None:
         """(u, a, s, w) index arrays of every step in loop order, or None for an empty loop."""
@@ -230,6 +235,7 @@ class FunctionalSimulator:
         a, x, w = loop
         cfg = self.cfg
         self._check_range(pc, a, cfg.acc_depth, "accumulator")
+        self.deferred.gemm(pc, a)
         if self.prog.f["reset"][pc]:
             self.shadow.compute_write_out(a, seq, vc, pc, self._pc_of)
             self.acc[a] = 0
@@ -266,6 +272,8 @@ class FunctionalSimulator:
         self._check_range(pc, a, cfg.acc_depth, "accumulator destination")
         if not use_imm:
             self._check_range(pc, s, cfg.acc_depth, "accumulator source")
+        if f["deferred"][pc]:
+            self.deferred.alu(pc, a, None if use_imm else s)
         self.shadow.compute_write_out(a, seq, vc, pc, self._pc_of)
         op = AluOp(f["alu_opcode"][pc])
         imm = f["imm"][pc]

@@ -122,7 +122,8 @@ class _Builder:
         info = {"op": n.op, "macs": int(shape.macs),
                 "gemm_steps": stats.hw_macs // cfg.macs_per_gemm_step,
                 "insns": len(prog.insns),
-                "tile": [tiles.tn, tiles.to, tiles.th, tiles.tw or 0, tiles.kc, tiles.tkh or 0],
+                "tile": [tiles.tn, tiles.to, tiles.th, tiles.tw or 0, tiles.kc, tiles.tkh or 0,
+                         tiles.regions],
                 "double_buffer": tiles.double_buffer, "est_cycles": tiles.est_cycles,
                 "epilogue_steps": len(params.program.steps), "counts": dict(prog.counts()),
                 "loads_skipped": stats.pipeline["loads_skipped"]}

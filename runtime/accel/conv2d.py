@@ -60,7 +60,7 @@ from tessera.runtime.layout import ceil_div, pack_activation, pack_weights, unpa
 __all__ = ["ConvShape", "ConvGeom", "ConvTiles", "conv2d_params", "emit_conv2d", "conv2d",
            "conv2d_reference", "tile_list", "fits", "GEMM_PARTS"]
 
-GEMM_PARTS = 3  # GEMM instructions a tile is cut into at least (the schedule's slots)
+GEMM_PARTS = 8  # GEMM instructions a tile is cut into at least (the schedule's slots)
 
 
 def _pos_int(v, what: str) -> int:
@@ -170,6 +170,7 @@ class ConvGeom:
     pr: int
     dh: int = 1
     dw: int = 1
+    row_stride_ok: bool = True  # rows sh apart fit the LOAD stride field
 
     @classmethod
     def of(cls, cfg: Config, s: ConvShape) -> ConvGeom:
@@ -183,7 +184,7 @@ class ConvGeom:
                                f"LOAD stride field), not {s.w}")
         return cls(ceil_div(s.n, cfg.batch), ceil_div(s.c, cfg.block_in), s.h, s.w,
                    ceil_div(s.o, cfg.block_out), s.kh, s.kw, s.sh, s.sw, s.pt, s.pl, s.pb, s.pr,
-                   s.dh, s.dw)
+                   s.dh, s.dw, s.sh * s.w <= lim.max_x_stride)
 
     @property
     def oh(self) -> int:
@@ -195,14 +196,13 @@ class ConvGeom:
 
     @property
     def subsampled(self) -> bool:
-        """A strided 1x1 convolution without padding: stages load only the pixels it reads."""
-        return (self.kh == self.kw == 1 and (self.sh > 1 or self.sw > 1)
+        """A 1x1 convolution with a row stride and no padding: stages load only the input rows
+        it reads (one LOAD per channel block, rows ``sh`` apart)."""
+        return (self.kh == self.kw == 1 and self.sh > 1 and self.row_stride_ok
                 and self.pt == self.pl == self.pb == self.pr == 0)
 
     def in_width(self, tw: int) -> int:
         """Input columns a stage holds for ``tw`` output columns."""
-        if self.subsampled:
-            return tw
         return (tw - 1) * self.sw + (self.kw - 1) * self.dw + 1
 
     def in_rows(self, th: int, tkh: int) -> int:
@@ -219,8 +219,8 @@ class ConvGeom:
 class ConvTiles:
     """A tile shape: ``tn`` batch groups x ``to`` output-channel blocks x ``th`` output rows x
     ``tw`` output columns (``None``: the full width) per tile; stages of ``kc`` input-channel
-    blocks x ``tkh`` kernel rows (``None``: the whole kernel). ``est_cycles``: the cost
-    model's estimate."""
+    blocks x ``tkh`` kernel rows (``None``: the whole kernel); ``regions``: accumulator tile
+    regions with double buffering (2 or 4). ``est_cycles``: the cost model's estimate."""
 
     to: int
     th: int
@@ -229,6 +229,7 @@ class ConvTiles:
     tw: int | None = None
     tkh: int | None = None
     tn: int = 1
+    regions: int = 2
     est_cycles: int = 0
 
     def resolved(self, g: ConvGeom) -> ConvTiles:
@@ -241,16 +242,26 @@ class ConvTiles:
         if not isinstance(t.double_buffer, bool):
             raise ProgramError(f"conv2d double_buffer must be True or False, not "
                                f"{t.double_buffer!r}")
+        if t.regions not in (2, 4):
+            raise ProgramError(f"conv2d accumulator regions must be 2 or 4, not {t.regions!r}")
         return t
 
 
 # -- feasibility ----------------------------------------------------------------------------
 
 
-def const_rows(prog: DeviceEpilogue, to: int) -> int:
-    """Accumulator rows the constants of ``to`` output blocks occupy."""
+def const_blocks(cfg: Config, g: ConvGeom, prog: DeviceEpilogue, to: int) -> int:
+    """Output blocks whose constants are resident at once: all of the layer's when they take at
+    most an eighth of the accumulator (loaded once), else the tile's ``to`` (loaded per group
+    of output blocks)."""
     per, uni = const_slots(prog)
-    return len(per) * to + len(uni)
+    return g.ob if len(per) * g.ob + len(uni) <= cfg.acc_depth // 8 else to
+
+
+def const_rows(prog: DeviceEpilogue, blocks: int) -> int:
+    """Accumulator rows the constants of ``blocks`` output blocks occupy."""
+    per, uni = const_slots(prog)
+    return len(per) * blocks + len(uni)
 
 
 def fits(cfg: Config, g: ConvGeom, t: ConvTiles, prog: DeviceEpilogue) -> str | None:
@@ -264,11 +275,12 @@ def fits(cfg: Config, g: ConvGeom, t: ConvTiles, prog: DeviceEpilogue) -> str | 
         return "input window exceeds the input buffer"
     if t.to * t.kc * t.tkh * g.kw > wgt:
         return "weight chunk exceeds the weight buffer"
-    crow = const_rows(prog, t.to)
-    if crow >= cfg.acc_depth // threads:
+    crow = const_rows(prog, const_blocks(cfg, g, prog, t.to))
+    regions = t.regions if t.double_buffer else 1
+    if crow >= cfg.acc_depth // max(regions, 2):
         return "epilogue constants exceed the accumulator"
     rows = t.tn * t.to * t.th * t.tw
-    if rows * (2 if prog.residual else 1) > acc_plan(cfg, threads, crow).cap:
+    if rows * (2 if prog.residual else 1) > acc_plan(cfg, regions, crow).cap:
         return "tile exceeds the accumulator"
     if t.th * t.tw > lim.max_iter or t.tn * t.to > lim.max_iter:
         return "tile exceeds the loop fields"
@@ -296,7 +308,7 @@ def _dims(g: ConvGeom, tn: int, to: int, th: int, tw: int, kc: int, tkh: int
     """The stage's loop nest: (extent, dst, src, wgt factors) per dimension."""
     ih, iw = g.in_rows(th, tkh), g.in_width(tw)
     plane = ih * iw
-    sh, sw = (1, 1) if g.subsampled else (g.sh, g.sw)
+    sh, sw = (1 if g.subsampled else g.sh), g.sw
     return ((tn, to * th * tw, kc * plane, 0),
             (to, th * tw, 0, kc * tkh * g.kw),
             (kc, 0, plane, tkh * g.kw),
@@ -317,15 +329,10 @@ def _input_loads(cfg: Config, g: ConvGeom, e: _Bases, n0: int, tn: int, y0: int,
     ih, iw = g.in_rows(th, tkh), g.in_width(tw)
     plane = ih * iw
     if g.subsampled:
-        out = []
-        for n in range(tn):
-            for c in range(kc):
-                chan = ((n0 + n) * g.cb + c0 + c) * g.h
-                for i in range(th):
-                    row = (chan + (y0 + i) * g.sh) * g.w + x0 * g.sw
-                    out.append(Load(MemType.INP, (n * kc + c) * plane + i * tw, e.x + row,
-                                    tw, 1, g.sw))
-        return out
+        return [Load(MemType.INP, (n * kc + c) * plane,
+                     e.x + (((n0 + n) * g.cb + c0 + c) * g.h + y0 * g.sh) * g.w + x0 * g.sw,
+                     th, iw, g.sh * g.w)
+                for n in range(tn) for c in range(kc)]
     r0, q0 = y0 * g.sh - g.pt + k0 * g.dh, x0 * g.sw - g.pl
     yp0, yp1 = max(0, -r0), max(0, r0 + ih - g.h)
     xp0, xp1 = max(0, -q0), max(0, q0 + iw - g.w)
@@ -377,9 +384,10 @@ def _store_rows(cfg: Config, g: ConvGeom, base: int, n0: int, tn: int, o0: int, 
     return [((n * to + o) * per, at(n, o), th, tw, g.ow) for n in range(tn) for o in range(to)]
 
 
-def _alu_passes(prog: DeviceEpilogue, tn: int, to: int, per: int, T: int, rows: int
-                ) -> tuple[AluPass, ...]:
-    """The epilogue's ALU instructions over a tile's rows (constants: ``T`` blocks a vector)."""
+def _alu_passes(prog: DeviceEpilogue, tn: int, to: int, per: int, T: int, first: int,
+                rows: int) -> tuple[AluPass, ...]:
+    """The epilogue's ALU instructions over a tile's rows (constants: ``T`` blocks a vector,
+    the tile's first block at ``first``)."""
     per_names, uni = const_slots(prog)
     blocks = tn * to
     out = []
@@ -397,7 +405,7 @@ def _alu_passes(prog: DeviceEpilogue, tn: int, to: int, per: int, T: int, rows: 
                                                                         cb + k), dst, k),
                                st.opcode))
         else:
-            k = per_names.index(st.operand) * T
+            k = per_names.index(st.operand) * T + first
             out.append(AluPass(partial(lambda d, k, ab, cb: block_kernel(ab + d, tn, to, per,
                                                                          cb + k), dst, k),
                                st.opcode))
@@ -413,6 +421,7 @@ def tile_list(cfg: Config, g: ConvGeom, t: ConvTiles, e: _Bases, prog: DeviceEpi
     chunks = [(c0, min(t.kc, g.cb - c0), k0, min(t.tkh, g.kh - k0))
               for c0 in range(0, g.cb, t.kc) for k0 in range(0, g.kh, t.tkh)]
     wsize = t.to * t.kc * t.tkh * g.kw
+    T = const_blocks(cfg, g, prog, t.to)
     stationary = len(chunks) * wsize <= wgt_cap  # every weight chunk has its own place
     bus = cfg.mem_bus_bytes
     tiles = []
@@ -420,10 +429,11 @@ def tile_list(cfg: Config, g: ConvGeom, t: ConvTiles, e: _Bases, prog: DeviceEpi
         tn = min(t.tn, g.n - n0)
         for o0 in range(0, g.ob, t.to):
             to = min(t.to, g.ob - o0)
+            c0, cn = (0, g.ob) if T == g.ob else (o0, to)
             consts = tuple(
-                [Load(MemType.ACC, k * t.to, e.consts + k * g.ob + o0, 1, to, to)
+                [Load(MemType.ACC, k * T, e.consts + k * g.ob + c0, 1, cn, cn)
                  for k in range(len(per_names))]
-                + [Load(MemType.ACC, len(per_names) * t.to + u, e.consts + len(per_names)
+                + [Load(MemType.ACC, len(per_names) * T + u, e.consts + len(per_names)
                         * g.ob + u, 1, 1, 1) for u in range(len(uni))])
             for y0 in range(0, g.oh, t.th):
                 th = min(t.th, g.oh - y0)
@@ -454,7 +464,8 @@ def tile_list(cfg: Config, g: ConvGeom, t: ConvTiles, e: _Bases, prog: DeviceEpi
                         rows, rows * (2 if residual else 1),
                         partial(lambda blocks, per, ab: rows_kernel(ab, blocks, per),
                                 tn * to, per),
-                        tuple(stages), res, _alu_passes(prog, tn, to, per, t.to, rows),
+                        tuple(stages), res,
+                        _alu_passes(prog, tn, to, per, T, o0 if T == g.ob else 0, rows),
                         tuple(Store(*s) for s in stores), consts, scyc))
     return tiles
 
@@ -508,7 +519,7 @@ def emit_conv2d(b: CommandBuilder, shape: ConvShape, addrs: LayerAddrs,
     b.barrier()
     start = len(b.insns)
     pipe = emit_tiles(b, tile_list(cfg, g, t, e, prog, residual), t.double_buffer,
-                      const_rows(prog, t.to), deferred)
+                      const_rows(prog, const_blocks(cfg, g, prog, t.to)), deferred, t.regions)
     emitted = b.insns[start:]
     return LayerStats("conv2d", insns=len(emitted), macs=shape.macs,
                       hw_macs=g.gemm_steps() * cfg.macs_per_gemm_step,

@@ -8,25 +8,27 @@ epilogue (ALU instructions reading the layer's constant rows and, with a residua
 by ACC_8BIT loads) and written back by STOREs. :func:`emit_tiles` turns that list into one
 well-synchronised stream.
 
-Buffers. The accumulator holds two tile halves, one per accumulator bank (rows ``[0, D/2)`` and
-``[D/2, D)``, ``D`` its depth), and the layer's constant rows at its top; the input and weight
-buffers are split into two halves used by alternate stages. Tiles alternate between the
-accumulator halves and stages between the input/weight halves (VTA's two virtual threads).
+Buffers. The accumulator holds two (or four) tile regions alternating between its two banks
+(rows ``[0, D/2)`` and ``[D/2, D)``, ``D`` its depth), and the layer's constant rows at its top;
+the input and weight buffers are split into two halves used by alternate stages. Tiles cycle
+through the accumulator regions and stages alternate between the input/weight halves (VTA's two
+virtual threads).
 
 The schedule of tile ``t`` (half ``h``), two threads::
 
     GEMM parts of t ...                        the loads of each stage run on the load module
       after the first part:   push C2S(t-1)    tile t-1's epilogue is done: its STOREs may run
                               residual loads of t
-      after part r:           pop S2C(t-1)     tile t-1 is stored: zero tile t+1 (other half)
-                              reset(t+1)
+      after part r:           pop S2C(t+1-R)   tile t+1-R is stored: zero tile t+1 (next
+                              reset(t+1)       region; R regions)
     fence                                      (deferred ALUs only) reset(t+1) is complete
     epilogue ALUs of t                         deferred: they run while tile t+1's GEMMs do
 
 With deferred ALU instructions (the hardware's ALU engine, docs/spec-notes.md) the epilogue of
 tile ``t`` and the reset of tile ``t+1`` run concurrently with GEMMs on the other half; the fence
 (a non-deferred empty ALU instruction) keeps the reset of tile ``t+1`` before its first GEMM.
-``r`` is chosen so that the store of tile ``t-1`` is likely done when the reset pops its token.
+With two regions ``r`` is chosen so that the store of tile ``t-1`` is likely done when the reset
+pops its token; with four the reset goes with the first slot.
 Without deferred ALUs the same order is run in sequence by the compute module. With one thread
 everything is serialised: reset, stages, epilogue, store, per tile.
 
@@ -127,22 +129,29 @@ class Tile:
 
 @dataclass(frozen=True)
 class AccPlan:
-    """Where the accumulator's tile halves and constant rows are."""
+    """Where the accumulator's tile regions and constant rows are."""
 
-    bases: tuple[int, ...]  # first row of each thread's half
+    bases: tuple[int, ...]  # first row of each tile region
     cap: int  # rows available to a tile
     const_base: int  # first constant row (constants occupy [const_base, depth))
 
 
-def acc_plan(cfg, threads: int, const_rows: int) -> AccPlan:
-    """The accumulator layout for ``threads`` virtual threads and ``const_rows`` constant rows:
-    one half per accumulator bank, the constants at the top of the buffer."""
+def acc_plan(cfg, regions: int, const_rows: int) -> AccPlan:
+    """The accumulator layout for ``regions`` tile regions (1, 2 or 4) and ``const_rows``
+    constant rows at the top of the buffer. With two or four regions they alternate between
+    the two banks (``[0, D/2)`` and ``[D/2, D)``), so consecutive tiles use different banks."""
     d = cfg.acc_depth
-    if const_rows < 0 or const_rows >= d // threads:
-        raise ProgramError(f"{const_rows} constant rows do not fit the accumulator of {d} rows")
-    if threads == 2:
-        return AccPlan((0, d // 2), d // 2 - const_rows, d - const_rows)
-    return AccPlan((0,), d - const_rows, d - const_rows)
+    if regions not in (1, 2, 4):
+        raise ProgramError(f"accumulator regions must be 1, 2 or 4, not {regions!r}")
+    if const_rows < 0 or const_rows >= d // max(regions, 2):
+        raise ProgramError(f"{const_rows} constant rows do not fit the accumulator of {d} rows "
+                           f"with {regions} tile regions")
+    if regions == 1:
+        return AccPlan((0,), d - const_rows, d - const_rows)
+    per_bank = regions // 2
+    cap = (d // 2 - const_rows) // per_bank
+    bases = tuple((r % 2) * (d // 2) + (r // 2) * cap for r in range(regions))
+    return AccPlan(bases, cap, d - const_rows)
 
 
 def thread_caps(cfg, threads: int) -> tuple[int, int]:
@@ -194,6 +203,7 @@ class _Pipe:
     def __init__(self, b: CommandBuilder, tiles: list[Tile], threads: int, acc: AccPlan,
                  deferred: bool):
         self.b, self.tiles, self.threads, self.acc = b, tiles, threads, acc
+        self.regions = len(acc.bases)
         self.deferred = deferred and threads == 2
         inp_cap, wgt_cap = thread_caps(b.cfg, threads)
         self.inp_cap, self.wgt_cap = inp_cap, wgt_cap
@@ -253,9 +263,14 @@ class _Pipe:
                                    f"rows")
             self.b.load_2d(r.mem_type, ab + r.sram, r.dram, r.y, r.x, r.stride, r.pads)
 
-    def epilogue(self, tile: Tile, ab: int) -> None:
+    def epilogue(self, tile: Tile, ab: int) -> int:
+        """The tile's epilogue; returns its ALU engine cycles (steps plus the pipeline's)."""
+        cycles = 0
         for p in tile.alu:
-            self.b.alu(p.kernel(ab, self.acc.const_base), p.op, p.imm, deferred=self.deferred)
+            k = p.kernel(ab, self.acc.const_base)
+            self.b.alu(k, p.op, p.imm, deferred=self.deferred)
+            cycles += k.steps + 4
+        return cycles
 
     def stores(self, t: int, tile: Tile, ab: int) -> None:
         b = self.b
@@ -264,7 +279,7 @@ class _Pipe:
             if r.sram < 0 or r.sram + r.y * r.x > tile.rows:
                 raise ProgramError(f"tile {t}: a store reads outside the tile's result rows")
             b.store_2d(ab + r.sram, r.dram, r.y, r.x, r.stride)
-        if t + self.threads < len(self.tiles):
+        if t + self.regions < len(self.tiles):
             b.dep_push(STORE, COMPUTE)
 
     def reset(self, tile: Tile, ab: int) -> None:
@@ -274,18 +289,30 @@ class _Pipe:
             self.b.gemm(tile.reset(ab), reset=True)
 
 
-def _reset_slot(parts: list, store_cycles: int) -> int:
-    """The part after which to zero the next tile: the first one at least ``store_cycles`` of
-    GEMM work after the first part (when the previous tile's store starts), but not the last
-    one when there are two or more (so the reset overlaps a GEMM)."""
-    if len(parts) == 1:
-        return 0
-    work = 0
-    for i in range(1, len(parts) - 1):
+def _slots(parts: list, engine_cycles: int, store_cycles: int | None) -> tuple[int, int]:
+    """The parts after which to signal the previous tile's store (its epilogue, about
+    ``engine_cycles`` of ALU engine work started with this tile, is then done) and after which
+    to zero the next tile (once the store, ``store_cycles``, is done; None: the next tile's
+    region is long free, zero it at once); both as early as the GEMM work allows, the reset
+    not after the last part when there are two or more."""
+    n = len(parts)
+    work, c2s = 0, n - 1
+    for i, (_, _, k) in enumerate(parts):
+        work += k.steps
+        if work >= engine_cycles:
+            c2s = i
+            break
+    if store_cycles is None:
+        return c2s, c2s
+    work, rst = 0, n - 1
+    for i in range(c2s + 1, n):
         work += parts[i][2].steps
         if work >= store_cycles:
-            return i
-    return len(parts) - 2 if len(parts) > 2 else 1
+            rst = i
+            break
+    if n >= 2 and rst == n - 1 and c2s < n - 1:
+        rst = max(c2s + 1, n - 2) if work < store_cycles else rst
+    return c2s, rst
 
 
 def _two_threads(p: _Pipe) -> None:
@@ -293,14 +320,16 @@ def _two_threads(p: _Pipe) -> None:
     n, total = len(tiles), len(p.actual)
     u = 0
     p.stage_loads(0, pop=False)
+    engine = 0  # ALU engine cycles of the previous tile's epilogue
+    regions = p.regions
     for t, tile in enumerate(tiles):
-        h = t % 2
-        ab = acc.bases[h]
+        ab = acc.bases[t % regions]
         p.const_loads(tile)
         if t == 0:
             b.gemm(tile.reset(ab), reset=True)
         parts = p.parts(tile, u, ab)
-        slot = _reset_slot(parts, tiles[t - 1].store_cycles if t else 0) if parts else 0
+        store = (tiles[t - 1].store_cycles if t else 0) if regions == 2 else None
+        c2s, rst = _slots(parts, engine if p.deferred else 0, store) if parts else (0, 0)
         started = set()
         for i, (st, last, kern) in enumerate(parts or [(None, False, None)]):
             if kern is None:  # every stage was padding: the bias alone
@@ -313,24 +342,24 @@ def _two_threads(p: _Pipe) -> None:
                 started.add(st)
                 if st + 1 < total:
                     p.stage_loads(st + 1, pop=False)  # they run during this stage's GEMMs
-            if i == 0:
+            if i == c2s:
                 if t:
                     b.dep_push(COMPUTE, STORE)  # tile t-1's epilogue is complete
-                    p.stores(t - 1, tiles[t - 1], acc.bases[1 - h])
+                    p.stores(t - 1, tiles[t - 1], acc.bases[(t - 1) % regions])
                 p.residual(t, tile, ab)
             if last and st in p.release_after:
                 b.dep_push(COMPUTE, LOAD)
-            if i == slot and t + 1 < n:
-                if t + 1 >= 2:
-                    b.dep_pop(STORE, COMPUTE)  # tile t-1 has left the other half
-                p.reset(tiles[t + 1], acc.bases[1 - h])
+            if i == rst and t + 1 < n:
+                if t + 1 >= regions:
+                    b.dep_pop(STORE, COMPUTE)  # tile t+1-regions has left the region
+                p.reset(tiles[t + 1], acc.bases[(t + 1) % regions])
         u += len(tile.stages)
         if p.deferred and t + 1 < n:
             b.fence()
-        p.epilogue(tile, ab)
+        engine = p.epilogue(tile, ab)
     b.fence()
     b.dep_push(COMPUTE, STORE)
-    p.stores(n - 1, tiles[-1], acc.bases[(n - 1) % 2])
+    p.stores(n - 1, tiles[-1], acc.bases[(n - 1) % regions])
 
 
 def _one_thread(p: _Pipe) -> None:
@@ -356,18 +385,39 @@ def _one_thread(p: _Pipe) -> None:
         p.stores(t, tile, ab)
 
 
+def _kernels(p: _Pipe) -> list[MicroKernel]:
+    """Every micro-kernel the layer runs, in order of first use (to preload them)."""
+    out: list[MicroKernel] = []
+    seen: set[bytes] = set()
+    u = 0
+    for t, tile in enumerate(p.tiles):
+        ab = p.acc.bases[t % p.regions]
+        ks = [tile.reset(ab)] + [k for _, _, k in p.parts(tile, u, ab)]
+        ks += [a.kernel(ab, p.acc.const_base) for a in tile.alu]
+        u += len(tile.stages)
+        for k in ks:
+            if k.key not in seen:
+                seen.add(k.key)
+                out.append(k)
+    return out
+
+
 def emit_tiles(b: CommandBuilder, tiles: list[Tile], double_buffer: bool, const_rows: int = 0,
-               deferred: bool = True) -> dict[str, int]:
+               deferred: bool = True, regions: int = 2) -> dict[str, int]:
     """Append ``tiles`` to ``b`` as one well-synchronised pipeline (module docstring).
 
     ``const_rows``: accumulator rows the tiles' constant loads need at the top of the buffer;
     ``deferred``: emit the epilogue and the resets as deferred ALU instructions (two threads
-    only). Returns counts of what was emitted (``tiles``, ``stages``, ``loads_skipped``).
+    only); ``regions``: accumulator tile regions with two threads (2 or 4; with 4 the zeroing
+    of tile t+1 does not wait for the store of tile t-1). Returns counts of what was emitted
+    (``tiles``, ``stages``, ``loads_skipped``).
     """
     if not tiles:
         raise ProgramError("a layer needs at least one tile")
     threads = 2 if double_buffer else 1
-    p = _Pipe(b, tiles, threads, acc_plan(b.cfg, threads, const_rows), deferred)
+    p = _Pipe(b, tiles, threads, acc_plan(b.cfg, regions if threads == 2 else 1, const_rows),
+              deferred)
+    b.preload(_kernels(p))
     (_two_threads if threads == 2 else _one_thread)(p)
     skipped = sum(len(s.loads) for t in tiles for s in t.stages) - sum(len(a) for a in p.actual)
     return {"tiles": len(tiles), "stages": len(p.actual), "loads_skipped": skipped}

@@ -28,6 +28,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from functools import partial
 
 from tessera.config import Config
 from tessera.errors import ProgramError
@@ -37,19 +38,20 @@ from tessera.runtime.accel.conv2d import (
     ConvGeom,
     ConvShape,
     ConvTiles,
+    const_blocks,
     const_rows,
     emit_conv2d,
     fits,
 )
 from tessera.runtime.accel.epilogue import Epilogue
-from tessera.runtime.accel.layer import LayerAddrs
+from tessera.runtime.accel.layer import LayerAddrs, const_slots
 from tessera.runtime.accel.requant import DeviceEpilogue, lower_epilogue
 from tessera.runtime.builder import CommandBuilder
 from tessera.runtime.layout import ceil_div
 from tessera.sim import timing
 
-__all__ = ["plan_conv2d", "rank", "estimate", "measure", "candidates", "spans", "INSN", "LOAD_FIXED",
-           "STORE_FIXED"]
+__all__ = ["plan_conv2d", "rank", "estimate", "measure", "candidates", "spans", "INSN",
+           "LOAD_FIXED", "STORE_FIXED"]
 
 INSN = 7  # compute cycles per GEMM/ALU instruction beyond its steps (FSM and pipeline fill)
 LOAD_FIXED = 22  # cycles per LOAD beyond its beats (FSM, request, DRAM read latency)
@@ -90,19 +92,21 @@ def _beats(elems: int, per: float) -> int:
     return max(1, round(elems * per)) if elems else 0
 
 
-def estimate(cfg: Config, g: ConvGeom, t: ConvTiles, prog: DeviceEpilogue) -> int:
+def estimate(cfg: Config, g: ConvGeom, t: ConvTiles, prog: DeviceEpilogue,
+             deferred: bool = True) -> int:
     """Estimated cycles of the layer with tile shape ``t`` (resolved; see the module doc)."""
     c = _cost(cfg)
     n_alu = len(prog.steps)
     residual = prog.residual
+    db = t.double_buffer
+    overlap = deferred and db  # epilogues and resets on the ALU engine
     chunks = [(kc, nk * nc, tkh) for kc, nc in spans(g.cb, t.kc)
               for tkh, nk in spans(g.kh, t.tkh)]
     n_chunks = sum(n for _, n, _ in chunks)
     parts = ceil_div(GEMM_PARTS, n_chunks)
     wsize = t.to * t.kc * t.tkh * g.kw
-    wgt_cap = cfg.wgt_depth // (2 if t.double_buffer else 1)
+    wgt_cap = cfg.wgt_depth // (2 if db else 1)
     stationary = n_chunks * wsize <= wgt_cap
-    n_o = ceil_div(g.ob, t.to)
     n_sp = ceil_div(g.oh, t.th) * ceil_div(g.ow, t.tw) * ceil_div(g.n, t.tn)
     total = 0
     first_load = last = 0
@@ -110,17 +114,17 @@ def estimate(cfg: Config, g: ConvGeom, t: ConvTiles, prog: DeviceEpilogue) -> in
         for th, k_h in spans(g.oh, t.th):
             for tw, k_w in spans(g.ow, t.tw):
                 for tn, k_n in spans(g.n, t.tn):
-                    per = th * tw
-                    rows = tn * to * per
-                    comp = (rows + INSN) * (1 + n_alu) + INSN
+                    rows = tn * to * th * tw
+                    gemm = INSN
                     load = 0
+                    stage_g, stage_l = [], []
                     for kc, count, tkh in chunks:
                         steps = rows * kc * tkh * g.kw
-                        comp += count * (steps + parts * INSN)
+                        gemm += count * (steps + parts * INSN)
+                        stage_g += [steps + parts * INSN] * count
                         ih, iw = g.in_rows(th, tkh), g.in_width(tw)
                         if g.subsampled:
-                            loads = tn * kc * th
-                            inp = loads * (LOAD_FIXED + _beats(tw, c.inp_beats))
+                            inp = tn * kc * (LOAD_FIXED + _beats(th * iw, c.inp_beats))
                         elif ih == g.h and iw == g.w and not (g.pt or g.pb or g.pl or g.pr):
                             inp = LOAD_FIXED + _beats(tn * kc * ih * iw, c.inp_beats)
                         else:
@@ -130,20 +134,41 @@ def estimate(cfg: Config, g: ConvGeom, t: ConvTiles, prog: DeviceEpilogue) -> in
                         if stationary:
                             wgt = wgt / max(1, n_sp)  # once per group of output blocks
                         load += count * (inp + wgt)
+                        stage_l += [inp + wgt] * count
+                    # each stage's GEMMs run while the next stage's loads do
+                    paced = INSN + sum(max(gs, stage_l[(i + 1) % len(stage_l)])
+                                       for i, gs in enumerate(stage_g))
                     stores = tn if tw == g.ow else tn * to
                     store = _beats(rows, c.out_beats) + STORE_FIXED * stores
-                    if residual:
-                        comp += _beats(rows, c.acc8_beats) + LOAD_FIXED * stores
-                    tile = max(comp, load, store) if t.double_buffer else comp + load + store
-                    k = k_o * k_h * k_w * k_n
-                    total += k * tile
+                    res = _beats(rows, c.acc8_beats) + LOAD_FIXED * stores if residual else 0
+                    alu = (rows + 4) * n_alu  # the epilogue on the ALU engine
+                    reset = rows + 4
+                    part = gemm / max(1, parts * n_chunks)  # the schedule's slot grain
+                    if overlap:
+                        main = paced + res + 8 + 3 * n_alu
+                        # the engine: epilogue of t-1 and zeroing of t+1; with two regions the
+                        # zeroing also waits for the store of t-1, which waits for the epilogue
+                        chain = alu + reset + (store + 1.5 * part if t.regions == 2 else 0)
+                        tile = max(main, chain, store)
+                    elif db:
+                        tile = max(paced + res + alu + reset, store)
+                    else:
+                        tile = gemm + res + alu + reset + load + store
+                    total += k_o * k_h * k_w * k_n * tile
                     first_load = first_load or int(load / max(1, n_chunks))
-                    last = max(last, store)
-    consts = len(prog.vectors)
-    total += n_o * consts * (LOAD_FIXED + _beats(t.to, c.acc_beats))
-    if t.double_buffer:
+                    last = max(last, store + (alu if overlap else 0))
+    per_names, uni = const_slots(prog)
+    blocks = const_blocks(cfg, g, prog, t.to)
+    groups = 1 if blocks == g.ob else ceil_div(g.ob, t.to)
+    total += groups * (len(per_names) + len(uni)) * (LOAD_FIXED + _beats(blocks, c.acc_beats))
+    if db:
         total += first_load + last
     return int(total)
+
+
+def _tile(th: int, *, to: int, kc: int, db: bool, tw: int, tkh: int, tn: int, rg: int
+          ) -> ConvTiles:
+    return ConvTiles(to, th, kc, db, tw, tkh, tn, rg)
 
 
 def candidates(cfg: Config, g: ConvGeom, prog: DeviceEpilogue, double_buffer: bool,
@@ -154,19 +179,18 @@ def candidates(cfg: Config, g: ConvGeom, prog: DeviceEpilogue, double_buffer: bo
     tws = _extents(g.ow) if wide else [g.ow]
     tkhs = list(range(1, g.kh + 1)) if wide else [g.kh]
     ths = _extents(g.oh)
-    for tn, to, tw, kc, tkh in itertools.product(_extents(g.n, 8), _extents(g.ob), tws,
-                                                 _extents(g.cb), tkhs):
-        feasible = [th for th in ths
-                    if fits(cfg, g, ConvTiles(to, th, kc, double_buffer, tw, tkh, tn), prog)
-                    is None] if tune else []
+    regions = (2, 4) if double_buffer else (2,)
+    for tn, to, tw, kc, tkh, rg in itertools.product(_extents(g.n, 8), _extents(g.ob), tws,
+                                                     _extents(g.cb), tkhs, regions):
+        tile = partial(_tile, to=to, kc=kc, db=double_buffer, tw=tw, tkh=tkh, tn=tn, rg=rg)
+        feasible = [th for th in ths if fits(cfg, g, tile(th), prog) is None] if tune else []
         if not tune:
             for th in reversed(ths):  # feasibility is monotone in th
-                if fits(cfg, g, ConvTiles(to, th, kc, double_buffer, tw, tkh, tn),
-                        prog) is None:
+                if fits(cfg, g, tile(th), prog) is None:
                     feasible = sorted({th, ceil_div(g.oh, ceil_div(g.oh, th))})
                     break
         for th in feasible:
-            yield ConvTiles(to, th, kc, double_buffer, tw, tkh, tn)
+            yield tile(th)
 
 
 def plan_conv2d(cfg: Config, g: ConvGeom, prog: DeviceEpilogue | None = None, *,
