@@ -253,7 +253,7 @@ class ComputeModule(wiring.Component):
         engine_idle = Signal()
         m.d.comb += [engine_idle.eq((aq.level == 0) & ~e_run), self.quiet.eq(engine_idle)]
 
-        # --- accumulator and out bank ports: the GEMM pipeline first, then the engine ---------------
+        # --- accumulator and out bank ports: the GEMM pipeline first, then the engine --------
         for k in range(2):
             g_hit1, e_hit1 = gl.s1_valid & (a1[hb] == k), el.s1_valid & (ae[hb] == k)
             m.d.comb += [

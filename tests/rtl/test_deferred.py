@@ -4,12 +4,11 @@ after it, with the sequential result, and the cycle model predicts the RTL exact
 from __future__ import annotations
 
 import pytest
+from rtlutil import memory_diff, open_pair
 
 from tessera.config import Config
 from tessera.sim import timing
 from tessera.sim.progen import overlap_program
-
-from rtlutil import memory_diff, open_pair
 
 CFGS = [Config.preset("tiny"), Config.preset("default")]
 
