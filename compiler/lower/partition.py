@@ -2,8 +2,9 @@
 
 Accelerator: ``qconv2d`` with ``groups == 1`` (any stride, dilation and asymmetric padding the
 LOAD padding fields can hold) and constant weights and bias, and ``qdense`` with constant
-weights and bias. Everything else runs on the CPU. The pass records the decision on every node as ``attrs["target"]`` (``"accel"``
-or ``"cpu"``) and, for a CPU node that is an accelerator op, why (``attrs["cpu_reason"]``).
+weights and bias. Everything else runs on the CPU. The pass records the decision on every node
+as ``attrs["target"]`` (``"accel"`` or ``"cpu"``) and, for a CPU node that is an accelerator
+op, why (``attrs["cpu_reason"]``).
 """
 
 from __future__ import annotations
