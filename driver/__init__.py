@@ -16,11 +16,14 @@ __all__ = ["open_device", "Device", "Buffer", "RunStats", "DeviceError", "BACKEN
 BACKENDS: dict[str, str] = {
     "fsim": "tessera.driver.fsim:FsimDevice",
     "verilator": "tessera.driver.verilator:VerilatorDevice",
+    "soc-sim": "tessera.driver.soc_sim:SocSimDevice",
+    "board": "tessera.driver.board:BoardDevice",
 }
 
 
 def open_device(kind: str, config: Config | str | None = None, **options: Any) -> Device:
-    """A new, independent device of ``kind`` (``"fsim"``, ``"verilator"``) for ``config``."""
+    """A new, independent device of ``kind`` (``"fsim"``, ``"verilator"``, ``"soc-sim"``,
+    ``"board"``) for ``config``."""
     if kind not in BACKENDS:
         raise DeviceError(f"unknown device kind {kind!r}; known kinds: {', '.join(BACKENDS)}")
     module_name, cls_name = BACKENDS[kind].split(":")

@@ -41,9 +41,10 @@ class Allocator:
         self._sizes: dict[int, int] = {}
 
     def alloc(self, nbytes: int, align: int = PAGE) -> Buffer:
-        if not isinstance(nbytes, (int, np.integer)) or nbytes <= 0:
+        if isinstance(nbytes, bool) or not isinstance(nbytes, (int, np.integer)) or nbytes <= 0:
             raise DeviceError(f"alloc size must be a positive integer, not {nbytes!r}")
-        if not isinstance(align, (int, np.integer)) or align <= 0 or align & (align - 1):
+        if isinstance(align, bool) or not isinstance(align, (int, np.integer)) or align <= 0 \
+                or align & (align - 1):
             raise DeviceError(f"alloc align must be a positive power of two, not {align!r}")
         align = max(int(align), PAGE)
         nbytes = int(nbytes)
@@ -62,6 +63,8 @@ class Allocator:
         )
 
     def free(self, buf: Buffer | int) -> None:
+        if not isinstance(buf, (Buffer, int, np.integer)) or isinstance(buf, bool):
+            raise DeviceError(f"free needs a Buffer or its address, not {buf!r}")
         addr = buf.addr if isinstance(buf, Buffer) else int(buf)
         if addr not in self._sizes:
             raise DeviceError(f"free of {addr:#x}, which is not the start of an allocated block")

@@ -12,7 +12,7 @@ from tessera.driver.alloc import Allocator, Buffer
 from tessera.errors import DeviceError
 from tessera.isa import INSN_BYTES
 
-__all__ = ["Device", "RunStats", "Buffer"]
+__all__ = ["Device", "RunStats", "Buffer", "REG_SPACE"]
 
 DEFAULT_MEM_BYTES = 1 << 30
 
@@ -28,18 +28,36 @@ class RunStats:
 
 def _as_bytes(data: bytes | bytearray | memoryview | np.ndarray) -> bytes | np.ndarray:
     if isinstance(data, np.ndarray):
+        if data.dtype.hasobject:
+            raise DeviceError(f"data must be a numeric numpy array, not one of dtype {data.dtype}")
         return np.ascontiguousarray(data).view(np.uint8).reshape(-1)
     if isinstance(data, (bytes, bytearray, memoryview)):
         return bytes(data)
     raise DeviceError(f"data must be bytes or a numpy array, not {type(data).__name__}")
 
 
+def _int(value: object, what: str, lo: int, hi: int) -> int:
+    """``value`` as an int in ``[lo, hi)``; anything else (bool, float, str...) is an error."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise DeviceError(f"{what} must be an integer, not {value!r}")
+    v = int(value)
+    if not lo <= v < hi:
+        f = hex if ("addr" in what or "offset" in what) else str
+        raise DeviceError(f"{what} must be in [{f(lo)}, {f(hi)}), not {f(v)}")
+    return v
+
+
+REG_SPACE = 0x100
+"""Size of the register file (SPEC §6); offsets are multiples of 4 below it."""
+
+
 class Device(ABC):
     """One accelerator instance with its own device memory and registers.
 
-    Subclasses store memory and run programs; this class owns allocation and checks every host
-    access against it, so that reading or writing outside allocated memory raises
-    :class:`DeviceError` on every kind alike.
+    Subclasses store memory, registers and run programs (``_mem_*``, ``_*_reg``, ``_run``);
+    this class owns allocation and checks every host argument first (integers of the right
+    range, never a silently converted float or truncated value) and every access against the
+    allocation, so that bad calls raise :class:`DeviceError` on every kind alike.
     """
 
     kind: str = "?"
@@ -47,11 +65,9 @@ class Device(ABC):
     def __init__(self, config: Config, mem_bytes: int = DEFAULT_MEM_BYTES):
         if not isinstance(config, Config):
             raise DeviceError(f"config must be a tessera.Config, not {config!r}")
-        if mem_bytes > 1 << 32:
-            raise DeviceError(f"mem_bytes must be at most 4 GiB (32-bit addresses), not "
-                              f"{mem_bytes}")
         self.config = config
-        self.mem_bytes = int(mem_bytes)
+        # at most 4 GiB: addresses are 32 bits
+        self.mem_bytes = _int(mem_bytes, "mem_bytes", 1, (1 << 32) + 1)
         self.allocator = Allocator(self.mem_bytes)
         self._closed = False
 
@@ -67,42 +83,71 @@ class Device(ABC):
 
     def write(self, addr: int, data: bytes | np.ndarray) -> None:
         self._check_open()
+        addr = _int(addr, "write address", 0, 1 << 32)
         raw = _as_bytes(data)
-        self.allocator.check(int(addr), len(raw), "write")
+        self.allocator.check(addr, len(raw), "write")
         if len(raw):
-            self._mem_write(int(addr), raw)
+            self._mem_write(addr, raw)
 
     def read(self, addr: int, nbytes: int) -> bytes:
         self._check_open()
-        self.allocator.check(int(addr), int(nbytes), "read")
-        return self._mem_read(int(addr), int(nbytes)) if nbytes > 0 else b""
+        addr = _int(addr, "read address", 0, 1 << 32)
+        nbytes = _int(nbytes, "read length", 0, self.mem_bytes + 1)
+        self.allocator.check(addr, nbytes, "read")
+        return self._mem_read(addr, nbytes) if nbytes > 0 else b""
 
     def read_array(self, addr: int, shape: tuple[int, ...], dtype: np.dtype | str) -> np.ndarray:
         """Read ``prod(shape)`` elements of ``dtype`` at ``addr`` as a new array."""
-        dt = np.dtype(dtype)
-        n = int(np.prod(shape)) * dt.itemsize
-        return np.frombuffer(self.read(addr, n), dtype=dt).reshape(shape).copy()
+        try:
+            dt = np.dtype(dtype)
+        except TypeError as exc:
+            raise DeviceError(f"dtype must be a numpy dtype, not {dtype!r} ({exc})") from None
+        if dt.hasobject or dt.itemsize == 0:
+            raise DeviceError(f"dtype must be a fixed-size numeric dtype, not {dt}")
+        if not isinstance(shape, tuple):
+            raise DeviceError(f"shape must be a tuple of integers, not {shape!r}")
+        dims = [_int(d, f"shape[{i}]", 0, self.mem_bytes + 1) for i, d in enumerate(shape)]
+        n = int(np.prod(dims, dtype=object)) * dt.itemsize
+        return np.frombuffer(self.read(addr, n), dtype=dt).reshape(dims).copy()
 
     # -- registers and runs -----------------------------------------------------------------
 
-    @abstractmethod
-    def write_reg(self, offset: int, value: int) -> None: ...
+    def write_reg(self, offset: int, value: int) -> None:
+        """Write register ``offset`` (SPEC §6) with a 32-bit ``value``."""
+        self._check_open()
+        self._write_reg(self._check_offset(offset), _int(value, "register value", 0, 1 << 32))
+
+    def read_reg(self, offset: int) -> int:
+        """Read register ``offset`` (SPEC §6)."""
+        self._check_open()
+        return self._read_reg(self._check_offset(offset))
+
+    @staticmethod
+    def _check_offset(offset: object) -> int:
+        off = _int(offset, "register offset", -(1 << 64), 1 << 64)
+        if not 0 <= off < REG_SPACE or off % 4:
+            raise DeviceError(f"no register at offset {off:#x}: register offsets are multiples "
+                              f"of 4 in [0, {REG_SPACE:#x})")
+        return off
 
     @abstractmethod
-    def read_reg(self, offset: int) -> int: ...
+    def _write_reg(self, offset: int, value: int) -> None: ...
+
+    @abstractmethod
+    def _read_reg(self, offset: int) -> int: ...
 
     def run(self, insn_addr: int, insn_count: int,
             timeout_cycles: int | None = None) -> RunStats:
         """Run ``insn_count`` instructions at ``insn_addr``; raise DeviceError on any error."""
         self._check_open()
+        insn_addr = _int(insn_addr, "insn_addr", 0, 1 << 32)
         if insn_addr % INSN_BYTES:
             raise DeviceError(f"insn_addr must be 16-byte aligned, not {insn_addr:#x}")
-        if not 0 <= insn_count < 1 << 32:
-            raise DeviceError(f"insn_count must be in [0, 2**32), not {insn_count}")
+        insn_count = _int(insn_count, "insn_count", 0, 1 << 32)
         self.allocator.check(insn_addr, insn_count * INSN_BYTES, "instruction fetch")
-        if timeout_cycles is not None and timeout_cycles <= 0:
-            raise DeviceError(f"timeout_cycles must be positive, not {timeout_cycles}")
-        return self._run(int(insn_addr), int(insn_count), timeout_cycles)
+        if timeout_cycles is not None:
+            timeout_cycles = _int(timeout_cycles, "timeout_cycles", 1, 1 << 63)
+        return self._run(insn_addr, insn_count, timeout_cycles)
 
     @abstractmethod
     def _run(self, insn_addr: int, insn_count: int, timeout_cycles: int | None) -> RunStats: ...

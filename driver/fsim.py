@@ -34,13 +34,25 @@ class FsimDevice(Device):
     run that would take longer at once (spec-notes). A program whose deadlock-freedom depends on
     command-queue depth (spec-notes 2) completes on fsim's unbounded queues but deadlocks the
     RTL: it runs, with ``RunStats.cycles`` None; ``last_prediction.blocked`` says why.
+
+    ``fast=False`` runs the simulator's plain loop nests instead of its cached plans (same
+    results, much slower; for differential tests and debugging). ``blas_threads`` (default 1;
+    None: as configured) limits BLAS threads while a program executes (see
+    :class:`~tessera.sim.fsim.FunctionalSimulator`).
     """
 
     kind = "fsim"
 
     def __init__(self, config: Config, mem_bytes: int = DEFAULT_MEM_BYTES, *,
-                 read_latency: int = 16, beats_per_cycle: float = 1.0):
+                 read_latency: int = 16, beats_per_cycle: float = 1.0, fast: bool = True,
+                 blas_threads: int | None = 1):
         super().__init__(config, mem_bytes)
+        if not isinstance(fast, bool):
+            raise DeviceError(f"fast must be True or False, not {fast!r}")
+        if blas_threads is not None and (isinstance(blas_threads, bool) or not isinstance(
+                blas_threads, int) or blas_threads < 1):
+            raise DeviceError(f"blas_threads must be a positive integer or None, not "
+                              f"{blas_threads!r}")
         try:
             self.dram_timing = timing.DramTiming(read_latency, beats_per_cycle)
         except SimError as exc:
@@ -50,7 +62,8 @@ class FsimDevice(Device):
         self.last_prediction: timing.Prediction | None = None
         # np.zeros maps untouched pages lazily, so a large device memory costs nothing up front.
         self._dram = np.zeros(self.mem_bytes, np.uint8)
-        self.sim = FunctionalSimulator(config, self._dram, self.allocator.check_rows)
+        self.sim = FunctionalSimulator(config, self._dram, self.allocator.check_rows, fast=fast,
+                                       blas_threads=blas_threads)
         self._regs = {Reg.INSN_COUNT: 0, Reg.INSN_ADDR: 0}
         self._status = 0
         self._error = (0, 0)
@@ -64,8 +77,7 @@ class FsimDevice(Device):
     def _mem_read(self, addr: int, nbytes: int) -> bytes:
         return self._dram[addr:addr + nbytes].tobytes()
 
-    def write_reg(self, offset: int, value: int) -> None:
-        self._check_open()
+    def _write_reg(self, offset: int, value: int) -> None:
         if offset in (Reg.INSN_COUNT, Reg.INSN_ADDR):
             self._regs[Reg(offset)] = int(value) & 0xFFFFFFFF
         elif offset == Reg.CONTROL:
@@ -77,8 +89,7 @@ class FsimDevice(Device):
         else:
             raise DeviceError(f"register {offset:#x} is not writable")
 
-    def read_reg(self, offset: int) -> int:
-        self._check_open()
+    def _read_reg(self, offset: int) -> int:
         if offset == Reg.CONTROL:
             return self._status
         if offset in (Reg.INSN_COUNT, Reg.INSN_ADDR):

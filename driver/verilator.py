@@ -9,6 +9,7 @@ Device memory lives in the harness; host reads and writes go straight to it thro
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import time
 from pathlib import Path
 
@@ -71,8 +72,10 @@ class VerilatorDevice(Device):
     ``read_latency`` is the DRAM's cycles from a read request to its first data beat;
     ``beats_per_cycle`` (0 < x <= 1) throttles each data channel's bandwidth. ``trace`` names an
     FST file that receives a waveform of everything the device does (a separate, slower build).
-    ``build_dir`` overrides the build cache directory. ``verilog`` replaces the generated core
-    (tests use it to run the harness against a stand-in design with the same ports).
+    ``build_dir`` overrides the build cache directory and ``build_options`` the Verilator and
+    C++ options (:class:`~tessera.sim.verilator_build.BuildOptions`; ``trace`` is set from
+    ``trace``). ``verilog`` replaces the generated core (tests use it to run the harness against
+    a stand-in design with the same ports).
     """
 
     kind = "verilator"
@@ -80,7 +83,7 @@ class VerilatorDevice(Device):
     def __init__(self, config: Config, mem_bytes: int = DEFAULT_MEM_BYTES, *,
                  read_latency: int = 16, beats_per_cycle: float = 1.0,
                  trace: str | Path | None = None, build_dir: str | Path | None = None,
-                 verilog: str | None = None):
+                 build_options: BuildOptions | None = None, verilog: str | None = None):
         super().__init__(config, mem_bytes)
         if isinstance(read_latency, bool) or not isinstance(read_latency, int) or not (
                 1 <= read_latency <= 100_000):
@@ -91,7 +94,9 @@ class VerilatorDevice(Device):
             raise DeviceError(f"beats_per_cycle must be in (0, 1], not {beats_per_cycle!r}")
         if verilog is None:
             verilog = _core_verilog(config)
-        options = BuildOptions(trace=trace is not None)
+        if build_options is not None and not isinstance(build_options, BuildOptions):
+            raise DeviceError(f"build_options must be a BuildOptions, not {build_options!r}")
+        options = dataclasses.replace(build_options or BuildOptions(), trace=trace is not None)
         try:
             lib_path = build_harness_library(
                 verilog, config.mem_bus_bytes, options=options,
@@ -130,28 +135,17 @@ class VerilatorDevice(Device):
             msg = self._lib.th_message(self._h).decode(errors="replace")
             raise DeviceError(f"{what}: {_STATUS_TEXT.get(status, status)}: {msg}")
 
-    def write_reg(self, offset: int, value: int) -> None:
-        self._check_open()
-        self._check_offset(offset)
+    def _write_reg(self, offset: int, value: int) -> None:
         if offset == Reg.CONTROL and value & CONTROL_START:
             self._set_ranges()
-        st = self._lib.th_reg_write(self._h, offset, int(value) & 0xFFFFFFFF)
+        st = self._lib.th_reg_write(self._h, offset, value)
         self._check_status(st, f"write of register {offset:#x}")
 
-    def read_reg(self, offset: int) -> int:
-        self._check_open()
-        self._check_offset(offset)
+    def _read_reg(self, offset: int) -> int:
         out = ctypes.c_uint32()
         st = self._lib.th_reg_read(self._h, offset, ctypes.byref(out))
         self._check_status(st, f"read of register {offset:#x}")
         return out.value
-
-    @staticmethod
-    def _check_offset(offset: int) -> None:
-        if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)) or \
-                not 0 <= offset < 0x100 or offset % 4:
-            raise DeviceError(f"register offset must be a multiple of 4 in [0, 0x100), not "
-                              f"{offset!r}")
 
     # -- runs ---------------------------------------------------------------------------------
 

@@ -7,15 +7,17 @@ whether they fit a Lattice ECP5-85F (the ULX3S board's FPGA).
 from __future__ import annotations
 
 import re
-import subprocess
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tessera.cache import cache_dir
 from tessera.config import Config
 from tessera.errors import HwError
 from tessera.hw.verilog import TOP_NAME, generate_verilog
+from tessera.proc import ToolFailed, run_logged
 from tessera.tools import find_tool
 
 __all__ = ["SynthReport", "ECP5_85F", "synthesize", "synth_ecp5", "parse_stat", "format_report"]
@@ -79,17 +81,22 @@ def synth_ecp5(verilog: str, top: str, *, timeout: float | None = None,
         src = out / f"{top}.v"
         src.write_text(verilog)
         script = f"read_verilog {src.name}; synth_ecp5 -top {top}; stat"
-        try:
-            proc = subprocess.run([*yosys, "-q", "-p", script, "-l", "synth.log"],
-                                  cwd=out, capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise HwError(f"synth_ecp5 of {top} did not finish within {timeout} s") from None
-        except OSError as exc:
-            raise HwError(f"cannot run Yosys ({yosys[0]}): {exc}") from None
-        log = (out / "synth.log").read_text() if (out / "synth.log").exists() else proc.stdout
-        if proc.returncode != 0:
-            tail = "\n".join((proc.stderr or log).splitlines()[-15:])
-            raise HwError(f"synth_ecp5 of {top} failed (exit {proc.returncode}):\n{tail}")
+        try:  # its own process group: nothing outlives an interrupt or a timeout
+            run_logged([*yosys, "-q", "-p", script, "-l", "synth.log"], cwd=out, env=None,
+                       log=out / "yosys-output.log", what=f"synth_ecp5 of {top}",
+                       timeout=timeout)
+        except ToolFailed as exc:
+            msg = str(exc)
+            if workdir is None:  # keep the logs: the temporary directory goes away
+                keep = cache_dir("synth") / f"{top}-failed"
+                shutil.rmtree(keep, ignore_errors=True)
+                keep.mkdir()
+                for name in ("yosys-output.log", "synth.log"):
+                    if (out / name).exists():
+                        shutil.copy(out / name, keep / name)
+                msg = msg.replace(str(out), str(keep))
+            raise HwError(msg) from None
+        log = (out / "synth.log").read_text(errors="replace")
     return parse_stat(log)
 
 

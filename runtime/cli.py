@@ -30,14 +30,19 @@ def _feeds(model, inputs: list[str]) -> dict[str, np.ndarray]:
 
 
 def _cmd_run(args: argparse.Namespace, profile: bool = False) -> int:
+    for flag in ("trace", "plot"):
+        if not hasattr(args, flag):
+            setattr(args, flag, None)
     from tessera.runtime.model import load
 
     model = load(args.model)
     feeds = _feeds(model, args.input)
+    options = {k: v for k, v in (("read_latency", args.read_latency),
+                                 ("beats_per_cycle", args.beats_per_cycle)) if v is not None}
     t0 = time.perf_counter()
     try:
         result = model.run(feeds, device=args.device, profile=profile,
-                           progress=sys.stderr.isatty())
+                           progress=sys.stderr.isatty(), **options)
     finally:
         model.close()
     outs, prof = result if profile else (result, None)
@@ -51,6 +56,12 @@ def _cmd_run(args: argparse.Namespace, profile: bool = False) -> int:
         print(f"wrote {args.output}")
     if prof is not None:
         print(prof.table())
+        if args.trace:
+            prof.write_trace(args.trace)
+            print(f"wrote {args.trace} (open in ui.perfetto.dev or chrome://tracing)")
+        if args.plot:
+            prof.plot_roofline(args.plot)
+            print(f"wrote {args.plot}")
     print(f"{args.device}: {wall:.3f} s")
     return 0
 
@@ -64,5 +75,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="FILE.npy, or NAME=FILE.npy for several inputs")
         p.add_argument("--device", default="fsim", help="fsim or verilator")
         p.add_argument("-o", "--output", help="write the outputs to this .npz")
+        p.add_argument("--read-latency", type=int, help="DRAM read latency in cycles "
+                       "(fsim and verilator; default 16)")
+        p.add_argument("--beats-per-cycle", type=float, help="DRAM data beats per cycle, "
+                       "(0, 1] (fsim and verilator; default 1)")
+        if name == "profile":
+            p.add_argument("--trace", metavar="FILE.json",
+                           help="write a Chrome/Perfetto trace of the modules' busy and "
+                                "stalled intervals")
+            p.add_argument("--plot", metavar="FILE.png", help="draw the per-layer roofline")
         p.set_defaults(func=(lambda a: _cmd_run(a, profile=True)) if name == "profile"
                        else _cmd_run)

@@ -50,6 +50,7 @@ class Executor:
         for name, data in plan.params.items():
             device.write(self.addr[name], data)
         self.code: dict[int, tuple[int, int]] = {}
+        self.code_bytes: dict[int, bytes] = {}
         for k, step in enumerate(plan.steps):
             if step.kind != "accel":
                 continue
@@ -63,6 +64,7 @@ class Executor:
             cbuf = self._alloc(len(code))
             device.write(cbuf.addr, code)
             self.code[k] = (cbuf.addr, len(code) // INSN_BYTES)
+            self.code_bytes[k] = code
 
     def _alloc(self, n: int):
         buf = self.dev.alloc(n)
@@ -108,6 +110,9 @@ class Executor:
                 rec = LayerProfile(step.name, "accel", step.op, 0.0, stats.cycles,
                                    step.info.get("macs", 0), step.info.get("gemm_steps", 0),
                                    dict(stats.counters), dict(step.info))
+                if profile:
+                    rec.program = (self.code_bytes[k], addr, count)
+                    rec.predicted = self._predict(rec.program, stats.cycles)
             else:
                 args = [self.read_slot(s) if s else None for s in step.inputs]
                 outs = step.op(*args)
@@ -123,7 +128,29 @@ class Executor:
         if progress:
             print(file=sys.stderr)
         outputs = [self.read_slot(plan.outputs[o]) for o in plan.outputs]
-        return outputs, (Profile(self.dev.kind, self.cfg, layers) if profile else None)
+        return outputs, (Profile(self.dev.kind, self.cfg, layers, self._dram_timing())
+                         if profile else None)
+
+    def _dram_timing(self):
+        """The device's DRAM knobs (fsim and verilator have them), else None."""
+        from tessera.sim.timing import DramTiming
+
+        lat, bpc = (getattr(self.dev, n, None) for n in ("read_latency", "beats_per_cycle"))
+        return DramTiming(lat, bpc) if lat is not None and bpc is not None else None
+
+    def _predict(self, program: tuple[bytes, int, int], cycles: int | None) -> int | None:
+        """The cycle model's cycles for a layer: fsim's own, else predicted for the device's
+        DRAM knobs (None on a device without them)."""
+        if self.dev.kind == "fsim":
+            return cycles
+        dram = self._dram_timing()
+        if dram is None:
+            return None
+        from tessera.sim import timing
+
+        code, addr, count = program
+        return timing.predict(timing.decode_stream(code, self.cfg), self.cfg, dram,
+                              insn_addr=addr, insn_count=count).cycles
 
 
 def _progress(done: int, total: int, what: str) -> None:

@@ -3,8 +3,8 @@
 :class:`DecodedProgram` is the simulator's view of a program before anything executes: every
 field of every dispatched instruction, the module each instruction routes to, and (once
 :func:`tessera.sim.tokens.schedule` has run) the token-level schedule. Timing depends only on
-the instructions, so this structure is also what a cycle model consumes (see
-:func:`tessera.sim.bound.cycles_lower_bound`).
+the instructions, so this structure is also what the cycle model consumes
+(:func:`tessera.sim.timing.predict`).
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ class DecodedProgram:
     - ``module``: ``LOAD``, ``COMPUTE`` or ``STORE`` per pc (SPEC §5 routing).
     - ``local_pcs``: per module, its pcs in program order (its command queue).
     - ``schedule``: the token-level schedule, set by :func:`tessera.sim.tokens.schedule`.
+
+    ``dma_memo`` and ``plan_memo`` are the functional simulator's private per-pc memos.
     """
 
     n: int
@@ -50,6 +52,8 @@ class DecodedProgram:
     module: list[int]
     local_pcs: tuple[list[int], list[int], list[int]]
     schedule: object = field(default=None, repr=False)
+    dma_memo: dict = field(default_factory=dict, repr=False)
+    plan_memo: dict = field(default_factory=dict, repr=False)
 
 
 def decode_program(raw: np.ndarray, cfg: Config) -> DecodedProgram:

@@ -1,4 +1,4 @@
-"""Deferred ALU instructions in the functional simulator (spec-notes 14).
+"""Deferred ALU instructions in the functional simulator (spec-notes 15).
 
 The compute module may run an ALU instruction with the [ext] ``deferred`` bit concurrently with
 the GEMM instructions that follow it, until the next instruction that drains its ALU engine:
@@ -38,10 +38,11 @@ class Deferred:
             self.pending.clear()
 
     def gemm(self, pc: int, dst: np.ndarray) -> None:
-        """Check GEMM ``pc``'s accumulator rows ``dst`` against the pending deferred ALUs."""
+        """Check GEMM ``pc``'s accumulator rows ``dst`` (sorted, distinct) against the pending
+        deferred ALUs."""
         if not self.pending:
             return
-        rows = np.unique(dst)
+        rows = np.asarray(dst)  # sorted, distinct (IndexSet.uniq)
         halves = frozenset((rows // self.half).tolist())
         for apc, used, ahalves in self.pending:
             clash = np.intersect1d(rows, used, assume_unique=True)
@@ -49,16 +50,17 @@ class Deferred:
                 raise SimError(
                     f"race on the accumulator rows [{int(clash.min())}:{int(clash.max()) + 1}]: "
                     f"instruction {pc} (GEMM) may run while the deferred ALU instruction {apc} "
-                    f"still reads or writes them (no drain point between them; spec-notes 14)")
+                    f"still reads or writes them (no drain point between them; spec-notes 15)")
             if halves & ahalves:
                 raise SimError(
                     f"race on accumulator half {min(halves & ahalves)}: instruction {pc} (GEMM) "
                     f"writes it while the deferred ALU instruction {apc} may still write it "
-                    f"(they would share the bank's ports; spec-notes 14)")
+                    f"(they would share the bank's ports; spec-notes 15)")
 
     def alu(self, pc: int, dst: np.ndarray, src: np.ndarray | None) -> None:
-        """Record deferred ALU ``pc`` with its destination (and source) rows."""
-        d = np.unique(dst)
+        """Record deferred ALU ``pc`` with its destination (and source) rows (sorted,
+        distinct)."""
+        d = np.asarray(dst)
         used = d if src is None else np.union1d(d, src)
         self.pending.append((pc, used, frozenset((d // self.half).tolist())))
 

@@ -17,23 +17,30 @@ implemented here.
 
 from __future__ import annotations
 
+import itertools
+from collections import OrderedDict
 from collections.abc import Callable
 
 import numpy as np
 
 from tessera.config import Config
 from tessera.errors import SimError
-from tessera.isa import INSN_BYTES, AluOp, MemType, Opcode, extract_uops
+from tessera.isa import INSN_BYTES, AluOp, MemType, Opcode, elem_bytes, extract_uops
 from tessera.regs import ErrorCode
+from tessera.sim.alu_kernel import AluPlan, alu_apply, alu_plain, plan_alu
+from tessera.sim.blas import blas_limit
 from tessera.sim.decode import COMPUTE, LOAD, MODULE_NAMES, STORE, DecodedProgram, decode_program
 from tessera.sim.deferred import Deferred
-from tessera.sim.gemm_kernel import gemm_accumulate, gemm_folded
-from tessera.sim.races import DramRaceTracker, SramShadow
+from tessera.sim.gemm_kernel import GemmPlan, gemm_plain, plan_gemm
+from tessera.sim.races import DramRaceTracker, IndexSet, SramShadow
 from tessera.sim.tokens import schedule
 
-__all__ = ["FunctionalSimulator", "LOAD", "COMPUTE", "STORE", "MODULE_NAMES"]
+__all__ = ["FunctionalSimulator", "LOAD", "COMPUTE", "STORE", "MODULE_NAMES", "alu_apply"]
 
 DmaCheck = Callable[[np.ndarray, int, str], None]
+_MT_NAMES = tuple(m.name.lower() for m in MemType)
+_EPOCHS = itertools.count()  # unique across simulators, so a memo never matches another's
+PROGRAM_CACHE = 64  # decoded programs kept per simulator (keyed by their bytes)
 
 
 class FunctionalSimulator:
@@ -41,35 +48,77 @@ class FunctionalSimulator:
 
     ``dram`` is the device memory (a writable uint8 array); ``dma_check(starts, length, what)``
     raises when a DMA row is not inside allocated memory. SRAM contents persist across runs.
+
+    ``fast`` (default) executes GEMM and ALU instructions through plans cached per micro-op
+    kernel (``sim/gemm_kernel.py``, ``sim/alu_kernel.py``) and checks races on index runs;
+    ``fast=False`` runs the plain SPEC loop nests step by step (for differential tests: both
+    must give identical results, errors and counters). ``cache_bytes`` bounds the plan cache.
+
+    ``blas_threads`` (default 1) limits the BLAS thread pool while a program executes (None
+    leaves it as configured): the products are one tile each, too small for threads to pay,
+    and OpenBLAS threads that wait for a busy core slow every product down several times.
     """
 
-    def __init__(self, cfg: Config, dram: np.ndarray, dma_check: DmaCheck | None = None):
+    def __init__(self, cfg: Config, dram: np.ndarray, dma_check: DmaCheck | None = None,
+                 fast: bool = True, cache_bytes: int = 256 << 20, blas_threads: int | None = 1):
         if dram.dtype != np.uint8 or dram.ndim != 1:
             raise ValueError(f"dram must be a 1-D uint8 array, not {dram.dtype} {dram.shape}")
+        if blas_threads is not None and (isinstance(blas_threads, bool) or not isinstance(
+                blas_threads, int) or blas_threads < 1):
+            raise ValueError(f"blas_threads must be a positive integer or None, not "
+                             f"{blas_threads!r}")
+        self.blas_threads = blas_threads
         self.cfg = cfg
         self.dram = dram
         self.dma_check = dma_check
+        self.fast = bool(fast)
         b, bi, bo = cfg.batch, cfg.block_in, cfg.block_out
         self.inp = np.zeros((cfg.inp_depth, b, bi), np.int8)
         self.wgt = np.zeros((cfg.wgt_depth, bo, bi), np.int8)
         self.acc = np.zeros((cfg.acc_depth, b, bo), np.int32)
         self.out = np.zeros((cfg.out_depth, b, bo), np.int8)
         self.uop = np.zeros(cfg.uop_depth, np.uint32)
+        self._uop_depth, self._inp_depth = cfg.uop_depth, cfg.inp_depth
+        self._wgt_depth, self._acc_depth = cfg.wgt_depth, cfg.acc_depth
         self._uop_fields = extract_uops(self.uop, cfg)
-        self._elem = {MemType.UOP: cfg.uop_elem_bytes, MemType.WGT: cfg.wgt_elem_bytes,
-                      MemType.INP: cfg.inp_elem_bytes, MemType.ACC: cfg.acc_elem_bytes,
-                      MemType.OUT: cfg.out_elem_bytes, MemType.ACC_8BIT: cfg.acc8_elem_bytes}
+        # float32 mirrors of the input and weight buffers (exact: int8 values; weights with
+        # every element transposed to [BLOCK_IN][BLOCK_OUT]), kept in step by every LOAD, for
+        # the BLAS products; a write stamp per weight row keys cached weight matrices
+        self.inp_f = np.zeros(self.inp.shape, np.float32)
+        self.wgt_t = np.zeros((cfg.wgt_depth, bi, bo), np.float32)
+        self.wgt_stamp = np.zeros(cfg.wgt_depth, np.int64)
+        self._stamp = 0
+        self._plans: OrderedDict[tuple, GemmPlan | AluPlan] = OrderedDict()
+        self._plan_bytes = 0
+        self._cache_limit = int(cache_bytes)
+        self._uop_epoch = next(_EPOCHS)  # renewed by every UOP load (validates plan memos)
+        self._elem_of = [elem_bytes(cfg, t) for t in range(len(MemType))]
+        self._buf_of = [self.uop, self.wgt, self.inp, self.acc, None, self.acc]
+        self._programs: OrderedDict[bytes, DecodedProgram] = OrderedDict()
 
     # -- running a program --------------------------------------------------------------------
 
     def prepare(self, insn_addr: int, insn_count: int) -> DecodedProgram:
         """Fetch and decode a program (decode-time errors raise here) and compute its token
-        schedule; nothing executes. The result is what :meth:`execute` runs."""
+        schedule; nothing executes. The result is what :meth:`execute` runs. Decoded programs
+        are cached by their bytes (decoding and scheduling depend on nothing else)."""
         nbytes = insn_count * INSN_BYTES
         if self.dma_check is not None:
             self.dma_check(np.array([insn_addr], np.int64), nbytes, "instruction fetch")
-        prog = decode_program(self.dram[insn_addr:insn_addr + nbytes], self.cfg)
+        if insn_addr + nbytes > self.dram.size:
+            raise SimError(f"instruction fetch: bytes up to {insn_addr + nbytes:#x} are beyond "
+                           f"the simulator's DRAM ({self.dram.size:#x} bytes)")
+        raw = self.dram[insn_addr:insn_addr + nbytes]
+        key = raw.tobytes()
+        prog = self._programs.get(key)
+        if prog is not None:
+            self._programs.move_to_end(key)
+            return prog
+        prog = decode_program(raw, self.cfg)
         schedule(prog, self.cfg.dep_queue_depth)
+        self._programs[key] = prog
+        if len(self._programs) > PROGRAM_CACHE:
+            self._programs.popitem(last=False)
         return prog
 
     def run(self, insn_addr: int, insn_count: int) -> dict[str, int]:
@@ -93,12 +142,13 @@ class FunctionalSimulator:
         self.deferred = Deferred(self.cfg.acc_depth)
         self.dram_races = DramRaceTracker()
         execute = (self._exec_load_module, self._exec_compute, self._exec_store)
-        counters, module, clocks, seq = self.counters, prog.module, sched.clocks, sched.seq
-        for k, pc in enumerate(sched.order):
-            m = module[pc]
-            execute[m](pc, seq[k], clocks[k])
-            counters["insns_retired"] += 1
-            counters[MODULE_NAMES[m] + "_insns"] += 1
+        counters, module, clocks, seq = self.counters, prog.module, sched.clocks.tolist(), sched.seq
+        with blas_limit(self.blas_threads):
+            for k, pc in enumerate(sched.order):
+                m = module[pc]
+                execute[m](pc, seq[k], clocks[k])
+                counters["insns_retired"] += 1
+                counters[MODULE_NAMES[m] + "_insns"] += 1
         if sched.deadlock is not None:
             raise SimError(sched.deadlock.message(),
                            code=int(ErrorCode.TOKEN_DEADLOCK), pc=sched.deadlock.pc)
@@ -106,73 +156,96 @@ class FunctionalSimulator:
 
     # -- DMA helpers -----------------------------------------------------------------------------
 
-    def _rows(self, pc: int, mt: int) -> tuple[np.ndarray, int]:
-        f = self.prog.f
-        eb = self._elem[MemType(mt)]
-        starts = (f["dram_base"][pc] + np.arange(f["y_size"][pc], dtype=np.int64)
-                  * f["x_stride"][pc]) * eb
-        return starts, f["x_size"][pc] * eb
+    def _dma(self, pc: int) -> tuple[np.ndarray, int, int, str]:
+        """(row start bytes, row length, row stride bytes, description) of LOAD/STORE ``pc``,
+        memoised with the program."""
+        memo = self.prog.dma_memo
+        got = memo.get(pc)
+        if got is None:
+            f = self.prog.f
+            mt = f["memory_type"][pc]
+            eb = self._elem_of[mt]
+            stride = f["x_stride"][pc] * eb
+            starts = f["dram_base"][pc] * eb + stride * np.arange(f["y_size"][pc], dtype=np.int64)
+            what = (f"{'STORE' if f['opcode'][pc] == Opcode.STORE else 'LOAD'} "
+                    f"{MemType(mt).name} at instruction {pc}")
+            got = memo[pc] = (starts, f["x_size"][pc] * eb, stride, what)
+        return got
 
-    def _dma_what(self, pc: int) -> str:
-        op = Opcode(self.prog.f["opcode"][pc]).name
-        return f"{op} {MemType(self.prog.f['memory_type'][pc]).name} at instruction {pc}"
+    def _dram_view(self, pc: int) -> np.ndarray:
+        """The memoised read view of LOAD ``pc``'s DRAM rows (see :meth:`_dram_rows`)."""
+        key = ~pc  # the LOAD's row descriptor is memoised under pc itself
+        view = self.prog.dma_memo.get(key)
+        if view is None:
+            starts, length, stride, what = self._dma(pc)
+            view = self.prog.dma_memo[key] = self._dram_rows(starts, length, stride, what)
+        return view
 
-    def _gather(self, starts: np.ndarray, length: int, stride_bytes: int) -> np.ndarray:
-        if starts.size == 1 or stride_bytes == length:
-            s = int(starts[0])
-            return self.dram[s:s + length * starts.size].reshape(starts.size, length)
-        return self.dram[starts[:, None] + np.arange(length, dtype=np.int64)]
+    def _dram_rows(self, starts: np.ndarray, length: int, stride: int, what: str,
+                   writeable: bool = False) -> np.ndarray:
+        """A (rows, length) view of DRAM (rows overlap when ``stride < length``: only write
+        through it when they do not)."""
+        s0, n = int(starts[0]), starts.size
+        if s0 + (n - 1) * stride + length > self.dram.size:
+            raise SimError(f"{what}: bytes up to {s0 + (n - 1) * stride + length:#x} are beyond "
+                           f"the simulator's DRAM ({self.dram.size:#x} bytes)")
+        if n == 1 or stride == length:
+            return self.dram[s0:s0 + length * n].reshape(n, length)
+        return np.lib.stride_tricks.as_strided(self.dram[s0:], (n, length), (stride, 1),
+                                               writeable=writeable)
 
     # -- the load module and compute-module loads ------------------------------------------------
 
-    def _load(self, pc: int, module: int, seq: int, vc: np.ndarray) -> None:
+    def _load(self, pc: int, module: int, seq: int, vc) -> None:
         f = self.prog.f
-        xs, ys, mt = f["x_size"][pc], f["y_size"][pc], MemType(f["memory_type"][pc])
+        xs = f["x_size"][pc]
         if xs == 0:
             return  # spec-notes 3: synchronisation only
-        cfg = self.cfg
-        starts, length = self._rows(pc, mt)
+        ys, mt = f["y_size"][pc], f["memory_type"][pc]
+        starts, length, stride, what = self._dma(pc)
         if ys:
-            what = self._dma_what(pc)
             if self.dma_check is not None:
                 self.dma_check(starts, length, what)
             self.dram_races.read(module, seq, vc, starts, length, pc, what, self._pc_of)
-            raw = self._gather(starts, length, f["x_stride"][pc] * self._elem[mt])
+            raw = self._dram_view(pc)
         else:  # only padding rows
             raw = np.zeros((0, length), np.uint8)
         self.counters["dram_read_bytes"] += ys * length
-        self.bytes_by_type[mt.name.lower()] += ys * length
-        b, bi, bo = cfg.batch, cfg.block_in, cfg.block_out
-        if mt == MemType.INP:
-            data, buf = raw.view(np.int8).reshape(ys, xs, b, bi), self.inp
-        elif mt == MemType.WGT:
-            data, buf = raw.view(np.int8).reshape(ys, xs, bo, bi), self.wgt
+        self.bytes_by_type[_MT_NAMES[mt]] += ys * length
+        buf = self._buf_of[mt]
+        if mt == MemType.INP or mt == MemType.WGT:
+            data = raw.view(np.int8).reshape((ys, xs) + buf.shape[1:])
         elif mt == MemType.ACC:
-            data = np.ascontiguousarray(raw).view("<i4").reshape(ys, xs, b, bo)
-            buf = self.acc
+            data = np.ascontiguousarray(raw).view("<i4").reshape((ys, xs) + buf.shape[1:])
         elif mt == MemType.ACC_8BIT:
-            data, buf = raw.view(np.int8).astype(np.int32).reshape(ys, xs, b, bo), self.acc
+            data = raw.view(np.int8).astype(np.int32).reshape((ys, xs) + buf.shape[1:])
         else:  # UOP
             data = np.ascontiguousarray(raw).view("<u4").reshape(ys, xs)
-            buf = self.uop
         yp0, yp1, xp0, xp1 = (f["y_pad_0"][pc], f["y_pad_1"][pc], f["x_pad_0"][pc],
                               f["x_pad_1"][pc])
         height, width = yp0 + ys + yp1, xp0 + xs + xp1
         base = f["sram_base"][pc]
-        region = buf[base:base + height * width]
+        hi = base + height * width
+        region = buf[base:hi]
         if yp0 == yp1 == xp0 == xp1 == 0:
             region[...] = data.reshape(region.shape)
         else:
             tile = region.reshape((height, width) + buf.shape[1:])
             tile[...] = 0
             tile[yp0:yp0 + ys, xp0:xp0 + xs] = data
-        if mt in (MemType.INP, MemType.WGT):
-            self.shadow.load_write(mt, base, base + height * width, seq, vc, pc, self._pc_of)
+        if mt == MemType.INP:
+            self.shadow.load_write(MemType.INP, base, hi, seq, vc, pc, self._pc_of)
+            self.inp_f[base:hi] = region
+        elif mt == MemType.WGT:
+            self.shadow.load_write(MemType.WGT, base, hi, seq, vc, pc, self._pc_of)
+            self.wgt_t[base:hi] = region.transpose(0, 2, 1)
+            self._stamp += 1
+            self.wgt_stamp[base:hi] = self._stamp
         elif mt == MemType.UOP:
-            lo, hi = base, base + height * width
-            fields = extract_uops(self.uop[lo:hi], cfg)
+            self._uop_epoch = next(_EPOCHS)
+            fields = extract_uops(region, self.cfg)
             for dst, src in zip(self._uop_fields, fields):
-                dst[lo:hi] = src
+                dst[base:hi] = src
 
     def _exec_load_module(self, pc: int, seq: int, vc: np.ndarray) -> None:
         self._load(pc, LOAD, seq, vc)
@@ -195,168 +268,136 @@ class FunctionalSimulator:
         # FINISH: retires once every earlier instruction has (the scheduler drains all modules).
         self.deferred.after(pc, f)
 
-    def _loop_indices(self, pc: int, alu: bool) -> tuple[np.ndarray, ...] | None:
-        """(u, a, s, w) index arrays of every step in loop order, or None for an empty loop."""
+    def _plan(self, pc: int, alu: bool) -> GemmPlan | AluPlan | None:
+        """The plan of GEMM/ALU ``pc`` (cached per kernel when fast), or None for an empty loop.
+        Raises error 3 for a micro-op index outside the buffer."""
         f = self.prog.f
         bgn, end = f["uop_bgn"][pc], f["uop_end"][pc]
         it_out, it_in = f["iter_out"][pc], f["iter_in"][pc]
         if bgn >= end or it_out == 0 or it_in == 0:
             return None
-        cfg = self.cfg
-        if end > cfg.uop_depth:
-            raise self._index_error(pc, f"micro-op index {cfg.uop_depth} (uop_end={end}) is "
-                                        f"outside the uop buffer (depth {cfg.uop_depth})")
-        ud, us, uw = (x[bgn:end] for x in self._uop_fields)
-        i = np.arange(it_out, dtype=np.int64)[:, None, None]
-        j = np.arange(it_in, dtype=np.int64)[None, :, None]
-        a = (ud + i * f["dst_factor_out"][pc] + j * f["dst_factor_in"][pc]).reshape(-1)
+        depth = self._uop_depth
+        if end > depth:
+            raise self._index_error(pc, f"micro-op index {depth} (uop_end={end}) is outside the "
+                                        f"uop buffer (depth {depth})")
         if alu:
-            s = (us + i * f["alu_src_factor_out"][pc] + j * f["alu_src_factor_in"][pc])
-            return a, s.reshape(-1), None
-        x = (us + i * f["src_factor_out"][pc] + j * f["src_factor_in"][pc]).reshape(-1)
-        w = (uw + i * f["wgt_factor_out"][pc] + j * f["wgt_factor_in"][pc]).reshape(-1)
-        return a, x, w
+            fac = (f["dst_factor_out"][pc], f["dst_factor_in"][pc], f["alu_src_factor_out"][pc],
+                   f["alu_src_factor_in"][pc])
+            flag = f["use_imm"][pc]
+        else:
+            fac = (f["dst_factor_out"][pc], f["dst_factor_in"][pc], f["src_factor_out"][pc],
+                   f["src_factor_in"][pc], f["wgt_factor_out"][pc], f["wgt_factor_in"][pc])
+            flag = f["reset"][pc]
+        if not self.fast:
+            ud, us, uw = (x[bgn:end] for x in self._uop_fields)
+            if alu:
+                return plan_alu(ud, us, it_out, it_in, fac, bool(flag), fast=False)
+            return plan_gemm(ud, us, uw, bool(flag), it_out, it_in, fac, fast=False)
+        memo = self.prog.plan_memo
+        hit = memo.get(pc)
+        if hit is not None and hit[0] == self._uop_epoch:  # no UOP load since: same kernel
+            return hit[1]
+        key = (alu, flag, it_out, it_in, fac, self.uop[bgn:end].tobytes())
+        plan = self._plans.get(key)
+        if plan is not None:
+            self._plans.move_to_end(key)
+            memo[pc] = (self._uop_epoch, plan)
+            return plan
+        ud, us, uw = (x[bgn:end] for x in self._uop_fields)
+        if alu:
+            plan = plan_alu(ud, us, it_out, it_in, fac, bool(flag))
+        else:
+            plan = plan_gemm(ud, us, uw, bool(flag), it_out, it_in, fac)
+        memo[pc] = (self._uop_epoch, plan)
+        self._plans[key] = plan
+        self._plan_bytes += plan.nbytes + len(key[-1])
+        while self._plan_bytes > self._cache_limit and len(self._plans) > 1:
+            old_key, old = self._plans.popitem(last=False)
+            self._plan_bytes -= old.nbytes + len(old_key[-1])
+        return plan
 
     def _index_error(self, pc: int, what: str) -> SimError:
         name = Opcode(self.prog.f["opcode"][pc]).name
         return SimError(f"error 3 (SRAM index out of range) at instruction {pc} ({name}): {what}",
                         code=int(ErrorCode.SRAM_RANGE), pc=pc)
 
-    def _check_range(self, pc: int, idx: np.ndarray, depth: int, what: str) -> None:
-        top = int(idx.max())
-        if top >= depth:
-            raise self._index_error(pc, f"{what} index {top} is outside the buffer "
+    def _check_range(self, pc: int, idx: IndexSet, depth: int, what: str) -> None:
+        if idx.top >= depth:
+            raise self._index_error(pc, f"{what} index {idx.top} is outside the buffer "
                                         f"(depth {depth})")
 
-    def _gemm(self, pc: int, seq: int, vc: np.ndarray) -> None:
-        loop = self._loop_indices(pc, alu=False)
-        if loop is None:
-            return
-        a, x, w = loop
-        cfg = self.cfg
-        self._check_range(pc, a, cfg.acc_depth, "accumulator")
-        self.deferred.gemm(pc, a)
-        if self.prog.f["reset"][pc]:
-            self.shadow.compute_write_out(a, seq, vc, pc, self._pc_of)
-            self.acc[a] = 0
-            self.out[a] = 0
-            self.counters["gemm_reset_steps"] += a.size
-            return
-        self._check_range(pc, x, cfg.inp_depth, "input")
-        self._check_range(pc, w, cfg.wgt_depth, "weight")
-        self.shadow.compute_read(MemType.INP, x, seq, vc, pc, self._pc_of)
-        self.shadow.compute_read(MemType.WGT, w, seq, vc, pc, self._pc_of)
-        self.shadow.compute_write_out(a, seq, vc, pc, self._pc_of)
-        f = self.prog.f
-        if f["dst_factor_out"][pc] == 0 and f["dst_factor_in"][pc] == 0:
-            bgn, end = f["uop_bgn"][pc], f["uop_end"][pc]
-            i = np.arange(f["iter_out"][pc], dtype=np.int64)[:, None]
-            j = np.arange(f["iter_in"][pc], dtype=np.int64)[None, :]
-            src_off = (i * f["src_factor_out"][pc] + j * f["src_factor_in"][pc]).reshape(-1)
-            wgt_off = (i * f["wgt_factor_out"][pc] + j * f["wgt_factor_in"][pc]).reshape(-1)
-            ud, us, uw = (v[bgn:end] for v in self._uop_fields)
-            touched = gemm_folded(self.acc, self.inp, self.wgt, ud, us, uw, src_off, wgt_off)
+    def _refresh_out(self, rows: IndexSet) -> None:
+        """``out[a] = low 8 bits of acc[a]`` for the rows an instruction wrote (SPEC §4)."""
+        if rows.runs is not None:
+            for lo, hi in rows.runs:
+                np.copyto(self.out[lo:hi], self.acc[lo:hi], casting="unsafe")
         else:
-            touched = gemm_accumulate(self.acc, self.inp, self.wgt, a, x, w)
-        self.out[touched] = self.acc[touched].astype(np.int8)
-        self.counters["gemm_steps"] += a.size
+            self.out[rows.uniq] = self.acc[rows.uniq].astype(np.int8)
 
-    def _alu(self, pc: int, seq: int, vc: np.ndarray) -> None:
-        loop = self._loop_indices(pc, alu=True)
-        if loop is None:
+    def _gemm(self, pc: int, seq: int, vc) -> None:
+        plan = self._plan(pc, alu=False)
+        if plan is None:
             return
-        a, s, _ = loop
+        self._check_range(pc, plan.rows, self._acc_depth, "accumulator")
+        self.deferred.gemm(pc, plan.rows.uniq)
+        if plan.reset:
+            self.shadow.compute_write_out(plan.rows, seq, vc, pc, self._pc_of)
+            plan.rows.assign(self.acc, 0)
+            plan.rows.assign(self.out, 0)
+            self.counters["gemm_reset_steps"] += plan.steps
+            return
+        self._check_range(pc, plan.reads_inp, self._inp_depth, "input")
+        self._check_range(pc, plan.reads_wgt, self._wgt_depth, "weight")
+        self.shadow.compute_read(MemType.INP, plan.reads_inp, seq, vc, pc, self._pc_of)
+        self.shadow.compute_read(MemType.WGT, plan.reads_wgt, seq, vc, pc, self._pc_of)
+        self.shadow.compute_write_out(plan.rows, seq, vc, pc, self._pc_of)
+        if self.fast:
+            plan.run(self.acc, self.inp_f, self.wgt_t, self.wgt_stamp)
+        else:
+            gemm_plain(self.acc, self.inp, self.wgt, *plan.steps_arrays)
+        self._refresh_out(plan.rows)
+        self.counters["gemm_steps"] += plan.steps
+
+    def _alu(self, pc: int, seq: int, vc) -> None:
+        plan = self._plan(pc, alu=True)
+        if plan is None:
+            return
         f = self.prog.f
-        cfg = self.cfg
-        use_imm = f["use_imm"][pc]
-        self._check_range(pc, a, cfg.acc_depth, "accumulator destination")
-        if not use_imm:
-            self._check_range(pc, s, cfg.acc_depth, "accumulator source")
+        self._check_range(pc, plan.rows, self._acc_depth, "accumulator destination")
+        if plan.src is not None:
+            self._check_range(pc, plan.src, self._acc_depth, "accumulator source")
         if f["deferred"][pc]:
-            self.deferred.alu(pc, a, None if use_imm else s)
-        self.shadow.compute_write_out(a, seq, vc, pc, self._pc_of)
+            self.deferred.alu(pc, plan.rows.uniq, None if plan.src is None else plan.src.uniq)
+        self.shadow.compute_write_out(plan.rows, seq, vc, pc, self._pc_of)
         op = AluOp(f["alu_opcode"][pc])
         imm = f["imm"][pc]
-        for lo, hi in _independent_chunks(a, None if use_imm else s):
-            dst = a[lo:hi]
-            lhs = self.acc[dst].astype(np.int64)
-            rhs = np.int64(imm) if use_imm else self.acc[s[lo:hi]].astype(np.int64)
-            self.acc[dst] = alu_apply(op, lhs, rhs)
-        uniq = np.unique(a)
-        self.out[uniq] = self.acc[uniq].astype(np.int8)
-        self.counters["alu_steps"] += a.size
+        if self.fast:
+            plan.run(self.acc, op, imm if plan.src is None else None)
+        else:
+            alu_plain(self.acc, op, plan.a, plan.s, imm)
+        self._refresh_out(plan.rows)
+        self.counters["alu_steps"] += plan.steps
 
     # -- the store module ----------------------------------------------------------------------
 
-    def _exec_store(self, pc: int, seq: int, vc: np.ndarray) -> None:
+    def _exec_store(self, pc: int, seq: int, vc) -> None:
         f = self.prog.f
         xs, ys = f["x_size"][pc], f["y_size"][pc]
         if xs == 0 or ys == 0:
             return
         base = f["sram_base"][pc]
         self.shadow.store_read(base, base + ys * xs, seq, vc, pc, self._pc_of)
-        starts, length = self._rows(pc, MemType.OUT)
-        what = self._dma_what(pc)
+        starts, length, stride, what = self._dma(pc)
         if self.dma_check is not None:
             self.dma_check(starts, length, what)
         self.dram_races.write(seq, vc, starts, length, pc, what, self._pc_of)
         data = self.out[base:base + ys * xs].reshape(ys, length).view(np.uint8)
-        stride_bytes = f["x_stride"][pc] * self.cfg.out_elem_bytes
-        if stride_bytes >= length:
-            if stride_bytes == length:
-                s0 = int(starts[0])
-                self.dram[s0:s0 + ys * length] = data.reshape(-1)
-            else:
-                self.dram[starts[:, None] + np.arange(length, dtype=np.int64)] = data
+        if stride >= length:
+            self._dram_rows(starts, length, stride, what, writeable=True)[...] = data
         else:  # overlapping rows: later rows win, in order
+            self._dram_rows(starts, length, stride, what)  # range check
             for y in range(ys):
                 s0 = int(starts[y])
                 self.dram[s0:s0 + length] = data[y]
         self.counters["dram_write_bytes"] += ys * length
         self.bytes_by_type["out"] += ys * length
-
-
-def alu_apply(op: AluOp, lhs: np.ndarray, rhs: np.ndarray | np.int64) -> np.ndarray:
-    """SPEC §4 ALU on int32 lanes given as int64 arrays; returns int32 (wrapping)."""
-    if op == AluOp.MIN:
-        res = np.minimum(lhs, rhs)
-    elif op == AluOp.MAX:
-        res = np.maximum(lhs, rhs)
-    elif op == AluOp.ADD:
-        res = lhs + rhs
-    elif op == AluOp.SHR:
-        amount = np.minimum(np.abs(rhs), 31)
-        res = np.where(rhs >= 0, lhs >> amount, lhs << amount)
-    else:  # MUL: low 32 bits of the signed product (int32*int32 fits in int64)
-        res = lhs * rhs
-    return res.astype(np.int32)  # modular narrowing: wraps mod 2**32
-
-
-def _independent_chunks(a: np.ndarray, s: np.ndarray | None):
-    """Split ALU steps into consecutive chunks that can be applied in one vectorised update.
-
-    A chunk is valid when no step writes an accumulator row that an earlier step of the same
-    chunk wrote or that a later step reads; the sequential result is then the chunk's.
-    """
-    n = a.size
-    if n == 1:
-        yield 0, 1
-        return
-    if s is None:
-        if np.unique(a).size == n:
-            yield 0, n
-            return
-    else:
-        ua = np.unique(a)
-        if ua.size == n and (np.array_equal(s, a) or not np.isin(s, ua).any()):
-            yield 0, n
-            return
-    # General case: greedy chunks, scanning steps in order.
-    lo, written = 0, set()
-    for k in range(n):
-        ak = int(a[k])
-        if ak in written or (s is not None and int(s[k]) in written):
-            yield lo, k
-            lo, written = k, set()
-        written.add(ak)
-    yield lo, n

@@ -1,114 +1,281 @@
-"""The vectorised GEMM step loop of the functional simulator.
+"""GEMM instructions for the functional simulator: cached plans (fast) and the plain loop nest.
 
-Each step adds ``inp[x] @ wgt[w].T`` to ``acc[a]``. Integer addition modulo 2**32 is
-associative, so a whole non-reset GEMM instruction equals: per-step products, summed per
-accumulator row, added once. Products are computed in float32 by BLAS, which is exact here:
-every partial sum of one step is an integer of magnitude at most ``BLOCK_IN * 2**14 <= 2**20``.
-Sums across steps use float64 (exact below 2**53) and the final addition wraps int64 -> int32.
+A GEMM adds ``inp[x] @ wgt[w].T`` to ``acc[a]`` for every step of its loop nest (SPEC §4).
+Integer addition modulo 2**32 is associative, so an instruction equals: for every accumulator
+row, the sum of its steps' products, added once with wraparound. A :class:`GemmPlan` turns the
+loop nest of one micro-op kernel (its micro-ops and loop factors; it does not depend on data) into
+a few large matrix products:
 
-Two strategies:
+1. *Virtual micro-ops*: the loop levels whose destination factor is 0 walk a reduction, so each
+   virtual micro-op ``v`` (a micro-op, combined with the loop levels that move the destination)
+   adds ``sum_k inp[x0_v + soff_k] @ wgt[w0_v + woff_k].T`` to ``acc[a_v]``.
+2. *Row groups*: destination rows whose (sorted) weight sequences ``w0`` are equal share one
+   weight matrix; groups whose source sequences ``x0`` are equal too (after sorting their rows)
+   form a *stack* — one product ``X (R, L) @ W (L, G*BLOCK_OUT)`` with the gathered inputs
+   (im2col) ``X`` shared by the ``G`` groups. A convolution tile is one stack.
 
-- *folded*: when the accumulator index does not depend on the loop counters (conv- and
-  matmul-shaped kernels: the loop nest walks the reduction), micro-ops with the same weight base
-  see the same weight sequence, so each such group is one matrix product whose inner dimension
-  is ``iter_out * iter_in * BLOCK_IN``;
-- *general*: per-step products grouped by weight index, then summed per accumulator row.
+Products run in float32 BLAS, which is exact here: an int8 x int8 product has magnitude at
+most 2**14, so any partial sum of at most ``EXACT_INNER = 1024`` of them is an integer below
+2**24, which float32 represents exactly whatever the summation order. Longer reductions are
+split into chunks of that length whose results are converted to int32 and added with int32
+wraparound — no float64 or int64 detour. Kernels that do not stack well fall back to per-step
+products (exact in float32 for ``BLOCK_IN <= 1024``) summed per row in int32.
+
+:func:`gemm_plain` is the plain path: the SPEC loop nest with int64 products, for differential
+tests of the plans.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-MIN_GROUP = 8  # below this mean group size a batched product beats per-group BLAS calls
+from tessera.sim.races import IndexSet
+
+__all__ = ["GemmPlan", "plan_gemm", "gemm_plain", "EXACT_INNER"]
+
+EXACT_INNER = 1 << 10  # products per float32 partial sum: 2**10 * 2**14 = 2**24
+MAX_GROUPS = 64  # row groups beyond which planning stacks costs more than it saves
+MAX_STACKS = 16
 
 
-def _add_rows(delta: np.ndarray, rows: np.ndarray, values: np.ndarray) -> None:
-    """``delta[rows] += values`` where ``rows`` may repeat."""
-    if np.unique(rows).size == rows.size:
-        delta[rows] += values
-    else:
-        np.add.at(delta, rows, values)
+@dataclass
+class _Stack:
+    """``acc[rows[r, g]] += X[r] @ W_g`` with ``X[r] = inp[xidx[r]]`` and ``W_g = wgt[widx[g]]``
+    (each index row lists ``L / BLOCK_IN`` buffer rows, concatenated along the reduction).
+    ``dst`` is how to add the result: ("rg", base) if ``rows[r, g] == base + r*G + g``,
+    ("gr", base) if ``rows[r, g] == base + g*R + r``, else ("idx", rows.T.ravel()).
+    ``wrange`` is ``(lo, hi)`` when ``widx`` is the contiguous block ``lo .. hi-1`` in order."""
+
+    xidx: np.ndarray  # (R, n) intp
+    widx: np.ndarray  # (G, n) intp
+    dst: tuple[str, object]
+    wkey: IndexSet  # weight rows read (for the cached weight matrix)
+    wrange: tuple[int, int] | None
 
 
-def gemm_folded(acc: np.ndarray, inp: np.ndarray, wgt: np.ndarray, ud: np.ndarray,
-                us: np.ndarray, uw: np.ndarray, src_off: np.ndarray, wgt_off: np.ndarray
-                ) -> np.ndarray:
-    """GEMM whose accumulator index is ``ud[u]`` for every loop step of micro-op ``u``.
+class GemmPlan:
+    """How to execute one GEMM kernel; see the module docstring. Depends only on the micro-ops
+    and loop fields, so it is cached per kernel.
 
-    ``src_off``/``wgt_off`` are the loop offsets ``i*factor_out + j*factor_in`` in loop order.
-    Returns the accumulator rows touched.
+    ``rows``/``reads_inp``/``reads_wgt``: the accumulator, input and weight rows the instruction
+    touches (for range checks, race checks and the out update); ``steps``: loop steps.
     """
-    b, bi = inp.shape[1:]
-    bo = wgt.shape[1]
-    k = src_off.size
-    lanes = b * bo
-    rows = np.unique(ud)
-    lut = np.empty(acc.shape[0], np.int64)
-    lut[rows] = np.arange(rows.size)
-    delta = np.zeros((rows.size, lanes), np.float64)
-    order = np.argsort(uw, kind="stable")
-    uws = uw[order]
-    cuts = np.concatenate(([0], np.flatnonzero(uws[1:] != uws[:-1]) + 1, [uw.size]))
-    for g in range(cuts.size - 1):
-        sel = order[cuts[g]:cuts[g + 1]]
-        m = sel.size
-        xs = inp[us[sel][:, None] + src_off[None, :]]  # (m, k, b, bi)
-        xs = xs.transpose(0, 2, 1, 3).reshape(m * b, k * bi).astype(np.float32)
-        ws = wgt[uws[cuts[g]] + wgt_off]  # (k, bo, bi)
-        ws = ws.transpose(1, 0, 2).reshape(bo, k * bi).astype(np.float32)
-        y = (xs @ ws.T).reshape(m, lanes)
-        _add_rows(delta, lut[ud[sel]], y)
-    _commit(acc, rows, delta)
-    return rows
+
+    def __init__(self, reset: bool, steps: int, rows: IndexSet, reads_inp: IndexSet | None,
+                 reads_wgt: IndexSet | None, stacks: list[_Stack] | None,
+                 general: tuple[np.ndarray, ...] | None):
+        self.reset = reset
+        self.steps = steps
+        self.rows = rows
+        self.reads_inp = reads_inp
+        self.reads_wgt = reads_wgt
+        self.stacks = stacks
+        self.general = general
+        self._wcache: list[tuple[int, np.ndarray] | None] = [None] * len(stacks or ())
+        self.steps_arrays: tuple[np.ndarray, ...] = ()
+
+    @property
+    def nbytes(self) -> int:
+        n = self.rows.nbytes + sum(s.nbytes for s in (self.reads_inp, self.reads_wgt) if s)
+        for st in self.stacks or ():
+            n += st.xidx.nbytes + st.widx.nbytes
+            n += st.dst[1].nbytes if st.dst[0] == "idx" else 0
+        for arr in self.general or ():
+            n += arr.nbytes
+        return n  # cached weight matrices come on top: at most 4x the weight buffer each
+
+    def run(self, acc: np.ndarray, inp_f: np.ndarray, wgt_t: np.ndarray,
+            wgt_stamp: np.ndarray) -> None:
+        """``acc += `` this instruction's products (int32, wrapping). ``inp_f`` is a float32
+        mirror of the input buffer, ``wgt_t`` of the weight buffer with every element transposed
+        to ``[BLOCK_IN][BLOCK_OUT]``; ``wgt_stamp[i]`` increases whenever weight row ``i`` is
+        written (it keys the cached weight matrices)."""
+        if self.stacks is None:
+            _run_general(acc, inp_f, wgt_t, *self.general)
+            return
+        b, bi = inp_f.shape[1:]
+        bo = wgt_t.shape[2]
+        for k, st in enumerate(self.stacks):
+            r, n = st.xidx.shape
+            g = st.widx.shape[0]
+            length = n * bi
+            x = inp_f.take(st.xidx, axis=0)  # (R, n, B, BI)
+            if b > 1:
+                x = x.transpose(0, 2, 1, 3)
+            x = x.reshape(r * b, length)
+            w = self._weights(k, st, wgt_t, wgt_stamp, length)  # (G, L, BO)
+            y = None
+            for lo in range(0, length, EXACT_INNER):
+                hi = min(lo + EXACT_INNER, length)
+                part = np.matmul(x[:, lo:hi], w[:, lo:hi]).astype(np.int32)  # exact: see above
+                if y is None:
+                    y = part
+                else:
+                    y += part  # int32 wraparound, as the accumulator
+            y = y.reshape(g, r, b, bo)  # (G, R*B, BO) -> per group, per row
+            kind, where = st.dst
+            if kind == "gr":
+                view = acc[where:where + r * g].reshape(g, r, b, bo)
+                view += y
+            elif kind == "rg":
+                view = acc[where:where + r * g].reshape(r, g, b, bo)
+                view += y.transpose(1, 0, 2, 3)
+            else:
+                acc[where] += y.reshape(g * r, b, bo)
+
+    def _weights(self, k: int, st: _Stack, wgt_t: np.ndarray, wgt_stamp: np.ndarray,
+                 length: int) -> np.ndarray:
+        g = st.widx.shape[0]
+        bo = wgt_t.shape[2]
+        if st.wrange is not None:  # one contiguous block of weight rows: a view, no copy
+            lo, hi = st.wrange
+            return wgt_t[lo:hi].reshape(g, length, bo)
+        stamp = st.wkey.max_of(wgt_stamp)
+        cached = self._wcache[k]
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        w = wgt_t.take(st.widx, axis=0).reshape(g, length, bo)
+        self._wcache[k] = (stamp, w)
+        return w
 
 
-def _products(inp: np.ndarray, wgt: np.ndarray, x: np.ndarray, w: np.ndarray
-              ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-step products (n, BATCH*BLOCK_OUT) float32, and the step order they are in."""
-    n = x.size
-    b, bi = inp.shape[1:]
-    bo = wgt.shape[1]
-    order = np.argsort(w, kind="stable")
-    ws = w[order]
-    cuts = np.flatnonzero(ws[1:] != ws[:-1]) + 1
-    if (cuts.size + 1) * MIN_GROUP <= n:
-        xs = inp[x[order]].astype(np.float32).reshape(n * b, bi)
-        bounds = np.concatenate(([0], cuts, [n]))
-        wf = wgt[ws[bounds[:-1]]].astype(np.float32)  # (groups, bo, bi)
-        y = np.empty((n * b, bo), np.float32)
-        for g in range(bounds.size - 1):
-            lo, hi = bounds[g] * b, bounds[g + 1] * b
-            np.matmul(xs[lo:hi], wf[g].T, out=y[lo:hi])
-        return y.reshape(n, b * bo), order
-    xf = inp[x].astype(np.float32)  # (n, b, bi)
-    wf = wgt[w].astype(np.float32)  # (n, bo, bi)
-    y = np.matmul(xf, wf.transpose(0, 2, 1))  # (n, b, bo)
-    return y.reshape(n, b * bo), np.arange(n)
+def plan_gemm(ud: np.ndarray, us: np.ndarray, uw: np.ndarray, reset: bool, iter_out: int,
+              iter_in: int, factors: tuple[int, int, int, int, int, int],
+              fast: bool = True, stacked: bool = True) -> GemmPlan:
+    """The plan of a GEMM over micro-ops ``(ud, us, uw)`` (int64 arrays, not empty) with loop
+    counts ``iter_out``/``iter_in`` (> 0) and ``factors`` = (dst_out, dst_in, src_out, src_in,
+    wgt_out, wgt_in). ``fast=False`` plans for the plain path: it keeps the step arrays
+    ``steps_arrays = (a, x, w)`` and index sets without runs. ``stacked=False`` skips stacking
+    (per-step products only), for tests of the plans."""
+    dfo, dfi, sfo, sfi, wfo, wfi = factors
+    i = np.arange(iter_out, dtype=np.int64)[:, None, None]
+    j = np.arange(iter_in, dtype=np.int64)[None, :, None]
+    a = (ud + i * dfo + j * dfi).reshape(-1)
+    steps = a.size
+    rows = IndexSet(a, runs_allowed=fast)
+    if reset:
+        return GemmPlan(True, steps, rows, None, None, None, None)
+    x = (us + i * sfo + j * sfi).reshape(-1)
+    w = (uw + i * wfo + j * wfi).reshape(-1)
+    if not fast:
+        plan = GemmPlan(False, steps, rows, IndexSet(x, runs_allowed=False),
+                        IndexSet(w, runs_allowed=False), None, None)
+        plan.steps_arrays = (a, x, w)
+        return plan
+    stacks = _stacks(*_virtual(ud, us, uw, iter_out, iter_in, factors)) if stacked else None
+    if stacks is None:
+        return GemmPlan(False, steps, rows, IndexSet(x), IndexSet(w), None, _general(a, x, w))
+    # the stacks' index matrices hold every row read, each far fewer times than the steps do
+    reads_inp = IndexSet(np.concatenate([st.xidx.reshape(-1) for st in stacks]))
+    reads_wgt = (stacks[0].wkey if len(stacks) == 1 else
+                 IndexSet(np.concatenate([st.widx.reshape(-1) for st in stacks])))
+    return GemmPlan(False, steps, rows, reads_inp, reads_wgt, stacks, None)
 
 
-def gemm_accumulate(acc: np.ndarray, inp: np.ndarray, wgt: np.ndarray, a: np.ndarray,
-                    x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """``acc[a_k] += inp[x_k] @ wgt[w_k].T`` for every step k (wrapping); returns rows touched."""
-    y, order = _products(inp, wgt, x, w)
+def _virtual(ud, us, uw, iter_out, iter_in, factors):
+    """Virtual micro-ops (a, x0, w0) and the reduction offsets (soff, woff) they share."""
+    dfo, dfi, sfo, sfi, wfo, wfi = factors
+    io = np.arange(iter_out, dtype=np.int64)
+    ii = np.arange(iter_in, dtype=np.int64)
+    if dfo == 0 and dfi == 0:  # both loop levels walk the reduction
+        soff = (io[:, None] * sfo + ii[None, :] * sfi).reshape(-1)
+        woff = (io[:, None] * wfo + ii[None, :] * wfi).reshape(-1)
+        return ud, us, uw, soff, woff
+    if dfi == 0:  # the outer level moves the destination, the inner one reduces
+        lv, red, (d, s, g), (rs, rw) = io, ii, (dfo, sfo, wfo), (sfi, wfi)
+    elif dfo == 0:
+        lv, red, (d, s, g), (rs, rw) = ii, io, (dfi, sfi, wfi), (sfo, wfo)
+    else:  # every step is its own virtual micro-op
+        a = (ud + io[:, None, None] * dfo + ii[None, :, None] * dfi).reshape(-1)
+        x = (us + io[:, None, None] * sfo + ii[None, :, None] * sfi).reshape(-1)
+        w = (uw + io[:, None, None] * wfo + ii[None, :, None] * wfi).reshape(-1)
+        zero = np.zeros(1, np.int64)
+        return a, x, w, zero, zero
+    a = (ud[None, :] + lv[:, None] * d).reshape(-1)
+    x = (us[None, :] + lv[:, None] * s).reshape(-1)
+    w = (uw[None, :] + lv[:, None] * g).reshape(-1)
+    return a, x, w, red * rs, red * rw
+
+
+def _stacks(a, x0, w0, soff, woff) -> list[_Stack] | None:
+    """Group destination rows into stacks (module docstring), or None when they do not."""
+    order = np.lexsort((x0, w0, a))
+    a, x0, w0 = a[order], x0[order], w0[order]
+    starts = np.flatnonzero(np.concatenate(([True], a[1:] != a[:-1])))  # a is sorted
+    counts = np.diff(np.append(starts, a.size))
+    rows = a[starts]
+    by_key: dict[tuple[int, bytes], list[tuple[np.ndarray, np.ndarray]]] = {}
+    xs_of: dict[tuple[int, bytes], np.ndarray] = {}
+    ngroups = 0
+    for c in np.unique(counts).tolist():
+        sel = np.flatnonzero(counts == c)
+        pos = starts[sel][:, None] + np.arange(c)
+        wseq, xseq, rsel = w0[pos], x0[pos], rows[sel]
+        # rows with equal weight sequences, by sorting the sequences (stable: rows stay in order)
+        by_w = np.lexsort(wseq.T[::-1])
+        ws = wseq[by_w]
+        cut = np.flatnonzero((ws[1:] != ws[:-1]).any(axis=1)) + 1
+        ngroups += cut.size + 1
+        if ngroups > MAX_GROUPS:
+            return None
+        for members in np.split(by_w, cut):
+            xm = xseq[members]
+            canon = np.lexsort(xm.T[::-1])
+            xm = np.ascontiguousarray(xm[canon])
+            key = (c, xm.tobytes())
+            by_key.setdefault(key, []).append((wseq[members[0]], rsel[members][canon]))
+            xs_of[key] = xm
+    if len(by_key) > MAX_STACKS:
+        return None
+    k = soff.size
+    stacks = []
+    for key, groups in by_key.items():
+        xm = xs_of[key]
+        wm = np.stack([g[0] for g in groups])  # (G, c)
+        rm = np.stack([g[1] for g in groups], axis=1)  # (R, G)
+        xidx = (xm[:, :, None] + soff[None, None, :]).reshape(xm.shape[0], -1)
+        widx = (wm[:, :, None] + woff[None, None, :]).reshape(wm.shape[0], -1)
+        flat = widx.reshape(-1)
+        wrange = None
+        if flat[-1] - flat[0] == flat.size - 1 and bool((np.diff(flat) == 1).all()):
+            wrange = (int(flat[0]), int(flat[-1]) + 1)
+        stacks.append(_Stack(xidx.astype(np.intp), widx.astype(np.intp), _dst(rm),
+                             IndexSet(widx), wrange))
+        assert xidx.shape[1] == key[0] * k
+    return stacks
+
+
+def _dst(rm: np.ndarray) -> tuple[str, object]:
+    r, g = rm.shape
+    base = int(rm.min())
+    if np.array_equal(rm, base + np.arange(r)[:, None] * g + np.arange(g)[None, :]):
+        return "rg", base
+    if np.array_equal(rm, base + np.arange(g)[None, :] * r + np.arange(r)[:, None]):
+        return "gr", base
+    return "idx", rm.T.reshape(-1).astype(np.intp)
+
+
+def _general(a: np.ndarray, x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, ...]:
+    order = np.argsort(a, kind="stable")
     a_sorted = a[order]
-    lanes = y.shape[1]
-    counts = np.bincount(a_sorted, minlength=acc.shape[0])
-    rows = np.flatnonzero(counts)
-    lut = np.empty(acc.shape[0], np.int64)
-    lut[rows] = np.arange(rows.size)
-    if rows.size == a.size:
-        delta = np.empty((rows.size, lanes), np.float64)
-        delta[lut[a_sorted]] = y
-    else:
-        flat = (lut[a_sorted][:, None] * lanes + np.arange(lanes)).reshape(-1)
-        delta = np.bincount(flat, weights=y.reshape(-1), minlength=rows.size * lanes)
-        delta = delta.reshape(rows.size, lanes)
-    _commit(acc, rows, delta)
-    return rows
+    first = np.concatenate(([0], np.flatnonzero(a_sorted[1:] != a_sorted[:-1]) + 1))
+    return (x[order].astype(np.intp), w[order].astype(np.intp), first.astype(np.intp),
+            a_sorted[first].astype(np.intp))
 
 
-def _commit(acc: np.ndarray, rows: np.ndarray, delta: np.ndarray) -> None:
-    """``acc[rows] += delta`` with int32 wraparound (delta holds exact integers)."""
-    shape = acc.shape[1:]
-    total = acc[rows].reshape(rows.size, -1).astype(np.int64) + delta.astype(np.int64)
-    acc[rows] = total.astype(np.int32).reshape((rows.size,) + shape)
+def _run_general(acc, inp_f, wgt_t, x, w, first, rows) -> None:
+    """Per-step products (exact in float32: at most BLOCK_IN * 2**14), summed per row in int32."""
+    y = np.matmul(np.take(inp_f, x, axis=0), np.take(wgt_t, w, axis=0))
+    sums = np.add.reduceat(y.astype(np.int32), first, axis=0)  # int32: wraps mod 2**32
+    acc[rows] += sums
+
+
+def gemm_plain(acc: np.ndarray, inp: np.ndarray, wgt: np.ndarray, a: np.ndarray,
+               x: np.ndarray, w: np.ndarray) -> None:
+    """The SPEC loop nest, step by step in int64: ``acc[a_k] += inp[x_k] @ wgt[w_k].T``."""
+    prod = np.einsum("nbi,noi->nbo", inp[x].astype(np.int64), wgt[w].astype(np.int64))
+    total = acc.astype(np.int64)
+    np.add.at(total, a, prod)
+    acc[...] = total.astype(np.int32)  # wraps mod 2**32

@@ -4,6 +4,11 @@ Every instruction carries the vector clock of its module at execution: entry ``m
 instructions of module ``m`` are known (through tokens) to have completed. An earlier access by
 module ``m`` with local sequence number ``k`` is ordered before the current one exactly when
 ``k <= clock[m]``. Accesses by the same module are ordered by program order.
+
+The SRAM shadow keeps, per element, the sequence number of its last writer and last reader.
+GEMM and ALU instructions hand it an :class:`IndexSet` (computed once per micro-op kernel and
+cached with it): when the indices form a few contiguous runs, checks and updates are slice
+operations, so their cost is O(runs) numpy calls rather than a gather over every loop step.
 """
 
 from __future__ import annotations
@@ -16,9 +21,60 @@ from tessera.config import Config
 from tessera.errors import SimError
 from tessera.isa import MemType
 
+__all__ = ["IndexSet", "SramShadow", "DramRaceTracker", "rows_overlap"]
+
 LOAD, COMPUTE, STORE = 0, 1, 2
 _NAMES = ("load", "compute", "store")
 PcOf = Callable[[int, int], int]
+MAX_RUNS = 8  # an index set with more runs is handled by fancy indexing
+_max = np.maximum.reduce  # the ufunc itself: ndarray.max() adds a Python wrapper per call
+
+
+class IndexSet:
+    """The distinct values of an index array: ``uniq`` (sorted) and, when they form at most
+    ``MAX_RUNS`` contiguous runs, ``runs`` as ``[(lo, hi), ...]`` (else None)."""
+
+    __slots__ = ("uniq", "runs", "top")
+
+    def __init__(self, idx: np.ndarray, runs_allowed: bool = True):
+        idx = np.asarray(idx).reshape(-1)
+        if idx.size and 0 <= int(idx.min()) and int(idx.max()) < 1 << 22:
+            seen = np.zeros(int(idx.max()) + 1, bool)  # buffer indices: a mask beats a sort
+            seen[idx] = True
+            u = np.flatnonzero(seen)
+        else:
+            u = np.unique(idx)
+        self.uniq = u
+        self.top = int(u[-1]) if u.size else -1
+        self.runs: list[tuple[int, int]] | None = None
+        if runs_allowed and u.size:
+            cut = np.flatnonzero(np.diff(u) != 1) + 1
+            if cut.size < MAX_RUNS:
+                lo = np.concatenate(([0], cut))
+                hi = np.concatenate((cut, [u.size]))
+                self.runs = [(int(u[a]), int(u[b - 1]) + 1) for a, b in zip(lo, hi)]
+
+    @property
+    def nbytes(self) -> int:
+        return self.uniq.nbytes
+
+    def max_of(self, arr: np.ndarray) -> int:
+        """``arr[self].max()`` (the set is not empty)."""
+        runs = self.runs
+        if runs is not None:
+            if len(runs) == 1:
+                lo, hi = runs[0]
+                return int(_max(arr[lo:hi]))
+            return max(int(_max(arr[lo:hi])) for lo, hi in runs)
+        return int(_max(arr[self.uniq]))
+
+    def assign(self, arr: np.ndarray, value) -> None:
+        """``arr[self] = value``."""
+        if self.runs is not None:
+            for lo, hi in self.runs:
+                arr[lo:hi] = value
+        else:
+            arr[self.uniq] = value
 
 
 def _race(buffer: str, idx: np.ndarray, bad: np.ndarray, first: tuple[int, int, str],
@@ -43,41 +99,38 @@ class SramShadow:
         self.out_w = np.zeros(cfg.out_depth, np.int64)
         self.out_r = np.zeros(cfg.out_depth, np.int64)
 
-    def load_write(self, mt: MemType, lo: int, hi: int, seq: int, vc: np.ndarray, pc: int,
+    def load_write(self, mt: MemType, lo: int, hi: int, seq: int, vc, pc: int,
                    pc_of: PcOf) -> None:
         readers = self.r[mt][lo:hi]
-        bad = readers > vc[COMPUTE]
-        if bad.any():
+        if int(_max(readers)) > vc[COMPUTE]:
+            bad = readers > vc[COMPUTE]
             other = pc_of(COMPUTE, int(readers[bad].max()))
             raise _race(mt.name, np.arange(lo, hi), bad, (other, COMPUTE, "reads"),
                         (pc, LOAD, "writes"))
         self.w[mt][lo:hi] = seq
 
-    def compute_read(self, mt: MemType, idx: np.ndarray, seq: int, vc: np.ndarray, pc: int,
+    def compute_read(self, mt: MemType, idx: IndexSet, seq: int, vc, pc: int,
                      pc_of: PcOf) -> None:
-        writers = self.w[mt][idx]
-        top = int(writers.max())
-        if top > vc[LOAD]:
+        w = self.w[mt]
+        if idx.max_of(w) > vc[LOAD]:
+            writers = w[idx.uniq]
             bad = writers > vc[LOAD]
-            raise _race(mt.name, idx, bad, (pc_of(LOAD, int(writers[bad].min())), LOAD,
-                                            "writes"), (pc, COMPUTE, "reads"))
-        self.r[mt][idx] = seq
+            raise _race(mt.name, idx.uniq, bad, (pc_of(LOAD, int(writers[bad].min())), LOAD,
+                                                 "writes"), (pc, COMPUTE, "reads"))
+        idx.assign(self.r[mt], seq)
 
-    def compute_write_out(self, idx: np.ndarray, seq: int, vc: np.ndarray, pc: int,
-                          pc_of: PcOf) -> None:
-        readers = self.out_r[idx]
-        top = int(readers.max())
-        if top > vc[STORE]:
+    def compute_write_out(self, idx: IndexSet, seq: int, vc, pc: int, pc_of: PcOf) -> None:
+        if idx.max_of(self.out_r) > vc[STORE]:
+            readers = self.out_r[idx.uniq]
             bad = readers > vc[STORE]
-            raise _race("OUT", idx, bad, (pc_of(STORE, int(readers[bad].max())), STORE,
-                                          "reads"), (pc, COMPUTE, "writes"))
-        self.out_w[idx] = seq
+            raise _race("OUT", idx.uniq, bad, (pc_of(STORE, int(readers[bad].max())), STORE,
+                                               "reads"), (pc, COMPUTE, "writes"))
+        idx.assign(self.out_w, seq)
 
-    def store_read(self, lo: int, hi: int, seq: int, vc: np.ndarray, pc: int,
-                   pc_of: PcOf) -> None:
+    def store_read(self, lo: int, hi: int, seq: int, vc, pc: int, pc_of: PcOf) -> None:
         writers = self.out_w[lo:hi]
-        bad = writers > vc[COMPUTE]
-        if bad.any():
+        if int(_max(writers)) > vc[COMPUTE]:
+            bad = writers > vc[COMPUTE]
             other = pc_of(COMPUTE, int(writers[bad].max()))
             raise _race("OUT", np.arange(lo, hi), bad, (other, COMPUTE, "writes"),
                         (pc, STORE, "reads"))
@@ -103,7 +156,7 @@ class DramRaceTracker:
         self.wptr = {LOAD: 0, COMPUTE: 0}
         self.rptr = {LOAD: 0, COMPUTE: 0}
 
-    def read(self, module: int, seq: int, vc: np.ndarray, starts: np.ndarray, length: int,
+    def read(self, module: int, seq: int, vc, starts: np.ndarray, length: int,
              pc: int, what: str, pc_of: PcOf) -> None:
         writes, p = self.writes, self.wptr[module]
         while p < len(writes) and writes[p][0] <= vc[STORE]:
@@ -117,7 +170,7 @@ class DramRaceTracker:
                     f"dependency tokens order them")
         self.reads[module].append((seq, starts, length, pc, what))
 
-    def write(self, seq: int, vc: np.ndarray, starts: np.ndarray, length: int, pc: int,
+    def write(self, seq: int, vc, starts: np.ndarray, length: int, pc: int,
               what: str, pc_of: PcOf) -> None:
         for m in (LOAD, COMPUTE):
             reads, p = self.reads[m], self.rptr[m]

@@ -13,7 +13,7 @@ instructions of module ``m`` are known (through tokens) to have completed; a pus
 the pusher's clock and a pop merges it (element-wise max). Race detection (``sim/races.py``)
 compares these clocks, so its verdict does not depend on the interleaving chosen here.
 
-A token deadlock (SPEC §6 code 7; the reading is the spec-notes point on token deadlocks): every
+A token deadlock (SPEC §6 code 7; the reading is spec-notes 13): every
 module that still has an unretired instruction is *blocked* — its current instruction waits to
 pop an empty queue, or has executed and waits to push into a full one. fsim's command queues are
 unbounded, so fetch has always dispatched everything up to the first FINISH. The error's pc is the

@@ -11,6 +11,10 @@ its binary on ``PATH`` for the child processes, and compiles
 A build lives under ``$TESSERA_CACHE`` (else ``~/.cache/tessera/verilator``) in a directory named
 by a hash of the Verilog text, the harness source, the Verilator version and the build options;
 an ``fcntl`` file lock makes concurrent pytest workers wait for one build instead of racing.
+Builds survive faults: every step runs in its own process group that dies with this process
+(:mod:`tessera.proc`), an entry appears atomically (built in a temporary directory, renamed into
+place) with a manifest of sizes and sha256 that is checked before the entry is used, and a
+damaged entry is rebuilt with a :class:`BuildCacheWarning`.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import os
 import shutil
 import subprocess
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -29,16 +34,19 @@ from pathlib import Path
 
 from tessera.cache import cache_dir
 from tessera.errors import HwError, TesseraError
+from tessera.proc import ToolFailed, run_logged
 from tessera.tools import find_tool, verilator_env, verilator_root
 
 __all__ = [
     "BuildOptions", "verilator_root", "verilator_env", "verilator_version", "cache_root",
     "build_harness_library", "cached_build_dir", "HARNESS_SOURCE", "LIB_NAME", "core_verilog",
+    "BuildCacheWarning", "CACHE_FORMAT", "entry_damage",
 ]
 
 HARNESS_SOURCE = Path(__file__).parent / "native" / "harness.cpp"
 LIB_NAME = "libtessera_vl.so"
-_DONE = "BUILD_OK"
+_MANIFEST = "manifest.json"
+CACHE_FORMAT = 2  # part of every cache key: entries of older layouts are never reused
 # The PyPI package's verilated.mk was configured without the precompiled-header include flag
 # (CFG_CXXFLAGS_PCH_I is empty, so `c++ ... Vtop__pch.h.fast -c x.cpp` fails); supply it.
 MAKE_FIXUPS = ("CFG_CXXFLAGS_PCH_I=-include",)
@@ -99,6 +107,10 @@ def _key(parts: dict[str, object]) -> str:
     return hashlib.sha256(blob).hexdigest()[:20]
 
 
+class BuildCacheWarning(UserWarning):
+    """A cached build was damaged (a file truncated, changed or missing) and is rebuilt."""
+
+
 @contextmanager
 def _locked(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -110,46 +122,111 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _run(cmd: list[str], cwd: Path, log: Path, what: str) -> None:
-    with open(log, "ab") as fh:
-        fh.write(("$ " + " ".join(cmd) + "\n").encode())
-        fh.flush()
-        proc = subprocess.run(cmd, cwd=cwd, env=verilator_env(), stdout=fh,
-                              stderr=subprocess.STDOUT, check=False)
-    if proc.returncode != 0:
-        tail = log.read_text(errors="replace").splitlines()[-40:]
-        raise HwError(f"{what} failed (exit {proc.returncode}); last lines of {log}:\n"
-                      + "\n".join(tail))
+def _run(cmd: list[str], cwd: Path, log: Path, what: str, cleanup: Path) -> None:
+    """Run a build step in its own process group (:func:`tessera.proc.run_logged`): it dies
+    with this process, and if this process is killed the watchdog removes ``cleanup``."""
+    try:
+        run_logged(cmd, cwd=cwd, env=verilator_env(), log=log, what=what, cleanup=[cleanup])
+    except ToolFailed as exc:
+        raise HwError(str(exc)) from None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_manifest(folder: Path, seconds: float) -> None:
+    files = {}
+    for f in sorted(folder.rglob("*")):
+        if f.is_file() and not f.is_symlink():
+            files[str(f.relative_to(folder))] = {"size": f.stat().st_size, "sha256": _sha256(f)}
+    text = json.dumps({"format": CACHE_FORMAT, "seconds": round(seconds, 1), "files": files},
+                      indent=1)
+    (folder / _MANIFEST).write_text(text + "\n")
+
+
+_VERIFIED: dict[tuple[str, int, int, int], bool] = {}
+
+
+def entry_damage(folder: Path) -> str | None:
+    """Why the cache entry ``folder`` cannot be used (None if every file matches its manifest:
+    size and sha256, hashed once per process for an unchanged file)."""
+    try:
+        manifest = json.loads((folder / _MANIFEST).read_text())
+        files = manifest["files"]
+    except FileNotFoundError:
+        return "it has no manifest (an unfinished build)"
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"its manifest is unreadable ({exc})"
+    for name, want in files.items():
+        path = folder / name
+        try:
+            st = path.stat()
+        except OSError:
+            return f"{name} is missing"
+        if st.st_size != want["size"]:
+            return f"{name} has {st.st_size} bytes, not the {want['size']} it was built with"
+        memo = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+        if memo not in _VERIFIED:
+            _VERIFIED[memo] = _sha256(path) == want["sha256"]
+        if not _VERIFIED[memo]:
+            return f"{name} does not match the sha256 it was built with"
+    return None
 
 
 def cached_build_dir(kind: str, parts: dict[str, object], build, *,
                      cache: Path | None = None) -> Path:
     """The cache directory for ``parts``, creating it with ``build(tmpdir)`` on a miss.
 
-    ``build`` fills a fresh temporary directory; on success it is renamed into place and marked
-    done, so an interrupted build is never mistaken for a finished one. The lock serialises
-    builders of the same key across processes.
+    ``build`` fills a fresh temporary directory (``<key>.tmp<pid>``); on success a manifest of
+    every file (size and sha256) is written and the directory is renamed into place, so an
+    interrupted build is never mistaken for a finished one. An entry is verified against its
+    manifest before it is returned; a damaged one is rebuilt with a
+    :class:`BuildCacheWarning`. A failed build keeps its log as ``<key>.failed.log`` (the
+    error names it) and leaves no temporary directory. The lock serialises builders of the same
+    key across processes.
     """
     root = cache or cache_root()
-    key = f"{kind}-{_key({'kind': kind, 'verilator': verilator_version(), **parts})}"
+    ident = {"kind": kind, "format": CACHE_FORMAT, "verilator": verilator_version(), **parts}
+    key = f"{kind}-{_key(ident)}"
     final = root / key
-    if (final / _DONE).exists():
+    if final.is_dir() and entry_damage(final) is None:
         return final
     with _locked(root / f"{key}.lock"):
-        if (final / _DONE).exists():
+        why = entry_damage(final) if final.exists() else None
+        if final.exists() and why is None:
             return final
+        for stale in root.glob(f"{key}.tmp*"):  # left by killed builders (we hold the lock)
+            shutil.rmtree(stale, ignore_errors=True)
+        if why is not None:
+            warnings.warn(f"the cached Verilator build {final} is damaged: {why}; rebuilding it",
+                          BuildCacheWarning, stacklevel=3)
+            trash = root / f"{key}.damaged{os.getpid()}"
+            final.rename(trash)
+            shutil.rmtree(trash, ignore_errors=True)
         tmp = root / f"{key}.tmp{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(final, ignore_errors=True)
         tmp.mkdir(parents=True)
+        failed_log = root / f"{key}.failed.log"
         t0 = time.perf_counter()
         try:
             build(tmp)
+            _write_manifest(tmp, time.perf_counter() - t0)
+        except HwError as exc:
+            log = tmp / "build.log"
+            if log.exists():
+                shutil.move(log, failed_log)
+            shutil.rmtree(tmp, ignore_errors=True)
+            where = f"; the build log is kept as {failed_log}" if failed_log.exists() else ""
+            raise HwError(f"{str(exc).replace(str(log), str(failed_log))}{where}") from None
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        (tmp / _DONE).write_text(f"{time.perf_counter() - t0:.1f}\n")
         tmp.rename(final)
+        failed_log.unlink(missing_ok=True)
     return final
 
 
@@ -240,11 +317,11 @@ def build_harness_library(verilog: str, bus_bytes: int, *, top: str = "tessera_c
                "-LDFLAGS", " ".join(ldflags),
                "-o", LIB_NAME, f"{top}.v", "harness.cpp"]
         log = out / "build.log"
-        _run(cmd, out, log, "verilating the core")
+        _run(cmd, out, log, "verilating the core", out)
         _run(["make", f"-j{opts.jobs}", "-C", "obj", "-f", "Vtop.mk",
               f"OPT_FAST={opts.opt_fast}", f"OPT_SLOW={opts.opt_slow}",
               f"OPT_GLOBAL={opts.opt_global}", "VM_PARALLEL_BUILDS=1", *MAKE_FIXUPS],
-             out, log, "compiling the Verilated core")
+             out, log, "compiling the Verilated core", out)
         shutil.move(out / "obj" / LIB_NAME, out / LIB_NAME)
         # Keep the library and log; the object files are large and not needed again.
         shutil.rmtree(out / "obj", ignore_errors=True)
@@ -276,16 +353,23 @@ def core_verilog(config) -> str:
     """``tessera.hw.verilog.generate_verilog(config)``, cached by the generator's sources.
 
     Generating the Verilog of a large core takes a while (Amaranth plus Yosys); the text is
-    reused while neither the hardware sources nor the config change.
+    reused while neither the hardware sources nor the config change. The cached file is checked
+    against the sha256 stored beside it; a damaged one is regenerated with a warning.
     """
     key = _key({"kind": "verilog", "config": config.to_dict(), **_generator_sources()})
     path = cache_root() / f"verilog-{key}.v"
-    if path.exists():
-        return path.read_text()
+    digest = path.with_suffix(".sha256")
+    if path.exists() and digest.exists():
+        text = path.read_bytes()
+        if hashlib.sha256(text).hexdigest() == digest.read_text().strip():
+            return text.decode()
+        warnings.warn(f"the cached Verilog {path} does not match its sha256; regenerating it",
+                      BuildCacheWarning, stacklevel=2)
     from tessera.hw.verilog import generate_verilog
 
     text = generate_verilog(config)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    tmp.rename(path)
+    for target, data in ((path, text), (digest, hashlib.sha256(text.encode()).hexdigest())):
+        tmp = target.with_suffix(f"{target.suffix}.tmp{os.getpid()}")
+        tmp.write_text(data)
+        tmp.rename(target)
     return text

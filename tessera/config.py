@@ -323,6 +323,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     "ulx3s": dict(
         log_inp_width=3, log_wgt_width=3, log_acc_width=5, log_batch=0, log_block=3,
         log_uop_buff_size=14, log_inp_buff_size=14, log_wgt_buff_size=16,
-        log_acc_buff_size=16, mem_bus_bits=64, dep_queue_depth=8, clock_mhz=50.0,
+        log_acc_buff_size=16, mem_bus_bits=64, dep_queue_depth=8, clock_mhz=25.0,
     ),
 }

@@ -20,13 +20,13 @@ import numpy as np
 
 from tessera.config import Config
 from tessera.errors import SimError
-from tessera.isa import INSN_BYTES, Opcode, extract, layout
+from tessera.isa import INSN_BYTES, MemType, Opcode, extract, layout
 from tessera.sim.timing.engine import Blocked, Engine
 from tessera.sim.timing.port import credit_period
-from tessera.sim.timing.program import FIELDS, MODULE_NAMES, prepare
+from tessera.sim.timing.program import FIELDS, MODULE_NAMES, QUEUE_NAMES, prepare
 
-__all__ = ["DramTiming", "Prediction", "InsnTiming", "Program", "DecodedStream", "predict",
-           "decode_stream", "clear_cache", "TIMING_COUNTERS"]
+__all__ = ["DramTiming", "Prediction", "InsnTiming", "Interval", "intervals", "Program",
+           "DecodedStream", "predict", "decode_stream", "clear_cache", "TIMING_COUNTERS"]
 
 TIMING_COUNTERS = ("load_busy_cycles", "store_busy_cycles", "compute_wait_cycles")
 """The timing counters of ``tessera.regs.COUNTERS`` the model produces."""
@@ -67,7 +67,9 @@ class InsnTiming:
     ``taken``: the module took its command; ``popped``: its tokens were popped (it waited
     from ``taken + 1``); ``started``: it began executing (DMA command, micro-op loop);
     ``first_beat``: a load's first DRAM data beat (None otherwise); ``pushing``: it finished
-    executing and began to push its tokens; ``retired``: the push was done.
+    executing and began to push its tokens; ``retired``: the push was done. ``pop_wait`` and
+    ``push_wait`` name the token queue it waited for, if it waited. ``what`` is the
+    instruction, e.g. ``"GEMM"``, ``"LOAD INP"``.
     """
 
     module: str
@@ -78,6 +80,54 @@ class InsnTiming:
     first_beat: int | None
     pushing: int
     retired: int
+    pop_wait: str | None
+    push_wait: str | None
+    what: str
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A module in one state over the cycles ``[start, end)``: ``state`` is ``"exec"`` (running
+    ``what``), ``"dram"`` (a load waiting for its first data beat), ``"pop"`` / ``"push"``
+    (waiting for a token of queue ``what``). Cycles not covered are idle or FSM bookkeeping."""
+
+    module: str
+    state: str
+    start: int
+    end: int
+    pc: int
+    what: str
+
+
+def intervals(insns: list[InsnTiming]) -> list[Interval]:
+    """The busy and stalled intervals of every module, from a traced prediction."""
+    out = []
+    for r in insns:
+        if r.pop_wait is not None:
+            out.append(Interval(r.module, "pop", r.taken + 1, r.popped, r.pc, r.pop_wait))
+        start = r.started
+        if r.first_beat is not None and r.first_beat > start:
+            out.append(Interval(r.module, "dram", start, r.first_beat, r.pc, r.what))
+            start = r.first_beat
+        if r.pushing > start:
+            out.append(Interval(r.module, "exec", start, r.pushing, r.pc, r.what))
+        if r.push_wait is not None:
+            out.append(Interval(r.module, "push", r.pushing, r.retired, r.pc, r.push_wait))
+    return out
+
+
+def _labels(fields: Mapping[str, np.ndarray], n: int) -> list[str]:
+    op = np.asarray(fields["opcode"][:n]).tolist()
+    mt = np.asarray(fields["memory_type"][:n]).tolist()
+    xs = np.asarray(fields["x_size"][:n]).tolist()
+    out = []
+    for o, t, x in zip(op, mt, xs):
+        name = Opcode(o).name if o in Opcode._value2member_map_ else f"opcode {o}"
+        if o in (Opcode.LOAD, Opcode.STORE):
+            name += f" {MemType(t).name}" if t in MemType._value2member_map_ else ""
+            name += " (sync)" if x == 0 else ""
+        out.append(name)
+    return out
 
 
 @dataclass
@@ -149,8 +199,11 @@ def predict(program: Program, cfg: Config, dram: DramTiming | None = None, *, in
                     "compute_wait_cycles": eng.wait[1]}
         insns = None
         if trace:
-            insns = sorted((InsnTiming(MODULE_NAMES[m], pc, *rest)
-                            for m, pc, *rest in eng.trace), key=lambda r: r.pc)
+            what = _labels(fields, n)
+            insns = sorted((InsnTiming(MODULE_NAMES[m], pc, *rest,
+                                       QUEUE_NAMES[pq] if pq is not None else None,
+                                       QUEUE_NAMES[sq] if sq is not None else None, what[pc])
+                            for m, pc, *rest, pq, sq in eng.trace), key=lambda r: r.pc)
         result = Prediction(cycles, counters, insns=insns)
     if key is not None:
         _CACHE[key] = copy.deepcopy(result)

@@ -606,9 +606,20 @@ class Engine:
         return c
 
     def _record(self, m: int, ins: tuple, y: int, retire: int) -> None:
-        """Trace record of one retired instruction (see :mod:`tessera.sim.timing`)."""
+        """Trace record of one retired instruction (see :mod:`tessera.sim.timing`), with the
+        token queue that kept it waiting to pop and to push, if one did."""
         first = None
         if ins[5] == K_LOAD:
             first = self.loaders[LOAD_RD if m == LOAD else COMPUTE_RD].first_beat
-        self.trace.append((m, ins[0], self.take[m][-1], self.t_pop[m], self.x[m], first, y,
-                           retire))
+        take, popped = self.take[m][-1], self.t_pop[m]
+        qa, qb, pa, pb = TOKEN_QUEUES[m]
+        pop_q = push_q = None
+        if popped > take + 1:
+            for qid, k in ((qa, ins[1]), (qb, ins[2])):
+                if k >= 0 and self.tpush[qid][k] + 1 == popped:
+                    pop_q = qid
+        if retire > y:
+            for qid, k in ((pa, ins[3]), (pb, ins[4])):
+                if k >= self.depth and self.tpop[qid][k - self.depth] + 1 == retire:
+                    push_q = qid
+        self.trace.append((m, ins[0], take, popped, self.x[m], first, y, retire, pop_q, push_q))

@@ -135,10 +135,10 @@ class AmaranthDevice(Device):
     def _mem_read(self, addr: int, nbytes: int) -> bytes:
         return bytes(self.mem[addr:addr + nbytes])
 
-    def write_reg(self, offset: int, value: int) -> None:
+    def _write_reg(self, offset: int, value: int) -> None:
         self.regs[offset] = value
 
-    def read_reg(self, offset: int) -> int:
+    def _read_reg(self, offset: int) -> int:
         return self.regs.get(offset, 0)
 
     def _run(self, insn_addr: int, insn_count: int, timeout_cycles: int | None) -> RunStats:

@@ -104,3 +104,14 @@ def test_missing_tool_names_its_package(monkeypatch) -> None:
         tools.find_tool("ghost")
     with pytest.raises(HwError, match=r"tool must be one of yosys, .*, not 'nosuch'"):
         tools.find_tool("nosuch")
+
+
+def test_failed_synth_names_a_log_that_exists(tmp_path, monkeypatch) -> None:
+    from tessera.hw.synth import synth_ecp5
+
+    monkeypatch.setenv("TESSERA_CACHE", str(tmp_path))
+    with pytest.raises(HwError, match=r"synth_ecp5 of broken failed \(exit 1\); the log is "
+                                      r"(\S+)") as info:
+        synth_ecp5("module broken(input a, output b); assign b = ; endmodule", "broken")
+    log = str(info.value).split("the log is ")[1].split(";")[0]
+    assert "syntax error" in open(log).read()

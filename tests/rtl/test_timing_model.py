@@ -7,6 +7,8 @@ cycle. ``-m slow`` adds a sweep over random configs and ResNet-18 layer by layer
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -96,7 +98,7 @@ def test_random_programs_on_a_non_preset_config():
     tally.check()
 
 
-def _layers(name: str, config: str, dram: timing.DramTiming, tally: _Tally) -> None:
+def _layers(name: str, config: str, dram: timing.DramTiming, tally: _Tally):
     """A zoo model compiled for ``config``: per accelerator layer, the fsim device's cycles
     (the model, through ``run(..., profile=True)``) against the verilator device's."""
     import tessera
@@ -119,18 +121,31 @@ def _layers(name: str, config: str, dram: timing.DramTiming, tally: _Tally) -> N
     assert len(layers) > 3
     for g, w in layers:
         tally.add(f"{name} {w.name} {dram}", w.cycles, w.counters, g.cycles, g.counters)
+        # the verilator profile's "model" column is the same prediction
+        assert w.predicted == g.cycles
+        assert w.roofline(want.config, want.period).bound <= w.cycles
     assert got.totals()["utilisation"] == pytest.approx(want.totals()["utilisation"],
                                                         rel=MAX_TARGET)
+    return want
 
 
 @pytest.mark.parametrize("name, config, dram", [
     ("resnet_tiny", "default", timing.DramTiming(16, 1.0)),
     ("mobilenet_tiny", "tiny", timing.DramTiming(40, 0.5)),
 ])
-def test_compiled_models_layer_by_layer(name, config, dram):
+def test_compiled_models_layer_by_layer(name, config, dram, tmp_path):
     tally = _Tally(f"{name} on {config}")
-    _layers(name, config, dram, tally)
+    prof = _layers(name, config, dram, tally)
     tally.check()
+    # the verilator trace shows the RTL's counters per layer and module
+    prof.write_trace(tmp_path / "run.json")
+    data = json.loads((tmp_path / "run.json").read_text())
+    assert data["otherData"]["source"] == "RTL counters"
+    slices = [e for e in data["traceEvents"] if e["ph"] == "X" and e["cat"] == "counter"]
+    for p in prof.layers:
+        if p.kind == "accel":
+            waits = [e for e in slices if e["name"] == f"{p.name}: wait tokens"]
+            assert sum(e["args"]["cycles"] for e in waits) == p.counters["compute_wait_cycles"]
 
 
 def _random_config(rng: np.random.Generator) -> Config:

@@ -275,36 +275,6 @@ def test_alu_semantics_edge_cases():
     assert np.count_nonzero(np.frombuffer(out[:16], np.int8)) > 4
 
 
-def test_folded_and_general_gemm_kernels_agree():
-    from tessera.sim.gemm_kernel import gemm_accumulate, gemm_folded
-
-    rng = np.random.default_rng(3)
-    inp = rng.integers(-128, 128, (64, 1, 4), dtype=np.int8)
-    wgt = rng.integers(-128, 128, (64, 4, 4), dtype=np.int8)
-    for _ in range(20):
-        nu, it_out, it_in = (int(v) for v in rng.integers(1, 6, 3))
-        ud = rng.integers(0, 8, nu)  # repeated destinations across and within groups
-        us, uw = rng.integers(0, 20, nu), rng.integers(0, 3, nu) * 5
-        fo, fi = (int(v) for v in rng.integers(0, 4, 2))
-        go, gi = (int(v) for v in rng.integers(0, 4, 2))
-        i = np.arange(it_out)[:, None]
-        j = np.arange(it_in)[None, :]
-        src_off, wgt_off = (i * fo + j * fi).reshape(-1), (i * go + j * gi).reshape(-1)
-        acc0 = rng.integers(-(1 << 31), 1 << 31, (16, 1, 4)).astype(np.int32)
-        a1, a2 = acc0.copy(), acc0.copy()
-        gemm_folded(a1, inp, wgt, ud, us, uw, src_off, wgt_off)
-        steps = [(u, s, w) for s, w in zip(src_off, wgt_off) for u in range(nu)]
-        a = np.array([ud[u] for u, _, _ in steps])
-        x = np.array([us[u] + s for u, s, _ in steps])
-        w = np.array([uw[u] + ww for u, _, ww in steps])
-        gemm_accumulate(a2, inp, wgt, a, x, w)
-        want = acc0.astype(np.int64)
-        for ak, xk, wk in zip(a, x, w):
-            want[ak] += inp[xk].astype(np.int64) @ wgt[wk].T.astype(np.int64)
-        want = want.astype(np.int32)
-        assert np.array_equal(a1, want) and np.array_equal(a2, want)
-
-
 def test_load_of_padding_rows_only():
     """y_size 0 with padding writes zero rows and reads no DRAM."""
     def insns(s):

@@ -1,0 +1,1 @@
+"""Co-simulation of the board SoC: its Verilator build and the TCP serial harness."""
