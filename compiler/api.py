@@ -22,7 +22,7 @@ import numpy as np
 
 from tessera.compiler.frontend import import_onnx
 from tessera.compiler.ir import Graph
-from tessera.compiler.lower import build_plan, lowering_passes, partition_report
+from tessera.compiler.lower import HostModel, build_plan, lowering_passes, partition_report
 from tessera.compiler.passes import GRAPH_PASSES, run_pipeline
 from tessera.compiler.quant import CALIBRATION_METHODS, Quantize
 from tessera.compiler.quant.calibrate import check_batches
@@ -45,12 +45,16 @@ def compile(model: Any, config: Config | str | None = None,
             calibration: Iterable[Mapping[str, np.ndarray]] | None = None, *,
             input_shapes: Mapping[str, Iterable[int]] | None = None,
             calibration_method: str = "mse", dump_ir: str | Iterable[str] | None = None,
-            double_buffer: bool = True) -> CompiledModel:
+            double_buffer: bool = True, tune: int = 0,
+            host: HostModel | None = None) -> CompiledModel:
     """Compile an ONNX model (path, bytes or ModelProto) to int8 for ``config``.
 
     ``calibration`` is an iterable of input dicts (float arrays, one dict per batch); without
     it, eight batches of seeded standard-normal data are used and the model's ``meta`` records
-    that.
+    that. ``tune``: for each accelerator layer, run the ``tune`` best tilings of a wider search
+    through the cycle model of the RTL and keep the fastest (0: the analytic model alone).
+    ``host``: the cost model of the host the partition weighs depthwise layers against
+    (default: the board host link, :class:`~tessera.compiler.lower.HostModel`).
     """
     t0 = time.perf_counter()
     cfg = Config.resolve(config)
@@ -68,9 +72,9 @@ def compile(model: Any, config: Config | str | None = None,
     specs = {name: (tuple(graph.tensors[name].shape), graph.tensors[name].dtype)
              for name in graph.inputs}
     quant = Quantize(batches, calibration_method)
-    graph = run_pipeline(graph, [*GRAPH_PASSES, quant, *lowering_passes(cfg)],
+    graph = run_pipeline(graph, [*GRAPH_PASSES, quant, *lowering_passes(cfg, host)],
                          dump_after=dump_ir)
-    plan = build_plan(graph, cfg, double_buffer=double_buffer)
+    plan = build_plan(graph, cfg, double_buffer=double_buffer, tune=tune)
     meta["partition"] = partition_report(graph)
     meta["compile_seconds"] = time.perf_counter() - t0
     return CompiledModel(plan, specs, meta, quant.result)

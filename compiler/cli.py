@@ -50,7 +50,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     model = tcompile(args.model, config=args.config,
                      calibration=_load_calibration(args.calibration),
                      input_shapes=_input_shapes(args.input_shape), dump_ir=args.dump_ir,
-                     double_buffer=not args.no_double_buffer)
+                     double_buffer=not args.no_double_buffer, tune=args.tune)
     model.save(args.output)
     if model.meta.get("calibration", "given") != "given":
         print(f"warning: no --calibration given; calibrated on {model.meta['calibration']}",
@@ -69,6 +69,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input-shape", action="append", help="NAME=1,3,224,224 (repeatable)")
     p.add_argument("--dump-ir", action="append", help="print the IR after this pass ('all')")
     p.add_argument("--no-double-buffer", action="store_true")
+    p.add_argument("--tune", type=int, nargs="?", const=8, default=0, metavar="N",
+                   help="search tilings more widely and rank the N best (default 8) per layer "
+                        "with the cycle model of the RTL")
     p.set_defaults(func=_cmd_compile)
     p = sub.add_parser("demo", help="compile a bundled model, run it on fsim and the RTL, "
                                     "compare with onnxruntime, print a per-layer table")

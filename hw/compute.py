@@ -15,7 +15,7 @@ Two micro-op pipelines run at one step per cycle each, four stages like this::
 - the **GEMM pipeline** runs GEMM instructions, in the module's instruction order;
 - the **ALU engine** runs ALU instructions from an :data:`ALU_QUEUE_DEPTH`-entry queue, in
   order. The module hands an ALU instruction to the queue and goes on: with the [ext]
-  ``deferred`` bit set (spec-notes 14) the instructions after it (GEMMs) run concurrently with
+  ``deferred`` bit set (spec-notes 15) the instructions after it (GEMMs) run concurrently with
   it; without, the module waits until the engine has drained (the ALU has completed) before it
   retires the instruction. A LOAD waits for the engine to drain before it starts; FINISH, an
   instruction with ``push_next`` and an ALU instruction with any push wait before they push.

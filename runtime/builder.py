@@ -403,7 +403,7 @@ class CommandBuilder:
         """Run ``kernel`` as one ALU instruction: ``acc[dst] = op(acc[dst], imm or acc[src])``.
 
         ``deferred`` [ext] lets the compute module run it concurrently with the GEMMs that
-        follow, up to the next fence (spec-notes 14): the caller guarantees that those GEMMs
+        follow, up to the next fence (spec-notes 15): the caller guarantees that those GEMMs
         touch no accumulator row it reads or writes, and none in its destination rows' half."""
         if not isinstance(kernel, MicroKernel):
             raise ProgramError(f"alu needs a MicroKernel, not {type(kernel).__name__}")
@@ -427,7 +427,7 @@ class CommandBuilder:
 
     def fence(self) -> int:
         """A compute instruction before which every deferred ALU instruction has completed (an
-        empty, non-deferred ALU instruction; spec-notes 14)."""
+        empty, non-deferred ALU instruction; spec-notes 15)."""
         return self._append(AluInsn(uop_bgn=0, uop_end=0))
 
     def _run_kernel(self, insn: GemmInsn | AluInsn, kernel: MicroKernel) -> int:

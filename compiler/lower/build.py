@@ -31,6 +31,7 @@ from tessera.runtime.accel import (
     emit_conv2d,
     plan_conv2d,
 )
+from tessera.runtime.accel.tiling import tune_conv2d
 from tessera.runtime.builder import CommandBuilder
 from tessera.runtime.layout import ceil_div
 from tessera.runtime.plan import REGION_BASES, REGION_LIMIT, AccelStep, CpuStep, Plan, Slot
@@ -54,8 +55,8 @@ def cpu_macs(g: Graph, n: Node) -> int:
 
 
 class _Builder:
-    def __init__(self, g: Graph, cfg: Config, double_buffer: bool):
-        self.g, self.cfg, self.double_buffer = g, cfg, double_buffer
+    def __init__(self, g: Graph, cfg: Config, double_buffer: bool, tune: int = 0):
+        self.g, self.cfg, self.double_buffer, self.tune = g, cfg, double_buffer, tune
         self.slots: dict[str, Slot] = {}
         self.params: dict[str, np.ndarray] = {}
         self.params_size = 0
@@ -101,15 +102,20 @@ class _Builder:
         res = n.input(3) or None
         x_shape = tuple(a["in_shape"])
         if n.op == "qconv2d":
+            groups = a.get("groups", 1)
             shape = ConvShape.make(x_shape, wt.shape, tuple(a["strides"]), tuple(a["pads"]),
-                                   tuple(a.get("dilations", (1, 1))))
-            params = conv2d_params(cfg, wt, bias, epi)
+                                   tuple(a.get("dilations", (1, 1))), groups)
+            params = conv2d_params(cfg, wt, bias, epi, groups)
         else:
             m, k = x_shape
             shape = dense_shape(m, k, wt.shape[0])
             params = dense_params(cfg, wt, bias, epi)
-        tiles = plan_conv2d(cfg, ConvGeom.of(cfg, shape), params.program,
-                            double_buffer=self.double_buffer)
+        if self.tune:
+            tiles = tune_conv2d(cfg, shape, params.program, double_buffer=self.double_buffer,
+                                top=self.tune)
+        else:
+            tiles = plan_conv2d(cfg, ConvGeom.of(cfg, shape), params.program,
+                                double_buffer=self.double_buffer)
         addr = {key: self.param(f"{n.name}:{key}", arr) for key, arr in params.arrays.items()}
         x, y = n.inputs[0], n.outputs[0]
         addrs = LayerAddrs(self.arena(x), addr["w"], self.arena(y), addr.get("consts"),
@@ -131,12 +137,15 @@ class _Builder:
                          list(prog.uop_load_pcs), info)
 
 
-def build_plan(g: Graph, cfg: Config, double_buffer: bool = True) -> Plan:
-    """The plan of a graph the lowering passes have prepared (see the module docstring)."""
+def build_plan(g: Graph, cfg: Config, double_buffer: bool = True, tune: int = 0) -> Plan:
+    """The plan of a graph the lowering passes have prepared (see the module docstring);
+    ``tune``: rank that many tilings per accelerator layer with the cycle model."""
     targets_assigned(g, "lowering")
     if g.memory is None:
         raise CompileError("lowering needs the graph's memory plan (run plan_memory last)")
-    b = _Builder(g, cfg, double_buffer)
+    if isinstance(tune, bool) or not isinstance(tune, int) or tune < 0:
+        raise CompileError(f"tune must be a non-negative integer, not {tune!r}")
+    b = _Builder(g, cfg, double_buffer, tune)
     steps: list[AccelStep | CpuStep] = []
     for n in g.nodes:
         try:

@@ -75,7 +75,8 @@ def fold_narrow_input(g: Graph, cfg: Config) -> tuple[Graph, bool]:
     consts = dict(g.constants)
     changed = False
     for n in g.nodes:
-        if n.op != "qconv2d" or accel_capable(g, n, cfg) is not None:
+        if (n.op != "qconv2d" or n.attrs.get("groups", 1) != 1
+                or accel_capable(g, n, cfg) is not None):
             nodes.append(n)
             continue
         x = n.inputs[0]

@@ -55,12 +55,24 @@ from tessera.runtime.accel.layer import (
 )
 from tessera.runtime.accel.requant import DeviceEpilogue
 from tessera.runtime.builder import CommandBuilder, count_kinds
-from tessera.runtime.layout import ceil_div, pack_activation, pack_weights, unpack_activation
+from tessera.runtime.layout import (
+    ceil_div,
+    pack_activation,
+    pack_depthwise,
+    pack_weights,
+    unpack_activation,
+)
 
 __all__ = ["ConvShape", "ConvGeom", "ConvTiles", "conv2d_params", "emit_conv2d", "conv2d",
-           "conv2d_reference", "tile_list", "fits", "GEMM_PARTS"]
+           "conv2d_reference", "tile_list", "fits", "gemm_part_count", "GEMM_PARTS"]
 
-GEMM_PARTS = 8  # GEMM instructions a tile is cut into at least (the schedule's slots)
+GEMM_PARTS = 8  # GEMM instructions a tile is cut into (the schedule's slots), when long enough
+MIN_PART = 128  # GEMM steps a part has at least
+
+
+def gemm_part_count(steps: int, stages: int) -> int:
+    """GEMM instructions one stage of ``steps`` steps is cut into (``stages`` per tile)."""
+    return max(1, min(ceil_div(GEMM_PARTS, stages), steps // MIN_PART))
 
 
 def _pos_int(v, what: str) -> int:
@@ -99,10 +111,14 @@ class ConvShape:
     pr: int = 0
     dh: int = 1
     dw: int = 1
+    groups: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("n", "c", "h", "w", "o", "kh", "kw", "sh", "sw", "dh", "dw"):
+        for name in ("n", "c", "h", "w", "o", "kh", "kw", "sh", "sw", "dh", "dw", "groups"):
             object.__setattr__(self, name, _pos_int(getattr(self, name), name))
+        if self.c % self.groups or self.o % self.groups:
+            raise ProgramError(f"conv2d groups ({self.groups}) must divide the input ({self.c}) "
+                               f"and output ({self.o}) channels")
         for name in ("pt", "pl", "pb", "pr"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
@@ -118,15 +134,15 @@ class ConvShape:
     def make(cls, x_shape: tuple[int, ...], w_shape: tuple[int, ...],
              stride: int | tuple[int, int] = 1,
              padding: int | tuple[int, int] | tuple[int, int, int, int] = 0,
-             dilation: int | tuple[int, int] = 1) -> ConvShape:
-        """From NCHW input and OIHW weight shapes; ``padding`` is one value, (ph, pw) or
-        (top, left, bottom, right)."""
+             dilation: int | tuple[int, int] = 1, groups: int = 1) -> ConvShape:
+        """From NCHW input and OIHW weight shapes (``I`` = channels per group); ``padding`` is
+        one value, (ph, pw) or (top, left, bottom, right)."""
         if len(x_shape) != 4 or len(w_shape) != 4:
             raise ProgramError(f"conv2d needs NCHW input and OIHW weights, not {x_shape} and "
                                f"{w_shape}")
-        if x_shape[1] != w_shape[1]:
+        if x_shape[1] != w_shape[1] * groups:
             raise ProgramError(f"conv2d input has {x_shape[1]} channels but the weights expect "
-                               f"{w_shape[1]}")
+                               f"{w_shape[1]} x {groups} groups")
         sh, sw = _pair(stride, "stride")
         dh, dw = _pair(dilation, "dilation")
         if isinstance(padding, (tuple, list)) and len(padding) == 4:
@@ -135,7 +151,7 @@ class ConvShape:
             ph, pw = _pair(padding, "padding")
             pt, pl, pb, pr = ph, pw, ph, pw
         return cls(*(int(v) for v in x_shape), int(w_shape[0]), int(w_shape[2]),
-                   int(w_shape[3]), sh, sw, pt, pl, pb, pr, dh, dw)
+                   int(w_shape[3]), sh, sw, pt, pl, pb, pr, dh, dw, groups)
 
     @property
     def oh(self) -> int:
@@ -147,7 +163,13 @@ class ConvShape:
 
     @property
     def macs(self) -> int:
-        return self.n * self.o * self.oh * self.ow * self.c * self.kh * self.kw
+        return (self.n * self.o * self.oh * self.ow * (self.c // self.groups) * self.kh
+                * self.kw)
+
+    @property
+    def depthwise(self) -> bool:
+        """One input channel per group and one output channel per input channel."""
+        return self.groups == self.c == self.o and self.groups > 1
 
 
 @dataclass(frozen=True)
@@ -171,6 +193,7 @@ class ConvGeom:
     dh: int = 1
     dw: int = 1
     row_stride_ok: bool = True  # rows sh apart fit the LOAD stride field
+    diagonal: bool = False  # depthwise: output block o reads input block o only
 
     @classmethod
     def of(cls, cfg: Config, s: ConvShape) -> ConvGeom:
@@ -182,9 +205,13 @@ class ConvGeom:
         if s.w > lim.max_x_stride:
             raise ProgramError(f"conv2d input width must be at most {lim.max_x_stride} (the "
                                f"LOAD stride field), not {s.w}")
+        if s.groups > 1 and not (s.depthwise and cfg.block_in == cfg.block_out):
+            raise ProgramError(f"conv2d with {s.groups} groups of {s.c // s.groups} input and "
+                               f"{s.o // s.groups} output channels: only depthwise convolutions "
+                               f"(one channel per group) run on the accelerator")
         return cls(ceil_div(s.n, cfg.batch), ceil_div(s.c, cfg.block_in), s.h, s.w,
                    ceil_div(s.o, cfg.block_out), s.kh, s.kw, s.sh, s.sw, s.pt, s.pl, s.pb, s.pr,
-                   s.dh, s.dw, s.sh * s.w <= lim.max_x_stride)
+                   s.dh, s.dw, s.sh * s.w <= lim.max_x_stride, s.depthwise)
 
     @property
     def oh(self) -> int:
@@ -211,8 +238,13 @@ class ConvGeom:
             return th
         return (th - 1) * self.sh + (tkh - 1) * self.dh + 1
 
+    @property
+    def rb(self) -> int:
+        """Input blocks each output block reduces over (1 when depthwise)."""
+        return 1 if self.diagonal else self.cb
+
     def gemm_steps(self) -> int:
-        return self.n * self.ob * self.cb * self.oh * self.ow * self.kh * self.kw
+        return self.n * self.ob * self.rb * self.oh * self.ow * self.kh * self.kw
 
 
 @dataclass(frozen=True)
@@ -234,7 +266,7 @@ class ConvTiles:
 
     def resolved(self, g: ConvGeom) -> ConvTiles:
         t = replace(self, tw=self.tw or g.ow, tkh=self.tkh or g.kh)
-        for name, v, top in (("to", t.to, g.ob), ("th", t.th, g.oh), ("kc", t.kc, g.cb),
+        for name, v, top in (("to", t.to, g.ob), ("th", t.th, g.oh), ("kc", t.kc, g.rb),
                              ("tw", t.tw, g.ow), ("tkh", t.tkh, g.kh), ("tn", t.tn, g.n)):
             if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= top:
                 raise ProgramError(f"conv2d tile {name} must be an integer in [1, {top}], not "
@@ -271,7 +303,8 @@ def fits(cfg: Config, g: ConvGeom, t: ConvTiles, prog: DeviceEpilogue) -> str | 
     threads = 2 if t.double_buffer else 1
     inp, wgt = thread_caps(cfg, threads)
     lim = layout(cfg).limits
-    if t.tn * t.kc * g.in_rows(t.th, t.tkh) * g.in_width(t.tw) > inp:
+    blocks = t.to if g.diagonal else t.kc  # input blocks a stage holds per batch group
+    if t.tn * blocks * g.in_rows(t.th, t.tkh) * g.in_width(t.tw) > inp:
         return "input window exceeds the input buffer"
     if t.to * t.kc * t.tkh * g.kw > wgt:
         return "weight chunk exceeds the weight buffer"
@@ -286,7 +319,7 @@ def fits(cfg: Config, g: ConvGeom, t: ConvTiles, prog: DeviceEpilogue) -> str | 
         return "tile exceeds the loop fields"
     if g.in_width(t.tw) > lim.max_x_size or t.kc * t.tkh * g.kw > lim.max_x_size:
         return "tile rows exceed the LOAD x_size field"
-    if t.tkh < g.kh and g.cb * g.kh * g.kw > lim.max_x_stride:
+    if t.tkh < g.kh and g.rb * g.kh * g.kw > lim.max_x_stride:
         return "weight rows exceed the LOAD stride field"
     return None
 
@@ -309,6 +342,14 @@ def _dims(g: ConvGeom, tn: int, to: int, th: int, tw: int, kc: int, tkh: int
     ih, iw = g.in_rows(th, tkh), g.in_width(tw)
     plane = ih * iw
     sh, sw = (1 if g.subsampled else g.sh), g.sw
+    if g.diagonal:  # output block o reads input block o (its own plane in the stage)
+        return ((tn, to * th * tw, to * plane, 0),
+                (to, th * tw, plane, tkh * g.kw),
+                (1, 0, 0, 0),
+                (th, tw, sh * iw, 0),
+                (tw, 1, sw, 0),
+                (tkh, 0, g.dh * iw, g.kw),
+                (g.kw, 0, g.dw, 1))
     return ((tn, to * th * tw, kc * plane, 0),
             (to, th * tw, 0, kc * tkh * g.kw),
             (kc, 0, plane, tkh * g.kw),
@@ -324,7 +365,8 @@ def _stage_kernels(dims, parts: int, ib: int, wb: int, ab: int):
 
 def _input_loads(cfg: Config, g: ConvGeom, e: _Bases, n0: int, tn: int, y0: int, th: int,
                  x0: int, tw: int, c0: int, kc: int, k0: int, tkh: int) -> list[Load] | None:
-    """The stage's input loads (None when its window is padding only)."""
+    """The stage's input loads of input blocks ``[c0, c0 + kc)`` (the tile's output blocks when
+    depthwise; None when its window is padding only)."""
     lim = layout(cfg).limits
     ih, iw = g.in_rows(th, tkh), g.in_width(tw)
     plane = ih * iw
@@ -354,10 +396,11 @@ def _weight_loads(cfg: Config, g: ConvGeom, e: _Bases, o0: int, to: int, c0: int
                   k0: int, tkh: int, wbase: int) -> list[Load]:
     lim = layout(cfg).limits
     kk = g.kh * g.kw
-    if tkh == g.kh and (to == 1 or g.cb * kk <= lim.max_x_stride):
-        return [Load(MemType.WGT, wbase, e.w + (o0 * g.cb + c0) * kk, to, kc * kk, g.cb * kk)]
+    rb = g.rb
+    if tkh == g.kh and (to == 1 or rb * kk <= lim.max_x_stride):
+        return [Load(MemType.WGT, wbase, e.w + (o0 * rb + c0) * kk, to, kc * kk, rb * kk)]
     return [Load(MemType.WGT, wbase + o * kc * tkh * g.kw,
-                 e.w + ((o0 + o) * g.cb + c0) * kk + k0 * g.kw, kc, tkh * g.kw, kk)
+                 e.w + ((o0 + o) * rb + c0) * kk + k0 * g.kw, kc, tkh * g.kw, kk)
             for o in range(to)]
 
 
@@ -418,23 +461,25 @@ def tile_list(cfg: Config, g: ConvGeom, t: ConvTiles, e: _Bases, prog: DeviceEpi
     threads = 2 if t.double_buffer else 1
     _, wgt_cap = thread_caps(cfg, threads)
     per_names, uni = const_slots(prog)
-    chunks = [(c0, min(t.kc, g.cb - c0), k0, min(t.tkh, g.kh - k0))
-              for c0 in range(0, g.cb, t.kc) for k0 in range(0, g.kh, t.tkh)]
+    chunks = [(c0, min(t.kc, g.rb - c0), k0, min(t.tkh, g.kh - k0))
+              for c0 in range(0, g.rb, t.kc) for k0 in range(0, g.kh, t.tkh)]
     wsize = t.to * t.kc * t.tkh * g.kw
     T = const_blocks(cfg, g, prog, t.to)
     stationary = len(chunks) * wsize <= wgt_cap  # every weight chunk has its own place
     bus = cfg.mem_bus_bytes
     tiles = []
-    for n0 in range(0, g.n, t.tn):
-        tn = min(t.tn, g.n - n0)
-        for o0 in range(0, g.ob, t.to):
-            to = min(t.to, g.ob - o0)
-            c0, cn = (0, g.ob) if T == g.ob else (o0, to)
-            consts = tuple(
-                [Load(MemType.ACC, k * T, e.consts + k * g.ob + c0, 1, cn, cn)
-                 for k in range(len(per_names))]
-                + [Load(MemType.ACC, len(per_names) * T + u, e.consts + len(per_names)
-                        * g.ob + u, 1, 1, 1) for u in range(len(uni))])
+    # output-block groups outermost: their weights stay resident over every batch group and
+    # spatial tile
+    for o0 in range(0, g.ob, t.to):
+        to = min(t.to, g.ob - o0)
+        c0, cn = (0, g.ob) if T == g.ob else (o0, to)
+        consts = tuple(
+            [Load(MemType.ACC, k * T, e.consts + k * g.ob + c0, 1, cn, cn)
+             for k in range(len(per_names))]
+            + [Load(MemType.ACC, len(per_names) * T + u, e.consts + len(per_names)
+                    * g.ob + u, 1, 1, 1) for u in range(len(uni))])
+        for n0 in range(0, g.n, t.tn):
+            tn = min(t.tn, g.n - n0)
             for y0 in range(0, g.oh, t.th):
                 th = min(t.th, g.oh - y0)
                 for x0 in range(0, g.ow, t.tw):
@@ -443,13 +488,14 @@ def tile_list(cfg: Config, g: ConvGeom, t: ConvTiles, e: _Bases, prog: DeviceEpi
                     rows = tn * to * per
                     stages = []
                     for j, (c0, kc, k0, tkh) in enumerate(chunks):
-                        inp = _input_loads(cfg, g, e, n0, tn, y0, th, x0, tw, c0, kc, k0, tkh)
+                        ib, nb = (o0, to) if g.diagonal else (c0, kc)
+                        inp = _input_loads(cfg, g, e, n0, tn, y0, th, x0, tw, ib, nb, k0, tkh)
                         if inp is None:
                             continue  # this chunk of kernel rows sees only padding
                         wb = j * wsize if stationary else 0
                         wl = _weight_loads(cfg, g, e, o0, to, c0, kc, k0, tkh, wb)
                         dims = _dims(g, tn, to, th, tw, kc, tkh)
-                        parts = ceil_div(GEMM_PARTS, len(chunks))
+                        parts = gemm_part_count(rows * kc * tkh * g.kw, len(chunks))
                         stages.append(Stage(tuple(inp + wl), partial(
                             lambda dims, parts, wb, ib, wbh, ab: _stage_kernels(
                                 dims, parts, ib, wbh + wb, ab), dims, parts, wb)))
@@ -474,12 +520,12 @@ def tile_list(cfg: Config, g: ConvGeom, t: ConvTiles, e: _Bases, prog: DeviceEpi
 
 
 def conv2d_params(cfg: Config, w: np.ndarray, bias: np.ndarray | None,
-                  epi: Epilogue | None = None) -> LayerParams:
-    """The device arrays a convolution reads (packed weights ``w``, epilogue ``consts``) and
-    its epilogue program (bias included)."""
+                  epi: Epilogue | None = None, groups: int = 1) -> LayerParams:
+    """The device arrays a convolution reads (packed weights ``w``, channel-diagonal blocks
+    when depthwise; epilogue ``consts``) and its epilogue program (bias included)."""
     w = np.asarray(w)
-    return layer_params(cfg, pack_weights(w, cfg), w, bias,
-                        epi if epi is not None else Epilogue())
+    packed = pack_depthwise(w, cfg) if groups > 1 else pack_weights(w, cfg)
+    return layer_params(cfg, packed, w, bias, epi if epi is not None else Epilogue())
 
 
 def emit_conv2d(b: CommandBuilder, shape: ConvShape, addrs: LayerAddrs,
@@ -529,17 +575,21 @@ def emit_conv2d(b: CommandBuilder, shape: ConvShape, addrs: LayerAddrs,
 def conv2d_reference(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None,
                      stride: int | tuple[int, int] = 1, padding=0,
                      epilogue: Epilogue | None = None, residual: np.ndarray | None = None,
-                     dilation: int | tuple[int, int] = 1) -> np.ndarray:
+                     dilation: int | tuple[int, int] = 1, groups: int = 1) -> np.ndarray:
     """numpy integer reference of exactly the accelerator's arithmetic, NCHW int8 out."""
     from tessera.runtime.accel.epilogue import apply_epilogue
 
-    s = ConvShape.make(np.shape(x), np.shape(w), stride, padding, dilation)
+    s = ConvShape.make(np.shape(x), np.shape(w), stride, padding, dilation, groups)
     xp = np.pad(np.asarray(x, np.float64), ((0, 0), (0, 0), (s.pt, s.pb), (s.pl, s.pr)))
     ekh, ekw = (s.kh - 1) * s.dh + 1, (s.kw - 1) * s.dw + 1
     win = np.lib.stride_tricks.sliding_window_view(xp, (ekh, ekw), axis=(2, 3))
     win = win[:, :, ::s.sh, ::s.sw][:, :, :s.oh, :s.ow, ::s.dh, ::s.dw]  # N C OH OW KH KW
+    g, cg, og = s.groups, s.c // s.groups, s.o // s.groups
+    win = win.reshape(s.n, g, cg, s.oh, s.ow, s.kh, s.kw)
+    wf = np.asarray(w, np.float64).reshape(g, og, cg, s.kh, s.kw)
     # Exact in float64: every partial sum is below 2**53.
-    acc = np.einsum("ncyxij,ocij->noyx", win, np.asarray(w, np.float64), optimize=True)
+    acc = np.einsum("ngcyxij,gocij->ngoyx", win, wf, optimize=True).reshape(
+        s.n, s.o, s.oh, s.ow)
     acc = acc.astype(np.int64)
     if bias is not None:
         acc = acc + np.asarray(bias, np.int64)[None, :, None, None]
@@ -550,13 +600,14 @@ def conv2d_reference(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = Non
 def conv2d(device: Device, x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None,
            stride: int | tuple[int, int] = 1, padding=0, epilogue: Epilogue | None = None,
            double_buffer: bool = True, tiles: ConvTiles | None = None,
-           residual: np.ndarray | None = None, dilation: int | tuple[int, int] = 1
-           ) -> tuple[np.ndarray, LayerStats, RunStats]:
+           residual: np.ndarray | None = None, dilation: int | tuple[int, int] = 1,
+           groups: int = 1) -> tuple[np.ndarray, LayerStats, RunStats]:
     """Run one convolution on ``device``; returns NCHW int8, the layer stats and run stats."""
     cfg = device.config
     epi = epilogue if epilogue is not None else Epilogue()
-    s = ConvShape.make(np.shape(x), np.shape(w), stride, padding, dilation)
-    params = conv2d_params(cfg, w, bias, epi)
+    s = ConvShape.make(np.shape(x), np.shape(w), stride, padding, dilation, groups)
+    ConvGeom.of(cfg, s)  # a grouping the accelerator cannot run fails here
+    params = conv2d_params(cfg, w, bias, epi, groups)
     arrays = {"x": pack_activation(x, cfg), **params.arrays}
     if residual is not None:
         arrays["residual"] = pack_activation(residual, cfg)

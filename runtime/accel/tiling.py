@@ -34,7 +34,6 @@ from tessera.config import Config
 from tessera.errors import ProgramError
 from tessera.isa import INSN_BYTES
 from tessera.runtime.accel.conv2d import (
-    GEMM_PARTS,
     ConvGeom,
     ConvShape,
     ConvTiles,
@@ -42,6 +41,7 @@ from tessera.runtime.accel.conv2d import (
     const_rows,
     emit_conv2d,
     fits,
+    gemm_part_count,
 )
 from tessera.runtime.accel.epilogue import Epilogue
 from tessera.runtime.accel.layer import LayerAddrs, const_slots
@@ -50,8 +50,8 @@ from tessera.runtime.builder import CommandBuilder
 from tessera.runtime.layout import ceil_div
 from tessera.sim import timing
 
-__all__ = ["plan_conv2d", "rank", "estimate", "measure", "candidates", "spans", "INSN",
-           "LOAD_FIXED", "STORE_FIXED"]
+__all__ = ["plan_conv2d", "tune_conv2d", "rank", "estimate", "measure", "candidates", "spans",
+           "INSN", "LOAD_FIXED", "STORE_FIXED"]
 
 INSN = 7  # compute cycles per GEMM/ALU instruction beyond its steps (FSM and pipeline fill)
 LOAD_FIXED = 22  # cycles per LOAD beyond its beats (FSM, request, DRAM read latency)
@@ -100,10 +100,9 @@ def estimate(cfg: Config, g: ConvGeom, t: ConvTiles, prog: DeviceEpilogue,
     residual = prog.residual
     db = t.double_buffer
     overlap = deferred and db  # epilogues and resets on the ALU engine
-    chunks = [(kc, nk * nc, tkh) for kc, nc in spans(g.cb, t.kc)
+    chunks = [(kc, nk * nc, tkh) for kc, nc in spans(g.rb, t.kc)
               for tkh, nk in spans(g.kh, t.tkh)]
     n_chunks = sum(n for _, n, _ in chunks)
-    parts = ceil_div(GEMM_PARTS, n_chunks)
     wsize = t.to * t.kc * t.tkh * g.kw
     wgt_cap = cfg.wgt_depth // (2 if db else 1)
     stationary = n_chunks * wsize <= wgt_cap
@@ -120,16 +119,17 @@ def estimate(cfg: Config, g: ConvGeom, t: ConvTiles, prog: DeviceEpilogue,
                     stage_g, stage_l = [], []
                     for kc, count, tkh in chunks:
                         steps = rows * kc * tkh * g.kw
+                        ib = to if g.diagonal else kc  # input blocks the stage loads
+                        parts = gemm_part_count(steps, n_chunks)
                         gemm += count * (steps + parts * INSN)
                         stage_g += [steps + parts * INSN] * count
                         ih, iw = g.in_rows(th, tkh), g.in_width(tw)
                         if g.subsampled:
-                            inp = tn * kc * (LOAD_FIXED + _beats(th * iw, c.inp_beats))
+                            inp = tn * ib * (LOAD_FIXED + _beats(th * iw, c.inp_beats))
                         elif ih == g.h and iw == g.w and not (g.pt or g.pb or g.pl or g.pr):
-                            inp = LOAD_FIXED + _beats(tn * kc * ih * iw, c.inp_beats)
+                            inp = LOAD_FIXED + _beats(tn * ib * ih * iw, c.inp_beats)
                         else:
-                            loads = tn * kc
-                            inp = loads * (LOAD_FIXED + _beats(ih * iw, c.inp_beats))
+                            inp = tn * ib * (LOAD_FIXED + _beats(ih * iw, c.inp_beats))
                         wgt = LOAD_FIXED + _beats(to * kc * tkh * g.kw, c.wgt_beats)
                         if stationary:
                             wgt = wgt / max(1, n_sp)  # once per group of output blocks
@@ -143,7 +143,7 @@ def estimate(cfg: Config, g: ConvGeom, t: ConvTiles, prog: DeviceEpilogue,
                     res = _beats(rows, c.acc8_beats) + LOAD_FIXED * stores if residual else 0
                     alu = (rows + 4) * n_alu  # the epilogue on the ALU engine
                     reset = rows + 4
-                    part = gemm / max(1, parts * n_chunks)  # the schedule's slot grain
+                    part = gemm / max(1, parts * n_chunks)  # the schedule's slot grain (about)
                     if overlap:
                         main = paced + res + 8 + 3 * n_alu
                         # the engine: epilogue of t-1 and zeroing of t+1; with two regions the
@@ -181,7 +181,7 @@ def candidates(cfg: Config, g: ConvGeom, prog: DeviceEpilogue, double_buffer: bo
     ths = _extents(g.oh)
     regions = (2, 4) if double_buffer else (2,)
     for tn, to, tw, kc, tkh, rg in itertools.product(_extents(g.n, 8), _extents(g.ob), tws,
-                                                     _extents(g.cb), tkhs, regions):
+                                                     _extents(g.rb), tkhs, regions):
         tile = partial(_tile, to=to, kc=kc, db=double_buffer, tw=tw, tkh=tkh, tn=tn, rg=rg)
         feasible = [th for th in ths if fits(cfg, g, tile(th), prog) is None] if tune else []
         if not tune:
@@ -252,3 +252,26 @@ def measure(cfg: Config, shape: ConvShape, prog: DeviceEpilogue, tiles: ConvTile
     if pred.cycles is None:
         raise ProgramError(f"the cycle model cannot finish the layer: {pred.blocked}")
     return pred.cycles
+
+
+def tune_conv2d(cfg: Config, shape: ConvShape, prog: DeviceEpilogue, *,
+                double_buffer: bool = True, top: int = 8,
+                dram: timing.DramTiming | None = None) -> ConvTiles:
+    """A wider search than :func:`plan_conv2d`: every feasible tile height, width and
+    kernel-row split, both accumulator region counts and single buffering are ranked by the
+    analytic model, and the ``top`` best are run through the cycle model of the RTL
+    (:func:`measure`); the fastest wins, with ``est_cycles`` its measured cycles."""
+    g = ConvGeom.of(cfg, shape)
+    dbs = (True, False) if double_buffer and cfg.dep_queue_depth >= 2 else (False,)
+    pool: list[ConvTiles] = []
+    for db in dbs:
+        pool += rank(cfg, g, prog, candidates(cfg, g, prog, db, wide=True, tune=True))
+    if not pool:
+        return plan_conv2d(cfg, g, prog, double_buffer=double_buffer)  # raises the error
+    pool.sort(key=lambda t: t.est_cycles)
+    best, best_cycles = None, None
+    for t in pool[:max(1, top)]:
+        c = measure(cfg, shape, prog, t, dram)
+        if best_cycles is None or c < best_cycles:
+            best, best_cycles = t, c
+    return replace(best, est_cycles=best_cycles)

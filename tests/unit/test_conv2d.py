@@ -155,3 +155,22 @@ def test_dilation_and_asymmetric_padding():
             got, _, _ = conv2d(dev, x, wt, bias, stride, pad, rq, db, dilation=dil)
             assert np.array_equal(got, conv2d_reference(x, wt, bias, stride, pad, rq,
                                                         dilation=dil)), (dims, db)
+
+
+@pytest.mark.parametrize("cfg", [TINY, BATCH2], ids=["tiny", "batch2"])
+def test_depthwise_on_channel_diagonal_blocks(cfg):
+    rng = np.random.default_rng(26)
+    dev = open_device("fsim", cfg)
+    for (n, c, h, w, kh, kw), stride, pad, dil in [((1, 10, 9, 11, 3, 3), 1, 1, 1),
+                                                   ((3, 8, 12, 10, 3, 3), 2, (1, 0, 1, 1), 1),
+                                                   ((1, 6, 10, 10, 5, 3), (1, 2), 2, (2, 1))]:
+        x = rng.integers(-128, 128, (n, c, h, w), dtype=np.int8)
+        wt = rng.integers(-128, 128, (c, 1, kh, kw), dtype=np.int8)
+        bias = rng.integers(-3000, 3000, c)
+        epi = Epilogue(rng.integers(100, 3000, c), 12, pre_shift=1, lo=0)
+        for db in (False, True):
+            got, stats, _ = conv2d(dev, x, wt, bias, stride, pad, epi, db, dilation=dil,
+                                   groups=c)
+            want = conv2d_reference(x, wt, bias, stride, pad, epi, dilation=dil, groups=c)
+            assert np.array_equal(got, want), (n, c, h, w, db)
+            assert stats.macs == want.size // n * n * kh * kw
