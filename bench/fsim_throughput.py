@@ -2,7 +2,9 @@
 
 Everything is measured in one run and printed side by side, for each BLAS thread count asked
 for (each in its own process, since OpenBLAS reads its thread count at import; the simulator is
-opened with ``blas_threads`` set to the same count — its default is 1):
+opened with ``blas_threads`` set to the same count — its default is 1). On a shared machine
+wall time includes waiting for a core; the CPU seconds of the process (in brackets) show what
+the same work costs on an idle one.
 
 * **ResNet-18 224x224** (``tessera.compiler.zoo``, compiled with the public ``tessera.compile``
   on ``--config``): accelerator MACs per second of ``model.run(device="fsim")`` wall time — the
@@ -106,7 +108,8 @@ def _resnet18(args, np) -> None:
         best = (wall, cpu) if best is None or wall < best[0] else best
     wall, cpu = best
     print(f"  fsim, steady state (best of {args.runs}): {wall:7.3f} s [{cpu:6.3f}]  "
-          f"{macs / wall / 1e9:6.2f} GMAC/s   <- the figure")
+          f"{macs / wall / 1e9:6.2f} GMAC/s   <- the figure (per CPU second: "
+          f"{macs / cpu / 1e9:.2f})")
     layers = _layer_shapes(proto)
     ref_macs = sum(_layer_macs(s) for s in layers)
     for kind in ("int32", "float32"):

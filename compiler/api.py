@@ -45,16 +45,22 @@ def compile(model: Any, config: Config | str | None = None,
             calibration: Iterable[Mapping[str, np.ndarray]] | None = None, *,
             input_shapes: Mapping[str, Iterable[int]] | None = None,
             calibration_method: str = "mse", dump_ir: str | Iterable[str] | None = None,
-            double_buffer: bool = True, tune: int = 0,
+            double_buffer: bool = True, keep_float: Iterable[str] = (),
+            activations: str = "auto", tune: int = 0,
             host: HostModel | None = None) -> CompiledModel:
     """Compile an ONNX model (path, bytes or ModelProto) to int8 for ``config``.
 
     ``calibration`` is an iterable of input dicts (float arrays, one dict per batch); without
     it, eight batches of seeded standard-normal data are used and the model's ``meta`` records
-    that. ``tune``: for each accelerator layer, run the ``tune`` best tilings of a wider search
-    through the cycle model of the RTL and keep the fastest (0: the analytic model alone).
-    ``host``: the cost model of the host the partition weighs depthwise layers against
-    (default: the board host link, :class:`~tessera.compiler.lower.HostModel`).
+    that. A pre-quantised model (QDQ or QOperator) runs with its own scales and needs no
+    calibration. ``keep_float`` names nodes (after the graph rewrites: a fused conv+relu is
+    named after the conv) that stay float inside the int8 model; ``activations`` is
+    ``"auto"``, ``"symmetric"`` or ``"asymmetric"``
+    (:mod:`tessera.compiler.quant.quantize`). ``tune``: for each accelerator layer, run the
+    ``tune`` best tilings of a wider search through the cycle model of the RTL and keep the
+    fastest (0: the analytic model alone). ``host``: the cost model of the host the partition
+    weighs depthwise layers against (default: the board host link,
+    :class:`~tessera.compiler.lower.HostModel`).
     """
     t0 = time.perf_counter()
     cfg = Config.resolve(config)
@@ -71,9 +77,12 @@ def compile(model: Any, config: Config | str | None = None,
         batches = check_batches(graph, calibration)
     specs = {name: (tuple(graph.tensors[name].shape), graph.tensors[name].dtype)
              for name in graph.inputs}
-    quant = Quantize(batches, calibration_method)
+    quant = Quantize(batches, calibration_method, activations=activations,
+                     keep_float=keep_float, config=cfg)
     graph = run_pipeline(graph, [*GRAPH_PASSES, quant, *lowering_passes(cfg, host)],
                          dump_after=dump_ir)
+    if quant.result is not None and quant.result.method == "model":
+        meta["calibration"] = "none: the model's own quantisation scales"
     plan = build_plan(graph, cfg, double_buffer=double_buffer, tune=tune)
     meta["partition"] = partition_report(graph)
     meta["compile_seconds"] = time.perf_counter() - t0

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 import time
 
 import numpy as np
 
-from tessera.errors import CompileError
+from tessera.errors import ArtifactError, CompileError, InputError
+from tessera.files import check_writable, read_regular
 
 COMMANDS = ("compile", "demo")
 DEMO_MODELS = ("resnet_tiny", "mobilenet_tiny", "small_cnn", "mlp", "resnet18", "mobilenet_v1")
@@ -31,24 +33,34 @@ def _input_shapes(items: list[str] | None) -> dict[str, list[int]] | None:
 def _load_calibration(path: str | None):
     if path is None:
         return None
+    raw = read_regular(path, "calibration file", InputError)
     try:
-        data = np.load(path)
-    except (OSError, ValueError) as exc:
-        raise CompileError(f"cannot read calibration file {path!r}: {exc}") from None
-    names = list(data.files)
-    counts = {len(data[n]) for n in names}
+        data = np.load(io.BytesIO(raw), allow_pickle=False)
+        if not hasattr(data, "files"):
+            raise ValueError("it holds one array, not an .npz archive of one array per input")
+        arrays = {n: data[n] for n in data.files}
+    except (OSError, ValueError, EOFError) as exc:
+        raise InputError(f"cannot read calibration file {path!r}: {exc}") from None
+    if not arrays:
+        raise InputError(f"calibration file {path!r} holds no arrays")
+    bad = [n for n, a in arrays.items() if a.ndim == 0]
+    if bad:
+        raise InputError(f"calibration arrays in {path!r} need a batch axis; {bad} are scalars")
+    counts = {len(a) for a in arrays.values()}
     if len(counts) != 1:
-        raise CompileError(f"calibration arrays in {path!r} must share their first (batch) "
-                           f"dimension; got {sorted(counts)}")
-    return [{n: data[n][i] for n in names} for i in range(counts.pop())]
+        raise InputError(f"calibration arrays in {path!r} must share their first (batch) "
+                         f"dimension; got {sorted(counts)}")
+    return [{n: a[i] for n, a in arrays.items()} for i in range(counts.pop())]
 
 
 def _cmd_compile(args: argparse.Namespace) -> int:
     from tessera.compiler.api import compile as tcompile
 
+    check_writable(args.output, "compiled model", ArtifactError)  # before any work
+    calibration = _load_calibration(args.calibration)
     t0 = time.perf_counter()
     model = tcompile(args.model, config=args.config,
-                     calibration=_load_calibration(args.calibration),
+                     calibration=calibration,
                      input_shapes=_input_shapes(args.input_shape), dump_ir=args.dump_ir,
                      double_buffer=not args.no_double_buffer, tune=args.tune)
     model.save(args.output)

@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 
+from tessera.cli import EXIT_CHECK_FAILED, EXIT_OK
 from tessera.compiler import reference, zoo
 from tessera.compiler.api import compile as tcompile
 
@@ -74,4 +75,4 @@ def demo(model_name: str = "resnet_tiny", config: str = "default", rtl: bool = T
     print(prof.table())
     model.close()
     print("\ndemo " + ("PASSED" if ok else "FAILED"))
-    return 0 if ok else 1
+    return EXIT_OK if ok else EXIT_CHECK_FAILED

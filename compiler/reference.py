@@ -273,9 +273,32 @@ def _k_qglobal_avgpool(n: Node, x):
     return [apply_epilogue(acc, _epi_args(n))]
 
 
+def _axis_param(n: Node, key: str, x: np.ndarray, dtype: Any) -> np.ndarray:
+    """A quantize/dequantize parameter broadcastable against ``x`` (per-axis when a list)."""
+    v = np.asarray(n.attrs[key], dtype=dtype).reshape(-1)
+    if v.size == 1:
+        return v.reshape(())
+    shape = [1] * x.ndim
+    shape[int(n.attrs["axis"]) % x.ndim] = v.size
+    return v.reshape(shape)
+
+
 def _k_quantize(n: Node, x):
     a = n.attrs
-    return [np.clip(np.rint(x / np.float32(a["scale"])), a["lo"], a["hi"]).astype(np.int8)]
+    s = _axis_param(n, "scale", x, np.float32)
+    zp = _axis_param(n, "zero_point", x, np.float32)
+    return [np.clip(np.rint(x / s) + zp, a["lo"], a["hi"]).astype(np.int8)]
+
+
+def _k_dequantize(n: Node, x):
+    s = _axis_param(n, "scale", x, np.float32)
+    zp = _axis_param(n, "zero_point", x, np.int64)
+    return [(x.astype(np.int64) - zp).astype(np.float32) * s]
+
+
+def _k_recenter(n: Node, x):
+    to = n.attrs["to"]
+    return [(x.astype(np.int16) + (128 if to == "uint8" else -128)).astype(to)]
 
 
 def _k_matmul(n: Node, a, b):
@@ -319,7 +342,8 @@ KERNELS: dict[str, Callable[..., list[np.ndarray]]] = {
     "pad": _k_pad,
     "cast": lambda n, x: [x.astype(n.attrs["to"])],
     "quantize": _k_quantize,
-    "dequantize": lambda n, x: [x.astype(np.float32) * np.float32(n.attrs["scale"])],
+    "dequantize": _k_dequantize,
+    "recenter": _k_recenter,
     "qconv2d": _blocked(_k_qconv2d),
     "qdense": _blocked(_k_qdense),
     "qadd": _k_qadd,

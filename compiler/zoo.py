@@ -18,7 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 __all__ = [
     "resnet18", "resnet_tiny", "mobilenet_v1", "mobilenet_tiny", "mlp", "small_cnn",
-    "light_models", "ZOO_SMALL", "OPSET",
+    "seeded_cnn", "trained_like_cnn", "light_models", "ZOO_SMALL", "OPSET",
 ]
 
 OPSET = 17
@@ -196,6 +196,84 @@ def small_cnn(input_size: int = 27, num_classes: int = 7, seed: int = 0) -> onnx
     feat = 29 * s * s
     y = net.gemm(x, feat, num_classes)
     return net.model((1, 3, input_size, input_size), net.op("Softmax", [y], axis=1))
+
+
+def seeded_cnn(seed: int) -> onnx.ModelProto:
+    """A held-out-style CNN: conv/BN/ReLU stem, depthwise + pointwise with a residual add,
+    two strided branches concatenated, average pooling, a two-layer MLP head and softmax; odd
+    channel counts (11, 9 + 6), 32x32 input. Its weights and BN statistics depend on ``seed``."""
+    net = _Net(seed, f"seeded_cnn{seed}")
+    rng = net.rng
+
+    def conv(x: str, cin: int, cout: int, k: int, s: int, g: int, relu: bool = True) -> str:
+        w = rng.standard_normal((cout, cin // g, k, k)) * np.sqrt(2 / (cin // g * k * k))
+        y = net.op("Conv", [x, net._init("w", w)], kernel_shape=[k, k], strides=[s, s],
+                   pads=[k // 2] * 4, group=g)
+        bn = [rng.uniform(.5, 1.5, cout), rng.normal(0, .2, cout), rng.normal(0, .2, cout),
+              rng.uniform(.5, 1.5, cout)]
+        y = net.op("BatchNormalization", [y] + [net._init("bn", v) for v in bn])
+        return net.op("Relu", [y]) if relu else y
+
+    x = conv("input", 3, 11, 3, 2, 1)
+    a = conv(conv(x, 11, 11, 3, 1, 11), 11, 11, 1, 1, 1, relu=False)
+    r = net.op("Relu", [net.op("Add", [a, x])])
+    cat = net.op("Concat", [conv(r, 11, 9, 3, 2, 1), conv(r, 11, 6, 1, 2, 1)], axis=1)
+    flat = net.op("Flatten", [net.op("AveragePool", [cat], kernel_shape=[2, 2],
+                                     strides=[2, 2])])
+    h = net.op("Relu", [net.gemm(flat, 15 * 4 * 4, 24)])
+    return net.model((1, 3, 32, 32), net.op("Softmax", [net.gemm(h, 24, 10)], axis=-1))
+
+
+def trained_like_cnn(seed: int, dead: int = 2, input_size: int = 32) -> onnx.ModelProto:
+    """A MobileNetV2/V3-style CNN whose statistics look trained: heavy-tailed weights, BN
+    scales spread over decades, ``dead`` near-dead channels per expansion/projection layer
+    (BN gamma 1e-40..1e-15 with a real beta, as trained exports have), ReLU6, depthwise convs,
+    squeeze-excite (GAP, 1x1 convs, sigmoid, mul), a projection shortcut and a GAP + Gemm
+    head."""
+    net = _Net(seed, f"trained_like_cnn{seed}")
+    rng = net.rng
+    six = (net._init("zero", np.array(0.0)), net._init("six", np.array(6.0)))
+
+    def conv_bn(x: str, cin: int, cout: int, k: int, s: int = 1, g: int = 1,
+                act: str | None = "relu6", ndead: int = 0) -> str:
+        w = rng.standard_normal((cout, cin // g, k, k)) * np.sqrt(2 / (cin // g * k * k))
+        w *= np.exp(rng.normal(0, 0.3, w.shape))
+        y = net.op("Conv", [x, net._init("w", w)], kernel_shape=[k, k], strides=[s, s],
+                   pads=[k // 2] * 4, group=g)
+        gamma, beta = np.exp(rng.normal(0, 0.7, cout)), rng.normal(0, 0.5, cout)
+        mean, var = rng.normal(0, 0.3, cout), np.exp(rng.normal(0, 0.5, cout))
+        if ndead:
+            d = rng.choice(cout, ndead, replace=False)
+            gamma[d] = 10.0 ** rng.uniform(-40, -15, ndead)
+            beta[d] = rng.normal(0, 1.0, ndead)
+        y = net.op("BatchNormalization", [y] + [net._init("bn", v)
+                                                for v in (gamma, beta, mean, var)])
+        return net.op("Clip", [y, *six]) if act == "relu6" else y
+
+    c = [16, 24, 32, 48]
+    x = conv_bn("input", 3, c[0], 3, 2)
+    for i in range(3):
+        cin, cout, e = c[i], c[i + 1], c[i] * 4
+        h = conv_bn(x, cin, e, 1, ndead=dead)
+        h = conv_bn(h, e, e, 3, 2 if i < 2 else 1, g=e, ndead=dead // 2)
+        s = net.op("GlobalAveragePool", [h])
+        s = net.op("Conv", [s, net._init("se", rng.standard_normal((e // 4, e, 1, 1))
+                                         * np.sqrt(2 / e)),
+                            net._init("seb", rng.normal(0, .1, e // 4))], kernel_shape=[1, 1])
+        s = net.op("Conv", [net.op("Relu", [s]),
+                            net._init("se", rng.standard_normal((e, e // 4, 1, 1))
+                                      * np.sqrt(8 / e)),
+                            net._init("seb", rng.normal(1, .5, e))], kernel_shape=[1, 1])
+        h = net.op("Mul", [h, net.op("Sigmoid", [s])])
+        h = conv_bn(h, e, cout, 1, act=None, ndead=dead)
+        if i == 2:
+            h = net.op("Add", [h, conv_bn(x, cin, cout, 1, act=None)])
+        x = h
+    x = net.op("Flatten", [net.op("GlobalAveragePool", [conv_bn(x, c[-1], 96, 1)])])
+    w = rng.standard_normal((10, 96)) * np.sqrt(1 / 96)
+    y = net.op("Gemm", [x, net._init("fc", w), net._init("fcb", rng.normal(0, .1, 10))],
+               transB=1)
+    return net.model((1, 3, input_size, input_size), y)
 
 
 def _init_i64(self: _Net, base: str, v: np.ndarray) -> str:

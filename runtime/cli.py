@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 import time
 
 import numpy as np
 
 from tessera.errors import InputError
+from tessera.files import check_writable, read_regular
 
 COMMANDS = ("run", "profile")
 
@@ -22,10 +24,16 @@ def _feeds(model, inputs: list[str]) -> dict[str, np.ndarray]:
             if len(names) != 1:
                 raise InputError(f"the model has inputs {names}; use --input NAME=FILE.npy")
             name, path = names[0], item
+        if name in feeds:
+            raise InputError(f"input {name!r} is given twice")
+        raw = read_regular(path, "input file", InputError)
         try:
-            feeds[name] = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
+            arr = np.load(io.BytesIO(raw), allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
             raise InputError(f"cannot read input file {path!r}: {exc}") from None
+        if not isinstance(arr, np.ndarray):
+            raise InputError(f"input file {path!r} must hold one array (.npy), not an archive")
+        feeds[name] = arr
     return feeds
 
 
@@ -35,6 +43,8 @@ def _cmd_run(args: argparse.Namespace, profile: bool = False) -> int:
             setattr(args, flag, None)
     from tessera.runtime.model import load
 
+    if args.output:
+        check_writable(args.output, "output file", InputError)  # before any work
     model = load(args.model)
     feeds = _feeds(model, args.input)
     options = {k: v for k, v in (("read_latency", args.read_latency),

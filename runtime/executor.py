@@ -18,7 +18,7 @@ from tessera.driver.base import Device
 from tessera.errors import DeviceError, ProgramError
 from tessera.isa import INSN_BYTES
 from tessera.runtime.builder import relocate
-from tessera.runtime.plan import REGION_BASES, REGION_LIMIT, Plan, Slot
+from tessera.runtime.plan import REGION_BASES, Plan, Slot
 from tessera.runtime.profile import LayerProfile, Profile
 
 __all__ = ["Executor"]
@@ -44,8 +44,9 @@ class Executor:
         self.arena = self._alloc(max(plan.arena_size, 1))
         self.params = self._alloc(max(plan.params_size, 1))
         bases = {"arena": self.arena.addr, "params": self.params.addr}
-        regions = {REGION_BASES["arena"]: (REGION_LIMIT, self.arena.addr),
-                   REGION_BASES["params"]: (REGION_LIMIT, self.params.addr)}
+        # The regions are exactly the buffers allocated here: nothing relocates outside them.
+        regions = {REGION_BASES["arena"]: (plan.arena_size, self.arena.addr),
+                   REGION_BASES["params"]: (plan.params_size, self.params.addr)}
         self.addr = {name: bases[s.region] + s.offset for name, s in plan.slots.items()}
         for name, data in plan.params.items():
             device.write(self.addr[name], data)

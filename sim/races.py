@@ -102,7 +102,7 @@ class SramShadow:
     def load_write(self, mt: MemType, lo: int, hi: int, seq: int, vc, pc: int,
                    pc_of: PcOf) -> None:
         readers = self.r[mt][lo:hi]
-        if int(_max(readers)) > vc[COMPUTE]:
+        if readers.size and int(_max(readers)) > vc[COMPUTE]:  # a LOAD may write nothing
             bad = readers > vc[COMPUTE]
             other = pc_of(COMPUTE, int(readers[bad].max()))
             raise _race(mt.name, np.arange(lo, hi), bad, (other, COMPUTE, "reads"),

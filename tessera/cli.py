@@ -5,10 +5,23 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from pathlib import Path
 
 from tessera.config import Config
-from tessera.errors import TesseraError
+from tessera.errors import DeviceError, HwError, InputError, SimError, TesseraError
+from tessera.files import read_regular
+
+# Exit codes (documented in ``tessera --help`` and the README).
+EXIT_OK, EXIT_USAGE, EXIT_INPUT, EXIT_DEVICE, EXIT_CHECK_FAILED = 0, 1, 2, 3, 4
+EXIT_INTERRUPTED = 130
+EXIT_CODES = f"""exit codes:
+  {EXIT_OK}    success
+  {EXIT_USAGE}    usage error: unknown command or option, missing or malformed argument
+  {EXIT_INPUT}    bad input: a model, compiled model, config, instruction stream, input or
+       calibration file, or output path that Tessera rejects (the message says what and where)
+  {EXIT_DEVICE}    the device or a hardware tool failed (device error or timeout, build,
+       synthesis)
+  {EXIT_CHECK_FAILED}    a check failed (tessera demo: results differ from the reference)
+  {EXIT_INTERRUPTED}  interrupted"""
 
 # Modules that add subcommands through ``register(subparsers)``, in help order, and the
 # commands each registers: a command imports only its own module, so ``tessera run`` never
@@ -24,7 +37,7 @@ def _disasm(args: argparse.Namespace) -> int:
     from tessera import isa
 
     cfg = Config.resolve(args.config)
-    data = Path(args.file).read_bytes()
+    data = read_regular(args.file, "instruction stream", InputError, max_bytes=1 << 28)
     print(isa.disassemble(data, cfg))
     return 0
 
@@ -34,6 +47,15 @@ def _config(args: argparse.Namespace) -> int:
     print(cfg.to_json(), end="")
     print(f"# {cfg.summary()}", file=sys.stderr)
     return 0
+
+
+class _Usage(Exception):
+    """A usage error (argparse's), reported by :func:`main` with :data:`EXIT_USAGE`."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # noqa: D102 - argparse's hook
+        raise _Usage(f"{self.format_usage().rstrip()}\n{self.prog}: error: {message}")
 
 
 def _modules_for(command: str | None) -> list[str]:
@@ -53,8 +75,9 @@ def _missing_layer(exc: ModuleNotFoundError, module: str) -> bool:
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The ``tessera`` argument parser, with the subcommands of ``command``'s layer (every
     layer's when ``command`` is None or unknown)."""
-    parser = argparse.ArgumentParser(prog="tessera", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="tessera", description=__doc__, epilog=EXIT_CODES,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     p = sub.add_parser("disasm", help="disassemble a raw instruction stream (16 bytes each)")
     p.add_argument("file")
     p.add_argument("--config", default="default", help="preset name or config JSON path")
@@ -83,13 +106,27 @@ def _command(argv: list[str]) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``tessera`` command; returns its exit code (see :data:`EXIT_CODES`). A
+    documented error prints one ``tessera: error: ...`` message, never a traceback."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(_command(argv)).parse_args(argv)
+    try:
+        args = build_parser(_command(argv)).parse_args(argv)
+    except _Usage as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_USAGE
+    except SystemExit as exc:  # --help, --version
+        return int(exc.code or 0)
     try:
         return int(args.func(args) or 0)
+    except (DeviceError, SimError, HwError) as exc:
+        print(f"tessera: error: {exc}", file=sys.stderr)
+        return EXIT_DEVICE
     except TesseraError as exc:
         print(f"tessera: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print("tessera: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

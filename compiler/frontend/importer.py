@@ -9,6 +9,7 @@ offending node (name, op, reason).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -17,8 +18,10 @@ from onnx import numpy_helper
 
 from tessera.compiler.frontend.context import ONNX_DTYPES, Ctx, Unsupported, attrs_of
 from tessera.compiler.frontend.converters import CONVERTERS, SUPPORTED_ONNX_OPS
+from tessera.compiler.frontend.qlinear import QUANT_CONVERTERS
 from tessera.compiler.ir import Graph, TensorInfo
 from tessera.errors import CompileError
+from tessera.files import open_regular
 
 __all__ = ["import_onnx", "load_model", "SUPPORTED_ONNX_OPS"]
 
@@ -29,12 +32,15 @@ def load_model(model: str | Path | bytes | onnx.ModelProto) -> onnx.ModelProto:
     """Accept a path, serialized bytes or a ModelProto."""
     if isinstance(model, onnx.ModelProto):
         return model
+    if isinstance(model, (str, Path)):
+        # a regular file only: never block on a FIFO or read a device such as /dev/zero
+        os.close(open_regular(model, "ONNX model", CompileError)[0])
     try:
         if isinstance(model, (bytes, bytearray)):
             return onnx.load_from_string(bytes(model))
         if isinstance(model, (str, Path)):
             return onnx.load(str(model))
-    except (OSError, onnx.onnx_cpp2py_export.checker.ValidationError, Exception) as exc:
+    except Exception as exc:  # noqa: BLE001 - onnx raises many types for a corrupt file
         raise CompileError(f"cannot load ONNX model {str(model)[:80]!r}: {exc}") from None
     raise CompileError(f"model must be a path, bytes or onnx.ModelProto, not "
                        f"{type(model).__name__}")
@@ -99,6 +105,7 @@ def import_onnx(model: str | Path | bytes | onnx.ModelProto,
             poisoned.update(o for o in n.output if o)
             continue
         conv = CONVERTERS.get(n.op_type) if n.domain in ("", "ai.onnx") else None
+        conv = QUANT_CONVERTERS.get((n.domain, n.op_type), conv)
         try:
             if conv is None:
                 dom = f" (domain {n.domain!r})" if n.domain not in ("", "ai.onnx") else ""

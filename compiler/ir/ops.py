@@ -299,17 +299,52 @@ def _cast(node: Node, ins: list, g: Graph) -> list[TensorInfo]:
 
 # -- quantised ops (integer semantics are in compiler.reference) ------------------------------
 
-@_op("quantize", "float -> int8: clip(round_half_even(x / scale), lo, hi)",
-     scale=1.0, lo=-128, hi=127)
+def _check_axis_params(node: Node, x: TensorInfo) -> float | None:
+    """The per-tensor scale of a quantize/dequantize node (None when per axis), after checking
+    that per-axis scale / zero point lists match the size of ``axis``."""
+    s = np.asarray(node.attrs["scale"], np.float64).reshape(-1)
+    z = np.asarray(node.attrs["zero_point"]).reshape(-1)
+    n = max(s.size, z.size)
+    if s.size == 0 or z.size == 0 or not np.issubdtype(z.dtype, np.integer):
+        raise _err(node, "scale must be a non-empty list of numbers and zero_point of integers")
+    if n > 1:
+        r = len(x.shape)
+        axis = int(node.attrs["axis"])
+        if r == 0 or not -r <= axis < r:
+            raise _err(node, f"axis {axis} is out of range for shape {x.shape}")
+        c = x.shape[axis % r]
+        if s.size not in (1, c) or z.size not in (1, c):
+            raise _err(node, f"per-axis scale ({s.size}) and zero_point ({z.size}) must have "
+                             f"{c} entries (the size of axis {axis})")
+    return float(s[0]) if n == 1 else None
+
+
+@_op("quantize", "float -> int8: clip(round_half_even(x / scale) + zero_point, lo, hi); scale "
+     "and zero_point are numbers or lists along axis", scale=1.0, zero_point=0, axis=1,
+     lo=-128, hi=127)
 def _quantize(node: Node, ins: list, g: Graph) -> list[TensorInfo]:
     _need(node, ins, 0)
-    return [TensorInfo(ins[0].shape, "int8", float(node.attrs["scale"]))]
+    return [TensorInfo(ins[0].shape, "int8", _check_axis_params(node, ins[0]))]
 
 
-@_op("dequantize", "int -> float: x * scale", scale=1.0)
+@_op("dequantize", "int -> float: (x - zero_point) * scale (numbers or lists along axis)",
+     scale=1.0, zero_point=0, axis=1)
 def _dequantize(node: Node, ins: list, g: Graph) -> list[TensorInfo]:
     _need(node, ins, 0)
+    _check_axis_params(node, ins[0])
     return [TensorInfo(ins[0].shape, "float32")]
+
+
+@_op("recenter", "int8 <-> uint8 carrier of a quantised tensor: x + 128 to uint8, x - 128 to int8",
+     to="int8")
+def _recenter(node: Node, ins: list, g: Graph) -> list[TensorInfo]:
+    _need(node, ins, 0)
+    to = node.attrs["to"]
+    want = {"int8": "uint8", "uint8": "int8"}.get(to)
+    if want is None or ins[0].dtype != want:
+        raise _err(node, f"recenter converts uint8 to int8 or int8 to uint8, not {ins[0].dtype} "
+                         f"to {to}")
+    return [TensorInfo(ins[0].shape, to)]
 
 
 def _qout(node: Node, shape: tuple[int, ...]) -> list[TensorInfo]:

@@ -157,6 +157,12 @@ def _requant(p: _Plan, acc: int, residual: int | None = None) -> int:
     return p.one("Requant", requant_attrs(epi, 1), args)
 
 
+def _num_or_list(v: Any, kind: type) -> Any:
+    """A quantisation parameter as JSON: a number, or a list for per-axis values."""
+    arr = np.asarray(v).reshape(-1)
+    return kind(arr[0]) if arr.size == 1 else [kind(x) for x in arr]
+
+
 def _spatial_view(p: _Plan, x: int) -> tuple[int, tuple[int, ...]]:
     """An NCHW view (N, C, prod(spatial), 1) of a rank >= 3 tensor, for global pooling."""
     s = p.shape(x)
@@ -241,11 +247,14 @@ def _plan(p: _Plan) -> list[int]:
                       [p.input(0)])]
     if op == "cast":
         return [p.one("Cast", {"to": str(a["to"])}, [p.input(0)])]
-    if op == "quantize":
-        return [p.one("Quantize", {"scale": float(a["scale"]), "lo": int(a["lo"]),
-                                   "hi": int(a["hi"])}, [p.input(0)])]
-    if op == "dequantize":
-        return [p.one("Dequantize", {"scale": float(a["scale"])}, [p.input(0)])]
+    if op in ("quantize", "dequantize"):
+        attrs = {"scale": _num_or_list(a["scale"], float),
+                 "zero_point": _num_or_list(a["zero_point"], int), "axis": int(a["axis"])}
+        if op == "quantize":
+            attrs.update(lo=int(a["lo"]), hi=int(a["hi"]))
+        return [p.one(op.capitalize(), attrs, [p.input(0)])]
+    if op == "recenter":
+        return [p.one("Recenter", {"to": str(a["to"])}, [p.input(0)])]
     if op == "qconv2d":
         x, w, bias = p.input(0), p.input(1), p.input(2, False)
         acc = p.one("Conv", _conv_attrs(a), [x, w] + ([bias] if bias is not None else []))

@@ -18,6 +18,7 @@ fold is only made when it saves steps.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -30,7 +31,22 @@ from tessera.runtime.layout import ceil_div
 __all__ = ["fold_narrow_input"]
 
 
-def _fold(n: Node, x: str, shape, wt: np.ndarray, full: bool, consts: dict) -> list[Node]:
+def _namer(g: Graph) -> Callable[[str], str]:
+    """Names not used in ``g`` nor handed out before (other passes name their nodes too)."""
+    taken = set(g.tensors) | set(g.constants) | {n.name for n in g.nodes}
+
+    def fresh(base: str) -> str:
+        name, k = base, 0
+        while name in taken:
+            k += 1
+            name = f"{base}_{k}"
+        taken.add(name)
+        return name
+    return fresh
+
+
+def _fold(n: Node, x: str, shape, wt: np.ndarray, full: bool, consts: dict,
+          fresh: Callable[[str], str]) -> list[Node]:
     _, c, h, w = shape
     o, _, kh, kw = wt.shape
     sh, sw = n.attrs["strides"]
@@ -38,14 +54,16 @@ def _fold(n: Node, x: str, shape, wt: np.ndarray, full: bool, consts: dict) -> l
     pt, pl, pb, pr = n.attrs["pads"]
     oh = (h + pt + pb - (kh - 1) * dh - 1) // sh + 1
     ow = (w + pl + pr - (kw - 1) * dw - 1) // sw + 1
-    padded = f"{x}:pad:{n.name}"
+    padded = fresh(f"{x}:pad:{n.name}")
     pads = (0, 0, pt, pl, 0, 0, pb, pr) if full else (0, 0, 0, pl, 0, 0, 0, pr)
-    nodes = [Node("pad", (x,), (padded,), {"pads": pads, "value": 0.0}, name=f"{n.name}:pad")]
+    nodes = [Node("pad", (x,), (padded,), {"pads": pads, "value": 0.0},
+                  name=fresh(f"{n.name}:pad"))]
     cols = []
     taps = [(i, j) for i in range(kh) for j in range(kw)] if full else [(None, j)
                                                                        for j in range(kw)]
     for i, j in taps:
-        col = f"{x}:tap{i}_{j}:{n.name}" if full else f"{x}:col{j}:{n.name}"
+        tap = f"tap{i}_{j}" if full else f"col{j}"
+        col = fresh(f"{x}:{tap}:{n.name}")
         if full:
             attrs = {"starts": (i * dh, j * dw), "ends": (i * dh + (oh - 1) * sh + 1,
                                                            j * dw + (ow - 1) * sw + 1),
@@ -53,11 +71,11 @@ def _fold(n: Node, x: str, shape, wt: np.ndarray, full: bool, consts: dict) -> l
         else:
             attrs = {"starts": (j * dw,), "ends": (j * dw + (ow - 1) * sw + 1,), "axes": (3,),
                      "steps": (sw,)}
-        nodes.append(Node("slice", (padded,), (col,), attrs, name=f"{n.name}:{col.split(':')[-2]}"))
+        nodes.append(Node("slice", (padded,), (col,), attrs, name=fresh(f"{n.name}:{tap}")))
         cols.append(col)
-    folded = f"{x}:fold:{n.name}"
-    nodes.append(Node("concat", tuple(cols), (folded,), {"axis": 1}, name=f"{n.name}:fold"))
-    wname = f"{n.inputs[1]}:fold"
+    folded = fresh(f"{x}:fold:{n.name}")
+    nodes.append(Node("concat", tuple(cols), (folded,), {"axis": 1}, name=fresh(f"{n.name}:fold")))
+    wname = fresh(f"{n.inputs[1]}:fold")
     if full:
         consts[wname] = np.ascontiguousarray(wt.transpose(0, 2, 3, 1).reshape(o, kh * kw * c, 1, 1))
         conv = replace(n, inputs=(folded, wname) + tuple(n.inputs[2:])).with_attrs(
@@ -74,6 +92,7 @@ def fold_narrow_input(g: Graph, cfg: Config) -> tuple[Graph, bool]:
     nodes: list[Node] = []
     consts = dict(g.constants)
     changed = False
+    fresh = _namer(g)
     for n in g.nodes:
         if (n.op != "qconv2d" or n.attrs.get("groups", 1) != 1
                 or accel_capable(g, n, cfg) is not None):
@@ -90,6 +109,6 @@ def fold_narrow_input(g: Graph, cfg: Config) -> tuple[Graph, bool]:
         if kh * kw == 1 or best == "none" or (best == "width" and kw == 1):
             nodes.append(n)
             continue
-        nodes += _fold(n, x, shape, wt, best == "full", consts)
+        nodes += _fold(n, x, shape, wt, best == "full", consts, fresh)
         changed = True
     return (g.replace(nodes=nodes, constants=consts), True) if changed else (g, False)

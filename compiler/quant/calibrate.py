@@ -1,13 +1,20 @@
-"""Calibration: per-tensor clipping thresholds from batches of inputs run through the float
-reference.
+"""Calibration: statistics of every float tensor over batches of inputs run through the float
+reference, and the int8 quantisation parameters chosen from them.
 
-* ``"mse"`` (default): the clipping threshold minimising quantisation MSE on the collected
-  histogram;
-* ``"percentile"``: of |x|, 99.99 by default;
-* ``"minmax"``: the largest |x| seen.
+A tensor is stored as ``q = clip(round(x / scale) + zero_point, -128, 127)``. Symmetric tensors
+have ``zero_point = 0`` and 127 levels each side; asymmetric ones spread 255 levels over a
+clipping range ``[lo, hi]`` that contains 0 (so 0 is exact). The clipping range comes from one
+of :data:`CALIBRATION_METHODS`:
+
+* ``"mse"`` (the default, chosen by measurement: ``bench/calibration_study.py``): the range
+  minimising the quantisation MSE on a histogram of the collected values;
+* ``"entropy"``: the threshold minimising the KL divergence between the histogram and its
+  quantised version (TensorRT's method; 128 levels of |x|, or 256 for an unsigned range);
+* ``"percentile"``: of |x| (symmetric) or of x at both ends (asymmetric), 99.99 by default;
+* ``"minmax"``: the extremes seen.
 
 Batches are checked before anything runs: each must give every graph input (and nothing else)
-with its shape and a float dtype, finite values of magnitude at most
+with its shape and a numeric dtype, finite values of magnitude at most
 :data:`MAX_CALIBRATION_MAGNITUDE`; a violation raises :class:`~tessera.errors.InputError` naming
 the batch and the input.
 """
@@ -23,15 +30,17 @@ from tessera.compiler import reference
 from tessera.compiler.ir import Graph
 from tessera.errors import CompileError, InputError
 
-__all__ = ["calibrate", "check_batches", "threshold_mse", "threshold_percentile",
-           "CALIBRATION_METHODS", "MAX_CALIBRATION_MAGNITUDE"]
+__all__ = ["calibrate", "collect", "check_batches", "qparams", "QParams", "TensorStats",
+           "threshold_mse", "threshold_percentile", "threshold_entropy", "CALIBRATION_METHODS",
+           "MAX_CALIBRATION_MAGNITUDE"]
 
-CALIBRATION_METHODS = ("mse", "percentile", "minmax")
+CALIBRATION_METHODS = ("mse", "entropy", "percentile", "minmax")
 # Larger inputs overflow float32 in the float reference's sums (and say nothing about int8).
 MAX_CALIBRATION_MAGNITUDE = 1e15
-_SAMPLES_PER_BATCH = 1 << 16
+_SAMPLES_PER_TENSOR = 1 << 18  # values kept per tensor over all batches (a random subsample)
 _HIST_BINS = 2048
 MSE_MIN_FRACTION = 0.3  # candidates below 0.3*amax over-clip (measured: worse end to end)
+_TINY = 1e-8
 
 
 def check_batches(graph: Graph, calibration: Iterable[Mapping[str, np.ndarray]]
@@ -76,33 +85,73 @@ def check_batches(graph: Graph, calibration: Iterable[Mapping[str, np.ndarray]]
                 raise InputError(f"{where} has a value of magnitude {np.abs(x64).max():.3g}; "
                                  f"calibration values must be at most "
                                  f"{MAX_CALIBRATION_MAGNITUDE:g}")
-            batch[name] = x.astype(np.float32)
+            dtype = graph.tensors[name].dtype
+            batch[name] = x.astype(np.float32 if dtype == "float32" else dtype)
         out.append(batch)
     return out
 
 
-@dataclass
-class _Stats:
-    amax: float = 0.0
-    samples: list[np.ndarray] = field(default_factory=list)
-    signed: bool = False
+# -- statistics ---------------------------------------------------------------------------------
 
-    def add(self, v: np.ndarray, rng: np.random.Generator) -> None:
+@dataclass
+class TensorStats:
+    """What calibration saw of one tensor: its extremes and a random subsample of its values."""
+
+    lo: float = np.inf
+    hi: float = -np.inf
+    chunks: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, v: np.ndarray, rng: np.random.Generator, keep: int) -> None:
         flat = np.asarray(v, dtype=np.float32).reshape(-1)
         if flat.size == 0:
             return
-        self.amax = max(self.amax, float(np.abs(flat).max()))
-        self.signed |= bool(flat.min() < 0)
-        if flat.size > _SAMPLES_PER_BATCH:
-            flat = flat[rng.integers(0, flat.size, _SAMPLES_PER_BATCH)]
-        self.samples.append(np.abs(flat))
+        self.lo = min(self.lo, float(flat.min()))
+        self.hi = max(self.hi, float(flat.max()))
+        if flat.size > keep:
+            flat = flat[rng.integers(0, flat.size, keep)]
+        self.chunks.append(flat)
 
+    @property
+    def samples(self) -> np.ndarray:
+        return np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.float32)
+
+    @property
+    def amax(self) -> float:
+        return max(abs(self.lo), abs(self.hi)) if self.chunks else 0.0
+
+
+def collect(graph: Graph, batches: list[dict[str, np.ndarray]],
+            tensors: Iterable[str] | None = None, seed: int = 0) -> dict[str, TensorStats]:
+    """Run checked ``batches`` through the float reference and gather every float tensor's
+    statistics (only ``tensors`` when given)."""
+    want = set(tensors) if tensors is not None else None
+    stats: dict[str, TensorStats] = {}
+    rng = np.random.default_rng(seed)
+    keep = max(1024, _SAMPLES_PER_TENSOR // max(1, len(batches)))
+
+    def observe(name: str, value: np.ndarray) -> None:
+        if (want is None or name in want) and value.dtype.kind == "f":
+            stats.setdefault(name, TensorStats()).add(value, rng, keep)
+
+    for feeds in batches:
+        for i in graph.inputs:
+            observe(i, feeds[i])
+        with np.errstate(over="ignore", invalid="ignore"):
+            reference.run(graph, feeds, observe=observe)
+    for name, st in stats.items():
+        if not (np.isfinite(st.lo) and np.isfinite(st.hi)):
+            raise CompileError(f"calibration: tensor {name!r} overflows float32 on the "
+                               f"calibration data (it reaches {st.lo:.3g} .. {st.hi:.3g})")
+    return stats
+
+
+# -- clipping thresholds ------------------------------------------------------------------------
 
 def threshold_percentile(absval: np.ndarray, amax: float, pct: float = 99.99) -> float:
     """Clipping threshold at the ``pct`` percentile of |x|."""
     if absval.size == 0 or amax == 0:
-        return max(amax, 1e-8)
-    return float(max(np.percentile(absval, pct), amax * 1e-3, 1e-8))
+        return max(amax, _TINY)
+    return float(max(np.percentile(absval, pct), amax * 1e-3, _TINY))
 
 
 def threshold_mse(absval: np.ndarray, amax: float, levels: int = 127,
@@ -110,51 +159,140 @@ def threshold_mse(absval: np.ndarray, amax: float, levels: int = 127,
     """The threshold T minimising E[(x - Q_T(x))^2] for the symmetric quantiser with step
     T/levels, evaluated on a histogram of |x| (2048 bins) over candidate T in (0, amax]."""
     if absval.size == 0 or amax == 0:
-        return max(amax, 1e-8)
+        return max(amax, _TINY)
     hist, edges = np.histogram(absval, bins=_HIST_BINS, range=(0.0, amax))
     centres = (edges[:-1] + edges[1:]) / 2
     nz = hist > 0
     hist, centres = hist[nz].astype(np.float64), centres[nz]
     cands = amax * np.linspace(min_fraction, 1.0, 256)
-    errs = np.empty(cands.size)
-    for k, t in enumerate(cands):
-        step = t / levels
-        q = np.minimum(np.round(centres / step), levels) * step
-        errs[k] = np.dot(hist, (centres - q) ** 2)
+    steps = cands / levels
+    q = np.minimum(np.round(centres[None, :] / steps[:, None]), levels) * steps[:, None]
+    errs = ((centres[None, :] - q) ** 2) @ hist
     return float(cands[int(np.argmin(errs))])
+
+
+def threshold_entropy(absval: np.ndarray, amax: float, levels: int = 128,
+                      bins: int = _HIST_BINS, stride: int = 8) -> float:
+    """The threshold minimising KL(P || Q) where P is the histogram of |x| clipped at the
+    threshold (outliers folded into the last bin) and Q is P merged into ``levels`` bins and
+    expanded back over P's non-empty bins (TensorRT's entropy calibration)."""
+    if absval.size == 0 or amax == 0:
+        return max(amax, _TINY)
+    hist, edges = np.histogram(absval, bins=bins, range=(0.0, amax))
+    hist = hist.astype(np.float64)
+    best, best_kl = bins, np.inf
+    for i in range(levels, bins + 1, stride):
+        sliced = hist[:i]
+        p = sliced.copy()
+        p[-1] += hist[i:].sum()
+        nonzero = p > 0
+        # merge the unclipped bins into `levels` groups, spread each group's mass over its
+        # non-empty bins
+        group = (np.arange(i) * levels) // i
+        mass = np.bincount(group, weights=sliced, minlength=levels)
+        count = np.bincount(group, weights=nonzero.astype(np.float64), minlength=levels)
+        q = np.where(nonzero, mass[group] / np.maximum(count[group], 1), 0.0)
+        ps, qs = p.sum(), q.sum()
+        if ps == 0 or qs == 0:
+            continue
+        pn = p[nonzero] / ps
+        qn = np.maximum(q[nonzero] / qs, 1e-12)  # smoothing: Q may miss P's outlier bin
+        kl = float(np.sum(pn * np.log(pn / qn)))
+        if kl < best_kl:
+            best, best_kl = i, kl
+    return float(max(edges[best], _TINY))
+
+
+# -- quantisation parameters --------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class QParams:
+    """int8 parameters of a tensor: real value = (q - zero_point) * scale."""
+
+    scale: float
+    zero_point: int = 0
+
+    @property
+    def symmetric(self) -> bool:
+        return self.zero_point == 0
+
+    def real_range(self) -> tuple[float, float]:
+        return ((-128 - self.zero_point) * self.scale, (127 - self.zero_point) * self.scale)
+
+
+def _asym(lo: float, hi: float) -> QParams:
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    if hi - lo <= _TINY:
+        return QParams(_TINY)
+    scale = (hi - lo) / 255.0
+    zp = int(np.clip(np.rint(-128 - lo / scale), -128, 127))
+    return QParams(scale, zp)
+
+
+def _mse_asym(x: np.ndarray, lo: float, hi: float) -> tuple[float, float]:
+    """The clipping range [c_lo * lo, c_hi * hi] minimising the MSE of the 255-level
+    asymmetric quantiser on a histogram of x."""
+    hist, edges = np.histogram(x, bins=_HIST_BINS, range=(lo, hi))
+    centres = (edges[:-1] + edges[1:]) / 2
+    nz = hist > 0
+    hist, centres = hist[nz].astype(np.float64), centres[nz]
+    fr = np.linspace(MSE_MIN_FRACTION, 1.0, 24)
+    los = lo * fr if lo < 0 else np.zeros(1)
+    best, best_err = (lo, hi), np.inf
+    for a in los:
+        his = hi * fr if hi > 0 else np.zeros(1)
+        steps = np.maximum(his - a, _TINY) / 255.0
+        zps = np.rint(-a / steps)  # levels below zero
+        q = np.clip(np.rint(centres[None, :] / steps[:, None]), -zps[:, None],
+                    255 - zps[:, None]) * steps[:, None]
+        errs = ((centres[None, :] - q) ** 2) @ hist
+        k = int(np.argmin(errs))
+        if errs[k] < best_err:
+            best, best_err = (float(a), float(his[k])), float(errs[k])
+    return best
+
+
+def qparams(st: TensorStats, method: str = "mse", symmetric: bool = True,
+            percentile: float = 99.99) -> QParams:
+    """The int8 parameters of a tensor with statistics ``st`` (module docstring)."""
+    if method not in CALIBRATION_METHODS:
+        raise CompileError(f"calibration method must be one of {CALIBRATION_METHODS}, "
+                           f"not {method!r}")
+    x = st.samples
+    amax = st.amax
+    if symmetric:
+        ax = np.abs(x)
+        if method == "minmax":
+            t = amax
+        elif method == "percentile":
+            t = threshold_percentile(ax, amax, percentile)
+        elif method == "entropy":
+            t = threshold_entropy(ax, amax)
+        else:
+            t = threshold_mse(ax, amax)
+        return QParams(max(float(t), _TINY) / 127.0)
+    lo, hi = min(st.lo, 0.0), max(st.hi, 0.0)
+    if method == "minmax" or hi - lo <= _TINY:
+        return _asym(lo, hi)
+    if method == "percentile":
+        return _asym(min(float(np.percentile(x, 100 - percentile)), 0.0),
+                     max(float(np.percentile(x, percentile)), 0.0))
+    if method == "entropy":
+        if lo >= 0:  # an unsigned range: 256 levels of x
+            return _asym(0.0, threshold_entropy(x, hi, levels=256))
+        t = threshold_entropy(np.abs(x), amax)
+        return _asym(max(lo, -t), min(hi, t))
+    return _asym(*_mse_asym(x, lo, hi))
 
 
 def calibrate(graph: Graph, calibration: Iterable[Mapping[str, np.ndarray]],
               tensors: Iterable[str] | None = None, method: str = "mse",
               percentile: float = 99.99, seed: int = 0) -> dict[str, float]:
-    """Per-tensor clipping thresholds (real units) for the float ``graph``."""
+    """Symmetric clipping thresholds (real units, ``127 * scale``) of the float ``graph``'s
+    tensors."""
     if method not in CALIBRATION_METHODS:
         raise CompileError(f"calibration method must be one of {CALIBRATION_METHODS}, "
                            f"not {method!r}")
-    want = set(tensors) if tensors is not None else None
-    stats: dict[str, _Stats] = {}
-    rng = np.random.default_rng(seed)
-
-    def observe(name: str, value: np.ndarray) -> None:
-        if (want is None or name in want) and value.dtype.kind == "f":
-            stats.setdefault(name, _Stats()).add(value, rng)
-
-    for feeds in check_batches(graph, calibration):
-        for i in graph.inputs:
-            observe(i, feeds[i])
-        with np.errstate(over="ignore", invalid="ignore"):
-            reference.run(graph, feeds, observe=observe)
-    out: dict[str, float] = {}
-    for name, st in stats.items():
-        absval = np.concatenate(st.samples) if st.samples else np.zeros(0, np.float32)
-        if method == "minmax":
-            t = st.amax
-        elif method == "percentile":
-            t = threshold_percentile(absval, st.amax, percentile)
-        else:
-            t = threshold_mse(absval, st.amax)
-        if not np.isfinite(t) or not np.isfinite(st.amax):
-            raise CompileError(f"calibration: tensor {name!r} overflows float32 on the "
-                               f"calibration data (its largest magnitude is {st.amax:.3g})")
-        out[name] = max(float(t), 1e-8)
-    return out
+    stats = collect(graph, check_batches(graph, calibration), tensors, seed)
+    return {name: qparams(st, method, True, percentile).scale * 127.0
+            for name, st in stats.items()}

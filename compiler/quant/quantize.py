@@ -1,261 +1,119 @@
-"""Post-training int8 quantisation from calibration batches.
+"""Post-training int8 quantisation of an optimised float graph.
 
-* Weights: symmetric per output channel, ``scale = max|w| / 127``, int8.
-* Activations: symmetric per tensor, zero point 0, threshold from calibration: ``"mse"`` (the
-  clipping threshold minimising quantisation MSE on the collected histogram; the default),
-  ``"percentile"`` (of |x|, 99.99 by default) or ``"minmax"``. MSE is the default because it
-  gave the lowest end-to-end error on the measured models (see ``tests/unit/test_quant*.py`` and
-  the report of this module's author).
-* Bias: int32 in accumulator scale ``s_x * s_w[c]``.
-* Requantisation: an :class:`~tessera.runtime.accel.epilogue.Epilogue` per layer, i.e. accelerator
-  ALU steps (rounding shift, MUL by an int16 multiplier, rounding shift, optional rescaled
-  residual add, clip) with parameters chosen so nothing overflows int32 for the layer's actual
-  accumulator bound (``sum |w_q| * 128 + |b_q|``).
-
-Ops the accelerator cannot run stay float (dequantize before, quantize after).
+* Weights: symmetric per output channel (:mod:`~tessera.compiler.quant.params`: dead-channel
+  safe scales, an int32 bias that never clamps).
+* Activations: per tensor, ``real = (q - zero_point) * scale``, from calibration
+  (:mod:`~tessera.compiler.quant.calibrate`, method ``"mse"`` by default) or from the model's
+  own QuantizeLinear nodes. ``activations="auto"`` (the default) makes a tensor asymmetric
+  (255 levels over its calibrated range) unless one of its consumers is a padded convolution
+  that runs on the accelerator (``accel(node)``; every conv when not given): the accelerator
+  pads with int8 zeros, so such an input stays symmetric. ``"asymmetric"`` makes every tensor
+  asymmetric, padding the inputs of padded convolutions explicitly on the CPU, and
+  ``"symmetric"`` none.
+* Zero points: an accelerator layer's input zero point (``-zx * sum(w_q)``), its output zero
+  point and its residual's are folded into its int32 bias; a CPU epilogue (qadd, requant,
+  pooling) carries them as offsets.
+* Requantisation: an :class:`~tessera.runtime.accel.epilogue.Epilogue` per layer.
+* Mixed precision: nodes named in ``keep_float`` stay float (their inputs are dequantised,
+  their outputs quantised again where an int8 consumer needs them), as do ops without an
+  integer form.
+* Pre-quantised models: when the graph has QuantizeLinear/DequantizeLinear nodes (a QDQ model,
+  or a QOperator model imported into that form), exactly the tensors the model quantises are
+  int8, with the model's scales and zero points, and its integer weights and biases are used
+  as they are; nothing is calibrated.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from tessera.compiler import reference
 from tessera.compiler.ir import Graph, Node, TensorInfo
-from tessera.compiler.quant.calibrate import calibrate
+from tessera.compiler.quant.calibrate import (
+    CALIBRATION_METHODS,
+    QParams,
+    TensorStats,
+    check_batches,
+    collect,
+    qparams,
+)
+from tessera.compiler.quant.params import (
+    WEIGHT_FLOOR_RATIO,
+    LayerQuant,
+    make_epilogue,
+    model_weight_scales,
+    quantize_layer,
+    quantize_weight,
+)
+from tessera.config import Config
 from tessera.errors import CompileError
-from tessera.isa import IMM_MAX
-from tessera.runtime.accel.epilogue import Epilogue
 
-__all__ = [
-    "quantize", "Quantize", "QuantizedModel", "QuantReport", "LayerReport", "make_epilogue",
-    "quantize_weight", "sqnr_db",
-]
+__all__ = ["quantize", "Quantize", "QuantizedModel", "make_epilogue", "quantize_weight",
+           "accel_predicate", "ACTIVATION_MODES"]
 
-_INT32_LIMIT = (1 << 31) - 1
+ACTIVATION_MODES = ("auto", "symmetric", "asymmetric")
 
-
-# -- integer parameters -------------------------------------------------------------------------
-
-def quantize_weight(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric per-output-channel int8: returns (w_q int8, scale float64[O])."""
-    flat = np.abs(w.reshape(w.shape[0], -1)).max(axis=1).astype(np.float64)
-    scale = np.where(flat > 0, flat / 127.0, 1.0)
-    q = np.clip(np.rint(w / scale.reshape((-1,) + (1,) * (w.ndim - 1))), -127, 127)
-    return q.astype(np.int8), scale
-
-
-def _mult_shift(ratio: np.ndarray) -> int:
-    """Largest total shift S with max(ratio) * 2**S <= IMM_MAX."""
-    r = float(np.max(np.abs(ratio)))
-    if r <= 0:
-        return 0
-    return int(math.floor(math.log2(IMM_MAX / r)))
-
-
-def _main_branch(ratio: np.ndarray, bound: int, headroom: int,
-                 what: str) -> tuple[np.ndarray, int, int]:
-    """(mult, pre_shift, shift) approximating ``acc * ratio`` with ``|acc| <= bound`` such that
-    ``rshift(acc, pre) * mult`` plus rounding and ``headroom`` stays inside int32."""
-    total = _mult_shift(ratio)
-    if total < 0:
-        raise CompileError(f"{what}: requantisation ratio {float(np.max(ratio)):.4g} is too "
-                           f"large for an int16 multiplier")
-    mult = np.rint(ratio * 2.0 ** total).astype(np.int64)
-    mmax = int(np.max(np.abs(mult))) if mult.size else 0
-    for pre in range(0, total + 1):
-        b = -(-bound // (1 << pre)) + 1
-        shift = total - pre
-        if b * mmax + (1 << max(shift - 1, 0)) + headroom <= _INT32_LIMIT:
-            return mult, pre, shift
-    # even shifting everything before the multiply overflows: reduce multiplier precision
-    for drop in range(1, 16):
-        m2 = np.rint(ratio * 2.0 ** (total - drop)).astype(np.int64)
-        b = bound + 1
-        if b * int(np.max(np.abs(m2))) + headroom <= _INT32_LIMIT and total - drop >= 0:
-            return m2, 0, total - drop
-    raise CompileError(f"{what}: accumulator bound {bound} leaves no room for requantisation")
-
-
-def make_epilogue(ratio: np.ndarray | float, acc_bound: int, lo: int = -128, hi: int = 127,
-                  residual_ratio: float | None = None, residual_bound: int = 128,
-                  what: str = "layer") -> Epilogue:
-    """Integer requantisation computing ``clip(round(acc * ratio [+ r * residual_ratio]))``.
-
-    ``ratio`` is per output channel (or scalar): real output units per accumulator unit.
-    Without a residual the result is ``clip(rshift(rshift(acc, pre) * M[c], shift))``. With one,
-    both branches are brought to a common fixed-point scale with ``F`` extra fractional bits,
-    added, and shifted by ``F``; ``F`` is the largest (up to 12) keeping the sum inside int32.
-    """
-    ratio = np.atleast_1d(np.asarray(ratio, dtype=np.float64))
-    if residual_ratio is None:
-        mult, pre, shift = _main_branch(ratio, acc_bound, 0, what)
-        return Epilogue(mult, shift, pre, lo, hi, acc_bound=acc_bound)
-    for frac in range(12, -1, -1):
-        scale = 2.0 ** frac
-        real_bound = acc_bound * float(np.max(ratio)) + residual_bound * residual_ratio
-        if (real_bound + 2) * scale * 1.01 >= 2 ** 30:
-            continue
-        rr = residual_ratio * scale
-        rshift_total = _mult_shift(np.array([rr]))
-        if rshift_total < 0:
-            continue
-        rmult = int(np.rint(rr * 2.0 ** rshift_total))
-        headroom = int(residual_bound * rr) + 2
-        try:
-            mult, pre, shift = _main_branch(ratio * scale, acc_bound, headroom, what)
-        except CompileError:
-            continue
-        return Epilogue(mult, shift, pre, lo, hi, res_mult=rmult, res_shift=rshift_total,
-                        final_shift=frac, acc_bound=acc_bound)
-    raise CompileError(f"{what}: cannot build a residual requantisation that fits int32")
-
-
-# -- the quantised model ------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class LayerReport:
-    node: str
-    op: str
-    tensor: str
-    scale: float
-    sqnr_db: float
-
-
-@dataclass
-class QuantReport:
-    """Per-layer SQNR (dB) of the quantised model's int8 tensors against the float model."""
-
-    layers: list[LayerReport]
-    output_sqnr_db: dict[str, float]
-    method: str
-
-    def table(self) -> str:
-        w = max([len(x.node) for x in self.layers] + [4])
-        lines = [f"{'node':<{w}}  {'op':<16} {'scale':>10} {'SQNR dB':>8}",
-                 "-" * (w + 38)]
-        for x in self.layers:
-            lines.append(f"{x.node:<{w}}  {x.op:<16} {x.scale:>10.4g} {x.sqnr_db:>8.2f}")
-        for o, s in self.output_sqnr_db.items():
-            lines.append(f"{'output ' + o:<{w}}  {'':<16} {'':>10} {s:>8.2f}")
-        return "\n".join(lines)
-
-    __str__ = table
-
-
-def sqnr_db(ref: np.ndarray, test: np.ndarray) -> float:
-    ref = np.asarray(ref, np.float64)
-    err = float(np.sum((ref - np.asarray(test, np.float64)) ** 2))
-    sig = float(np.sum(ref ** 2))
-    if err == 0:
-        return float("inf")
-    return 10 * math.log10(max(sig, 1e-30) / err)
+_PASSTHROUGH = ("reshape", "flatten", "transpose", "identity", "slice", "maxpool",
+                "global_maxpool", "relu", "concat", "pad")
+_INT_REPORT_OPS = ("qconv2d", "qdense", "qadd", "qavgpool", "qglobal_avgpool", "requant",
+                   "quantize")
 
 
 @dataclass
 class QuantizedModel:
     """A quantised graph (int8 accelerator ops plus float CPU ops) and the float graph it was
-    derived from. ``int_of`` maps a float tensor name to its int8 counterpart."""
+    derived from. ``int_of`` maps a float tensor name to its int8 counterpart, ``qparams`` an
+    int8 tensor to its scale and zero point; ``layers`` holds each conv/dense layer's weight and
+    bias quantisation; ``stats`` the calibration statistics (empty for a pre-quantised model);
+    ``model_int`` maps a pre-quantised model's int8 tensors (QuantizeLinear outputs) to ours."""
 
     graph: Graph
     float_graph: Graph
     int_of: dict[str, str]
-    thresholds: dict[str, float]
+    qparams: dict[str, QParams]
     method: str
+    layers: dict[str, LayerQuant] = field(default_factory=dict)
+    stats: dict[str, TensorStats] = field(default_factory=dict)
+    kept_float: tuple[str, ...] = ()
+    model_int: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        """Largest |real value| each int8 counterpart of a float tensor can hold."""
+        out = {}
+        for t, q in self.int_of.items():
+            lo, hi = self.qparams[q].real_range()
+            out[t] = max(-lo, hi)
+        return out
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return reference.run(self.graph, feeds)
 
-    def report(self, feeds: Mapping[str, np.ndarray]) -> QuantReport:
-        """SQNR of every int8 tensor (dequantised) and every output against the float model."""
-        f = reference.run(self.float_graph, feeds, all_tensors=True)
-        q = reference.run(self.graph, feeds, all_tensors=True)
-        prod = self.graph.producers()
-        layers = []
-        for t, qt in self.int_of.items():
-            if t not in f or qt not in q or qt not in prod:
-                continue
-            n = prod[qt]
-            if n.op not in ("qconv2d", "qdense", "qadd", "qavgpool", "qglobal_avgpool",
-                            "requant", "quantize"):
-                continue
-            s = self.graph.tensors[qt].scale or 1.0
-            layers.append(LayerReport(n.name, n.op, t, s,
-                                      sqnr_db(f[t], q[qt].astype(np.float64) * s)))
-        outs = {o: sqnr_db(f[o], q[o]) for o in self.graph.outputs}
-        return QuantReport(layers, outs, self.method)
+    def report(self, feeds: Mapping[str, np.ndarray], threshold_db: float | None = None):
+        """Per-layer SQNR against the float model, flagging layers below ``threshold_db`` with
+        their likely causes (:class:`~tessera.compiler.quant.report.QuantReport`)."""
+        from tessera.compiler.quant.report import DEFAULT_THRESHOLD_DB, build_report
+        return build_report(self, feeds, DEFAULT_THRESHOLD_DB if threshold_db is None
+                            else threshold_db)
 
 
-_PASSTHROUGH = ("reshape", "flatten", "transpose", "identity", "slice", "maxpool",
-                "global_maxpool", "relu", "concat", "pad")
-
-
-class _Builder:
-    def __init__(self, g: Graph, thr: dict[str, float]):
-        self.g = g
-        self.thr = thr
-        self.nodes: list[Node] = []
-        self.consts: dict[str, np.ndarray] = {}
-        self.scale: dict[str, float] = {}  # int tensor -> scale
-        self.int_of: dict[str, str] = {}  # float name -> int8 name
-        self.float_ok: set[str] = set(g.inputs) | set(g.constants)
-        self.names: set[str] = set(g.tensors) | {n.name for n in g.nodes}
-
-    def fresh(self, base: str) -> str:
-        name, k = base, 0
-        while name in self.names:
-            k += 1
-            name = f"{base}_{k}"
-        self.names.add(name)
-        return name
-
-    def act_scale(self, t: str) -> float:
-        return self.thr.get(t, 1.0) / 127.0
-
-    def const(self, base: str, v: np.ndarray) -> str:
-        name = self.fresh(base)
-        self.consts[name] = v
-        return name
-
-    def as_int(self, t: str) -> str:
-        if t in self.int_of:
-            return self.int_of[t]
-        if t not in self.float_ok:
-            raise AssertionError(f"tensor {t} is neither int nor float")
-        q = self.fresh(f"{t}:q")
-        s = self.act_scale(t)
-        self.nodes.append(Node("quantize", (t,), (q,), {"scale": s}, self.fresh(f"quantize:{t}")))
-        self.int_of[t], self.scale[q] = q, s
-        return q
-
-    def as_float(self, t: str) -> str:
-        if t in self.float_ok or not t:
-            return t
-        q = self.int_of[t]
-        self.nodes.append(Node("dequantize", (q,), (t,), {"scale": self.scale[q]},
-                               self.fresh(f"dequantize:{t}")))
-        self.float_ok.add(t)
-        return t
-
-    def emit_int(self, n: Node, op: str, inputs: tuple[str, ...], out_scale: float,
-                 **attrs: Any) -> None:
-        q = self.fresh(f"{n.outputs[0]}:q")
-        self.nodes.append(Node(op, inputs, (q,), {**attrs, "out_scale": out_scale}, n.name))
-        self.int_of[n.outputs[0]], self.scale[q] = q, out_scale
-
-
-def _bounds(act: str, a: Mapping[str, Any], s: float) -> tuple[int, int]:
+def _bounds(act: str, a: Mapping[str, Any], qp: QParams) -> tuple[int, int]:
+    """The int8 clip bounds of a fused activation with output parameters ``qp``."""
+    zp, s = qp.zero_point, qp.scale
+    lo, hi = -128, 127
     if act == "relu":
-        return 0, 127
-    if act == "clip":
-        lo = -128 if a["act_min"] == -np.inf else int(np.clip(round(a["act_min"] / s), -128, 127))
-        hi = 127 if a["act_max"] == np.inf else int(np.clip(round(a["act_max"] / s), -128, 127))
-        return lo, hi
-    return -128, 127
+        lo = max(lo, zp)
+    elif act == "clip":
+        if a["act_min"] != -np.inf:
+            lo = int(np.clip(round(a["act_min"] / s) + zp, -128, 127))
+        if a["act_max"] != np.inf:
+            hi = int(np.clip(round(a["act_max"] / s) + zp, -128, 127))
+    return lo, hi
 
 
 def _int_capable(g: Graph, n: Node) -> bool:
@@ -273,55 +131,288 @@ def _int_capable(g: Graph, n: Node) -> bool:
     if n.op == "global_avgpool":
         return len(g.tensors[n.inputs[0]].shape) == 4
     if n.op == "pad":
-        return n.attrs["value"] == 0.0
-    return n.op in _PASSTHROUGH
+        return n.attrs["value"] == 0.0 and n.inputs[0] not in g.constants
+    return n.op in _PASSTHROUGH and n.inputs[0] not in g.constants
 
 
-def _unify_concat_scales(g: Graph, thr: dict[str, float]) -> None:
-    """Let the producers of a concat's inputs requantise straight to the concat's scale."""
-    cons = g.consumers()
+def _padded_conv(n: Node) -> bool:
+    return n.op == "conv2d" and any(n.attrs["pads"])
+
+
+class _Builder:
+    """Walks the float graph once, emitting the quantised graph's nodes."""
+
+    def __init__(self, g: Graph, stats: dict[str, TensorStats], method: str, percentile: float,
+                 activations: str, keep_float: set[str],
+                 accel: Callable[[Graph, Node], bool] | None = None):
+        self.g = g
+        self.accel = accel
+        self.stats = stats
+        self.method, self.percentile = method, percentile
+        self.activations = activations
+        self.keep_float = keep_float
+        self.cons = g.consumers()
+        self.nodes: list[Node] = []
+        self.consts: dict[str, np.ndarray] = {}
+        self.qp: dict[str, QParams] = {}  # int8 tensor -> its parameters
+        self.int_of: dict[str, str] = {}  # float tensor -> its int8 counterpart
+        self.float_ok: set[str] = set(g.inputs) | set(g.constants)
+        self.names: set[str] = set(g.tensors) | {n.name for n in g.nodes}
+        self.layers: dict[str, LayerQuant] = {}
+        self.same_as: dict[str, str] = {}  # tensor -> tensor whose parameters it takes
+        self.given: dict[str, QParams] = {}  # the model's own activation parameters
+        self.alias: dict[str, str] = {}  # the model's int8 tensors -> ours
+        self.pre_quantised = False
+        self.weight_floor = WEIGHT_FLOOR_RATIO
+        self._scan_model_quantisation()
+
+    # -- the model's own Q/DQ nodes ---------------------------------------------------------
+
+    def _scan_model_quantisation(self) -> None:
+        g = self.g
+        for n in g.nodes:
+            if n.op in ("quantize", "dequantize"):
+                self.pre_quantised = True
+            if n.op == "quantize":
+                s = np.asarray(n.attrs["scale"]).reshape(-1)
+                z = np.asarray(n.attrs["zero_point"]).reshape(-1)
+                if s.size == 1 and z.size == 1 and n.inputs[0] not in self.given \
+                        and g.tensors[n.inputs[0]].dtype == "float32":
+                    self.given[n.inputs[0]] = QParams(float(np.float32(s[0])), int(z[0]))
+
+    # -- tensors ----------------------------------------------------------------------------
+
+    def fresh(self, base: str) -> str:
+        name, k = base, 0
+        while name in self.names:
+            k += 1
+            name = f"{base}_{k}"
+        self.names.add(name)
+        return name
+
+    def const(self, base: str, v: np.ndarray) -> str:
+        name = self.fresh(base)
+        self.consts[name] = v
+        return name
+
+    def asymmetric(self, t: str) -> bool:
+        if self.activations == "symmetric":
+            return False
+        if self.activations == "asymmetric":
+            return True
+        return not any(_padded_conv(c) and c.name not in self.keep_float
+                       and (self.accel is None or self.accel(self.g, c))
+                       for c in self.cons.get(t, []))
+
+    def act_qparams(self, t: str) -> QParams:
+        t = self.same_as.get(t, t)
+        if t in self.given:
+            return self.given[t]
+        st = self.stats.get(t)
+        if st is None:
+            raise AssertionError(f"tensor {t!r} has no calibration statistics")
+        return qparams(st, self.method, not self.asymmetric(t), self.percentile)
+
+    def can_int(self, t: str) -> bool:
+        """Whether float tensor ``t`` has (or can get) an int8 counterpart."""
+        if t in self.int_of:
+            return True
+        if t not in self.float_ok:
+            return False
+        if self.pre_quantised:
+            return self.same_as.get(t, t) in self.given
+        return t in self.stats
+
+    def as_int(self, t: str) -> str:
+        if t in self.int_of:
+            return self.int_of[t]
+        src = self.as_float(t)
+        qp = self.act_qparams(t)
+        q = self.fresh(f"{t}:q")
+        self.nodes.append(Node("quantize", (src,), (q,),
+                               {"scale": qp.scale, "zero_point": qp.zero_point},
+                               self.fresh(f"quantize:{t}")))
+        self.int_of[t], self.qp[q] = q, qp
+        return q
+
+    def as_float(self, t: str) -> str:
+        if not t or t in self.float_ok:
+            return t
+        if t not in self.int_of:
+            raise AssertionError(f"tensor {t!r} is neither int8 nor float")
+        q = self.int_of[t]
+        qp = self.qp[q]
+        self.nodes.append(Node("dequantize", (q,), (t,),
+                               {"scale": qp.scale, "zero_point": qp.zero_point},
+                               self.fresh(f"dequantize:{t}")))
+        self.float_ok.add(t)
+        return t
+
+    def requant(self, q: str, qp: QParams, base: str, what: str) -> str:
+        """int8 tensor ``q`` re-expressed with parameters ``qp`` (``q`` itself if equal)."""
+        src = self.qp[q]
+        if math.isclose(src.scale, qp.scale, rel_tol=1e-9) and src.zero_point == qp.zero_point:
+            return q
+        r = self.fresh(f"{base}:rq")
+        epi = make_epilogue(src.scale / qp.scale, 256, acc_offset=-src.zero_point,
+                            offset=qp.zero_point, what=what)
+        self.nodes.append(Node("requant", (q,), (r,), {"epilogue": epi, "out_scale": qp.scale},
+                               self.fresh(f"requant:{base}")))
+        self.qp[r] = qp
+        return r
+
+    def emit_int(self, n: Node, op: str, inputs: tuple[str, ...], qp: QParams,
+                 **attrs: Any) -> str:
+        q = self.fresh(f"{n.outputs[0]}:q")
+        self.nodes.append(Node(op, inputs, (q,), {**attrs, "out_scale": qp.scale}, n.name))
+        self.int_of[n.outputs[0]], self.qp[q] = q, qp
+        return q
+
+    def resolve(self, t: str) -> str:
+        """What a node runs as-is reads for input ``t``: one of the model's int8 tensors
+        (ours for it), or ``t`` as float."""
+        return self.alias[t] if t in self.alias else self.as_float(t)
+
+    def emit_float(self, n: Node) -> None:
+        self.nodes.append(n.replace(inputs=tuple(self.resolve(i) for i in n.inputs)))
+        self.float_ok.update(n.outputs)
+
+
+def _unify_concat(b: _Builder, g: Graph) -> None:
+    """Let the producers of a concat's inputs requantise straight to the concat's parameters."""
     for n in reversed(g.nodes):
         if n.op != "concat":
             continue
-        t = thr.get(n.outputs[0])
-        if t is None:
-            continue
         for i in n.inputs:
-            if len(cons.get(i, [])) == 1 and i not in g.outputs:
-                thr[i] = t
+            if len(b.cons.get(i, [])) == 1 and i not in g.outputs and i not in b.given \
+                    and i not in g.inputs:
+                b.same_as[i] = b.same_as.get(n.outputs[0], n.outputs[0])
 
 
-def quantize(graph: Graph, calibration: Iterable[Mapping[str, np.ndarray]], *,
-             method: str = "mse", percentile: float = 99.99, seed: int = 0) -> QuantizedModel:
-    """Quantise a float graph to int8 using ``calibration`` (an iterable of input dicts).
+def quantize(graph: Graph, calibration: Iterable[Mapping[str, np.ndarray]] | None, *,
+             method: str = "mse", percentile: float = 99.99, seed: int = 0,
+             activations: str = "auto", keep_float: Iterable[str] = (),
+             accel: Callable[[Graph, Node], bool] | None = None,
+             weight_floor: float = WEIGHT_FLOOR_RATIO) -> QuantizedModel:
+    """Quantise an optimised float graph (the compiler runs the graph rewrites before this, in
+    the same pipeline: BN folding and fusion decide which ops become accelerator layers).
 
-    The graph should already be optimised (the compiler runs the graph rewrites before this, in
-    the same pipeline): BN folding and fusion decide which ops become accelerator layers.
+    ``calibration`` is an iterable of input dicts; it may be None for a pre-quantised graph.
+    ``accel(graph, node)`` tells whether a float conv/dense node will run on the accelerator
+    once quantised (:func:`~tessera.compiler.quant.quantize.accel_predicate` builds it from a
+    config). ``weight_floor`` is the smallest per-channel weight scale as a fraction of the
+    layer's largest (:mod:`~tessera.compiler.quant.params`).
     """
+    if method not in CALIBRATION_METHODS:
+        raise CompileError(f"calibration method must be one of {CALIBRATION_METHODS}, "
+                           f"not {method!r}")
+    if activations not in ACTIVATION_MODES:
+        raise CompileError(f"activations must be one of {ACTIVATION_MODES}, not "
+                           f"{activations!r}")
     g = graph
-    batches = list(calibration)
-    thr = calibrate(g, batches, method=method, percentile=percentile, seed=seed)
-    _unify_concat_scales(g, thr)
-    b = _Builder(g, thr)
+    keep = set(keep_float)
+    unknown = sorted(keep - {n.name for n in g.nodes})
+    if unknown:
+        names = [n.name for n in g.nodes]
+        raise CompileError(f"keep_float names unknown node(s) {unknown}; the graph's nodes are "
+                           f"{names[:12]}{' ...' if len(names) > 12 else ''}")
+    b = _Builder(g, {}, method, percentile, activations, keep, accel)
+    b.weight_floor = float(weight_floor)
+    if not b.pre_quantised:
+        if calibration is None:
+            raise CompileError("quantisation needs calibration batches (the model has no "
+                               "QuantizeLinear nodes of its own)")
+        b.stats = collect(g, check_batches(g, calibration), seed=seed)
+        _unify_concat(b, g)
     for n in g.nodes:
-        if not _int_capable(g, n) or (n.op in _PASSTHROUGH and not all(
-                i in b.int_of for i in n.inputs if i)):
-            ins = tuple(b.as_float(i) for i in n.inputs)
-            b.nodes.append(n.replace(inputs=ins))
-            b.float_ok.update(n.outputs)
-            continue
-        _quantize_node(b, g, n)
+        _node(b, g, n)
     for o in g.outputs:
-        b.as_float(o)
+        if o in b.alias:  # the model quantises an output: give ours its name
+            if b.alias[o] != o:
+                b.nodes.append(Node("identity", (b.alias[o],), (o,), {}, b.fresh(f"output:{o}")))
+        else:
+            b.as_float(o)
     consts = {**g.constants, **b.consts}
     qg = Graph(g.inputs, g.outputs, b.nodes, consts,
                {i: g.tensors[i] for i in g.inputs}, g.name)
     tensors = {k: TensorInfo(v.shape, str(v.dtype) if str(v.dtype) != "float64" else "float32")
                for k, v in b.consts.items()}
-    for q, s in b.scale.items():
-        tensors[q] = TensorInfo((), "int8", s)
+    for q, qp in b.qp.items():
+        if q not in g.inputs:
+            tensors[q] = TensorInfo((), "int8", qp.scale)
     qg = qg.replace(tensors={**qg.tensors, **tensors}).verify()
-    return QuantizedModel(qg, g, dict(b.int_of), thr, method)
+    return QuantizedModel(qg, g, dict(b.int_of), dict(b.qp),
+                          "model" if b.pre_quantised else method, b.layers, b.stats,
+                          tuple(sorted(keep)), dict(b.alias))
+
+
+def _node(b: _Builder, g: Graph, n: Node) -> None:
+    """Quantise one node of the float graph (or keep it float)."""
+    if n.op == "quantize" and b.pre_quantised:
+        return _model_quantize(b, g, n)
+    if n.op == "dequantize" and b.pre_quantised:
+        return _model_dequantize(b, g, n)
+    if n.name in b.keep_float or not _int_capable(g, n):
+        return b.emit_float(n)
+    ins = [i for i in n.inputs if i and i not in g.constants]
+    if n.op in _PASSTHROUGH:
+        if not all(i in b.int_of for i in ins):
+            return b.emit_float(n)
+    elif not all(b.can_int(i) for i in ins) or (
+            b.pre_quantised and b.same_as.get(n.outputs[0], n.outputs[0]) not in b.given):
+        return b.emit_float(n)
+    _quantize_node(b, g, n)
+
+
+def _model_quantize(b: _Builder, g: Graph, n: Node) -> None:
+    """A QuantizeLinear of the model: its output is our int8 counterpart of its input."""
+    t = n.inputs[0]
+    s = np.asarray(n.attrs["scale"]).reshape(-1)
+    z = np.asarray(n.attrs["zero_point"]).reshape(-1)
+    if s.size != 1 or z.size != 1 or g.tensors[t].dtype != "float32" or n.attrs["lo"] != -128 \
+            or n.attrs["hi"] != 127:
+        b.emit_float(n)  # per-axis activations: run the node as it is
+        return
+    qp = QParams(float(np.float32(s[0])), int(z[0]))
+    q = b.as_int(t)
+    b.alias[n.outputs[0]] = b.requant(q, qp, n.outputs[0], f"node {n.name!r} (quantize)")
+
+
+def _model_dequantize(b: _Builder, g: Graph, n: Node) -> None:
+    """A DequantizeLinear of the model: of one of our int8 tensors (nothing to emit: the float
+    value is made when a float op needs it), or anything else (run as it is)."""
+    x, out = n.inputs[0], n.outputs[0]
+    s = np.asarray(n.attrs["scale"]).reshape(-1)
+    z = np.asarray(n.attrs["zero_point"]).reshape(-1)
+    q = b.alias.get(x)
+    if q is not None and s.size == 1 and z.size == 1:
+        qp = b.qp[q]
+        if math.isclose(qp.scale, float(np.float32(s[0])), rel_tol=1e-6) \
+                and qp.zero_point == int(z[0]):
+            b.int_of[out] = q
+            return
+    if q is None and s.size == 1 and z.size == 1 and g.tensors[x].dtype == "int8" \
+            and x not in b.qp and (x in b.float_ok or x in g.inputs):
+        # an int8 tensor the model computes some other way (a graph input, a recentred
+        # uint8): ours from here on
+        b.alias[x] = x
+        b.qp[x] = QParams(float(np.float32(s[0])), int(z[0]))
+        b.int_of[out] = x
+        return
+    b.emit_float(n)
+
+
+def _layer_weights(b: _Builder, g: Graph, n: Node, sx: float, zx: int, extra: np.ndarray,
+                   what: str) -> LayerQuant:
+    """Weights and int32 bias of a conv/dense node. ``extra`` is a real per-channel offset
+    added to the bias. In a pre-quantised model the weights are exact multiples of the model's
+    scales: those scales are recovered, so the integers are the model's."""
+    w = g.constants[n.inputs[1]]
+    bias = g.constants[n.input(2)] if n.input(2) else None
+    bias = (np.zeros(w.shape[0]) if bias is None else np.asarray(bias, np.float64).reshape(-1))
+    scales = model_weight_scales(w) if b.pre_quantised else None
+    return quantize_layer(w, bias + extra, sx, what, b.weight_floor, in_zero_point=zx,
+                          scales=scales)
 
 
 def _quantize_node(b: _Builder, g: Graph, n: Node) -> None:
@@ -330,70 +421,101 @@ def _quantize_node(b: _Builder, g: Graph, n: Node) -> None:
     what = f"node {n.name!r} ({n.op})"
     if n.op in ("conv2d", "dense"):
         x = b.as_int(n.inputs[0])
-        sx = b.scale[x]
-        w = g.constants[n.inputs[1]]
-        wq, sw = quantize_weight(w)
-        sacc = sx * sw
-        bias = g.constants[n.input(2)].astype(np.float64) if n.input(2) else np.zeros(w.shape[0])
-        bq = np.clip(np.rint(bias / sacc), -(1 << 30), 1 << 30).astype(np.int32)
-        bound = int(np.max(np.abs(wq.reshape(wq.shape[0], -1).astype(np.int64)).sum(axis=1)
-                           * 128 + np.abs(bq)))
-        sy = b.act_scale(out)
-        lo, hi = _bounds(a["act"], a, sy)
+        qx = b.qp[x]
+        qy = b.act_qparams(out)
+        o = g.constants[n.inputs[1]].shape[0]
+        extra = np.full(o, qy.zero_point * qy.scale)
         res = n.input(3)
+        r = ""
         if res:
             r = b.as_int(res)
-            epi = make_epilogue(sacc / sy, bound, lo, hi, residual_ratio=b.scale[r] / sy,
+            extra = extra - b.qp[r].zero_point * b.qp[r].scale
+        lq = _layer_weights(b, g, n, qx.scale, qx.zero_point, extra, what)
+        ratio = qx.scale * lq.w_scale / qy.scale
+        lo, hi = _bounds(a["act"], a, qy)
+        if r:
+            epi = make_epilogue(ratio, lq.bound, lo, hi, residual_ratio=b.qp[r].scale / qy.scale,
                                 what=what)
         else:
-            r = ""
-            epi = make_epilogue(sacc / sy, bound, lo, hi, what=what)
+            epi = make_epilogue(ratio, lq.bound, lo, hi, what=what)
+        b.layers[n.name] = lq
         geo = {k: a[k] for k in ("strides", "pads", "dilations", "groups") if k in a}
-        wn = b.const(f"{n.inputs[1]}:q", wq)
-        bn = b.const(f"{n.name}:bias_q", bq)
+        if n.op == "conv2d" and qx.zero_point and any(a["pads"]):
+            x = _explicit_pad(b, x, a["pads"], qx.zero_point, n.name)
+            geo["pads"] = (0, 0, 0, 0)
+        wn = b.const(f"{n.inputs[1]}:q", lq.wq)
+        bn = b.const(f"{n.name}:bias_q", lq.bq)
         op = "qconv2d" if n.op == "conv2d" else "qdense"
-        inputs = (x, wn, bn) + ((r,) if r else ())
-        b.emit_int(n, op, inputs, sy, epilogue=epi, w_scale=sw, **geo)
+        b.emit_int(n, op, (x, wn, bn) + ((r,) if r else ()), qy, epilogue=epi,
+                   w_scale=lq.w_scale, **geo)
     elif n.op == "add":
         xa, xb = b.as_int(n.inputs[0]), b.as_int(n.inputs[1])
-        sy = b.act_scale(out)
-        lo, hi = _bounds(a["act"], a, sy)
-        epi = make_epilogue(b.scale[xa] / sy, 128, lo, hi, residual_ratio=b.scale[xb] / sy,
-                            what=what)
-        b.emit_int(n, "qadd", (xa, xb), sy, epilogue=epi)
+        qa, qb, qy = b.qp[xa], b.qp[xb], b.act_qparams(out)
+        lo, hi = _bounds(a["act"], a, qy)
+        epi = make_epilogue(qa.scale / qy.scale, 256, lo, hi, residual_ratio=qb.scale / qy.scale,
+                            residual_bound=256, acc_offset=-qa.zero_point,
+                            res_offset=-qb.zero_point, offset=qy.zero_point, what=what)
+        b.emit_int(n, "qadd", (xa, xb), qy, epilogue=epi)
     elif n.op in ("avgpool", "global_avgpool"):
         x = b.as_int(n.inputs[0])
+        qx, qy = b.qp[x], b.act_qparams(out)
         shape = g.tensors[n.inputs[0]].shape
         count = int(np.prod(a["kernel"])) if n.op == "avgpool" else int(np.prod(shape[2:]))
-        sy = b.act_scale(out)
-        epi = make_epilogue(b.scale[x] / (count * sy), 128 * count, what=what)
+        epi = make_epilogue(qx.scale / (count * qy.scale), 256 * count,
+                            acc_offset=-count * qx.zero_point, offset=qy.zero_point, what=what)
         if n.op == "avgpool":
             geo = {k: a[k] for k in ("kernel", "strides", "pads", "ceil_mode",
                                      "count_include_pad")}
-            b.emit_int(n, "qavgpool", (x,), sy, epilogue=epi, **geo)
+            b.emit_int(n, "qavgpool", (x,), qy, epilogue=epi, **geo)
         else:
-            b.emit_int(n, "qglobal_avgpool", (x,), sy, epilogue=epi)
+            b.emit_int(n, "qglobal_avgpool", (x,), qy, epilogue=epi)
     elif n.op == "concat":
-        sy = b.act_scale(out)
-        ins = []
-        for i in n.inputs:
-            q = b.as_int(i)
-            if not math.isclose(b.scale[q], sy, rel_tol=1e-9):
-                r = b.fresh(f"{i}:rq")
-                epi = make_epilogue(b.scale[q] / sy, 128, what=what)
-                b.nodes.append(Node("requant", (q,), (r,), {"epilogue": epi, "out_scale": sy},
-                                    b.fresh(f"requant:{i}")))
-                b.scale[r] = sy
-                q = r
-            ins.append(q)
+        qy = b.act_qparams(out)
+        ins = tuple(b.requant(b.as_int(i), qy, i, what) for i in n.inputs)
         qo = b.fresh(f"{out}:q")
-        b.nodes.append(n.replace(inputs=tuple(ins), outputs=(qo,)))
-        b.int_of[out], b.scale[qo] = qo, sy
-    else:  # passthrough: same scale in and out
+        b.nodes.append(n.replace(inputs=ins, outputs=(qo,)))
+        b.int_of[out], b.qp[qo] = qo, qy
+    elif n.op == "relu" and b.qp[b.as_int(n.inputs[0])].zero_point:
+        x = b.as_int(n.inputs[0])
+        qx = b.qp[x]
+        epi = make_epilogue(1.0, 256, qx.zero_point, 127, what=what)
+        b.emit_int(n, "requant", (x,), qx, epilogue=epi)
+    else:  # passthrough: same parameters in and out
         x = b.as_int(n.inputs[0])
         qo = b.fresh(f"{out}:q")
-        b.nodes.append(n.replace(inputs=(x,), outputs=(qo,)))
-        b.int_of[out], b.scale[qo] = qo, b.scale[x]
+        node = n.replace(inputs=(x,), outputs=(qo,))
+        if n.op == "pad":
+            node = node.with_attrs(value=float(b.qp[x].zero_point))
+        b.nodes.append(node)
+        b.int_of[out], b.qp[qo] = qo, b.qp[x]
+
+
+def _explicit_pad(b: _Builder, x: str, pads: tuple[int, ...], value: int, name: str) -> str:
+    """``x`` padded with int8 ``value`` (the real zero of an asymmetric input) on the CPU."""
+    pt, pl, pb, pr = pads
+    y = b.fresh(f"{x}:padded")
+    b.nodes.append(Node("pad", (x,), (y,), {"pads": (0, 0, pt, pl, 0, 0, pb, pr),
+                                            "value": float(value)}, b.fresh(f"{name}:pad")))
+    b.qp[y] = b.qp[x]
+    return y
+
+
+def accel_predicate(cfg: Config) -> Callable[[Graph, Node], bool]:
+    """Whether a float conv2d/dense node will run on the accelerator of ``cfg`` once quantised:
+    the partition's own rule applied to a probe of the int8 node it becomes."""
+    from tessera.compiler.lower.partition import accel_capable
+
+    def accel(g: Graph, n: Node) -> bool:
+        if n.op not in ("conv2d", "dense") or n.inputs[1] not in g.constants:
+            return False
+        x, w = n.inputs[0], n.inputs[1]
+        probe = Node("qconv2d" if n.op == "conv2d" else "qdense", (x, w), (n.outputs[0],),
+                     {k: v for k, v in n.attrs.items() if k not in ("act", "act_min",
+                                                                    "act_max")}, n.name)
+        pg = Graph([x], [n.outputs[0]], [], {w: np.zeros(g.constants[w].shape, np.int8)},
+                   {x: TensorInfo(g.tensors[x].shape, "int8")})
+        return accel_capable(pg, probe, cfg) is None
+    return accel
 
 
 class Quantize:
@@ -402,11 +524,18 @@ class Quantize:
 
     name = "quantize"
 
-    def __init__(self, calibration: Iterable[Mapping[str, np.ndarray]], method: str = "mse"):
+    def __init__(self, calibration: Iterable[Mapping[str, np.ndarray]] | None,
+                 method: str = "mse", *, activations: str = "auto",
+                 keep_float: Iterable[str] = (), config: Config | None = None):
         self.calibration = calibration
         self.method = method
+        self.activations = activations
+        self.keep_float = tuple(keep_float)
+        self.accel = accel_predicate(config) if config is not None else None
         self.result: QuantizedModel | None = None
 
     def apply(self, graph: Graph) -> tuple[Graph, bool]:
-        self.result = quantize(graph, self.calibration, method=self.method)
+        self.result = quantize(graph, self.calibration, method=self.method,
+                               activations=self.activations, keep_float=self.keep_float,
+                               accel=self.accel)
         return self.result.graph, True

@@ -6,13 +6,16 @@ kernel compiles the same steps, and :func:`apply_epilogue` runs them in numpy th
 functional simulator's ALU (:func:`tessera.sim.fsim.alu_apply`, SPEC §4), so every
 implementation computes exactly what the hardware computes::
 
-    v = rshift(acc, pre_shift) * mult[c]; v = rshift(v, shift)          # main branch
-    u = rshift(residual * res_mult, res_shift); v = v + u               # optional residual
-    v = rshift(v, final_shift); y = max(min(v, hi), lo)                 # int8 result
+    v = rshift(acc + acc_offset, pre_shift) * mult[c]; v = rshift(v, shift)     # main branch
+    u = rshift((residual + res_offset) * res_mult, res_shift); v = v + u        # opt. residual
+    v = rshift(v, final_shift) + offset; y = max(min(v, hi), lo)                # int8 result
 
 ``rshift`` rounds half up (``(v + 2**(s-1)) >> s``) unless ``rounding`` is False (then it is
 the floor ``v >> s``). ``mult`` has one int16 entry per output channel, or one for the whole
 tensor. ``residual`` is an int8 tensor sign-extended into the accumulator (an ACC_8BIT load).
+The three offsets (zero points of asymmetric int8 tensors) are int32 immediates, each one ADD
+step when non-zero; an accelerator layer's quantiser folds them into its bias rows instead (the
+ALU immediate is 16 bits), so only CPU epilogues carry them.
 """
 
 from __future__ import annotations
@@ -100,6 +103,9 @@ class Epilogue:
     acc_bound: int = 0
     notes: dict[str, Any] = field(default_factory=dict)
     rounding: bool = True
+    acc_offset: int = 0
+    res_offset: int = 0
+    offset: int = 0
 
     def __post_init__(self) -> None:
         try:
@@ -127,6 +133,11 @@ class Epilogue:
                                f"[{lo}, {hi}]")
         object.__setattr__(self, "lo", lo)
         object.__setattr__(self, "hi", hi)
+        for name in ("acc_offset", "res_offset", "offset"):
+            object.__setattr__(self, name, _int_in(getattr(self, name), -(1 << 31),
+                                                   (1 << 31) - 1, name))
+        if self.res_offset and self.res_mult is None:
+            raise ProgramError("epilogue res_offset needs a residual branch (res_mult)")
         if not isinstance(self.rounding, bool):
             raise ProgramError(f"epilogue rounding must be True or False, not "
                                f"{self.rounding!r}")
@@ -147,17 +158,22 @@ class Epilogue:
         """The ALU program of this epilogue, in order. A per-tensor multiplier is an immediate
         (omitted when it is 1); a per-channel one is a vector operand (broadcast over spatial
         positions)."""
-        steps = self._shift(self.pre_shift)
+        steps = [AluStep("ADD", self.acc_offset)] if self.acc_offset else []
+        steps += self._shift(self.pre_shift)
         if self.per_channel:
             steps.append(AluStep("MUL", self.mult))
         elif int(self.mult[0]) != 1:
             steps.append(AluStep("MUL", int(self.mult[0])))
         steps += self._shift(self.shift)
         if self.res_mult is not None:
+            if self.res_offset:
+                steps.append(AluStep("ADD", self.res_offset, "residual"))
             steps.append(AluStep("MUL", int(self.res_mult), "residual"))
             steps += self._shift(self.res_shift, "residual")
             steps.append(AluStep("ADD", 0, "combine"))  # main += residual (acc operand)
         steps += self._shift(self.final_shift)
+        if self.offset:
+            steps.append(AluStep("ADD", self.offset))
         steps += [AluStep("MIN", self.hi), AluStep("MAX", self.lo)]
         return steps
 
@@ -166,7 +182,11 @@ class Epilogue:
         r = f" res*{self.res_mult}>>{self.res_shift} >>{self.final_shift}" \
             if self.res_mult is not None else ""
         rnd = "" if self.rounding else " floor"
-        return f"Epilogue(>>{self.pre_shift} *{m} >>{self.shift}{r} [{self.lo},{self.hi}]{rnd})"
+        offs = "".join(f" {k}={v:+d}" for k, v in (("acc", self.acc_offset),
+                                                   ("res", self.res_offset),
+                                                   ("out", self.offset)) if v)
+        return (f"Epilogue(>>{self.pre_shift} *{m} >>{self.shift}{r} [{self.lo},{self.hi}]"
+                f"{rnd}{offs})")
 
 
 def apply_epilogue(acc: np.ndarray, epi: Epilogue, residual: np.ndarray | None = None,

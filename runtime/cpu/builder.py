@@ -27,8 +27,9 @@ I64 = ir.IntType(64)
 F32 = ir.FloatType()
 PTR = ir.PointerType()
 
-DTYPES: dict[str, ir.Type] = {"float32": F32, "int8": I8, "int32": I32}
+DTYPES: dict[str, ir.Type] = {"float32": F32, "int8": I8, "int32": I32, "uint8": I8}
 FAST = ("reassoc", "nsz", "contract")  # reductions only: lets LLVM reorder and vectorise sums
+MAX_EXTENT = 1 << 24  # largest kernel, stride, dilation or pad a window may have
 
 
 # -- checks ---------------------------------------------------------------------------------------
@@ -172,6 +173,10 @@ def spatial_params(op: str, attrs: dict[str, Any], in_hw: Shape, kernel: Shape,
     check(all(s >= 1 for s in strides), op, f"strides must be >= 1, not {strides}")
     check(all(d >= 1 for d in dil), op, f"dilations must be >= 1, not {dil}")
     check(all(k >= 1 for k in kernel), op, f"kernel_shape must be >= 1, not {kernel}")
+    for key, vals in (("strides", strides), ("dilations", dil), ("kernel_shape", kernel),
+                      ("pads", tuple(attrs.get("pads", ())))):
+        check(all(abs(int(v)) <= MAX_EXTENT for v in vals), op,
+              f"{key} must be at most {MAX_EXTENT}, not {vals}")
     ceil_mode = int_attr(op, attrs, "ceil_mode", 0) if allow_ceil else 0
     check(ceil_mode in (0, 1), op, f"ceil_mode must be 0 or 1, not {ceil_mode}")
     auto_pad = attrs.get("auto_pad", "NOTSET")
@@ -218,12 +223,13 @@ def window_taps(n_in: int, n_out: int, k: int, s: int, d: int, pb: int,
     ``[0, n_in)`` and inside the padded input when inside ``[-pb, n_in + pe)``.
     """
     lo, hi, padded = [], [], []
-    for o in range(n_out):
+    for o in range(n_out):  # closed forms: O(1) per output whatever the kernel size
         start = o * s - pb
-        valid = [t for t in range(k) if 0 <= start + t * d < n_in]
-        lo.append(valid[0] if valid else 0)
-        hi.append(valid[-1] + 1 if valid else 0)
-        padded.append(sum(1 for t in range(k) if start + t * d < n_in + pe))
+        first = max(0, -(start // d))  # ceil(-start / d)
+        last = min(k - 1, (n_in - 1 - start) // d)
+        lo.append(first if first <= last else 0)
+        hi.append(last + 1 if first <= last else 0)
+        padded.append(min(k, max(0, -((start - n_in - pe) // d))))  # ceil((n_in+pe-start)/d)
     return lo, hi, padded
 
 

@@ -54,7 +54,7 @@ _GENERATORS: dict[str, Generator] = {
     **misc.GENERATORS,
 }
 
-SUPPORTED_DTYPES = ("float32", "int8", "int32")
+SUPPORTED_DTYPES = ("float32", "int8", "int32", "uint8")
 
 
 def _generator_version() -> str:

@@ -33,7 +33,9 @@ FORMAT = "tessera-cpu-op-2"
 MAX_KERNELS = 64
 MAX_SLOTS = 256
 MAX_RANK = 8
+MAX_DIM = 1 << 20  # generators build per-position tables: bound the work a file can ask for
 MAX_ELEMENTS = 1 << 31
+MAX_BYTES = 1 << 29  # any array a loaded op allocates (the arena itself is at most this)
 
 
 @dataclass(frozen=True)
@@ -58,10 +60,10 @@ def spec_from_json(item: Any, what: str) -> Spec | None:
             or not isinstance(item[1], str):
         raise KernelError(f"{what} must be [[dims...], dtype], not {item!r}"[:200])
     shape, dtype = item
-    if len(shape) > MAX_RANK or any(isinstance(d, bool) or not isinstance(d, int) or d < 0
-                                    for d in shape):
-        raise KernelError(f"{what}: shape must be at most {MAX_RANK} non-negative integers, "
-                          f"not {shape!r}"[:200])
+    if len(shape) > MAX_RANK or any(isinstance(d, bool) or not isinstance(d, int)
+                                    or not 0 <= d <= MAX_DIM for d in shape):
+        raise KernelError(f"{what}: shape must be at most {MAX_RANK} integers in [0, "
+                          f"{MAX_DIM}], not {shape!r}"[:200])
     if math.prod(shape) > MAX_ELEMENTS:
         raise KernelError(f"{what}: shape {shape} has more than {MAX_ELEMENTS} elements")
     if dtype not in SUPPORTED_DTYPES:
@@ -198,6 +200,9 @@ class CpuOp:
             if want and want[-1] >= MAX_SLOTS:
                 raise KernelError(f"{where}: more than {MAX_SLOTS} slots")
             for s, spec in zip(want, kernel.out_specs, strict=True):
+                if _size(spec[0]) * spec[1].itemsize > MAX_BYTES:
+                    raise KernelError(f"{where}: output {spec[1].name}{list(spec[0])} is larger "
+                                      f"than {MAX_BYTES} bytes")
                 slots[s] = spec
             steps.append(KernelCall(kernel, tuple(ins), tuple(outs)))
         outputs = data["outputs"]

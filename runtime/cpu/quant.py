@@ -13,13 +13,14 @@
 - SumPool: int8 NCHW window sums -> int32 (pads add nothing), the accumulator of ``qavgpool``;
   with ``divide=1`` the int8 window average truncated toward zero, like the reference's
   ``(sum / count).astype(int8)``;
-- Quantize: float32 -> int8, ``clip(round_half_even(x / scale), lo, hi)`` (NaN -> 0, as the
-  reference's cast gives); Dequantize: int8/int32 -> float32, ``float32(x) * scale``.
+- Quantize: float32 -> int8, ``clip(round_half_even(x / scale) + zero_point, lo, hi)`` (NaN ->
+  0, as the reference's cast gives); Dequantize: int8/int32 -> float32,
+  ``float32(x - zero_point) * scale``. ``scale`` and ``zero_point`` are numbers, or lists along
+  ``axis`` (per-axis, as ONNX QuantizeLinear/DequantizeLinear).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -39,7 +40,6 @@ from tessera.runtime.cpu.builder import (
     check_dtype,
     check_inputs,
     fail,
-    float_attr,
     int_attr,
     ints_attr,
     norm_axis,
@@ -47,7 +47,6 @@ from tessera.runtime.cpu.builder import (
     spatial_params,
     window_taps,
 )
-from tessera.runtime.cpu.eltwise import emit_map
 
 __all__ = ["GENERATORS", "ALU_OPCODES", "BRANCHES", "requant_attrs"]
 
@@ -273,35 +272,94 @@ def _sum_pool(op: str, attrs: dict[str, Any],
     return kb.finish(), kb.name, [((n, c, oh, ow), np.dtype("int8" if divide else "int32"))]
 
 
+def _axis_params(op: str, attrs: dict[str, Any], shape: tuple[int, ...]
+                 ) -> tuple[list[float], list[int], int]:
+    """``scale`` / ``zero_point`` as per-channel lists along ``axis`` (one entry each when
+    per-tensor): (scales, zero points, channels)."""
+    raw_s, raw_z = attrs.get("scale", 1.0), attrs.get("zero_point", 0)
+    scales = [float(np.float32(v)) for v in np.asarray(raw_s, dtype=np.float64).reshape(-1)] \
+        if not isinstance(raw_s, (bool, str)) else []
+    zps_arr = np.asarray(raw_z).reshape(-1)
+    check(len(scales) > 0, op, f"scale must be a number or a non-empty list, not {raw_s!r}")
+    check(np.issubdtype(zps_arr.dtype, np.integer) and zps_arr.size > 0, op,
+          f"zero_point must be an integer or a list of integers, not {raw_z!r}")
+    zps = [int(v) for v in zps_arr]
+    for v in scales:
+        check(np.isfinite(v) and v != 0, op, f"scale must be finite and non-zero, not {v}")
+    for v in zps:
+        check(-128 <= v <= 127, op, f"zero_point must be in [-128, 127], not {v}")
+    n = max(len(scales), len(zps))
+    if n == 1:
+        return scales, zps, 1
+    check(len(shape) > 0, op, "per-axis parameters need a tensor of rank >= 1")
+    axis = norm_axis(op, int_attr(op, attrs, "axis", 1), len(shape), "axis")
+    check(len(scales) in (1, shape[axis]) and len(zps) in (1, shape[axis]), op,
+          f"per-axis scale ({len(scales)}) and zero_point ({len(zps)}) must have "
+          f"{shape[axis]} entries (the size of axis {axis})")
+    c = shape[axis]
+    return (scales * c if len(scales) == 1 else scales), (zps * c if len(zps) == 1 else zps), c
+
+
 def _quantize(op: str, attrs: dict[str, Any], in_specs: list[Spec]) -> tuple[str, str, list[Spec]]:
     quant = op == "Quantize"
-    check_attrs(op, attrs, ("scale", "lo", "hi") if quant else ("scale",))
+    check_attrs(op, attrs, ("scale", "zero_point", "axis", "lo", "hi") if quant
+                else ("scale", "zero_point", "axis"))
     check_inputs(op, in_specs, (1,))
     dt = check_dtype(op, "input", in_specs[0], ("float32",) if quant else ("int8", "int32"))
     shape = in_specs[0][0]
-    scale = float(np.float32(float_attr(op, attrs, "scale", 1.0)))
+    scales, zps, channels = _axis_params(op, attrs, shape)
+    axis = norm_axis(op, int_attr(op, attrs, "axis", 1), len(shape), "axis") \
+        if channels > 1 else 0
+    outer, inner = (size(shape[:axis]), size(shape[axis + 1:])) if channels > 1 \
+        else (1, size(shape))
     kb = KernelBuilder(f"tsr_{op.lower()}_{dt}", 1, 1)
     b = kb.b
+    t_s = kb.table([int(np.float32(v).view(np.int32)) for v in scales], I32)
+    t_z = kb.table(zps, I32)
     if quant:
-        check(np.isfinite(scale) and scale != 0, op, f"scale must be finite and non-zero, "
-                                                     f"not {scale}")
         lo, hi = int_attr(op, attrs, "lo", -128), int_attr(op, attrs, "hi", 127)
         check(-128 <= lo <= hi <= 127, op, f"need -128 <= lo <= hi <= 127, not [{lo}, {hi}]")
+    in_ty, out_ty = (F32, I8) if quant else (DTYPES[dt], F32)
+    if size(shape):
+        with kb.loop(0, outer, name="o") as o, kb.loop(0, channels, name="c") as c:
+            scale = b.bitcast(kb.load(t_s, I32, c), F32)
+            zp = kb.load(t_z, I32, c)
+            base = kb.index([(o, channels * inner), (c, inner)])
+            with kb.loop(0, inner, name="i") as i:
+                idx = b.add(base, i, flags=("nsw",))
+                v = kb.load(kb.ins[0], in_ty, idx)
+                if quant:
+                    r = kb.call1("llvm.roundeven", b.fdiv(v, scale))
+                    r = b.fadd(r, b.sitofp(zp, F32))
+                    q = kb.fmin(kb.fmax(r, kb.fconst(lo)), kb.fconst(hi))
+                    nan = b.fcmp_unordered("uno", r, r)
+                    y = b.select(nan, ir.Constant(I8, 0), b.fptosi(q, I8))
+                else:
+                    w = b.sext(v, I32) if dt == "int8" else v
+                    y = b.fmul(b.sitofp(b.sub(w, zp), F32), scale)
+                kb.store(y, kb.outs[0], out_ty, idx)
+    return kb.finish(), kb.name, [(shape, np.dtype("int8" if quant else "float32"))]
 
-        def fn(vals: Sequence[ir.Value]) -> ir.Value:
-            r = kb.call1("llvm.roundeven", b.fdiv(vals[0], kb.fconst(scale)))
-            q = kb.fmin(kb.fmax(r, kb.fconst(lo)), kb.fconst(hi))
-            nan = b.fcmp_unordered("uno", r, r)
-            return b.select(nan, ir.Constant(I8, 0), b.fptosi(q, I8))
 
-        emit_map(kb, [shape], [F32], shape, I8, fn)
-        return kb.finish(), kb.name, [(shape, np.dtype("int8"))]
-    emit_map(kb, [shape], [DTYPES[dt]], shape, F32,
-             lambda vals: b.fmul(b.sitofp(vals[0], F32), kb.fconst(scale)))
-    return kb.finish(), kb.name, [(shape, np.dtype("float32"))]
+def _recenter(op: str, attrs: dict[str, Any], in_specs: list[Spec]
+              ) -> tuple[str, str, list[Spec]]:
+    """int8 <-> uint8 carrier: ``x + 128`` to uint8, ``x - 128`` to int8 (the top bit flips)."""
+    check_attrs(op, attrs, ("to",))
+    check_inputs(op, in_specs, (1,))
+    to = attrs.get("to")
+    check(to in ("int8", "uint8"), op, f"attribute to must be 'int8' or 'uint8', not {to!r}")
+    src = check_dtype(op, "input", in_specs[0], ("uint8",) if to == "int8" else ("int8",))
+    shape = in_specs[0][0]
+    kb = KernelBuilder(f"tsr_recenter_{src}", 1, 1)
+    b = kb.b
+    with kb.nest((size(shape),)) as (i,):
+        v = kb.load(kb.ins[0], I8, i)
+        kb.store(b.xor(v, ir.Constant(I8, 0x80)), kb.outs[0], I8, i)
+    return kb.finish(), kb.name, [(shape, np.dtype(to))]
 
 
 GENERATORS = {
+    "Recenter": _recenter,
     "Requant": _requant,
     "Dense": _dense,
     "SumPool": _sum_pool,

@@ -139,7 +139,7 @@ def test_cli_compile_run_profile(tmp_path, capsys):
 def test_compiled_accuracy_no_worse_than_onnxruntime_static_int8(seed):
     """Held-out-style CNN (conv/BN/depthwise/residual/concat/avgpool/MLP/softmax, odd channels,
     strides): the compiled model's error on fsim, relative to the input-dependent part of the
-    float output, is within 1.25x of onnxruntime's static int8 quantiser's."""
+    float output, is within 1.0x of onnxruntime's static int8 quantiser's."""
     import onnxruntime as ort
     from test_quant import _ort_int8, _seeded_cnn
 
@@ -155,7 +155,7 @@ def test_compiled_accuracy_no_worse_than_onnxruntime_static_int8(seed):
     ours = np.concatenate([model.run(t)[0] for t in test])
     err_ours, err_theirs = np.linalg.norm(ours - f) / den, np.linalg.norm(theirs - f) / den
     print(f"relative error: compiled {err_ours:.4f}, onnxruntime int8 {err_theirs:.4f}")
-    assert err_ours <= 1.25 * err_theirs
+    assert err_ours <= 1.0 * err_theirs
     assert any(s.kind == "accel" for s in model.plan.steps)
 
 

@@ -132,7 +132,7 @@ CASES: dict[str, list[tuple[list, dict]]] = {
                ([i32(2, 2, 2, 16)], dict(shape=(3, 20)))],
 }
 QUANT_OPS = {"qconv2d", "qdense", "qadd", "requant", "qavgpool", "qglobal_avgpool", "quantize",
-             "dequantize"}  # in test_cpu_kernels_quant.py
+             "dequantize", "recenter"}  # in test_cpu_kernels_quant.py
 
 
 def test_every_ir_op_is_covered():

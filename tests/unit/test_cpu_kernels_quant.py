@@ -184,6 +184,35 @@ def test_quantize_dequantize_kernels(engine):
     np.testing.assert_array_equal(got, q.astype(np.float32) * np.float32(1e-3))
 
 
+def test_zero_points_and_per_axis_parameters(engine):
+    """Quantize/Dequantize with zero points, per tensor and along an axis, equal the reference
+    (ONNX QuantizeLinear/DequantizeLinear semantics)."""
+    rng = np.random.default_rng(15)
+    x = (rng.standard_normal((2, 3, 4)) * 3).astype(np.float32)
+    for attrs in ({"scale": 0.05, "zero_point": -17},
+                  {"scale": [0.05, 0.1, 0.02], "zero_point": [3, -128, 40], "axis": 1},
+                  {"scale": [0.04, 0.03, 0.02, 0.01], "zero_point": 5, "axis": -1}):
+        got, ref = run_node(engine, "quantize", [x], **attrs)
+        np.testing.assert_array_equal(got, ref)
+        back, ref_back = run_node(engine, "dequantize", [got], **attrs)
+        np.testing.assert_array_equal(back, ref_back)
+        assert np.abs(back - x).max() > 0  # something was rounded or clipped
+    want = np.clip(np.rint(x / np.float32(0.05)) - 17, -128, 127)
+    np.testing.assert_array_equal(run_node(engine, "quantize", [x], scale=0.05,
+                                           zero_point=-17)[0], want)
+    with pytest.raises(CompileError, match="per-axis scale"):
+        run_node(engine, "quantize", [x], scale=[0.1, 0.2], axis=1)
+
+
+def test_recenter_flips_between_uint8_and_int8(engine):
+    u = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    got, ref = run_node(engine, "recenter", [u], to="int8")
+    np.testing.assert_array_equal(got, (u.astype(np.int16) - 128).astype(np.int8))
+    np.testing.assert_array_equal(got, ref)
+    back, _ = run_node(engine, "recenter", [got], to="uint8")
+    np.testing.assert_array_equal(back, u)
+
+
 # -- quantised IR ops through make_cpu_op ----------------------------------------------------
 
 

