@@ -62,9 +62,12 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     model = tcompile(args.model, config=args.config,
                      calibration=calibration,
                      input_shapes=_input_shapes(args.input_shape), dump_ir=args.dump_ir,
-                     double_buffer=not args.no_double_buffer, tune=args.tune)
+                     double_buffer=not args.no_double_buffer,
+                     calibration_method=args.calibration_method,
+                     activations=args.activations, keep_float=args.keep_float or (),
+                     tune=args.tune)
     model.save(args.output)
-    if model.meta.get("calibration", "given") != "given":
+    if model.meta.get("calibration", "given").startswith("random"):
         print(f"warning: no --calibration given; calibrated on {model.meta['calibration']}",
               file=sys.stderr)
     print(f"compiled {args.model} in {time.perf_counter() - t0:.2f} s: {model.summary()}")
@@ -84,6 +87,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tune", type=int, nargs="?", const=8, default=0, metavar="N",
                    help="search tilings more widely and rank the N best (default 8) per layer "
                         "with the cycle model of the RTL")
+    p.add_argument("--calibration-method", default="mse",
+                   choices=("mse", "entropy", "percentile", "minmax"))
+    p.add_argument("--activations", default="auto", choices=("auto", "symmetric", "asymmetric"))
+    p.add_argument("--keep-float", action="append", metavar="NODE",
+                   help="keep this node float inside the int8 model (repeatable)")
     p.set_defaults(func=_cmd_compile)
     p = sub.add_parser("demo", help="compile a bundled model, run it on fsim and the RTL, "
                                     "compare with onnxruntime, print a per-layer table")

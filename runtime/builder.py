@@ -115,6 +115,10 @@ def relocate(code: bytes, cfg: Config, uop_pcs: list[int], uop_addr: int,
             byte = int(base[pc]) * eb
             for vbase, (size, real) in regions.items():
                 if vbase <= byte < vbase + size:
+                    if (real - vbase) % eb:
+                        raise ProgramError(
+                            f"instruction {pc}: region {vbase:#x} moved to {real:#x} is not "
+                            f"aligned to its {eb}-byte {MemType(int(mt[pc])).name} elements")
                     new[pc] = (byte - vbase + real) // eb
                     break
             else:
@@ -403,7 +407,7 @@ class CommandBuilder:
         """Run ``kernel`` as one ALU instruction: ``acc[dst] = op(acc[dst], imm or acc[src])``.
 
         ``deferred`` [ext] lets the compute module run it concurrently with the GEMMs that
-        follow, up to the next fence (spec-notes 15): the caller guarantees that those GEMMs
+        follow, up to the next fence (spec-notes 16): the caller guarantees that those GEMMs
         touch no accumulator row it reads or writes, and none in its destination rows' half."""
         if not isinstance(kernel, MicroKernel):
             raise ProgramError(f"alu needs a MicroKernel, not {type(kernel).__name__}")
@@ -427,11 +431,20 @@ class CommandBuilder:
 
     def fence(self) -> int:
         """A compute instruction before which every deferred ALU instruction has completed (an
-        empty, non-deferred ALU instruction; spec-notes 15)."""
+        empty, non-deferred ALU instruction; spec-notes 16)."""
         return self._append(AluInsn(uop_bgn=0, uop_end=0))
 
     def _run_kernel(self, insn: GemmInsn | AluInsn, kernel: MicroKernel) -> int:
-        """Check that ``insn`` encodes, load its kernel if not resident, then append it."""
+        """Check that ``insn`` encodes, load its kernel if not resident, then append it.
+
+        The factors of a loop level with one iteration never take effect, so they are
+        encoded as 0: a factor that is only ever multiplied by 0 may exceed its field (e.g. a
+        stride as large as the whole buffer) on a small config."""
+        unused = [f"{o}_factor_{lvl}" for lvl in ("out", "in")
+                  if getattr(insn, f"iter_{lvl}") == 1 for o in ("dst", "src", "wgt")
+                  if hasattr(insn, f"{o}_factor_{lvl}")]
+        if unused:
+            insn = _with(insn, **dict.fromkeys(unused, 0))
         try:
             encode(insn, self.cfg)
         except IsaError as exc:

@@ -1,4 +1,4 @@
-"""Deferred ALU instructions in the functional simulator (spec-notes 15).
+"""Deferred ALU instructions in the functional simulator (spec-notes 16).
 
 The compute module may run an ALU instruction with the [ext] ``deferred`` bit concurrently with
 the GEMM instructions that follow it, until the next instruction that drains its ALU engine:
@@ -50,12 +50,12 @@ class Deferred:
                 raise SimError(
                     f"race on the accumulator rows [{int(clash.min())}:{int(clash.max()) + 1}]: "
                     f"instruction {pc} (GEMM) may run while the deferred ALU instruction {apc} "
-                    f"still reads or writes them (no drain point between them; spec-notes 15)")
+                    f"still reads or writes them (no drain point between them; spec-notes 16)")
             if halves & ahalves:
                 raise SimError(
                     f"race on accumulator half {min(halves & ahalves)}: instruction {pc} (GEMM) "
                     f"writes it while the deferred ALU instruction {apc} may still write it "
-                    f"(they would share the bank's ports; spec-notes 15)")
+                    f"(they would share the bank's ports; spec-notes 16)")
 
     def alu(self, pc: int, dst: np.ndarray, src: np.ndarray | None) -> None:
         """Record deferred ALU ``pc`` with its destination (and source) rows (sorted,

@@ -12,7 +12,7 @@ run concurrently. Tokens make it well synchronised by construction:
 Within that frame everything is random: load shapes, strides and padding, micro-op kernels with
 repeated destinations (back-to-back hazards), GEMM with and without reset, every ALU opcode with
 immediates and accumulator sources (negative and large shifts, wrapping products), deferred ALU
-instructions (spec-notes 15; every GEMM's micro-op LOAD drains them, so they never race), ACC and
+instructions (spec-notes 16; every GEMM's micro-op LOAD drains them, so they never race), ACC and
 ACC_8BIT loads (some reading what a store two rounds earlier wrote, ordered by the S2C token),
 and sync-only instructions.
 
@@ -377,7 +377,7 @@ def build_program(cfg: Config, segments: list[Segment], insns_of) -> Program:
 
 def overlap_program(cfg: Config, gemm_rows: int, deferred: bool = True, fence: bool = False,
                     steps: int = 50) -> Program:
-    """A deferred ALU instruction followed by a GEMM (spec-notes 15), for the ALU engine's tests.
+    """A deferred ALU instruction followed by a GEMM (spec-notes 16), for the ALU engine's tests.
 
     The ALU adds 5 ``steps`` times to accumulator rows 0..7 (half 0); the GEMM accumulates
     ``steps`` products into rows ``gemm_rows .. gemm_rows+7`` (rows in half 1 overlap legally;

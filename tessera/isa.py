@@ -182,7 +182,7 @@ def layout(cfg: Config) -> Layout:
                   ("y_pad_1", 4), ("x_pad_0", 4), ("x_pad_1", 4)], 64, 128)
     loops = [("uop_bgn", du), ("uop_end", du + 1), ("iter_out", ITER_BITS),
              ("iter_in", ITER_BITS)]
-    # bit 7: GEMM reset; ALU [ext] deferred (spec-notes 15; VTA's ALU ignored this bit)
+    # bit 7: GEMM reset; ALU [ext] deferred (spec-notes 16; VTA's ALU ignored this bit)
     gemm = _pack(HEADER + [("reset", 1)] + loops, 0, 64) + _pack(
         [("dst_factor_out", da), ("dst_factor_in", da), ("src_factor_out", di),
          ("src_factor_in", di), ("wgt_factor_out", dw), ("wgt_factor_in", dw)], 64, 128)
@@ -244,7 +244,7 @@ class GemmInsn(_Header):
 @dataclass(frozen=True)
 class AluInsn(_Header):
     """ALU over the accumulator (SPEC §3.3, §4). ``deferred`` [ext]: the compute module may run
-    it concurrently with its following GEMMs (spec-notes 15)."""
+    it concurrently with its following GEMMs (spec-notes 16)."""
 
     opcode: int = Opcode.ALU
     deferred: int = 0

@@ -1,4 +1,4 @@
-"""The compute module's ALU engine (spec-notes 15) on the RTL: a deferred ALU overlaps the GEMM
+"""The compute module's ALU engine (spec-notes 16) on the RTL: a deferred ALU overlaps the GEMM
 after it, with the sequential result, and the cycle model predicts the RTL exactly."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Deferred ALU instructions (spec-notes 15) on the functional simulator: GEMMs may overlap them
+"""Deferred ALU instructions (spec-notes 16) on the functional simulator: GEMMs may overlap them
 only on other rows of the other accumulator half; anything else is a race."""
 
 from __future__ import annotations
