@@ -8,7 +8,7 @@ The whole compiler is one flat pipeline, run once; ``dump_ir`` prints the IR aft
         *GRAPH_PASSES,          # fold_constants remove_identity fuse_elementwise
                                 # fold_batchnorm fold_affine fuse_activation fuse_residual dce
         quantize,               # calibrated int8 with accelerator epilogues (not for float)
-        *lowering_passes(cfg),  # fold_narrow_input partition assign_layouts plan_memory
+        *lowering_passes(cfg),  # fold_narrow_input partition assign_layouts group_siblings plan_memory
     ])
     plan = build_plan(graph, cfg)                   # accelerator streams + CPU kernel calls
 """

@@ -63,9 +63,9 @@ MAX_DIM = 1 << 31
 _NAME = re.compile(r"[^\x00-\x20\x7f\"'`\\]+")
 SLOT_DTYPES = ("int8", "uint8", "int16", "int32", "int64", "uint32", "float32", "float64",
                "bool")
-# An accelerator step's info "tile": [tn, to, th, tw (0: the full width), kc, tkh (0: the whole
-# kernel), accumulator regions] -> the lowest value of each entry.
-TILE_FIELDS = {"tn": 1, "to": 1, "th": 1, "tw": 0, "kc": 1, "tkh": 0, "regions": 2}
+# An accelerator step's info "tile": [tn, to, th, tw (0: the full width), kc, tkh, tkw (0: the
+# whole kernel), accumulator regions] -> the lowest value of each entry.
+TILE_FIELDS = {"tn": 1, "to": 1, "th": 1, "tw": 0, "kc": 1, "tkh": 0, "tkw": 0, "regions": 2}
 
 
 def check_name(v: Any) -> str | None:
@@ -163,7 +163,11 @@ def _info(c: _Checker, info: Any, where: str, accel: bool) -> dict:
     ints = ({"macs", "gemm_steps", "insns", "est_cycles", "loads_skipped", "epilogue_steps"}
             if accel else {"macs"})
     keys = ints | {"op"} | ({"tile", "double_buffer", "counts"} if accel else set())
-    info = c.obj(info, where, keys)
+    info = c.obj(info, where, keys, frozenset({"members"}) if accel else frozenset())
+    if "members" in info:  # the sibling layers of a grouped step
+        members = c.list_(info["members"], f"{where}.members", MAX_STEP_SLOTS)
+        for j, v in enumerate(members):
+            c.str_(v, f"{where}.members[{j}]", MAX_NAME)
     c.str_(info["op"], f"{where}.op", 64)
     for k in ints:
         c.int_(info[k], f"{where}.{k}", 0)
@@ -419,8 +423,8 @@ def _check_wiring(c: _Checker, plan: Plan) -> None:
             for j, (s, spec) in enumerate(zip(step.outputs, op.out_specs, strict=True)):
                 _same_size(c, f"{where}.outputs[{j}]", slots[s], spec)
         else:
-            if len(step.outputs) != 1 or slots[step.outputs[0]].layout != "blocked":
-                raise c.fail(f"{where}.outputs", "an accelerator step writes one blocked slot")
+            if any(slots[s].layout != "blocked" for s in step.outputs):
+                raise c.fail(f"{where}.outputs", "an accelerator step writes blocked slots")
             _check_code(c, where, plan.config, step, slots)
     for kind, names in (("inputs", plan.inputs), ("outputs", plan.outputs)):
         for g, s in names.items():

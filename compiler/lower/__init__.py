@@ -2,8 +2,9 @@
 
 The passes (each ``apply(graph) -> (graph, changed)``, in the compiler's one pipeline):
 ``fold_narrow_input`` (:mod:`.narrow`), ``partition`` (:mod:`.partition`), ``assign_layouts``
-(:mod:`.layout`), ``plan_memory`` (:mod:`.memory`). :func:`build_plan` (:mod:`.build`) then
-turns each node into a step.
+(:mod:`.layout`), ``group_siblings`` (:mod:`.siblings`), ``plan_memory`` (:mod:`.memory`).
+:func:`build_plan` (:mod:`.build`) then turns each node (or group of sibling nodes) into a
+step.
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ from tessera.compiler.lower.partition import (
     partition,
     partition_report,
 )
+from tessera.compiler.lower.siblings import group_siblings
 from tessera.compiler.passes.pipeline import Pass
 from tessera.config import Config
 
 __all__ = ["lowering_passes", "build_plan", "check_config", "assign_layouts", "plan_memory",
-           "fold_narrow_input", "partition", "partition_report", "accel_capable", "HostModel"]
+           "fold_narrow_input", "group_siblings", "partition", "partition_report", "accel_capable",
+           "HostModel"]
 
 
 def lowering_passes(cfg: Config, host: HostModel | None = None) -> list[Pass]:
@@ -34,4 +37,4 @@ def lowering_passes(cfg: Config, host: HostModel | None = None) -> list[Pass]:
     part = partial(partition, cfg=cfg, host=host or HOST)
     part.__name__ = "partition"
     return [Pass(fn.__name__, fn if fn is part else partial(fn, cfg=cfg))
-            for fn in (fold_narrow_input, part, assign_layouts, plan_memory)]
+            for fn in (fold_narrow_input, part, assign_layouts, group_siblings, plan_memory)]

@@ -33,12 +33,18 @@ from tessera.runtime.accel import (
     lower_epilogue,
     plan_conv2d,
 )
+from tessera.runtime.accel.group import Member, emit_conv2d_group, plan_group
 from tessera.runtime.accel.tiling import tune_conv2d
 from tessera.runtime.builder import CommandBuilder
 from tessera.runtime.layout import ceil_div
 from tessera.runtime.plan import REGION_BASES, REGION_LIMIT, AccelStep, CpuStep, Plan, Slot
 
 __all__ = ["build_plan", "cpu_macs", "param_align", "check_config"]
+
+
+# the attainment floor of issue 9: a group is kept when it lifts a member above it
+FLOOR = 0.85
+_NO_ADDRS = LayerAddrs(0, 0, 0)
 
 
 def param_align(cfg: Config) -> int:
@@ -50,12 +56,14 @@ def param_align(cfg: Config) -> int:
 def check_config(cfg: Config) -> None:
     """Raise :class:`ConfigError` when ``cfg`` cannot run even the smallest accelerator layer
     (a 1x1 convolution of one channel block at one pixel, with bias): its buffers are too small
-    for any tile the accelerator kernel library can emit, so no model would compile. A layer
-    that is merely too large for a config fails later, naming the layer."""
-    shape = ConvShape.make((1, 1, 1, 1), (1, 1, 1, 1))
+    for any tile the accelerator kernel library can emit, so no model would compile. On a
+    config that passes, every layer is tiled to fit; one whose epilogue needs more constant
+    rows than the accumulator holds fails in the partition, naming the layer."""
+    o = cfg.block_out  # one output block with a per-channel bias (one constant row)
+    shape = ConvShape.make((1, 1, 1, 1), (o, 1, 1, 1))
     try:
         plan_conv2d(cfg, ConvGeom.of(cfg, shape),
-                    lower_epilogue(Epilogue(), np.ones(1, np.int64), 1))
+                    lower_epilogue(Epilogue(), np.arange(o, dtype=np.int64), o))
     except ProgramError as exc:
         raise ConfigError(f"config {cfg.summary()} cannot run even the smallest accelerator "
                           f"layer (a 1x1 convolution of one channel block): {exc}") from None
@@ -114,7 +122,8 @@ class _Builder:
         op = make_cpu_op(n, [g.tensors[i] if i else None for i in n.inputs])
         return CpuStep(n.name, op, ins, list(n.outputs), {"op": n.op, "macs": cpu_macs(g, n)})
 
-    def accel(self, n: Node) -> AccelStep:
+    def _layer(self, n: Node):
+        """(shape, params, residual tensor) of accelerator node ``n``."""
         g, cfg = self.g, self.cfg
         a = n.attrs
         epi = a["epilogue"]
@@ -131,31 +140,83 @@ class _Builder:
             m, k = x_shape
             shape = dense_shape(m, k, wt.shape[0])
             params = dense_params(cfg, wt, bias, epi)
+        return shape, params, res
+
+    def _place(self, n: Node, shape, params, res) -> tuple[LayerAddrs, list[str]]:
+        addr = {key: self.param(f"{n.name}:{key}", arr) for key, arr in params.arrays.items()}
+        x, y = n.inputs[0], n.outputs[0]
+        addrs = LayerAddrs(self.arena(x), addr["w"], self.arena(y), addr.get("consts"),
+                           self.arena(res) if res else None)
+        return addrs, ([res] if res else []) + [f"{n.name}:{key}" for key in params.arrays]
+
+    def _step(self, name: str, op: str, inputs: list[str], outputs: list[str], b, stats,
+              tiles, macs: int, epilogue_steps: int, est_cycles: int,
+              members: list[str] | None = None) -> AccelStep:
+        cfg = self.cfg
+        prog = b.finish()
+        code = prog.to_bytes(0)
+        info = {"op": op, "macs": int(macs),
+                "gemm_steps": stats.hw_macs // cfg.macs_per_gemm_step,
+                "insns": len(prog.insns),
+                "tile": [tiles.tn, tiles.to, tiles.th, tiles.tw or 0, tiles.kc, tiles.tkh or 0,
+                         tiles.tkw or 0, tiles.regions],
+                "double_buffer": tiles.double_buffer, "est_cycles": int(est_cycles),
+                "epilogue_steps": epilogue_steps, "counts": dict(prog.counts()),
+                "loads_skipped": stats.pipeline["loads_skipped"]}
+        if members:
+            info["members"] = members
+        return AccelStep(name, op, inputs, outputs, code, prog.uop_words,
+                         list(prog.uop_load_pcs), info)
+
+    def accel(self, n: Node) -> AccelStep:
+        cfg = self.cfg
+        shape, params, res = self._layer(n)
         if self.tune:
             tiles = tune_conv2d(cfg, shape, params.program, double_buffer=self.double_buffer,
                                 top=self.tune)
         else:
             tiles = plan_conv2d(cfg, ConvGeom.of(cfg, shape), params.program,
                                 double_buffer=self.double_buffer)
-        addr = {key: self.param(f"{n.name}:{key}", arr) for key, arr in params.arrays.items()}
-        x, y = n.inputs[0], n.outputs[0]
-        addrs = LayerAddrs(self.arena(x), addr["w"], self.arena(y), addr.get("consts"),
-                           self.arena(res) if res else None)
+        addrs, ins = self._place(n, shape, params, res)
         b = CommandBuilder(cfg)
         stats = emit_conv2d(b, shape, addrs, params.program, tiles=tiles)
-        prog = b.finish()
-        code = prog.to_bytes(0)
-        inputs = [x] + ([res] if res else []) + [f"{n.name}:{key}" for key in params.arrays]
-        info = {"op": n.op, "macs": int(shape.macs),
-                "gemm_steps": stats.hw_macs // cfg.macs_per_gemm_step,
-                "insns": len(prog.insns),
-                "tile": [tiles.tn, tiles.to, tiles.th, tiles.tw or 0, tiles.kc, tiles.tkh or 0,
-                         tiles.regions],
-                "double_buffer": tiles.double_buffer, "est_cycles": tiles.est_cycles,
-                "epilogue_steps": len(params.program.steps), "counts": dict(prog.counts()),
-                "loads_skipped": stats.pipeline["loads_skipped"]}
-        return AccelStep(n.name, n.op, inputs, [y], code, prog.uop_words,
-                         list(prog.uop_load_pcs), info)
+        return self._step(n.name, n.op, [n.inputs[0]] + ins, [n.outputs[0]], b, stats, tiles,
+                          shape.macs, len(params.program.steps), tiles.est_cycles)
+
+    def accel_group(self, nodes: list[Node]) -> AccelStep | None:
+        """One step for sibling convolutions (``group_siblings``), or None when they do not
+        share a stream well (no tiles fit together, or the group is not faster than the
+        layers apart by the cost model)."""
+        cfg = self.cfg
+        if not self.double_buffer:
+            return None
+        layers = [self._layer(n) for n in nodes]
+        members = [Member(shape, _NO_ADDRS, params.program, None)
+                   for shape, params, _ in layers]
+        planned = plan_group(cfg, members)
+        if planned is None:
+            return None
+        tiles, cycles = planned
+        geoms = [ConvGeom.of(cfg, shape) for shape, _, _ in layers]
+        alone = [plan_conv2d(cfg, g, params.program).est_cycles
+                 for g, (_, params, _) in zip(geoms, layers)]
+        # GEMM-bound attainment: the members apart (the worst of them) and together
+        worst = min(g.gemm_steps() / c for g, c in zip(geoms, alone))
+        together = sum(g.gemm_steps() for g in geoms) / cycles
+        if cycles >= sum(alone) and not worst < FLOOR <= together:
+            return None
+        inputs, placed = [nodes[0].inputs[0]], []
+        for n, (shape, params, res), t in zip(nodes, layers, tiles):
+            addrs, ins = self._place(n, shape, params, res)
+            inputs += ins
+            placed.append(Member(shape, addrs, params.program, t))
+        b = CommandBuilder(cfg)
+        stats = emit_conv2d_group(b, placed)
+        return self._step("+".join(n.name for n in nodes), nodes[0].op, inputs,
+                          [n.outputs[0] for n in nodes], b, stats, tiles[0],
+                          sum(shape.macs for shape, _, _ in layers),
+                          sum(len(params.program.steps) for _, params, _ in layers), cycles,
+                          [n.name for n in nodes])
 
 
 def build_plan(g: Graph, cfg: Config, double_buffer: bool = True, tune: int = 0) -> Plan:
@@ -168,9 +229,20 @@ def build_plan(g: Graph, cfg: Config, double_buffer: bool = True, tune: int = 0)
         raise CompileError(f"tune must be a non-negative integer, not {tune!r}")
     b = _Builder(g, cfg, double_buffer, tune)
     steps: list[AccelStep | CpuStep] = []
+    by_name = {n.name: n for n in g.nodes}
+    done: set[str] = set()
     for n in g.nodes:
+        if n.name in done:
+            continue
         try:
-            steps.append(b.accel(n) if n.attrs["target"] == "accel" else b.cpu(n))
+            step = None
+            if n.attrs["target"] == "accel" and "group" in n.attrs:
+                step = b.accel_group([n, by_name[n.attrs["group"]]])
+                if step is not None:
+                    done.add(n.attrs["group"])
+            if step is None:
+                step = b.accel(n) if n.attrs["target"] == "accel" else b.cpu(n)
+            steps.append(step)
         except ProgramError as exc:
             raise CompileError(f"node {n.name!r} ({n.op}): {exc}") from None
     if b.params_size > REGION_LIMIT:

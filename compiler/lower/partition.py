@@ -1,11 +1,15 @@
 """The ``partition`` pass: which nodes run on the accelerator, which on the CPU.
 
 Accelerator: ``qconv2d`` with ``groups == 1`` or depthwise (any stride, dilation and
-asymmetric padding the LOAD padding fields can hold) and constant weights and bias, and
-``qdense`` with constant weights and bias, when at least the smallest tile fits the
-accelerator's buffers (the kernel library then tiles it along whatever it needs); a depthwise
-convolution goes to the accelerator when that is faster than the host including moving its
-tensors (:class:`HostModel`). Everything else runs on the CPU. The pass records the decision on
+asymmetric padding) and constant weights and bias, and ``qdense`` with constant weights and
+bias, when at least the smallest tile (one output pixel of one channel block over one kernel
+tap) fits the accelerator's buffers: the kernel library then tiles it along whatever it needs
+(batch, output channels, rows, columns, input channels, kernel rows and columns), so no layer
+is too big for a config that can run a 1x1 convolution (``check_config``); on a config too
+small for even that tile the pass raises a :class:`CompileError` naming the node (a layer is
+never sent to the CPU for its size). A depthwise convolution goes to the accelerator when that
+is faster than the host including moving its tensors (:class:`HostModel`). Everything else runs
+on the CPU. The pass records the decision on
 every node as ``attrs["target"]`` (``"accel"`` or ``"cpu"``) and, for a CPU node that is an
 accelerator op, why (``attrs["cpu_reason"]``).
 """
@@ -17,7 +21,6 @@ from dataclasses import dataclass
 from tessera.compiler.ir import Graph, Node
 from tessera.config import Config
 from tessera.errors import CompileError, ProgramError
-from tessera.isa import layout
 from tessera.runtime.accel import (
     ConvGeom,
     ConvShape,
@@ -46,14 +49,12 @@ def accel_capable(g: Graph, n: Node, cfg: Config) -> str | None:
         c, o = g.tensors[n.inputs[0]].shape[1], g.constants[n.inputs[1]].shape[0]
         if groups != 1 and not (groups == c == o):
             return f"grouped convolution ({groups} groups of {c // groups} channels)"
-        top = layout(cfg).limits.max_pad
-        if max(n.attrs.get("pads", (0, 0, 0, 0))) > top:
-            return f"padding above {top}"
-    return _no_tiling(g, n, cfg)
+    return None
 
 
 def _no_tiling(g: Graph, n: Node, cfg: Config) -> str | None:
-    """Why not even the smallest tile of ``n`` fits the accelerator (None: one does)."""
+    """Why not even the smallest tile of an accelerator-capable ``n`` fits the accelerator
+    (None: one does, and the kernel library tiles the layer along whatever it needs)."""
     w = g.constants[n.inputs[1]]
     x = g.tensors[n.inputs[0]].shape
     bias = g.constants[n.input(2)] if n.input(2) else None
@@ -69,8 +70,11 @@ def _no_tiling(g: Graph, n: Node, cfg: Config) -> str | None:
         prog = lower_epilogue(n.attrs["epilogue"], bias, int(w.shape[0]))
     except ProgramError as exc:
         return str(exc)
-    why = fits(cfg, geom, ConvTiles(1, 1, 1, False, 1, 1, 1), prog)
-    return None if why is None else f"no tiling fits the accelerator ({why})"
+    why = fits(cfg, geom, ConvTiles(1, 1, 1, False, 1, 1, 1, tkw=1), prog)
+    if why is None:
+        return None
+    return (f"no conv2d tiling fits {cfg.summary()}: even a 1x1x1 tile over one kernel tap "
+            f"fails ({why})")
 
 
 @dataclass(frozen=True)
@@ -123,6 +127,9 @@ def partition(g: Graph, cfg: Config, host: HostModel = HOST) -> tuple[Graph, boo
     for n in g.nodes:
         why = accel_capable(g, n, cfg)
         if why is None:
+            too_big = _no_tiling(g, n, cfg)
+            if too_big is not None:
+                raise CompileError(f"node {n.name!r} ({n.op}): {too_big}")
             why = _cheaper_on_cpu(g, n, cfg, host)
         if why is None:
             nodes.append(n.with_attrs(target="accel"))

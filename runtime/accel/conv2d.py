@@ -7,7 +7,8 @@ weights ``O I KH KW`` packed ``(O/BLOCK_OUT, I/BLOCK_IN, KH, KW, BLOCK_OUT, BLOC
 
 An output tile is ``tn`` batch groups x ``to`` output-channel blocks x ``th`` output rows x
 ``tw`` output columns; its accumulator rows are ordered (batch group, block, row, column). The
-reduction is cut into stages of ``kc`` input-channel blocks and ``tkh`` kernel rows: a stage
+reduction is cut into stages of ``kc`` input-channel blocks, ``tkh`` kernel rows and ``tkw``
+kernel columns (a kernel too wide for one input window is split along its columns): a stage
 loads, per batch group and input-channel block, the padded input window the tile needs (the
 zero border comes from the LOAD padding fields; a strided 1x1 convolution loads only the pixels
 it reads), loads the weight chunk unless it is still resident, and runs its GEMM as a loop nest
@@ -198,13 +199,6 @@ class ConvGeom:
     @classmethod
     def of(cls, cfg: Config, s: ConvShape) -> ConvGeom:
         lim = layout(cfg).limits
-        for name in ("pt", "pl", "pb", "pr"):
-            if getattr(s, name) > lim.max_pad:
-                raise ProgramError(f"conv2d padding {name} must be in [0, {lim.max_pad}] (the "
-                                   f"LOAD padding fields), not {getattr(s, name)}")
-        if s.w > lim.max_x_stride:
-            raise ProgramError(f"conv2d input width must be at most {lim.max_x_stride} (the "
-                               f"LOAD stride field), not {s.w}")
         if s.groups > 1 and not (s.depthwise and cfg.block_in == cfg.block_out):
             raise ProgramError(f"conv2d with {s.groups} groups of {s.c // s.groups} input and "
                                f"{s.o // s.groups} output channels: only depthwise convolutions "
@@ -228,9 +222,10 @@ class ConvGeom:
         return (self.kh == self.kw == 1 and self.sh > 1 and self.row_stride_ok
                 and self.pt == self.pl == self.pb == self.pr == 0)
 
-    def in_width(self, tw: int) -> int:
-        """Input columns a stage holds for ``tw`` output columns."""
-        return (tw - 1) * self.sw + (self.kw - 1) * self.dw + 1
+    def in_width(self, tw: int, tkw: int | None = None) -> int:
+        """Input columns a stage holds for ``tw`` output columns and ``tkw`` kernel columns
+        (default: all of them)."""
+        return (tw - 1) * self.sw + ((tkw or self.kw) - 1) * self.dw + 1
 
     def in_rows(self, th: int, tkh: int) -> int:
         """Input rows a stage holds for ``th`` output rows and ``tkh`` kernel rows."""
@@ -251,8 +246,9 @@ class ConvGeom:
 class ConvTiles:
     """A tile shape: ``tn`` batch groups x ``to`` output-channel blocks x ``th`` output rows x
     ``tw`` output columns (``None``: the full width) per tile; stages of ``kc`` input-channel
-    blocks x ``tkh`` kernel rows (``None``: the whole kernel); ``regions``: accumulator tile
-    regions with double buffering (2 or 4). ``est_cycles``: the cost model's estimate."""
+    blocks x ``tkh`` kernel rows x ``tkw`` kernel columns (``None``: the whole kernel);
+    ``regions``: accumulator tile regions with double buffering (2 or 4). ``est_cycles``: the
+    cost model's estimate."""
 
     to: int
     th: int
@@ -263,11 +259,13 @@ class ConvTiles:
     tn: int = 1
     regions: int = 2
     est_cycles: int = 0
+    tkw: int | None = None
 
     def resolved(self, g: ConvGeom) -> ConvTiles:
-        t = replace(self, tw=self.tw or g.ow, tkh=self.tkh or g.kh)
+        t = replace(self, tw=self.tw or g.ow, tkh=self.tkh or g.kh, tkw=self.tkw or g.kw)
         for name, v, top in (("to", t.to, g.ob), ("th", t.th, g.oh), ("kc", t.kc, g.rb),
-                             ("tw", t.tw, g.ow), ("tkh", t.tkh, g.kh), ("tn", t.tn, g.n)):
+                             ("tw", t.tw, g.ow), ("tkh", t.tkh, g.kh), ("tkw", t.tkw, g.kw),
+                             ("tn", t.tn, g.n)):
             if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= top:
                 raise ProgramError(f"conv2d tile {name} must be an integer in [1, {top}], not "
                                    f"{v!r}")
@@ -304,10 +302,15 @@ def fits(cfg: Config, g: ConvGeom, t: ConvTiles, prog: DeviceEpilogue) -> str | 
     inp, wgt = thread_caps(cfg, threads)
     lim = layout(cfg).limits
     blocks = t.to if g.diagonal else t.kc  # input blocks a stage holds per batch group
-    if t.tn * blocks * g.in_rows(t.th, t.tkh) * g.in_width(t.tw) > inp:
+    ih, iw = g.in_rows(t.th, t.tkh), g.in_width(t.tw, t.tkw)
+    if t.tn * blocks * ih * iw > inp:
         return "input window exceeds the input buffer"
-    if t.to * t.kc * t.tkh * g.kw > wgt:
+    if t.to * t.kc * t.tkh * t.tkw > wgt:
         return "weight chunk exceeds the weight buffer"
+    # a stage's LOAD pads at most the padding, and less than its window (else it is dropped)
+    if max(min(g.pt, ih - 1), min(g.pb, ih - 1), min(g.pl, iw - 1),
+           min(g.pr, iw - 1)) > lim.max_pad:
+        return "input window padding exceeds the LOAD padding fields"
     crow = const_rows(prog, const_blocks(cfg, g, prog, t.to))
     regions = t.regions if t.double_buffer else 1
     if crow >= cfg.acc_depth // max(regions, 2):
@@ -317,8 +320,10 @@ def fits(cfg: Config, g: ConvGeom, t: ConvTiles, prog: DeviceEpilogue) -> str | 
         return "tile exceeds the accumulator"
     if t.th * t.tw > lim.max_iter or t.tn * t.to > lim.max_iter:
         return "tile exceeds the loop fields"
-    if g.in_width(t.tw) > lim.max_x_size or t.kc * t.tkh * g.kw > lim.max_x_size:
+    if iw > lim.max_x_size or t.kc * t.tkh * t.tkw > lim.max_x_size:
         return "tile rows exceed the LOAD x_size field"
+    if (ih > 1 and g.w > lim.max_x_stride) or (t.th > 1 and g.ow > lim.max_x_stride):
+        return "rows wider than the LOAD/STORE stride field (one row per tile then)"
     if t.tkh < g.kh and g.rb * g.kh * g.kw > lim.max_x_stride:
         return "weight rows exceed the LOAD stride field"
     return None
@@ -336,27 +341,27 @@ class _Bases:
     res: int
 
 
-def _dims(g: ConvGeom, tn: int, to: int, th: int, tw: int, kc: int, tkh: int
+def _dims(g: ConvGeom, tn: int, to: int, th: int, tw: int, kc: int, tkh: int, tkw: int
           ) -> tuple[tuple[int, int, int, int], ...]:
     """The stage's loop nest: (extent, dst, src, wgt factors) per dimension."""
-    ih, iw = g.in_rows(th, tkh), g.in_width(tw)
+    ih, iw = g.in_rows(th, tkh), g.in_width(tw, tkw)
     plane = ih * iw
     sh, sw = (1 if g.subsampled else g.sh), g.sw
     if g.diagonal:  # output block o reads input block o (its own plane in the stage)
         return ((tn, to * th * tw, to * plane, 0),
-                (to, th * tw, plane, tkh * g.kw),
+                (to, th * tw, plane, tkh * tkw),
                 (1, 0, 0, 0),
                 (th, tw, sh * iw, 0),
                 (tw, 1, sw, 0),
-                (tkh, 0, g.dh * iw, g.kw),
-                (g.kw, 0, g.dw, 1))
+                (tkh, 0, g.dh * iw, tkw),
+                (tkw, 0, g.dw, 1))
     return ((tn, to * th * tw, kc * plane, 0),
-            (to, th * tw, 0, kc * tkh * g.kw),
-            (kc, 0, plane, tkh * g.kw),
+            (to, th * tw, 0, kc * tkh * tkw),
+            (kc, 0, plane, tkh * tkw),
             (th, tw, sh * iw, 0),
             (tw, 1, sw, 0),
-            (tkh, 0, g.dh * iw, g.kw),
-            (g.kw, 0, g.dw, 1))
+            (tkh, 0, g.dh * iw, tkw),
+            (tkw, 0, g.dw, 1))
 
 
 def _stage_kernels(dims, parts: int, ib: int, wb: int, ab: int):
@@ -364,18 +369,20 @@ def _stage_kernels(dims, parts: int, ib: int, wb: int, ab: int):
 
 
 def _input_loads(cfg: Config, g: ConvGeom, e: _Bases, n0: int, tn: int, y0: int, th: int,
-                 x0: int, tw: int, c0: int, kc: int, k0: int, tkh: int) -> list[Load] | None:
+                 x0: int, tw: int, c0: int, kc: int, k0: int, tkh: int, k1: int, tkw: int
+                 ) -> list[Load] | None:
     """The stage's input loads of input blocks ``[c0, c0 + kc)`` (the tile's output blocks when
-    depthwise; None when its window is padding only)."""
+    depthwise) for kernel rows from ``k0`` and columns from ``k1`` (None when its window is
+    padding only)."""
     lim = layout(cfg).limits
-    ih, iw = g.in_rows(th, tkh), g.in_width(tw)
+    ih, iw = g.in_rows(th, tkh), g.in_width(tw, tkw)
     plane = ih * iw
     if g.subsampled:
         return [Load(MemType.INP, (n * kc + c) * plane,
                      e.x + (((n0 + n) * g.cb + c0 + c) * g.h + y0 * g.sh) * g.w + x0 * g.sw,
                      th, iw, g.sh * g.w)
                 for n in range(tn) for c in range(kc)]
-    r0, q0 = y0 * g.sh - g.pt + k0 * g.dh, x0 * g.sw - g.pl
+    r0, q0 = y0 * g.sh - g.pt + k0 * g.dh, x0 * g.sw - g.pl + k1 * g.dw
     yp0, yp1 = max(0, -r0), max(0, r0 + ih - g.h)
     xp0, xp1 = max(0, -q0), max(0, q0 + iw - g.w)
     ys, xs = ih - yp0 - yp1, iw - xp0 - xp1
@@ -387,16 +394,21 @@ def _input_loads(cfg: Config, g: ConvGeom, e: _Bases, n0: int, tn: int, y0: int,
         # whole planes: every batch group's kc blocks are one contiguous run
         if kc * plane <= lim.max_x_size and g.cb * plane <= lim.max_x_stride:
             return [Load(MemType.INP, 0, first, tn, kc * plane, g.cb * plane)]
+    stride = g.w if ys > 1 else min(g.w, lim.max_x_stride)  # one row: the stride is unused
     return [Load(MemType.INP, (n * kc + c) * plane,
-                 first + (n * g.cb + c) * g.h * g.w, ys, xs, g.w, pads)
+                 first + (n * g.cb + c) * g.h * g.w, ys, xs, stride, pads)
             for n in range(tn) for c in range(kc)]
 
 
 def _weight_loads(cfg: Config, g: ConvGeom, e: _Bases, o0: int, to: int, c0: int, kc: int,
-                  k0: int, tkh: int, wbase: int) -> list[Load]:
+                  k0: int, tkh: int, k1: int, tkw: int, wbase: int) -> list[Load]:
     lim = layout(cfg).limits
     kk = g.kh * g.kw
     rb = g.rb
+    if tkw < g.kw:  # a column range of each kernel row: one LOAD per output and input block
+        return [Load(MemType.WGT, wbase + (o * kc + c) * tkh * tkw,
+                     e.w + ((o0 + o) * rb + c0 + c) * kk + k0 * g.kw + k1, tkh, tkw, g.kw)
+                for o in range(to) for c in range(kc)]
     if tkh == g.kh and (to == 1 or rb * kk <= lim.max_x_stride):
         return [Load(MemType.WGT, wbase, e.w + (o0 * rb + c0) * kk, to, kc * kk, rb * kk)]
     return [Load(MemType.WGT, wbase + o * kc * tkh * g.kw,
@@ -424,13 +436,15 @@ def _store_rows(cfg: Config, g: ConvGeom, base: int, n0: int, tn: int, o0: int, 
             return [(n * to * per, at(n, 0), to, per, plane) for n in range(tn)]
         return [((n * to + o) * per, at(n, o), 1, per, per) for n in range(tn)
                 for o in range(to)]
-    return [((n * to + o) * per, at(n, o), th, tw, g.ow) for n in range(tn) for o in range(to)]
+    stride = g.ow if th > 1 else min(g.ow, lim.max_x_stride)  # one row: the stride is unused
+    return [((n * to + o) * per, at(n, o), th, tw, stride) for n in range(tn)
+            for o in range(to)]
 
 
 def _alu_passes(prog: DeviceEpilogue, tn: int, to: int, per: int, T: int, first: int,
-                rows: int) -> tuple[AluPass, ...]:
-    """The epilogue's ALU instructions over a tile's rows (constants: ``T`` blocks a vector,
-    the tile's first block at ``first``)."""
+                rows: int, off: int = 0) -> tuple[AluPass, ...]:
+    """The epilogue's ALU instructions over a tile's rows (constants from row ``off`` of the
+    constant rows: ``T`` blocks a vector, the tile's first block at ``first``)."""
     per_names, uni = const_slots(prog)
     blocks = tn * to
     out = []
@@ -443,12 +457,12 @@ def _alu_passes(prog: DeviceEpilogue, tn: int, to: int, per: int, T: int, first:
             out.append(AluPass(partial(lambda d, ab, cb: rows_kernel(ab + d, blocks, per), dst),
                                st.opcode, st.operand))
         elif st.operand in prog.uniform:
-            k = len(per_names) * T + uni.index(st.operand)
+            k = off + len(per_names) * T + uni.index(st.operand)
             out.append(AluPass(partial(lambda d, k, ab, cb: rows_kernel(ab + d, blocks, per,
                                                                         cb + k), dst, k),
                                st.opcode))
         else:
-            k = per_names.index(st.operand) * T + first
+            k = off + per_names.index(st.operand) * T + first
             out.append(AluPass(partial(lambda d, k, ab, cb: block_kernel(ab + d, tn, to, per,
                                                                          cb + k), dst, k),
                                st.opcode))
@@ -456,16 +470,20 @@ def _alu_passes(prog: DeviceEpilogue, tn: int, to: int, per: int, T: int, first:
 
 
 def tile_list(cfg: Config, g: ConvGeom, t: ConvTiles, e: _Bases, prog: DeviceEpilogue,
-              residual: bool) -> list[Tile]:
-    """The tiles of the layer for tile shape ``t`` (resolved)."""
+              residual: bool, const_off: int = 0, wgt_off: int = 0) -> list[Tile]:
+    """The tiles of the layer for tile shape ``t`` (resolved); its constant rows start at row
+    ``const_off`` of the constant area and its resident weights at ``wgt_off`` of each weight
+    half (both 0 unless it shares the stream with other layers, :func:`emit_conv2d_group`)."""
     threads = 2 if t.double_buffer else 1
     _, wgt_cap = thread_caps(cfg, threads)
     per_names, uni = const_slots(prog)
-    chunks = [(c0, min(t.kc, g.rb - c0), k0, min(t.tkh, g.kh - k0))
-              for c0 in range(0, g.rb, t.kc) for k0 in range(0, g.kh, t.tkh)]
-    wsize = t.to * t.kc * t.tkh * g.kw
+    chunks = [(c0, min(t.kc, g.rb - c0), k0, min(t.tkh, g.kh - k0), k1, min(t.tkw, g.kw - k1))
+              for c0 in range(0, g.rb, t.kc) for k0 in range(0, g.kh, t.tkh)
+              for k1 in range(0, g.kw, t.tkw)]
+    wsize = t.to * t.kc * t.tkh * t.tkw
     T = const_blocks(cfg, g, prog, t.to)
-    stationary = len(chunks) * wsize <= wgt_cap  # every weight chunk has its own place
+    # every weight chunk has its own place
+    stationary = wgt_off + len(chunks) * wsize <= wgt_cap
     bus = cfg.mem_bus_bytes
     tiles = []
     # output-block groups outermost: their weights stay resident over every batch group and
@@ -474,9 +492,9 @@ def tile_list(cfg: Config, g: ConvGeom, t: ConvTiles, e: _Bases, prog: DeviceEpi
         to = min(t.to, g.ob - o0)
         c0, cn = (0, g.ob) if T == g.ob else (o0, to)
         consts = tuple(
-            [Load(MemType.ACC, k * T, e.consts + k * g.ob + c0, 1, cn, cn)
+            [Load(MemType.ACC, const_off + k * T, e.consts + k * g.ob + c0, 1, cn, cn)
              for k in range(len(per_names))]
-            + [Load(MemType.ACC, len(per_names) * T + u, e.consts + len(per_names)
+            + [Load(MemType.ACC, const_off + len(per_names) * T + u, e.consts + len(per_names)
                     * g.ob + u, 1, 1, 1) for u in range(len(uni))])
         for n0 in range(0, g.n, t.tn):
             tn = min(t.tn, g.n - n0)
@@ -487,15 +505,16 @@ def tile_list(cfg: Config, g: ConvGeom, t: ConvTiles, e: _Bases, prog: DeviceEpi
                     per = th * tw
                     rows = tn * to * per
                     stages = []
-                    for j, (c0, kc, k0, tkh) in enumerate(chunks):
+                    for j, (c0, kc, k0, tkh, k1, tkw) in enumerate(chunks):
                         ib, nb = (o0, to) if g.diagonal else (c0, kc)
-                        inp = _input_loads(cfg, g, e, n0, tn, y0, th, x0, tw, ib, nb, k0, tkh)
+                        inp = _input_loads(cfg, g, e, n0, tn, y0, th, x0, tw, ib, nb, k0, tkh,
+                                           k1, tkw)
                         if inp is None:
-                            continue  # this chunk of kernel rows sees only padding
-                        wb = j * wsize if stationary else 0
-                        wl = _weight_loads(cfg, g, e, o0, to, c0, kc, k0, tkh, wb)
-                        dims = _dims(g, tn, to, th, tw, kc, tkh)
-                        parts = gemm_part_count(rows * kc * tkh * g.kw, len(chunks))
+                            continue  # this chunk of the kernel sees only padding
+                        wb = wgt_off + (j * wsize if stationary else 0)
+                        wl = _weight_loads(cfg, g, e, o0, to, c0, kc, k0, tkh, k1, tkw, wb)
+                        dims = _dims(g, tn, to, th, tw, kc, tkh, tkw)
+                        parts = gemm_part_count(rows * kc * tkh * tkw, len(chunks))
                         stages.append(Stage(tuple(inp + wl), partial(
                             lambda dims, parts, wb, ib, wbh, ab: _stage_kernels(
                                 dims, parts, ib, wbh + wb, ab), dims, parts, wb)))
@@ -511,7 +530,8 @@ def tile_list(cfg: Config, g: ConvGeom, t: ConvTiles, e: _Bases, prog: DeviceEpi
                         partial(lambda blocks, per, ab: rows_kernel(ab, blocks, per),
                                 tn * to, per),
                         tuple(stages), res,
-                        _alu_passes(prog, tn, to, per, T, o0 if T == g.ob else 0, rows),
+                        _alu_passes(prog, tn, to, per, T, o0 if T == g.ob else 0, rows,
+                                    const_off),
                         tuple(Store(*s) for s in stores), consts, scyc))
     return tiles
 

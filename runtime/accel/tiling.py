@@ -100,10 +100,10 @@ def estimate(cfg: Config, g: ConvGeom, t: ConvTiles, prog: DeviceEpilogue,
     residual = prog.residual
     db = t.double_buffer
     overlap = deferred and db  # epilogues and resets on the ALU engine
-    chunks = [(kc, nk * nc, tkh) for kc, nc in spans(g.rb, t.kc)
-              for tkh, nk in spans(g.kh, t.tkh)]
-    n_chunks = sum(n for _, n, _ in chunks)
-    wsize = t.to * t.kc * t.tkh * g.kw
+    chunks = [(kc, nk * nc * nq, tkh, tkw) for kc, nc in spans(g.rb, t.kc)
+              for tkh, nk in spans(g.kh, t.tkh) for tkw, nq in spans(g.kw, t.tkw)]
+    n_chunks = sum(n for _, n, _, _ in chunks)
+    wsize = t.to * t.kc * t.tkh * t.tkw
     wgt_cap = cfg.wgt_depth // (2 if db else 1)
     stationary = n_chunks * wsize <= wgt_cap
     n_sp = ceil_div(g.oh, t.th) * ceil_div(g.ow, t.tw) * ceil_div(g.n, t.tn)
@@ -117,20 +117,22 @@ def estimate(cfg: Config, g: ConvGeom, t: ConvTiles, prog: DeviceEpilogue,
                     gemm = INSN
                     load = 0
                     stage_g, stage_l = [], []
-                    for kc, count, tkh in chunks:
-                        steps = rows * kc * tkh * g.kw
+                    for kc, count, tkh, tkw in chunks:
+                        steps = rows * kc * tkh * tkw
                         ib = to if g.diagonal else kc  # input blocks the stage loads
                         parts = gemm_part_count(steps, n_chunks)
                         gemm += count * (steps + parts * INSN)
                         stage_g += [steps + parts * INSN] * count
-                        ih, iw = g.in_rows(th, tkh), g.in_width(tw)
+                        ih, iw = g.in_rows(th, tkh), g.in_width(tw, tkw)
                         if g.subsampled:
                             inp = tn * ib * (LOAD_FIXED + _beats(th * iw, c.inp_beats))
                         elif ih == g.h and iw == g.w and not (g.pt or g.pb or g.pl or g.pr):
                             inp = LOAD_FIXED + _beats(tn * ib * ih * iw, c.inp_beats)
                         else:
                             inp = tn * ib * (LOAD_FIXED + _beats(ih * iw, c.inp_beats))
-                        wgt = LOAD_FIXED + _beats(to * kc * tkh * g.kw, c.wgt_beats)
+                        wgt = LOAD_FIXED + _beats(to * kc * tkh * tkw, c.wgt_beats)
+                        if tkw < g.kw:  # one LOAD per output and input block
+                            wgt += (to * kc - 1) * LOAD_FIXED
                         if stationary:
                             wgt = wgt / max(1, n_sp)  # once per group of output blocks
                         load += count * (inp + wgt)
@@ -166,23 +168,28 @@ def estimate(cfg: Config, g: ConvGeom, t: ConvTiles, prog: DeviceEpilogue,
     return int(total)
 
 
-def _tile(th: int, *, to: int, kc: int, db: bool, tw: int, tkh: int, tn: int, rg: int
-          ) -> ConvTiles:
-    return ConvTiles(to, th, kc, db, tw, tkh, tn, rg)
+def _tile(th: int, *, to: int, kc: int, db: bool, tw: int, tkh: int, tn: int, rg: int,
+          tkw: int) -> ConvTiles:
+    return ConvTiles(to, th, kc, db, tw, tkh, tn, rg, tkw=tkw)
 
 
 def candidates(cfg: Config, g: ConvGeom, prog: DeviceEpilogue, double_buffer: bool,
-               wide: bool = False, tune: bool = False) -> Iterable[ConvTiles]:
+               wide: bool = False, tune: bool = False, split_columns: bool = False
+               ) -> Iterable[ConvTiles]:
     """Feasible tile shapes to consider: full-width tiles over the whole kernel, or (``wide``)
-    every width and kernel-row split as well. Per combination of the other extents only the
+    every width and kernel-row split as well, or (``split_columns``, for kernels too wide for
+    one input window) kernel-column splits too. Per combination of the other extents only the
     tallest feasible tiles are kept (and their balanced variant), unless ``tune``."""
+    wide = wide or split_columns
     tws = _extents(g.ow) if wide else [g.ow]
     tkhs = list(range(1, g.kh + 1)) if wide else [g.kh]
+    tkws = _extents(g.kw) if split_columns else [g.kw]
     ths = _extents(g.oh)
     regions = (2, 4) if double_buffer else (2,)
-    for tn, to, tw, kc, tkh, rg in itertools.product(_extents(g.n, 8), _extents(g.ob), tws,
-                                                     _extents(g.rb), tkhs, regions):
-        tile = partial(_tile, to=to, kc=kc, db=double_buffer, tw=tw, tkh=tkh, tn=tn, rg=rg)
+    for tn, to, tw, kc, tkh, tkw, rg in itertools.product(
+            _extents(g.n, 8), _extents(g.ob), tws, _extents(g.rb), tkhs, tkws, regions):
+        tile = partial(_tile, to=to, kc=kc, db=double_buffer, tw=tw, tkh=tkh, tn=tn, rg=rg,
+                       tkw=tkw)
         feasible = [th for th in ths if fits(cfg, g, tile(th), prog) is None] if tune else []
         if not tune:
             for th in reversed(ths):  # feasibility is monotone in th
@@ -200,22 +207,22 @@ def plan_conv2d(cfg: Config, g: ConvGeom, prog: DeviceEpilogue | None = None, *,
 
     Double-buffered full-width tiles over the whole kernel are searched first; single
     buffering, split widths and split kernel rows only when nothing fits (very wide rows, tall
-    kernels or a small config).
+    kernels or a small config), split kernel columns when still nothing fits (wide kernels).
     """
     if prog is None:
         prog = lower_epilogue(Epilogue(), None, g.ob * cfg.block_out)
     if not isinstance(prog, DeviceEpilogue):
         raise ProgramError(f"plan_conv2d needs the layer's DeviceEpilogue, not {prog!r}")
     dbs = (True, False) if double_buffer and cfg.dep_queue_depth >= 2 else (False,)
-    for wide in (False, True):
+    for wide, split in ((False, False), (True, False), (True, True)):
         for db in dbs:
-            ranked = rank(cfg, g, prog, candidates(cfg, g, prog, db, wide))
+            ranked = rank(cfg, g, prog, candidates(cfg, g, prog, db, wide, split_columns=split))
             if ranked:
                 return ranked[0]
-    small = ConvTiles(1, 1, 1, False, 1, 1, 1)
+    small = ConvTiles(1, 1, 1, False, 1, 1, 1, tkw=1)
     why = fits(cfg, g, small, prog)
     raise ProgramError(
-        f"no conv2d tiling fits {cfg.summary()}: even a 1x1x1 tile over one kernel row fails "
+        f"no conv2d tiling fits {cfg.summary()}: even a 1x1x1 tile over one kernel tap fails "
         f"({why}; {g.kh}x{g.kw} kernel, {g.cb} input and {g.ob} output channel blocks, "
         f"{const_rows(prog, 1)} constant rows)")
 
