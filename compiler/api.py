@@ -8,7 +8,8 @@ The whole compiler is one flat pipeline, run once; ``dump_ir`` prints the IR aft
         *GRAPH_PASSES,          # fold_constants remove_identity fuse_elementwise
                                 # fold_batchnorm fold_affine fuse_activation fuse_residual dce
         quantize,               # calibrated int8 with accelerator epilogues (not for float)
-        *lowering_passes(cfg),  # fold_narrow_input partition assign_layouts group_siblings plan_memory
+        *lowering_passes(cfg),  # fold_narrow_input partition assign_layouts group_siblings
+                                # plan_memory
     ])
     plan = build_plan(graph, cfg)                   # accelerator streams + CPU kernel calls
 """
@@ -55,7 +56,7 @@ def compile(model: Any, config: Config | str | None = None,
             input_shapes: Mapping[str, Iterable[int]] | None = None,
             calibration_method: str = "mse", dump_ir: str | Iterable[str] | None = None,
             double_buffer: bool = True, keep_float: Iterable[str] = (),
-            activations: str = "auto", tune: int = 0,
+            activations: str = "auto", bias_correction: bool = True, tune: int = 0,
             host: HostModel | None = None) -> CompiledModel:
     """Compile an ONNX model (path, bytes or ModelProto) for ``config``.
 
@@ -65,7 +66,9 @@ def compile(model: Any, config: Config | str | None = None,
     pre-quantised model (QDQ or QOperator) runs with its own scales and needs no calibration.
     ``keep_float`` names nodes (after the graph rewrites: a fused conv+relu is named after the
     conv) that stay float inside the int8 model; ``activations`` is ``"auto"``,
-    ``"symmetric"`` or ``"asymmetric"`` (:mod:`tessera.compiler.quant.quantize`).
+    ``"symmetric"`` or ``"asymmetric"`` (:mod:`tessera.compiler.quant.quantize`);
+    ``bias_correction`` folds each int8 layer's mean error on the calibration batches into its
+    bias (:mod:`tessera.compiler.quant.bias_correction`).
     ``precision="float"`` runs every op as an LLVM CPU kernel in float32 — the same graph
     rewrites, no quantisation, no calibration. ``tune``: for each accelerator layer, run the
     ``tune`` best tilings of a wider search through the cycle model of the RTL and keep the
@@ -105,7 +108,7 @@ def compile(model: Any, config: Config | str | None = None,
     else:
         batches = check_batches(graph, calibration)
     quant = Quantize(batches, calibration_method, activations=activations,
-                     keep_float=keep_float, config=cfg)
+                     keep_float=keep_float, config=cfg, bias_correction=bias_correction)
     graph = run_pipeline(graph, [*GRAPH_PASSES, quant, *lowering_passes(cfg, host)],
                          dump_after=dump_ir)
     if quant.result is not None and quant.result.method == "model":
