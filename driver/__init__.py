@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Any
 
 from tessera.config import Config
@@ -28,4 +29,11 @@ def open_device(kind: str, config: Config | str | None = None, **options: Any) -
         raise DeviceError(f"unknown device kind {kind!r}; known kinds: {', '.join(BACKENDS)}")
     module_name, cls_name = BACKENDS[kind].split(":")
     cls = getattr(importlib.import_module(module_name), cls_name)
+    params = inspect.signature(cls).parameters
+    known = [n for n, p in params.items() if p.kind == p.KEYWORD_ONLY
+             or (p.kind == p.POSITIONAL_OR_KEYWORD and n != "config")]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise DeviceError(f"device kind {kind!r} has no option {unknown[0]!r}; its options "
+                          f"are {', '.join(known) or 'none'}")
     return cls(Config.resolve(config), **options)

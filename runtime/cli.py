@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 
+from tessera.driver import BACKENDS
 from tessera.errors import InputError
 from tessera.files import check_writable, read_regular
 
@@ -85,7 +86,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("model", help=".tsr file")
         p.add_argument("--input", action="append", required=True,
                        help="FILE.npy, or NAME=FILE.npy for several inputs")
-        p.add_argument("--device", default="fsim", help="fsim or verilator")
+        p.add_argument("--device", default="fsim", choices=list(BACKENDS),
+                       help="device kind to run on (default fsim)")
         p.add_argument("-o", "--output", help="write the outputs to this .npz")
         p.add_argument("--read-latency", type=int, help="DRAM read latency in cycles "
                        "(fsim and verilator; default 16)")

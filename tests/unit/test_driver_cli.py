@@ -98,3 +98,12 @@ def test_cli_disasm_and_config(tmp_path, capsys):
     path.write_bytes(b"\0" * 15)
     assert main(["disasm", str(path)]) == 2
     assert "multiple of 16 bytes" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["run", "profile"])
+def test_cli_device_kinds_come_from_the_driver_registry(command, capsys):
+    assert main([command, "--help"]) == 0
+    assert "{" + ",".join(BACKENDS) + "}" in capsys.readouterr().out.replace("\n", "")
+    # a usage error (exit code 1), before the model file is even looked at
+    assert main([command, "missing.tsr", "--input", "x.npy", "--device", "fsimm"]) == 1
+    assert "invalid choice: 'fsimm'" in capsys.readouterr().err
