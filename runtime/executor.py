@@ -68,7 +68,7 @@ class Executor:
             self.code_bytes[k] = code
 
     def _alloc(self, n: int):
-        buf = self.dev.alloc(n)
+        buf = self.dev.alloc(n, align=self.cfg.dram_align)
         self._bufs.append(buf)
         return buf
 

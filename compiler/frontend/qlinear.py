@@ -12,7 +12,13 @@ exactly the tensors the model quantises int8, with the model's own scales and ze
   QLinearLeakyRelu, QLinearSoftmax: ``Q(op(DQ(a), DQ(b), ...))``, which is their definition;
 * ConvInteger, MatMulInteger: the integer product of zero-point-shifted operands, computed in
   float32 (exact while every partial sum stays below 2**24) and cast to int32;
-* (not supported: DynamicQuantizeLinear and zero points computed at run time.)
+* DynamicQuantizeLinear (per-batch scale and zero point computed at run time, as dynamic
+  quantisation uses it in front of ConvInteger / MatMulInteger): imported as the identity on
+  the float values, with scale 1 and zero point 0; the ConvInteger / MatMulInteger it feeds
+  become float layers over those values with the model's integer weights, scaled back by the
+  graph's own Mul. The rounding of x to a per-batch uint8 grid is not reproduced: such a layer
+  is quantised statically by calibration, like a float model's (its integers cannot equal
+  onnxruntime's, whose scale depends on each input).
 
 uint8 tensors are carried as int8 (``u - 128``, zero point ``zp - 128``; the real values are
 unchanged): uint8 constants are converted at import, a uint8 graph input or a uint8 tensor that
@@ -176,6 +182,9 @@ def _c_quantize(ctx: Ctx, n: onnx.NodeProto, a: dict) -> None:
 def _c_dequantize(ctx: Ctx, n: onnx.NodeProto, a: dict) -> None:
     _check_plain(a, "DequantizeLinear")
     x = n.input[0]
+    if _dynamic(ctx, x):  # scale 1, zero point 0: the float values themselves
+        ctx.emit("identity", [x], n.output[0])
+        return
     dt = ctx.info(x).dtype
     s = _scale(ctx, _inp(n, 1), "x_scale")
     if dt == "int32":
@@ -294,9 +303,45 @@ def _c_qlinearconcat(ctx: Ctx, n: onnx.NodeProto, a: dict) -> None:
 
 # -- integer ops --------------------------------------------------------------------------------
 
+@_conv("DynamicQuantizeLinear", domains=("", "ai.onnx"))
+def _c_dynamic_quantize(ctx: Ctx, n: onnx.NodeProto, a: dict) -> None:
+    x = n.input[0]
+    if ctx.info(x).dtype != "float32":
+        raise Unsupported(f"DynamicQuantizeLinear input must be float32, not "
+                          f"{ctx.info(x).dtype}")
+    y, scale, zp = (list(n.output) + ["", "", ""])[:3]
+    ctx.emit("identity", [x], y)
+    marks = _dynamic_marks(ctx)
+    marks.add(y)
+    if scale:
+        ctx.add_const(scale, np.float32(1.0))
+    if zp:
+        ctx.add_const(zp, np.uint8(0))
+        marks.add(zp)
+
+
+def _dynamic_marks(ctx: Ctx) -> set[str]:
+    """The tensors of this import standing for DynamicQuantizeLinear outputs."""
+    marks = getattr(ctx, "_dynamic_quantised", None)
+    if marks is None:
+        marks = set()
+        ctx._dynamic_quantised = marks  # type: ignore[attr-defined]
+    return marks
+
+
+def _dynamic(ctx: Ctx, name: str) -> bool:
+    return name in _dynamic_marks(ctx)
+
+
 def _int_operand(ctx: Ctx, x: str, zp_name: str, what: str) -> str:
     """Float32 ``x - zero_point`` of an int8/uint8 operand (zero point constant, per tensor or
-    per axis 0/1 as ConvInteger/MatMulInteger allow)."""
+    per axis 0/1 as ConvInteger/MatMulInteger allow); a DynamicQuantizeLinear output is used as
+    the float it stands for."""
+    if _dynamic(ctx, x):
+        if zp_name and not _dynamic(ctx, zp_name):
+            raise Unsupported(f"{what} is dynamically quantised but its zero point "
+                              f"{zp_name!r} is not that DynamicQuantizeLinear's")
+        return x
     dt = ctx.info(x).dtype
     if zp_name and zp_name not in ctx.consts:
         raise Unsupported(f"{what} zero point {zp_name!r} is computed at run time (dynamic "
@@ -313,17 +358,25 @@ def _int_operand(ctx: Ctx, x: str, zp_name: str, what: str) -> str:
 def _c_convinteger(ctx: Ctx, n: onnx.NodeProto, a: dict) -> None:
     x = _int_operand(ctx, n.input[0], _inp(n, 2), "x")
     w = _int_operand(ctx, n.input[1], _inp(n, 3), "w")
-    y = ctx.tmp(f"{n.output[0]}:f")
-    _float_op(ctx, n, "Conv", [x, w], y, a)
-    ctx.emit("cast", [y], n.output[0], to="int32")
+    _integer_result(ctx, n, "Conv", [x, w], a, _dynamic(ctx, n.input[0]))
 
 
 @_conv("MatMulInteger", domains=("", "ai.onnx"))
 def _c_matmulinteger(ctx: Ctx, n: onnx.NodeProto, a: dict) -> None:
     x = _int_operand(ctx, n.input[0], _inp(n, 2), "A")
     w = _int_operand(ctx, n.input[1], _inp(n, 3), "B")
+    _integer_result(ctx, n, "MatMul", [x, w], {}, _dynamic(ctx, n.input[0]))
+
+
+def _integer_result(ctx: Ctx, n: onnx.NodeProto, op_type: str, ins: list[str], a: dict,
+                    dynamic: bool) -> None:
+    """The int32 result of ConvInteger / MatMulInteger; with a dynamically quantised input the
+    float product itself (its consumer is the graph's Cast to float and scale Mul)."""
+    if dynamic:
+        _float_op(ctx, n, op_type, ins, n.output[0], a)
+        return
     y = ctx.tmp(f"{n.output[0]}:f")
-    _float_op(ctx, n, "MatMul", [x, w], y, {})
+    _float_op(ctx, n, op_type, ins, y, a)
     ctx.emit("cast", [y], n.output[0], to="int32")
 
 
