@@ -12,7 +12,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 RANK = {"tessera": 0, "hw": 1, "sim": 2, "driver": 3, "runtime": 4, "compiler": 5}
-FACADE = {"tessera/__init__.py", "tessera/__main__.py", "tessera/cli.py"}
+FACADE = {"tessera/__init__.py", "tessera/__main__.py", "tessera/cli.py",
+          "tessera/onnx_backend.py"}
 
 
 def _layer(module: str) -> str | None:
