@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 
 from tessera.compiler.wheels import TRAINED, check_float, check_int8
+from tessera.errors import TesseraError
 
 
 def main() -> None:
@@ -48,7 +49,11 @@ def main() -> None:
           f"is indicative only\n{'model':<16}{'compile s':>10}{'fsim s':>9}{'accel nodes':>13}"
           f"{'max rel':>10}{'mean abs':>10}", flush=True)
     for name in args.names:
-        q = check_int8(name)
+        try:
+            q = check_int8(name)
+        except TesseraError as exc:  # reported, and the other models still run
+            print(f"{name:<16}does not compile for int8: {exc}", flush=True)
+            continue
         print(f"{name:<16}{q.compile_s:>10.1f}{q.run_s:>9.1f}{f'{q.accel_nodes}/{q.nodes}':>13}"
               f"{q.max_rel_diff:>10.2e}{q.mean_abs_diff:>10.2e}", flush=True)
 

@@ -42,7 +42,6 @@ __all__ = ["TesseraBackend", "TesseraRep", "prepare", "run_model", "run_node",
 # the ops the integer path imports (compiler/frontend/qlinear.py): a model with one of them
 # compiles with precision="int8"
 INTEGER_OPS = frozenset(QUANT_OPS)
-MAX_BINDING_ROUNDS = 4  # a bound value can reveal another input the importer needs
 
 
 def _integer_model(m: onnx.ModelProto) -> bool:
@@ -86,7 +85,9 @@ class TesseraRep(BackendRep):
 
     def run(self, inputs: Any, **kwargs: Any) -> tuple[np.ndarray, ...]:
         feeds = self._feeds(inputs)
-        for _ in range(MAX_BINDING_ROUNDS):
+        # each round binds at least one more input (a bound value can reveal another input the
+        # importer needs), so there are at most as many rounds as inputs
+        for _ in range(len(self.input_names) + 1):
             key = tuple(sorted((k, feeds[k].dtype.str, feeds[k].shape, feeds[k].tobytes())
                                for k in self.bind))
             compiled = self._compiled.get(key)
