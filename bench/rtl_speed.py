@@ -5,9 +5,16 @@
 * load efficiency: streaming INP and WGT loads — payload bytes per cycle as a fraction of the
   memory bus width (target >= 0.9);
 * simulator speed: Verilated cycles per wall-clock second on one core (target >= 300,000),
-  and the functional simulator's wall time on the same GEMM stream, with the ratio.
+  and the functional simulator's wall time on the same GEMM stream, with the ratio;
+* ResNet-18 (224x224, ``tessera.compile`` of ``tessera.compiler.zoo.resnet18``) on the RTL:
+  cycles per second of the whole run and of the simulator alone (time inside the device's
+  runs), for the current build options and, in the same run, for the build options of before
+  issue 9 part 5 (``REFERENCE_OPTIONS``), with the cycle totals of both (they must be equal)
+  and the issue's measured starting point (0.92 M cycles/s). Target: >= 1.5 M cycles/s;
+* a token deadlock: cycles and wall time until the RTL reports error 7 (before its detector,
+  the run went on to the 50 M-cycle default timeout: 26-52 s).
 
-Run: ``python bench/rtl_speed.py [--config default] [--read-latency 16]``.
+Run: ``python bench/rtl_speed.py [--config default] [--read-latency 16] [--no-resnet]``.
 """
 
 from __future__ import annotations
@@ -17,9 +24,18 @@ import time
 
 import numpy as np
 
+import tessera
 from tessera.config import Config
-from tessera.driver import Device, open_device
+from tessera.driver import Device, DeviceError, open_device
 from tessera.isa import FinishInsn, GemmInsn, MemInsn, MemType, Opcode, Uop, to_bytes, uops_to_bytes
+from tessera.sim.verilator_build import BuildOptions
+
+REFERENCE_OPTIONS = BuildOptions(
+    opt_fast="-O2", opt_slow="-O1", opt_global="-O2",
+    verilator_args=("-O3", "--x-assign", "fast", "--x-initial", "fast", "--threads", "1",
+                    "-Wno-fatal", "-Wno-lint", "-Wno-style", "--no-timing"))
+"""The Verilator and C++ options before issue 9 part 5 (the harness source is the current one)."""
+ISSUE_START = 0.92e6  # cycles/s of the whole ResNet-18 run when issue 9 was written
 
 
 def _program(dev: Device, insns) -> tuple[int, int]:
@@ -84,6 +100,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="default")
     ap.add_argument("--read-latency", type=int, default=16)
+    ap.add_argument("--no-resnet", action="store_true", help="skip the ResNet-18 figure")
     args = ap.parse_args()
     cfg = Config.resolve(args.config)
     print(f"config {args.config}: {cfg.summary()}")
@@ -127,6 +144,74 @@ def main() -> None:
           f"read latency {args.read_latency} cycles; {stats.cycles / lwall:,.0f} cycles/s")
     vdev.close()
     fdev.close()
+
+    deadlock_latency(cfg)
+    if not args.no_resnet:
+        resnet18_speed(cfg)
+
+
+def deadlock_latency(cfg: Config) -> None:
+    """Wall time and cycles until a token deadlock is reported (no timeout given)."""
+    with open_device("verilator", cfg, mem_bytes=1 << 24) as dev:
+        addr, n = _program(dev, [GemmInsn(uop_bgn=0, uop_end=0, pop_prev=1)])
+        t = time.perf_counter()
+        try:
+            dev.run(addr, n)
+            raise AssertionError("the deadlocking program ran to completion")
+        except DeviceError as exc:
+            wall = time.perf_counter() - t
+            assert exc.code == 7, exc
+        print(f"token deadlock: error 7 after {dev.read_reg(0x14)} cycles, {wall * 1e3:.1f} ms "
+              f"wall (before the detector: the 50 M-cycle default timeout, 26-52 s)")
+
+
+class _Timed:
+    """Wraps a Device's ``run`` to add up the cycles and the wall time inside the simulator."""
+
+    def __init__(self, dev: Device):
+        self.dev, self.cycles, self.wall, self._run = dev, 0, 0.0, dev.run
+        dev.run = self.run
+
+    def run(self, *args, **kwargs):
+        stats = self._run(*args, **kwargs)
+        self.cycles += stats.cycles
+        self.wall += stats.wall_seconds
+        return stats
+
+
+def resnet18_speed(cfg: Config) -> None:
+    from tessera.compiler import zoo
+
+    proto = zoo.resnet18()
+    inp = proto.graph.input[0]
+    shape = [d.dim_value for d in inp.type.tensor_type.shape.dim]
+    rng = np.random.default_rng(0)
+    cal = [{inp.name: rng.standard_normal(shape).astype(np.float32)} for _ in range(2)]
+    x = {inp.name: rng.standard_normal(shape).astype(np.float32)}
+    model = tessera.compile(proto, config=cfg, calibration=cal)
+    want = model.run(x, device="fsim")
+    rows = []
+    for label, options in (("current", None), ("reference", REFERENCE_OPTIONS)):
+        kw = {} if options is None else {"build_options": options}
+        dev = open_device("verilator", cfg, **kw)
+        timed = _Timed(dev)
+        model.run(x, device=dev)  # warm-up: page faults, CPU kernel JIT
+        timed.cycles, timed.wall = 0, 0.0
+        t = time.perf_counter()
+        got = model.run(x, device=dev)
+        total = time.perf_counter() - t
+        assert all(np.array_equal(a, b) for a, b in zip(got, want)), "RTL differs from fsim"
+        rows.append((label, timed.cycles, total, timed.wall))
+        dev.close()
+    for label, cycles, total, sim in rows:
+        print(f"ResNet-18 on the RTL ({label} build): {cycles:,} cycles; whole run {total:.2f} s "
+              f"= {cycles / total / 1e6:.2f} M cycles/s; in the simulator {sim:.2f} s = "
+              f"{cycles / sim / 1e6:.2f} M cycles/s")
+    (_, c0, t0, s0), (_, c1, t1, s1) = rows
+    print(f"ResNet-18 RTL speed: {c0 / t0 / 1e6:.2f} M cycles/s whole run (target >= 1.5; "
+          f"reference build {c1 / t1 / 1e6:.2f}, {c1 / t1 and (c0 / t0) / (c1 / t1):.2f}x; "
+          f"issue 9 start {ISSUE_START / 1e6:.2f}); cycles equal: {c0 == c1}")
+    model.close()
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import numpy as np
 
 from tessera.compiler.frontend import import_onnx
 from tessera.compiler.ir import Graph
-from tessera.compiler.lower import build_plan, lowering_passes, partition_report
+from tessera.compiler.lower import build_plan, check_config, lowering_passes, partition_report
 from tessera.compiler.passes import GRAPH_PASSES, run_pipeline
 from tessera.compiler.quant import CALIBRATION_METHODS, Quantize
 from tessera.compiler.quant.calibrate import check_batches
@@ -59,6 +59,7 @@ def compile(model: Any, config: Config | str | None = None,
     """
     t0 = time.perf_counter()
     cfg = Config.resolve(config)
+    check_config(cfg)  # a config no layer can run on fails here, before any work
     if calibration_method not in CALIBRATION_METHODS:
         raise CompileError(f"calibration_method must be one of {CALIBRATION_METHODS}, not "
                            f"{calibration_method!r}")

@@ -62,9 +62,11 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     model = tcompile(args.model, config=args.config,
                      calibration=calibration,
                      input_shapes=_input_shapes(args.input_shape), dump_ir=args.dump_ir,
-                     double_buffer=not args.no_double_buffer)
+                     double_buffer=not args.no_double_buffer,
+                     calibration_method=args.calibration_method,
+                     activations=args.activations, keep_float=args.keep_float or ())
     model.save(args.output)
-    if model.meta.get("calibration", "given") != "given":
+    if model.meta.get("calibration", "given").startswith("random"):
         print(f"warning: no --calibration given; calibrated on {model.meta['calibration']}",
               file=sys.stderr)
     print(f"compiled {args.model} in {time.perf_counter() - t0:.2f} s: {model.summary()}")
@@ -81,6 +83,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input-shape", action="append", help="NAME=1,3,224,224 (repeatable)")
     p.add_argument("--dump-ir", action="append", help="print the IR after this pass ('all')")
     p.add_argument("--no-double-buffer", action="store_true")
+    p.add_argument("--calibration-method", default="mse",
+                   choices=("mse", "entropy", "percentile", "minmax"))
+    p.add_argument("--activations", default="auto", choices=("auto", "symmetric", "asymmetric"))
+    p.add_argument("--keep-float", action="append", metavar="NODE",
+                   help="keep this node float inside the int8 model (repeatable)")
     p.set_defaults(func=_cmd_compile)
     p = sub.add_parser("demo", help="compile a bundled model, run it on fsim and the RTL, "
                                     "compare with onnxruntime, print a per-layer table")

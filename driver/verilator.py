@@ -48,6 +48,7 @@ def load_harness(path: Path) -> ctypes.CDLL:
         "th_mem_size": ([vp], u64),
         "th_cycle": ([vp], u64),
         "th_bus_bytes": ([], u32),
+        "th_one_eval": ([], c_int),
         "th_has_trace": ([], c_int),
         "th_set_dram": ([vp, u32, ctypes.c_double], None),
         "th_clear_ranges": ([vp], None),

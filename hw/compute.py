@@ -158,14 +158,19 @@ class ComputeModule(wiring.Component):
         j = Signal(len(gf.iter_in))
         od_o, od, os_o, os_, ow_o, ow = (Signal(32, name=n) for n in (
             "od_o", "od", "os_o", "os", "ow_o", "ow"))
-        sfo = Mux(is_alu, af.src_factor_out, gf.src_factor_out)
-        sfi = Mux(is_alu, af.src_factor_in, gf.src_factor_in)
+        # loop bounds and source factors, registered when the loop starts (off the S0 path)
+        sfo = Signal(max(len(af.src_factor_out), len(gf.src_factor_out)))
+        sfi = Signal(max(len(af.src_factor_in), len(gf.src_factor_in)))
+        u_last, j_last, i_last = Signal.like(u), Signal.like(j), Signal.like(i)
 
         with m.If(start_run):
             m.d.sync += [
                 run.eq((gf.iter_out != 0) & (gf.iter_in != 0) & (gf.uop_end > gf.uop_bgn)),
                 u.eq(gf.uop_bgn), i.eq(0), j.eq(0),
                 od_o.eq(0), od.eq(0), os_o.eq(0), os_.eq(0), ow_o.eq(0), ow.eq(0),
+                sfo.eq(Mux(is_alu, af.src_factor_out, gf.src_factor_out)),
+                sfi.eq(Mux(is_alu, af.src_factor_in, gf.src_factor_in)),
+                u_last.eq(gf.uop_end - 1), j_last.eq(gf.iter_in - 1), i_last.eq(gf.iter_out - 1),
             ]
         # S0
         s0_bad = Signal()
@@ -179,16 +184,16 @@ class ComputeModule(wiring.Component):
         s1_od, s1_os, s1_ow = Signal(32), Signal(32), Signal(32)
         m.d.sync += [s1_valid.eq(s0_fire), s1_od.eq(od), s1_os.eq(os_), s1_ow.eq(ow)]
         with m.If(s0_fire):
-            with m.If(u != gf.uop_end - 1):
+            with m.If(u != u_last):
                 m.d.sync += u.eq(u + 1)
             with m.Else():
                 m.d.sync += u.eq(gf.uop_bgn)
-                with m.If(j != gf.iter_in - 1):
+                with m.If(j != j_last):
                     m.d.sync += [j.eq(j + 1), od.eq(od + gf.dst_factor_in),
                                  os_.eq(os_ + sfi), ow.eq(ow + gf.wgt_factor_in)]
                 with m.Else():
                     m.d.sync += j.eq(0)
-                    with m.If(i == gf.iter_out - 1):
+                    with m.If(i == i_last):
                         m.d.sync += run.eq(0)
                     with m.Else():
                         nd, ns, nw = (od_o + gf.dst_factor_out, os_o + sfo,

@@ -30,10 +30,11 @@ ModuleStatusSignature = wiring.Signature({
 
 
 class DeadlockDetector(wiring.Component):
-    """``err`` pulses (with ``err_pc``, the lowest blocked pc) on the :data:`DEADLOCK_WINDOW`-th
-    consecutive cycle in which the modules of ``names`` that are ``busy`` are all ``blocked``,
-    at least one is, ``quiet`` holds (no memory transaction outstanding) and ``fetch_stuck``
-    (fetch has dispatched everything it will, or waits on a full command queue)."""
+    """``err`` pulses (with ``err_pc``, the lowest blocked pc) one cycle after the
+    :data:`DEADLOCK_WINDOW`-th consecutive cycle in which the modules of ``names`` that are
+    ``busy`` are all ``blocked``, at least one is, ``quiet`` holds (no memory transaction
+    outstanding) and ``fetch_stuck`` (fetch has dispatched everything it will, or waits on a
+    full command queue). ``deadlocked`` is that condition, registered."""
 
     def __init__(self, names: tuple[str, ...], window: int = DEADLOCK_WINDOW):
         if not names:
@@ -49,16 +50,18 @@ class DeadlockDetector(wiring.Component):
     def elaborate(self, platform) -> Module:
         m = Module()
         mods = [getattr(self, n) for n in self._names]
+        # The condition and the lowest blocked pc are registered (one cycle late, off the
+        # modules' timing paths); the window count runs on the registered condition.
         all_blocked = Cat(*(~s.busy | s.blocked for s in mods)).all()
         any_blocked = Cat(*(s.busy & s.blocked for s in mods)).any()
-        m.d.comb += self.deadlocked.eq(all_blocked & any_blocked & self.quiet & self.fetch_stuck)
-        # the lowest pc among the blocked modules
+        m.d.sync += self.deadlocked.eq(all_blocked & any_blocked & self.quiet
+                                       & self.fetch_stuck)
         low = Signal(CMD_PC_BITS + 1)
         cands = [Mux(s.busy & s.blocked, s.pc, (1 << CMD_PC_BITS)) for s in mods]
         acc = cands[0]
         for c in cands[1:]:
             acc = Mux(c < acc, c, acc)
-        m.d.comb += low.eq(acc)
+        m.d.sync += low.eq(acc)
 
         count = Signal(range(self._window + 1))
         with m.If(~self.deadlocked):

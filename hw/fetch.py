@@ -119,14 +119,67 @@ class Fetch(wiring.Component):
             m.d.sync += n_left.eq(n_left - 1)
 
         # --- decode ----------------------------------------------------------------------------
-        lay = layout(cfg)
+        # The checks run on the instruction as it leaves the instruction queue and are
+        # registered together with it in ``ir``, so dispatch only sees registered results.
         ir = Signal(INSN_BITS)
         ir_valid = Signal()
         pc = Signal(CMD_PC_BITS)
         finish_seen = Signal()
         err_seen = Signal()
         m.d.comb += stop.eq(finish_seen | err_seen)
-        mf, af = fields(ir, lay.mem), fields(ir, lay.alu)
+        d_code, d_load, d_store, d_finish = self._decode(m, iq.r_data)
+        code = Signal(3)
+        to_load, to_store, is_finish = Signal(), Signal(), Signal()
+
+        # --- dispatch --------------------------------------------------------------------------
+        queues = {}
+        for name in ("load", "compute", "store"):
+            q = fifo.SyncFIFOBuffered(width=Cmd.size, depth=CMDQ_DEPTH)
+            m.submodules[f"{name}_q"] = q
+            port = getattr(self, f"{name}_cmd")
+            m.d.comb += [port.valid.eq(q.r_rdy), port.payload.eq(q.r_data),
+                         q.r_en.eq(port.ready), q.w_data.eq(Cat(ir, pc))]
+            queues[name] = q
+        active = ir_valid & ~stop
+        leaving = Signal()
+        ready = Mux(to_load, queues["load"].w_rdy,
+                    Mux(to_store, queues["store"].w_rdy, queues["compute"].w_rdy))
+        with m.If(active & (code != 0)):
+            m.d.comb += [self.err.eq(1), self.err_code.eq(code), self.err_pc.eq(pc)]
+            m.d.sync += err_seen.eq(1)
+        with m.Elif(active):
+            with m.If(ready):
+                m.d.comb += [
+                    leaving.eq(1),
+                    queues["load"].w_en.eq(to_load), queues["store"].w_en.eq(to_store),
+                    queues["compute"].w_en.eq(~to_load & ~to_store),
+                ]
+                m.d.sync += pc.eq(pc + 1)
+                with m.If(is_finish):
+                    m.d.sync += finish_seen.eq(1)
+        load_ir = iq.r_rdy & (~ir_valid | leaving) & ~stop & ~(leaving & is_finish)
+        m.d.comb += iq.r_en.eq(load_ir)
+        with m.If(load_ir):
+            m.d.sync += [ir.eq(iq.r_data), ir_valid.eq(1), code.eq(d_code), to_load.eq(d_load),
+                         to_store.eq(d_store), is_finish.eq(d_finish)]
+        with m.Elif(leaving):
+            m.d.sync += ir_valid.eq(0)
+        m.d.comb += [
+            self.done.eq(finish_seen | ((pc == self.insn_count) & ~err_seen)),
+            self.dispatched.eq(pc),
+            self.idle.eq((n_left == 0) & ~(self.rd.req.valid)),
+            # nothing more will be dispatched: all of it is, or the next instruction (decoded
+            # without error) waits for room in its module's command queue
+            self.stuck.eq(self.done | (active & (code == 0) & ~ready)),
+            *[getattr(self, f"{n}_queued").eq(q.level != 0) for n, q in queues.items()],
+        ]
+        return m
+
+    def _decode(self, m: Module, word: Signal) -> tuple[Signal, Signal, Signal, Signal]:
+        """(error code or 0, routes to load, routes to store, is FINISH) of ``word``."""
+        cfg = self._cfg
+        lay = layout(cfg)
+        mf, af = fields(word, lay.mem), fields(word, lay.alu)
         op, mt = mf.opcode, mf.memory_type
         is_load, is_store = op == Opcode.LOAD, op == Opcode.STORE
         is_mem = is_load | is_store
@@ -173,46 +226,4 @@ class Fetch(wiring.Component):
             m.d.comb += code.eq(ErrorCode.SRAM_RANGE)
         with m.Elif(bad_dram):
             m.d.comb += code.eq(ErrorCode.DRAM_RANGE)
-
-        # --- dispatch --------------------------------------------------------------------------
-        queues = {}
-        for name in ("load", "compute", "store"):
-            q = fifo.SyncFIFOBuffered(width=Cmd.size, depth=CMDQ_DEPTH)
-            m.submodules[f"{name}_q"] = q
-            port = getattr(self, f"{name}_cmd")
-            m.d.comb += [port.valid.eq(q.r_rdy), port.payload.eq(q.r_data),
-                         q.r_en.eq(port.ready), q.w_data.eq(Cat(ir, pc))]
-            queues[name] = q
-        active = ir_valid & ~stop
-        leaving = Signal()
-        ready = Mux(to_load, queues["load"].w_rdy,
-                    Mux(to_store, queues["store"].w_rdy, queues["compute"].w_rdy))
-        with m.If(active & (code != 0)):
-            m.d.comb += [self.err.eq(1), self.err_code.eq(code), self.err_pc.eq(pc)]
-            m.d.sync += err_seen.eq(1)
-        with m.Elif(active):
-            with m.If(ready):
-                m.d.comb += [
-                    leaving.eq(1),
-                    queues["load"].w_en.eq(to_load), queues["store"].w_en.eq(to_store),
-                    queues["compute"].w_en.eq(~to_load & ~to_store),
-                ]
-                m.d.sync += pc.eq(pc + 1)
-                with m.If(op == Opcode.FINISH):
-                    m.d.sync += finish_seen.eq(1)
-        load_ir = iq.r_rdy & (~ir_valid | leaving) & ~stop & ~(leaving & (op == Opcode.FINISH))
-        m.d.comb += iq.r_en.eq(load_ir)
-        with m.If(load_ir):
-            m.d.sync += [ir.eq(iq.r_data), ir_valid.eq(1)]
-        with m.Elif(leaving):
-            m.d.sync += ir_valid.eq(0)
-        m.d.comb += [
-            self.done.eq(finish_seen | ((pc == self.insn_count) & ~err_seen)),
-            self.dispatched.eq(pc),
-            self.idle.eq((n_left == 0) & ~(self.rd.req.valid)),
-            # nothing more will be dispatched: all of it is, or the next instruction (decoded
-            # without error) waits for room in its module's command queue
-            self.stuck.eq(self.done | (active & (code == 0) & ~ready)),
-            *[getattr(self, f"{n}_queued").eq(q.level != 0) for n, q in queues.items()],
-        ]
-        return m
+        return code, to_load, to_store, op == Opcode.FINISH

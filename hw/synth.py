@@ -66,11 +66,13 @@ def synthesize(cfg: Config, timeout: float | None = None, workdir: str | Path | 
 
 
 def synth_ecp5(verilog: str, top: str, *, timeout: float | None = None,
-               workdir: str | Path | None = None) -> dict[str, int]:
+               workdir: str | Path | None = None, json_out: str | None = None,
+               ) -> dict[str, int]:
     """Yosys ``synth_ecp5`` of module ``top`` in ``verilog``; the cell counts of :data:`CELLS`.
 
     Yosys is found by :func:`tessera.tools.find_tool`. ``workdir`` keeps the source and
-    ``synth.log`` (else a temporary directory is used and removed).
+    ``synth.log`` (else a temporary directory is used and removed); ``json_out`` names a
+    netlist file (in ``workdir``) for nextpnr.
     """
     if timeout is not None and timeout <= 0:
         raise HwError(f"timeout must be positive, not {timeout!r}")
@@ -80,7 +82,8 @@ def synth_ecp5(verilog: str, top: str, *, timeout: float | None = None,
         out.mkdir(parents=True, exist_ok=True)
         src = out / f"{top}.v"
         src.write_text(verilog)
-        script = f"read_verilog {src.name}; synth_ecp5 -top {top}; stat"
+        json_arg = f" -json {json_out}" if json_out else ""
+        script = f"read_verilog {src.name}; synth_ecp5 -top {top}{json_arg}; stat"
         try:  # its own process group: nothing outlives an interrupt or a timeout
             run_logged([*yosys, "-q", "-p", script, "-l", "synth.log"], cwd=out, env=None,
                        log=out / "yosys-output.log", what=f"synth_ecp5 of {top}",

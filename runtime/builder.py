@@ -115,6 +115,10 @@ def relocate(code: bytes, cfg: Config, uop_pcs: list[int], uop_addr: int,
             byte = int(base[pc]) * eb
             for vbase, (size, real) in regions.items():
                 if vbase <= byte < vbase + size:
+                    if (real - vbase) % eb:
+                        raise ProgramError(
+                            f"instruction {pc}: region {vbase:#x} moved to {real:#x} is not "
+                            f"aligned to its {eb}-byte {MemType(int(mt[pc])).name} elements")
                     new[pc] = (byte - vbase + real) // eb
                     break
             else:
@@ -377,7 +381,16 @@ class CommandBuilder:
         return self._run_kernel(insn, k)
 
     def _run_kernel(self, insn: GemmInsn | AluInsn, kernel: MicroKernel) -> int:
-        """Check that ``insn`` encodes, load its kernel if not resident, then append it."""
+        """Check that ``insn`` encodes, load its kernel if not resident, then append it.
+
+        The factors of a loop level with one iteration never take effect, so they are
+        encoded as 0: a factor that is only ever multiplied by 0 may exceed its field (e.g. a
+        stride as large as the whole buffer) on a small config."""
+        unused = [f"{o}_factor_{lvl}" for lvl in ("out", "in")
+                  if getattr(insn, f"iter_{lvl}") == 1 for o in ("dst", "src", "wgt")
+                  if hasattr(insn, f"{o}_factor_{lvl}")]
+        if unused:
+            insn = dataclasses.replace(insn, **dict.fromkeys(unused, 0))
         try:
             encode(insn, self.cfg)
         except IsaError as exc:

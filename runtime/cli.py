@@ -43,8 +43,10 @@ def _cmd_run(args: argparse.Namespace, profile: bool = False) -> int:
             setattr(args, flag, None)
     from tessera.runtime.model import load
 
-    if args.output:
-        check_writable(args.output, "output file", InputError)  # before any work
+    for path, what in ((args.output, "output file"), (args.trace, "trace file"),
+                       (args.plot, "plot file")):
+        if path:
+            check_writable(path, what, InputError)  # before any work
     model = load(args.model)
     feeds = _feeds(model, args.input)
     options = {k: v for k, v in (("read_latency", args.read_latency),

@@ -123,7 +123,7 @@ class Executor:
         return run
 
     def _alloc(self, n: int):
-        buf = self.dev.alloc(n)
+        buf = self.dev.alloc(n, align=self.cfg.dram_align)
         self._bufs.append(buf)
         return buf
 

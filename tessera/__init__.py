@@ -6,6 +6,7 @@ from tessera.errors import (
     CompileError,
     ConfigError,
     DeviceError,
+    ExploreError,
     HwError,
     InputError,
     IsaError,
@@ -18,7 +19,7 @@ from tessera.errors import (
 __all__ = [
     "Config", "PRESETS", "TesseraError", "ConfigError", "IsaError", "SimError", "DeviceError",
     "ProgramError", "HwError", "CompileError", "ArtifactError", "KernelError", "InputError",
-    "compile", "load",
+    "ExploreError", "compile", "load", "explore",
 ]
 __version__ = "0.1.0"
 
@@ -36,3 +37,11 @@ def load(path):
     from tessera.runtime.model import load as _load
 
     return _load(path)
+
+
+def explore(models, grid=None, **options):
+    """Sweep models over a design space (cycles, utilisation, area, Fmax); see
+    :func:`tessera.compiler.explore.sweep.explore`."""
+    from tessera.compiler.explore.sweep import explore as _explore
+
+    return _explore(models, grid, **options)

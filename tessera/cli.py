@@ -30,6 +30,7 @@ SUBCOMMAND_MODULES = {
     "tessera.compiler.cli": ("compile", "demo"),
     "tessera.runtime.cli": ("run", "profile"),
     "tessera.hw.cli": ("hw",),
+    "tessera.compiler.explore.cli": ("explore",),
 }
 
 

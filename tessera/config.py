@@ -234,6 +234,14 @@ class Config:
     def mem_bus_bytes(self) -> int:
         return self.mem_bus_bits // 8
 
+    @property
+    def dram_align(self) -> int:
+        """Bytes a DRAM tensor must be aligned to so that every memory type can address it
+        (SPEC §2: ``dram_base`` counts elements): the largest element size. Every element size
+        is a power of two, so this is also their least common multiple."""
+        return max(self.uop_elem_bytes, self.inp_elem_bytes, self.wgt_elem_bytes,
+                   self.acc_elem_bytes, self.out_elem_bytes, self.acc8_elem_bytes)
+
     # -- presets and serialisation ------------------------------------------------------------
 
     @classmethod

@@ -70,3 +70,8 @@ class KernelError(TesseraError, ValueError):
 class InputError(TesseraError, ValueError):
     """A run-time input (a feed, a calibration batch, an input file) is missing, of the wrong
     shape or dtype, or not finite."""
+
+
+class ExploreError(TesseraError):
+    """A design-space sweep cannot run as asked: no models, an empty space, a plot without
+    area figures, an unreachable Dask scheduler."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from tessera.compiler.lower.build import build_plan
+from tessera.compiler.lower.build import build_plan, check_config
 from tessera.compiler.lower.layout import assign_layouts
 from tessera.compiler.lower.memory import plan_memory
 from tessera.compiler.lower.narrow import fold_narrow_input
@@ -18,7 +18,7 @@ from tessera.compiler.lower.partition import accel_capable, partition, partition
 from tessera.compiler.passes.pipeline import Pass
 from tessera.config import Config
 
-__all__ = ["lowering_passes", "build_plan", "assign_layouts", "plan_memory",
+__all__ = ["lowering_passes", "build_plan", "check_config", "assign_layouts", "plan_memory",
            "fold_narrow_input", "partition", "partition_report", "accel_capable"]
 
 

@@ -20,7 +20,7 @@ from tessera.compiler.ir import Graph, Node
 from tessera.compiler.lower.cpu import make_cpu_op
 from tessera.compiler.lower.partition import targets_assigned
 from tessera.config import Config
-from tessera.errors import CompileError, ProgramError
+from tessera.errors import CompileError, ConfigError, ProgramError
 from tessera.runtime.accel import (
     ConvGeom,
     ConvShape,
@@ -36,9 +36,26 @@ from tessera.runtime.builder import CommandBuilder
 from tessera.runtime.layout import ceil_div
 from tessera.runtime.plan import REGION_BASES, REGION_LIMIT, AccelStep, CpuStep, Plan, Slot
 
-__all__ = ["build_plan", "cpu_macs"]
+__all__ = ["build_plan", "cpu_macs", "param_align", "check_config"]
 
-PARAM_ALIGN = 256
+
+def param_align(cfg: Config) -> int:
+    """Bytes each parameter array is aligned to in the params region: the config's largest DRAM
+    element (so any memory type can address it) and at least one bus beat."""
+    return max(cfg.dram_align, cfg.mem_bus_bytes)
+
+
+def check_config(cfg: Config) -> None:
+    """Raise :class:`ConfigError` when ``cfg`` cannot run even the smallest accelerator layer
+    (a 1x1 convolution of one channel block at one pixel, with bias): its buffers are too small
+    for any tile the accelerator kernel library can emit, so no model would compile. A layer
+    that is merely too large for a config fails later, naming the layer."""
+    shape = ConvShape.make((1, 1, 1, 1), (1, 1, 1, 1))
+    try:
+        plan_conv2d(cfg, ConvGeom.of(cfg, shape))
+    except ProgramError as exc:
+        raise ConfigError(f"config {cfg.summary()} cannot run even the smallest accelerator "
+                          f"layer (a 1x1 convolution of one channel block): {exc}") from None
 
 
 def cpu_macs(g: Graph, n: Node) -> int:
@@ -73,7 +90,8 @@ class _Builder:
         if name in self.slots:
             raise CompileError(f"parameter {name!r} collides with another slot")
         data = np.ascontiguousarray(data)
-        offset = ceil_div(self.params_size, PARAM_ALIGN) * PARAM_ALIGN
+        align = param_align(self.cfg)
+        offset = ceil_div(self.params_size, align) * align
         self.params[name] = data
         self.slots[name] = Slot(name, "params", offset, data.nbytes, tuple(data.shape),
                                 data.dtype.name, "raw")

@@ -3,7 +3,9 @@
 Each tensor lives from the node that produces it (graph inputs: from the start) to the last node
 that reads it (graph inputs and outputs: to the end); a tensor takes the lowest offset whose
 range no live tensor overlaps (first fit, tensors in order of definition), each range rounded up
-to :data:`~tessera.runtime.plan.ALIGN` bytes. The plan is attached to the graph
+to :data:`~tessera.runtime.plan.ALIGN` bytes, or to the config's ``dram_align`` (its largest
+DRAM element) when that is larger, so that every slot starts on an element of every memory
+type. The plan is attached to the graph
 (``graph.memory``); any later rewrite drops it.
 """
 
@@ -33,7 +35,8 @@ def plan_memory(g: Graph, cfg: Config | None = None) -> tuple[Graph, bool]:
         last.setdefault(t, first[t])
     for t in set(g.inputs) | set(g.outputs):
         last[t] = end
-    sizes = {t: ceil_div(max(g.tensors[t].nbytes, 1), ALIGN) * ALIGN for t in first}
+    unit = ALIGN if cfg is None else max(ALIGN, cfg.dram_align)
+    sizes = {t: ceil_div(max(g.tensors[t].nbytes, 1), unit) * unit for t in first}
     offsets: dict[str, int] = {}
     placed: list[str] = []
     top = 0

@@ -463,6 +463,14 @@ class Engine:
         trace = self.trace
         wake = self._wake
         q, ph, t = self.q[m], self.phase[m], self.t[m]
+        idle_from, busy, wait = self.idle_from[m], self.busy[m], self.wait[m]
+        phase = self.phase
+        prod_a = _PRODUCER[qa] if qa is not None else -1
+        prod_b = _PRODUCER[qb] if qb is not None else -1
+        cons_a = _CONSUMER[pa] if pa is not None else -1
+        cons_b = _CONSUMER[pb] if pb is not None else -1
+        dec_wait = self.dec_wait == m
+        client = LOAD_RD if m == LOAD else COMPUTE_RD
         while q < nq:
             ins = insns[q]
             if ph == 0:  # IDLE: take the command from the queue's output register
@@ -471,10 +479,11 @@ class Engine:
                 c = qd[q] + 2
                 if q and takes[q - 1] + 1 > c:
                     c = takes[q - 1] + 1
-                take = c if c > self.idle_from[m] else self.idle_from[m]
+                take = c if c > idle_from else idle_from
                 takes.append(take)
-                if self.dec_wait == m and len(takes) >= self.dec_wait_j:
+                if dec_wait and len(takes) >= self.dec_wait_j:
                     wake(_DECODER)
+                    dec_wait = False
                 t = take + 1
                 ph = 1
             if ph == 1:  # POP: every flagged queue non-empty in the same cycle
@@ -492,13 +501,13 @@ class Engine:
                         t = tpush[qb][kb] + 1
                 if ka >= 0:
                     tpop[qa].append(t)
-                    if self.phase[_PRODUCER[qa]] == 3:
-                        wake(_PRODUCER[qa])
+                    if phase[prod_a] == 3:
+                        wake(prod_a)
                 if kb >= 0:
                     tpop[qb].append(t)
-                    if self.phase[_PRODUCER[qb]] == 3:
-                        wake(_PRODUCER[qb])
-                self.wait[m] += t - t0
+                    if phase[prod_b] == 3:
+                        wake(prod_b)
+                wait += t - t0
                 self.t_pop[m] = t
                 kind = ins[5]
                 x = self.x[m] = t + 1  # EXEC (load/store) or LOAD (compute) state
@@ -509,7 +518,7 @@ class Engine:
                     t += 1
                     ph = 3
                 elif kind == K_LOAD:
-                    self._loader_start(LOAD_RD if m == LOAD else COMPUTE_RD, ins, x)
+                    self._loader_start(client, ins, x)
                     ph = 2
                 elif kind == K_STORE:
                     if ins[10]:
@@ -518,20 +527,20 @@ class Engine:
                             self.last_w)
                     else:
                         done = x + 2  # no rows: the storer idles again at once
-                    self.busy[m] += done - x + 1
+                    busy += done - x + 1
                     t = done + 1
                     ph = 3
                 else:  # x_size == 0: synchronisation only
                     if m != COMPUTE:
-                        self.busy[m] += 1
+                        busy += 1
                     t = x + 1
                     ph = 3
             if ph == 2:  # WAIT for the loader to go idle
-                done = self.loaders[LOAD_RD if m == LOAD else COMPUTE_RD].done_at
+                done = self.loaders[client].done_at
                 if done is None:
                     break
                 if m == LOAD:
-                    self.busy[m] += done - self.x[m] + 1
+                    busy += done - self.x[m] + 1
                 t = done + 1
                 ph = 3
             if ph == 3:  # PUSH: every flagged queue has room in the same cycle
@@ -549,19 +558,20 @@ class Engine:
                         t = tpop[pb][kb - depth] + 1
                 if ka >= 0:
                     tpush[pa].append(t)
-                    if self.phase[_CONSUMER[pa]] == 1:
-                        wake(_CONSUMER[pa])
+                    if phase[cons_a] == 1:
+                        wake(cons_a)
                 if kb >= 0:
                     tpush[pb].append(t)
-                    if self.phase[_CONSUMER[pb]] == 1:
-                        wake(_CONSUMER[pb])
-                self.retired[m] = t
+                    if phase[cons_b] == 1:
+                        wake(cons_b)
                 if trace is not None:
                     self._record(m, ins, y, t)
-                self.idle_from[m] = t + 1
+                idle_from = t + 1
                 ph = 0
                 q += 1
         self.q[m], self.phase[m], self.t[m] = q, ph, t
+        self.idle_from[m], self.busy[m], self.wait[m] = idle_from, busy, wait
+        self.retired[m] = idle_from - 1
 
     def _record(self, m: int, ins: tuple, y: int, retire: int) -> None:
         """Trace record of one retired instruction (see :mod:`tessera.sim.timing`), with the

@@ -52,12 +52,12 @@ def _detector_trace(window: int, steps: list[dict]) -> list[tuple[int, int]]:
 DEAD = {"load": (1, 1, 9), "compute": (1, 1, 4), "store": (0, 0, 2)}
 
 
-def test_detector_fires_on_the_window_th_cycle_with_the_lowest_blocked_pc() -> None:
+def test_detector_fires_after_the_window_with_the_lowest_blocked_pc() -> None:
     trace = _detector_trace(5, [DEAD] * 8)
-    assert [e for e, _ in trace] == [0, 0, 0, 0, 1, 0, 0, 0]  # once, on the 5th cycle
-    assert trace[4][1] == 4  # store is idle, so its pc 2 does not count
+    assert [e for e, _ in trace] == [0, 0, 0, 0, 0, 1, 0, 0]  # once, after the 5th cycle
+    assert trace[5][1] == 4  # store is idle, so its pc 2 does not count
     both = dict(DEAD, store=(1, 1, 2))
-    assert _detector_trace(3, [both] * 3)[2] == (1, 2)
+    assert _detector_trace(3, [both] * 4)[3] == (1, 2)
 
 
 @pytest.mark.parametrize("spoiler", [

@@ -199,3 +199,25 @@ def test_report_names_the_cause_of_a_bad_layer():
     assert any(c.startswith("inherited") for c in by["victim"].causes) or not \
         by["victim"].flagged
     assert "few levels" in rep.table()
+
+
+def test_cli_compile_takes_the_quantisation_options(tmp_path):
+    import onnx
+
+    from tessera.cli import main
+    from tessera.compiler import zoo
+    from tessera.runtime.model import load
+    proto = zoo.small_cnn()
+    onnx.save(proto, tmp_path / "m.onnx")
+    rng = np.random.default_rng(8)
+    np.savez(tmp_path / "cal.npz", input=rng.standard_normal((4, 1, 3, 27, 27)).astype(
+        np.float32))
+    first_conv = next(n.name for n in proto.graph.node if n.op_type == "Conv")
+    assert main(["compile", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "m.tsr"),
+                 "--config", "tiny", "--calibration", str(tmp_path / "cal.npz"),
+                 "--calibration-method", "percentile", "--activations", "symmetric",
+                 "--keep-float", first_conv]) == 0
+    model = load(tmp_path / "m.tsr")
+    ops = {s.name: s.info.get("op") for s in model.plan.steps}
+    assert ops[first_conv] == "conv2d"  # kept float, on the CPU
+    assert "qconv2d" in ops.values()

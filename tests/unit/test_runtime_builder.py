@@ -319,8 +319,8 @@ def test_bad_requests_raise_program_error_naming_the_problem():
         b.gemm(MicroKernel((Uop(0, 0, 300),)))
     with pytest.raises(ProgramError, match="imm must fit"):
         b.alu(_span(0, 1), AluOp.ADD, 40000)
-    with pytest.raises(ProgramError, match="dst_factor_out"):
-        b.gemm(MicroKernel((Uop(0, 0, 0),), dst_factor_out=5000))  # field is 7 bits on tiny
+    with pytest.raises(ProgramError, match="accumulator index 5000"):
+        b.gemm(MicroKernel((Uop(0, 0, 0),), iter_out=2, dst_factor_out=5000))
     with pytest.raises(ProgramError, match="needs a device"):
         b.synchronize()
     with pytest.raises(ProgramError, match="multipliers must fit int16"):
@@ -353,3 +353,14 @@ def test_epilogue_reference_is_round_half_up_and_clip():
                 assert np.array_equal(apply_epilogue(acc, rq), want), (shift, mul, rnd)
     assert [AluOp[s.opcode] for s in Epilogue(shift=20).alu_steps()] == [
         AluOp.SHR, AluOp.ADD, AluOp.SHR, AluOp.MIN, AluOp.MAX]
+
+
+def test_factors_of_a_single_iteration_level_are_encoded_as_zero():
+    # The factor of a loop level that runs once is only ever multiplied by 0, so it may exceed
+    # its field on a small config; the builder encodes it as 0 instead of refusing it.
+    b = CommandBuilder(TINY)
+    pc = b.gemm(MicroKernel((Uop(0, 0, 0),), iter_out=1, dst_factor_out=5000, iter_in=2,
+                            dst_factor_in=3))
+    insn = b.insns[pc]
+    assert isinstance(insn, GemmInsn)
+    assert (insn.dst_factor_out, insn.dst_factor_in, insn.iter_in) == (0, 3, 2)
