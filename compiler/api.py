@@ -14,6 +14,7 @@ The whole compiler is one flat pipeline, run once; ``dump_ir`` prints the IR aft
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -46,7 +47,7 @@ def compile(model: Any, config: Config | str | None = None,
             input_shapes: Mapping[str, Iterable[int]] | None = None,
             calibration_method: str = "mse", dump_ir: str | Iterable[str] | None = None,
             double_buffer: bool = True, keep_float: Iterable[str] = (),
-            activations: str = "auto") -> CompiledModel:
+            activations: str = "auto", progress: bool | None = None) -> CompiledModel:
     """Compile an ONNX model (path, bytes or ModelProto) to int8 for ``config``.
 
     ``calibration`` is an iterable of input dicts (float arrays, one dict per batch); without
@@ -55,7 +56,9 @@ def compile(model: Any, config: Config | str | None = None,
     calibration. ``keep_float`` names nodes (after the graph rewrites: a fused conv+relu is
     named after the conv) that stay float inside the int8 model; ``activations`` is
     ``"auto"``, ``"symmetric"`` or ``"asymmetric"``
-    (:mod:`tessera.compiler.quant.quantize`).
+    (:mod:`tessera.compiler.quant.quantize`). ``progress`` draws a progress bar on stderr
+    (default: when stderr is a terminal); ``meta["compile_phases"]`` records the seconds of
+    each phase (import, every pass, plan building).
     """
     t0 = time.perf_counter()
     cfg = Config.resolve(config)
@@ -63,7 +66,9 @@ def compile(model: Any, config: Config | str | None = None,
     if calibration_method not in CALIBRATION_METHODS:
         raise CompileError(f"calibration_method must be one of {CALIBRATION_METHODS}, not "
                            f"{calibration_method!r}")
+    bar = _ProgressBar(progress)
     graph = import_onnx(model, input_shapes=input_shapes)
+    bar.done("import", time.perf_counter() - t0)
     meta: dict[str, Any] = {"calibration": "given"}
     if calibration is None:
         batches = _random_calibration(graph, RANDOM_CALIBRATION_BATCHES)
@@ -75,11 +80,49 @@ def compile(model: Any, config: Config | str | None = None,
              for name in graph.inputs}
     quant = Quantize(batches, calibration_method, activations=activations,
                      keep_float=keep_float, config=cfg)
-    graph = run_pipeline(graph, [*GRAPH_PASSES, quant, *lowering_passes(cfg)],
-                         dump_after=dump_ir)
-    if quant.result is not None and quant.result.method == "model":
-        meta["calibration"] = "none: the model's own quantisation scales"
-    plan = build_plan(graph, cfg, double_buffer=double_buffer)
+    passes = [*GRAPH_PASSES, quant, *lowering_passes(cfg)]
+    bar.expect(len(passes) + 1)
+    try:
+        graph = run_pipeline(graph, passes, dump_after=dump_ir, on_pass=bar.done)
+        if quant.result is not None and quant.result.method == "model":
+            meta["calibration"] = "none: the model's own quantisation scales"
+        t1 = time.perf_counter()
+        plan = build_plan(graph, cfg, double_buffer=double_buffer)
+        bar.done("build_plan", time.perf_counter() - t1)
+    finally:
+        bar.close()
     meta["partition"] = partition_report(graph)
     meta["compile_seconds"] = time.perf_counter() - t0
+    meta["compile_phases"] = bar.phases
     return CompiledModel(plan, specs, meta, quant.result)
+
+
+class _ProgressBar:
+    """The compile's phases: their seconds, and a tqdm bar on stderr when ``enabled`` (None:
+    when stderr is a terminal)."""
+
+    def __init__(self, enabled: bool | None):
+        self.phases: dict[str, float] = {}
+        show = sys.stderr.isatty() if enabled is None else bool(enabled)
+        self._bar = None
+        if show:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=1, desc="compile", unit="phase", file=sys.stderr,
+                             leave=False, bar_format="{desc}: {bar} {n_fmt}/{total_fmt} "
+                                                     "{postfix} [{elapsed}]")
+
+    def expect(self, more: int) -> None:
+        if self._bar is not None:
+            self._bar.total = self._bar.n + more
+            self._bar.refresh()
+
+    def done(self, name: str, seconds: float) -> None:
+        self.phases[name] = round(self.phases.get(name, 0.0) + seconds, 6)
+        if self._bar is not None:
+            self._bar.set_postfix_str(name, refresh=False)
+            self._bar.update()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()

@@ -159,8 +159,13 @@ class Executor:
         for name, slot in plan.inputs.items():
             self.write_slot(slot, feeds[name])
         layers: list[LayerProfile] = []
-        n = len(plan.steps)
         cpu = self.cpu
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(plan.steps), desc="run", unit="step", file=sys.stderr,
+                       leave=False)
         for k, step in enumerate(plan.steps):
             if not (profile or progress):  # the hot path
                 if k in cpu:
@@ -186,10 +191,11 @@ class Executor:
             rec.wall_ms = (time.perf_counter() - t0) * 1e3
             if profile:
                 layers.append(rec)
-            if progress:
-                _progress(k + 1, n, step.name)
-        if progress:
-            print(file=sys.stderr)
+            if bar is not None:
+                bar.set_postfix_str(step.name[:30], refresh=False)
+                bar.update()
+        if bar is not None:
+            bar.close()
         outputs = [self.read_slot(plan.outputs[o]) for o in plan.outputs]
         return outputs, (Profile(self.dev.kind, self.cfg, layers, self._dram_timing())
                          if profile else None)
@@ -214,12 +220,4 @@ class Executor:
         code, addr, count = program
         return timing.predict(timing.decode_stream(code, self.cfg), self.cfg, dram,
                               insn_addr=addr, insn_count=count).cycles
-
-
-def _progress(done: int, total: int, what: str) -> None:
-    width = 30
-    filled = width * done // total
-    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {what[:30]:<30}")
-    sys.stderr.flush()
-
 
