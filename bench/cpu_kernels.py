@@ -6,7 +6,8 @@ then the executor's per-call overhead on a CPU step.
 For each case: compile time (first get(), cold in-memory cache), the kernel's time through its
 bound call (:meth:`~tessera.runtime.cpu.op.CpuOp.bind`, the executor's path: fixed buffers,
 no checks), onnxruntime's time for the same operator as a one-node model (one thread, inputs
-and a preallocated output bound once with IOBinding; PackNCHW is ONNX Reshape + Transpose), the
+and a preallocated output bound once with IOBinding; PackNCHW is ONNX Reshape + Transpose,
+UnpackNCHW Transpose + Reshape), the
 ratio onnxruntime / kernel (> 1: the LLVM kernel is faster), and numpy's time. Results are
 checked against numpy before timing.
 
@@ -86,7 +87,8 @@ def _np_type(a: np.ndarray) -> int:
 
 def ort_model(op: str, attrs: dict, inputs: list[np.ndarray]) -> onnx.ModelProto:
     """``op`` as a one-node ONNX model (its first input a graph input, the others constants);
-    PackNCHW as Reshape + Transpose, the layout it produces."""
+    PackNCHW as Reshape + Transpose (the layout it produces), UnpackNCHW as Transpose +
+    Reshape."""
     x = inputs[0]
     inits = [numpy_helper.from_array(a, f"c{k}") for k, a in enumerate(inputs[1:], 1)]
     names = ["x"] + [f"c{k}" for k in range(1, len(inputs))]
@@ -103,6 +105,10 @@ def ort_model(op: str, attrs: dict, inputs: list[np.ndarray]) -> onnx.ModelProto
         inits.append(numpy_helper.from_array(np.array([n, c // bl, bl, h, w], np.int64), "shp"))
         nodes = [helper.make_node("Reshape", ["x", "shp"], ["r"]),
                  helper.make_node("Transpose", ["r"], ["y"], perm=[0, 1, 3, 4, 2])]
+    elif op == "UnpackNCHW":
+        inits.append(numpy_helper.from_array(np.array(attrs["shape"], np.int64), "shp"))
+        nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 4, 1, 5, 2, 3]),
+                 helper.make_node("Reshape", ["t", "shp"], ["y"])]
     else:
         if op == "Conv":
             onnx_attrs["kernel_shape"] = list(inputs[1].shape[2:])
@@ -150,6 +156,7 @@ def cases(rng: np.random.Generator, quick: bool):
     dw = rng.standard_normal((64, 1, 3, 3)).astype(np.float32)
     scale = np.array(0.05, np.float32)
     conv = {"group": 64, "pads": [1, 1, 1, 1]}
+    xb = np_pack(xi, 16)
     return [
         ("MaxPool 3x3/2 f32", "MaxPool", pool, [xf], lambda: np_pool(xf, 3, 2, 1, "max")),
         ("MaxPool 3x3/2 int8", "MaxPool", pool, [xi], lambda: np_pool(xi, 3, 2, 1, "max")),
@@ -171,6 +178,8 @@ def cases(rng: np.random.Generator, quick: bool):
          lambda: np.ascontiguousarray(xf.transpose(0, 2, 3, 1))),
         ("PackNCHW int8 block 16", "PackNCHW", {"batch": 1, "block": 16}, [xi],
          lambda: np_pack(xi, 16)),
+        ("UnpackNCHW int8 block 16", "UnpackNCHW",
+         {"batch": 1, "block": 16, "shape": list(xi.shape)}, [xb], lambda: xi.copy()),
     ]
 
 
