@@ -1,12 +1,13 @@
-"""``tessera.compile``: ONNX in, a runnable, saveable int8 :class:`CompiledModel` out.
+"""``tessera.compile``: ONNX in, a runnable, saveable :class:`CompiledModel` out (int8 on the
+accelerator, or ``precision="float"``: float32 CPU kernels only).
 
 The whole compiler is one flat pipeline, run once; ``dump_ir`` prints the IR after any pass::
 
     graph = import_onnx(model)                      # our IR, shapes and constants folded
     graph = run_pipeline(graph, [
-        *GRAPH_PASSES,          # fold_constants remove_identity fold_batchnorm fold_affine
-                                # fuse_activation fuse_residual dce
-        quantize,               # calibrated int8 with accelerator epilogues
+        *GRAPH_PASSES,          # fold_constants remove_identity fuse_elementwise
+                                # fold_batchnorm fold_affine fuse_activation fuse_residual dce
+        quantize,               # calibrated int8 with accelerator epilogues (not for float)
         *lowering_passes(cfg),  # fold_narrow_input partition assign_layouts plan_memory
     ])
     plan = build_plan(graph, cfg)                   # accelerator streams + CPU kernel calls
@@ -31,9 +32,10 @@ from tessera.config import Config
 from tessera.errors import CompileError
 from tessera.runtime.model import CompiledModel
 
-__all__ = ["compile", "CompiledModel", "RANDOM_CALIBRATION_BATCHES"]
+__all__ = ["compile", "CompiledModel", "RANDOM_CALIBRATION_BATCHES", "PRECISIONS"]
 
 RANDOM_CALIBRATION_BATCHES = 8
+PRECISIONS = ("int8", "float")
 
 
 def _random_calibration(graph: Graph, count: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
@@ -44,47 +46,64 @@ def _random_calibration(graph: Graph, count: int, seed: int = 0) -> list[dict[st
 
 def compile(model: Any, config: Config | str | None = None,
             calibration: Iterable[Mapping[str, np.ndarray]] | None = None, *,
+            precision: str = "int8",
             input_shapes: Mapping[str, Iterable[int]] | None = None,
             calibration_method: str = "mse", dump_ir: str | Iterable[str] | None = None,
             double_buffer: bool = True, keep_float: Iterable[str] = (),
             activations: str = "auto", progress: bool | None = None) -> CompiledModel:
-    """Compile an ONNX model (path, bytes or ModelProto) to int8 for ``config``.
+    """Compile an ONNX model (path, bytes or ModelProto) for ``config``.
 
-    ``calibration`` is an iterable of input dicts (float arrays, one dict per batch); without
-    it, eight batches of seeded standard-normal data are used and the model's ``meta`` records
-    that. A pre-quantised model (QDQ or QOperator) runs with its own scales and needs no
-    calibration. ``keep_float`` names nodes (after the graph rewrites: a fused conv+relu is
-    named after the conv) that stay float inside the int8 model; ``activations`` is
-    ``"auto"``, ``"symmetric"`` or ``"asymmetric"``
-    (:mod:`tessera.compiler.quant.quantize`). ``progress`` draws a progress bar on stderr
+    ``precision="int8"`` (the default) quantises to int8 for the accelerator: ``calibration``
+    is an iterable of input dicts (float arrays, one dict per batch); without it, eight batches
+    of seeded standard-normal data are used and the model's ``meta`` records that. A
+    pre-quantised model (QDQ or QOperator) runs with its own scales and needs no calibration.
+    ``keep_float`` names nodes (after the graph rewrites: a fused conv+relu is named after the
+    conv) that stay float inside the int8 model; ``activations`` is ``"auto"``,
+    ``"symmetric"`` or ``"asymmetric"`` (:mod:`tessera.compiler.quant.quantize`).
+    ``precision="float"`` runs every op as an LLVM CPU kernel in float32 — the same graph
+    rewrites, no quantisation, no calibration. ``progress`` draws a progress bar on stderr
     (default: when stderr is a terminal); ``meta["compile_phases"]`` records the seconds of
     each phase (import, every pass, plan building).
     """
     t0 = time.perf_counter()
     cfg = Config.resolve(config)
+    if precision not in PRECISIONS:
+        raise CompileError(f"precision must be one of {PRECISIONS}, not {precision!r}")
     check_config(cfg)  # a config no layer can run on fails here, before any work
     if calibration_method not in CALIBRATION_METHODS:
         raise CompileError(f"calibration_method must be one of {CALIBRATION_METHODS}, not "
                            f"{calibration_method!r}")
+    if precision == "float" and calibration is not None:
+        raise CompileError("calibration is only used with precision='int8'; a float model "
+                           "needs none")
+    keep_float = tuple(keep_float)
+    if precision == "float" and keep_float:
+        raise CompileError("keep_float is only used with precision='int8'; with "
+                           "precision='float' every node is float")
     bar = _ProgressBar(progress)
-    graph = import_onnx(model, input_shapes=input_shapes)
-    bar.done("import", time.perf_counter() - t0)
-    meta: dict[str, Any] = {"calibration": "given"}
-    if calibration is None:
-        batches = _random_calibration(graph, RANDOM_CALIBRATION_BATCHES)
-        meta["calibration"] = (f"random ({RANDOM_CALIBRATION_BATCHES} seeded standard-normal "
-                               f"batches)")
-    else:
-        batches = check_batches(graph, calibration)
-    specs = {name: (tuple(graph.tensors[name].shape), graph.tensors[name].dtype)
-             for name in graph.inputs}
-    quant = Quantize(batches, calibration_method, activations=activations,
-                     keep_float=keep_float, config=cfg)
-    passes = [*GRAPH_PASSES, quant, *lowering_passes(cfg)]
-    bar.expect(len(passes) + 1)
     try:
+        graph = import_onnx(model, input_shapes=input_shapes)
+        bar.done("import", time.perf_counter() - t0)
+        specs = {name: (tuple(graph.tensors[name].shape), graph.tensors[name].dtype)
+                 for name in graph.inputs}
+        if precision == "float":
+            meta: dict[str, Any] = {"precision": "float"}
+            quant = None
+            passes = [*GRAPH_PASSES, *lowering_passes(cfg)]
+        else:
+            meta = {"precision": "int8", "calibration": "given"}
+            if calibration is None:
+                batches = _random_calibration(graph, RANDOM_CALIBRATION_BATCHES)
+                meta["calibration"] = (f"random ({RANDOM_CALIBRATION_BATCHES} seeded "
+                                       f"standard-normal batches)")
+            else:
+                batches = check_batches(graph, calibration)
+            quant = Quantize(batches, calibration_method, activations=activations,
+                             keep_float=keep_float, config=cfg)
+            passes = [*GRAPH_PASSES, quant, *lowering_passes(cfg)]
+        bar.expect(len(passes) + 1)
         graph = run_pipeline(graph, passes, dump_after=dump_ir, on_pass=bar.done)
-        if quant.result is not None and quant.result.method == "model":
+        if quant is not None and quant.result is not None and quant.result.method == "model":
             meta["calibration"] = "none: the model's own quantisation scales"
         t1 = time.perf_counter()
         plan = build_plan(graph, cfg, double_buffer=double_buffer)
@@ -94,8 +113,7 @@ def compile(model: Any, config: Config | str | None = None,
     meta["partition"] = partition_report(graph)
     meta["compile_seconds"] = time.perf_counter() - t0
     meta["compile_phases"] = bar.phases
-    return CompiledModel(plan, specs, meta, quant.result)
-
+    return CompiledModel(plan, specs, meta, None if quant is None else quant.result)
 
 class _ProgressBar:
     """The compile's phases: their seconds, and a tqdm bar on stderr when ``enabled`` (None:

@@ -18,6 +18,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from tessera.compiler.ir import Graph, Node
+from tessera.compiler.refops import KERNELS as _FAMILY_KERNELS
 from tessera.errors import CompileError, ProgramError
 from tessera.runtime.accel.epilogue import Epilogue
 from tessera.runtime.accel.epilogue import apply_epilogue as _apply
@@ -80,22 +81,23 @@ def conv2d_nchw(x: np.ndarray, w: np.ndarray, strides=(1, 1), pads=(0, 0, 0, 0),
 def _pool_windows(x: np.ndarray, a: Mapping[str, Any], fill: float) -> tuple[np.ndarray, Any]:
     kh, kw = a["kernel"]
     sh, sw = a["strides"]
+    dh, dw = a.get("dilations", (1, 1))
     pt, pl, pb, pr = a["pads"]
     h, w = x.shape[2:]
     from tessera.compiler.ir import pool_out_size
-    oh = pool_out_size(h, kh, sh, pt, pb, 1, bool(a["ceil_mode"]))
-    ow = pool_out_size(w, kw, sw, pl, pr, 1, bool(a["ceil_mode"]))
-    eb = max(0, (oh - 1) * sh + kh - (h + pt + pb))
-    er = max(0, (ow - 1) * sw + kw - (w + pl + pr))
+    oh = pool_out_size(h, kh, sh, pt, pb, dh, bool(a["ceil_mode"]))
+    ow = pool_out_size(w, kw, sw, pl, pr, dw, bool(a["ceil_mode"]))
+    eb = max(0, (oh - 1) * sh + dh * (kh - 1) + 1 - (h + pt + pb))
+    er = max(0, (ow - 1) * sw + dw * (kw - 1) + 1 - (w + pl + pr))
     xp = np.pad(x, ((0, 0), (0, 0), (pt, pb + eb), (pl, pr + er)), constant_values=fill)
-    win = _windows(xp, kh, kw, sh, sw)[:, :, :oh, :ow]
+    win = _windows(xp, kh, kw, sh, sw, dh, dw)[:, :, :oh, :ow]
     # divisor: positions inside the input (or inside input + explicit pads)
     inside = np.zeros((1, 1) + xp.shape[2:], dtype=np.float64)
     if a.get("count_include_pad"):
         inside[..., : h + pt + pb, : w + pl + pr] = 1
     else:
         inside[..., pt: pt + h, pl: pl + w] = 1
-    count = _windows(inside, kh, kw, sh, sw)[:, :, :oh, :ow].sum(axis=(4, 5))
+    count = _windows(inside, kh, kw, sh, sw, dh, dw)[:, :, :oh, :ow].sum(axis=(4, 5))
     return win, count
 
 
@@ -161,6 +163,24 @@ def _k_binary(fn: Callable) -> Callable:
     return k
 
 
+def _power(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """numpy power; integers to negative powers give 0 (1 and -1 their own powers)."""
+    if a.dtype.kind == "f" or b.dtype.kind == "f":
+        return np.power(a, b)
+    neg = b < 0
+    out = np.power(a, np.where(neg, 0, b))
+    unit = np.where(a == -1, np.where(b % 2 == 1, -1, 1), np.where(a == 1, 1, 0))
+    return np.where(neg, unit, out).astype(np.result_type(a, b))
+
+
+def _int_divide(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Division of integers truncating toward zero (C, onnxruntime); exact for int64."""
+    if a.dtype.kind == "f" or b.dtype.kind == "f":
+        return np.divide(a, b)
+    q = np.abs(a) // np.where(b == 0, 1, np.abs(b))
+    return np.where(b == 0, 0, np.where((a < 0) != (b < 0), -q, q))
+
+
 def _k_pool(n: Node, x):
     if n.op == "maxpool":
         fill = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
@@ -208,7 +228,16 @@ def _k_slice(n: Node, x):
 def _k_pad(n: Node, x):
     p = n.attrs["pads"]
     r = x.ndim
-    return [np.pad(x, [(p[i], p[i + r]) for i in range(r)], constant_values=n.attrs["value"])]
+    crop = tuple(slice(max(0, -p[i]), x.shape[i] - max(0, -p[i + r])) for i in range(r))
+    x = x[crop]
+    widths = [(max(0, p[i]), max(0, p[i + r])) for i in range(r)]
+    mode = n.attrs.get("mode", "constant")
+    if mode == "constant":
+        return [np.pad(x, widths, constant_values=n.attrs["value"])]
+    if mode == "reflect" and any(d == 1 and sum(w) for d, w in zip(x.shape, widths)):
+        # numpy cannot reflect a length-1 axis; its reflection is the element itself
+        return [np.pad(x, widths, mode="edge")]
+    return [np.pad(x, widths, mode=mode)]
 
 
 def _k_pack(n: Node, x):
@@ -336,10 +365,10 @@ KERNELS: dict[str, Callable[..., list[np.ndarray]]] = {
     "add": _k_binary(np.add),
     "sub": _k_binary(np.subtract),
     "mul": _k_binary(np.multiply),
-    "div": _k_binary(np.divide),
+    "div": _k_binary(_int_divide),
     "max": _k_binary(np.maximum),
     "min": _k_binary(np.minimum),
-    "pow": _k_binary(np.power),
+    "pow": _k_binary(_power),
     "relu": lambda n, x: [np.maximum(x, np.zeros((), x.dtype))],
     "clip": lambda n, x: [np.clip(x, n.attrs["min"], n.attrs["max"]).astype(x.dtype)],
     "sigmoid": lambda n, x: [(1 / (1 + np.exp(-x))).astype(x.dtype)],
@@ -379,6 +408,9 @@ KERNELS: dict[str, Callable[..., list[np.ndarray]]] = {
 }
 
 
+KERNELS.update(_FAMILY_KERNELS)
+
+
 def run(graph: Graph, feeds: Mapping[str, np.ndarray], *, all_tensors: bool = False,
         observe: Callable[[str, np.ndarray], None] | None = None) -> dict[str, np.ndarray]:
     """Execute ``graph`` on ``feeds`` (input name -> array).
@@ -411,7 +443,8 @@ def run(graph: Graph, feeds: Mapping[str, np.ndarray], *, all_tensors: bool = Fa
         if kernel is None:
             raise CompileError(f"node {n.name!r}: the reference has no kernel for op {n.op!r}")
         args = [env[i] if i else None for i in n.inputs]
-        outs = kernel(n, *args)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            outs = kernel(n, *args)  # IEEE results (inf, NaN) are ONNX's semantics
         for o, v in zip(n.outputs, outs):
             want = graph.tensors.get(o)
             if want is not None and v.dtype != np.dtype(want.dtype):

@@ -179,7 +179,7 @@ def pack_arrays(arrays: dict[str, np.ndarray]) -> tuple[list[dict[str, Any]], by
     """A JSON-able index and one blob holding ``arrays`` (each aligned to 64 bytes)."""
     index, chunks, offset = [], [], 0
     for name, arr in arrays.items():
-        arr = np.ascontiguousarray(arr)
+        arr = np.ascontiguousarray(arr).reshape(np.shape(arr))  # keeps 0-d arrays 0-d
         if arr.dtype.name not in _ALLOWED_DTYPES:
             raise ArtifactError(f"array {name!r} has unsupported dtype {arr.dtype}")
         pad = -offset % 64

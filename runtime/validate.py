@@ -136,7 +136,10 @@ class _Checker:
 def check_meta(c: _Checker, meta: Any, where: str = "meta") -> dict:
     """The compilation facts a model carries: all optional, each of a fixed type."""
     meta = c.obj(meta, where, set(), frozenset({"calibration", "partition", "compile_seconds",
-                                                 "compile_phases"}))
+                                                "precision", "compile_phases"}))
+    if "precision" in meta and meta["precision"] not in ("int8", "float"):
+        raise c.fail(f"{where}.precision", f"must be 'int8' or 'float', not "
+                                           f"{meta['precision']!r}"[:200])
     if "calibration" in meta:
         c.str_(meta["calibration"], f"{where}.calibration", 200)
 

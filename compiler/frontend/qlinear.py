@@ -34,20 +34,19 @@ import onnx
 from onnx import helper
 
 from tessera.compiler.frontend.context import Ctx, Unsupported
-from tessera.compiler.frontend.converters import CONVERTERS
+from tessera.compiler.frontend.registry import CONVERTERS, Converter, converter, domain_of
 
 __all__ = ["QUANT_CONVERTERS", "QUANT_OPS"]
 
-Conv = Callable[[Ctx, onnx.NodeProto, dict], None]
-QUANT_CONVERTERS: dict[tuple[str, str], Conv] = {}
+Conv = Converter
 _MS = "com.microsoft"
 
 
-def _conv(*ops: str, domains: tuple[str, ...] = ("", "ai.onnx", _MS)) -> Callable[[Conv], Conv]:
+def _conv(*ops: str, domains: tuple[str, ...] = ("", _MS)) -> Callable[[Conv], Conv]:
+    """Register through the frontend's converter table, once per (canonical) domain."""
     def deco(fn: Conv) -> Conv:
-        for op in ops:
-            for d in domains:
-                QUANT_CONVERTERS[(d, op)] = fn
+        for d in dict.fromkeys(domain_of(d) for d in domains):
+            converter(*ops, domain=d)(fn)
         return fn
     return deco
 
@@ -153,7 +152,7 @@ def _float_op(ctx: Ctx, n: onnx.NodeProto, op_type: str, inputs: list[str], out:
     """Run the float converter of ``op_type`` on ``inputs`` into ``out``."""
     attrs = {k: v for k, v in a.items() if k not in ("channels_last", "opset")}
     node = helper.make_node(op_type, inputs, [out], name=n.name, **attrs)
-    CONVERTERS[op_type](ctx, node, attrs)
+    CONVERTERS[("", op_type)](ctx, node, attrs)
 
 
 # -- QuantizeLinear / DequantizeLinear ----------------------------------------------------------
@@ -165,7 +164,7 @@ def _check_plain(a: dict, op: str) -> None:
         raise Unsupported(f"{op} output_dtype {a['output_dtype']} is not supported")
 
 
-@_conv("QuantizeLinear", domains=("", "ai.onnx"))
+@_conv("QuantizeLinear", domains=("",))
 def _c_quantize(ctx: Ctx, n: onnx.NodeProto, a: dict) -> None:
     _check_plain(a, "QuantizeLinear")
     x = n.input[0]
@@ -178,7 +177,7 @@ def _c_quantize(ctx: Ctx, n: onnx.NodeProto, a: dict) -> None:
     _q(ctx, x, s, z, dtype, axis, n.output[0])
 
 
-@_conv("DequantizeLinear", domains=("", "ai.onnx"))
+@_conv("DequantizeLinear", domains=("",))
 def _c_dequantize(ctx: Ctx, n: onnx.NodeProto, a: dict) -> None:
     _check_plain(a, "DequantizeLinear")
     x = n.input[0]
@@ -223,7 +222,7 @@ def _dq_bias(ctx: Ctx, b: str, scale: np.ndarray, channels: int) -> str:
     return _dq(ctx, b, s, np.zeros(1, np.int64), 0, ctx.tmp(f"{b}:dq"))
 
 
-@_conv("QLinearConv", domains=("", "ai.onnx"))
+@_conv("QLinearConv", domains=("",))
 def _c_qlinearconv(ctx: Ctx, n: onnx.NodeProto, a: dict) -> None:
     x = _dq_input(ctx, n, 0)
     sx = _scale(ctx, _inp(n, 1), "x_scale")
@@ -235,7 +234,7 @@ def _c_qlinearconv(ctx: Ctx, n: onnx.NodeProto, a: dict) -> None:
     _q_output(ctx, n, y, 6, 7)
 
 
-@_conv("QLinearMatMul", domains=("", "ai.onnx"))
+@_conv("QLinearMatMul", domains=("",))
 def _c_qlinearmatmul(ctx: Ctx, n: onnx.NodeProto, a: dict) -> None:
     x = _dq_input(ctx, n, 0)
     b = _dq_weight(ctx, n, 3, 1)[0] if _inp(n, 3) in ctx.consts else _dq_input(ctx, n, 3)
@@ -269,8 +268,8 @@ def _binary(op_type: str) -> Conv:
     return conv
 
 
-QUANT_CONVERTERS[(_MS, "QLinearAdd")] = _binary("Add")
-QUANT_CONVERTERS[(_MS, "QLinearMul")] = _binary("Mul")
+_conv("QLinearAdd", domains=(_MS,))(_binary("Add"))
+_conv("QLinearMul", domains=(_MS,))(_binary("Mul"))
 
 
 def _unary(op_type: str) -> Conv:
@@ -287,7 +286,7 @@ def _unary(op_type: str) -> Conv:
 for _op, _float in (("QLinearGlobalAveragePool", "GlobalAveragePool"),
                     ("QLinearAveragePool", "AveragePool"), ("QLinearSigmoid", "Sigmoid"),
                     ("QLinearLeakyRelu", "LeakyRelu"), ("QLinearSoftmax", "Softmax")):
-    QUANT_CONVERTERS[(_MS, _op)] = _unary(_float)
+    _conv(_op, domains=(_MS,))(_unary(_float))
 
 
 @_conv("QLinearConcat", domains=(_MS,))
@@ -303,7 +302,7 @@ def _c_qlinearconcat(ctx: Ctx, n: onnx.NodeProto, a: dict) -> None:
 
 # -- integer ops --------------------------------------------------------------------------------
 
-@_conv("DynamicQuantizeLinear", domains=("", "ai.onnx"))
+@_conv("DynamicQuantizeLinear", domains=("",))
 def _c_dynamic_quantize(ctx: Ctx, n: onnx.NodeProto, a: dict) -> None:
     x = n.input[0]
     if ctx.info(x).dtype != "float32":
@@ -354,14 +353,14 @@ def _int_operand(ctx: Ctx, x: str, zp_name: str, what: str) -> str:
     return _dq(ctx, xi, np.ones(1), z, axis, ctx.tmp(f"{x}:int"))
 
 
-@_conv("ConvInteger", domains=("", "ai.onnx"))
+@_conv("ConvInteger", domains=("",))
 def _c_convinteger(ctx: Ctx, n: onnx.NodeProto, a: dict) -> None:
     x = _int_operand(ctx, n.input[0], _inp(n, 2), "x")
     w = _int_operand(ctx, n.input[1], _inp(n, 3), "w")
     _integer_result(ctx, n, "Conv", [x, w], a, _dynamic(ctx, n.input[0]))
 
 
-@_conv("MatMulInteger", domains=("", "ai.onnx"))
+@_conv("MatMulInteger", domains=("",))
 def _c_matmulinteger(ctx: Ctx, n: onnx.NodeProto, a: dict) -> None:
     x = _int_operand(ctx, n.input[0], _inp(n, 2), "A")
     w = _int_operand(ctx, n.input[1], _inp(n, 3), "B")
@@ -380,5 +379,9 @@ def _integer_result(ctx: Ctx, n: onnx.NodeProto, op_type: str, ins: list[str], a
     ctx.emit("cast", [y], n.output[0], to="int32")
 
 
+# The converters this module registered (a view for tests and reports; the importer reads
+# the frontend's CONVERTERS table).
+QUANT_CONVERTERS: dict[tuple[str, str], Conv] = {
+    key: fn for key, fn in CONVERTERS.items() if fn.__module__ == __name__}
 QUANT_OPS = tuple(sorted({op for _, op in QUANT_CONVERTERS}))
 

@@ -13,13 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tessera.compiler.ir.tensor import TensorInfo, blocked_shape
+from tessera.compiler.ir.tensor import DTYPES, TensorInfo, blocked_shape
 from tessera.errors import CompileError
 
 if TYPE_CHECKING:
     from tessera.compiler.ir.graph import Graph, Node
 
-__all__ = ["OpSpec", "OPS", "conv_out_size", "pool_out_size", "broadcast_shape", "InferFn"]
+__all__ = ["OpSpec", "OPS", "conv_out_size", "pool_out_size", "broadcast_shape", "InferFn",
+           "define", "op_error", "need_inputs", "infer_same", "infer_broadcast"]
 
 # infer(node, input infos (None when absent), graph) -> output infos
 InferFn = Callable[..., list[TensorInfo]]
@@ -186,19 +187,20 @@ def _pool(node: Node, ins: list, g: Graph) -> list[TensorInfo]:
         raise _err(node, f"pooling needs a 4-D NCHW input, got {x.shape}")
     kh, kw = node.attrs["kernel"]
     sh, sw = node.attrs["strides"]
+    dh, dw = node.attrs.get("dilations", (1, 1))
     pt, pl, pb, pr = node.attrs["pads"]
     ceil = bool(node.attrs["ceil_mode"])
-    oh = pool_out_size(x.shape[2], kh, sh, pt, pb, 1, ceil)
-    ow = pool_out_size(x.shape[3], kw, sw, pl, pr, 1, ceil)
+    oh = pool_out_size(x.shape[2], kh, sh, pt, pb, dh, ceil)
+    ow = pool_out_size(x.shape[3], kw, sw, pl, pr, dw, ceil)
     if oh < 1 or ow < 1:
         raise _err(node, f"window {kh}x{kw} does not fit input {x.shape[2:]}")
     return [TensorInfo((x.shape[0], x.shape[1], oh, ow), x.dtype, x.scale)]
 
 
-_op("maxpool", "max over windows; pads count as -inf", kernel=(2, 2), strides=(2, 2),
-    pads=(0, 0, 0, 0), ceil_mode=False)(_pool)
-_op("avgpool", "mean over windows", kernel=(2, 2), strides=(2, 2), pads=(0, 0, 0, 0),
-    ceil_mode=False, count_include_pad=False)(_pool)
+_op("maxpool", "max over (dilated) windows; pads count as -inf", kernel=(2, 2),
+    strides=(2, 2), pads=(0, 0, 0, 0), ceil_mode=False, dilations=(1, 1))(_pool)
+_op("avgpool", "mean over (dilated) windows", kernel=(2, 2), strides=(2, 2), pads=(0, 0, 0, 0),
+    ceil_mode=False, count_include_pad=False, dilations=(1, 1))(_pool)
 
 
 def _global_pool(node: Node, ins: list, g: Graph) -> list[TensorInfo]:
@@ -277,8 +279,8 @@ def _slice(node: Node, ins: list, g: Graph) -> list[TensorInfo]:
     return [TensorInfo(tuple(shape), ins[0].dtype, ins[0].scale)]
 
 
-@_op("pad", "constant pad; pads = begins of every axis then ends (ONNX order)",
-     pads=(), value=0.0)
+@_op("pad", "pad (mode constant with value, reflect, edge or wrap); pads = begins of every "
+     "axis then ends (ONNX order), negative pads crop", pads=(), value=0.0, mode="constant")
 def _pad(node: Node, ins: list, g: Graph) -> list[TensorInfo]:
     _need(node, ins, 0)
     s = ins[0].shape
@@ -294,6 +296,8 @@ def _pad(node: Node, ins: list, g: Graph) -> list[TensorInfo]:
 @_op("cast", "convert dtype", to="float32")
 def _cast(node: Node, ins: list, g: Graph) -> list[TensorInfo]:
     _need(node, ins, 0)
+    if node.attrs["to"] not in DTYPES:
+        raise _err(node, f"to must be one of {DTYPES}, not {node.attrs['to']!r}")
     return [TensorInfo(ins[0].shape, node.attrs["to"])]
 
 
@@ -437,3 +441,9 @@ def _unpack(node: Node, ins: list, g: Graph) -> list[TensorInfo]:
     return [TensorInfo(tuple(node.attrs["shape"]), ins[0].dtype, ins[0].scale)]
 
 
+# Public names of the helpers the op-family modules (ops_*.py) build their specs with.
+define = _op
+op_error = _err
+need_inputs = _need
+infer_same = _unary
+infer_broadcast = _binary

@@ -89,7 +89,7 @@ class _Builder:
         """Place constant ``data`` in the params region; returns its virtual byte address."""
         if name in self.slots:
             raise CompileError(f"parameter {name!r} collides with another slot")
-        data = np.ascontiguousarray(data)
+        data = np.ascontiguousarray(data).reshape(np.shape(data))  # keeps 0-d arrays 0-d
         align = param_align(self.cfg)
         offset = ceil_div(self.params_size, align) * align
         self.params[name] = data

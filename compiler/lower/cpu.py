@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from tessera.compiler.ir import OPS, Node, TensorInfo
+from tessera.compiler.lower.cpu_float import PLANNERS
 from tessera.errors import CompileError, KernelError
 from tessera.runtime.accel.epilogue import Epilogue
 from tessera.runtime.cpu import kernels
@@ -146,6 +147,9 @@ def _pool_attrs(a: Mapping[str, Any], avg: bool) -> dict[str, Any]:
            "ceil_mode": int(bool(a["ceil_mode"]))}
     if avg:
         out["count_include_pad"] = int(bool(a.get("count_include_pad", False)))
+    dil = [int(v) for v in a.get("dilations", (1, 1))]
+    if dil != [1, 1]:
+        out["dilations"] = dil
     return out
 
 
@@ -174,6 +178,9 @@ def _spatial_view(p: _Plan, x: int) -> tuple[int, tuple[int, ...]]:
 def _plan(p: _Plan) -> list[int]:
     n, a = p.node, p.node.attrs
     op = n.op
+    family = PLANNERS.get(op)
+    if family is not None:
+        return family(p)
     if op == "conv2d":
         x, w, bias = p.input(0), p.input(1), p.input(2, False)
         _float_only(p, x)
@@ -228,7 +235,10 @@ def _plan(p: _Plan) -> list[int]:
                                "keepdims": int(bool(a["keepdims"]))}, [p.input(0)])]
     if op in ("flatten", "reshape"):
         out = OPS[op].infer(n, [_info(p.spec(0))], None)[0].shape  # type: ignore[arg-type]
-        return [p.one("Reshape", {"shape": list(out)}, [p.input(0)])]
+        attrs = {"shape": list(out)}
+        if 0 in out:
+            attrs["allowzero"] = 1  # the shape is final: a 0 is an empty dimension
+        return [p.one("Reshape", attrs, [p.input(0)])]
     if op == "transpose":
         perm = [int(v) for v in a["perm"]]
         return [p.one("Transpose", {"perm": perm} if perm else {}, [p.input(0)])]
@@ -243,8 +253,10 @@ def _plan(p: _Plan) -> list[int]:
                  "axes": [int(v) for v in lists[2][:k]], "steps": [int(v) for v in steps[:k]]}
         return [p.one("Slice", attrs, [p.input(0)])]
     if op == "pad":
-        return [p.one("Pad", {"pads": [int(v) for v in a["pads"]], "value": float(a["value"])},
-                      [p.input(0)])]
+        attrs = {"pads": [int(v) for v in a["pads"]], "value": float(a["value"])}
+        if a.get("mode", "constant") != "constant":
+            attrs["mode"] = a["mode"]
+        return [p.one("Pad", attrs, [p.input(0)])]
     if op == "cast":
         return [p.one("Cast", {"to": str(a["to"])}, [p.input(0)])]
     if op in ("quantize", "dequantize"):

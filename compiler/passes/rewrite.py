@@ -19,8 +19,8 @@ __all__ = ["fold_constants", "remove_identity", "fold_batchnorm", "fold_affine",
            "fuse_activation", "fuse_residual", "dce", "GRAPH_PASSES"]
 
 # The target-independent rewrites, in the order the compiler runs them.
-GRAPH_PASSES = ("fold_constants", "remove_identity", "fold_batchnorm", "fold_affine",
-                "fuse_activation", "fuse_residual", "dce")
+GRAPH_PASSES = ("fold_constants", "remove_identity", "fuse_elementwise", "fold_batchnorm",
+                "fold_affine", "fuse_activation", "fuse_residual", "dce")
 
 
 

@@ -27,7 +27,9 @@ I64 = ir.IntType(64)
 F32 = ir.FloatType()
 PTR = ir.PointerType()
 
-DTYPES: dict[str, ir.Type] = {"float32": F32, "int8": I8, "int32": I32, "uint8": I8}
+# bool and uint8 are stored as one byte (bool: 0 or 1); generators that accept them say so.
+DTYPES: dict[str, ir.Type] = {"float32": F32, "int8": I8, "int32": I32, "int64": I64,
+                              "bool": I8, "uint8": I8}
 FAST = ("reassoc", "nsz", "contract")  # reductions only: lets LLVM reorder and vectorise sums
 MAX_EXTENT = 1 << 24  # largest kernel, stride, dilation or pad a window may have
 
@@ -291,15 +293,18 @@ class KernelBuilder:
     def store(self, value: ir.Value, base: ir.Value, ty: ir.Type, idx: ir.Value | int) -> None:
         self.b.store(value, self.ptr(base, ty, idx))
 
-    def table(self, values: Sequence[int], ty: ir.Type = I64) -> ir.GlobalVariable:
-        """A private constant array (e.g. per-output window bounds)."""
-        arr_ty = ir.ArrayType(ty, len(values))
+    def table(self, values: Sequence[int] | Sequence[float],
+              ty: ir.Type = I64) -> ir.GlobalVariable:
+        """A private constant array (e.g. per-output window bounds); ``ty`` F32 holds floats."""
+        arr_ty = ir.ArrayType(ty, max(len(values), 1))
+        values = list(values) or [0]
         g = ir.GlobalVariable(self.module, arr_ty, name=f"tab{self._n_tables}")
         self._n_tables += 1
         g.linkage = "private"
         g.global_constant = True
         g.unnamed_addr = True
-        g.initializer = ir.Constant(arr_ty, [int(v) for v in values])
+        cast = float if isinstance(ty, ir.FloatType) else int
+        g.initializer = ir.Constant(arr_ty, [cast(v) for v in values])
         return g
 
     def alloca(self, ty: ir.Type, count: int) -> ir.Value:

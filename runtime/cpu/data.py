@@ -36,7 +36,7 @@ from tessera.runtime.cpu.builder import (
     size,
 )
 
-_ANY = ("float32", "int8", "int32")
+_ANY = ("float32", "int8", "int32", "int64", "bool", "uint8")
 
 
 def emit_copy(kb: KernelBuilder, ty: ir.Type, shape: Shape, src: ir.Value,

@@ -3,7 +3,9 @@
 - float32: Add, Sub, Mul, Div, Max, Min (Max/Min take one or more inputs), Relu, Clip, Sigmoid,
   Tanh, Exp. Exp, Sigmoid and Tanh use Cephes-style float32 approximations (a few ulp), written
   in IR so they vectorise;
-- integer: Max, Min, Relu, Clip on int8/int32 (exact); Add, Sub, Mul on int32 (wrapping);
+- integer (int8, int32, int64, uint8): Max, Min (exact); Add, Sub, Mul (wrapping); Div
+  truncating toward zero, a division by zero giving 0 (ONNX leaves it undefined; nothing
+  traps); Relu, Clip on int8/int32 (exact);
 - AddRequant: int8 + int8 -> int8, ``clamp((a*mul_a + b*mul_b + 2**(shift-1)) >> shift)`` in
   int32 (rounds half up), clamped to [-128, 127] or, with ``relu=1``, [0, 127];
 - QuantizeLinear: float32 -> int8, ``saturate(round_half_even(x / scale))`` (zero point 0),
@@ -42,6 +44,7 @@ from tessera.runtime.cpu.builder import (
 )
 
 ValueFn = Callable[[list[ir.Value]], ir.Value]
+_INTS = ("int8", "int32", "int64", "uint8")
 
 
 def emit_map(kb: KernelBuilder, in_shapes: Sequence[Shape], in_types: Sequence[ir.Type],
@@ -63,8 +66,7 @@ def _binary(op: str, attrs: dict[str, Any], in_specs: list[Spec]) -> tuple[str, 
     check_attrs(op, attrs, ())
     variadic = op in ("Max", "Min")
     check_inputs(op, in_specs, range(1, 17) if variadic else (2,))
-    int_ok = ("int8", "int32") if variadic else (("int32",) if op != "Div" else ())
-    dt = check_dtype(op, "input 0", in_specs[0], ("float32", *int_ok))
+    dt = check_dtype(op, "input 0", in_specs[0], ("float32", *_INTS))
     for k, spec in enumerate(in_specs[1:], 1):
         check(spec[1].name == dt, op, f"input {k} must have dtype {dt}, not {spec[1].name}")
     out_shape = broadcast_shape(op, [s for s, _ in in_specs])
@@ -72,6 +74,20 @@ def _binary(op: str, attrs: dict[str, Any], in_specs: list[Spec]) -> tuple[str, 
     kb = KernelBuilder(f"tsr_{op.lower()}_{dt}", len(in_specs), 1)
     b = kb.b
     flt = dt == "float32"
+    unsigned = dt == "uint8"
+
+    def divide(a: ir.Value, d: ir.Value) -> ir.Value:
+        if flt:
+            return b.fdiv(a, d)
+        zero, one = ir.Constant(ty, 0), ir.Constant(ty, 1)
+        by_zero = b.icmp_signed("==", d, zero)
+        safe = b.select(by_zero, one, d)
+        if unsigned:
+            return b.select(by_zero, zero, b.udiv(a, safe))
+        # INT_MIN / -1 overflows in LLVM: it wraps to INT_MIN (a * -1)
+        minus_one = b.icmp_signed("==", safe, ir.Constant(ty, -1))
+        q = b.sdiv(a, b.select(minus_one, one, safe))
+        return b.select(by_zero, zero, b.select(minus_one, b.sub(zero, a), q))
 
     def fold(vals: list[ir.Value]) -> ir.Value:
         acc = vals[0]
@@ -83,11 +99,13 @@ def _binary(op: str, attrs: dict[str, Any], in_specs: list[Spec]) -> tuple[str, 
             elif op == "Mul":
                 acc = b.fmul(acc, v) if flt else b.mul(acc, v)
             elif op == "Div":
-                acc = b.fdiv(acc, v)
-            elif op == "Max":
-                acc = kb.fmax(acc, v) if flt else kb.smax(acc, v)
+                acc = divide(acc, v)
+            elif flt:
+                acc = kb.fmax(acc, v) if op == "Max" else kb.fmin(acc, v)
             else:
-                acc = kb.fmin(acc, v) if flt else kb.smin(acc, v)
+                rel = (">" if op == "Max" else "<")
+                take = b.icmp_unsigned(rel, acc, v) if unsigned else b.icmp_signed(rel, acc, v)
+                acc = b.select(take, acc, v)
         return acc
 
     emit_map(kb, [s for s, _ in in_specs], [ty] * len(in_specs), out_shape, ty, fold)

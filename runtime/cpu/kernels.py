@@ -11,9 +11,10 @@ One entry point::
     same = CpuKernel.from_description(kernel.description())
 
 A kernel is fully determined by its *description* (operator, JSON attributes, input shapes and
-dtypes): the generators of :mod:`~tessera.runtime.cpu.nn`, ``eltwise``, ``data``, ``quant`` and
-``misc`` validate it and emit specialised IR, taking raw pointers to C-contiguous arrays (numpy
-only allocates and passes buffers). Machine code comes from :mod:`tessera.runtime.cpu.jit`,
+dtypes): the generators of :mod:`~tessera.runtime.cpu.nn`, ``eltwise``, ``data``, ``quant``,
+``misc``, ``activ``, ``compare``, ``reduce``, ``resize``, ``convt``, ``rnn`` and ``gather``
+validate it and emit specialised IR, taking raw pointers to C-contiguous arrays (numpy only
+allocates and passes buffers). Machine code comes from :mod:`tessera.runtime.cpu.jit`,
 cached in memory and on disk under a key of the description, :data:`GENERATOR_VERSION`, the
 llvmlite version and the host target. A compiled-model file therefore carries descriptions only:
 the runtime regenerates the code, so a file can never bring its own. Operators are listed by
@@ -37,7 +38,21 @@ from typing import Any
 import numpy as np
 
 from tessera.errors import KernelError
-from tessera.runtime.cpu import builder, data, eltwise, misc, nn, quant
+from tessera.runtime.cpu import (
+    activ,
+    builder,
+    compare,
+    convt,
+    data,
+    eltwise,
+    gather,
+    misc,
+    nn,
+    quant,
+    reduce,
+    resize,
+    rnn,
+)
 from tessera.runtime.cpu.builder import Spec
 from tessera.runtime.cpu.jit import CompiledFunction, Engine, default_engine
 
@@ -52,16 +67,28 @@ _GENERATORS: dict[str, Generator] = {
     **data.GENERATORS,
     **quant.GENERATORS,
     **misc.GENERATORS,
+    **activ.GENERATORS,
+    **compare.GENERATORS,
+    **reduce.GENERATORS,
+    **resize.GENERATORS,
+    **convt.GENERATORS,
+    **rnn.GENERATORS,
+    **gather.GENERATORS,
 }
 
-SUPPORTED_DTYPES = ("float32", "int8", "int32", "uint8")
+assert len(_GENERATORS) == sum(len(m.GENERATORS) for m in (
+    nn, eltwise, data, quant, misc, activ, compare, reduce, resize, convt, rnn, gather)), \
+    "two generator modules define the same operator"
+
+SUPPORTED_DTYPES = ("float32", "int8", "int32", "int64", "bool", "uint8")
 
 
 def _generator_version() -> str:
     """A hash of the generators' source: any change to the code that writes the IR changes it,
     so cached machine code of an older generator is never reused."""
     h = hashlib.sha256()
-    for mod in (builder, nn, eltwise, data, quant, misc):
+    for mod in (builder, nn, eltwise, data, quant, misc, activ, compare, reduce, resize, convt,
+                rnn, gather):
         h.update(Path(mod.__file__).read_bytes())
     return h.hexdigest()[:16]
 

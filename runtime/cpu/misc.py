@@ -2,17 +2,21 @@
 
 Semantics follow :mod:`tessera.runtime.accel.epilogue` (numpy) where it and ONNX differ:
 
-- Pad: constant mode, any rank, ``pads`` = begins of every axis then ends (ONNX order);
-  negative pads crop. For integer tensors ``value`` must be an integer in range;
+- Pad: any rank, ``pads`` = begins of every axis then ends (ONNX order); negative pads crop.
+  ``mode`` constant (``value``; an integer in range for integer tensors), reflect (mirror
+  without repeating the edge), edge (repeat the edge) or wrap (periodic); any dtype;
 - LRN: ONNX LRN across channels of an NCHW float32 tensor, summing squares in channel order;
 - BatchNorm: inference batch norm on axis 1, inputs x, scale, bias, mean, var;
-- Cast: between float32, int8 and int32 exactly as numpy's ``astype`` on x86: float -> int
-  truncates toward zero, giving INT32_MIN (then truncated) when out of int32 range or NaN;
-  int -> int sign-extends or wraps;
-- Mean: over ``axes`` (``keepdims``); float32 sums in float64; integers sum in int64 and divide
-  truncating toward zero (numpy's ``mean().astype(int)``);
-- Neg (float32, int8/int32 wrapping), Sqrt, LeakyRelu (``alpha``), Pow (broadcasting, libm
-  ``powf``) on float32; Identity copies any supported dtype;
+- Cast: between float32, int8, int32, int64, uint8 and bool exactly as numpy's ``astype`` on
+  x86: float -> int truncates toward zero, giving INT32_MIN (INT64_MIN for int64; then
+  truncated) when out of range or NaN; int -> int sign-extends (uint8 and bool zero-extend) or
+  wraps; anything -> bool is ``x != 0`` (NaN is true);
+- Mean: over ``axes`` (``keepdims``); float32 sums in float64 (an empty mean is NaN);
+  integers sum in int64 and divide truncating toward zero (numpy's ``mean().astype(int)``);
+- Neg (float32, int8/int32/int64 wrapping), Sqrt, LeakyRelu (``alpha``) on float32; Pow
+  (broadcasting): float32 with libm ``powf``, int32/int64 exactly by square-and-multiply
+  (wrapping; a negative exponent gives 0 unless the base is 1 or -1); Identity copies any
+  supported dtype;
 - MatMul: numpy ``matmul`` (batched, broadcast batch axes, 1-D operands promoted); float32, or
   int8/int32 wrapping in the operand dtype.
 """
@@ -55,19 +59,62 @@ from tessera.runtime.cpu.eltwise import emit_map
 
 __all__ = ["GENERATORS"]
 
-_ANY = ("float32", "int8", "int32")
+_ANY = ("float32", "int8", "int32", "int64", "bool", "uint8")
+_CAST = _ANY
+_NUMERIC = ("float32", "int8", "int32")  # Mean and MatMul
 F64 = ir.DoubleType()
+_PAD_MODES = ("constant", "reflect", "edge", "wrap")
+
+
+def _pad_index(mode: str, i: int, n: int) -> int:
+    """The input index output coordinate ``i`` (relative to the input start) reads."""
+    if mode == "edge":
+        return min(max(i, 0), n - 1)
+    if mode == "wrap":
+        return i % n
+    period = 2 * (n - 1)  # reflect
+    if period == 0:
+        return 0
+    i = abs(i) % period
+    return i if i < n else period - i
+
+
+def _pad_modes(op: str, mode: str, dt: str, shape: tuple[int, ...], pads: tuple[int, ...],
+               out: tuple[int, ...]) -> tuple[str, str, list[Spec]]:
+    rank = len(shape)
+    for k, d in enumerate(shape):
+        grows = pads[k] > 0 or pads[k + rank] > 0
+        check(d > 0 or not grows, op, f"{mode} padding of an empty axis {k} is undefined")
+    ty = DTYPES[dt]
+    kb = KernelBuilder(f"tsr_pad_{mode}_{dt}", 1, 1)
+    istr, ostr = contiguous_strides(shape), contiguous_strides(out)
+    tabs = [kb.table([_pad_index(mode, o - pads[k], shape[k]) for o in range(out[k])])
+            for k in range(rank)]
+    if size(out):
+        with kb.nest(list(out), name="o") as oi:
+            src = kb.index([(kb.load(tabs[k], I64, oi[k]), istr[k]) for k in range(rank)])
+            kb.store(kb.load(kb.ins[0], ty, src), kb.outs[0], ty,
+                     kb.index(list(zip(oi, ostr, strict=True))))
+    return kb.finish(), kb.name, [(out, np.dtype(dt))]
 
 
 def _pad(op: str, attrs: dict[str, Any], in_specs: list[Spec]) -> tuple[str, str, list[Spec]]:
-    check_attrs(op, attrs, ("pads", "value"))
+    check_attrs(op, attrs, ("pads", "value", "mode"))
     check_inputs(op, in_specs, (1,))
     dt = check_dtype(op, "input", in_specs[0], _ANY)
     shape = in_specs[0][0]
     rank = len(shape)
     pads = ints_attr(op, attrs, "pads", 2 * rank)
+    mode = attrs.get("mode", "constant")
+    check(mode in _PAD_MODES, op, f"mode must be one of {', '.join(_PAD_MODES)}, not {mode!r}")
     value = float_attr(op, attrs, "value", 0.0)
-    if dt != "float32":
+    if mode != "constant":
+        out = tuple(d + pads[k] + pads[k + rank] for k, d in enumerate(shape))
+        check(all(d >= 0 for d in out), op, f"pads {pads} make a negative dimension of {shape}")
+        return _pad_modes(op, mode, dt, shape, pads, out)
+    if dt == "bool":
+        check(value in (0.0, 1.0), op, f"value must be 0 or 1 for bool, not {value}")
+    elif dt != "float32":
         info = np.iinfo(np.dtype(dt))
         check(value == int(value) and info.min <= value <= info.max, op,
               f"value must be an integer in [{info.min}, {info.max}] for {dt}, not {value}")
@@ -161,27 +208,41 @@ def emit_convert(kb: KernelBuilder, v: ir.Value, src: str, dst: str) -> ir.Value
     b = kb.b
     if src == dst:
         return v
+    out_ty = DTYPES[dst]
+    if dst == "bool":
+        if src == "float32":
+            flag = b.fcmp_unordered("une", v, kb.fconst(0.0))
+        else:
+            flag = b.icmp_unsigned("!=", v, ir.Constant(v.type, 0))
+        return b.zext(flag, I8)
     if src == "float32":
-        inside = b.and_(b.fcmp_ordered(">=", v, kb.fconst(-2.0 ** 31)),
-                        b.fcmp_ordered("<", v, kb.fconst(2.0 ** 31)))
+        wide = I64 if dst == "int64" else I32
+        lim = 2.0 ** (wide.width - 1)
+        inside = b.and_(b.fcmp_ordered(">=", v, kb.fconst(-lim)),
+                        b.fcmp_ordered("<", v, kb.fconst(lim)))
         safe = b.select(inside, v, kb.fconst(0.0))  # fptosi of an out-of-range value is poison
-        t = b.select(inside, b.fptosi(safe, I32), ir.Constant(I32, -(1 << 31)))
-        return t if dst == "int32" else b.trunc(t, I8)
+        t = b.select(inside, b.fptosi(safe, wide), ir.Constant(wide, -(1 << (wide.width - 1))))
+        return t if wide == out_ty else b.trunc(t, out_ty)
+    unsigned = src in ("bool", "uint8")
     if dst == "float32":
-        return b.sitofp(v, F32)
-    return b.sext(v, I32) if dst == "int32" else b.trunc(v, I8)
+        return b.uitofp(v, F32) if unsigned else b.sitofp(v, F32)
+    if out_ty.width == v.type.width:
+        return v
+    if out_ty.width < v.type.width:
+        return b.trunc(v, out_ty)
+    return b.zext(v, out_ty) if unsigned else b.sext(v, out_ty)
 
 
 def _cast(op: str, attrs: dict[str, Any], in_specs: list[Spec]) -> tuple[str, str, list[Spec]]:
     check_attrs(op, attrs, ("to",))
     check_inputs(op, in_specs, (1,))
-    src = check_dtype(op, "input", in_specs[0], _ANY)
+    src = check_dtype(op, "input", in_specs[0], _CAST)
     to = attrs.get("to")
     try:
         dst = np.dtype(to).name
     except TypeError:
         raise fail(op, f"attribute to must be a dtype name, not {to!r}") from None
-    check(dst in _ANY, op, f"attribute to must be one of {', '.join(_ANY)}, not {dst}")
+    check(dst in _CAST, op, f"attribute to must be one of {', '.join(_CAST)}, not {dst}")
     shape = in_specs[0][0]
     kb = KernelBuilder(f"tsr_cast_{src}_{dst}", 1, 1)
     emit_map(kb, [shape], [DTYPES[src]], shape, DTYPES[dst],
@@ -192,7 +253,7 @@ def _cast(op: str, attrs: dict[str, Any], in_specs: list[Spec]) -> tuple[str, st
 def _mean(op: str, attrs: dict[str, Any], in_specs: list[Spec]) -> tuple[str, str, list[Spec]]:
     check_attrs(op, attrs, ("axes", "keepdims"))
     check_inputs(op, in_specs, (1,))
-    dt = check_dtype(op, "input", in_specs[0], _ANY)
+    dt = check_dtype(op, "input", in_specs[0], _NUMERIC)
     shape = in_specs[0][0]
     rank = len(shape)
     check(rank >= 1, op, "input must have rank >= 1")
@@ -203,7 +264,8 @@ def _mean(op: str, attrs: dict[str, Any], in_specs: list[Spec]) -> tuple[str, st
     kept = [k for k in range(rank) if k not in axes]
     out = tuple(1 if k in axes else d for k, d in enumerate(shape) if keep or k not in axes)
     count = size(shape[k] for k in axes)
-    check(count > 0, op, f"cannot take the mean over empty axes {axes} of {shape}")
+    check(count > 0 or dt == "float32", op,
+          f"cannot take an integer mean over empty axes {axes} of {shape}")  # float: NaN
     strides = contiguous_strides(shape)
     ty = DTYPES[dt]
     flt = dt == "float32"
@@ -239,7 +301,8 @@ def _mean(op: str, attrs: dict[str, Any], in_specs: list[Spec]) -> tuple[str, st
 def _unary(op: str, attrs: dict[str, Any], in_specs: list[Spec]) -> tuple[str, str, list[Spec]]:
     check_attrs(op, attrs, ("alpha",) if op == "LeakyRelu" else ())
     check_inputs(op, in_specs, (1,))
-    allowed = {"Neg": _ANY, "Identity": _ANY}.get(op, ("float32",))
+    allowed = {"Neg": ("float32", "int8", "int32", "int64"), "Identity": _ANY}.get(
+        op, ("float32",))
     dt = check_dtype(op, "input", in_specs[0], allowed)
     shape = in_specs[0][0]
     ty = DTYPES[dt]
@@ -267,20 +330,50 @@ def _unary(op: str, attrs: dict[str, Any], in_specs: list[Spec]) -> tuple[str, s
 def _pow(op: str, attrs: dict[str, Any], in_specs: list[Spec]) -> tuple[str, str, list[Spec]]:
     check_attrs(op, attrs, ())
     check_inputs(op, in_specs, (2,))
-    for k in range(2):
-        check_dtype(op, f"input {k}", in_specs[k], ("float32",))
+    dt = check_dtype(op, "input 0", in_specs[0], ("float32", "int32", "int64"))
+    check_dtype(op, "input 1", in_specs[1], (dt,))
     out = broadcast_shape(op, [s for s, _ in in_specs])
-    kb = KernelBuilder("tsr_pow_float32", 2, 1)
-    powf = kb.intrinsic("llvm.pow.f32", F32, [F32, F32])
-    emit_map(kb, [s for s, _ in in_specs], [F32, F32], out, F32,
-             lambda vals: kb.b.call(powf, list(vals)))
-    return kb.finish(), kb.name, [(out, np.dtype("float32"))]
+    ty = DTYPES[dt]
+    kb = KernelBuilder(f"tsr_pow_{dt}", 2, 1)
+    if dt == "float32":
+        powf = kb.intrinsic("llvm.pow.f32", F32, [F32, F32])
+        emit_map(kb, [s for s, _ in in_specs], [F32, F32], out, F32,
+                 lambda vals: kb.b.call(powf, list(vals)))
+        return kb.finish(), kb.name, [(out, np.dtype(dt))]
+    b = kb.b
+    acc, base, exp = kb.alloca(ty, 1), kb.alloca(ty, 1), kb.alloca(ty, 1)
+    zero, one = ir.Constant(ty, 0), ir.Constant(ty, 1)
+
+    def ipow(vals: list[ir.Value]) -> ir.Value:
+        # square-and-multiply over the exponent's bits (wrapping like the integer dtype); a
+        # negative exponent gives 0 except for bases 1 and -1 (as integer division would)
+        x, e = vals
+        b.store(one, acc)
+        b.store(x, base)
+        b.store(e, exp)
+        with kb.loop(0, ty.width - 1, name="bit"):
+            cur = b.load(exp, typ=ty)
+            odd = b.icmp_signed("!=", b.and_(cur, one), zero)
+            a = b.load(acc, typ=ty)
+            b.store(b.select(odd, b.mul(a, b.load(base, typ=ty)), a), acc)
+            sq = b.load(base, typ=ty)
+            b.store(b.mul(sq, sq), base)
+            b.store(b.ashr(cur, one), exp)
+        neg = b.icmp_signed("<", e, zero)
+        unit = b.or_(b.icmp_signed("==", x, one), b.icmp_signed("==", x, ir.Constant(ty, -1)))
+        odd_e = b.icmp_signed("!=", b.and_(e, one), zero)
+        neg_val = b.select(unit, b.select(b.and_(b.icmp_signed("==", x, ir.Constant(ty, -1)),
+                                                 odd_e), ir.Constant(ty, -1), one), zero)
+        return b.select(neg, neg_val, b.load(acc, typ=ty))
+
+    emit_map(kb, [s for s, _ in in_specs], [ty, ty], out, ty, ipow)
+    return kb.finish(), kb.name, [(out, np.dtype(dt))]
 
 
 def _matmul(op: str, attrs: dict[str, Any], in_specs: list[Spec]) -> tuple[str, str, list[Spec]]:
     check_attrs(op, attrs, ())
     check_inputs(op, in_specs, (2,))
-    dt = check_dtype(op, "A", in_specs[0], _ANY)
+    dt = check_dtype(op, "A", in_specs[0], _NUMERIC)
     check(in_specs[1][1].name == dt, op, f"B must have the dtype of A ({dt}), not "
                                          f"{in_specs[1][1].name}")
     a, bs = in_specs[0][0], in_specs[1][0]

@@ -2,7 +2,7 @@
 
 Semantics are ONNX's (opset 19-22). Integer variants:
 
-- int8 MaxPool / GlobalMaxPool are exact;
+- int8 MaxPool / GlobalMaxPool are exact (MaxPool also on uint8);
 - int8 AveragePool / GlobalAveragePool sum in int32 and divide by the window count rounding to
   nearest with ties away from zero (``2.5 -> 3``, ``-2.5 -> -3``);
 - int8 Conv multiplies int8 x int8 and accumulates in int32 (wrapping mod 2**32) with an
@@ -65,7 +65,8 @@ def _pool(op: str, attrs: dict[str, Any], in_specs: list[Spec]) -> tuple[str, st
     check_attrs(op, attrs, _POOL_ATTRS + (("storage_order",) if is_max else
                                           ("count_include_pad",)))
     check_inputs(op, in_specs, (1,))
-    dt = check_dtype(op, "input", in_specs[0], ("float32", "int8"))
+    dt = check_dtype(op, "input", in_specs[0], ("float32", "int8") + (("uint8",) if is_max
+                                                                       else ()))
     n, c, h, w = _nchw(op, in_specs[0])
     kernel = ints_attr(op, attrs, "kernel_shape", 2)
     check(int_attr(op, attrs, "storage_order", 0) == 0 or not is_max, op,
@@ -91,13 +92,16 @@ def _pool(op: str, attrs: dict[str, Any], in_specs: list[Spec]) -> tuple[str, st
     t_hlo, t_hhi = kb.table(hlo), kb.table(hhi)
     t_wlo, t_whi = kb.table(wlo), kb.table(whi)
     if is_max:
-        ident = kb.fconst(FLT_LOWEST) if dt == "float32" else ir.Constant(I8, -128)
+        ident = kb.fconst(FLT_LOWEST) if dt == "float32" else ir.Constant(
+            I8, 0 if dt == "uint8" else -128)
     else:
         ident = kb.const(acc_ty, 0)
     a_lo, a_hi = _interior(w, ow, kernel[1], sw, dw, pl)
 
     def combine(acc: ir.Value, v: ir.Value) -> ir.Value:
         if is_max:
+            if dt == "uint8":
+                return b.select(b.icmp_unsigned(">", acc, v), acc, v)
             return kb.fmax(acc, v) if dt == "float32" else kb.smax(acc, v)
         if int_avg:
             return b.add(acc, b.sext(v, I32))

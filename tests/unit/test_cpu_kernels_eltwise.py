@@ -187,7 +187,7 @@ def test_dequantize_linear(engine, dtype, per_channel):
 @pytest.mark.parametrize("op,attrs,specs,match", [
     ("Add", {}, [((3, 4), "float32"), ((5,), "float32")], "do not broadcast"),
     ("Add", {}, [((3,), "float32"), ((3,), "int8")], "dtype"),
-    ("Div", {}, [((3,), "int32"), ((3,), "int32")], "dtype"),
+    ("Div", {}, [((3,), "bool"), ((3,), "bool")], "dtype"),
     ("Exp", {}, [((3,), "int8")], "dtype"),
     ("Relu", {"alpha": 1.0}, [((3,), "float32")], "alpha"),
     ("AddRequant", {"mul_a": 1 << 24, "mul_b": 1 << 24}, [((3,), "int8")] * 2, "overflow"),

@@ -11,7 +11,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 RANK = {"tessera": 0, "hw": 1, "sim": 2, "driver": 3, "runtime": 4, "compiler": 5}
-FACADE = {"tessera/__init__.py", "tessera/__main__.py", "tessera/cli.py"}
+FACADE = {"tessera/__init__.py", "tessera/__main__.py", "tessera/cli.py",
+          "tessera/onnx_backend.py"}
 # Known exceptions, reported to the coordinator: the cocotb testbench checks the RTL against the
 # fsim *device* (driver) rather than the bare simulator.
 KNOWN = {("sim/cocotb_tb.py", "tessera.driver")}
