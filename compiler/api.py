@@ -127,8 +127,8 @@ class _ProgressBar:
             from tqdm import tqdm
 
             self._bar = tqdm(total=1, desc="compile", unit="phase", file=sys.stderr,
-                             leave=False, bar_format="{desc}: {bar} {n_fmt}/{total_fmt} "
-                                                     "{postfix} [{elapsed}]")
+                             leave=False, bar_format="{desc} {bar} {n_fmt}/{total_fmt} "
+                                                     "[{elapsed}]")
 
     def expect(self, more: int) -> None:
         if self._bar is not None:
@@ -138,7 +138,7 @@ class _ProgressBar:
     def done(self, name: str, seconds: float) -> None:
         self.phases[name] = round(self.phases.get(name, 0.0) + seconds, 6)
         if self._bar is not None:
-            self._bar.set_postfix_str(name, refresh=False)
+            self._bar.set_description_str(f"compile: {name[:16]:<16}", refresh=False)
             self._bar.update()
 
     def close(self) -> None:
