@@ -38,7 +38,7 @@ c1 = time.process_time()
 model = tcompile(sys.argv[1])
 t2 = time.perf_counter()
 print(json.dumps({"imports": t1 - t0, "compile": t2 - t1, "cpu": time.process_time() - c1,
-                  "phases": model.meta["compile_phases"],
+                  "phases": model.meta.get("compile_phases", {}),
                   "summary": model.summary()}))
 """
 
