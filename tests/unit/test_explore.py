@@ -85,6 +85,25 @@ def test_pareto_plot_writes_a_png(tmp_path):
         pareto_plot([{"model": "a", "lut": None, "cycles": 5}], tmp_path / "q.png")
 
 
+def test_pareto_plot_labels_every_point(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    texts = []
+    annotate = matplotlib.axes.Axes.annotate
+
+    def spy(self, text, *args, **kwargs):
+        texts.append(text)
+        return annotate(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "annotate", spy)
+    rows = [{"model": "a", "label": f"cfg{k}", "read_latency": lat, "beats_per_cycle": 1.0,
+             "lut": 1000 * (k + 1), "cycles": 10_000 // (k + 1) + 3000 * (k % 2) + lat}
+            for k in range(4) for lat in (16, 64)]
+    pareto_plot(rows, tmp_path / "p.png")
+    # the DRAM timing varies, so it is part of every label; dominated points are labelled too
+    assert sorted(texts) == sorted(f"cfg{k} L{lat}" for k in range(4) for lat in (16, 64))
+
+
 def test_results_db_rejects_foreign_files(tmp_path):
     junk = tmp_path / "junk.sqlite"
     junk.write_bytes(b"this is not a database" * 100)

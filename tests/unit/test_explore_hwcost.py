@@ -1,7 +1,7 @@
 """Area and Fmax figures of a sweep: cached by the core's Verilog, one tool run per design.
 
 The tools are replaced by counting stand-ins here; the real Yosys/nextpnr runs are the slow
-tests of tests/hw/test_pnr.py.
+tests of tests/hw/test_fmax.py.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 from tessera.compiler.explore import explore, hwcost
 from tessera.config import Config
 from tessera.errors import HwError
-from tessera.hw.pnr import PnrReport, parse_fmax
+from tessera.hw.fmax import FmaxReport, parse_nextpnr_log
 
 CELLS = {"LUT4": 1234, "TRELLIS_FF": 567, "DP16KD": 8, "MULT18X18D": 9, "CCU2C": 1}
 
@@ -33,13 +33,14 @@ def tools(monkeypatch, tmp_path):
         calls["synth"] += 1
         return dict(CELLS, LUT4=CELLS["LUT4"] + len(text))
 
-    def pnr(text, top, target_mhz=100.0, timeout=None):
+    def pnr(cfg, workdir, target_mhz=100.0, timeout=None, verilog=None):
+        assert verilog == hwcost._verilog(cfg)  # the cached Verilog, not a regenerated one
         calls["pnr"] += 1
-        return PnrReport(dict(CELLS), 87.5, "clk", {"yosys": 1.0, "nextpnr": 2.0})
+        return FmaxReport(cfg, 87.5, "", True, 3.0, dict(CELLS))
 
     monkeypatch.setattr(hwcost, "_verilog", verilog)
     monkeypatch.setattr("tessera.hw.synth.synth_ecp5", synth)
-    monkeypatch.setattr("tessera.hw.pnr.place_and_route_ecp5", pnr)
+    monkeypatch.setattr("tessera.hw.fmax.core_fmax", pnr)
     return calls
 
 
@@ -94,6 +95,6 @@ def test_fmax_is_read_from_the_last_report_of_the_log():
     log = ("Info: Max frequency for clock '$glbnet$clk': 41.20 MHz (FAIL at 100.00 MHz)\n"
            "Info: Routing...\n"
            "Info: Max frequency for clock '$glbnet$clk': 38.91 MHz (FAIL at 100.00 MHz)\n")
-    assert parse_fmax(log) == ("$glbnet$clk", 38.91)
+    assert parse_nextpnr_log(log)[0] == 38.91
     with pytest.raises(HwError, match="no 'Max frequency"):
-        parse_fmax("Info: nothing here\n")
+        parse_nextpnr_log("Info: nothing here\n")
