@@ -50,7 +50,8 @@ def compile(model: Any, config: Config | str | None = None,
             input_shapes: Mapping[str, Iterable[int]] | None = None,
             calibration_method: str = "mse", dump_ir: str | Iterable[str] | None = None,
             double_buffer: bool = True, keep_float: Iterable[str] = (),
-            activations: str = "auto", progress: bool | None = None) -> CompiledModel:
+            activations: str = "auto", bias_correction: bool = True,
+            progress: bool | None = None) -> CompiledModel:
     """Compile an ONNX model (path, bytes or ModelProto) for ``config``.
 
     ``precision="int8"`` (the default) quantises to int8 for the accelerator: ``calibration``
@@ -59,7 +60,9 @@ def compile(model: Any, config: Config | str | None = None,
     pre-quantised model (QDQ or QOperator) runs with its own scales and needs no calibration.
     ``keep_float`` names nodes (after the graph rewrites: a fused conv+relu is named after the
     conv) that stay float inside the int8 model; ``activations`` is ``"auto"``,
-    ``"symmetric"`` or ``"asymmetric"`` (:mod:`tessera.compiler.quant.quantize`).
+    ``"symmetric"`` or ``"asymmetric"`` (:mod:`tessera.compiler.quant.quantize`);
+    ``bias_correction`` folds each int8 layer's mean error on the calibration batches into its
+    bias (:mod:`tessera.compiler.quant.bias_correction`).
     ``precision="float"`` runs every op as an LLVM CPU kernel in float32 — the same graph
     rewrites, no quantisation, no calibration. ``progress`` draws a progress bar on stderr
     (default: when stderr is a terminal); ``meta["compile_phases"]`` records the seconds of
@@ -99,14 +102,17 @@ def compile(model: Any, config: Config | str | None = None,
             else:
                 batches = check_batches(graph, calibration)
             quant = Quantize(batches, calibration_method, activations=activations,
-                             keep_float=keep_float, config=cfg)
+                             keep_float=keep_float, config=cfg, bias_correction=bias_correction)
             passes = [*GRAPH_PASSES, quant, *lowering_passes(cfg)]
         bar.expect(len(passes) + 1)
         graph = run_pipeline(graph, passes, dump_after=dump_ir, on_pass=bar.done)
         if quant is not None and quant.result is not None and quant.result.method == "model":
             meta["calibration"] = "none: the model's own quantisation scales"
         t1 = time.perf_counter()
-        plan = build_plan(graph, cfg, double_buffer=double_buffer)
+        if quant is None:
+            plan = build_plan(graph, cfg, double_buffer=double_buffer)
+        else:
+            plan = build_plan(graph, cfg, double_buffer=double_buffer)
         bar.done("build_plan", time.perf_counter() - t1)
     finally:
         bar.close()
@@ -114,6 +120,7 @@ def compile(model: Any, config: Config | str | None = None,
     meta["compile_seconds"] = time.perf_counter() - t0
     meta["compile_phases"] = bar.phases
     return CompiledModel(plan, specs, meta, None if quant is None else quant.result)
+
 
 class _ProgressBar:
     """The compile's phases: their seconds, and a tqdm bar on stderr when ``enabled`` (None:

@@ -79,7 +79,9 @@ class QuantizedModel:
     derived from. ``int_of`` maps a float tensor name to its int8 counterpart, ``qparams`` an
     int8 tensor to its scale and zero point; ``layers`` holds each conv/dense layer's weight and
     bias quantisation; ``stats`` the calibration statistics (empty for a pre-quantised model);
-    ``model_int`` maps a pre-quantised model's int8 tensors (QuantizeLinear outputs) to ours."""
+    ``model_int`` maps a pre-quantised model's int8 tensors (QuantizeLinear outputs) to ours;
+    ``relu_hoisted`` lists float tensors whose int8 counterparts already hold a later ReLU's
+    output (a conv reaching its ReLU through reshapes)."""
 
     graph: Graph
     float_graph: Graph
@@ -90,6 +92,7 @@ class QuantizedModel:
     stats: dict[str, TensorStats] = field(default_factory=dict)
     kept_float: tuple[str, ...] = ()
     model_int: dict[str, str] = field(default_factory=dict)
+    relu_hoisted: tuple[str, ...] = ()
 
     @property
     def thresholds(self) -> dict[str, float]:
@@ -174,6 +177,7 @@ class _Builder:
         self.pre_quantised = False
         self.weight_floor = WEIGHT_FLOOR_RATIO
         self.epilogue_args: dict[str, dict[str, Any]] = {}  # conv/dense layer -> make_epilogue
+        self.relu_hoisted: list[str] = []  # outputs that take a later ReLU's parameters
         self._scan_model_quantisation()
 
     # -- the model's own Q/DQ nodes ---------------------------------------------------------
@@ -299,6 +303,28 @@ def _unify_concat(b: _Builder, g: Graph) -> None:
                 b.same_as[i] = b.same_as.get(n.outputs[0], n.outputs[0])
 
 
+_MOVES_ONLY = ("reshape", "flatten", "transpose", "identity")
+
+
+def _hoist_activations(b: _Builder, g: Graph) -> None:
+    """A conv/dense whose output reaches a ReLU only through reshapes (a 1-D conv imported as
+    reshape -> conv2d -> reshape) takes the ReLU output's parameters: its epilogue's clip at
+    the zero point is the ReLU, and no int8 level is spent on the negative half."""
+    for n in g.nodes:
+        if n.op not in ("conv2d", "dense") or n.attrs.get("act", "none") != "none":
+            continue
+        t = n.outputs[0]
+        while t not in g.outputs and len(b.cons.get(t, [])) == 1 \
+                and b.cons[t][0].op in _MOVES_ONLY:
+            t = b.cons[t][0].outputs[0]
+        c = b.cons.get(t, [])
+        if t != n.outputs[0] and t not in g.outputs and len(c) == 1 and c[0].op == "relu" \
+                and n.outputs[0] not in b.same_as:
+            r = c[0].outputs[0]
+            b.same_as[n.outputs[0]] = b.same_as.get(r, r)
+            b.relu_hoisted.append(n.outputs[0])
+
+
 def quantize(graph: Graph, calibration: Iterable[Mapping[str, np.ndarray]] | None, *,
              method: str = "mse", percentile: float = 99.99, seed: int = 0,
              activations: str = "auto", keep_float: Iterable[str] = (),
@@ -339,6 +365,7 @@ def quantize(graph: Graph, calibration: Iterable[Mapping[str, np.ndarray]] | Non
         batches = check_batches(g, calibration)
         b.stats = collect(g, batches, seed=seed)
         _unify_concat(b, g)
+        _hoist_activations(b, g)
     for n in g.nodes:
         _node(b, g, n)
     for o in g.outputs:
@@ -360,7 +387,7 @@ def quantize(graph: Graph, calibration: Iterable[Mapping[str, np.ndarray]] | Non
         qg, _ = correct_biases(qg, g, b.qp, batches, lambda n, d: _corrected_layer(b, n, d))
     return QuantizedModel(qg, g, dict(b.int_of), dict(b.qp),
                           "model" if b.pre_quantised else method, b.layers, b.stats,
-                          tuple(sorted(keep)), dict(b.alias))
+                          tuple(sorted(keep)), dict(b.alias), tuple(b.relu_hoisted))
 
 
 def _node(b: _Builder, g: Graph, n: Node) -> None:

@@ -294,3 +294,29 @@ def test_cpu_integer_ops_between_float_ops_stay_float():
     assert len(next(n for n in qm.graph.nodes if n.name == "c2").inputs) == 4
     assert not any(n.op == "quantize" and n.outputs[0].startswith(("mul", "add"))
                    for n in qm.graph.nodes)
+
+
+def test_a_relu_behind_reshapes_sets_the_conv_output_range():
+    """reshape -> conv2d -> reshape -> relu (a 1-D conv as ONNX importers write it): the conv's
+    int8 output takes the ReLU output's parameters (no level spent on negatives), and the
+    report compares it with the ReLU'd float value."""
+    rng = np.random.default_rng(9)
+    g = GraphBuilder()
+    x = g.input("x", (1, 8, 32))
+    h = g.node("reshape", [x], shape=(1, 8, 1, 32))
+    w = rng.standard_normal((12, 8, 1, 3)).astype(np.float32) * 0.3
+    c = g.node("conv2d", [h, g.const("w", w)], pads=(0, 1, 0, 1), name="conv")
+    r = g.node("relu", [g.node("reshape", [c], shape=(1, 12, 32))], name="relu")
+    w2 = rng.standard_normal((4, 12, 1, 1)).astype(np.float32)
+    y = g.node("conv2d", [g.node("reshape", [r], shape=(1, 12, 1, 32)), g.const("w2", w2)],
+               name="head")
+    graph = run_pipeline(g.build([y]), GRAPH_PASSES)
+    cal = [{"x": rng.standard_normal((1, 8, 32)).astype(np.float32)} for _ in range(6)]
+    qm = quantize(graph, cal)
+    conv = next(n for n in qm.graph.nodes if n.name == "conv")
+    relu_t = next(n for n in graph.nodes if n.op == "relu").outputs[0]
+    assert qm.qparams[conv.outputs[0]] == qm.qparams[qm.int_of[relu_t]]
+    assert qm.qparams[conv.outputs[0]].zero_point == -128  # [0, hi] over 255 levels
+    rep = qm.report(cal[0])
+    layer = next(x for x in rep.layers if x.node == "conv")
+    assert layer.sqnr_db > 30 and not layer.flagged, rep.table()
