@@ -8,7 +8,8 @@ The whole compiler is one flat pipeline, run once; ``dump_ir`` prints the IR aft
         *GRAPH_PASSES,          # fold_constants remove_identity fuse_elementwise
                                 # fold_batchnorm fold_affine fuse_activation fuse_residual dce
         quantize,               # calibrated int8 with accelerator epilogues (not for float)
-        *lowering_passes(cfg),  # fold_narrow_input partition assign_layouts plan_memory
+        *lowering_passes(cfg),  # fold_narrow_input partition assign_layouts group_siblings
+                                # plan_memory
     ])
     plan = build_plan(graph, cfg)                   # accelerator streams + CPU kernel calls
 """
@@ -24,7 +25,13 @@ import numpy as np
 
 from tessera.compiler.frontend import import_onnx
 from tessera.compiler.ir import Graph
-from tessera.compiler.lower import build_plan, check_config, lowering_passes, partition_report
+from tessera.compiler.lower import (
+    HostModel,
+    build_plan,
+    check_config,
+    lowering_passes,
+    partition_report,
+)
 from tessera.compiler.passes import GRAPH_PASSES, run_pipeline
 from tessera.compiler.quant import CALIBRATION_METHODS, Quantize
 from tessera.compiler.quant.calibrate import check_batches
@@ -50,8 +57,8 @@ def compile(model: Any, config: Config | str | None = None,
             input_shapes: Mapping[str, Iterable[int]] | None = None,
             calibration_method: str = "mse", dump_ir: str | Iterable[str] | None = None,
             double_buffer: bool = True, keep_float: Iterable[str] = (),
-            activations: str = "auto", bias_correction: bool = True,
-            progress: bool | None = None) -> CompiledModel:
+            activations: str = "auto", bias_correction: bool = True, tune: int = 0,
+            host: HostModel | None = None, progress: bool | None = None) -> CompiledModel:
     """Compile an ONNX model (path, bytes or ModelProto) for ``config``.
 
     ``precision="int8"`` (the default) quantises to int8 for the accelerator: ``calibration``
@@ -64,7 +71,11 @@ def compile(model: Any, config: Config | str | None = None,
     ``bias_correction`` folds each int8 layer's mean error on the calibration batches into its
     bias (:mod:`tessera.compiler.quant.bias_correction`).
     ``precision="float"`` runs every op as an LLVM CPU kernel in float32 — the same graph
-    rewrites, no quantisation, no calibration. ``progress`` draws a progress bar on stderr
+    rewrites, no quantisation, no calibration. ``tune``: for each accelerator layer, run the
+    ``tune`` best tilings of a wider search through the cycle model of the RTL and keep the
+    fastest (0: the analytic model alone). ``host``: the cost model of the host the partition
+    weighs depthwise layers against (default: the board host link,
+    :class:`~tessera.compiler.lower.HostModel`). ``progress`` draws a progress bar on stderr
     (default: when stderr is a terminal); ``meta["compile_phases"]`` records the seconds of
     each phase (import, every pass, plan building).
     """
@@ -103,7 +114,7 @@ def compile(model: Any, config: Config | str | None = None,
                 batches = check_batches(graph, calibration)
             quant = Quantize(batches, calibration_method, activations=activations,
                              keep_float=keep_float, config=cfg, bias_correction=bias_correction)
-            passes = [*GRAPH_PASSES, quant, *lowering_passes(cfg)]
+            passes = [*GRAPH_PASSES, quant, *lowering_passes(cfg, host)]
         bar.expect(len(passes) + 1)
         graph = run_pipeline(graph, passes, dump_after=dump_ir, on_pass=bar.done)
         if quant is not None and quant.result is not None and quant.result.method == "model":
@@ -112,7 +123,7 @@ def compile(model: Any, config: Config | str | None = None,
         if quant is None:
             plan = build_plan(graph, cfg, double_buffer=double_buffer)
         else:
-            plan = build_plan(graph, cfg, double_buffer=double_buffer)
+            plan = build_plan(graph, cfg, double_buffer=double_buffer, tune=tune)
         bar.done("build_plan", time.perf_counter() - t1)
     finally:
         bar.close()
