@@ -138,16 +138,25 @@ class _Checker:
 def check_meta(c: _Checker, meta: Any, where: str = "meta") -> dict:
     """The compilation facts a model carries: all optional, each of a fixed type."""
     meta = c.obj(meta, where, set(), frozenset({"calibration", "partition", "compile_seconds",
-                                                "precision"}))
+                                                "precision", "compile_phases"}))
     if "precision" in meta and meta["precision"] not in ("int8", "float"):
         raise c.fail(f"{where}.precision", f"must be 'int8' or 'float', not "
                                            f"{meta['precision']!r}"[:200])
     if "calibration" in meta:
         c.str_(meta["calibration"], f"{where}.calibration", 200)
-    if "compile_seconds" in meta:
-        v = meta["compile_seconds"]
+
+    def seconds(v: Any, w: str) -> None:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1e9:
-            raise c.fail(f"{where}.compile_seconds", "must be a non-negative number")
+            raise c.fail(w, "must be a non-negative number")
+    if "compile_seconds" in meta:
+        seconds(meta["compile_seconds"], f"{where}.compile_seconds")
+    if "compile_phases" in meta:  # phase name -> seconds, in compile order
+        phases = meta["compile_phases"]
+        if not isinstance(phases, dict) or len(phases) > 64:
+            raise c.fail(f"{where}.compile_phases", "must be an object of at most 64 phases")
+        for name, v in phases.items():
+            c.str_(name, f"{where}.compile_phases key", 64)
+            seconds(v, f"{where}.compile_phases.{name}")
     if "partition" in meta:
         rows = c.list_(meta["partition"], f"{where}.partition", MAX_STEPS)
         for k, row in enumerate(rows):
