@@ -34,6 +34,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import onnx
+import onnxruntime as _ort
+
+_ort.set_default_logger_severity(3)  # its graph warnings drown the tables
 
 __all__ = ["rel_error", "ort_float", "ort_int8", "natural_images", "text_lines", "speech_like",
            "Reader"]
@@ -69,6 +72,7 @@ def ort_int8(model: onnx.ModelProto, batches: Sequence[dict], *, pre: bool = Fal
     with tempfile.TemporaryDirectory() as d:
         fp, qp = os.path.join(d, "f.onnx"), os.path.join(d, "q.onnx")
         m = fix_shapes(model, input_shapes) if input_shapes else model
+        m = per_axis_opset(m)
         onnx.save(m, fp)
         with contextlib.redirect_stdout(io.StringIO()):
             if pre:
@@ -76,6 +80,17 @@ def ort_int8(model: onnx.ModelProto, batches: Sequence[dict], *, pre: bool = Fal
             quantize_static(fp, qp, Reader(batches), quant_format=QuantFormat.QDQ,
                             per_channel=True, calibrate_method=getattr(CalibrationMethod, method))
         return ort.InferenceSession(qp, providers=["CPUExecutionProvider"])
+
+
+def per_axis_opset(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` converted to opset 13 if it is older: onnxruntime's per-channel QDQ writes
+    DequantizeLinear with ``axis`` (opset 13) but keeps the model's opset, so the quantised
+    opset-11/12 models it writes do not load."""
+    version = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    if version >= 13:
+        return model
+    from onnx import version_converter
+    return version_converter.convert_version(model, 13)
 
 
 def fix_shapes(model: onnx.ModelProto, shapes: dict[str, Sequence[int]]) -> onnx.ModelProto:

@@ -49,7 +49,7 @@ def compile(model: Any, config: Config | str | None = None,
             input_shapes: Mapping[str, Iterable[int]] | None = None,
             calibration_method: str = "mse", dump_ir: str | Iterable[str] | None = None,
             double_buffer: bool = True, keep_float: Iterable[str] = (),
-            activations: str = "auto") -> CompiledModel:
+            activations: str = "auto", bias_correction: bool = True) -> CompiledModel:
     """Compile an ONNX model (path, bytes or ModelProto) for ``config``.
 
     ``precision="int8"`` (the default) quantises to int8 for the accelerator: ``calibration``
@@ -58,7 +58,9 @@ def compile(model: Any, config: Config | str | None = None,
     pre-quantised model (QDQ or QOperator) runs with its own scales and needs no calibration.
     ``keep_float`` names nodes (after the graph rewrites: a fused conv+relu is named after the
     conv) that stay float inside the int8 model; ``activations`` is ``"auto"``,
-    ``"symmetric"`` or ``"asymmetric"`` (:mod:`tessera.compiler.quant.quantize`).
+    ``"symmetric"`` or ``"asymmetric"`` (:mod:`tessera.compiler.quant.quantize`);
+    ``bias_correction`` folds each int8 layer's mean error on the calibration batches into its
+    bias (:mod:`tessera.compiler.quant.bias_correction`).
     ``precision="float"`` runs every op as an LLVM CPU kernel in float32 — the same graph
     rewrites, no quantisation, no calibration.
     """
@@ -94,7 +96,7 @@ def compile(model: Any, config: Config | str | None = None,
     else:
         batches = check_batches(graph, calibration)
     quant = Quantize(batches, calibration_method, activations=activations,
-                     keep_float=keep_float, config=cfg)
+                     keep_float=keep_float, config=cfg, bias_correction=bias_correction)
     graph = run_pipeline(graph, [*GRAPH_PASSES, quant, *lowering_passes(cfg)],
                          dump_after=dump_ir)
     if quant.result is not None and quant.result.method == "model":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Any
 
 from tessera.config import Config
@@ -10,7 +11,8 @@ from tessera.driver.alloc import Buffer
 from tessera.driver.base import Device, RunStats
 from tessera.errors import DeviceError
 
-__all__ = ["open_device", "Device", "Buffer", "RunStats", "DeviceError", "BACKENDS"]
+__all__ = ["open_device", "device_options", "Device", "Buffer", "RunStats", "DeviceError",
+           "BACKENDS"]
 
 # kind -> "module:ClassName"; imported on first use so that e.g. fsim never loads Verilator.
 BACKENDS: dict[str, str] = {
@@ -21,11 +23,26 @@ BACKENDS: dict[str, str] = {
 }
 
 
-def open_device(kind: str, config: Config | str | None = None, **options: Any) -> Device:
-    """A new, independent device of ``kind`` (``"fsim"``, ``"verilator"``, ``"soc-sim"``,
-    ``"board"``) for ``config``."""
+def _backend(kind: str) -> type[Device]:
     if kind not in BACKENDS:
         raise DeviceError(f"unknown device kind {kind!r}; known kinds: {', '.join(BACKENDS)}")
     module_name, cls_name = BACKENDS[kind].split(":")
-    cls = getattr(importlib.import_module(module_name), cls_name)
-    return cls(Config.resolve(config), **options)
+    return getattr(importlib.import_module(module_name), cls_name)
+
+
+def device_options(kind: str) -> tuple[str, ...]:
+    """The keyword options :func:`open_device` takes for ``kind`` (its backend's parameters)."""
+    params = inspect.signature(_backend(kind)).parameters
+    return tuple(n for n, p in params.items() if p.kind == p.KEYWORD_ONLY
+                 or (p.kind == p.POSITIONAL_OR_KEYWORD and n != "config"))
+
+
+def open_device(kind: str, config: Config | str | None = None, **options: Any) -> Device:
+    """A new, independent device of ``kind`` (``"fsim"``, ``"verilator"``, ``"soc-sim"``,
+    ``"board"``) for ``config``; an option the backend does not take is a DeviceError."""
+    known = device_options(kind)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise DeviceError(f"device kind {kind!r} has no option {unknown[0]!r}; its options "
+                          f"are {', '.join(known) or 'none'}")
+    return _backend(kind)(Config.resolve(config), **options)

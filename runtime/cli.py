@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 
+from tessera.driver import BACKENDS, device_options
 from tessera.errors import InputError
 from tessera.files import check_writable, read_regular
 
@@ -47,10 +48,15 @@ def _cmd_run(args: argparse.Namespace, profile: bool = False) -> int:
                        (args.plot, "plot file")):
         if path:
             check_writable(path, what, InputError)  # before any work
-    model = load(args.model)
-    feeds = _feeds(model, args.input)
     options = {k: v for k, v in (("read_latency", args.read_latency),
                                  ("beats_per_cycle", args.beats_per_cycle)) if v is not None}
+    for k in options:  # before any work
+        if k not in device_options(args.device):
+            takers = [d for d in BACKENDS if k in device_options(d)]
+            raise InputError(f"--{k.replace('_', '-')} does not apply to device "
+                             f"{args.device!r} (only to {', '.join(takers)})")
+    model = load(args.model)
+    feeds = _feeds(model, args.input)
     t0 = time.perf_counter()
     try:
         result = model.run(feeds, device=args.device, profile=profile,
@@ -78,6 +84,26 @@ def _cmd_run(args: argparse.Namespace, profile: bool = False) -> int:
     return 0
 
 
+def _dram_knob(name: str, kind: type):
+    """An argparse type for one DRAM timing knob, checked by the cycle model's own rules
+    (``tessera.sim.timing.DramTiming``) so that a bad value is a usage error."""
+    def parse(text: str):
+        from tessera.errors import SimError
+        from tessera.sim.timing import DramTiming
+
+        try:
+            value = kind(text)
+            DramTiming(**{name: value})
+        except ValueError:
+            what = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{name} must be {what}, not {text!r}") from None
+        except SimError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return value
+    parse.__name__ = name
+    return parse
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     for name, helptext in (("run", "run a compiled model"),
                            ("profile", "run a compiled model and print per-layer figures")):
@@ -85,11 +111,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("model", help=".tsr file")
         p.add_argument("--input", action="append", required=True,
                        help="FILE.npy, or NAME=FILE.npy for several inputs")
-        p.add_argument("--device", default="fsim", help="fsim or verilator")
+        p.add_argument("--device", default="fsim", choices=list(BACKENDS),
+                       help="device kind to run on (default fsim)")
         p.add_argument("-o", "--output", help="write the outputs to this .npz")
-        p.add_argument("--read-latency", type=int, help="DRAM read latency in cycles "
+        p.add_argument("--read-latency", type=_dram_knob("read_latency", int),
+                       help="DRAM read latency in cycles "
                        "(fsim and verilator; default 16)")
-        p.add_argument("--beats-per-cycle", type=float, help="DRAM data beats per cycle, "
+        p.add_argument("--beats-per-cycle", type=_dram_knob("beats_per_cycle", float),
+                       help="DRAM data beats per cycle, "
                        "(0, 1] (fsim and verilator; default 1)")
         if name == "profile":
             p.add_argument("--trace", metavar="FILE.json",

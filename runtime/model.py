@@ -52,7 +52,9 @@ class CompiledModel:
 
     def _executor(self, device: str | Device, options: dict[str, Any]) -> Executor:
         if isinstance(device, str):
-            key: Any = (device, tuple(sorted(options.items())))
+            # one device per kind AND options (other DRAM timing = another device); by repr so
+            # that an unhashable option value reaches the backend's own check
+            key: Any = (device, tuple(sorted((k, repr(v)) for k, v in options.items())))
         elif isinstance(device, Device):
             key = id(device)
         else:

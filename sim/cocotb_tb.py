@@ -3,7 +3,8 @@
 * driver — :class:`CoreTb` clocks and resets ``tessera_core``, serves its memory from
   cocotbext-axi's ``AxiRam`` and drives its registers with ``AxiLiteMaster``;
 * monitor — :class:`~tessera.sim.cocotb_axi.BurstMonitor` on the AXI4 master;
-* model — the functional simulator (``open_device("fsim", cfg)``) runs the same program;
+* model — the functional simulator (:class:`~tessera.sim.fsim.FunctionalSimulator`) runs the
+  same program on its own memory image;
 * checker — :func:`check_against_fsim` compares every segment and the architectural counters.
 
 Imported only inside a cocotb simulation.
@@ -14,14 +15,15 @@ from __future__ import annotations
 import logging
 
 import cocotb
+import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, RisingEdge
 from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiRam
 
 from tessera.config import Config
-from tessera.driver import open_device
 from tessera.regs import COUNTER_BASE, COUNTERS, STATUS_DONE, STATUS_ERROR, Reg
 from tessera.sim.cocotb_axi import BurstMonitor
+from tessera.sim.fsim import FunctionalSimulator
 
 __all__ = ["CoreTb", "RunResult", "FsimModel", "check_against_fsim"]
 
@@ -88,20 +90,27 @@ class CoreTb:
 
 
 class FsimModel:
-    """The reference model: one fsim device kept for the whole testbench, so that its buffers
-    persist across runs exactly as the RTL's do (SPEC §4)."""
+    """The reference model: one functional simulator kept for the whole testbench, so that its
+    SRAMs persist across runs exactly as the RTL's do (SPEC §4). Its memory is a plain array of
+    ``mem_bytes`` (the same size as the testbench's AXI RAM); a program's image is written into
+    it before each run."""
 
     def __init__(self, cfg: Config, mem_bytes: int):
-        self.dev = open_device("fsim", cfg, mem_bytes=mem_bytes)
+        self.dram = np.zeros(mem_bytes, np.uint8)
+        self.sim = FunctionalSimulator(cfg, self.dram)
 
-    def run(self, program):
-        for buf in self.dev.allocator.blocks():
-            self.dev.free(buf)
+    def read(self, addr: int, nbytes: int) -> bytes:
+        return self.dram[addr:addr + nbytes].tobytes()
+
+    def run(self, program) -> dict[str, int]:
+        """Run ``program`` (a placed :class:`tessera.sim.progen.Program`); return the
+        architectural event counters."""
         for addr, data in sorted(program.memory_image().items()):
-            buf = self.dev.alloc(len(data))
-            assert buf.addr == addr, "fsim allocation must reproduce the program's layout"
-            self.dev.write(addr, data)
-        return self.dev.run(program.insn_addr, program.insn_count)
+            if addr + len(data) > self.dram.size:
+                raise ValueError(f"program segment at {addr:#x} ({len(data)} bytes) is beyond "
+                                 f"the model's memory ({self.dram.size:#x} bytes)")
+            self.dram[addr:addr + len(data)] = np.frombuffer(data, np.uint8)
+        return self.sim.run(program.insn_addr, program.insn_count)
 
 
 def check_against_fsim(tb: CoreTb, model: FsimModel, program, result: RunResult) -> None:
@@ -109,9 +118,9 @@ def check_against_fsim(tb: CoreTb, model: FsimModel, program, result: RunResult)
     on the model and compare every segment's bytes and the architectural counters."""
     assert not result.error, (f"RTL error {result.error_code} at pc {result.error_pc} on a "
                               f"well-synchronised program")
-    stats = model.run(program)
+    counters = model.run(program)
     for seg in program.segments:
-        want = model.dev.read(seg.addr, seg.size)
+        want = model.read(seg.addr, seg.size)
         got = tb.ram.read(seg.addr, seg.size)
         if got != want:
             first = next(i for i in range(seg.size) if got[i] != want[i])
@@ -119,5 +128,5 @@ def check_against_fsim(tb: CoreTb, model: FsimModel, program, result: RunResult)
                                  f"RTL {got[first]:#04x}, fsim {want[first]:#04x}")
     for name, timing, _ in COUNTERS:
         if not timing:
-            assert result.counters[name] == stats.counters[name], (
-                f"counter {name}: RTL {result.counters[name]}, fsim {stats.counters[name]}")
+            assert result.counters[name] == counters[name], (
+                f"counter {name}: RTL {result.counters[name]}, fsim {counters[name]}")

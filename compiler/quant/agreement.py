@@ -10,6 +10,7 @@ Needs
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -116,8 +117,12 @@ def _input(qm, env, ref, theirs_of, prod, i: str):
 
 def _theirs(ref, theirs_of, i: str):
     """onnxruntime's int8 value of our tensor ``i`` (the model's tensor it stands for, or the
-    model's tensor of the same name, e.g. a reshape of int8 data), or None."""
+    model's tensor of the same name, e.g. a reshape of int8 data, or the uint8 tensor ``i``
+    carries as int8, ``name:i8``), or None."""
     t = theirs_of.get(i, i)
+    if t not in ref:
+        m = re.fullmatch(r"(.+):i8(_\d+)?", t)
+        t = m.group(1) if m else t
     if t in ref and np.asarray(ref[t]).dtype in (np.int8, np.uint8):
         return _carried(ref[t])
     return None

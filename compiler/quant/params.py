@@ -35,9 +35,10 @@ from tessera.isa import IMM_MAX
 from tessera.runtime.accel.epilogue import MAX_SHIFT, Epilogue
 
 __all__ = ["quantize_weight", "quantize_layer", "model_weight_scales", "LayerQuant",
-           "make_epilogue", "preshift_error", "WEIGHT_FLOOR_RATIO", "BIAS_LIMIT", "DEAD_RATIO"]
+           "make_epilogue", "preshift_error", "WEIGHT_FLOOR_RATIO", "INT32_LIMIT", "BIAS_LIMIT",
+           "DEAD_RATIO"]
 
-_INT32_LIMIT = (1 << 31) - 1
+INT32_LIMIT = (1 << 31) - 1
 # A channel's weight scale is at least this fraction of the layer's largest (measured, see the
 # calibration study in bench/calibration_study.py).
 WEIGHT_FLOOR_RATIO = 2.0 ** -8
@@ -139,7 +140,7 @@ def quantize_layer(w: np.ndarray, bias: np.ndarray | None, x_scale: float, what:
     wsum = wq.reshape(o, -1).astype(np.int64).sum(axis=1)
     bq = bq.astype(np.int64) - int(in_zero_point) * wsum
     bound = np.abs(wq.reshape(o, -1).astype(np.int64)).sum(axis=1) * in_max + np.abs(bq)
-    if int(bound.max(initial=0)) > _INT32_LIMIT:
+    if int(bound.max(initial=0)) > INT32_LIMIT:
         c = int(np.argmax(bound))
         raise CompileError(f"{what}: the int32 accumulator of output channel {c} can reach "
                            f"{int(bound[c])}, beyond int32 (a reduction of "
@@ -200,14 +201,14 @@ def _main_branch(ratio: np.ndarray, bound: np.ndarray, headroom: int,
     for pre in range(0, total + 1):
         b = -(-bound // (1 << pre)) + 1
         shift = total - pre
-        if int(np.max(b * np.abs(mult))) + (1 << max(shift - 1, 0)) + headroom <= _INT32_LIMIT:
+        if int(np.max(b * np.abs(mult))) + (1 << max(shift - 1, 0)) + headroom <= INT32_LIMIT:
             return mult, pre, shift
     # even shifting everything before the multiply overflows: reduce multiplier precision
     for drop in range(1, 16):
         if total - drop < 0:
             break
         m2 = np.rint(ratio * 2.0 ** (total - drop)).astype(np.int64)
-        if int(np.max((bound + 1) * np.abs(m2))) + headroom <= _INT32_LIMIT:
+        if int(np.max((bound + 1) * np.abs(m2))) + headroom <= INT32_LIMIT:
             return m2, 0, total - drop
     raise CompileError(f"{what}: accumulator bound {int(np.max(bound))} leaves no room for "
                        f"requantisation")

@@ -157,6 +157,9 @@ def build_report(qm, feeds: Mapping[str, np.ndarray], threshold_db: float) -> Qu
     """The :class:`QuantReport` of :class:`~tessera.compiler.quant.quantize.QuantizedModel`
     ``qm`` on one batch of ``feeds``."""
     f = reference.run(qm.float_graph, feeds, all_tensors=True)
+    for t in qm.relu_hoisted:  # int8 tensors that hold a later ReLU's output
+        if t in f:
+            f[t] = np.maximum(f[t], 0)
     q = reference.run(qm.graph, feeds, all_tensors=True)
     float_of = {v: k for k, v in qm.int_of.items()}
     prod = qm.graph.producers()

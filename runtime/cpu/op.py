@@ -36,6 +36,7 @@ MAX_RANK = 8
 MAX_DIM = 1 << 20  # generators build per-position tables: bound the work a file can ask for
 MAX_ELEMENTS = 1 << 31
 MAX_BYTES = 1 << 29  # any array a loaded op allocates (the arena itself is at most this)
+MAX_OP_BYTES = 1 << 30  # all the arrays one loaded op allocates together (they live to its end)
 
 
 @dataclass(frozen=True)
@@ -164,6 +165,7 @@ class CpuOp:
             raise KernelError("out_specs must list at least one (shape, dtype)")
         slots: dict[int, Spec] = {k: s for k, s in enumerate(in_specs) if s is not None}
         first = len(in_specs)  # the next free slot
+        total = 0  # bytes of every kernel output (all are alive until the op returns)
         steps = []
         for j, kd in enumerate(data["kernels"]):
             where = f"kernels[{j}]"
@@ -200,9 +202,14 @@ class CpuOp:
             if want and want[-1] >= MAX_SLOTS:
                 raise KernelError(f"{where}: more than {MAX_SLOTS} slots")
             for s, spec in zip(want, kernel.out_specs, strict=True):
-                if _size(spec[0]) * spec[1].itemsize > MAX_BYTES:
+                nbytes = _size(spec[0]) * spec[1].itemsize
+                if nbytes > MAX_BYTES:
                     raise KernelError(f"{where}: output {spec[1].name}{list(spec[0])} is larger "
                                       f"than {MAX_BYTES} bytes")
+                total += nbytes
+                if total > MAX_OP_BYTES:
+                    raise KernelError(f"{where}: the op's kernel outputs need {total} bytes "
+                                      f"together, more than {MAX_OP_BYTES}")
                 slots[s] = spec
             steps.append(KernelCall(kernel, tuple(ins), tuple(outs)))
         outputs = data["outputs"]

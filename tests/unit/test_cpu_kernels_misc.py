@@ -224,6 +224,22 @@ def test_cpu_op_from_json_rejects_bad_data(engine, mutate, message):
         CpuOp.from_json(data, engine=engine)
 
 
+def test_cpu_op_from_json_bounds_the_memory_of_all_its_outputs(engine):
+    """A description whose kernels each stay under the per-array bound but together would keep
+    gigabytes alive (e.g. 64 Pads of the op's input) is refused before anything is allocated."""
+    g, names, _ = one_node("relu", [f32(3)])
+    data = make_cpu_op(g.nodes[0], [g.info(names[0])], engine=engine).to_json()
+    pad = {"op": "Pad", "attrs": {"pads": [0, 0, 40_000, 2997], "value": 0.0},  # 480 MB each
+           "in_specs": [[[1, 3], "float32"]]}
+    data["kernels"] = [{**pad, "inputs": [0], "outputs": [1 + k]} for k in range(3)]
+    data["outputs"], data["out_specs"] = [1], [[[40_001, 3000], "float32"]]
+    with pytest.raises(KernelError, match=r"kernels\[2\]: the op's kernel outputs need "
+                                          r"\d+ bytes together, more than 1073741824"):
+        CpuOp.from_json(data, engine=engine)
+    data["kernels"] = data["kernels"][:2]  # 960 MiB: allowed (nothing is allocated to load)
+    assert CpuOp.from_json(data, engine=engine).out_specs[0][0] == (40_001, 3000)
+
+
 # -- errors ----------------------------------------------------------------------------------
 
 

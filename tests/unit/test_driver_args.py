@@ -78,3 +78,15 @@ def test_numpy_integers_and_zero_lengths_are_fine() -> None:
         open_device("fsim", "tiny", mem_bytes=1e6)
     with pytest.raises(DeviceError, match=r"mem_bytes must be in \[1, 4294967297\)"):
         open_device("fsim", "tiny", mem_bytes=1 << 33)
+
+
+@pytest.mark.parametrize("kind", ["fsim", "verilator", "soc-sim", "board"])
+def test_unknown_device_options_are_named(kind) -> None:
+    """An option the backend does not take is a DeviceError naming it and listing the real
+    ones, before the backend is constructed (no TypeError from deep inside)."""
+    with pytest.raises(DeviceError, match=rf"device kind '{kind}' has no option 'read_latncy'; "
+                                          r"its options are .*\w"):
+        open_device(kind, "tiny", read_latncy=30)
+    with pytest.raises(DeviceError, match="unknown device kind 'fsimm'; known kinds: fsim, "
+                                          "verilator, soc-sim, board"):
+        open_device("fsimm", "tiny")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -98,3 +100,31 @@ def test_cli_disasm_and_config(tmp_path, capsys):
     path.write_bytes(b"\0" * 15)
     assert main(["disasm", str(path)]) == 2
     assert "multiple of 16 bytes" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["run", "profile"])
+def test_cli_device_kinds_come_from_the_driver_registry(command, capsys):
+    assert main([command, "--help"]) == 0
+    assert "{" + ",".join(BACKENDS) + "}" in capsys.readouterr().out.replace("\n", "")
+    # a usage error (exit code 1), before the model file is even looked at
+    assert main([command, "missing.tsr", "--input", "x.npy", "--device", "fsimm"]) == 1
+    assert "invalid choice: 'fsimm'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--read-latency", "-5", r"read_latency must be an integer in \[1, 100000\] cycles, not -5"),
+    ("--read-latency", "2.5", r"read_latency must be an integer, not '2.5'"),
+    ("--beats-per-cycle", "2", r"beats_per_cycle must be in \(0, 1\], not 2.0"),
+    ("--beats-per-cycle", "nan", r"beats_per_cycle must be in \(0, 1\], not nan"),
+])
+def test_cli_dram_knobs_are_usage_errors(flag, value, message, capsys):
+    """Checked by the cycle model's own rules while parsing: exit 1, before any file is read."""
+    assert main(["run", "missing.tsr", "--input", "x.npy", flag, value]) == 1
+    assert re.search(rf"argument {flag}: {message}", capsys.readouterr().err)
+
+
+def test_cli_dram_knobs_only_for_devices_that_take_them(capsys):
+    assert main(["run", "missing.tsr", "--input", "x.npy", "--device", "soc-sim",
+                 "--read-latency", "3"]) == 2  # before the (missing) model is read
+    assert ("--read-latency does not apply to device 'soc-sim' (only to fsim, verilator)"
+            in capsys.readouterr().err)

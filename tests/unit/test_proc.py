@@ -55,7 +55,11 @@ def test_the_group_and_cleanup_dirs_go_when_the_caller_dies(tmp_path, sig) -> No
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     (scratch / "partial.o").write_bytes(b"x" * 1000)
+    # Ctrl-C at a terminal: Python's KeyboardInterrupt handler. A suite started in the background
+    # by a non-interactive shell inherits SIGINT as *ignored*, and Python then installs none.
     child = textwrap.dedent(f"""
+        import signal
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         from pathlib import Path
         from tessera.proc import run_logged
         run_logged({_tree_command(tag)!r}, cwd=Path({str(tmp_path)!r}), env=None,

@@ -111,3 +111,17 @@ def test_profile_command_writes_trace_and_plot(compiled, tmp_path, capsys):
     assert rc == 0 and "tiler est" in out and f"wrote {trace}" in out
     assert json.loads(trace.read_text())["traceEvents"]
     assert plot.stat().st_size > 1000
+
+
+def test_devices_are_cached_per_kind_and_options(compiled):
+    """Each (kind, options) gets its own device: a later run with other DRAM timing must not
+    reuse the first run's device (its cycles would be the first timing's)."""
+    model, x, prof = compiled
+    _, slow = model.run(x, device="fsim", profile=True, read_latency=60)
+    _, fast = model.run(x, device="fsim", profile=True)
+    _, again = model.run(x, device="fsim", profile=True, read_latency=30, beats_per_cycle=0.5)
+    cycles = [p.totals()["cycles"] for p in (prof, slow, fast, again)]
+    assert cycles[1] > cycles[2]  # 60-cycle reads are slower than the default 16
+    assert cycles[0] == cycles[3]  # the same options give the same device back
+    assert cycles[1] != cycles[0] != cycles[2]
+    assert [p.dram.read_latency for p in (slow, fast)] == [60, 16]

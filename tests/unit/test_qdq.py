@@ -41,7 +41,7 @@ def _session(m):
 
 
 @pytest.mark.parametrize("fmt, act", [("QDQ", "QInt8"), ("QDQ", "QUInt8"),
-                                      ("QOperator", "QInt8")])
+                                      ("QOperator", "QInt8"), ("QOperator", "QUInt8")])
 def test_onnxruntime_quantized_model_matches_its_integers(fmt, act):
     """small_cnn (conv, concat, avgpool, residual add, maxpool, reshape, gemm, softmax) as
     onnxruntime's quantize_static writes it: compiled with no calibration, every int8 layer
