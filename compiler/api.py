@@ -8,13 +8,15 @@ The whole compiler is one flat pipeline, run once; ``dump_ir`` prints the IR aft
         *GRAPH_PASSES,          # fold_constants remove_identity fuse_elementwise
                                 # fold_batchnorm fold_affine fuse_activation fuse_residual dce
         quantize,               # calibrated int8 with accelerator epilogues (not for float)
-        *lowering_passes(cfg),  # fold_narrow_input partition assign_layouts plan_memory
+        *lowering_passes(cfg),  # fold_narrow_input partition assign_layouts group_siblings
+                                # plan_memory
     ])
     plan = build_plan(graph, cfg)                   # accelerator streams + CPU kernel calls
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -23,7 +25,13 @@ import numpy as np
 
 from tessera.compiler.frontend import import_onnx
 from tessera.compiler.ir import Graph
-from tessera.compiler.lower import build_plan, check_config, lowering_passes, partition_report
+from tessera.compiler.lower import (
+    HostModel,
+    build_plan,
+    check_config,
+    lowering_passes,
+    partition_report,
+)
 from tessera.compiler.passes import GRAPH_PASSES, run_pipeline
 from tessera.compiler.quant import CALIBRATION_METHODS, Quantize
 from tessera.compiler.quant.calibrate import check_batches
@@ -49,7 +57,8 @@ def compile(model: Any, config: Config | str | None = None,
             input_shapes: Mapping[str, Iterable[int]] | None = None,
             calibration_method: str = "mse", dump_ir: str | Iterable[str] | None = None,
             double_buffer: bool = True, keep_float: Iterable[str] = (),
-            activations: str = "auto", bias_correction: bool = True) -> CompiledModel:
+            activations: str = "auto", bias_correction: bool = True, tune: int = 0,
+            host: HostModel | None = None, progress: bool | None = None) -> CompiledModel:
     """Compile an ONNX model (path, bytes or ModelProto) for ``config``.
 
     ``precision="int8"`` (the default) quantises to int8 for the accelerator: ``calibration``
@@ -62,7 +71,13 @@ def compile(model: Any, config: Config | str | None = None,
     ``bias_correction`` folds each int8 layer's mean error on the calibration batches into its
     bias (:mod:`tessera.compiler.quant.bias_correction`).
     ``precision="float"`` runs every op as an LLVM CPU kernel in float32 — the same graph
-    rewrites, no quantisation, no calibration.
+    rewrites, no quantisation, no calibration. ``tune``: for each accelerator layer, run the
+    ``tune`` best tilings of a wider search through the cycle model of the RTL and keep the
+    fastest (0: the analytic model alone). ``host``: the cost model of the host the partition
+    weighs depthwise layers against (default: the board host link,
+    :class:`~tessera.compiler.lower.HostModel`). ``progress`` draws a progress bar on stderr
+    (default: when stderr is a terminal); ``meta["compile_phases"]`` records the seconds of
+    each phase (import, every pass, plan building).
     """
     t0 = time.perf_counter()
     cfg = Config.resolve(config)
@@ -79,29 +94,71 @@ def compile(model: Any, config: Config | str | None = None,
     if precision == "float" and keep_float:
         raise CompileError("keep_float is only used with precision='int8'; with "
                            "precision='float' every node is float")
-    graph = import_onnx(model, input_shapes=input_shapes)
-    specs = {name: (tuple(graph.tensors[name].shape), graph.tensors[name].dtype)
-             for name in graph.inputs}
-    if precision == "float":
-        graph = run_pipeline(graph, [*GRAPH_PASSES, *lowering_passes(cfg)], dump_after=dump_ir)
-        plan = build_plan(graph, cfg, double_buffer=double_buffer)
-        meta = {"precision": "float", "partition": partition_report(graph),
-                "compile_seconds": time.perf_counter() - t0}
-        return CompiledModel(plan, specs, meta, None)
-    meta: dict[str, Any] = {"precision": "int8", "calibration": "given"}
-    if calibration is None:
-        batches = _random_calibration(graph, RANDOM_CALIBRATION_BATCHES)
-        meta["calibration"] = (f"random ({RANDOM_CALIBRATION_BATCHES} seeded standard-normal "
-                               f"batches)")
-    else:
-        batches = check_batches(graph, calibration)
-    quant = Quantize(batches, calibration_method, activations=activations,
-                     keep_float=keep_float, config=cfg, bias_correction=bias_correction)
-    graph = run_pipeline(graph, [*GRAPH_PASSES, quant, *lowering_passes(cfg)],
-                         dump_after=dump_ir)
-    if quant.result is not None and quant.result.method == "model":
-        meta["calibration"] = "none: the model's own quantisation scales"
-    plan = build_plan(graph, cfg, double_buffer=double_buffer)
+    bar = _ProgressBar(progress)
+    try:
+        graph = import_onnx(model, input_shapes=input_shapes)
+        bar.done("import", time.perf_counter() - t0)
+        specs = {name: (tuple(graph.tensors[name].shape), graph.tensors[name].dtype)
+                 for name in graph.inputs}
+        if precision == "float":
+            meta: dict[str, Any] = {"precision": "float"}
+            quant = None
+            passes = [*GRAPH_PASSES, *lowering_passes(cfg)]
+        else:
+            meta = {"precision": "int8", "calibration": "given"}
+            if calibration is None:
+                batches = _random_calibration(graph, RANDOM_CALIBRATION_BATCHES)
+                meta["calibration"] = (f"random ({RANDOM_CALIBRATION_BATCHES} seeded "
+                                       f"standard-normal batches)")
+            else:
+                batches = check_batches(graph, calibration)
+            quant = Quantize(batches, calibration_method, activations=activations,
+                             keep_float=keep_float, config=cfg, bias_correction=bias_correction)
+            passes = [*GRAPH_PASSES, quant, *lowering_passes(cfg, host)]
+        bar.expect(len(passes) + 1)
+        graph = run_pipeline(graph, passes, dump_after=dump_ir, on_pass=bar.done)
+        if quant is not None and quant.result is not None and quant.result.method == "model":
+            meta["calibration"] = "none: the model's own quantisation scales"
+        t1 = time.perf_counter()
+        if quant is None:
+            plan = build_plan(graph, cfg, double_buffer=double_buffer)
+        else:
+            plan = build_plan(graph, cfg, double_buffer=double_buffer, tune=tune)
+        bar.done("build_plan", time.perf_counter() - t1)
+    finally:
+        bar.close()
     meta["partition"] = partition_report(graph)
     meta["compile_seconds"] = time.perf_counter() - t0
-    return CompiledModel(plan, specs, meta, quant.result)
+    meta["compile_phases"] = bar.phases
+    return CompiledModel(plan, specs, meta, None if quant is None else quant.result)
+
+
+class _ProgressBar:
+    """The compile's phases: their seconds, and a tqdm bar on stderr when ``enabled`` (None:
+    when stderr is a terminal)."""
+
+    def __init__(self, enabled: bool | None):
+        self.phases: dict[str, float] = {}
+        show = sys.stderr.isatty() if enabled is None else bool(enabled)
+        self._bar = None
+        if show:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=1, desc="compile", unit="phase", file=sys.stderr,
+                             leave=False, bar_format="{desc} {bar} {n_fmt}/{total_fmt} "
+                                                     "[{elapsed}]")
+
+    def expect(self, more: int) -> None:
+        if self._bar is not None:
+            self._bar.total = self._bar.n + more
+            self._bar.refresh()
+
+    def done(self, name: str, seconds: float) -> None:
+        self.phases[name] = round(self.phases.get(name, 0.0) + seconds, 6)
+        if self._bar is not None:
+            self._bar.set_description_str(f"compile: {name[:16]:<16}", refresh=False)
+            self._bar.update()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()

@@ -64,7 +64,8 @@ def _cmd_compile(args: argparse.Namespace) -> int:
                      input_shapes=_input_shapes(args.input_shape), dump_ir=args.dump_ir,
                      double_buffer=not args.no_double_buffer,
                      calibration_method=args.calibration_method,
-                     activations=args.activations, keep_float=args.keep_float or ())
+                     activations=args.activations, keep_float=args.keep_float or (),
+                     tune=args.tune)
     model.save(args.output)
     if model.meta.get("calibration", "given").startswith("random"):
         print(f"warning: no --calibration given; calibrated on {model.meta['calibration']}",
@@ -83,6 +84,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input-shape", action="append", help="NAME=1,3,224,224 (repeatable)")
     p.add_argument("--dump-ir", action="append", help="print the IR after this pass ('all')")
     p.add_argument("--no-double-buffer", action="store_true")
+    p.add_argument("--tune", type=int, nargs="?", const=8, default=0, metavar="N",
+                   help="search tilings more widely and rank the N best (default 8) per layer "
+                        "with the cycle model of the RTL")
     p.add_argument("--calibration-method", default="mse",
                    choices=("mse", "entropy", "percentile", "minmax"))
     p.add_argument("--activations", default="auto", choices=("auto", "symmetric", "asymmetric"))

@@ -7,8 +7,9 @@ against it::
     outputs = rep.run([x])                 # or a dict name -> array
 
 Float models compile with ``precision="float"`` (every op an LLVM CPU kernel); models with
-integer/quantisation ops (QuantizeLinear, DequantizeLinear, QLinear*, *Integer,
-DynamicQuantizeLinear) with ``precision="int8"`` (the integer path). Tessera compiles for static
+integer/quantisation ops (QuantizeLinear, DequantizeLinear, QLinear*, QGemm, *Integer,
+DynamicQuantizeLinear: :data:`~tessera.compiler.frontend.qlinear.QUANT_OPS`) with
+``precision="int8"`` (the integer path: the model's own scales). Tessera compiles for static
 shapes and constant attributes: a graph input whose *value* the importer needs at compile time
 (a Reshape shape, Resize scales, Slice starts, Pad pads ... fed as an input, as ONNX's node tests
 do) is bound from the first ``run`` and the model is compiled for those values (one compiled
@@ -31,18 +32,16 @@ from tessera.compiler.api import compile as tessera_compile
 from tessera.compiler.frontend import load_model
 from tessera.compiler.frontend.context import ImportProblems
 from tessera.compiler.frontend.importer import MAX_OPSET
+from tessera.compiler.frontend.qlinear import QUANT_OPS
 from tessera.errors import CompileError, InputError
 from tessera.runtime.model import CompiledModel
 
 __all__ = ["TesseraBackend", "TesseraRep", "prepare", "run_model", "run_node",
            "supports_device", "INTEGER_OPS"]
 
-INTEGER_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul",
-                         "QLinearAdd", "QLinearMul", "QLinearConcat",
-                         "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearSigmoid",
-                         "QLinearLeakyRelu", "ConvInteger", "MatMulInteger",
-                         "DynamicQuantizeLinear"})
-MAX_BINDING_ROUNDS = 4  # a bound value can reveal another input the importer needs
+# the ops the integer path imports (compiler/frontend/qlinear.py): a model with one of them
+# compiles with precision="int8"
+INTEGER_OPS = frozenset(QUANT_OPS)
 
 
 def _integer_model(m: onnx.ModelProto) -> bool:
@@ -86,7 +85,9 @@ class TesseraRep(BackendRep):
 
     def run(self, inputs: Any, **kwargs: Any) -> tuple[np.ndarray, ...]:
         feeds = self._feeds(inputs)
-        for _ in range(MAX_BINDING_ROUNDS):
+        # each round binds at least one more input (a bound value can reveal another input the
+        # importer needs), so there are at most as many rounds as inputs
+        for _ in range(len(self.input_names) + 1):
             key = tuple(sorted((k, feeds[k].dtype.str, feeds[k].shape, feeds[k].tobytes())
                                for k in self.bind))
             compiled = self._compiled.get(key)

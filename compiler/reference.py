@@ -23,7 +23,7 @@ from tessera.errors import CompileError, ProgramError
 from tessera.runtime.accel.epilogue import Epilogue
 from tessera.runtime.accel.epilogue import apply_epilogue as _apply
 
-__all__ = ["run", "conv2d_nchw", "apply_epilogue", "wrap32", "KERNELS"]
+__all__ = ["run", "conv2d_nchw", "apply_epilogue", "wrap32", "float_activation", "KERNELS"]
 
 
 def wrap32(v: np.ndarray) -> np.ndarray:
@@ -73,7 +73,7 @@ def conv2d_nchw(x: np.ndarray, w: np.ndarray, strides=(1, 1), pads=(0, 0, 0, 0),
     # (G, N*OH*OW, Cg*KH*KW) @ (G, Cg*KH*KW, Og)
     cols = win.reshape(n, groups, cg, oh, ow, kh, kw).transpose(1, 0, 3, 4, 2, 5, 6)
     cols = cols.reshape(groups, n * oh * ow, cg * kh * kw)
-    wm = w.reshape(groups, og, cg * kh * kw).transpose(0, 2, 1).astype(cols.dtype)
+    wm = w.reshape(groups, og, cg * kh * kw).transpose(0, 2, 1).astype(cols.dtype, copy=False)
     out = np.matmul(cols, wm)  # (G, N*OH*OW, Og)
     return out.reshape(groups, n, oh, ow, og).transpose(1, 0, 4, 2, 3).reshape(n, o, oh, ow)
 
@@ -117,6 +117,12 @@ def _act(y: np.ndarray, a: Mapping[str, Any]) -> np.ndarray:
     return y
 
 
+def float_activation(y: np.ndarray, attrs: Mapping[str, Any]) -> np.ndarray:
+    """A float conv/dense node's fused activation (``attrs["act"]``) applied to ``y``, as the
+    node's kernel returns it."""
+    return _f32(_act(y, attrs))
+
+
 def _f32(x: np.ndarray) -> np.ndarray:
     return x.astype(np.float32, copy=False) if x.dtype == np.float64 else x
 
@@ -124,11 +130,28 @@ def _f32(x: np.ndarray) -> np.ndarray:
 def _k_conv2d(n: Node, x, w, b=None, r=None):
     a = n.attrs
     y = conv2d_nchw(x, w, a["strides"], a["pads"], a["dilations"], a["groups"])
+    if y.dtype == np.result_type(y, *(v for v in (b, r) if v is not None)):
+        # y is a fresh array of the result dtype: the same sums, computed in place
+        if b is not None:
+            y += b.reshape(1, -1, 1, 1)
+        if r is not None:
+            y += r
+        return [_f32(_act_inplace(y, a))]
     if b is not None:
         y = y + b.reshape(1, -1, 1, 1)
     if r is not None:
         y = y + r
     return [_f32(_act(y, a))]
+
+
+def _act_inplace(y: np.ndarray, a: Mapping[str, Any]) -> np.ndarray:
+    """:func:`_act` writing into ``y`` (which the caller owns)."""
+    act = a.get("act", "none")
+    if act == "relu":
+        return np.maximum(y, 0, out=y)
+    if act == "clip":
+        return np.clip(y, a["act_min"], a["act_max"], out=y)
+    return y
 
 
 def _k_dense(n: Node, x, w, b=None, r=None):
@@ -168,7 +191,14 @@ def _k_pool(n: Node, x):
     if n.op == "maxpool":
         fill = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
         win, _ = _pool_windows(x, n.attrs, fill)
-        return [win.max(axis=(4, 5))]
+        # the max over the window, one window offset at a time (exact, and far faster than a
+        # reduction over the two short trailing axes of the strided view)
+        out = win[..., 0, 0].copy()
+        for i in range(win.shape[4]):
+            for j in range(win.shape[5]):
+                if i or j:
+                    np.maximum(out, win[..., i, j], out=out)
+        return [out]
     win, count = _pool_windows(x, n.attrs, 0)
     return [(win.sum(axis=(4, 5)) / count).astype(x.dtype)]
 

@@ -24,7 +24,8 @@ import numpy as np
 from tessera.cache import cache_dir
 from tessera.errors import InputError
 
-__all__ = ["WheelModel", "TRAINED", "fetch", "wheels_dir", "FloatCheck", "check_float"]
+__all__ = ["WheelModel", "TRAINED", "fetch", "wheels_dir", "FloatCheck", "check_float",
+           "Int8Check", "check_int8"]
 
 
 @dataclass(frozen=True)
@@ -134,27 +135,13 @@ class FloatCheck:
     onnxruntime_s: float
 
 
-def check_float(name: str, seed: int = 0) -> FloatCheck:
-    """Compile ``TRAINED[name]`` with ``precision="float"``, run it and onnxruntime on the same
-    seeded standard-normal inputs, and compare (needs onnxruntime)."""
-    import onnxruntime as ort
-
-    from tessera.compiler.api import compile as tessera_compile
-
-    model = TRAINED[name]
-    path = fetch(model)
-    t0 = time.perf_counter()
-    compiled = tessera_compile(path, precision="float", input_shapes=model.input_shapes or None)
-    t1 = time.perf_counter()
+def _feeds(specs: dict, seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    feeds = {k: rng.standard_normal(shape).astype(dtype)
-             for k, (shape, dtype) in compiled.input_specs.items()}
-    ours = compiled.run(feeds)
-    t2 = time.perf_counter()
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    t3 = time.perf_counter()
-    want = sess.run(None, feeds)
-    t4 = time.perf_counter()
+    return {k: rng.standard_normal(shape).astype(dtype) for k, (shape, dtype) in specs.items()}
+
+
+def _worst(ours, want) -> tuple[float, float, float]:
+    """(max |d| / max |ref| of the worst output, max |d|, mean |d|) over all outputs."""
     worst = worst_abs = total = 0.0
     count = 0
     for got, ref in zip(ours, want, strict=True):
@@ -167,4 +154,65 @@ def check_float(name: str, seed: int = 0) -> FloatCheck:
         worst_abs = max(worst_abs, float(diff.max()))
         total += float(diff.sum())
         count += diff.size
-    return FloatCheck(name, worst, worst_abs, total / max(count, 1), t1 - t0, t2 - t1, t4 - t3)
+    return worst, worst_abs, total / max(count, 1)
+
+
+def check_float(name: str, seed: int = 0) -> FloatCheck:
+    """Compile ``TRAINED[name]`` with ``precision="float"``, run it and onnxruntime on the same
+    seeded standard-normal inputs, and compare (needs onnxruntime)."""
+    import onnxruntime as ort
+
+    from tessera.compiler.api import compile as tessera_compile
+
+    model = TRAINED[name]
+    path = fetch(model)
+    t0 = time.perf_counter()
+    compiled = tessera_compile(path, precision="float", input_shapes=model.input_shapes or None)
+    t1 = time.perf_counter()
+    feeds = _feeds(compiled.input_specs, seed)
+    ours = compiled.run(feeds)
+    t2 = time.perf_counter()
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    t3 = time.perf_counter()
+    want = sess.run(None, feeds)
+    t4 = time.perf_counter()
+    worst, worst_abs, mean_abs = _worst(ours, want)
+    return FloatCheck(name, worst, worst_abs, mean_abs, t1 - t0, t2 - t1, t4 - t3)
+
+
+@dataclass(frozen=True)
+class Int8Check:
+    """One model compiled for int8 (seeded random calibration) and run once on fsim: times,
+    the share of nodes and of conv/matmul nodes on the accelerator, and the int8 result beside
+    onnxruntime's float one (random calibration, so an indication only: accuracy with real
+    calibration data is ``bench/real_models.py``'s)."""
+
+    name: str
+    compile_s: float
+    run_s: float
+    accel_nodes: int
+    nodes: int
+    max_rel_diff: float
+    mean_abs_diff: float
+
+
+def check_int8(name: str, seed: int = 0, device: str = "fsim") -> Int8Check:
+    """Compile ``TRAINED[name]`` with ``precision="int8"`` and run it on ``device``."""
+    import onnxruntime as ort
+
+    from tessera.compiler.api import compile as tessera_compile
+
+    model = TRAINED[name]
+    path = fetch(model)
+    t0 = time.perf_counter()
+    compiled = tessera_compile(path, input_shapes=model.input_shapes or None)
+    t1 = time.perf_counter()
+    feeds = _feeds(compiled.input_specs, seed)
+    ours = compiled.run(feeds, device=device)
+    t2 = time.perf_counter()
+    compiled.close()
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)
+    worst, _, mean_abs = _worst(ours, want)
+    part = compiled.meta["partition"]
+    accel = sum(1 for _, _, where in part if where == "accelerator")
+    return Int8Check(name, t1 - t0, t2 - t1, accel, len(part), worst, mean_abs)

@@ -110,6 +110,28 @@ class Device(ABC):
         n = int(np.prod(dims, dtype=object)) * dt.itemsize
         return np.frombuffer(self.read(addr, n), dtype=dt).reshape(dims).copy()
 
+    def host_view(self, buf: Buffer) -> np.ndarray | None:
+        """A writeable ``uint8`` numpy view of allocation ``buf`` in this process's memory, or
+        None when the device memory is not host-addressable (a board behind a link).
+
+        The runtime binds CPU kernels to such views once and then reads and writes device
+        memory in place. A view is valid only while the device is open (:attr:`closed`).
+        """
+        self._check_open()
+        if not isinstance(buf, Buffer):
+            raise DeviceError(f"buf must be a Buffer from alloc(), not {buf!r}")
+        self.allocator.check(buf.addr, buf.size, "host view")
+        mem = self._host_memory()
+        return None if mem is None else mem[buf.addr:buf.end]
+
+    def _host_memory(self) -> np.ndarray | None:
+        """The whole device memory as a host ``uint8`` array, if it is one (subclasses)."""
+        return None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     # -- registers and runs -----------------------------------------------------------------
 
     def write_reg(self, offset: int, value: int) -> None:

@@ -77,6 +77,10 @@ class FsimDevice(Device):
     def _mem_read(self, addr: int, nbytes: int) -> bytes:
         return self._dram[addr:addr + nbytes].tobytes()
 
+    def _host_memory(self) -> np.ndarray | None:
+        return self._dram
+
+
     def _write_reg(self, offset: int, value: int) -> None:
         if offset in (Reg.INSN_COUNT, Reg.INSN_ADDR):
             self._regs[Reg(offset)] = int(value) & 0xFFFFFFFF

@@ -129,6 +129,10 @@ class VerilatorDevice(Device):
     def _mem_read(self, addr: int, nbytes: int) -> bytes:
         return self._mem[addr:addr + nbytes].tobytes()
 
+    def _host_memory(self) -> np.ndarray | None:
+        return self._mem
+
+
     # -- registers ----------------------------------------------------------------------------
 
     def _check_status(self, status: int, what: str) -> None:

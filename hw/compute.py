@@ -2,29 +2,41 @@
 
 It owns the on-chip buffers: micro-op, input, weight, accumulator and out. The load module
 writes the input and weight buffers through the ``inp_w*``/``wgt_w*`` ports; the store module
-reads the out buffer through ``out_r*``.
+reads the out buffer through ``out_r*``. The accumulator and out buffers are split into two
+banks (rows below and above ``acc_depth / 2``), each with its own ports.
 
-GEMM and ALU run a four-stage pipeline at one micro-op per cycle::
+Two micro-op pipelines run at one step per cycle each, four stages like this::
 
-    S0  loop counters -> micro-op read (checks u < uop_depth)
-    S1  indices a, x/s, w -> range checks -> acc / inp / wgt reads
-    S2  operands (forwarded from S3 on an accumulator-row hit) -> GEMM dot products or ALU op
+    S0  loop counters -> micro-op read (checks u < uop_depth)        (hw/uop_loop.py)
+    S1  indices -> range checks -> accumulator / input / weight reads
+    S2  operands (forwarded from S3 on an accumulator-row hit) -> dot products or ALU op
     S3  acc[a] <- result, out[a] <- low bits of each lane
 
-The accumulator read ports are transparent for its write port, and S2 forwards S3's result, so
-back-to-back micro-ops on one accumulator row see each other's writes (sequential semantics).
-Index checks are exact (spec-notes §7): the first out-of-range step raises error 3 with the
-instruction's pc and nothing after it is written.
+- the **GEMM pipeline** runs GEMM instructions, in the module's instruction order;
+- the **ALU engine** runs ALU instructions from an :data:`ALU_QUEUE_DEPTH`-entry queue, in
+  order. The module hands an ALU instruction to the queue and goes on: with the [ext]
+  ``deferred`` bit set (spec-notes 15) the instructions after it (GEMMs) run concurrently with
+  it; without, the module waits until the engine has drained (the ALU has completed) before it
+  retires the instruction. A LOAD waits for the engine to drain before it starts; FINISH, an
+  instruction with ``push_next`` and an ALU instruction with any push wait before they push.
+  Concurrent GEMMs and deferred ALUs must use different accumulator rows and banks (fsim
+  rejects programs that do not); the GEMM pipeline has priority on a bank's ports.
+
+The accumulator read ports are transparent for their bank's write port, and S2 forwards S3's
+result, so back-to-back micro-ops of one pipeline on one accumulator row see each other's writes
+(sequential semantics). Index checks are exact (spec-notes §7): the first out-of-range step
+raises error 3 with the instruction's pc and nothing after it is written.
 """
 
 from __future__ import annotations
 
 from amaranth import Cat, Module, Mux, Signal
-from amaranth.lib import stream, wiring
+from amaranth.lib import fifo, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from tessera.config import Config
+from tessera.errors import HwError
 from tessera.hw.alu import AluLanes
 from tessera.hw.axi import read_client_signature
 from tessera.hw.deadlock import ModuleStatusSignature
@@ -32,9 +44,12 @@ from tessera.hw.dma import RowLoader, Target
 from tessera.hw.gemm import GemmArray
 from tessera.hw.insn import CMD_PC_BITS, Cmd, bad_param, fields
 from tessera.hw.queues import TokenSignature
+from tessera.hw.uop_loop import UopLoop
 from tessera.isa import MemType, Opcode, layout
 
-__all__ = ["ComputeModule"]
+__all__ = ["ComputeModule", "ALU_QUEUE_DEPTH"]
+
+ALU_QUEUE_DEPTH = 16  # ALU instructions handed to the engine and not yet started
 
 
 def _log2(x: int) -> int:
@@ -46,11 +61,14 @@ def _gran(elem_bits: int, bus_bits: int) -> int:
 
 
 class ComputeModule(wiring.Component):
-    """Executes the compute command queue; see the module docstring for the pipeline."""
+    """Executes the compute command queue; see the module docstring for the pipelines."""
 
     def __init__(self, cfg: Config):
         if not isinstance(cfg, Config):
             raise bad_param(self, f"cfg must be a Config, not {cfg!r}")
+        if cfg.acc_depth < 2:
+            raise bad_param(self, f"the accumulator needs two banks: acc_depth must be at "
+                                  f"least 2, not {cfg.acc_depth}")
         self._cfg = cfg
         bus = cfg.mem_bus_bits
         e_inp, e_wgt = cfg.inp_elem_bytes * 8, cfg.wgt_elem_bytes * 8
@@ -67,6 +85,7 @@ class ComputeModule(wiring.Component):
             "err": Out(1), "err_pc": Out(CMD_PC_BITS),
             "retire": Out(1), "gemm_step": Out(1), "gemm_reset_step": Out(1),
             "alu_step": Out(1), "waiting": Out(1), "read_bytes": Out(16),
+            "quiet": Out(1),
             "status": Out(ModuleStatusSignature),
         })
 
@@ -78,37 +97,49 @@ class ComputeModule(wiring.Component):
         e_inp, e_wgt = cfg.inp_elem_bytes * 8, cfg.wgt_elem_bytes * 8
         e_acc, e_out = cfg.acc_elem_bytes * 8, cfg.out_elem_bytes * 8
         lanes, ab, ob = cfg.batch * cfg.block_out, cfg.acc_bits, cfg.inp_bits
+        depth = cfg.acc_depth
+        hb = _log2(depth) - 1  # the bank bit of an accumulator / out index
+        if cfg.out_depth != depth:
+            raise HwError("the out buffer must have the accumulator's depth")
 
         # --- buffers ---------------------------------------------------------------------------
-        def mem(name, width, depth):
-            m.submodules[name] = mm = Memory(shape=width, depth=depth, init=[])
+        def mem(name, width, rows):
+            m.submodules[name] = mm = Memory(shape=width, depth=rows, init=[])
             return mm
-
-        uop_mem = mem("uop_buf", 32, cfg.uop_depth)
-        inp_mem = mem("inp_buf", e_inp, cfg.inp_depth)
-        wgt_mem = mem("wgt_buf", e_wgt, cfg.wgt_depth)
-        acc_mem = mem("acc_buf", e_acc, cfg.acc_depth)
-        out_mem = mem("out_buf", e_out, cfg.out_depth)
 
         def wport(mm, width):
             g = _gran(width, bus)
             return mm.write_port(granularity=g if g < width else None)
 
-        uop_w, uop_r = uop_mem.write_port(), uop_mem.read_port()
+        uop_mem = mem("uop_buf", 32, cfg.uop_depth)
+        inp_mem = mem("inp_buf", e_inp, cfg.inp_depth)
+        wgt_mem = mem("wgt_buf", e_wgt, cfg.wgt_depth)
+        uop_w, uop_rg, uop_re = uop_mem.write_port(), uop_mem.read_port(), uop_mem.read_port()
         inp_w, inp_r = wport(inp_mem, e_inp), inp_mem.read_port()
         wgt_w, wgt_r = wport(wgt_mem, e_wgt), wgt_mem.read_port()
-        acc_w = wport(acc_mem, e_acc)
-        acc_ra = acc_mem.read_port(transparent_for=(acc_w,))
-        acc_rb = acc_mem.read_port(transparent_for=(acc_w,))
-        out_w, out_r = out_mem.write_port(), out_mem.read_port()
+        acc_w, acc_ra, acc_rb, out_w, out_r = [], [], [], [], []
+        for k in range(2):
+            am = mem(f"acc_bank{k}", e_acc, depth // 2)
+            w = wport(am, e_acc)
+            acc_w.append(w)
+            acc_ra.append(am.read_port(transparent_for=(w,)))
+            acc_rb.append(am.read_port(transparent_for=(w,)))
+            om = mem(f"out_bank{k}", e_out, depth // 2)
+            out_w.append(om.write_port())
+            out_r.append(om.read_port())
         m.d.comb += [
             inp_w.addr.eq(self.inp_waddr), inp_w.data.eq(self.inp_wdata),
             inp_w.en.eq(self.inp_wen),
             wgt_w.addr.eq(self.wgt_waddr), wgt_w.data.eq(self.wgt_wdata),
             wgt_w.en.eq(self.wgt_wen),
-            out_r.addr.eq(self.out_raddr), out_r.en.eq(self.out_ren),
-            self.out_rdata.eq(out_r.data),
         ]
+        # the store reads one bank; the bank of the last enabled read selects the data
+        out_sel = Signal()
+        for k in range(2):
+            m.d.comb += [out_r[k].addr.eq(self.out_raddr[:hb]), out_r[k].en.eq(self.out_ren)]
+        with m.If(self.out_ren):
+            m.d.sync += out_sel.eq(self.out_raddr[hb])
+        m.d.comb += self.out_rdata.eq(Mux(out_sel, out_r[1].data, out_r[0].data))
 
         # --- loads of UOP (target 0), ACC (1), ACC_8BIT (2) -----------------------------------
         g_acc = _gran(e_acc, bus)
@@ -125,9 +156,9 @@ class ComputeModule(wiring.Component):
         insn = Signal(128)
         pc = Signal(CMD_PC_BITS)
         gf, af, mf = fields(insn, lay.gemm), fields(insn, lay.alu), fields(insn, lay.mem)
-        is_alu = gf.opcode == Opcode.ALU
-        reset = gf.reset & ~is_alu  # the ALU ignores reset (spec-notes §5)
-        use_imm = af.use_imm
+        op = gf.opcode
+        is_alu, is_fin = op == Opcode.ALU, op == Opcode.FINISH
+        reset = gf.reset
         mt = mf.memory_type
         tsel = Signal(3)
         shift = Signal(4)
@@ -146,121 +177,119 @@ class ComputeModule(wiring.Component):
             lc.y_pad_0.eq(mf.y_pad_0), lc.y_pad_1.eq(mf.y_pad_1),
             lc.x_pad_0.eq(mf.x_pad_0), lc.x_pad_1.eq(mf.x_pad_1),
         ]
-
-        # --- micro-op pipeline --------------------------------------------------------------------
-        m.submodules.gemm = gemm = GemmArray(cfg)
-        m.submodules.alu = alu = AluLanes(cfg)
-        run = Signal()
-        start_run = Signal()
         halt = Signal()
-        u = Signal(len(gf.uop_end))
-        i = Signal(len(gf.iter_out))
-        j = Signal(len(gf.iter_in))
-        od_o, od, os_o, os_, ow_o, ow = (Signal(32, name=n) for n in (
-            "od_o", "od", "os_o", "os", "ow_o", "ow"))
-        # loop bounds and source factors, registered when the loop starts (off the S0 path)
-        sfo = Signal(max(len(af.src_factor_out), len(gf.src_factor_out)))
-        sfi = Signal(max(len(af.src_factor_in), len(gf.src_factor_in)))
-        u_last, j_last, i_last = Signal.like(u), Signal.like(j), Signal.like(i)
 
-        with m.If(start_run):
-            m.d.sync += [
-                run.eq((gf.iter_out != 0) & (gf.iter_in != 0) & (gf.uop_end > gf.uop_bgn)),
-                u.eq(gf.uop_bgn), i.eq(0), j.eq(0),
-                od_o.eq(0), od.eq(0), os_o.eq(0), os_.eq(0), ow_o.eq(0), ow.eq(0),
-                sfo.eq(Mux(is_alu, af.src_factor_out, gf.src_factor_out)),
-                sfi.eq(Mux(is_alu, af.src_factor_in, gf.src_factor_in)),
-                u_last.eq(gf.uop_end - 1), j_last.eq(gf.iter_in - 1), i_last.eq(gf.iter_out - 1),
-            ]
-        # S0
-        s0_bad = Signal()
-        s0_fire = Signal()
+        # --- GEMM pipeline ------------------------------------------------------------------------
+        m.submodules.gemm_loop = gl = UopLoop(cfg, alu=False)
+        m.submodules.gemm = gemm = GemmArray(cfg)
+        start_run = Signal()
+        m.d.comb += [gl.insn.eq(insn), gl.start.eq(start_run), gl.halt.eq(halt),
+                     uop_rg.addr.eq(gl.uop_addr), gl.uop_data.eq(uop_rg.data)]
+        a1, x1, w1 = gl.dst, gl.src, gl.wgt
+        g_bad1 = Signal()
+        m.d.comb += g_bad1.eq(gl.s1_valid & ~halt & (
+            (a1 >= depth) | (~reset & ((x1 >= cfg.inp_depth) | (w1 >= cfg.wgt_depth)))))
+        m.d.comb += [inp_r.addr.eq(x1), wgt_r.addr.eq(w1)]
+        g2_valid, g3_valid = Signal(), Signal()
+        g2_a, g3_a = Signal(range(depth)), Signal(range(depth))
+        m.d.sync += [g2_valid.eq(gl.s1_valid & ~g_bad1 & ~halt), g2_a.eq(a1)]
+        g3_acc, g3_dot, g_result = Signal(e_acc), Signal(e_acc), Signal(e_acc)
+        g_acc_a = Signal(e_acc)
         m.d.comb += [
-            s0_bad.eq(run & ~halt & (u >= cfg.uop_depth)),
-            s0_fire.eq(run & ~halt & ~s0_bad),
-            uop_r.addr.eq(u),
-        ]
-        s1_valid = Signal()
-        s1_od, s1_os, s1_ow = Signal(32), Signal(32), Signal(32)
-        m.d.sync += [s1_valid.eq(s0_fire), s1_od.eq(od), s1_os.eq(os_), s1_ow.eq(ow)]
-        with m.If(s0_fire):
-            with m.If(u != u_last):
-                m.d.sync += u.eq(u + 1)
-            with m.Else():
-                m.d.sync += u.eq(gf.uop_bgn)
-                with m.If(j != j_last):
-                    m.d.sync += [j.eq(j + 1), od.eq(od + gf.dst_factor_in),
-                                 os_.eq(os_ + sfi), ow.eq(ow + gf.wgt_factor_in)]
-                with m.Else():
-                    m.d.sync += j.eq(0)
-                    with m.If(i == i_last):
-                        m.d.sync += run.eq(0)
-                    with m.Else():
-                        nd, ns, nw = (od_o + gf.dst_factor_out, os_o + sfo,
-                                      ow_o + gf.wgt_factor_out)
-                        m.d.sync += [i.eq(i + 1), od_o.eq(nd), od.eq(nd), os_o.eq(ns),
-                                     os_.eq(ns), ow_o.eq(nw), ow.eq(nw)]
-        # S1
-        uf = fields(uop_r.data, lay.uop)
-        a1, x1, w1 = Signal(32), Signal(32), Signal(32)
-        m.d.comb += [a1.eq(uf.dst_idx + s1_od), x1.eq(uf.src_idx + s1_os),
-                     w1.eq(uf.wgt_idx + s1_ow)]
-        s1_bad = Signal()
-        m.d.comb += s1_bad.eq(s1_valid & ~halt & (
-            (a1 >= cfg.acc_depth)
-            | (~is_alu & ~reset & ((x1 >= cfg.inp_depth) | (w1 >= cfg.wgt_depth)))
-            | (is_alu & ~use_imm & (x1 >= cfg.acc_depth))))
-        m.d.comb += [acc_ra.addr.eq(a1), acc_rb.addr.eq(x1), inp_r.addr.eq(x1),
-                     wgt_r.addr.eq(w1)]
-        s2_valid = Signal()
-        s2_a = Signal(range(cfg.acc_depth))
-        s2_s = Signal(range(cfg.acc_depth))
-        m.d.sync += [s2_valid.eq(s1_valid & ~s1_bad & ~halt), s2_a.eq(a1), s2_s.eq(x1)]
-        # S2 (with forwarding from S3) and S3
-        s3_valid = Signal()
-        s3_a = Signal(range(cfg.acc_depth))
-        s3_acc = Signal(e_acc)
-        s3_dot = Signal(e_acc)
-        s3_alu = Signal(e_acc)
-        result = Signal(e_acc)
-        acc_a, acc_b = Signal(e_acc), Signal(e_acc)
-        m.d.comb += [
-            acc_a.eq(Mux(s3_valid & (s3_a == s2_a), result, acc_ra.data)),
-            acc_b.eq(Mux(s3_valid & (s3_a == s2_s), result, acc_rb.data)),
+            g_acc_a.eq(Mux(g3_valid & (g3_a == g2_a), g_result,
+                           Mux(g2_a[hb], acc_ra[1].data, acc_ra[0].data))),
             gemm.inp.eq(inp_r.data), gemm.wgt.eq(wgt_r.data),
-            alu.op.eq(af.alu_opcode), alu.a.eq(acc_a),
-            alu.b.eq(Mux(use_imm, _sext_rep(af.imm, ab, lanes), acc_b)),
         ]
-        m.d.sync += [s3_valid.eq(s2_valid), s3_a.eq(s2_a), s3_acc.eq(acc_a),
-                     s3_dot.eq(gemm.dot), s3_alu.eq(alu.out)]
-        with m.If(is_alu):
-            m.d.comb += result.eq(s3_alu)
-        with m.Elif(~reset):
-            m.d.comb += result.eq(Cat(*[
-                (s3_acc[k * ab:(k + 1) * ab] + s3_dot[k * ab:(k + 1) * ab])[:ab]
+        m.d.sync += [g3_valid.eq(g2_valid), g3_a.eq(g2_a), g3_acc.eq(g_acc_a),
+                     g3_dot.eq(gemm.dot)]
+        with m.If(~reset):
+            m.d.comb += g_result.eq(Cat(*[
+                (g3_acc[k * ab:(k + 1) * ab] + g3_dot[k * ab:(k + 1) * ab])[:ab]
                 for k in range(lanes)]))
-        m.d.comb += [
-            out_w.addr.eq(s3_a), out_w.en.eq(s3_valid),
-            out_w.data.eq(Cat(*[result[k * ab:k * ab + ob] for k in range(lanes)])),
-        ]
-        with m.If(s3_valid):
-            m.d.comb += [acc_w.addr.eq(s3_a), acc_w.data.eq(result), acc_w.en.eq(-1),
-                         self.alu_step.eq(is_alu), self.gemm_step.eq(~is_alu & ~reset),
-                         self.gemm_reset_step.eq(~is_alu & reset)]
-        with m.Else():
-            m.d.comb += [acc_w.addr.eq(loader.wr_addr), acc_w.en.eq(loader.wr1_en | loader.wr2_en),
-                         acc_w.data.eq(Mux(loader.wr1_en.any(), loader.wr1_data, loader.wr2_data))]
+        with m.If(g3_valid):
+            m.d.comb += [self.gemm_step.eq(~reset), self.gemm_reset_step.eq(reset)]
+        g_drained = ~gl.busy & ~gl.s1_valid & ~g2_valid & ~g3_valid
 
+        # --- ALU engine ---------------------------------------------------------------------------
+        m.submodules.alu_q = aq = fifo.SyncFIFOBuffered(width=128 + CMD_PC_BITS,
+                                                        depth=ALU_QUEUE_DEPTH)
+        m.submodules.alu_loop = el = UopLoop(cfg, alu=True)
+        m.submodules.alu = alu = AluLanes(cfg)
+        e_insn = Signal(128)
+        e_pc = Signal(CMD_PC_BITS)
+        ef = fields(e_insn, lay.alu)
+        e_run = Signal()
+        e_start = Signal()
+        m.d.comb += [uop_re.addr.eq(el.uop_addr), el.uop_data.eq(uop_re.data),
+                     el.halt.eq(halt), el.start.eq(e_start),
+                     el.insn.eq(aq.r_data[:128]), aq.w_data.eq(Cat(insn, pc))]
+        ae, se = el.dst, el.src
+        e_bad1 = Signal()
+        m.d.comb += e_bad1.eq(el.s1_valid & ~halt & (
+            (ae >= depth) | (~ef.use_imm & (se >= depth))))
+        e2_valid, e3_valid = Signal(), Signal()
+        e2_a, e2_s, e3_a = Signal(range(depth)), Signal(range(depth)), Signal(range(depth))
+        m.d.sync += [e2_valid.eq(el.s1_valid & ~e_bad1 & ~halt), e2_a.eq(ae), e2_s.eq(se)]
+        e3_alu = Signal(e_acc)
+        e_a, e_b = Signal(e_acc), Signal(e_acc)
+        m.d.comb += [
+            e_a.eq(Mux(e3_valid & (e3_a == e2_a), e3_alu,
+                       Mux(e2_a[hb], acc_ra[1].data, acc_ra[0].data))),
+            e_b.eq(Mux(e3_valid & (e3_a == e2_s), e3_alu,
+                       Mux(e2_s[hb], acc_rb[1].data, acc_rb[0].data))),
+            alu.op.eq(ef.alu_opcode), alu.a.eq(e_a),
+            alu.b.eq(Mux(ef.use_imm, _sext_rep(ef.imm, ab, lanes), e_b)),
+        ]
+        m.d.sync += [e3_valid.eq(e2_valid), e3_a.eq(e2_a), e3_alu.eq(alu.out)]
+        m.d.comb += self.alu_step.eq(e3_valid)
+        e_drained = ~el.busy & ~el.s1_valid & ~e2_valid & ~e3_valid
+        # take the queue's head when idle, or when the current instruction has drained
+        take = aq.r_rdy & ~halt & (~e_run | e_drained)
+        m.d.comb += [aq.r_en.eq(take), e_start.eq(take)]
+        with m.If(take):
+            m.d.sync += [e_insn.eq(aq.r_data[:128]), e_pc.eq(aq.r_data[128:]), e_run.eq(1)]
+        with m.Elif(e_run & e_drained):
+            m.d.sync += e_run.eq(0)
+        engine_idle = Signal()
+        m.d.comb += [engine_idle.eq((aq.level == 0) & ~e_run), self.quiet.eq(engine_idle)]
+
+        # --- accumulator and out bank ports: the GEMM pipeline first, then the engine --------
+        for k in range(2):
+            g_hit1, e_hit1 = gl.s1_valid & (a1[hb] == k), el.s1_valid & (ae[hb] == k)
+            m.d.comb += [
+                acc_ra[k].addr.eq(Mux(g_hit1 | ~e_hit1, a1[:hb], ae[:hb])),
+                acc_rb[k].addr.eq(se[:hb]),
+            ]
+            g_w, e_w = g3_valid & (g3_a[hb] == k), e3_valid & (e3_a[hb] == k)
+            res = Mux(g_w, g_result, e3_alu)
+            wa = Mux(g_w, g3_a[:hb], e3_a[:hb])
+            with m.If(g_w | e_w):
+                m.d.comb += [acc_w[k].addr.eq(wa), acc_w[k].data.eq(res), acc_w[k].en.eq(-1),
+                             out_w[k].addr.eq(wa), out_w[k].en.eq(1),
+                             out_w[k].data.eq(Cat(*[res[j * ab:j * ab + ob]
+                                                    for j in range(lanes)]))]
+            with m.Else():
+                lw = (loader.wr1_en | loader.wr2_en) & (loader.wr_addr[hb] == k).replicate(
+                    len(loader.wr1_en))
+                m.d.comb += [acc_w[k].addr.eq(loader.wr_addr[:hb]), acc_w[k].en.eq(lw),
+                             acc_w[k].data.eq(Mux(loader.wr1_en.any(), loader.wr1_data,
+                                                  loader.wr2_data))]
+
+        # --- errors -----------------------------------------------------------------------------
+        g_err, e_err = gl.bad | g_bad1, el.bad | e_bad1
         err = Signal()
-        m.d.comb += err.eq(s0_bad | s1_bad)
+        m.d.comb += err.eq(g_err | e_err)
         with m.If(err):
             m.d.sync += halt.eq(1)
-        m.d.comb += [self.err.eq(err), self.err_pc.eq(pc)]
-        drained = ~run & ~s1_valid & ~s2_valid & ~s3_valid
+        # the engine's instruction is the earlier one in program order
+        m.d.comb += [self.err.eq(err), self.err_pc.eq(Mux(e_err, e_pc, pc))]
 
         # --- instruction sequencing ------------------------------------------------------------
         pop_ok = ((~gf.pop_prev | self.l2c.valid) & (~gf.pop_next | self.s2c.valid))
         push_ok = ((~gf.push_prev | self.c2l.ready) & (~gf.push_next | self.c2s.ready))
+        any_push = gf.push_prev | gf.push_next
+        drain = (is_alu & (~af.deferred | any_push)) | gf.push_next | is_fin
+        drain_wait = drain & ~engine_idle
         m.d.comb += self.status.pc.eq(pc)
         with m.FSM() as fsm:
             with m.State("IDLE"):
@@ -272,14 +301,21 @@ class ComputeModule(wiring.Component):
                 m.d.comb += self.waiting.eq(~pop_ok)
                 with m.If(pop_ok):
                     m.d.comb += [self.l2c.ready.eq(gf.pop_prev), self.s2c.ready.eq(gf.pop_next)]
-                    with m.Switch(gf.opcode):
+                    with m.Switch(op):
                         with m.Case(Opcode.LOAD):
-                            m.next = "LOAD"
-                        with m.Case(Opcode.GEMM, Opcode.ALU):
+                            m.next = "DRAIN"
+                        with m.Case(Opcode.GEMM):
                             m.d.comb += start_run.eq(1)
                             m.next = "RUN"
+                        with m.Case(Opcode.ALU):
+                            m.next = "ENQ"
                         with m.Default():
                             m.next = "PUSH"
+            with m.State("DRAIN"):  # a LOAD starts once every ALU instruction has completed
+                with m.If(halt):
+                    m.next = "HALT"
+                with m.Elif(engine_idle):
+                    m.next = "LOAD"
             with m.State("LOAD"):
                 with m.If(mf.x_size == 0):
                     m.next = "PUSH"
@@ -293,19 +329,27 @@ class ComputeModule(wiring.Component):
             with m.State("RUN"):
                 with m.If(halt | err):
                     m.next = "HALT"
-                with m.Elif(drained & ~start_run):
+                with m.Elif(g_drained & ~start_run):
+                    m.next = "PUSH"
+            with m.State("ENQ"):
+                with m.If(halt):
+                    m.next = "HALT"
+                with m.Elif(aq.w_rdy):
+                    m.d.comb += aq.w_en.eq(1)
                     m.next = "PUSH"
             with m.State("PUSH"):
-                with m.If(push_ok):
+                with m.If(halt):
+                    m.next = "HALT"
+                with m.Elif(~drain_wait & push_ok):
                     m.d.comb += [self.c2l.valid.eq(gf.push_prev), self.c2s.valid.eq(gf.push_next),
                                  self.retire.eq(1)]
                     m.next = "IDLE"
             with m.State("HALT"):
                 pass
+        blocked = (fsm.ongoing("POP") & ~pop_ok) | (fsm.ongoing("PUSH") & ~drain_wait & ~push_ok)
         m.d.comb += [
-            self.status.busy.eq(~fsm.ongoing("IDLE")),
-            self.status.blocked.eq((fsm.ongoing("POP") & ~pop_ok)
-                                   | (fsm.ongoing("PUSH") & ~push_ok)),
+            self.status.busy.eq(~fsm.ongoing("IDLE") | ~engine_idle),
+            self.status.blocked.eq(blocked & engine_idle),
         ]
         return m
 

@@ -128,7 +128,8 @@ class TesseraCore(wiring.Component):
         with m.Else():
             m.d.sync += retired.eq(retired + retiring)
         m.d.comb += [
-            regs.finished.eq(fetch.done & fetch.idle & (fetch.dispatched == retired) & axi.idle),
+            regs.finished.eq(fetch.done & fetch.idle & (fetch.dispatched == retired) & axi.idle
+                             & compute.quiet),
             regs.quiesced.eq(axi.idle),
         ]
 

@@ -21,7 +21,6 @@ Every instruction is encoded as it is appended, so a request the ISA cannot expr
 
 from __future__ import annotations
 
-import dataclasses
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -140,13 +139,16 @@ def count_kinds(insns: list[Insn]) -> dict[str, int]:
 def insn_kind(insn: Insn) -> str:
     """``load``, ``uop_load``, ``acc_load``, ``store``, ``gemm``, ``reset`` (a GEMM that zeroes
     accumulators), ``alu`` or ``finish``."""
-    op = Opcode(insn.opcode)
+    op = insn.opcode
     if op == Opcode.LOAD:
-        return {MemType.UOP: "uop_load", MemType.ACC: "acc_load",
-                MemType.ACC_8BIT: "acc_load"}.get(insn.memory_type, "load")
+        return _LOAD_KINDS.get(insn.memory_type, "load")
     if op == Opcode.GEMM and insn.reset:
         return "reset"
-    return op.name.lower()
+    return _KIND_NAMES.get(op) or Opcode(op).name.lower()
+
+
+_LOAD_KINDS = {MemType.UOP: "uop_load", MemType.ACC: "acc_load", MemType.ACC_8BIT: "acc_load"}
+_KIND_NAMES = {o: o.name.lower() for o in Opcode}
 
 
 @dataclass
@@ -171,7 +173,7 @@ class CommandBuilder:
         self.uop_cache = UopCache(config.uop_depth)
         self.stats = BuilderStats()
         self.runs = 0
-        self._words: dict[tuple, tuple[bytes, bytes]] = {}  # uops -> (encoded words, key)
+        self._words: dict[bytes, tuple[bytes, bytes]] = {}  # kernel key -> (words, hash)
         self._reset_stream()
 
     # -- stream state -----------------------------------------------------------------------
@@ -194,18 +196,22 @@ class CommandBuilder:
         """Tokens pushed minus popped so far on the queue ``src -> dst`` (program order)."""
         return self._outstanding[queue(src, dst).name]
 
-    def _append(self, insn: Insn) -> int:
+    def _append(self, insn: Insn, checked: bool = False) -> int:
+        """Append ``insn`` (taking the module's pending pops); ``checked``: its fields are known
+        to encode (flags aside), so it is not encoded again here."""
         m = module_of(insn)
         pending = self._pending[m]
         if pending:
             flags = {queue_flag(name): 1 for name in pending}
-            insn = dataclasses.replace(insn, **flags)
+            insn = _with(insn, **flags)
             self.stats.pops_folded += len(pending)
             pending.clear()
-        try:
-            encode(insn, self.cfg)
-        except IsaError as exc:
-            raise ProgramError(f"cannot encode instruction {len(self.insns)}: {exc}") from None
+        if not checked:
+            try:
+                encode(insn, self.cfg)
+            except IsaError as exc:
+                raise ProgramError(f"cannot encode instruction {len(self.insns)}: {exc}") \
+                    from None
         self.insns.append(insn)
         self._modules.append(m)
         self._last[m] = len(self.insns) - 1
@@ -229,11 +235,11 @@ class CommandBuilder:
         last = self._last[q.src]
         if (last is not None and not self._pending[q.src]
                 and not getattr(self.insns[last], q.push_flag)):
-            self.insns[last] = dataclasses.replace(self.insns[last], **{q.push_flag: 1})
+            self.insns[last] = _with(self.insns[last], **{q.push_flag: 1})
             self.stats.pushes_folded += 1
             return
         pc = self.noop(q.src)
-        self.insns[pc] = dataclasses.replace(self.insns[pc], **{q.push_flag: 1})
+        self.insns[pc] = _with(self.insns[pc], **{q.push_flag: 1})
 
     def dep_pop(self, src: Module, dst: Module) -> None:
         """Make the next instruction of ``dst`` wait for a token ``src`` pushed."""
@@ -295,7 +301,7 @@ class CommandBuilder:
         return self._append(MemInsn(opcode=Opcode.LOAD, memory_type=mt, sram_base=sram,
                                     dram_base=dram_elem_base, y_size=y, x_size=x,
                                     x_stride=stride, y_pad_0=yp0, y_pad_1=yp1, x_pad_0=xp0,
-                                    x_pad_1=xp1))
+                                    x_pad_1=xp1), checked=True)
 
     def store_2d(self, sram: int, dram_elem_base: int, y: int, x: int, stride: int) -> int:
         """STORE ``y`` rows of ``x`` out-buffer elements from ``sram`` (rows consecutive) to
@@ -306,7 +312,7 @@ class CommandBuilder:
                                f"buffer depth {self.cfg.out_depth}")
         return self._append(MemInsn(opcode=Opcode.STORE, memory_type=MemType.OUT,
                                     sram_base=sram, dram_base=dram_elem_base, y_size=y,
-                                    x_size=x, x_stride=stride))
+                                    x_size=x, x_stride=stride), checked=True)
 
     def _check_mem(self, what: str, mt: MemType, sram: int, dram: int, y: int, x: int,
                    stride: int) -> None:
@@ -327,12 +333,13 @@ class CommandBuilder:
     # -- compute ----------------------------------------------------------------------------
 
     def _uop_range(self, kernel: MicroKernel) -> tuple[int, int]:
-        cached = self._words.get(kernel.uops)
+        """Micro-op buffer range of ``kernel``'s part, loading the kernel if not resident."""
+        cached = self._words.get(kernel.key)
         if cached is None:
             words = kernel.words(self.cfg)
-            cached = self._words[kernel.uops] = (words, MicroKernel.content_key(words))
+            cached = self._words[kernel.key] = (words, MicroKernel.content_key(words))
         words, key = cached
-        n = len(kernel.uops)
+        n = kernel.size
         base, hit = self.uop_cache.lookup(key, n)
         if not hit:
             offset = self._uop_area_index.get(key)
@@ -344,23 +351,66 @@ class CommandBuilder:
                                       sram_base=base, dram_base=offset, y_size=1, x_size=n,
                                       x_stride=n))
             self._uop_load_pcs.append(pc)
-        return base, base + n
+        return base + kernel.lo, base + kernel.hi
+
+    def preload(self, kernels: list[MicroKernel]) -> int:
+        """Make ``kernels`` resident now, with as few micro-op LOADs as possible (runs of
+        kernels adjacent in both the DRAM micro-op area and the buffer share one), so that the
+        stream's later GEMM/ALU instructions find them. Does nothing unless all of them fit in
+        half the micro-op buffer. Returns the number of LOAD instructions emitted."""
+        todo: dict[bytes, tuple[bytes, int]] = {}
+        for k in kernels:
+            cached = self._words.get(k.key)
+            if cached is None:
+                words = k.words(self.cfg)
+                cached = self._words[k.key] = (words, MicroKernel.content_key(words))
+            words, key = cached
+            if key not in self.uop_cache and key not in todo:
+                todo[key] = (words, k.size)
+        if not todo or sum(n for _, n in todo.values()) > self.cfg.uop_depth // 2:
+            return 0
+        runs: list[list[int]] = []  # [sram base, dram offset, size]
+        for key, (words, n) in todo.items():
+            base, hit = self.uop_cache.lookup(key, n)
+            assert not hit
+            offset = self._uop_area_index.get(key)
+            if offset is None:
+                offset = len(self._uop_area) // self.cfg.uop_elem_bytes
+                self._uop_area += words
+                self._uop_area_index[key] = offset
+            last = runs[-1] if runs else None
+            if last and last[0] + last[2] == base and last[1] + last[2] == offset:
+                last[2] += n
+            else:
+                runs.append([base, offset, n])
+        for base, offset, n in runs:
+            pc = self._append(MemInsn(opcode=Opcode.LOAD, memory_type=MemType.UOP,
+                                      sram_base=base, dram_base=offset, y_size=1, x_size=n,
+                                      x_stride=n))
+            self._uop_load_pcs.append(pc)
+        return len(runs)
 
     def gemm(self, kernel: MicroKernel, reset: bool = False) -> int:
-        """Run ``kernel`` as one GEMM (``reset`` zeroes the accumulators instead)."""
+        """Run ``kernel`` (its part ``[lo, hi)``) as one GEMM (``reset`` zeroes the accumulators
+        instead)."""
         if not isinstance(kernel, MicroKernel):
             raise ProgramError(f"gemm needs a MicroKernel, not {type(kernel).__name__}")
         self._check_kernel(kernel, gemm=True)
         k = kernel
         insn = GemmInsn(
-            reset=int(reset), uop_bgn=0, uop_end=len(k.uops), iter_out=k.iter_out,
+            reset=int(reset), uop_bgn=0, uop_end=k.hi - k.lo, iter_out=k.iter_out,
             iter_in=k.iter_in, dst_factor_out=k.dst_factor_out, dst_factor_in=k.dst_factor_in,
             src_factor_out=k.src_factor_out, src_factor_in=k.src_factor_in,
             wgt_factor_out=k.wgt_factor_out, wgt_factor_in=k.wgt_factor_in)
         return self._run_kernel(insn, k)
 
-    def alu(self, kernel: MicroKernel, op: AluOp, imm: int | None = None) -> int:
-        """Run ``kernel`` as one ALU instruction: ``acc[dst] = op(acc[dst], imm or acc[src])``."""
+    def alu(self, kernel: MicroKernel, op: AluOp, imm: int | None = None,
+            deferred: bool = False) -> int:
+        """Run ``kernel`` as one ALU instruction: ``acc[dst] = op(acc[dst], imm or acc[src])``.
+
+        ``deferred`` [ext] lets the compute module run it concurrently with the GEMMs that
+        follow, up to the next fence (spec-notes 16): the caller guarantees that those GEMMs
+        touch no accumulator row it reads or writes, and none in its destination rows' half."""
         if not isinstance(kernel, MicroKernel):
             raise ProgramError(f"alu needs a MicroKernel, not {type(kernel).__name__}")
         try:
@@ -374,11 +424,17 @@ class CommandBuilder:
         self._check_kernel(kernel, gemm=False)
         k = kernel
         insn = AluInsn(
-            uop_bgn=0, uop_end=len(k.uops), iter_out=k.iter_out, iter_in=k.iter_in,
+            uop_bgn=0, uop_end=k.hi - k.lo, iter_out=k.iter_out, iter_in=k.iter_in,
             dst_factor_out=k.dst_factor_out, dst_factor_in=k.dst_factor_in,
             src_factor_out=k.src_factor_out, src_factor_in=k.src_factor_in,
-            alu_opcode=op, use_imm=int(imm is not None), imm=int(imm or 0))
+            alu_opcode=op, use_imm=int(imm is not None), imm=int(imm or 0),
+            deferred=int(bool(deferred)))
         return self._run_kernel(insn, k)
+
+    def fence(self) -> int:
+        """A compute instruction before which every deferred ALU instruction has completed (an
+        empty, non-deferred ALU instruction; spec-notes 16)."""
+        return self._append(AluInsn(uop_bgn=0, uop_end=0))
 
     def _run_kernel(self, insn: GemmInsn | AluInsn, kernel: MicroKernel) -> int:
         """Check that ``insn`` encodes, load its kernel if not resident, then append it.
@@ -390,32 +446,34 @@ class CommandBuilder:
                   if getattr(insn, f"iter_{lvl}") == 1 for o in ("dst", "src", "wgt")
                   if hasattr(insn, f"{o}_factor_{lvl}")]
         if unused:
-            insn = dataclasses.replace(insn, **dict.fromkeys(unused, 0))
+            insn = _with(insn, **dict.fromkeys(unused, 0))
         try:
             encode(insn, self.cfg)
         except IsaError as exc:
             raise ProgramError(f"cannot encode {Opcode(insn.opcode).name}: {exc}") from None
-        kernel.words(self.cfg)  # micro-op fields must encode too
-        bgn, end = self._uop_range(kernel)
-        return self._append(dataclasses.replace(insn, uop_bgn=bgn, uop_end=end))
+        bgn, end = self._uop_range(kernel)  # micro-op fields must encode too
+        return self._append(_with(insn, uop_bgn=bgn, uop_end=end), checked=True)
 
     def _check_kernel(self, k: MicroKernel, gemm: bool) -> None:
         """Every index the loop nest generates must lie inside its buffer."""
         cfg = self.cfg
         io, ii = k.iter_out - 1, k.iter_in - 1
-        bounds = [("accumulator", "dst_idx", k.dst_factor_out, k.dst_factor_in, cfg.acc_depth)]
+        top = k.array[k.lo:k.hi].max(axis=0)
+        if k.array.min() < 0:
+            raise ProgramError("micro-kernel indices must be non-negative")
+        bounds = [("accumulator", 0, k.dst_factor_out, k.dst_factor_in, cfg.acc_depth)]
         if gemm:
-            bounds += [("input", "src_idx", k.src_factor_out, k.src_factor_in, cfg.inp_depth),
-                       ("weight", "wgt_idx", k.wgt_factor_out, k.wgt_factor_in, cfg.wgt_depth)]
+            bounds += [("input", 1, k.src_factor_out, k.src_factor_in, cfg.inp_depth),
+                       ("weight", 2, k.wgt_factor_out, k.wgt_factor_in, cfg.wgt_depth)]
         else:
-            bounds += [("accumulator source", "src_idx", k.src_factor_out, k.src_factor_in,
+            bounds += [("accumulator source", 1, k.src_factor_out, k.src_factor_in,
                         cfg.acc_depth)]
-        for what, attr, fo, fi, dep in bounds:
+        for what, col, fo, fi, dep in bounds:
             if fo < 0 or fi < 0:
                 raise ProgramError(f"micro-kernel {what} factors must be non-negative")
-            top = max(getattr(u, attr) for u in k.uops) + io * fo + ii * fi
-            if top >= dep:
-                raise ProgramError(f"micro-kernel reaches {what} index {top}, outside the "
+            t = int(top[col]) + io * fo + ii * fi
+            if t >= dep:
+                raise ProgramError(f"micro-kernel reaches {what} index {t}, outside the "
                                    f"buffer (depth {dep})")
 
     # -- finishing and running --------------------------------------------------------------
@@ -453,6 +511,20 @@ class CommandBuilder:
                 dev.free(uop_buf)
         self.runs += 1
         return stats
+
+
+def _with(insn: Insn, **changes: int) -> Insn:
+    """A copy of the frozen record ``insn`` with ``changes`` (field names of its own type; a
+    fast ``dataclasses.replace`` for the builder's hot path)."""
+    old = insn.__dict__
+    for k in changes:
+        if k not in old:
+            raise ProgramError(f"{type(insn).__name__} has no field {k!r}")
+    new = object.__new__(insn.__class__)
+    state = new.__dict__
+    state.update(old)
+    state.update(changes)
+    return new
 
 
 def queue_flag(name: str) -> str:

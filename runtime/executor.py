@@ -5,20 +5,29 @@ params region), relocates every accelerator layer's instruction stream from the 
 region bases to those buffers, and writes code, micro-ops and parameters once. ``run`` then
 writes the inputs, executes the steps in order — ``Device.run`` per accelerator layer, an LLVM
 kernel per CPU operator reading and writing device memory — and reads the outputs back.
+
+CPU operators are bound at construction (:meth:`~tessera.runtime.cpu.op.CpuOp.bind`): their
+kernels are compiled and fixed to their slots' buffers, every shape/dtype/overlap check done
+once. On a device whose memory is host-addressable (fsim, verilator:
+:meth:`~tessera.driver.base.Device.host_view`) those buffers are views of the arena, so a CPU
+step is just its kernels' raw calls; otherwise each slot has one persistent host buffer that
+the step fills from, and writes back to, device memory.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 import time
+from collections.abc import Callable
 
 import numpy as np
 
 from tessera.driver.base import Device
-from tessera.errors import DeviceError, ProgramError
+from tessera.errors import DeviceError, KernelError, ProgramError
 from tessera.isa import INSN_BYTES
 from tessera.runtime.builder import relocate
-from tessera.runtime.plan import REGION_BASES, Plan, Slot
+from tessera.runtime.plan import REGION_BASES, CpuStep, Plan, Slot
 from tessera.runtime.profile import LayerProfile, Profile
 
 __all__ = ["Executor"]
@@ -66,6 +75,52 @@ class Executor:
             device.write(cbuf.addr, code)
             self.code[k] = (cbuf.addr, len(code) // INSN_BYTES)
             self.code_bytes[k] = code
+        self._views = {region: device.host_view(buf)
+                       for region, buf in (("arena", self.arena), ("params", self.params))}
+        self._host: dict[str, np.ndarray] = {}  # slot -> its persistent host buffer (no views)
+        self.cpu: dict[int, Callable[[], None]] = {}
+        for k, step in enumerate(plan.steps):
+            if step.kind == "cpu":
+                self.cpu[k] = self._bind(step)
+
+    def _slot_buffer(self, name: str) -> np.ndarray:
+        """The host array a CPU kernel reads or writes slot ``name`` through: a view of device
+        memory when it is host-addressable, else a persistent host buffer (params read once)."""
+        slot = self.plan.slots[name]
+        shape, dtype = self._stored(slot)
+        view = self._views.get(slot.region)
+        if view is not None:
+            nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+            base = self.addr[name] - (self.arena if slot.region == "arena" else self.params).addr
+            return view[base:base + nbytes].view(dtype).reshape(shape)
+        buf = self._host.get(name)
+        if buf is None:
+            buf = self._host[name] = (self.read_slot(name) if slot.region == "params"
+                                      else np.empty(shape, dtype))
+        return buf
+
+    def _bind(self, step: CpuStep) -> Callable[[], None]:
+        try:
+            bound = step.op.bind([self._slot_buffer(s) if s else None for s in step.inputs],
+                                 [self._slot_buffer(s) for s in step.outputs])
+        except KernelError as exc:
+            raise DeviceError(f"step {step.name!r}: {exc}") from None
+        if all(v is not None for v in self._views.values()):
+            return bound
+        # Device memory is not host-addressable: copy the arena inputs in, the outputs out.
+        loads = [(self._host[s], self.addr[s]) for s in step.inputs
+                 if s and self.plan.slots[s].region == "arena"]
+        stores = [(self._host[s], self.addr[s]) for s in step.outputs]
+        dev = self.dev
+
+        def run() -> None:
+            for buf, addr in loads:
+                raw = np.frombuffer(dev.read(addr, buf.nbytes), np.uint8)
+                buf.reshape(-1).view(np.uint8)[:] = raw
+            bound()
+            for buf, addr in stores:
+                dev.write(addr, buf)
+        return run
 
     def _alloc(self, n: int):
         buf = self.dev.alloc(n, align=self.cfg.dram_align)
@@ -99,11 +154,26 @@ class Executor:
             progress: bool = False, timeout_cycles: int | None = None
             ) -> tuple[list[np.ndarray], Profile | None]:
         plan = self.plan
+        if self.dev.closed:
+            raise DeviceError(f"the {self.dev.kind} device of this executor is closed")
         for name, slot in plan.inputs.items():
             self.write_slot(slot, feeds[name])
         layers: list[LayerProfile] = []
-        n = len(plan.steps)
+        cpu = self.cpu
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(plan.steps), desc="run", unit="step", file=sys.stderr,
+                       leave=False)
         for k, step in enumerate(plan.steps):
+            if not (profile or progress):  # the hot path
+                if k in cpu:
+                    cpu[k]()
+                else:
+                    addr, count = self.code[k]
+                    self.dev.run(addr, count, timeout_cycles)
+                continue
             t0 = time.perf_counter()
             if step.kind == "accel":
                 addr, count = self.code[k]
@@ -115,19 +185,17 @@ class Executor:
                     rec.program = (self.code_bytes[k], addr, count)
                     rec.predicted = self._predict(rec.program, stats.cycles)
             else:
-                args = [self.read_slot(s) if s else None for s in step.inputs]
-                outs = step.op(*args)
-                for s, v in zip(step.outputs, outs):
-                    self.write_slot(s, v)
+                cpu[k]()
                 rec = LayerProfile(step.name, "cpu", step.info.get("op", "?"), 0.0,
                                    macs=step.info.get("macs", 0), info=dict(step.info))
             rec.wall_ms = (time.perf_counter() - t0) * 1e3
             if profile:
                 layers.append(rec)
-            if progress:
-                _progress(k + 1, n, step.name)
-        if progress:
-            print(file=sys.stderr)
+            if bar is not None:
+                bar.set_postfix_str(step.name[:30], refresh=False)
+                bar.update()
+        if bar is not None:
+            bar.close()
         outputs = [self.read_slot(plan.outputs[o]) for o in plan.outputs]
         return outputs, (Profile(self.dev.kind, self.cfg, layers, self._dram_timing())
                          if profile else None)
@@ -152,12 +220,4 @@ class Executor:
         code, addr, count = program
         return timing.predict(timing.decode_stream(code, self.cfg), self.cfg, dram,
                               insn_addr=addr, insn_count=count).cycles
-
-
-def _progress(done: int, total: int, what: str) -> None:
-    width = 30
-    filled = width * done // total
-    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {what[:30]:<30}")
-    sys.stderr.flush()
-
 

@@ -16,8 +16,8 @@ from tessera.config import Config
 from tessera.errors import ProgramError
 
 __all__ = [
-    "ceil_div", "pack_activation", "unpack_activation", "pack_weights", "pack_matrix_a",
-    "pack_matrix_b", "unpack_matrix", "pack_bias",
+    "ceil_div", "pack_activation", "unpack_activation", "pack_weights", "pack_depthwise",
+    "pack_matrix_a", "pack_matrix_b", "unpack_matrix", "pack_bias",
 ]
 
 
@@ -62,6 +62,26 @@ def pack_weights(wt: np.ndarray, cfg: Config) -> np.ndarray:
     wp = np.zeros((ob * bo, ib * bi, kh, kw), np.int8)
     wp[:o, :i] = wt
     return np.ascontiguousarray(wp.reshape(ob, bo, ib, bi, kh, kw).transpose(0, 2, 4, 5, 1, 3))
+
+
+def pack_depthwise(wt: np.ndarray, cfg: Config) -> np.ndarray:
+    """Depthwise ``C 1 KH KW`` int8 -> channel-diagonal blocks ``(C/BLOCK, 1, KH, KW, BLOCK,
+    BLOCK)``: block ``b`` holds ``diag(w[b*BLOCK:(b+1)*BLOCK, 0, kh, kw])``, so the GEMM of
+    output block ``b`` over input block ``b`` computes every channel's own sum."""
+    wt = _int8(wt, "depthwise weights", 4)
+    c, one, kh, kw = wt.shape
+    if one != 1:
+        raise ProgramError(f"depthwise weights must be C x 1 x KH x KW, not shape {wt.shape}")
+    if cfg.block_in != cfg.block_out:
+        raise ProgramError("depthwise blocks need BLOCK_IN == BLOCK_OUT")
+    bl = cfg.block_out
+    cb = ceil_div(c, bl)
+    flat = np.zeros((cb * bl, kh, kw), np.int8)
+    flat[:c] = wt[:, 0]
+    out = np.zeros((cb, 1, kh, kw, bl, bl), np.int8)
+    idx = np.arange(bl)
+    out[:, 0, :, :, idx, idx] = flat.reshape(cb, bl, kh, kw).transpose(1, 0, 2, 3)
+    return out
 
 
 def pack_matrix_a(a: np.ndarray, cfg: Config) -> np.ndarray:

@@ -24,44 +24,105 @@ import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import numpy as np
+
 from tessera.config import Config
 from tessera.errors import IsaError, ProgramError
-from tessera.isa import MAX_ITER, Uop, uops_to_bytes
+from tessera.isa import MAX_ITER, Uop, uop_array_to_bytes
 
 __all__ = ["MicroKernel", "KernelBuilder", "UopCache", "CacheStats"]
 
 
-@dataclass(frozen=True)
+_LOOP_FIELDS = ("iter_out", "iter_in", "dst_factor_out", "dst_factor_in", "src_factor_out",
+                "src_factor_in", "wgt_factor_out", "wgt_factor_in")
+
+
 class MicroKernel:
-    """Micro-ops plus the loop nest that runs them (factors are added per iteration)."""
+    """Micro-ops plus the loop nest that runs them (factors are added per iteration).
 
-    uops: tuple[Uop, ...]
-    iter_out: int = 1
-    iter_in: int = 1
-    dst_factor_out: int = 0
-    dst_factor_in: int = 0
-    src_factor_out: int = 0
-    src_factor_in: int = 0
-    wgt_factor_out: int = 0
-    wgt_factor_in: int = 0
+    ``uops`` is a sequence of :class:`~tessera.isa.Uop` or an integer array of shape ``(n, 3)``
+    (dst, src, wgt columns); kernels are built from arrays on the hot paths. ``lo``/``hi``
+    select the micro-ops ``[lo, hi)`` that one instruction runs (a part of a resident kernel;
+    default all of them).
+    """
 
-    def __post_init__(self) -> None:
-        if not self.uops:
+    __slots__ = ("array", "iter_out", "iter_in", "dst_factor_out", "dst_factor_in",
+                 "src_factor_out", "src_factor_in", "wgt_factor_out", "wgt_factor_in", "lo",
+                 "hi", "_key", "_uops")
+
+    def __init__(self, uops, iter_out: int = 1, iter_in: int = 1, dst_factor_out: int = 0,
+                 dst_factor_in: int = 0, src_factor_out: int = 0, src_factor_in: int = 0,
+                 wgt_factor_out: int = 0, wgt_factor_in: int = 0, lo: int = 0,
+                 hi: int | None = None):
+        if isinstance(uops, np.ndarray):
+            arr = np.ascontiguousarray(uops, dtype=np.int64)
+            if arr.ndim != 2 or arr.shape[1] != 3:
+                raise ProgramError(f"micro-op array must have shape (n, 3), not {arr.shape}")
+        else:
+            arr = np.array([(u.dst_idx, u.src_idx, u.wgt_idx) for u in uops],
+                           dtype=np.int64).reshape(-1, 3)
+        if arr.shape[0] == 0:
             raise ProgramError("a micro-kernel needs at least one micro-op")
+        arr.setflags(write=False)
+        self.array = arr
+        for name, v in zip(_LOOP_FIELDS, (iter_out, iter_in, dst_factor_out, dst_factor_in,
+                                          src_factor_out, src_factor_in, wgt_factor_out,
+                                          wgt_factor_in)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise ProgramError(f"micro-kernel {name} must be an integer, not {v!r}")
+            setattr(self, name, int(v))
         for name in ("iter_out", "iter_in"):
             v = getattr(self, name)
-            if not isinstance(v, int) or not 1 <= v <= MAX_ITER:
+            if not 1 <= v <= MAX_ITER:
                 raise ProgramError(f"micro-kernel {name} must be in [1, {MAX_ITER}], not {v!r}")
+        n = arr.shape[0]
+        hi = n if hi is None else hi
+        if not 0 <= lo < hi <= n:
+            raise ProgramError(f"micro-kernel part [{lo}, {hi}) must be a non-empty range of its "
+                               f"{n} micro-ops")
+        self.lo, self.hi = int(lo), int(hi)
+        self._key: bytes | None = None
+        self._uops: tuple[Uop, ...] | None = None
+
+    @property
+    def uops(self) -> tuple[Uop, ...]:
+        """The micro-ops as records (built on demand)."""
+        if self._uops is None:
+            self._uops = tuple(Uop(int(d), int(s), int(w)) for d, s, w in self.array)
+        return self._uops
+
+    @property
+    def size(self) -> int:
+        """Micro-ops the kernel holds in the micro-op buffer."""
+        return self.array.shape[0]
 
     @property
     def steps(self) -> int:
-        """Micro-op steps one instruction running this kernel executes."""
-        return self.iter_out * self.iter_in * len(self.uops)
+        """Micro-op steps one instruction running this kernel (part) executes."""
+        return self.iter_out * self.iter_in * (self.hi - self.lo)
+
+    def part(self, lo: int, hi: int) -> MicroKernel:
+        """The same resident kernel running only its micro-ops ``[lo, hi)``."""
+        k = MicroKernel.__new__(MicroKernel)
+        for name in self.__slots__:
+            setattr(k, name, getattr(self, name))
+        if not 0 <= lo < hi <= self.size:
+            raise ProgramError(f"micro-kernel part [{lo}, {hi}) must be a non-empty range of its "
+                               f"{self.size} micro-ops")
+        k.lo, k.hi = int(lo), int(hi)
+        return k
+
+    @property
+    def key(self) -> bytes:
+        """The kernel's content (its micro-op indices): kernels with equal keys share words."""
+        if self._key is None:
+            self._key = self.array.tobytes()
+        return self._key
 
     def words(self, cfg: Config) -> bytes:
         """The encoded micro-ops (little-endian 32-bit words), as loaded into the uop SRAM."""
         try:
-            return uops_to_bytes(list(self.uops), cfg)
+            return uop_array_to_bytes(self.array, cfg)
         except IsaError as exc:
             raise ProgramError(f"micro-kernel does not fit the micro-op format: {exc}") from None
 
@@ -69,6 +130,11 @@ class MicroKernel:
     def content_key(words: bytes) -> bytes:
         """The cache identity of a kernel: a hash of its micro-op words."""
         return hashlib.blake2b(words, digest_size=16).digest()
+
+    def __repr__(self) -> str:
+        loops = ", ".join(f"{n}={getattr(self, n)}" for n in _LOOP_FIELDS if getattr(self, n))
+        part = f", part=[{self.lo}, {self.hi})" if (self.lo, self.hi) != (0, self.size) else ""
+        return f"MicroKernel({self.size} uops, {loops}{part})"
 
 
 class KernelBuilder:

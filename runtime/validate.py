@@ -63,7 +63,9 @@ MAX_DIM = 1 << 31
 _NAME = re.compile(r"[^\x00-\x20\x7f\"'`\\]+")
 SLOT_DTYPES = ("int8", "uint8", "int16", "int32", "int64", "uint32", "float32", "float64",
                "bool")
-LOOP_FORMS = ("window", "channel", "dense")
+# An accelerator step's info "tile": [tn, to, th, tw (0: the full width), kc, tkh, tkw (0: the
+# whole kernel), accumulator regions] -> the lowest value of each entry.
+TILE_FIELDS = {"tn": 1, "to": 1, "th": 1, "tw": 0, "kc": 1, "tkh": 0, "tkw": 0, "regions": 2}
 
 
 def check_name(v: Any) -> str | None:
@@ -136,16 +138,25 @@ class _Checker:
 def check_meta(c: _Checker, meta: Any, where: str = "meta") -> dict:
     """The compilation facts a model carries: all optional, each of a fixed type."""
     meta = c.obj(meta, where, set(), frozenset({"calibration", "partition", "compile_seconds",
-                                                "precision"}))
+                                                "precision", "compile_phases"}))
     if "precision" in meta and meta["precision"] not in ("int8", "float"):
         raise c.fail(f"{where}.precision", f"must be 'int8' or 'float', not "
                                            f"{meta['precision']!r}"[:200])
     if "calibration" in meta:
         c.str_(meta["calibration"], f"{where}.calibration", 200)
-    if "compile_seconds" in meta:
-        v = meta["compile_seconds"]
+
+    def seconds(v: Any, w: str) -> None:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1e9:
-            raise c.fail(f"{where}.compile_seconds", "must be a non-negative number")
+            raise c.fail(w, "must be a non-negative number")
+    if "compile_seconds" in meta:
+        seconds(meta["compile_seconds"], f"{where}.compile_seconds")
+    if "compile_phases" in meta:  # phase name -> seconds, in compile order
+        phases = meta["compile_phases"]
+        if not isinstance(phases, dict) or len(phases) > 64:
+            raise c.fail(f"{where}.compile_phases", "must be an object of at most 64 phases")
+        for name, v in phases.items():
+            c.str_(name, f"{where}.compile_phases key", 64)
+            seconds(v, f"{where}.compile_phases.{name}")
     if "partition" in meta:
         rows = c.list_(meta["partition"], f"{where}.partition", MAX_STEPS)
         for k, row in enumerate(rows):
@@ -158,21 +169,29 @@ def check_meta(c: _Checker, meta: Any, where: str = "meta") -> dict:
 
 
 def _info(c: _Checker, info: Any, where: str, accel: bool) -> dict:
-    ints = {"macs", "gemm_steps", "insns", "est_cycles", "loads_skipped"} if accel else {"macs"}
-    keys = ints | {"op"} | ({"tile", "double_buffer", "loop_form", "counts"} if accel else set())
-    info = c.obj(info, where, keys)
+    ints = ({"macs", "gemm_steps", "insns", "est_cycles", "loads_skipped", "epilogue_steps"}
+            if accel else {"macs"})
+    keys = ints | {"op"} | ({"tile", "double_buffer", "counts"} if accel else set())
+    info = c.obj(info, where, keys, frozenset({"members"}) if accel else frozenset())
+    if "members" in info:  # the sibling layers of a grouped step
+        members = c.list_(info["members"], f"{where}.members", MAX_STEP_SLOTS)
+        for j, v in enumerate(members):
+            c.str_(v, f"{where}.members[{j}]", MAX_NAME)
     c.str_(info["op"], f"{where}.op", 64)
     for k in ints:
         c.int_(info[k], f"{where}.{k}", 0)
     if accel:
-        tile = c.list_(info["tile"], f"{where}.tile", 3)
-        if len(tile) != 3:
-            raise c.fail(f"{where}.tile", "must have 3 entries")
-        for j, v in enumerate(tile):
-            c.int_(v, f"{where}.tile[{j}]", 1, 1 << 20)
+        tile = c.list_(info["tile"], f"{where}.tile", len(TILE_FIELDS))
+        if len(tile) != len(TILE_FIELDS):
+            raise c.fail(f"{where}.tile", f"must have {len(TILE_FIELDS)} entries "
+                                          f"{list(TILE_FIELDS)}")
+        for j, (name, low) in enumerate(TILE_FIELDS.items()):
+            c.int_(tile[j], f"{where}.tile[{j}] ({name})", low, 1 << 20)
+        if tile[-1] not in (2, 4):
+            raise c.fail(f"{where}.tile[{len(tile) - 1}] (regions)",
+                         f"must be 2 or 4, not {tile[-1]!r}")
         if not isinstance(info["double_buffer"], bool):
             raise c.fail(f"{where}.double_buffer", "must be true or false")
-        c.str_(info["loop_form"], f"{where}.loop_form", choices=LOOP_FORMS)
         counts = c.obj(info["counts"], f"{where}.counts", set(),
                        frozenset({"load", "uop_load", "acc_load", "store", "gemm", "reset",
                                   "alu", "finish"}))
@@ -413,8 +432,8 @@ def _check_wiring(c: _Checker, plan: Plan) -> None:
             for j, (s, spec) in enumerate(zip(step.outputs, op.out_specs, strict=True)):
                 _same_size(c, f"{where}.outputs[{j}]", slots[s], spec)
         else:
-            if len(step.outputs) != 1 or slots[step.outputs[0]].layout != "blocked":
-                raise c.fail(f"{where}.outputs", "an accelerator step writes one blocked slot")
+            if any(slots[s].layout != "blocked" for s in step.outputs):
+                raise c.fail(f"{where}.outputs", "an accelerator step writes blocked slots")
             _check_code(c, where, plan.config, step, slots)
     for kind, names in (("inputs", plan.inputs), ("outputs", plan.outputs)):
         for g, s in names.items():

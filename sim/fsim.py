@@ -30,6 +30,7 @@ from tessera.regs import ErrorCode
 from tessera.sim.alu_kernel import AluPlan, alu_apply, alu_plain, plan_alu
 from tessera.sim.blas import blas_limit
 from tessera.sim.decode import COMPUTE, LOAD, MODULE_NAMES, STORE, DecodedProgram, decode_program
+from tessera.sim.deferred import Deferred
 from tessera.sim.gemm_kernel import GemmPlan, gemm_plain, plan_gemm
 from tessera.sim.races import DramRaceTracker, IndexSet, SramShadow
 from tessera.sim.tokens import schedule
@@ -138,6 +139,7 @@ class FunctionalSimulator:
         self.bytes_by_type = {m.name.lower(): 0 for m in MemType}
         self.local_pcs = prog.local_pcs  # local sequence number k (1-based) -> pc
         self.shadow = SramShadow(self.cfg)
+        self.deferred = Deferred(self.cfg.acc_depth)
         self.dram_races = DramRaceTracker()
         execute = (self._exec_load_module, self._exec_compute, self._exec_store)
         counters, module, clocks, seq = self.counters, prog.module, sched.clocks.tolist(), sched.seq
@@ -254,7 +256,9 @@ class FunctionalSimulator:
     # -- the compute module ----------------------------------------------------------------------
 
     def _exec_compute(self, pc: int, seq: int, vc: np.ndarray) -> None:
-        op = self.prog.f["opcode"][pc]
+        f = self.prog.f
+        op = f["opcode"][pc]
+        self.deferred.before(pc, f)
         if op == Opcode.LOAD:
             self._load(pc, COMPUTE, seq, vc)
         elif op == Opcode.GEMM:
@@ -262,6 +266,7 @@ class FunctionalSimulator:
         elif op == Opcode.ALU:
             self._alu(pc, seq, vc)
         # FINISH: retires once every earlier instruction has (the scheduler drains all modules).
+        self.deferred.after(pc, f)
 
     def _plan(self, pc: int, alu: bool) -> GemmPlan | AluPlan | None:
         """The plan of GEMM/ALU ``pc`` (cached per kernel when fast), or None for an empty loop.
@@ -334,6 +339,7 @@ class FunctionalSimulator:
         if plan is None:
             return
         self._check_range(pc, plan.rows, self._acc_depth, "accumulator")
+        self.deferred.gemm(pc, plan.rows.uniq)
         if plan.reset:
             self.shadow.compute_write_out(plan.rows, seq, vc, pc, self._pc_of)
             plan.rows.assign(self.acc, 0)
@@ -360,6 +366,8 @@ class FunctionalSimulator:
         self._check_range(pc, plan.rows, self._acc_depth, "accumulator destination")
         if plan.src is not None:
             self._check_range(pc, plan.src, self._acc_depth, "accumulator source")
+        if f["deferred"][pc]:
+            self.deferred.alu(pc, plan.rows.uniq, None if plan.src is None else plan.src.uniq)
         self.shadow.compute_write_out(plan.rows, seq, vc, pc, self._pc_of)
         op = AluOp(f["alu_opcode"][pc])
         imm = f["imm"][pc]

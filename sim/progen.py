@@ -11,7 +11,8 @@ run concurrently. Tokens make it well synchronised by construction:
 
 Within that frame everything is random: load shapes, strides and padding, micro-op kernels with
 repeated destinations (back-to-back hazards), GEMM with and without reset, every ALU opcode with
-immediates and accumulator sources (negative and large shifts, wrapping products), ACC and
+immediates and accumulator sources (negative and large shifts, wrapping products), deferred ALU
+instructions (spec-notes 16; every GEMM's micro-op LOAD drains them, so they never race), ACC and
 ACC_8BIT loads (some reading what a store two rounds earlier wrote, ordered by the S2C token),
 and sync-only instructions.
 
@@ -46,7 +47,7 @@ from tessera.isa import (
     uops_to_bytes,
 )
 
-__all__ = ["Segment", "Program", "random_program", "build_program"]
+__all__ = ["Segment", "Program", "random_program", "build_program", "overlap_program"]
 
 
 @dataclass
@@ -268,7 +269,7 @@ class _Gen:
                              dst_factor_out=facs[0][0], dst_factor_in=facs[0][1],
                              src_factor_out=facs[1][0], src_factor_in=facs[1][1],
                              alu_opcode=op, use_imm=use_imm, imm=imm if use_imm else 0,
-                             reset=int(r.random() < 0.1)))
+                             deferred=int(r.random() < 0.3)))
 
     def store(self, rnd: int, half: int) -> MemInsn:
         r = self.rng
@@ -372,3 +373,63 @@ def build_program(cfg: Config, segments: list[Segment], insns_of) -> Program:
     last = segments[-1] if segments else None
     prog.insn_addr = (last.addr + -(-last.size // 4096) * 4096) if last else 4096
     return prog
+
+
+def overlap_program(cfg: Config, gemm_rows: int, deferred: bool = True, fence: bool = False,
+                    steps: int = 50) -> Program:
+    """A deferred ALU instruction followed by a GEMM (spec-notes 16), for the ALU engine's tests.
+
+    The ALU adds 5 ``steps`` times to accumulator rows 0..7 (half 0); the GEMM accumulates
+    ``steps`` products into rows ``gemm_rows .. gemm_rows+7`` (rows in half 1 overlap legally;
+    rows 0..7 or others in half 0 race). ``fence`` puts an empty non-deferred ALU between them.
+    Both row ranges are stored to the ``out`` segment.
+    """
+    n = 8
+    half = cfg.acc_depth // 2
+    if cfg.acc_depth < 16 or not 0 <= gemm_rows <= cfg.acc_depth - n or half < n:
+        raise ValueError(f"overlap_program needs 8 rows in each accumulator half of "
+                         f"{cfg.summary()} and gemm_rows in range, not {gemm_rows}")
+    rng = np.random.default_rng(3)
+    acc0 = rng.integers(-1000, 1000, (2 * n, cfg.batch * cfg.block_out)).astype("<i4")
+    segs = [Segment("acc", 2 * n * cfg.acc_elem_bytes, acc0.tobytes()),
+            Segment("inp", n * cfg.inp_elem_bytes,
+                    rng.integers(0, 256, n * cfg.inp_elem_bytes, dtype=np.uint8).tobytes()),
+            Segment("wgt", cfg.wgt_elem_bytes,
+                    rng.integers(0, 256, cfg.wgt_elem_bytes, dtype=np.uint8).tobytes()),
+            Segment("uop", 4 * 4, (encode_uop(Uop(0, 0, 0), cfg).to_bytes(4, "little")
+                                   + encode_uop(Uop(gemm_rows, 0, 0), cfg).to_bytes(4, "little")
+                                   + b"\0" * 8)),
+            Segment("out", 2 * n * cfg.out_elem_bytes, output=True)]
+
+    def insns(seg):
+        def eb(name, mt):
+            return seg[name].addr // elem_bytes(cfg, mt)
+        acc = eb("acc", MemType.ACC)
+        load = Opcode.LOAD
+        out = [MemInsn(opcode=load, memory_type=MemType.INP, dram_base=eb("inp", MemType.INP),
+                       y_size=1, x_size=n, x_stride=n),
+               MemInsn(opcode=load, memory_type=MemType.WGT, dram_base=eb("wgt", MemType.WGT),
+                       y_size=1, x_size=1, x_stride=1, push_next=1),
+               MemInsn(opcode=load, memory_type=MemType.UOP, dram_base=eb("uop", MemType.UOP),
+                       y_size=1, x_size=2, x_stride=2, pop_prev=1),
+               MemInsn(opcode=Opcode.LOAD, memory_type=MemType.ACC, dram_base=acc,
+                       y_size=1, x_size=n, x_stride=n),
+               MemInsn(opcode=Opcode.LOAD, memory_type=MemType.ACC, sram_base=gemm_rows,
+                       dram_base=acc + n, y_size=1, x_size=n, x_stride=n),
+               AluInsn(uop_bgn=0, uop_end=1, iter_out=steps, iter_in=n, dst_factor_in=1,
+                       alu_opcode=AluOp.ADD, use_imm=1, imm=5, deferred=int(deferred))]
+        if fence:
+            out.append(AluInsn(uop_bgn=0, uop_end=0))
+        out += [GemmInsn(uop_bgn=1, uop_end=2, iter_out=steps, iter_in=n, dst_factor_in=1,
+                         src_factor_in=1),
+                AluInsn(uop_bgn=0, uop_end=0, push_next=1),  # a fence carrying the C2S push
+                MemInsn(opcode=Opcode.STORE, memory_type=MemType.OUT, sram_base=0,
+                        dram_base=eb("out", MemType.OUT), y_size=1, x_size=n, x_stride=n,
+                        pop_prev=1),
+                MemInsn(opcode=Opcode.STORE, memory_type=MemType.OUT, sram_base=gemm_rows,
+                        dram_base=eb("out", MemType.OUT) + n, y_size=1, x_size=n,
+                        x_stride=n),
+                FinishInsn()]
+        return out
+
+    return build_program(cfg, segs, insns)

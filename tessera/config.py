@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, fields
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -140,101 +141,103 @@ class Config:
             )
 
     # -- derived constants --------------------------------------------------------------------
+    # Pure functions of the fields, computed once per instance (the compiler's hot loops read
+    # them hundreds of thousands of times); cached_property bypasses the frozen __setattr__.
 
-    @property
+    @cached_property
     def batch(self) -> int:
         return 1 << self.log_batch
 
-    @property
+    @cached_property
     def block_in(self) -> int:
         return 1 << self.log_block
 
-    @property
+    @cached_property
     def block_out(self) -> int:
         return 1 << self.log_block
 
-    @property
+    @cached_property
     def inp_bits(self) -> int:
         return 1 << self.log_inp_width
 
-    @property
+    @cached_property
     def wgt_bits(self) -> int:
         return 1 << self.log_wgt_width
 
-    @property
+    @cached_property
     def acc_bits(self) -> int:
         return 1 << self.log_acc_width
 
-    @property
+    @cached_property
     def inp_elem_bytes(self) -> int:
         return self.batch * self.block_in * self.inp_bits // 8
 
-    @property
+    @cached_property
     def wgt_elem_bytes(self) -> int:
         return self.block_out * self.block_in * self.wgt_bits // 8
 
-    @property
+    @cached_property
     def acc_elem_bytes(self) -> int:
         return self.batch * self.block_out * self.acc_bits // 8
 
-    @property
+    @cached_property
     def out_elem_bytes(self) -> int:
         return self.batch * self.block_out * self.inp_bits // 8
 
-    @property
+    @cached_property
     def acc8_elem_bytes(self) -> int:
         """Bytes of one ACC_8BIT element in DRAM: int8 ``[BATCH][BLOCK_OUT]``."""
         return self.batch * self.block_out
 
-    @property
+    @cached_property
     def uop_elem_bytes(self) -> int:
         return UOP_BITS // 8
 
-    @property
+    @cached_property
     def uop_depth(self) -> int:
         return (1 << self.log_uop_buff_size) // self.uop_elem_bytes
 
-    @property
+    @cached_property
     def inp_depth(self) -> int:
         return (1 << self.log_inp_buff_size) // self.inp_elem_bytes
 
-    @property
+    @cached_property
     def wgt_depth(self) -> int:
         return (1 << self.log_wgt_buff_size) // self.wgt_elem_bytes
 
-    @property
+    @cached_property
     def acc_depth(self) -> int:
         return (1 << self.log_acc_buff_size) // self.acc_elem_bytes
 
-    @property
+    @cached_property
     def out_depth(self) -> int:
         return self.acc_depth
 
-    @property
+    @cached_property
     def log_uop_depth(self) -> int:
         return self.uop_depth.bit_length() - 1
 
-    @property
+    @cached_property
     def log_inp_depth(self) -> int:
         return self.inp_depth.bit_length() - 1
 
-    @property
+    @cached_property
     def log_wgt_depth(self) -> int:
         return self.wgt_depth.bit_length() - 1
 
-    @property
+    @cached_property
     def log_acc_depth(self) -> int:
         return self.acc_depth.bit_length() - 1
 
-    @property
+    @cached_property
     def macs_per_gemm_step(self) -> int:
         return self.batch * self.block_in * self.block_out
 
-    @property
+    @cached_property
     def mem_bus_bytes(self) -> int:
         return self.mem_bus_bits // 8
 
-    @property
+    @cached_property
     def dram_align(self) -> int:
         """Bytes a DRAM tensor must be aligned to so that every memory type can address it
         (SPEC §2: ``dram_base`` counts elements): the largest element size. Every element size

@@ -19,7 +19,8 @@ from tessera.errors import IsaError
 __all__ = [
     "Opcode", "MemType", "AluOp", "Field", "Layout", "layout", "MemInsn", "GemmInsn", "AluInsn",
     "FinishInsn", "Insn", "Uop", "encode", "decode", "encode_uop", "decode_uop", "to_bytes",
-    "from_bytes", "disassemble", "disassemble_one", "INSN_BYTES", "elem_bytes", "depth", "Limits",
+    "from_bytes", "uops_to_bytes", "uop_array_to_bytes", "disassemble", "disassemble_one",
+    "INSN_BYTES", "elem_bytes", "depth", "Limits",
     "IMM_MIN", "IMM_MAX", "MAX_ITER",
 ]
 
@@ -114,6 +115,8 @@ def _pack(spec: list[tuple[str, int]], start: int, limit: int) -> list[Field]:
     return out
 
 
+_last_layout: tuple[object, object] = (None, None)  # (Config, Layout) of the latest layout()
+
 HEADER = [("opcode", 3), ("pop_prev", 1), ("pop_next", 1), ("push_prev", 1), ("push_next", 1)]
 
 
@@ -159,11 +162,23 @@ class Layout:
                       max_iter=iters.pop(), max_uop_end=top("gemm", "uop_end"),
                       imm_min=imm.min, imm_max=imm.max)
 
+    @cached_property
+    def by_opcode(self) -> dict[int, tuple[tuple[Field, ...], tuple]]:
+        """Opcode value -> (its field table, the table's encoder specs): built once, so
+        :func:`encode` on the compiler's hot path is two dictionary lookups."""
+        tables = {Opcode.LOAD: self.mem, Opcode.STORE: self.mem, Opcode.GEMM: self.gemm,
+                  Opcode.ALU: self.alu, Opcode.FINISH: self.finish}
+        return {int(op): (t, _specs(t)) for op, t in tables.items()}
+
     def format(self, opcode: int) -> tuple[Field, ...]:
-        return {
-            Opcode.LOAD: self.mem, Opcode.STORE: self.mem, Opcode.GEMM: self.gemm,
-            Opcode.ALU: self.alu, Opcode.FINISH: self.finish,
-        }[Opcode(opcode)]
+        try:
+            entry = self.by_opcode.get(opcode)
+        except TypeError:  # unhashable
+            entry = None
+        if entry is None:
+            Opcode(opcode)  # raises ValueError for an unknown opcode
+            raise AssertionError(f"opcode {opcode!r} has no format")
+        return entry[0]
 
     def field(self, fmt: str, name: str) -> Field:
         for f in getattr(self, fmt):
@@ -172,19 +187,30 @@ class Layout:
         raise KeyError(f"{fmt} has no field {name!r}")
 
 
-@cache
 def layout(cfg: Config) -> Layout:
-    """The field tables for ``cfg`` (SPEC §3)."""
+    """The field tables for ``cfg`` (SPEC §3), built once per config (the last one asked for
+    is found by identity, without hashing the config)."""
+    last = _last_layout
+    if last[0] is cfg:
+        return last[1]
+    lay = _layout(cfg)
+    globals()["_last_layout"] = (cfg, lay)
+    return lay
+
+
+@cache
+def _layout(cfg: Config) -> Layout:
     du, di, dw, da = cfg.log_uop_depth, cfg.log_inp_depth, cfg.log_wgt_depth, cfg.log_acc_depth
     mem = _pack(HEADER + [("memory_type", 3), ("sram_base", 16), ("dram_base", 32)], 0, 64)
     mem += _pack([("y_size", 16), ("x_size", 16), ("x_stride", 16), ("y_pad_0", 4),
                   ("y_pad_1", 4), ("x_pad_0", 4), ("x_pad_1", 4)], 64, 128)
-    word0 = HEADER + [("reset", 1), ("uop_bgn", du), ("uop_end", du + 1),
-                      ("iter_out", ITER_BITS), ("iter_in", ITER_BITS)]
-    gemm = _pack(word0, 0, 64) + _pack(
+    loops = [("uop_bgn", du), ("uop_end", du + 1), ("iter_out", ITER_BITS),
+             ("iter_in", ITER_BITS)]
+    # bit 7: GEMM reset; ALU [ext] deferred (spec-notes 16; VTA's ALU ignored this bit)
+    gemm = _pack(HEADER + [("reset", 1)] + loops, 0, 64) + _pack(
         [("dst_factor_out", da), ("dst_factor_in", da), ("src_factor_out", di),
          ("src_factor_in", di), ("wgt_factor_out", dw), ("wgt_factor_in", dw)], 64, 128)
-    alu = _pack(word0, 0, 64) + _pack(
+    alu = _pack(HEADER + [("deferred", 1)] + loops, 0, 64) + _pack(
         [("dst_factor_out", da), ("dst_factor_in", da), ("src_factor_out", da),
          ("src_factor_in", da), ("alu_opcode", ALU_OPCODE_BITS), ("use_imm", 1),
          ("imm", ALU_IMM_BITS)], 64, 128)
@@ -241,10 +267,11 @@ class GemmInsn(_Header):
 
 @dataclass(frozen=True)
 class AluInsn(_Header):
-    """ALU over the accumulator (SPEC §3.3, §4)."""
+    """ALU over the accumulator (SPEC §3.3, §4). ``deferred`` [ext]: the compute module may run
+    it concurrently with its following GEMMs (spec-notes 16)."""
 
     opcode: int = Opcode.ALU
-    reset: int = 0
+    deferred: int = 0
     uop_bgn: int = 0
     uop_end: int = 0
     iter_out: int = 1
@@ -283,28 +310,46 @@ _RECORD = {
 }
 
 
+@cache
+def _specs(table: tuple[Field, ...]) -> tuple[tuple[str, int, int, int, int, int], ...]:
+    """(name, lo, mask, min, max, width) per field: what the encoders loop over."""
+    return tuple((f.name, f.lo, f.mask, f.min, f.max, f.width) for f in table)
+
+
 def _encode_fields(table: tuple[Field, ...], values: dict[str, int], what: str) -> int:
+    return _encode_specs(_specs(table), values, what)
+
+
+def _encode_specs(specs: tuple, values: dict[str, int], what: str) -> int:
     word = 0
-    for f in table:
-        v = values[f.name]
-        if not isinstance(v, (int, np.integer)) or isinstance(v, bool):
-            raise IsaError(f"{what}: field {f.name} must be an integer, not {v!r}")
-        v = int(v)
-        if not f.min <= v <= f.max:
+    for name, lo, mask, vmin, vmax, width in specs:
+        v = values[name]
+        if v.__class__ is not int:
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool):
+                raise IsaError(f"{what}: field {name} must be an integer, not {v!r}")
+            v = int(v)
+        if not vmin <= v <= vmax:
             raise IsaError(
-                f"{what}: field {f.name} must be in [{f.min}, {f.max}] ({f.width} bits), not {v}"
-            )
-        word |= (v & f.mask) << f.lo
+                f"{what}: field {name} must be in [{vmin}, {vmax}] ({width} bits), not {v}")
+        word |= (v & mask) << lo
     return word
+
+
+_OPCODES = {int(o): o for o in Opcode}
 
 
 def encode(insn: Insn, cfg: Config) -> int:
     """The 128-bit word of ``insn``; out-of-range fields raise :class:`IsaError`."""
     try:
-        op = Opcode(insn.opcode)
-    except ValueError:
-        raise IsaError(f"opcode must be one of {[o.name for o in Opcode]}, not "
-                       f"{insn.opcode!r}") from None
+        op = _OPCODES.get(insn.opcode)
+    except TypeError:  # unhashable
+        op = None
+    if op is None:
+        try:
+            op = Opcode(insn.opcode)
+        except ValueError:
+            raise IsaError(f"opcode must be one of {[o.name for o in Opcode]}, not "
+                           f"{insn.opcode!r}") from None
     if not isinstance(insn, _RECORD[op]):
         raise IsaError(f"opcode {op.name} needs a {_RECORD[op].__name__}, not "
                        f"{type(insn).__name__}")
@@ -314,8 +359,7 @@ def encode(insn: Insn, cfg: Config) -> int:
     if isinstance(insn, AluInsn) and insn.alu_opcode not in AluOp._value2member_map_:
         raise IsaError(f"ALU: alu_opcode must be one of {[a.name for a in AluOp]}, not "
                        f"{insn.alu_opcode!r}")
-    values = {f.name: getattr(insn, f.name) for f in fields(insn)}
-    return _encode_fields(layout(cfg).format(op), values, op.name)
+    return _encode_specs(layout(cfg).by_opcode[op][1], insn.__dict__, op.name)
 
 
 def _field_value(word: int, f: Field) -> int:
@@ -361,8 +405,51 @@ def decode_uop(word: int, cfg: Config) -> Uop:
 
 
 def to_bytes(insns: list[Insn], cfg: Config) -> bytes:
-    """Little-endian 16-byte words of a list of instructions (SPEC §2)."""
-    return b"".join(encode(i, cfg).to_bytes(INSN_BYTES, "little") for i in insns)
+    """Little-endian 16-byte words of a list of instructions (SPEC §2); vectorised per
+    instruction format, with exactly :func:`encode`'s checks and errors."""
+    n = len(insns)
+    lo = np.zeros(n, np.uint64)
+    hi = np.zeros(n, np.uint64)
+    lay = layout(cfg)
+    groups: dict[int, list[int]] = {}
+    for k, i in enumerate(insns):
+        groups.setdefault(i.opcode, []).append(k)
+    for op, idx in groups.items():
+        recs = [insns[k] for k in idx]
+        try:
+            table = lay.format(Opcode(op))
+        except ValueError:
+            encode(recs[0], cfg)  # raises the precise IsaError
+            raise AssertionError("unreachable") from None
+        if any(not isinstance(r, _RECORD[Opcode(op)]) for r in recs):
+            for r in recs:
+                encode(r, cfg)
+        sel = np.asarray(idx, np.int64)
+        for name, flo, mask, vmin, vmax, _ in _specs(table):
+            try:
+                v = np.fromiter((r.__dict__[name] for r in recs), np.int64, len(recs))
+            except (TypeError, ValueError, OverflowError):
+                v = None
+            if v is None or ((v < vmin) | (v > vmax)).any() or any(
+                    type(r.__dict__[name]) is bool for r in recs):
+                for r in recs:
+                    encode(r, cfg)  # raises the precise IsaError
+            u = (v.astype(np.uint64) & np.uint64(mask))
+            if flo < 64:
+                lo[sel] |= u << np.uint64(flo)
+            else:
+                hi[sel] |= u << np.uint64(flo - 64)
+        if op in (Opcode.LOAD, Opcode.STORE):
+            mt = np.fromiter((r.memory_type for r in recs), np.int64, len(recs))
+            if (mt > max(MemType)).any():
+                for r in recs:
+                    encode(r, cfg)
+        if op == Opcode.ALU:
+            ao = np.fromiter((r.alu_opcode for r in recs), np.int64, len(recs))
+            if (ao > max(AluOp)).any():
+                for r in recs:
+                    encode(r, cfg)
+    return np.stack([lo, hi], axis=1).astype("<u8").tobytes()
 
 
 def from_bytes(data: bytes, cfg: Config) -> list[Insn]:
@@ -376,17 +463,23 @@ def uops_to_bytes(uops: list[Uop], cfg: Config) -> bytes:
     """Little-endian 32-bit words of ``uops`` (vectorised; same checks as :func:`encode_uop`)."""
     if not uops:
         return b""
-    lay = layout(cfg).uop
     try:
         cols = np.array([(u.dst_idx, u.src_idx, u.wgt_idx) for u in uops], dtype=np.int64)
     except (TypeError, ValueError, OverflowError):
         return b"".join(encode_uop(u, cfg).to_bytes(4, "little") for u in uops)
-    word = np.zeros(len(uops), np.uint64)
-    for k, f in enumerate(lay):
+    return uop_array_to_bytes(cols, cfg)
+
+
+def uop_array_to_bytes(cols: np.ndarray, cfg: Config) -> bytes:
+    """Little-endian 32-bit words of micro-ops given as an int array of shape ``(n, 3)``
+    (dst, src, wgt columns); an index outside its field raises :class:`IsaError`."""
+    word = np.zeros(len(cols), np.uint64)
+    for k, f in enumerate(layout(cfg).uop):
         col = cols[:, k]
         bad = (col < f.min) | (col > f.max)
         if bad.any():
-            encode_uop(uops[int(np.argmax(bad))], cfg)  # raises the precise IsaError
+            i = int(np.argmax(bad))
+            encode_uop(Uop(*(int(v) for v in cols[i])), cfg)  # raises the precise IsaError
         word |= col.astype(np.uint64) << np.uint64(f.lo)
     return word.astype("<u4").tobytes()
 
@@ -446,7 +539,7 @@ def disassemble_one(insn: Insn) -> str:
     if isinstance(insn, AluInsn):
         operand = f"imm={insn.imm}" if insn.use_imm else "src"
         return (f"ALU    {_enum_name(AluOp, insn.alu_opcode):<3} {operand} "
-                f"{'reset ' if insn.reset else ''}uop=[{insn.uop_bgn},{insn.uop_end}) "
+                f"{'deferred ' if insn.deferred else ''}uop=[{insn.uop_bgn},{insn.uop_end}) "
                 f"iter={insn.iter_out}x{insn.iter_in} "
                 f"dst+={insn.dst_factor_out},{insn.dst_factor_in} "
                 f"src+={insn.src_factor_out},{insn.src_factor_in}{_deps(insn)}")

@@ -70,6 +70,10 @@ class Ctx:
         # tensors whose type is known only from ONNX shape inference (outputs of nodes that
         # failed to convert), with the failing node's label
         self.placeholders: dict[str, str] = {}
+        # the ONNX graph around the node being converted: op types reading each tensor, and
+        # the graph outputs (for converters whose import depends on how a result is used)
+        self.readers: dict[str, list[str]] = {}
+        self.graph_outputs: frozenset[str] = frozenset()
 
     # -- helpers used by converters ----------------------------------------------------------
 

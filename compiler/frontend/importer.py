@@ -191,6 +191,10 @@ def import_onnx(model: str | Path | bytes | onnx.ModelProto,
     opsets = {domain_of(o.domain): int(o.version) for o in m.opset_import}
     g = m.graph
     ctx = Ctx(opset, opsets)
+    for n in g.node:
+        for i in dict.fromkeys(x for x in n.input if x):
+            ctx.readers.setdefault(i, []).append(n.op_type)
+    ctx.graph_outputs = frozenset(o.name for o in g.output)
     problems: list[str] = []
     for init in g.initializer:
         try:

@@ -70,8 +70,9 @@ def _scale(ctx: Ctx, name: str, what: str) -> np.ndarray:
 def _zero_point(ctx: Ctx, name: str, what: str, dtype: str | None
                 ) -> tuple[np.ndarray, str]:
     """(zero point in the int8 carrier, ONNX element type of the quantised tensor)."""
-    if not name:
-        return np.zeros(1, np.int64), dtype or "uint8"
+    if not name:  # zero point 0 of the ONNX type: -128 in the int8 carrier of a uint8 tensor
+        kind = dtype or "uint8"
+        return np.full(1, -128 if kind == "uint8" else 0, np.int64), kind
     z = ctx.const(name, what)
     kind = str(z.dtype)
     if kind not in ("int8", "uint8"):
@@ -302,6 +303,9 @@ def _c_qlinearconcat(ctx: Ctx, n: onnx.NodeProto, a: dict) -> None:
 
 # -- integer ops --------------------------------------------------------------------------------
 
+_DYNAMIC_READERS = {"ConvInteger", "MatMulInteger", "DequantizeLinear"}
+
+
 @_conv("DynamicQuantizeLinear", domains=("",))
 def _c_dynamic_quantize(ctx: Ctx, n: onnx.NodeProto, a: dict) -> None:
     x = n.input[0]
@@ -309,6 +313,18 @@ def _c_dynamic_quantize(ctx: Ctx, n: onnx.NodeProto, a: dict) -> None:
         raise Unsupported(f"DynamicQuantizeLinear input must be float32, not "
                           f"{ctx.info(x).dtype}")
     y, scale, zp = (list(n.output) + ["", "", ""])[:3]
+    # the float identity is right only where ConvInteger/MatMulInteger (and the scale's Mul)
+    # consume the outputs; anything else would read float values as the uint8 codes
+    allowed = {y: _DYNAMIC_READERS, zp: _DYNAMIC_READERS, scale: {"Mul", "DequantizeLinear"}}
+    for o, ok in allowed.items():
+        if not o:
+            continue
+        bad = sorted(set(ctx.readers.get(o, [])) - ok)
+        if o in ctx.graph_outputs or bad:
+            used = "a graph output" if o in ctx.graph_outputs else f"read by {bad}"
+            raise Unsupported(f"output {o!r} is {used}: DynamicQuantizeLinear is supported only "
+                              f"feeding ConvInteger/MatMulInteger (imported as the float "
+                              f"identity, its scale 1 and zero point 0)")
     ctx.emit("identity", [x], y)
     marks = _dynamic_marks(ctx)
     marks.add(y)
@@ -344,7 +360,7 @@ def _int_operand(ctx: Ctx, x: str, zp_name: str, what: str) -> str:
     dt = ctx.info(x).dtype
     if zp_name and zp_name not in ctx.consts:
         raise Unsupported(f"{what} zero point {zp_name!r} is computed at run time (dynamic "
-                          f"quantisation is not supported)")
+                          f"quantisation is not supported)", tensor=zp_name)
     z, _ = _zero_point(ctx, zp_name, f"{what} zero point", dt)
     xi = _i8(ctx, x)
     axis = 0 if z.size > 1 else 1

@@ -24,19 +24,27 @@ from tessera.errors import CompileError, ConfigError, ProgramError
 from tessera.runtime.accel import (
     ConvGeom,
     ConvShape,
+    Epilogue,
     LayerAddrs,
     conv2d_params,
     dense_params,
+    dense_shape,
     emit_conv2d,
-    emit_dense,
+    lower_epilogue,
     plan_conv2d,
-    plan_dense,
 )
+from tessera.runtime.accel.group import Member, emit_conv2d_group, plan_group
+from tessera.runtime.accel.tiling import tune_conv2d
 from tessera.runtime.builder import CommandBuilder
 from tessera.runtime.layout import ceil_div
 from tessera.runtime.plan import REGION_BASES, REGION_LIMIT, AccelStep, CpuStep, Plan, Slot
 
 __all__ = ["build_plan", "cpu_macs", "param_align", "check_config"]
+
+
+# the attainment floor of issue 9: a group is kept when it lifts a member above it
+FLOOR = 0.85
+_NO_ADDRS = LayerAddrs(0, 0, 0)
 
 
 def param_align(cfg: Config) -> int:
@@ -48,11 +56,14 @@ def param_align(cfg: Config) -> int:
 def check_config(cfg: Config) -> None:
     """Raise :class:`ConfigError` when ``cfg`` cannot run even the smallest accelerator layer
     (a 1x1 convolution of one channel block at one pixel, with bias): its buffers are too small
-    for any tile the accelerator kernel library can emit, so no model would compile. A layer
-    that is merely too large for a config fails later, naming the layer."""
-    shape = ConvShape.make((1, 1, 1, 1), (1, 1, 1, 1))
+    for any tile the accelerator kernel library can emit, so no model would compile. On a
+    config that passes, every layer is tiled to fit; one whose epilogue needs more constant
+    rows than the accumulator holds fails in the partition, naming the layer."""
+    o = cfg.block_out  # one output block with a per-channel bias (one constant row)
+    shape = ConvShape.make((1, 1, 1, 1), (o, 1, 1, 1))
     try:
-        plan_conv2d(cfg, ConvGeom.of(cfg, shape))
+        plan_conv2d(cfg, ConvGeom.of(cfg, shape),
+                    lower_epilogue(Epilogue(), np.arange(o, dtype=np.int64), o))
     except ProgramError as exc:
         raise ConfigError(f"config {cfg.summary()} cannot run even the smallest accelerator "
                           f"layer (a 1x1 convolution of one channel block): {exc}") from None
@@ -72,8 +83,8 @@ def cpu_macs(g: Graph, n: Node) -> int:
 
 
 class _Builder:
-    def __init__(self, g: Graph, cfg: Config, double_buffer: bool):
-        self.g, self.cfg, self.double_buffer = g, cfg, double_buffer
+    def __init__(self, g: Graph, cfg: Config, double_buffer: bool, tune: int = 0):
+        self.g, self.cfg, self.double_buffer, self.tune = g, cfg, double_buffer, tune
         self.slots: dict[str, Slot] = {}
         self.params: dict[str, np.ndarray] = {}
         self.params_size = 0
@@ -111,7 +122,8 @@ class _Builder:
         op = make_cpu_op(n, [g.tensors[i] if i else None for i in n.inputs])
         return CpuStep(n.name, op, ins, list(n.outputs), {"op": n.op, "macs": cpu_macs(g, n)})
 
-    def accel(self, n: Node) -> AccelStep:
+    def _layer(self, n: Node):
+        """(shape, params, residual tensor) of accelerator node ``n``."""
         g, cfg = self.g, self.cfg
         a = n.attrs
         epi = a["epilogue"]
@@ -120,51 +132,117 @@ class _Builder:
         res = n.input(3) or None
         x_shape = tuple(a["in_shape"])
         if n.op == "qconv2d":
-            shape = ConvShape.make(x_shape, wt.shape, tuple(a["strides"]), tuple(a["pads"]))
-            params = conv2d_params(cfg, wt, bias, epi)
-            tiles = plan_conv2d(cfg, ConvGeom.of(cfg, shape), residual=res is not None,
-                                vec="mult" in params, n_alu=len(epi.alu_steps()),
-                                double_buffer=self.double_buffer)
-            macs, tile = shape.macs, [tiles.to, tiles.th, tiles.kc]
+            groups = a.get("groups", 1)
+            shape = ConvShape.make(x_shape, wt.shape, tuple(a["strides"]), tuple(a["pads"]),
+                                   tuple(a.get("dilations", (1, 1))), groups)
+            params = conv2d_params(cfg, wt, bias, epi, groups)
         else:
             m, k = x_shape
-            o = wt.shape[0]
+            shape = dense_shape(m, k, wt.shape[0])
             params = dense_params(cfg, wt, bias, epi)
-            tiles = plan_dense(cfg, m, k, o, residual=res is not None, vec="mult" in params,
-                               n_alu=len(epi.alu_steps()), double_buffer=self.double_buffer)
-            macs, tile = m * k * o, [tiles.tm, tiles.to, tiles.kc]
-        addr = {key: self.param(f"{n.name}:{key}", arr) for key, arr in params.items()}
+        return shape, params, res
+
+    def _place(self, n: Node, shape, params, res) -> tuple[LayerAddrs, list[str]]:
+        addr = {key: self.param(f"{n.name}:{key}", arr) for key, arr in params.arrays.items()}
         x, y = n.inputs[0], n.outputs[0]
-        addrs = LayerAddrs(self.arena(x), addr["w"], self.arena(y), addr["bias"],
-                           addr.get("mult"), self.arena(res) if res else None)
-        b = CommandBuilder(cfg)
-        if n.op == "qconv2d":
-            stats = emit_conv2d(b, shape, addrs, epi, tiles=tiles)
-        else:
-            stats = emit_dense(b, m, k, o, addrs, epi, tiles=tiles)
+        addrs = LayerAddrs(self.arena(x), addr["w"], self.arena(y), addr.get("consts"),
+                           self.arena(res) if res else None)
+        return addrs, ([res] if res else []) + [f"{n.name}:{key}" for key in params.arrays]
+
+    def _step(self, name: str, op: str, inputs: list[str], outputs: list[str], b, stats,
+              tiles, macs: int, epilogue_steps: int, est_cycles: int,
+              members: list[str] | None = None) -> AccelStep:
+        cfg = self.cfg
         prog = b.finish()
         code = prog.to_bytes(0)
-        inputs = [x] + ([res] if res else []) + [f"{n.name}:{key}" for key in params]
-        info = {"op": n.op, "macs": int(macs),
+        info = {"op": op, "macs": int(macs),
                 "gemm_steps": stats.hw_macs // cfg.macs_per_gemm_step,
-                "insns": len(prog.insns), "tile": tile, "double_buffer": tiles.double_buffer,
-                "loop_form": getattr(tiles, "loop_form", "dense"),
-                "est_cycles": tiles.est_cycles, "counts": dict(prog.counts()),
+                "insns": len(prog.insns),
+                "tile": [tiles.tn, tiles.to, tiles.th, tiles.tw or 0, tiles.kc, tiles.tkh or 0,
+                         tiles.tkw or 0, tiles.regions],
+                "double_buffer": tiles.double_buffer, "est_cycles": int(est_cycles),
+                "epilogue_steps": epilogue_steps, "counts": dict(prog.counts()),
                 "loads_skipped": stats.pipeline["loads_skipped"]}
-        return AccelStep(n.name, n.op, inputs, [y], code, prog.uop_words,
+        if members:
+            info["members"] = members
+        return AccelStep(name, op, inputs, outputs, code, prog.uop_words,
                          list(prog.uop_load_pcs), info)
 
+    def accel(self, n: Node) -> AccelStep:
+        cfg = self.cfg
+        shape, params, res = self._layer(n)
+        if self.tune:
+            tiles = tune_conv2d(cfg, shape, params.program, double_buffer=self.double_buffer,
+                                top=self.tune)
+        else:
+            tiles = plan_conv2d(cfg, ConvGeom.of(cfg, shape), params.program,
+                                double_buffer=self.double_buffer)
+        addrs, ins = self._place(n, shape, params, res)
+        b = CommandBuilder(cfg)
+        stats = emit_conv2d(b, shape, addrs, params.program, tiles=tiles)
+        return self._step(n.name, n.op, [n.inputs[0]] + ins, [n.outputs[0]], b, stats, tiles,
+                          shape.macs, len(params.program.steps), tiles.est_cycles)
 
-def build_plan(g: Graph, cfg: Config, double_buffer: bool = True) -> Plan:
-    """The plan of a graph the lowering passes have prepared (see the module docstring)."""
+    def accel_group(self, nodes: list[Node]) -> AccelStep | None:
+        """One step for sibling convolutions (``group_siblings``), or None when they do not
+        share a stream well (no tiles fit together, or the group is not faster than the
+        layers apart by the cost model)."""
+        cfg = self.cfg
+        if not self.double_buffer:
+            return None
+        layers = [self._layer(n) for n in nodes]
+        members = [Member(shape, _NO_ADDRS, params.program, None)
+                   for shape, params, _ in layers]
+        planned = plan_group(cfg, members)
+        if planned is None:
+            return None
+        tiles, cycles = planned
+        geoms = [ConvGeom.of(cfg, shape) for shape, _, _ in layers]
+        alone = [plan_conv2d(cfg, g, params.program).est_cycles
+                 for g, (_, params, _) in zip(geoms, layers)]
+        # GEMM-bound attainment: the members apart (the worst of them) and together
+        worst = min(g.gemm_steps() / c for g, c in zip(geoms, alone))
+        together = sum(g.gemm_steps() for g in geoms) / cycles
+        if cycles >= sum(alone) and not worst < FLOOR <= together:
+            return None
+        inputs, placed = [nodes[0].inputs[0]], []
+        for n, (shape, params, res), t in zip(nodes, layers, tiles):
+            addrs, ins = self._place(n, shape, params, res)
+            inputs += ins
+            placed.append(Member(shape, addrs, params.program, t))
+        b = CommandBuilder(cfg)
+        stats = emit_conv2d_group(b, placed)
+        return self._step("+".join(n.name for n in nodes), nodes[0].op, inputs,
+                          [n.outputs[0] for n in nodes], b, stats, tiles[0],
+                          sum(shape.macs for shape, _, _ in layers),
+                          sum(len(params.program.steps) for _, params, _ in layers), cycles,
+                          [n.name for n in nodes])
+
+
+def build_plan(g: Graph, cfg: Config, double_buffer: bool = True, tune: int = 0) -> Plan:
+    """The plan of a graph the lowering passes have prepared (see the module docstring);
+    ``tune``: rank that many tilings per accelerator layer with the cycle model."""
     targets_assigned(g, "lowering")
     if g.memory is None:
         raise CompileError("lowering needs the graph's memory plan (run plan_memory last)")
-    b = _Builder(g, cfg, double_buffer)
+    if isinstance(tune, bool) or not isinstance(tune, int) or tune < 0:
+        raise CompileError(f"tune must be a non-negative integer, not {tune!r}")
+    b = _Builder(g, cfg, double_buffer, tune)
     steps: list[AccelStep | CpuStep] = []
+    by_name = {n.name: n for n in g.nodes}
+    done: set[str] = set()
     for n in g.nodes:
+        if n.name in done:
+            continue
         try:
-            steps.append(b.accel(n) if n.attrs["target"] == "accel" else b.cpu(n))
+            step = None
+            if n.attrs["target"] == "accel" and "group" in n.attrs:
+                step = b.accel_group([n, by_name[n.attrs["group"]]])
+                if step is not None:
+                    done.add(n.attrs["group"])
+            if step is None:
+                step = b.accel(n) if n.attrs["target"] == "accel" else b.cpu(n)
+            steps.append(step)
         except ProgramError as exc:
             raise CompileError(f"node {n.name!r} ({n.op}): {exc}") from None
     if b.params_size > REGION_LIMIT:

@@ -99,7 +99,7 @@ class _Plan:
             slots.append(slot)
             specs.append((tuple(shape), self.spec(slot)[1]))
         try:
-            k = kernels.get(op, attrs, specs, engine=self.engine)
+            k = kernels.get(op, attrs, specs, engine=self.engine, lazy=True)
         except KernelError as exc:
             raise self.err(str(exc)) from None
         outs = list(range(len(self.specs), len(self.specs) + len(k.out_specs)))

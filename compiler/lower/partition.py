@@ -1,19 +1,38 @@
 """The ``partition`` pass: which nodes run on the accelerator, which on the CPU.
 
-Accelerator: ``qconv2d`` with ``groups == 1``, no dilation, constant weights and bias and padding
-the LOAD padding fields can hold, and ``qdense`` with constant weights and bias. Everything else
-runs on the CPU. The pass records the decision on every node as ``attrs["target"]`` (``"accel"``
-or ``"cpu"``) and, for a CPU node that is an accelerator op, why (``attrs["cpu_reason"]``).
+Accelerator: ``qconv2d`` with ``groups == 1`` or depthwise (any stride, dilation and
+asymmetric padding) and constant weights and bias, and ``qdense`` with constant weights and
+bias, when at least the smallest tile (one output pixel of one channel block over one kernel
+tap) fits the accelerator's buffers: the kernel library then tiles it along whatever it needs
+(batch, output channels, rows, columns, input channels, kernel rows and columns), so no layer
+is too big for a config that can run a 1x1 convolution (``check_config``); on a config too
+small for even that tile the pass raises a :class:`CompileError` naming the node (a layer is
+never sent to the CPU for its size). A depthwise convolution goes to the accelerator when that
+is faster than the host including moving its tensors (:class:`HostModel`). Everything else runs
+on the CPU. The pass records the decision on
+every node as ``attrs["target"]`` (``"accel"`` or ``"cpu"``) and, for a CPU node that is an
+accelerator op, why (``attrs["cpu_reason"]``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from tessera.compiler.ir import Graph, Node
 from tessera.config import Config
-from tessera.errors import CompileError
-from tessera.isa import layout
+from tessera.errors import CompileError, ProgramError
+from tessera.runtime.accel import (
+    ConvGeom,
+    ConvShape,
+    ConvTiles,
+    dense_shape,
+    lower_epilogue,
+    plan_conv2d,
+)
+from tessera.runtime.accel.conv2d import fits
 
-__all__ = ["accel_capable", "partition", "partition_report", "targets_assigned"]
+__all__ = ["accel_capable", "partition", "partition_report", "targets_assigned", "HostModel",
+           "HOST"]
 
 
 def accel_capable(g: Graph, n: Node, cfg: Config) -> str | None:
@@ -26,21 +45,92 @@ def accel_capable(g: Graph, n: Node, cfg: Config) -> str | None:
     if len(g.tensors[n.inputs[0]].shape) != ranks or g.tensors[n.inputs[0]].dtype != "int8":
         return f"input is not a {ranks}-D int8 tensor"
     if n.op == "qconv2d":
-        if n.attrs.get("groups", 1) != 1:
-            return "grouped/depthwise convolution"
-        if tuple(n.attrs.get("dilations", (1, 1))) != (1, 1):
-            return "dilated convolution"
-        top = layout(cfg).limits.max_pad
-        if max(n.attrs.get("pads", (0, 0, 0, 0))) > top:
-            return f"padding above {top}"
+        groups = n.attrs.get("groups", 1)
+        c, o = g.tensors[n.inputs[0]].shape[1], g.constants[n.inputs[1]].shape[0]
+        if groups != 1 and not (groups == c == o):
+            return f"grouped convolution ({groups} groups of {c // groups} channels)"
     return None
 
 
-def partition(g: Graph, cfg: Config) -> tuple[Graph, bool]:
+def _no_tiling(g: Graph, n: Node, cfg: Config) -> str | None:
+    """Why not even the smallest tile of an accelerator-capable ``n`` fits the accelerator
+    (None: one does, and the kernel library tiles the layer along whatever it needs)."""
+    w = g.constants[n.inputs[1]]
+    x = g.tensors[n.inputs[0]].shape
+    bias = g.constants[n.input(2)] if n.input(2) else None
+    try:
+        if n.op == "qconv2d":
+            shape = ConvShape.make(tuple(x), w.shape, tuple(n.attrs["strides"]),
+                                   tuple(n.attrs["pads"]),
+                                   tuple(n.attrs.get("dilations", (1, 1))),
+                                   n.attrs.get("groups", 1))
+        else:
+            shape = dense_shape(x[0], x[1], w.shape[0])
+        geom = ConvGeom.of(cfg, shape)
+        prog = lower_epilogue(n.attrs["epilogue"], bias, int(w.shape[0]))
+    except ProgramError as exc:
+        return str(exc)
+    why = fits(cfg, geom, ConvTiles(1, 1, 1, False, 1, 1, 1, tkw=1), prog)
+    if why is None:
+        return None
+    return (f"no conv2d tiling fits {cfg.summary()}: even a 1x1x1 tile over one kernel tap "
+            f"fails ({why})")
+
+
+@dataclass(frozen=True)
+class HostModel:
+    """What running a layer on the host costs, for the per-layer choice of depthwise
+    convolutions (the accelerator runs them on channel-diagonal weight blocks, one sixteenth of
+    its multipliers busy). ``macs_per_s``: the host's int8 depthwise kernel (measured 10 GMAC/s
+    on the 2-core development machine, ``runtime/cpu`` ``Conv``); ``convert_bytes_per_s``: its
+    blocked-layout pack/unpack (measured 4.4 GB/s); ``link_bytes_per_s``: moving the layer's
+    input from and its output to device memory (default: the boards' 3 Mbaud host link,
+    295 kB/s, docs/host-link.md; ``inf`` for a simulated device)."""
+
+    macs_per_s: float = 10e9
+    convert_bytes_per_s: float = 4.4e9
+    link_bytes_per_s: float = 295e3
+
+    def cpu_seconds(self, macs: int, in_bytes: int, out_bytes: int) -> float:
+        moved = in_bytes + out_bytes
+        return (macs / self.macs_per_s + moved / self.convert_bytes_per_s
+                + moved / self.link_bytes_per_s)
+
+
+HOST = HostModel()
+
+
+def _cheaper_on_cpu(g: Graph, n: Node, cfg: Config, host: HostModel) -> str | None:
+    """For a depthwise convolution, why the host runs it faster (None: the accelerator)."""
+    if n.op != "qconv2d" or n.attrs.get("groups", 1) == 1:
+        return None
+    w = g.constants[n.inputs[1]]
+    x = g.tensors[n.inputs[0]]
+    y = g.tensors[n.outputs[0]]
+    bias = g.constants[n.input(2)] if n.input(2) else None
+    shape = ConvShape.make(tuple(x.shape), w.shape, tuple(n.attrs["strides"]),
+                           tuple(n.attrs["pads"]), tuple(n.attrs.get("dilations", (1, 1))),
+                           n.attrs["groups"])
+    prog = lower_epilogue(n.attrs["epilogue"], bias, int(w.shape[0]))
+    cycles = plan_conv2d(cfg, ConvGeom.of(cfg, shape), prog).est_cycles
+    accel = cycles / (cfg.clock_mhz * 1e6)
+    cpu = host.cpu_seconds(shape.macs, x.nbytes, y.nbytes)
+    if cpu < accel:
+        return (f"depthwise: the host is faster ({cpu * 1e3:.3f} ms vs {accel * 1e3:.3f} ms on "
+                f"the accelerator at {cfg.clock_mhz:g} MHz)")
+    return None
+
+
+def partition(g: Graph, cfg: Config, host: HostModel = HOST) -> tuple[Graph, bool]:
     """Mark every node with its target (see the module docstring)."""
     nodes = []
     for n in g.nodes:
         why = accel_capable(g, n, cfg)
+        if why is None:
+            too_big = _no_tiling(g, n, cfg)
+            if too_big is not None:
+                raise CompileError(f"node {n.name!r} ({n.op}): {too_big}")
+            why = _cheaper_on_cpu(g, n, cfg, host)
         if why is None:
             nodes.append(n.with_attrs(target="accel"))
         elif n.op in ("qconv2d", "qdense"):

@@ -11,6 +11,7 @@ once, verifies the graph after each pass, and prints the IR after any pass named
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TextIO
@@ -65,10 +66,12 @@ def get_pass(p: str | PassLike) -> PassLike:
 
 def run_pipeline(graph: Graph, passes: Sequence[str | PassLike],
                  dump_after: str | Iterable[str] | None = None, out: TextIO | None = None,
-                 verify: bool = True) -> Graph:
+                 verify: bool = True,
+                 on_pass: Callable[[str, float], None] | None = None) -> Graph:
     """Run ``passes`` in order; after each pass named in ``dump_after`` (or ``"all"``) print the
     IR to ``out`` (stdout by default). A name in ``dump_after`` that is not in the pipeline is an
-    error raised before any pass runs."""
+    error raised before any pass runs. ``on_pass(name, seconds)`` is told about each pass as it
+    finishes (verification included): the compiler's progress bar and phase times."""
     wanted = {dump_after} if isinstance(dump_after, str) else set(dump_after or ())
     resolved = [get_pass(p) for p in passes]
     unknown = wanted - {p.name for p in resolved} - {"all"}
@@ -76,9 +79,12 @@ def run_pipeline(graph: Graph, passes: Sequence[str | PassLike],
         raise CompileError(f"--dump-ir names pass(es) {sorted(unknown)} not in the pipeline "
                            f"{[p.name for p in resolved]}")
     for p in resolved:
+        t0 = time.perf_counter()
         graph, _ = p.apply(graph)
         if verify:
             graph.verify()
+        if on_pass is not None:
+            on_pass(p.name, time.perf_counter() - t0)
         if p.name in wanted or "all" in wanted:
             print(f"# IR after {p.name}", file=out or sys.stdout)
             print(graph.dump(), file=out or sys.stdout)

@@ -268,7 +268,10 @@ def fuse_activation(g: Graph) -> tuple[Graph, bool]:
 def fuse_residual(g: Graph) -> tuple[Graph, bool]:
     """conv2d/dense (no act) -> add(residual) [-> act]: one conv with a residual input, the
     add's activation applied after the sum (the accelerator adds the residual in its
-    accumulator). The fused node takes the add's place in the order."""
+    accumulator). The fused node takes the add's place in the order. When both inputs of the
+    add are such convs, the one with the longer reduction per output (weight elements per
+    output channel) carries the residual: its GEMM work per output row hides the longer
+    epilogue (e.g. ResNet's 3x3 conv rather than its 1x1 downsample); ties go to the later."""
     prod, cons = g.producers(), g.consumers()
     order = {n: k for k, n in enumerate(g.nodes)}
     for n in g.nodes:
@@ -281,7 +284,11 @@ def fuse_residual(g: Graph) -> tuple[Graph, bool]:
             if p is not None and _foldable_linear(p) and other not in g.constants \
                     and _single_consumer(g, cons, n.inputs[side]) is n \
                     and other != n.inputs[side]:
-                cands.append((order[p], p, other))
+                red = 0
+                if p.inputs[1] in g.constants:
+                    w = g.constants[p.inputs[1]]
+                    red = int(np.prod(w.shape[1:])) if w.ndim == 4 else int(w.shape[-1])
+                cands.append(((red, order[p]), p, other))
         if not cands:
             continue
         _, p, other = max(cands, key=lambda c: c[0])

@@ -39,7 +39,7 @@ import numpy as np
 
 from tessera.compiler import reference
 from tessera.compiler.ir import Graph, Node, TensorInfo
-from tessera.compiler.quant.bias_correction import correct_biases
+from tessera.compiler.quant.bias_correction import BIAS_CORRECTION_BATCHES, correct_biases
 from tessera.compiler.quant.calibrate import (
     CALIBRATION_METHODS,
     QParams,
@@ -384,7 +384,8 @@ def quantize(graph: Graph, calibration: Iterable[Mapping[str, np.ndarray]] | Non
             tensors[q] = TensorInfo((), "int8", qp.scale)
     qg = qg.replace(tensors={**qg.tensors, **tensors}).verify()
     if bias_correction and batches:
-        qg, _ = correct_biases(qg, g, b.qp, batches, lambda n, d: _corrected_layer(b, n, d))
+        qg, _ = correct_biases(qg, g, b.qp, batches[:BIAS_CORRECTION_BATCHES],
+                               lambda n, d: _corrected_layer(b, n, d))
     return QuantizedModel(qg, g, dict(b.int_of), dict(b.qp),
                           "model" if b.pre_quantised else method, b.layers, b.stats,
                           tuple(sorted(keep)), dict(b.alias), tuple(b.relu_hoisted))

@@ -2,27 +2,28 @@
 
 Layouts (SPEC §2): input ``N C H W`` packed ``(N/BATCH, C/BLOCK_IN, H, W, BATCH, BLOCK_IN)``,
 weights ``O I KH KW`` packed ``(O/BLOCK_OUT, I/BLOCK_IN, KH, KW, BLOCK_OUT, BLOCK_IN)``, output
-(and residual) ``(N/BATCH, O/BLOCK_OUT, OH, OW, BATCH, BLOCK_OUT)`` int8, bias and per-channel
-multipliers ``(O/BLOCK_OUT, BATCH, BLOCK_OUT)`` int32 accumulator rows.
+(and residual) ``(N/BATCH, O/BLOCK_OUT, OH, OW, BATCH, BLOCK_OUT)`` int8. A dense layer is the
+1x1 convolution of ``M x K x 1 x 1`` (:mod:`~tessera.runtime.accel.dense`).
 
-An output tile is one batch block, ``to`` output-channel blocks, ``th`` output rows and ``tw``
-output columns (normally the full width). The reduction is cut into stages of ``kc``
-input-channel blocks and ``tkh`` kernel rows (normally the whole kernel): a stage loads, per
-input-channel block, the padded input window the tile needs (the zero border comes from the LOAD
-padding fields), loads the weight chunk, and runs one GEMM in one of two loop forms:
+An output tile is ``tn`` batch groups x ``to`` output-channel blocks x ``th`` output rows x
+``tw`` output columns; its accumulator rows are ordered (batch group, block, row, column). The
+reduction is cut into stages of ``kc`` input-channel blocks, ``tkh`` kernel rows and ``tkw``
+kernel columns (a kernel too wide for one input window is split along its columns): a stage
+loads, per batch group and input-channel block, the padded input window the tile needs (the
+zero border comes from the LOAD padding fields; a strided 1x1 convolution loads only the pixels
+it reads), loads the weight chunk unless it is still resident, and runs its GEMM as a loop nest
+over all seven dimensions (:func:`~tessera.runtime.accel.kernels.gemm_parts`), in parts.
+Stages whose window is padding only are dropped. Dilation and asymmetric padding are supported.
 
-- ``window``: micro-ops over (o, c, y, x) output positions, the loops over the kernel taps
-  (kh, kw) — few loop iterations, many micro-ops;
-- ``channel``: micro-ops over (o, y, x, kw), the loops over (c, kh).
-
-Stages whose window is padding only are dropped. The tile shape is chosen by
-:func:`plan_conv2d` with the cost model of :mod:`~tessera.runtime.accel.tiling`; the pipeline
-(tokens, double buffering, skipping resident loads) is :mod:`~tessera.runtime.accel.emitter`'s.
+The epilogue is the layer's :class:`~tessera.runtime.accel.requant.DeviceEpilogue`; its
+per-channel constants are loaded into the accumulator's constant region once per group of
+output blocks. The tile shape is chosen by :func:`~tessera.runtime.accel.tiling.plan_conv2d`;
+the pipeline (tokens, double buffering, deferred epilogues) is
+:mod:`~tessera.runtime.accel.emitter`'s.
 """
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, replace
 from functools import partial
 
@@ -31,34 +32,48 @@ import numpy as np
 from tessera.config import Config
 from tessera.driver.base import Device, RunStats
 from tessera.errors import ProgramError
-from tessera.isa import MemType, Uop, layout
-from tessera.runtime.accel.emitter import Load, Stage, Store, Tile, emit_tiles, thread_caps
-from tessera.runtime.accel.epilogue import Epilogue, apply_epilogue
-from tessera.runtime.accel.layer import (
-    AccRows,
-    LayerAddrs,
-    LayerStats,
-    element_base,
-    epilogue_passes,
-    layer_params,
-    rows_kernel,
+from tessera.isa import AluOp, MemType, layout
+from tessera.runtime.accel.emitter import (
+    AluPass,
+    Load,
+    Stage,
+    Store,
+    Tile,
+    acc_plan,
+    emit_tiles,
+    thread_caps,
 )
-from tessera.runtime.accel.tiling import StageShape, spans, tile_cycles
+from tessera.runtime.accel.epilogue import Epilogue
+from tessera.runtime.accel.kernels import block_kernel, gemm_parts, rows_kernel
+from tessera.runtime.accel.layer import (
+    LayerAddrs,
+    LayerParams,
+    LayerStats,
+    const_slots,
+    device_epilogue,
+    element_base,
+    layer_params,
+)
+from tessera.runtime.accel.requant import DeviceEpilogue
 from tessera.runtime.builder import CommandBuilder, count_kinds
-from tessera.runtime.layout import ceil_div, pack_activation, pack_weights, unpack_activation
-from tessera.runtime.uop_cache import MicroKernel
+from tessera.runtime.layout import (
+    ceil_div,
+    pack_activation,
+    pack_depthwise,
+    pack_weights,
+    unpack_activation,
+)
 
-__all__ = ["ConvShape", "ConvGeom", "ConvTiles", "plan_conv2d", "conv2d_params", "emit_conv2d",
-           "conv2d", "conv2d_reference"]
+__all__ = ["ConvShape", "ConvGeom", "ConvTiles", "conv2d_params", "emit_conv2d", "conv2d",
+           "conv2d_reference", "tile_list", "fits", "gemm_part_count", "GEMM_PARTS"]
 
-# Candidate tile extents of the search (the full extent is always a candidate too).
-_KCS = (1, 2, 4, 8, 16, 32)
-_TOS = (1, 2, 4, 8, 16)
-_THS = (1, 2, 3, 4, 6, 7, 8, 14, 16, 28)
-_TWS = (1, 2, 4, 7, 8, 14, 16, 28, 32, 56)
-_FORMS = ("window", "channel")
-# Micro-op entries kept free for the epilogue's small ALU kernels.
-_UOP_RESERVE = 64
+GEMM_PARTS = 8  # GEMM instructions a tile is cut into (the schedule's slots), when long enough
+MIN_PART = 128  # GEMM steps a part has at least
+
+
+def gemm_part_count(steps: int, stages: int) -> int:
+    """GEMM instructions one stage of ``steps`` steps is cut into (``stages`` per tile)."""
+    return max(1, min(ceil_div(GEMM_PARTS, stages), steps // MIN_PART))
 
 
 def _pos_int(v, what: str) -> int:
@@ -79,8 +94,8 @@ def _pair(v, what: str) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class ConvShape:
-    """A convolution's logical geometry: unpadded channel counts, strides and the zero padding
-    of each side (top, left, bottom, right)."""
+    """A convolution's logical geometry: unpadded channel counts, strides, dilations and the
+    zero padding of each side (top, left, bottom, right)."""
 
     n: int
     c: int
@@ -95,10 +110,16 @@ class ConvShape:
     pl: int = 0
     pb: int = 0
     pr: int = 0
+    dh: int = 1
+    dw: int = 1
+    groups: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("n", "c", "h", "w", "o", "kh", "kw", "sh", "sw"):
+        for name in ("n", "c", "h", "w", "o", "kh", "kw", "sh", "sw", "dh", "dw", "groups"):
             object.__setattr__(self, name, _pos_int(getattr(self, name), name))
+        if self.c % self.groups or self.o % self.groups:
+            raise ProgramError(f"conv2d groups ({self.groups}) must divide the input ({self.c}) "
+                               f"and output ({self.o}) channels")
         for name in ("pt", "pl", "pb", "pr"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
@@ -106,47 +127,56 @@ class ConvShape:
                                    f"not {v!r}")
             object.__setattr__(self, name, int(v))
         if self.oh < 1 or self.ow < 1:
-            raise ProgramError(f"conv2d kernel {self.kh}x{self.kw} does not fit the padded "
-                               f"input {self.h + self.pt + self.pb}x{self.w + self.pl + self.pr}")
+            raise ProgramError(
+                f"conv2d kernel {self.kh}x{self.kw} (dilation {self.dh}x{self.dw}) does not "
+                f"fit the padded input {self.h + self.pt + self.pb}x{self.w + self.pl + self.pr}")
 
     @classmethod
     def make(cls, x_shape: tuple[int, ...], w_shape: tuple[int, ...],
              stride: int | tuple[int, int] = 1,
-             padding: int | tuple[int, int] | tuple[int, int, int, int] = 0) -> ConvShape:
-        """From NCHW input and OIHW weight shapes; ``padding`` is one value, (ph, pw) or
-        (top, left, bottom, right)."""
+             padding: int | tuple[int, int] | tuple[int, int, int, int] = 0,
+             dilation: int | tuple[int, int] = 1, groups: int = 1) -> ConvShape:
+        """From NCHW input and OIHW weight shapes (``I`` = channels per group); ``padding`` is
+        one value, (ph, pw) or (top, left, bottom, right)."""
         if len(x_shape) != 4 or len(w_shape) != 4:
             raise ProgramError(f"conv2d needs NCHW input and OIHW weights, not {x_shape} and "
                                f"{w_shape}")
-        if x_shape[1] != w_shape[1]:
+        if x_shape[1] != w_shape[1] * groups:
             raise ProgramError(f"conv2d input has {x_shape[1]} channels but the weights expect "
-                               f"{w_shape[1]}")
+                               f"{w_shape[1]} x {groups} groups")
         sh, sw = _pair(stride, "stride")
+        dh, dw = _pair(dilation, "dilation")
         if isinstance(padding, (tuple, list)) and len(padding) == 4:
             pt, pl, pb, pr = padding
         else:
             ph, pw = _pair(padding, "padding")
             pt, pl, pb, pr = ph, pw, ph, pw
         return cls(*(int(v) for v in x_shape), int(w_shape[0]), int(w_shape[2]),
-                   int(w_shape[3]), sh, sw, pt, pl, pb, pr)
+                   int(w_shape[3]), sh, sw, pt, pl, pb, pr, dh, dw, groups)
 
     @property
     def oh(self) -> int:
-        return (self.h + self.pt + self.pb - self.kh) // self.sh + 1
+        return (self.h + self.pt + self.pb - (self.kh - 1) * self.dh - 1) // self.sh + 1
 
     @property
     def ow(self) -> int:
-        return (self.w + self.pl + self.pr - self.kw) // self.sw + 1
+        return (self.w + self.pl + self.pr - (self.kw - 1) * self.dw - 1) // self.sw + 1
 
     @property
     def macs(self) -> int:
-        return self.n * self.o * self.oh * self.ow * self.c * self.kh * self.kw
+        return (self.n * self.o * self.oh * self.ow * (self.c // self.groups) * self.kh
+                * self.kw)
+
+    @property
+    def depthwise(self) -> bool:
+        """One input channel per group and one output channel per input channel."""
+        return self.groups == self.c == self.o and self.groups > 1
 
 
 @dataclass(frozen=True)
 class ConvGeom:
     """A convolution in blocks for one config: ``n`` batch groups, ``cb``/``ob`` channel
-    blocks, spatial sizes, strides and padding."""
+    blocks, spatial sizes, strides, padding and dilation."""
 
     n: int
     cb: int
@@ -161,183 +191,145 @@ class ConvGeom:
     pl: int
     pb: int
     pr: int
+    dh: int = 1
+    dw: int = 1
+    row_stride_ok: bool = True  # rows sh apart fit the LOAD stride field
+    diagonal: bool = False  # depthwise: output block o reads input block o only
 
     @classmethod
     def of(cls, cfg: Config, s: ConvShape) -> ConvGeom:
         lim = layout(cfg).limits
-        for name in ("pt", "pl", "pb", "pr"):
-            if getattr(s, name) > lim.max_pad:
-                raise ProgramError(f"conv2d padding {name} must be in [0, {lim.max_pad}] (the "
-                                   f"LOAD padding fields), not {getattr(s, name)}")
-        if s.w > lim.max_x_stride:
-            raise ProgramError(f"conv2d input width must be at most {lim.max_x_stride} (the "
-                               f"LOAD stride field), not {s.w}")
+        if s.groups > 1 and not (s.depthwise and cfg.block_in == cfg.block_out):
+            raise ProgramError(f"conv2d with {s.groups} groups of {s.c // s.groups} input and "
+                               f"{s.o // s.groups} output channels: only depthwise convolutions "
+                               f"(one channel per group) run on the accelerator")
         return cls(ceil_div(s.n, cfg.batch), ceil_div(s.c, cfg.block_in), s.h, s.w,
-                   ceil_div(s.o, cfg.block_out), s.kh, s.kw, s.sh, s.sw, s.pt, s.pl, s.pb, s.pr)
+                   ceil_div(s.o, cfg.block_out), s.kh, s.kw, s.sh, s.sw, s.pt, s.pl, s.pb, s.pr,
+                   s.dh, s.dw, s.sh * s.w <= lim.max_x_stride, s.depthwise)
 
     @property
     def oh(self) -> int:
-        return (self.h + self.pt + self.pb - self.kh) // self.sh + 1
+        return (self.h + self.pt + self.pb - (self.kh - 1) * self.dh - 1) // self.sh + 1
 
     @property
     def ow(self) -> int:
-        return (self.w + self.pl + self.pr - self.kw) // self.sw + 1
+        return (self.w + self.pl + self.pr - (self.kw - 1) * self.dw - 1) // self.sw + 1
 
-    def in_width(self, tw: int) -> int:
-        """Padded input columns ``tw`` output columns read."""
-        return (tw - 1) * self.sw + self.kw
+    @property
+    def subsampled(self) -> bool:
+        """A 1x1 convolution with a row stride and no padding: stages load only the input rows
+        it reads (one LOAD per channel block, rows ``sh`` apart)."""
+        return (self.kh == self.kw == 1 and self.sh > 1 and self.row_stride_ok
+                and self.pt == self.pl == self.pb == self.pr == 0)
+
+    def in_width(self, tw: int, tkw: int | None = None) -> int:
+        """Input columns a stage holds for ``tw`` output columns and ``tkw`` kernel columns
+        (default: all of them)."""
+        return (tw - 1) * self.sw + ((tkw or self.kw) - 1) * self.dw + 1
 
     def in_rows(self, th: int, tkh: int) -> int:
-        """Padded input rows ``th`` output rows read for ``tkh`` kernel rows."""
-        return (th - 1) * self.sh + tkh
+        """Input rows a stage holds for ``th`` output rows and ``tkh`` kernel rows."""
+        if self.subsampled:
+            return th
+        return (th - 1) * self.sh + (tkh - 1) * self.dh + 1
+
+    @property
+    def rb(self) -> int:
+        """Input blocks each output block reduces over (1 when depthwise)."""
+        return 1 if self.diagonal else self.cb
 
     def gemm_steps(self) -> int:
-        return self.n * self.ob * self.cb * self.oh * self.ow * self.kh * self.kw
+        return self.n * self.ob * self.rb * self.oh * self.ow * self.kh * self.kw
 
 
 @dataclass(frozen=True)
 class ConvTiles:
-    """A tile shape: ``to`` output-channel blocks x ``th`` output rows x ``tw`` output columns
-    (``None``: the full width) per tile; stages of ``kc`` input-channel blocks x ``tkh`` kernel
-    rows (``None``: the whole kernel). ``est_cycles`` is the cost model's estimate."""
+    """A tile shape: ``tn`` batch groups x ``to`` output-channel blocks x ``th`` output rows x
+    ``tw`` output columns (``None``: the full width) per tile; stages of ``kc`` input-channel
+    blocks x ``tkh`` kernel rows x ``tkw`` kernel columns (``None``: the whole kernel);
+    ``regions``: accumulator tile regions with double buffering (2 or 4). ``est_cycles``: the
+    cost model's estimate."""
 
     to: int
     th: int
     kc: int
     double_buffer: bool = True
-    loop_form: str = "window"
     tw: int | None = None
     tkh: int | None = None
+    tn: int = 1
+    regions: int = 2
     est_cycles: int = 0
+    tkw: int | None = None
 
     def resolved(self, g: ConvGeom) -> ConvTiles:
-        t = replace(self, tw=self.tw or g.ow, tkh=self.tkh or g.kh)
-        for name, v, top in (("to", t.to, g.ob), ("th", t.th, g.oh), ("kc", t.kc, g.cb),
-                             ("tw", t.tw, g.ow), ("tkh", t.tkh, g.kh)):
+        t = replace(self, tw=self.tw or g.ow, tkh=self.tkh or g.kh, tkw=self.tkw or g.kw)
+        for name, v, top in (("to", t.to, g.ob), ("th", t.th, g.oh), ("kc", t.kc, g.rb),
+                             ("tw", t.tw, g.ow), ("tkh", t.tkh, g.kh), ("tkw", t.tkw, g.kw),
+                             ("tn", t.tn, g.n)):
             if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= top:
                 raise ProgramError(f"conv2d tile {name} must be an integer in [1, {top}], not "
                                    f"{v!r}")
-        if t.loop_form not in _FORMS:
-            raise ProgramError(f"conv2d loop_form must be one of {_FORMS}, not "
-                               f"{t.loop_form!r}")
+        if not isinstance(t.double_buffer, bool):
+            raise ProgramError(f"conv2d double_buffer must be True or False, not "
+                               f"{t.double_buffer!r}")
+        if t.regions not in (2, 4):
+            raise ProgramError(f"conv2d accumulator regions must be 2 or 4, not {t.regions!r}")
         return t
 
 
-# -- tile search ----------------------------------------------------------------------------
+# -- feasibility ----------------------------------------------------------------------------
 
 
-def _uops(g: ConvGeom, t: ConvTiles) -> int:
-    return t.to * t.th * t.tw * (t.kc if t.loop_form == "window" else g.kw)
+def const_blocks(cfg: Config, g: ConvGeom, prog: DeviceEpilogue, to: int) -> int:
+    """Output blocks whose constants are resident at once: all of the layer's when they take at
+    most an eighth of the accumulator (loaded once), else the tile's ``to`` (loaded per group
+    of output blocks)."""
+    per, uni = const_slots(prog)
+    return g.ob if len(per) * g.ob + len(uni) <= cfg.acc_depth // 8 else to
 
 
-def _acc(t: ConvTiles, residual: bool, vec: bool) -> AccRows:
-    return AccRows.layout(t.to * t.th * t.tw, t.to, residual, True, vec)
+def const_rows(prog: DeviceEpilogue, blocks: int) -> int:
+    """Accumulator rows the constants of ``blocks`` output blocks occupy."""
+    per, uni = const_slots(prog)
+    return len(per) * blocks + len(uni)
 
 
-def _fits(cfg: Config, g: ConvGeom, t: ConvTiles, residual: bool, vec: bool) -> bool:
+def fits(cfg: Config, g: ConvGeom, t: ConvTiles, prog: DeviceEpilogue) -> str | None:
+    """None if tile shape ``t`` (resolved) fits the buffers and fields, else why not."""
     if t.double_buffer and cfg.dep_queue_depth < 2:
-        return False
-    parts = 2 if t.double_buffer else 1
-    inp, wgt, acc = thread_caps(cfg, parts)
-    max_iter = layout(cfg).limits.max_iter
-    if t.kc * g.in_rows(t.th, t.tkh) * g.in_width(t.tw) > inp:
-        return False
-    if t.to * t.kc * t.tkh * g.kw > wgt:
-        return False
-    if _acc(t, residual, vec).total > acc:
-        return False
-    # both threads' GEMM kernels plus a few small ALU kernels live in the uop cache at once
-    if parts * _uops(g, t) + _UOP_RESERVE > cfg.uop_depth:
-        return False
-    if t.loop_form == "channel" and (t.kc > max_iter or t.tkh > max_iter):
-        return False
-    return t.to * t.th * t.tw <= max_iter
-
-
-def _estimate(cfg: Config, g: ConvGeom, t: ConvTiles, residual: bool, n_alu: int) -> int:
-    """The cost model over the distinct tile and stage shapes of the layer."""
-    kc_spans = spans(g.cb, t.kc)
-    kh_spans = spans(g.kh, t.tkh)
-    total = 0
-    for to, n_o in spans(g.ob, t.to):
-        for th, n_h in spans(g.oh, t.th):
-            for tw, n_w in spans(g.ow, t.tw):
-                rows = to * th * tw
-                iw = g.in_width(tw)
-                stages = [StageShape(n_c * n_k, rows * kc * tkh * g.kw,
-                                     kc * g.in_rows(th, tkh) * iw, to * kc * tkh * g.kw, kc)
-                          for kc, n_c in kc_spans for tkh, n_k in kh_spans]
-                stores = 1 if tw == g.ow else to
-                total += n_o * n_h * n_w * tile_cycles(cfg, rows, stages, n_alu, residual,
-                                                       t.double_buffer, stores)
-    return total * g.n
-
-
-def _search(cfg: Config, g: ConvGeom, residual: bool, vec: bool, n_alu: int,
-            dbs: tuple[bool, ...], tws: list[int], tkhs: list[int]) -> ConvTiles | None:
-    best: ConvTiles | None = None
-    best_key: tuple[int, int] | None = None
-    kcs = sorted({g.cb} | {k for k in _KCS if k < g.cb})
-    tos = sorted({g.ob} | {k for k in _TOS if k < g.ob})
-    ths = sorted({g.oh} | {k for k in _THS if k < g.oh})
-    for db, kc, to, th, tw, tkh, form in itertools.product(dbs, kcs, tos, ths, tws, tkhs,
-                                                           _FORMS):
-        t = ConvTiles(to, th, kc, db, form, tw, tkh)
-        if not _fits(cfg, g, t, residual, vec):
-            continue
-        key = (_estimate(cfg, g, t, residual, n_alu), _uops(g, t))  # fewer uops break ties
-        if best_key is None or key < best_key:
-            best, best_key = replace(t, est_cycles=key[0]), key
-    return best
-
-
-def plan_conv2d(cfg: Config, g: ConvGeom, *, residual: bool = False, vec: bool = False,
-                n_alu: int = 2, double_buffer: bool = True) -> ConvTiles:
-    """The feasible tile shape with the lowest estimated cycle count.
-
-    Full-width tiles over the whole kernel are searched first; only when none fits the SRAM
-    (very wide rows or tall kernels on a small config) are the width and the kernel rows split
-    as well. ``n_alu`` is the number of epilogue ALU steps besides the bias add.
-    """
-    dbs = (True, False) if double_buffer else (False,)
-    best = _search(cfg, g, residual, vec, n_alu, dbs, [g.ow], [g.kh])
-    if best is None:
-        tws = sorted({g.ow} | {k for k in _TWS if k < g.ow})
-        tkhs = list(range(1, g.kh + 1))
-        best = _search(cfg, g, residual, vec, n_alu, dbs, tws, tkhs)
-    if best is None:
-        raise ProgramError(
-            f"no conv2d tiling fits the accelerator's SRAM ({g.ow} output columns, "
-            f"{g.kh}x{g.kw} kernel, {g.cb} input and {g.ob} output channel blocks) on "
-            f"{cfg.summary()}")
-    return best
+        return "double buffering needs dep_queue_depth >= 2"
+    threads = 2 if t.double_buffer else 1
+    inp, wgt = thread_caps(cfg, threads)
+    lim = layout(cfg).limits
+    blocks = t.to if g.diagonal else t.kc  # input blocks a stage holds per batch group
+    ih, iw = g.in_rows(t.th, t.tkh), g.in_width(t.tw, t.tkw)
+    if t.tn * blocks * ih * iw > inp:
+        return "input window exceeds the input buffer"
+    if t.to * t.kc * t.tkh * t.tkw > wgt:
+        return "weight chunk exceeds the weight buffer"
+    # a stage's LOAD pads at most the padding, and less than its window (else it is dropped)
+    if max(min(g.pt, ih - 1), min(g.pb, ih - 1), min(g.pl, iw - 1),
+           min(g.pr, iw - 1)) > lim.max_pad:
+        return "input window padding exceeds the LOAD padding fields"
+    crow = const_rows(prog, const_blocks(cfg, g, prog, t.to))
+    regions = t.regions if t.double_buffer else 1
+    if crow >= cfg.acc_depth // max(regions, 2):
+        return "epilogue constants exceed the accumulator"
+    rows = t.tn * t.to * t.th * t.tw
+    if rows * (2 if prog.residual else 1) > acc_plan(cfg, regions, crow).cap:
+        return "tile exceeds the accumulator"
+    if t.th * t.tw > lim.max_iter or t.tn * t.to > lim.max_iter:
+        return "tile exceeds the loop fields"
+    if iw > lim.max_x_size or t.kc * t.tkh * t.tkw > lim.max_x_size:
+        return "tile rows exceed the LOAD x_size field"
+    if (ih > 1 and g.w > lim.max_x_stride) or (t.th > 1 and g.ow > lim.max_x_stride):
+        return "rows wider than the LOAD/STORE stride field (one row per tile then)"
+    if t.tkh < g.kh and g.rb * g.kh * g.kw > lim.max_x_stride:
+        return "weight rows exceed the LOAD stride field"
+    return None
 
 
 # -- tiles ----------------------------------------------------------------------------------
-
-
-def _window_kernel(g: ConvGeom, to: int, th: int, tw: int, kc: int, tkh: int, iw: int,
-                   plane: int, inp0: int, wgt0: int, acc0: int) -> MicroKernel:
-    """Loops over the (tkh, kw) kernel taps; micro-ops over (o, c, y, x)."""
-    uops = tuple(Uop(acc0 + (o * th + y) * tw + x, inp0 + c * plane + y * g.sh * iw + x * g.sw,
-                     wgt0 + (o * kc + c) * tkh * g.kw)
-                 for o in range(to) for c in range(kc) for y in range(th) for x in range(tw))
-    return MicroKernel(uops, tkh, g.kw, 0, 0, iw, 1, g.kw, 1)
-
-
-def _channel_kernel(g: ConvGeom, to: int, th: int, tw: int, kc: int, tkh: int, iw: int,
-                    plane: int, inp0: int, wgt0: int, acc0: int) -> MicroKernel:
-    """Loops over (c, kh); micro-ops over (o, y, x, kw)."""
-    uops = tuple(Uop(acc0 + (o * th + y) * tw + x, inp0 + y * g.sh * iw + x * g.sw + q,
-                     wgt0 + o * kc * tkh * g.kw + q)
-                 for o in range(to) for y in range(th) for x in range(tw) for q in range(g.kw))
-    return MicroKernel(uops, kc, tkh, 0, 0, plane, iw, tkh * g.kw, g.kw)
-
-
-def _per_block(to: int, per: int, acc0: int, src: int) -> MicroKernel:
-    """dst = every row of ``to`` blocks of ``per`` rows; src = the block's constant row."""
-    return MicroKernel(tuple(Uop(acc0 + p, src, 0) for p in range(per)), to, 1, per, 0, 1, 0,
-                       0, 0)
 
 
 @dataclass(frozen=True)
@@ -345,133 +337,255 @@ class _Bases:
     x: int
     w: int
     y: int
-    bias: int
-    mult: int
+    consts: int
     res: int
 
 
-def _stage(cfg: Config, g: ConvGeom, t: ConvTiles, e: _Bases, n: int, o0: int, to: int,
-           y0: int, th: int, x0: int, tw: int, c0: int, kc: int, k0: int, tkh: int
-           ) -> Stage | None:
+def _dims(g: ConvGeom, tn: int, to: int, th: int, tw: int, kc: int, tkh: int, tkw: int
+          ) -> tuple[tuple[int, int, int, int], ...]:
+    """The stage's loop nest: (extent, dst, src, wgt factors) per dimension."""
+    ih, iw = g.in_rows(th, tkh), g.in_width(tw, tkw)
+    plane = ih * iw
+    sh, sw = (1 if g.subsampled else g.sh), g.sw
+    if g.diagonal:  # output block o reads input block o (its own plane in the stage)
+        return ((tn, to * th * tw, to * plane, 0),
+                (to, th * tw, plane, tkh * tkw),
+                (1, 0, 0, 0),
+                (th, tw, sh * iw, 0),
+                (tw, 1, sw, 0),
+                (tkh, 0, g.dh * iw, tkw),
+                (tkw, 0, g.dw, 1))
+    return ((tn, to * th * tw, kc * plane, 0),
+            (to, th * tw, 0, kc * tkh * tkw),
+            (kc, 0, plane, tkh * tkw),
+            (th, tw, sh * iw, 0),
+            (tw, 1, sw, 0),
+            (tkh, 0, g.dh * iw, tkw),
+            (tkw, 0, g.dw, 1))
+
+
+def _stage_kernels(dims, parts: int, ib: int, wb: int, ab: int):
+    return gemm_parts(dims, (ab, ib, wb), parts)
+
+
+def _input_loads(cfg: Config, g: ConvGeom, e: _Bases, n0: int, tn: int, y0: int, th: int,
+                 x0: int, tw: int, c0: int, kc: int, k0: int, tkh: int, k1: int, tkw: int
+                 ) -> list[Load] | None:
+    """The stage's input loads of input blocks ``[c0, c0 + kc)`` (the tile's output blocks when
+    depthwise) for kernel rows from ``k0`` and columns from ``k1`` (None when its window is
+    padding only)."""
     lim = layout(cfg).limits
-    ih, iw = g.in_rows(th, tkh), g.in_width(tw)
-    r0, q0 = y0 * g.sh - g.pt + k0, x0 * g.sw - g.pl
+    ih, iw = g.in_rows(th, tkh), g.in_width(tw, tkw)
+    plane = ih * iw
+    if g.subsampled:
+        return [Load(MemType.INP, (n * kc + c) * plane,
+                     e.x + (((n0 + n) * g.cb + c0 + c) * g.h + y0 * g.sh) * g.w + x0 * g.sw,
+                     th, iw, g.sh * g.w)
+                for n in range(tn) for c in range(kc)]
+    r0, q0 = y0 * g.sh - g.pt + k0 * g.dh, x0 * g.sw - g.pl + k1 * g.dw
     yp0, yp1 = max(0, -r0), max(0, r0 + ih - g.h)
     xp0, xp1 = max(0, -q0), max(0, q0 + iw - g.w)
     ys, xs = ih - yp0 - yp1, iw - xp0 - xp1
     if ys <= 0 or xs <= 0:
-        return None  # this chunk of kernel rows sees only padding
-    plane = ih * iw
+        return None
     pads = (yp0, yp1, xp0, xp1)
-    loads = [Load(MemType.INP, c * plane,
-                  e.x + ((n * g.cb + c0 + c) * g.h + max(r0, 0)) * g.w + max(q0, 0),
-                  ys, xs, g.w, pads) for c in range(kc)]
+    first = e.x + ((n0 * g.cb + c0) * g.h + max(r0, 0)) * g.w + max(q0, 0)
+    if pads == (0, 0, 0, 0) and ih == g.h and iw == g.w:
+        # whole planes: every batch group's kc blocks are one contiguous run
+        if kc * plane <= lim.max_x_size and g.cb * plane <= lim.max_x_stride:
+            return [Load(MemType.INP, 0, first, tn, kc * plane, g.cb * plane)]
+    stride = g.w if ys > 1 else min(g.w, lim.max_x_stride)  # one row: the stride is unused
+    return [Load(MemType.INP, (n * kc + c) * plane,
+                 first + (n * g.cb + c) * g.h * g.w, ys, xs, stride, pads)
+            for n in range(tn) for c in range(kc)]
+
+
+def _weight_loads(cfg: Config, g: ConvGeom, e: _Bases, o0: int, to: int, c0: int, kc: int,
+                  k0: int, tkh: int, k1: int, tkw: int, wbase: int) -> list[Load]:
+    lim = layout(cfg).limits
     kk = g.kh * g.kw
-    if tkh == g.kh and (to == 1 or g.cb * kk <= lim.max_x_stride):
-        loads.append(Load(MemType.WGT, 0, e.w + (o0 * g.cb + c0) * kk, to, kc * kk,
-                          g.cb * kk))
-    else:
-        loads += [Load(MemType.WGT, o * kc * tkh * g.kw,
-                       e.w + ((o0 + o) * g.cb + c0) * kk + k0 * g.kw, kc, tkh * g.kw, kk)
-                  for o in range(to)]
-    form = _window_kernel if t.loop_form == "window" else _channel_kernel
-    return Stage(tuple(loads), partial(form, g, to, th, tw, kc, tkh, iw, plane))
+    rb = g.rb
+    if tkw < g.kw:  # a column range of each kernel row: one LOAD per output and input block
+        return [Load(MemType.WGT, wbase + (o * kc + c) * tkh * tkw,
+                     e.w + ((o0 + o) * rb + c0 + c) * kk + k0 * g.kw + k1, tkh, tkw, g.kw)
+                for o in range(to) for c in range(kc)]
+    if tkh == g.kh and (to == 1 or rb * kk <= lim.max_x_stride):
+        return [Load(MemType.WGT, wbase, e.w + (o0 * rb + c0) * kk, to, kc * kk, rb * kk)]
+    return [Load(MemType.WGT, wbase + o * kc * tkh * g.kw,
+                 e.w + ((o0 + o) * rb + c0) * kk + k0 * g.kw, kc, tkh * g.kw, kk)
+            for o in range(to)]
 
 
-def _stores(cfg: Config, g: ConvGeom, base: int, n: int, o0: int, to: int, y0: int, th: int,
-            x0: int, tw: int) -> list[tuple[int, int, int, int, int]]:
-    """(sram, dram, y, x, stride) of the rows of one tile in an output-shaped tensor."""
+def _store_rows(cfg: Config, g: ConvGeom, base: int, n0: int, tn: int, o0: int, to: int,
+                y0: int, th: int, x0: int, tw: int) -> list[tuple[int, int, int, int, int]]:
+    """(sram, dram, y, x, stride) covering one tile's rows in an output-shaped tensor."""
+    lim = layout(cfg).limits
     plane = g.oh * g.ow
-    first = base + ((n * g.ob + o0) * g.oh + y0) * g.ow + x0
+    per = th * tw
+
+    def at(n: int, o: int) -> int:
+        return base + (((n0 + n) * g.ob + o0 + o) * g.oh + y0) * g.ow + x0
+
+    def ok(y: int, x: int, stride: int) -> bool:
+        return y <= lim.max_y_size and x <= lim.max_x_size and stride <= lim.max_x_stride
+
     if tw == g.ow:
-        if to == 1 or plane <= layout(cfg).limits.max_x_stride:
-            return [(0, first, to, th * tw, plane)]
-        return [(o * th * tw, first + o * plane, 1, th * tw, th * tw) for o in range(to)]
-    return [(o * th * tw, first + o * plane, th, tw, g.ow) for o in range(to)]
+        if th == g.oh and ok(tn, to * plane, g.ob * plane):
+            return [(0, at(0, 0), tn, to * plane, g.ob * plane)]
+        if ok(to, per, plane):
+            return [(n * to * per, at(n, 0), to, per, plane) for n in range(tn)]
+        return [((n * to + o) * per, at(n, o), 1, per, per) for n in range(tn)
+                for o in range(to)]
+    stride = g.ow if th > 1 else min(g.ow, lim.max_x_stride)  # one row: the stride is unused
+    return [((n * to + o) * per, at(n, o), th, tw, stride) for n in range(tn)
+            for o in range(to)]
 
 
-def _tiles(cfg: Config, g: ConvGeom, t: ConvTiles, e: _Bases, epi: Epilogue,
-           residual: bool, bias: bool) -> list[Tile]:
+def _alu_passes(prog: DeviceEpilogue, tn: int, to: int, per: int, T: int, first: int,
+                rows: int, off: int = 0) -> tuple[AluPass, ...]:
+    """The epilogue's ALU instructions over a tile's rows (constants from row ``off`` of the
+    constant rows: ``T`` blocks a vector, the tile's first block at ``first``)."""
+    per_names, uni = const_slots(prog)
+    blocks = tn * to
+    out = []
+    for st in prog.steps:
+        dst = rows if st.branch == "residual" else 0
+        if st.branch == "combine":
+            out.append(AluPass(lambda ab, cb: rows_kernel(ab, blocks, per, ab + rows, per, 1),
+                               AluOp.ADD))
+        elif isinstance(st.operand, int):
+            out.append(AluPass(partial(lambda d, ab, cb: rows_kernel(ab + d, blocks, per), dst),
+                               st.opcode, st.operand))
+        elif st.operand in prog.uniform:
+            k = off + len(per_names) * T + uni.index(st.operand)
+            out.append(AluPass(partial(lambda d, k, ab, cb: rows_kernel(ab + d, blocks, per,
+                                                                        cb + k), dst, k),
+                               st.opcode))
+        else:
+            k = off + per_names.index(st.operand) * T + first
+            out.append(AluPass(partial(lambda d, k, ab, cb: block_kernel(ab + d, tn, to, per,
+                                                                         cb + k), dst, k),
+                               st.opcode))
+    return tuple(out)
+
+
+def tile_list(cfg: Config, g: ConvGeom, t: ConvTiles, e: _Bases, prog: DeviceEpilogue,
+              residual: bool, const_off: int = 0, wgt_off: int = 0) -> list[Tile]:
+    """The tiles of the layer for tile shape ``t`` (resolved); its constant rows start at row
+    ``const_off`` of the constant area and its resident weights at ``wgt_off`` of each weight
+    half (both 0 unless it shares the stream with other layers, :func:`emit_conv2d_group`)."""
+    threads = 2 if t.double_buffer else 1
+    _, wgt_cap = thread_caps(cfg, threads)
+    per_names, uni = const_slots(prog)
+    chunks = [(c0, min(t.kc, g.rb - c0), k0, min(t.tkh, g.kh - k0), k1, min(t.tkw, g.kw - k1))
+              for c0 in range(0, g.rb, t.kc) for k0 in range(0, g.kh, t.tkh)
+              for k1 in range(0, g.kw, t.tkw)]
+    wsize = t.to * t.kc * t.tkh * t.tkw
+    T = const_blocks(cfg, g, prog, t.to)
+    # every weight chunk has its own place
+    stationary = wgt_off + len(chunks) * wsize <= wgt_cap
+    bus = cfg.mem_bus_bytes
     tiles = []
-    for n in range(g.n):
-        for o0 in range(0, g.ob, t.to):
-            to = min(t.to, g.ob - o0)
+    # output-block groups outermost: their weights stay resident over every batch group and
+    # spatial tile
+    for o0 in range(0, g.ob, t.to):
+        to = min(t.to, g.ob - o0)
+        c0, cn = (0, g.ob) if T == g.ob else (o0, to)
+        consts = tuple(
+            [Load(MemType.ACC, const_off + k * T, e.consts + k * g.ob + c0, 1, cn, cn)
+             for k in range(len(per_names))]
+            + [Load(MemType.ACC, const_off + len(per_names) * T + u, e.consts + len(per_names)
+                    * g.ob + u, 1, 1, 1) for u in range(len(uni))])
+        for n0 in range(0, g.n, t.tn):
+            tn = min(t.tn, g.n - n0)
             for y0 in range(0, g.oh, t.th):
                 th = min(t.th, g.oh - y0)
                 for x0 in range(0, g.ow, t.tw):
                     tw = min(t.tw, g.ow - x0)
-                    rows = to * th * tw
-                    acc = AccRows.layout(rows, to, residual, bias, epi.per_channel)
+                    per = th * tw
+                    rows = tn * to * per
                     stages = []
-                    for c0 in range(0, g.cb, t.kc):
-                        for k0 in range(0, g.kh, t.tkh):
-                            st = _stage(cfg, g, t, e, n, o0, to, y0, th, x0, tw, c0,
-                                        min(t.kc, g.cb - c0), k0, min(t.tkh, g.kh - k0))
-                            if st is not None:
-                                stages.append(st)
-                    stores = _stores(cfg, g, e.y, n, o0, to, y0, th, x0, tw)
-                    eloads = []
-                    if bias:
-                        eloads.append(Load(MemType.ACC, acc.bias, e.bias + o0, 1, to, to))
-                    if acc.mult is not None:
-                        eloads.append(Load(MemType.ACC, acc.mult, e.mult + o0, 1, to, to))
+                    for j, (c0, kc, k0, tkh, k1, tkw) in enumerate(chunks):
+                        ib, nb = (o0, to) if g.diagonal else (c0, kc)
+                        inp = _input_loads(cfg, g, e, n0, tn, y0, th, x0, tw, ib, nb, k0, tkh,
+                                           k1, tkw)
+                        if inp is None:
+                            continue  # this chunk of the kernel sees only padding
+                        wb = wgt_off + (j * wsize if stationary else 0)
+                        wl = _weight_loads(cfg, g, e, o0, to, c0, kc, k0, tkh, k1, tkw, wb)
+                        dims = _dims(g, tn, to, th, tw, kc, tkh, tkw)
+                        parts = gemm_part_count(rows * kc * tkh * tkw, len(chunks))
+                        stages.append(Stage(tuple(inp + wl), partial(
+                            lambda dims, parts, wb, ib, wbh, ab: _stage_kernels(
+                                dims, parts, ib, wbh + wb, ab), dims, parts, wb)))
+                    stores = _store_rows(cfg, g, e.y, n0, tn, o0, to, y0, th, x0, tw)
+                    res = ()
                     if residual:
-                        res = _stores(cfg, g, e.res, n, o0, to, y0, th, x0, tw)
-                        eloads += [Load(MemType.ACC_8BIT, acc.residual + s, d, y, x, st)
-                                   for s, d, y, x, st in res]
-                    channel = partial(_per_block, to, th * tw)
+                        res = tuple(Load(MemType.ACC_8BIT, rows + s, e.res + (d - e.y), y, x,
+                                         st)
+                                    for s, d, y, x, st in stores)
+                    scyc = rows * cfg.out_elem_bytes // bus + 20 * len(stores)
                     tiles.append(Tile(
-                        acc.total, partial(lambda r, ab: rows_kernel(ab, r), rows),
-                        tuple(stages), tuple(eloads), epilogue_passes(epi, acc, channel),
-                        tuple(Store(*s) for s in stores)))
+                        rows, rows * (2 if residual else 1),
+                        partial(lambda blocks, per, ab: rows_kernel(ab, blocks, per),
+                                tn * to, per),
+                        tuple(stages), res,
+                        _alu_passes(prog, tn, to, per, T, o0 if T == g.ob else 0, rows,
+                                    const_off),
+                        tuple(Store(*s) for s in stores), consts, scyc))
     return tiles
 
 
 # -- the layer ------------------------------------------------------------------------------
 
 
-def conv2d_params(cfg: Config, w: np.ndarray, bias: np.ndarray | None, epi: Epilogue
-                  ) -> dict[str, np.ndarray]:
-    """The device arrays a convolution reads: packed weights ``w``, ``bias`` rows and (for a
-    per-channel multiplier) ``mult`` rows."""
-    return layer_params(cfg, pack_weights(w, cfg), bias, epi, int(np.shape(w)[0]))
+def conv2d_params(cfg: Config, w: np.ndarray, bias: np.ndarray | None,
+                  epi: Epilogue | None = None, groups: int = 1) -> LayerParams:
+    """The device arrays a convolution reads (packed weights ``w``, channel-diagonal blocks
+    when depthwise; epilogue ``consts``) and its epilogue program (bias included)."""
+    w = np.asarray(w)
+    packed = pack_depthwise(w, cfg) if groups > 1 else pack_weights(w, cfg)
+    return layer_params(cfg, packed, w, bias, epi if epi is not None else Epilogue())
 
 
 def emit_conv2d(b: CommandBuilder, shape: ConvShape, addrs: LayerAddrs,
-                epilogue: Epilogue | None = None, *, tiles: ConvTiles | None = None,
-                double_buffer: bool = True) -> LayerStats:
+                epilogue: DeviceEpilogue | Epilogue | None = None, *,
+                tiles: ConvTiles | None = None, double_buffer: bool = True,
+                deferred: bool = True) -> LayerStats:
     """Append a convolution to ``b``; tensors are packed at device byte addresses ``addrs``.
 
-    Starts with a barrier (so it may read what earlier layers stored). Without ``addrs.bias``
-    the bias add is left out; ``addrs.mult`` must be given exactly when the epilogue's
-    multiplier is per channel, ``addrs.residual`` exactly when it has a residual branch.
+    ``epilogue`` is the layer's device program (from :func:`conv2d_params`, bias included) or
+    an :class:`Epilogue` (no bias). Starts with a barrier (so it may read what earlier layers
+    stored). ``addrs.consts`` must be given exactly when the program has vector operands,
+    ``addrs.residual`` exactly when it has a residual branch.
     """
+    from tessera.runtime.accel.tiling import plan_conv2d
+
     cfg = b.cfg
-    epi = epilogue if epilogue is not None else Epilogue()
+    prog = device_epilogue(epilogue, shape.o)
     g = ConvGeom.of(cfg, shape)
     residual = addrs.residual is not None
-    if residual != epi.residual:
+    if residual != prog.residual:
         raise ProgramError("conv2d: a residual input must be given exactly when the epilogue "
                            "has a residual branch")
-    if (addrs.mult is not None) != epi.per_channel:
-        raise ProgramError("conv2d: multiplier rows must be given exactly when the epilogue's "
-                           "multiplier is per channel")
+    if (addrs.consts is not None) != bool(prog.vectors):
+        raise ProgramError("conv2d: constant rows must be given exactly when the epilogue has "
+                           "vector operands")
     if tiles is None:
-        tiles = plan_conv2d(cfg, g, residual=residual, vec=epi.per_channel,
-                            n_alu=len(epi.alu_steps()), double_buffer=double_buffer)
+        tiles = plan_conv2d(cfg, g, prog, double_buffer=double_buffer)
     t = tiles.resolved(g)
-    if not _fits(cfg, g, t, residual, epi.per_channel):
-        raise ProgramError(f"conv2d tiles {t} do not fit the SRAM of {cfg.summary()}")
+    why = fits(cfg, g, t, prog)
+    if why is not None:
+        raise ProgramError(f"conv2d tiles {t} do not fit {cfg.summary()}: {why}")
     e = _Bases(element_base(cfg, addrs.x, MemType.INP, "conv2d input"),
                element_base(cfg, addrs.w, MemType.WGT, "conv2d weights"),
                element_base(cfg, addrs.y, MemType.OUT, "conv2d output"),
-               element_base(cfg, addrs.bias, MemType.ACC, "conv2d bias"),
-               element_base(cfg, addrs.mult, MemType.ACC, "conv2d multiplier"),
+               element_base(cfg, addrs.consts, MemType.ACC, "conv2d constants"),
                element_base(cfg, addrs.residual, MemType.ACC_8BIT, "conv2d residual"))
     b.barrier()
     start = len(b.insns)
-    pipe = emit_tiles(b, _tiles(cfg, g, t, e, epi, residual, addrs.bias is not None),
-                      t.double_buffer)
+    pipe = emit_tiles(b, tile_list(cfg, g, t, e, prog, residual), t.double_buffer,
+                      const_rows(prog, const_blocks(cfg, g, prog, t.to)), deferred, t.regions)
     emitted = b.insns[start:]
     return LayerStats("conv2d", insns=len(emitted), macs=shape.macs,
                       hw_macs=g.gemm_steps() * cfg.macs_per_gemm_step,
@@ -480,15 +594,22 @@ def emit_conv2d(b: CommandBuilder, shape: ConvShape, addrs: LayerAddrs,
 
 def conv2d_reference(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None,
                      stride: int | tuple[int, int] = 1, padding=0,
-                     epilogue: Epilogue | None = None, residual: np.ndarray | None = None
-                     ) -> np.ndarray:
+                     epilogue: Epilogue | None = None, residual: np.ndarray | None = None,
+                     dilation: int | tuple[int, int] = 1, groups: int = 1) -> np.ndarray:
     """numpy integer reference of exactly the accelerator's arithmetic, NCHW int8 out."""
-    s = ConvShape.make(np.shape(x), np.shape(w), stride, padding)
+    from tessera.runtime.accel.epilogue import apply_epilogue
+
+    s = ConvShape.make(np.shape(x), np.shape(w), stride, padding, dilation, groups)
     xp = np.pad(np.asarray(x, np.float64), ((0, 0), (0, 0), (s.pt, s.pb), (s.pl, s.pr)))
-    win = np.lib.stride_tricks.sliding_window_view(xp, (s.kh, s.kw), axis=(2, 3))
-    win = win[:, :, ::s.sh, ::s.sw][:, :, :s.oh, :s.ow]  # N C OH OW KH KW
+    ekh, ekw = (s.kh - 1) * s.dh + 1, (s.kw - 1) * s.dw + 1
+    win = np.lib.stride_tricks.sliding_window_view(xp, (ekh, ekw), axis=(2, 3))
+    win = win[:, :, ::s.sh, ::s.sw][:, :, :s.oh, :s.ow, ::s.dh, ::s.dw]  # N C OH OW KH KW
+    g, cg, og = s.groups, s.c // s.groups, s.o // s.groups
+    win = win.reshape(s.n, g, cg, s.oh, s.ow, s.kh, s.kw)
+    wf = np.asarray(w, np.float64).reshape(g, og, cg, s.kh, s.kw)
     # Exact in float64: every partial sum is below 2**53.
-    acc = np.einsum("ncyxij,ocij->noyx", win, np.asarray(w, np.float64), optimize=True)
+    acc = np.einsum("ngcyxij,gocij->ngoyx", win, wf, optimize=True).reshape(
+        s.n, s.o, s.oh, s.ow)
     acc = acc.astype(np.int64)
     if bias is not None:
         acc = acc + np.asarray(bias, np.int64)[None, :, None, None]
@@ -499,17 +620,15 @@ def conv2d_reference(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = Non
 def conv2d(device: Device, x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None,
            stride: int | tuple[int, int] = 1, padding=0, epilogue: Epilogue | None = None,
            double_buffer: bool = True, tiles: ConvTiles | None = None,
-           residual: np.ndarray | None = None) -> tuple[np.ndarray, LayerStats, RunStats]:
+           residual: np.ndarray | None = None, dilation: int | tuple[int, int] = 1,
+           groups: int = 1) -> tuple[np.ndarray, LayerStats, RunStats]:
     """Run one convolution on ``device``; returns NCHW int8, the layer stats and run stats."""
     cfg = device.config
     epi = epilogue if epilogue is not None else Epilogue()
-    s = ConvShape.make(np.shape(x), np.shape(w), stride, padding)
-    params = conv2d_params(cfg, w, bias, epi)
-    arrays = {"x": pack_activation(x, cfg), "w": params["w"]}
-    if bias is not None:
-        arrays["bias"] = params["bias"]
-    if "mult" in params:
-        arrays["mult"] = params["mult"]
+    s = ConvShape.make(np.shape(x), np.shape(w), stride, padding, dilation, groups)
+    ConvGeom.of(cfg, s)  # a grouping the accelerator cannot run fails here
+    params = conv2d_params(cfg, w, bias, epi, groups)
+    arrays = {"x": pack_activation(x, cfg), **params.arrays}
     if residual is not None:
         arrays["residual"] = pack_activation(residual, cfg)
     out_shape = (arrays["x"].shape[0], arrays["w"].shape[0], s.oh, s.ow, cfg.batch,
@@ -517,19 +636,26 @@ def conv2d(device: Device, x: np.ndarray, w: np.ndarray, bias: np.ndarray | None
     if residual is not None and arrays["residual"].shape != out_shape:
         raise ProgramError(f"conv2d residual must have the output's shape "
                            f"{[s.n, s.o, s.oh, s.ow]}, not {list(np.shape(residual))}")
+    return _run_layer(device, arrays, out_shape, lambda b, addrs: emit_conv2d(
+        b, s, addrs, params.program, tiles=tiles, double_buffer=double_buffer),
+        lambda packed: unpack_activation(packed, (s.n, s.o, s.oh, s.ow)))
+
+
+def _run_layer(device: Device, arrays: dict[str, np.ndarray], out_shape: tuple[int, ...],
+               emit, unpack) -> tuple[np.ndarray, LayerStats, RunStats]:
+    """Allocate and write ``arrays``, emit with ``emit(builder, addrs)``, run, read, free."""
     bufs = {k: device.alloc(a.nbytes) for k, a in arrays.items()}
     out_buf = device.alloc(int(np.prod(out_shape)))
     try:
         for k, a in arrays.items():
             device.write(bufs[k].addr, a)
-        builder = CommandBuilder(cfg, device)
+        builder = CommandBuilder(device.config, device)
         addrs = LayerAddrs(bufs["x"].addr, bufs["w"].addr, out_buf.addr,
-                           *(bufs[k].addr if k in bufs else None
-                             for k in ("bias", "mult", "residual")))
-        stats = emit_conv2d(builder, s, addrs, epi, tiles=tiles, double_buffer=double_buffer)
+                           *(bufs[k].addr if k in bufs else None for k in ("consts", "residual")))
+        stats = emit(builder, addrs)
         run = builder.synchronize()
         packed = device.read_array(out_buf.addr, out_shape, np.int8)
     finally:
         for buf in list(bufs.values()) + [out_buf]:
             device.free(buf)
-    return unpack_activation(packed, (s.n, s.o, s.oh, s.ow)), stats, run
+    return unpack(packed), stats, run

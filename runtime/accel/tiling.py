@@ -1,46 +1,61 @@
-"""The one cost model of the accelerator kernels, used by every operator's tile search.
+"""The tile search of the accelerator operators and its cost model.
 
-An operator enumerates the tile shapes that fit the SRAM (its own feasibility rules) and asks
-:func:`tile_cycles` what one tile of each distinct shape costs; the shape with the lowest total
-wins. The model:
+:func:`plan_conv2d` enumerates the tile shapes of a convolution (dense layers are 1x1
+convolutions) that fit the buffers and fields (:func:`~tessera.runtime.accel.conv2d.fits`) and
+picks the one with the lowest estimated cycle count; fewer instructions break ties.
 
-- compute: one cycle per GEMM micro-op step (the reset included) and per ALU step, plus 8 per
-  GEMM instruction and 40 per tile;
-- load: DRAM bytes at the memory bus width, plus 40 per input LOAD instruction (the weight load
-  of a stage overlaps them), and the residual rows of the epilogue;
-- store: the tile's bytes at the bus width plus 20 per STORE instruction;
-- double buffered, the three modules overlap and a tile costs the slowest of them; otherwise
-  they add up.
+The estimate (:func:`estimate`) is an analytic model of the RTL running the emitter's schedule,
+evaluated once per distinct tile shape (at most two extents per dimension: the full tiles and
+the ragged last one):
 
-Loads the pipeline skips because their data is still resident are not modelled (the estimate is
-an upper bound there).
+- compute: one cycle per GEMM step plus ``INSN`` per instruction; the reset and every epilogue
+  ALU instruction pass once over the tile's rows; residual rows arrive by compute-module loads
+  (``LOAD_FIXED`` plus their beats), which stall the GEMMs;
+- load: per LOAD, ``LOAD_FIXED`` plus its DRAM beats plus one cycle per padding element;
+  weights are loaded once per group of output blocks when every chunk has its own place in the
+  weight buffer (weight-stationary), else once per stage;
+- store: its beats plus ``STORE_FIXED`` per STORE;
+- the three modules overlap (two threads) and a tile costs the slowest; the first stage's loads
+  and the last tile's epilogue and store are not overlapped.
+
+:func:`tessera.runtime.accel.tiling` is checked against the cycle model of the RTL
+(``sim/timing``) in ``tests/unit/test_tiling.py``; ``tessera compile --tune`` ranks the best
+candidates of this model with the cycle model itself (:func:`tune_conv2d`).
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 
 from tessera.config import Config
+from tessera.errors import ProgramError
+from tessera.isa import INSN_BYTES
+from tessera.runtime.accel.conv2d import (
+    ConvGeom,
+    ConvShape,
+    ConvTiles,
+    const_blocks,
+    const_rows,
+    emit_conv2d,
+    fits,
+    gemm_part_count,
+)
+from tessera.runtime.accel.epilogue import Epilogue
+from tessera.runtime.accel.layer import LayerAddrs, const_slots
+from tessera.runtime.accel.requant import DeviceEpilogue, lower_epilogue
+from tessera.runtime.builder import CommandBuilder
+from tessera.runtime.layout import ceil_div
+from tessera.sim import timing
 
-__all__ = ["StageShape", "tile_cycles", "spans", "TILE_OVERHEAD", "GEMM_OVERHEAD",
-           "LOAD_OVERHEAD", "STORE_OVERHEAD"]
+__all__ = ["plan_conv2d", "tune_conv2d", "rank", "estimate", "measure", "candidates", "spans",
+           "INSN", "LOAD_FIXED", "STORE_FIXED"]
 
-TILE_OVERHEAD = 40
-GEMM_OVERHEAD = 8
-LOAD_OVERHEAD = 40
-STORE_OVERHEAD = 20
-
-
-@dataclass(frozen=True)
-class StageShape:
-    """``count`` reduction stages of one shape within a tile."""
-
-    count: int
-    gemm_steps: int  # micro-op steps of the stage's GEMM
-    inp_elems: int  # input elements the stage loads (padding included)
-    wgt_elems: int  # weight elements the stage loads
-    inp_loads: int  # input LOAD instructions
+INSN = 7  # compute cycles per GEMM/ALU instruction beyond its steps (FSM and pipeline fill)
+LOAD_FIXED = 22  # cycles per LOAD beyond its beats (FSM, request, DRAM read latency)
+STORE_FIXED = 24  # cycles per STORE beyond its beats (FSM, write responses)
 
 
 def spans(total: int, step: int) -> list[tuple[int, int]]:
@@ -49,19 +64,221 @@ def spans(total: int, step: int) -> list[tuple[int, int]]:
     return [(step, full)] * (full > 0) + [(rest, 1)] * (rest > 0)
 
 
-def tile_cycles(cfg: Config, rows: int, stages: Iterable[StageShape], alu_steps: int,
-                residual: bool, double_buffer: bool, store_insns: int = 1) -> int:
-    """Estimated cycles of one tile with ``rows`` accumulator rows of result, its ``stages``,
-    ``alu_steps`` ALU passes over the rows (besides the bias add) and an optional residual."""
-    bus = cfg.mem_bus_bytes
-    compute = rows + rows * (alu_steps + (2 if residual else 0)) + TILE_OVERHEAD
-    load = rows * cfg.acc8_elem_bytes // bus if residual else 0
-    for st in stages:
-        compute += st.count * (st.gemm_steps + GEMM_OVERHEAD)
-        load += st.count * ((st.inp_elems * cfg.inp_elem_bytes
-                             + st.wgt_elems * cfg.wgt_elem_bytes) // bus
-                            + LOAD_OVERHEAD * st.inp_loads)
-    store = rows * cfg.out_elem_bytes // bus + STORE_OVERHEAD * store_insns
-    if double_buffer:
-        return max(compute, load, store)
-    return compute + load + store
+def _extents(total: int, cap: int = 24) -> list[int]:
+    """Candidate tile extents for a dimension of ``total``: every balanced split
+    ``ceil(total / k)``, and powers of two."""
+    out = {ceil_div(total, k) for k in range(1, min(total, cap) + 1)}
+    out |= {1 << i for i in range(total.bit_length()) if 1 << i <= total}
+    return sorted(out)
+
+
+@dataclass(frozen=True)
+class _Cost:
+    bus: int
+    inp_beats: float  # beats per input element
+    wgt_beats: float
+    out_beats: float
+    acc8_beats: float
+    acc_beats: float
+
+
+def _cost(cfg: Config) -> _Cost:
+    b = cfg.mem_bus_bytes
+    return _Cost(b, cfg.inp_elem_bytes / b, cfg.wgt_elem_bytes / b, cfg.out_elem_bytes / b,
+                 cfg.acc8_elem_bytes / b, cfg.acc_elem_bytes / b)
+
+
+def _beats(elems: int, per: float) -> int:
+    return max(1, round(elems * per)) if elems else 0
+
+
+def estimate(cfg: Config, g: ConvGeom, t: ConvTiles, prog: DeviceEpilogue,
+             deferred: bool = True) -> int:
+    """Estimated cycles of the layer with tile shape ``t`` (resolved; see the module doc)."""
+    c = _cost(cfg)
+    n_alu = len(prog.steps)
+    residual = prog.residual
+    db = t.double_buffer
+    overlap = deferred and db  # epilogues and resets on the ALU engine
+    chunks = [(kc, nk * nc * nq, tkh, tkw) for kc, nc in spans(g.rb, t.kc)
+              for tkh, nk in spans(g.kh, t.tkh) for tkw, nq in spans(g.kw, t.tkw)]
+    n_chunks = sum(n for _, n, _, _ in chunks)
+    wsize = t.to * t.kc * t.tkh * t.tkw
+    wgt_cap = cfg.wgt_depth // (2 if db else 1)
+    stationary = n_chunks * wsize <= wgt_cap
+    n_sp = ceil_div(g.oh, t.th) * ceil_div(g.ow, t.tw) * ceil_div(g.n, t.tn)
+    total = 0
+    first_load = last = 0
+    for to, k_o in spans(g.ob, t.to):
+        for th, k_h in spans(g.oh, t.th):
+            for tw, k_w in spans(g.ow, t.tw):
+                for tn, k_n in spans(g.n, t.tn):
+                    rows = tn * to * th * tw
+                    gemm = INSN
+                    load = 0
+                    stage_g, stage_l = [], []
+                    for kc, count, tkh, tkw in chunks:
+                        steps = rows * kc * tkh * tkw
+                        ib = to if g.diagonal else kc  # input blocks the stage loads
+                        parts = gemm_part_count(steps, n_chunks)
+                        gemm += count * (steps + parts * INSN)
+                        stage_g += [steps + parts * INSN] * count
+                        ih, iw = g.in_rows(th, tkh), g.in_width(tw, tkw)
+                        if g.subsampled:
+                            inp = tn * ib * (LOAD_FIXED + _beats(th * iw, c.inp_beats))
+                        elif ih == g.h and iw == g.w and not (g.pt or g.pb or g.pl or g.pr):
+                            inp = LOAD_FIXED + _beats(tn * ib * ih * iw, c.inp_beats)
+                        else:
+                            inp = tn * ib * (LOAD_FIXED + _beats(ih * iw, c.inp_beats))
+                        wgt = LOAD_FIXED + _beats(to * kc * tkh * tkw, c.wgt_beats)
+                        if tkw < g.kw:  # one LOAD per output and input block
+                            wgt += (to * kc - 1) * LOAD_FIXED
+                        if stationary:
+                            wgt = wgt / max(1, n_sp)  # once per group of output blocks
+                        load += count * (inp + wgt)
+                        stage_l += [inp + wgt] * count
+                    # each stage's GEMMs run while the next stage's loads do
+                    paced = INSN + sum(max(gs, stage_l[(i + 1) % len(stage_l)])
+                                       for i, gs in enumerate(stage_g))
+                    stores = tn if tw == g.ow else tn * to
+                    store = _beats(rows, c.out_beats) + STORE_FIXED * stores
+                    res = _beats(rows, c.acc8_beats) + LOAD_FIXED * stores if residual else 0
+                    alu = (rows + 4) * n_alu  # the epilogue on the ALU engine
+                    reset = rows + 4
+                    part = gemm / max(1, parts * n_chunks)  # the schedule's slot grain (about)
+                    if overlap:
+                        main = paced + res + 8 + 3 * n_alu
+                        # the engine: epilogue of t-1 and zeroing of t+1; with two regions the
+                        # zeroing also waits for the store of t-1, which waits for the epilogue
+                        chain = alu + reset + (store + 1.5 * part if t.regions == 2 else 0)
+                        tile = max(main, chain, store)
+                    elif db:
+                        tile = max(paced + res + alu + reset, store)
+                    else:
+                        tile = gemm + res + alu + reset + load + store
+                    total += k_o * k_h * k_w * k_n * tile
+                    first_load = first_load or int(load / max(1, n_chunks))
+                    last = max(last, store + (alu if overlap else 0))
+    per_names, uni = const_slots(prog)
+    blocks = const_blocks(cfg, g, prog, t.to)
+    groups = 1 if blocks == g.ob else ceil_div(g.ob, t.to)
+    total += groups * (len(per_names) + len(uni)) * (LOAD_FIXED + _beats(blocks, c.acc_beats))
+    if db:
+        total += first_load + last
+    return int(total)
+
+
+def _tile(th: int, *, to: int, kc: int, db: bool, tw: int, tkh: int, tn: int, rg: int,
+          tkw: int) -> ConvTiles:
+    return ConvTiles(to, th, kc, db, tw, tkh, tn, rg, tkw=tkw)
+
+
+def candidates(cfg: Config, g: ConvGeom, prog: DeviceEpilogue, double_buffer: bool,
+               wide: bool = False, tune: bool = False, split_columns: bool = False
+               ) -> Iterable[ConvTiles]:
+    """Feasible tile shapes to consider: full-width tiles over the whole kernel, or (``wide``)
+    every width and kernel-row split as well, or (``split_columns``, for kernels too wide for
+    one input window) kernel-column splits too. Per combination of the other extents only the
+    tallest feasible tiles are kept (and their balanced variant), unless ``tune``."""
+    wide = wide or split_columns
+    tws = _extents(g.ow) if wide else [g.ow]
+    tkhs = list(range(1, g.kh + 1)) if wide else [g.kh]
+    tkws = _extents(g.kw) if split_columns else [g.kw]
+    ths = _extents(g.oh)
+    regions = (2, 4) if double_buffer else (2,)
+    for tn, to, tw, kc, tkh, tkw, rg in itertools.product(
+            _extents(g.n, 8), _extents(g.ob), tws, _extents(g.rb), tkhs, tkws, regions):
+        tile = partial(_tile, to=to, kc=kc, db=double_buffer, tw=tw, tkh=tkh, tn=tn, rg=rg,
+                       tkw=tkw)
+        feasible = [th for th in ths if fits(cfg, g, tile(th), prog) is None] if tune else []
+        if not tune:
+            for th in reversed(ths):  # feasibility is monotone in th
+                if fits(cfg, g, tile(th), prog) is None:
+                    feasible = sorted({th, ceil_div(g.oh, ceil_div(g.oh, th))})
+                    break
+        for th in feasible:
+            yield tile(th)
+
+
+def plan_conv2d(cfg: Config, g: ConvGeom, prog: DeviceEpilogue | None = None, *,
+                double_buffer: bool = True) -> ConvTiles:
+    """The feasible tile shape with the lowest estimated cycle count for the layer's epilogue
+    program ``prog`` (default: no bias, identity requantisation).
+
+    Double-buffered full-width tiles over the whole kernel are searched first; single
+    buffering, split widths and split kernel rows only when nothing fits (very wide rows, tall
+    kernels or a small config), split kernel columns when still nothing fits (wide kernels).
+    """
+    if prog is None:
+        prog = lower_epilogue(Epilogue(), None, g.ob * cfg.block_out)
+    if not isinstance(prog, DeviceEpilogue):
+        raise ProgramError(f"plan_conv2d needs the layer's DeviceEpilogue, not {prog!r}")
+    dbs = (True, False) if double_buffer and cfg.dep_queue_depth >= 2 else (False,)
+    for wide, split in ((False, False), (True, False), (True, True)):
+        for db in dbs:
+            ranked = rank(cfg, g, prog, candidates(cfg, g, prog, db, wide, split_columns=split))
+            if ranked:
+                return ranked[0]
+    small = ConvTiles(1, 1, 1, False, 1, 1, 1, tkw=1)
+    why = fits(cfg, g, small, prog)
+    raise ProgramError(
+        f"no conv2d tiling fits {cfg.summary()}: even a 1x1x1 tile over one kernel tap fails "
+        f"({why}; {g.kh}x{g.kw} kernel, {g.cb} input and {g.ob} output channel blocks, "
+        f"{const_rows(prog, 1)} constant rows)")
+
+
+def rank(cfg: Config, g: ConvGeom, prog: DeviceEpilogue, tiles: Iterable[ConvTiles]
+         ) -> list[ConvTiles]:
+    """``tiles`` by estimated cycles (fewer tiles break ties), each with ``est_cycles``."""
+    keyed = []
+    for t in tiles:
+        n_tiles = (ceil_div(g.ob, t.to) * ceil_div(g.oh, t.th) * ceil_div(g.ow, t.tw)
+                   * ceil_div(g.n, t.tn))
+        keyed.append((estimate(cfg, g, t, prog), n_tiles, t))
+    keyed.sort(key=lambda k: (k[0], k[1]))
+    return [replace(t, est_cycles=c) for c, _, t in keyed]
+
+
+_ADDRS = LayerAddrs(0x0100_0000, 0x0200_0000, 0x0300_0000, 0x0400_0000, 0x0500_0000)
+_UOP_AREA, _INSN_AREA = 0x0600_0000, 0x0700_0000
+
+
+def measure(cfg: Config, shape: ConvShape, prog: DeviceEpilogue, tiles: ConvTiles,
+            dram: timing.DramTiming | None = None) -> int:
+    """Cycles the RTL takes for the layer with tile shape ``tiles``, by the cycle model
+    (``sim/timing``) on the emitted stream (tensors at fixed, aligned addresses)."""
+    b = CommandBuilder(cfg)
+    addrs = replace(_ADDRS, consts=_ADDRS.consts if prog.vectors else None,
+                    residual=_ADDRS.residual if prog.residual else None)
+    emit_conv2d(b, shape, addrs, prog, tiles=tiles)
+    p = b.finish()
+    code = p.to_bytes(_UOP_AREA)
+    n = len(code) // INSN_BYTES
+    pred = timing.predict(timing.decode_stream(code, cfg), cfg, dram, insn_addr=_INSN_AREA,
+                          insn_count=n)
+    if pred.cycles is None:
+        raise ProgramError(f"the cycle model cannot finish the layer: {pred.blocked}")
+    return pred.cycles
+
+
+def tune_conv2d(cfg: Config, shape: ConvShape, prog: DeviceEpilogue, *,
+                double_buffer: bool = True, top: int = 8,
+                dram: timing.DramTiming | None = None) -> ConvTiles:
+    """A wider search than :func:`plan_conv2d`: every feasible tile height, width and
+    kernel-row split, both accumulator region counts and single buffering are ranked by the
+    analytic model, and the ``top`` best are run through the cycle model of the RTL
+    (:func:`measure`); the fastest wins, with ``est_cycles`` its measured cycles."""
+    g = ConvGeom.of(cfg, shape)
+    dbs = (True, False) if double_buffer and cfg.dep_queue_depth >= 2 else (False,)
+    pool: list[ConvTiles] = []
+    for db in dbs:
+        pool += rank(cfg, g, prog, candidates(cfg, g, prog, db, wide=True, tune=True))
+    if not pool:
+        return plan_conv2d(cfg, g, prog, double_buffer=double_buffer)  # raises the error
+    pool.sort(key=lambda t: t.est_cycles)
+    best, best_cycles = None, None
+    for t in pool[:max(1, top)]:
+        c = measure(cfg, shape, prog, t, dram)
+        if best_cycles is None or c < best_cycles:
+            best, best_cycles = t, c
+    return replace(best, est_cycles=best_cycles)

@@ -18,6 +18,7 @@ from tessera.runtime.cpu.builder import (
     DTYPES,
     I1,
     I8,
+    I32,
     PTR,
     KernelBuilder,
     Shape,
@@ -49,10 +50,78 @@ def emit_copy(kb: KernelBuilder, ty: ir.Type, shape: Shape, src: ir.Value,
         nbytes = shape[0] * itemsize(ty)
         kb.memcpy(kb.ptr(dst, ty, dst_base), kb.ptr(src, ty, src_base), nbytes)
         return
+    tile = _transpose_tile(shape, ss, ds, itemsize(ty))
+    if tile is not None:
+        _emit_transpose(kb, ty, shape, src, ss, src_base, dst, ds, dst_base, *tile)
+        return
+    _emit_scalar_copy(kb, ty, shape, src, ss, src_base, dst, ds, dst_base)
+
+
+_TILES = (4, 8, 16, 32, 64)
+_TILE_BYTES = 64  # one tile row in a vector register (AVX-512: 64 bytes; narrower ISAs split it)
+
+
+def _emit_scalar_copy(kb: KernelBuilder, ty: ir.Type, shape: Shape, src: ir.Value,
+                      ss: Sequence[int], src_base: int, dst: ir.Value, ds: Sequence[int],
+                      dst_base: int) -> None:
     with kb.nest(shape) as idx:
         v = kb.load(src, ty, kb.index(list(zip(idx, ss, strict=True)), base=src_base))
         kb.store(v, dst, ty, kb.index(list(zip(idx, ds, strict=True)), base=dst_base))
 
+
+def _transpose_tile(shape: Shape, ss: Sequence[int], ds: Sequence[int],
+                    item: int) -> tuple[int, int, int] | None:
+    """``(p, q, a)`` when the two innermost dimensions of a coalesced copy transpose: ``p`` is
+    contiguous in the source only, ``q`` in the destination only, and the smaller of them has
+    ``a`` elements, a tile size whose row fits a vector register; else None."""
+    if len(shape) < 2:
+        return None
+    n = len(shape)
+    for p, q in ((n - 2, n - 1), (n - 1, n - 2)):
+        if ss[p] == 1 and ds[q] == 1 and ss[q] > 1 and ds[p] > 1:
+            a = min(shape[p], shape[q])
+            if a in _TILES and a * item <= _TILE_BYTES:
+                return p, q, a
+    return None
+
+
+def _emit_transpose(kb: KernelBuilder, ty: ir.Type, shape: Shape, src: ir.Value,
+                    ss: Sequence[int], src_base: int, dst: ir.Value, ds: Sequence[int],
+                    dst_base: int, p: int, q: int, a_n: int) -> None:
+    """A batch of 2-D transposes (:func:`_transpose_tile`) in ``a x a`` tiles through vector
+    registers: ``a`` row loads along ``p`` (contiguous in ``src``), log2(a) rounds of
+    interleaving shuffles, ``a`` row stores along ``q`` (contiguous in ``dst``). The larger
+    dimension's last ``extent % a`` elements are copied one by one."""
+    big = p if shape[p] > a_n or shape[q] == a_n else q
+    outer = [k for k in range(len(shape)) if k not in (p, q)]
+    chunks, rem = divmod(shape[big], a_n)
+    vec = ir.VectorType(ty, a_n)
+    half = a_n // 2
+    lo = ir.Constant(ir.VectorType(I32, a_n), [v for k in range(half) for v in (k, a_n + k)])
+    hi = ir.Constant(ir.VectorType(I32, a_n),
+                     [v for k in range(half, a_n) for v in (k, a_n + k)])
+    b = kb.b
+    with kb.nest([shape[k] for k in outer], name="t") as idx:
+        with kb.loop(0, chunks, name="tile") as c:
+            o_src = [*zip(idx, [ss[k] for k in outer], strict=True), (c, a_n * ss[big])]
+            o_dst = [*zip(idx, [ds[k] for k in outer], strict=True), (c, a_n * ds[big])]
+            s0, d0 = kb.index(o_src, base=src_base), kb.index(o_dst, base=dst_base)
+            rows = [b.load(kb.ptr(src, ty, b.add(s0, kb.i64(r * ss[q]), flags=("nsw",))),
+                           typ=vec, align=1) for r in range(a_n)]
+            # perfect shuffle: after log2(a) rounds, row j holds the tile's column j
+            for _ in range(a_n.bit_length() - 1):
+                nxt = []
+                for r in range(half):
+                    nxt += [b.shuffle_vector(rows[r], rows[r + half], lo),
+                            b.shuffle_vector(rows[r], rows[r + half], hi)]
+                rows = nxt
+            for j, row in enumerate(rows):
+                b.store(row, kb.ptr(dst, ty, b.add(d0, kb.i64(j * ds[p]), flags=("nsw",))),
+                        align=1)
+    if rem:
+        tail = tuple(rem if k == big else n for k, n in enumerate(shape))
+        _emit_scalar_copy(kb, ty, tail, src, ss, src_base + chunks * a_n * ss[big],
+                          dst, ds, dst_base + chunks * a_n * ds[big])
 
 def _one_input(op: str, in_specs: list[Spec]) -> tuple[Shape, str]:
     check_inputs(op, in_specs, (1,))

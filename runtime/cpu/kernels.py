@@ -185,7 +185,8 @@ class CpuKernel:
     """
 
     def __init__(self, op: str, attrs: dict[str, Any], in_specs: list[Spec], ir_text: str,
-                 name: str, out_specs: Sequence[Spec], fn: CompiledFunction):
+                 name: str, out_specs: Sequence[Spec], fn: CompiledFunction | None,
+                 engine: Engine | None = None, key: str | None = None):
         self.op = op
         self.attrs = attrs
         self.in_specs = in_specs
@@ -193,6 +194,27 @@ class CpuKernel:
         self.ir = ir_text
         self.name = name
         self._fn = fn
+        self._engine = engine
+        self._key = key  # the description the engine caches the machine code under
+        if fn is None and (engine is None or key is None):
+            raise KernelError(f"{op}: a kernel without machine code needs an engine and a key")
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the machine code exists yet (a kernel from ``get(..., lazy=True)`` is
+        generated and validated, but compiled on first use)."""
+        return self._fn is not None
+
+    def compile(self) -> CompiledFunction:
+        """The machine code, compiled (or loaded from the engine's caches) on first use."""
+        fn = self._fn
+        if fn is None:
+            assert self._engine is not None and self._key is not None
+            fn = self._engine.compile(self.ir, self.name,
+                                      len(self.in_specs) + len(self.out_specs),
+                                      description=self._key)
+            self._fn = fn
+        return fn
 
     def description(self) -> dict[str, Any]:
         """What identifies this kernel: op, attributes and input specs (JSON data)."""
@@ -244,7 +266,7 @@ class CpuKernel:
                 if any(np.may_share_memory(o, a) for a in ins) or any(
                         np.may_share_memory(o, p) for p in outs[:k]):
                     raise KernelError(f"{self.op}: output {k} overlaps another argument")
-        self._fn(*ins, *outs)
+        self.compile()(*ins, *outs)
         return outs
 
 
@@ -253,11 +275,13 @@ _cache_lock = threading.Lock()
 
 
 def get(op: str, attrs: Mapping[str, Any] | None, in_specs: Sequence[Any],
-        engine: Engine | None = None) -> CpuKernel:
+        engine: Engine | None = None, lazy: bool = False) -> CpuKernel:
     """The kernel for ``op`` with ``attrs`` on inputs ``in_specs`` (list of (shape, dtype)).
 
     Kernels are cached in memory by (description, engine); their machine code is cached by the
-    engine (in memory and on disk) by the description's key.
+    engine (in memory and on disk) by the description's key. With ``lazy`` the IR is generated
+    and validated now but compiled on the kernel's first use (the compiler plans CPU steps this
+    way: the runtime compiles them when a model is laid out on a device).
     """
     if not isinstance(op, str) or op not in _GENERATORS:
         raise KernelError(f"{op!r}: no CPU kernel for this operator (known: {', '.join(ops())})"
@@ -269,13 +293,13 @@ def get(op: str, attrs: Mapping[str, Any] | None, in_specs: Sequence[Any],
     key = (desc, id(engine))
     with _cache_lock:
         kernel = _cache.get(key)
-    if kernel is not None:
-        return kernel
-    ir_text, name, out_specs = _GENERATORS[op](op, dict(clean), specs)
-    fn = engine.compile(ir_text, name, len(specs) + len(out_specs), description=desc)
-    kernel = CpuKernel(op, clean, specs, ir_text, name, out_specs, fn)
-    with _cache_lock:
-        _cache.setdefault(key, kernel)
+    if kernel is None:
+        ir_text, name, out_specs = _GENERATORS[op](op, dict(clean), specs)
+        kernel = CpuKernel(op, clean, specs, ir_text, name, out_specs, None, engine, desc)
+        with _cache_lock:
+            kernel = _cache.setdefault(key, kernel)
+    if not lazy:
+        kernel.compile()
     return kernel
 
 

@@ -11,6 +11,7 @@ Semantics are ONNX's (opset 19-22). Integer variants:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,7 @@ from tessera.runtime.cpu.builder import (
 
 FLT_LOWEST = float(np.finfo(np.float32).min)
 MAX_SCRATCH = 1 << 16  # elements of a per-row stack buffer
+MAX_FUSED_TAPS = 64  # convs with more taps per output accumulate tap by tap (code size)
 
 _POOL_ATTRS = ("kernel_shape", "strides", "pads", "dilations", "ceil_mode", "auto_pad")
 
@@ -305,10 +307,23 @@ def _conv(op: str, attrs: dict[str, Any], in_specs: list[Spec]) -> tuple[str, st
     bias = kb.ins[2] if len(in_specs) == 3 else None
     t_lo, t_hi = kb.table(ow_lo), kb.table(ow_hi)
     m_per_g = m // group
-    with kb.loop(0, n, name="n") as ni, kb.loop(0, m, name="m") as mi:
-        g = b.sdiv(mi, kb.i64(m_per_g))
-        bias_v = kb.load(bias, acc_ty, mi) if bias is not None else kb.const(acc_ty, 0)
-        with kb.loop(0, oh, name="oh") as yo:
+    taps = [(ic, th, tw) for ic in range(cg) for th in range(kh) for tw in range(kw)]
+    # Rows / columns whose every tap is inside the image get one fused pass per output element
+    # (all taps summed in a register, constant loop bounds); the rest accumulate tap by tap.
+    # Both sum bias then the taps in (ic, kh, kw) order, so they round alike.
+    rows_in = _interior(h, oh, kh, sh, dh, pt) if len(taps) <= MAX_FUSED_TAPS else (0, 0)
+    cols_in = _interior(w, ow, kw, sw, dw, pl)
+    if cols_in == (0, 0):
+        rows_in = (0, 0)
+
+    def mac(acc: ir.Value, v: ir.Value, wv: ir.Value) -> ir.Value:
+        if dt == "int8":
+            return b.add(acc, b.mul(b.sext(v, I32), b.sext(wv, I32)))
+        return b.fadd(acc, b.fmul(v, wv))
+
+    def tap_by_tap(ni: ir.Value, mi: ir.Value, g: ir.Value, bias_v: ir.Value, lo: int,
+                   hi: int) -> None:
+        with kb.loop(lo, hi, name="oh") as yo:
             row = kb.ptr(y, acc_ty, kb.index([(ni, m * oh * ow), (mi, oh * ow), (yo, ow)]))
             with kb.loop(0, ow, name="init") as xo:
                 kb.store(bias_v, row, acc_ty, xo)
@@ -321,19 +336,42 @@ def _conv(op: str, attrs: dict[str, Any], in_specs: list[Spec]) -> tuple[str, st
                     wrow = kb.index([(mi, cg * kh * kw), (ic, kh * kw), (th, kw)])
                     with kb.loop(0, kw, name="kw") as tw:
                         wv = kb.load(wt, ty, b.add(wrow, tw, flags=("nsw",)))
-                        if dt == "int8":
-                            wv = b.sext(wv, I32)
                         off = kb.index([(tw, dw)], base=-pl)
-                        lo, hi = kb.load(t_lo, I64, tw), kb.load(t_hi, I64, tw)
-                        with kb.loop(lo, hi, name="ow") as xo:
+                        lo_x, hi_x = kb.load(t_lo, I64, tw), kb.load(t_hi, I64, tw)
+                        with kb.loop(lo_x, hi_x, name="ow") as xo:
                             iw = b.add(kb.index([(xo, sw)]), off, flags=("nsw",))
-                            v = kb.load(src, ty, iw)
-                            acc = kb.load(row, acc_ty, xo)
-                            if dt == "int8":
-                                acc = b.add(acc, b.mul(b.sext(v, I32), wv))
-                            else:
-                                acc = b.fadd(acc, b.fmul(v, wv))
+                            acc = mac(kb.load(row, acc_ty, xo), kb.load(src, ty, iw), wv)
                             kb.store(acc, row, acc_ty, xo)
+
+    def fused(ni: ir.Value, mi: ir.Value, g: ir.Value, bias_v: ir.Value) -> None:
+        wvs = [kb.load(wt, ty, kb.index([(mi, cg * kh * kw)], base=(ic * kh + th) * kw + tw))
+               for ic, th, tw in taps]
+        with kb.loop(rows_in[0], rows_in[1], name="ohf") as yo:
+            row = kb.ptr(y, acc_ty, kb.index([(ni, m * oh * ow), (mi, oh * ow), (yo, ow)]))
+            img = kb.ptr(x, ty, kb.index([(ni, c * h * w), (g, cg * h * w), (yo, sh * w)]))
+
+            def point(xo: ir.Value | int, valid: Callable[[int], bool]) -> None:
+                acc = bias_v
+                for (ic, th, tw), wv in zip(taps, wvs, strict=True):
+                    if valid(tw):
+                        at = kb.index([(xo, sw)], base=ic * h * w + (th * dh - pt) * w
+                                      + tw * dw - pl)
+                        acc = mac(acc, kb.load(img, ty, at), wv)
+                kb.store(acc, row, acc_ty, xo)
+            with kb.loop(cols_in[0], cols_in[1], name="owf") as xo:
+                point(xo, lambda tw: True)
+            for xo in [*range(cols_in[0]), *range(cols_in[1], ow)]:  # the few border columns
+                point(xo, lambda tw, xo=xo: 0 <= xo * sw + tw * dw - pl < w)
+
+    with kb.loop(0, n, name="n") as ni, kb.loop(0, m, name="m") as mi:
+        g = b.sdiv(mi, kb.i64(m_per_g))
+        bias_v = kb.load(bias, acc_ty, mi) if bias is not None else kb.const(acc_ty, 0)
+        if rows_in == (0, 0):
+            tap_by_tap(ni, mi, g, bias_v, 0, oh)
+        else:
+            tap_by_tap(ni, mi, g, bias_v, 0, rows_in[0])
+            fused(ni, mi, g, bias_v)
+            tap_by_tap(ni, mi, g, bias_v, rows_in[1], oh)
     return kb.finish(), kb.name, [((n, m, oh, ow), np.dtype(acc_dt))]
 
 

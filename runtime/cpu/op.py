@@ -6,16 +6,23 @@
     op.out_specs                       # [((1, 64, 28, 28), dtype('int8'))]
     saved = op.to_json()               # kernel descriptions and slot wiring; no code
     same = CpuOp.from_json(saved)      # regenerated and validated by the kernel generators
+    run = op.bind(inputs, outputs)     # checked once; run() calls the kernels on those buffers
 
 Values live in numbered *slots*: ``0 .. n_inputs - 1`` are the op's inputs, and each kernel call
 writes the next free slots. A call reads its input slots reshaped to the kernel's input shapes
 (same size and dtype: a view, no copy for contiguous arrays).
+
+:meth:`CpuOp.bind` is the executor's path: given the op's input and output buffers once (views
+of the device arena), it checks every shape, dtype, contiguity and overlap, compiles the
+kernels, allocates the intermediate buffers and returns a :class:`BoundOp` whose call is just
+the kernels' raw calls on fixed addresses.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +33,7 @@ from tessera.runtime.cpu.builder import Spec
 from tessera.runtime.cpu.jit import Engine
 from tessera.runtime.cpu.kernels import SUPPORTED_DTYPES, CpuKernel
 
-__all__ = ["CpuOp", "KernelCall", "FORMAT", "spec_json", "spec_from_json"]
+__all__ = ["BoundOp", "CpuOp", "KernelCall", "FORMAT", "spec_json", "spec_from_json"]
 
 FORMAT = "tessera-cpu-op-2"
 # Bounds on what a description may ask for (a saved model is untrusted input).
@@ -123,6 +130,72 @@ class CpuOp:
                 slots[s] = v
         return [slots[s].reshape(shape) for s, (shape, _) in
                 zip(self.outputs, self.out_specs, strict=True)]
+
+    def bind(self, inputs: Sequence[np.ndarray | None], outputs: Sequence[np.ndarray]
+             ) -> BoundOp:
+        """Fix the op to these buffers: ``inputs`` line up with :attr:`in_specs` (None where
+        absent), ``outputs`` with :attr:`out_specs`; each must be C-contiguous with the spec's
+        dtype and size (any shape of that size: a slot may drop unit dimensions), outputs
+        writeable and overlapping no other argument of the kernel that writes them.
+
+        Every check happens here, once; the returned :class:`BoundOp` then runs the kernels on
+        exactly these buffers (intermediate results in buffers it owns) with no checks and no
+        allocation. A violation raises :class:`KernelError` naming the node.
+        """
+        if len(inputs) != len(self.in_specs) or len(outputs) != len(self.out_specs):
+            raise self._err(f"binds {len(self.in_specs)} input(s) and {len(self.out_specs)} "
+                            f"output(s), not {len(inputs)} and {len(outputs)}")
+        slots: dict[int, np.ndarray] = {}
+        for k, (a, spec) in enumerate(zip(inputs, self.in_specs, strict=True)):
+            if spec is None:
+                if a is not None:
+                    raise self._err(f"input {k} is absent in the node but a buffer was given")
+                continue
+            slots[k] = self._bound_buffer(a, spec, f"input {k}", writeable=False)
+        dests = [self._bound_buffer(a, spec, f"output {k}", writeable=True)
+                 for k, (a, spec) in enumerate(zip(outputs, self.out_specs, strict=True))]
+        # A kernel writes an op output straight into its buffer (the first one naming that slot)
+        direct: dict[int, np.ndarray] = {}
+        for slot, d in zip(self.outputs, dests, strict=True):
+            if slot >= len(self.in_specs):
+                direct.setdefault(slot, d)
+        calls: list[Callable[[], None]] = []
+        for j, step in enumerate(self.steps):
+            kernel = step.kernel
+            args = [slots[s].reshape(shape) for s, (shape, _) in
+                    zip(step.inputs, kernel.in_specs, strict=True)]
+            outs = []
+            for s, (shape, dtype) in zip(step.outputs, kernel.out_specs, strict=True):
+                buf = direct.get(s)
+                out = np.empty(shape, dtype) if buf is None else buf.reshape(shape)
+                for other in args + outs:
+                    if np.may_share_memory(out, other):
+                        raise self._err(f"kernel {j} ({kernel.op}) would write output slot {s} "
+                                        f"over one of its own arguments")
+                outs.append(out)
+                slots[s] = out
+            fn = kernel.compile()
+            calls.append(functools.partial(fn.call_pointers,
+                                           *[a.ctypes.data for a in args + outs]))
+        copies = []
+        for slot, d in zip(self.outputs, dests, strict=True):
+            src = slots[slot]
+            if direct.get(slot) is not d:
+                copies.append((d, src.reshape(d.shape)))
+        return BoundOp(self, calls, copies, (inputs, outputs, slots))
+
+    def _bound_buffer(self, a: object, spec: Spec, what: str, writeable: bool) -> np.ndarray:
+        shape, dtype = spec
+        if not isinstance(a, np.ndarray):
+            raise self._err(f"{what} must be a numpy array, not {type(a).__name__}")
+        if a.dtype != dtype or a.size != _size(shape):
+            raise self._err(f"{what} must hold {dtype.name}{list(shape)}, not "
+                            f"{a.dtype.name}{list(a.shape)}")
+        if not a.flags.c_contiguous:
+            raise self._err(f"{what} must be C-contiguous")
+        if writeable and not a.flags.writeable:
+            raise self._err(f"{what} must be writeable")
+        return a.reshape(shape)
 
     # -- serialisation ---------------------------------------------------------------------
 
@@ -222,3 +295,20 @@ class CpuOp:
                 raise KernelError(f"outputs[{k}]: slot {slot} does not hold "
                                   f"{spec[1].name}{list(spec[0])}")
         return cls(op, name, in_specs, out_specs, steps, outputs)
+
+
+class BoundOp:
+    """A :class:`CpuOp` fixed to its buffers by :meth:`CpuOp.bind`: ``bound()`` runs it."""
+
+    def __init__(self, op: CpuOp, calls: list[Callable[[], None]],
+                 copies: list[tuple[np.ndarray, np.ndarray]], keepalive: object):
+        self.op = op
+        self.calls = calls
+        self.copies = copies
+        self._keepalive = keepalive  # the buffers the raw calls point into
+
+    def __call__(self) -> None:
+        for call in self.calls:
+            call()
+        for dst, src in self.copies:
+            np.copyto(dst, src)

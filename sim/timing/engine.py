@@ -29,20 +29,24 @@ from tessera.sim.timing.port import (
 )
 from tessera.sim.timing.program import (
     COMPUTE,
+    K_ALU,
     K_LOAD,
     K_NONE,
     K_RUN,
     K_STORE,
+    K_SYNC,
     LOAD,
     STORE,
     TOKEN_QUEUES,
     StaticProgram,
 )
 
-__all__ = ["Engine", "Blocked", "IQ_DEPTH", "CMDQ_DEPTH", "INSN_BYTES", "RUN_FILL"]
+__all__ = ["Engine", "Blocked", "IQ_DEPTH", "CMDQ_DEPTH", "ALU_QUEUE_DEPTH", "INSN_BYTES",
+           "RUN_FILL"]
 
 IQ_DEPTH = 16  # hw/fetch.py IQ_DEPTH: fetched, not yet decoded instructions
 CMDQ_DEPTH = 8  # hw/fetch.py CMDQ_DEPTH: per-module command queue
+ALU_QUEUE_DEPTH = 16  # hw/compute.py ALU_QUEUE_DEPTH: the ALU engine's instruction queue
 INSN_BYTES = 16
 RUN_FILL = 4  # hw/compute.py: RUN lasts steps + 4 cycles (S0..S3 fill and drain, then drained)
 
@@ -115,6 +119,13 @@ class Engine:
         self.idle_from = [1, 1, 1]
         self.busy = [0, 0, 0]
         self.wait = [0, 0, 0]
+        # the compute module's ALU engine (hw/compute.py): per ALU instruction the cycle it was
+        # written to the engine's queue and the cycle the engine took it; when the engine may
+        # take the next one (the last one has drained); from when it is idle (quiet)
+        self.alu_enq: list[int] = []
+        self.alu_take: list[int] = []
+        self.alu_next = 0
+        self.engine_idle = 0
         # fetch state
         self.requested = 0
         self.f_last_push = 0
@@ -180,6 +191,7 @@ class Engine:
             raise Blocked(self._describe_block(left), self._last_event(),
                           min(pcs) if pcs else None)
         ends = [1, self.last_beat + 1]  # the read channel is idle (owners FIFO empty)
+        ends.append(self.engine_idle)  # the ALU engine is quiet
         ends += [r + 1 for m, r in enumerate(self.retired) if sp.insns[m]]
         if self.disp:
             ends.append(self.disp[-1] + 1)  # fetch done: FINISH seen, or all dispatched
@@ -510,9 +522,16 @@ class Engine:
                 wait += t - t0
                 self.t_pop[m] = t
                 kind = ins[5]
-                x = self.x[m] = t + 1  # EXEC (load/store) or LOAD (compute) state
+                if m == COMPUTE and kind in (K_LOAD, K_SYNC):
+                    # DRAIN from t+1 until the ALU engine is idle, then the LOAD state
+                    x = self.x[m] = max(t + 1, self.engine_idle) + 1
+                else:
+                    x = self.x[m] = t + 1  # EXEC (load/store) or LOAD (compute) state
                 if kind == K_RUN:  # start_run in POP, RUN from t+1, PUSH when drained
                     t = t + ins[6] + RUN_FILL + 1 if ins[6] else t + 2
+                    ph = 3
+                elif kind == K_ALU:  # ENQ from t+1 (queue room), PUSH the cycle after
+                    t = self._alu_enqueue(x, ins[6]) + 1
                     ph = 3
                 elif kind == K_NONE:  # FINISH
                     t += 1
@@ -544,6 +563,9 @@ class Engine:
                 t = done + 1
                 ph = 3
             if ph == 3:  # PUSH: every flagged queue has room in the same cycle
+                if m == COMPUTE and (ins[4] >= 0 or ins[5] == K_NONE or (
+                        ins[5] == K_ALU and (not ins[17] or ins[3] >= 0))):
+                    t = max(t, self.engine_idle)  # waits for the ALU engine to drain first
                 y = t
                 ka, kb = ins[3], ins[4]
                 if ka >= depth:
@@ -572,6 +594,26 @@ class Engine:
         self.q[m], self.phase[m], self.t[m] = q, ph, t
         self.idle_from[m], self.busy[m], self.wait[m] = idle_from, busy, wait
         self.retired[m] = idle_from - 1
+
+    def _alu_enqueue(self, c: int, steps: int) -> int:
+        """An ALU instruction of ``steps`` steps reaches the ENQ state at cycle ``c``: the cycle
+        it is written to the engine's queue (``SyncFIFOBuffered``: room once the entry depth-1
+        places ahead has reached the output register; readable 2 cycles after its write, 1
+        after the previous read). The engine takes it when it is readable and the previous one
+        has drained (``steps + 4`` cycles after its take, 1 for an empty loop)."""
+        enq, take = self.alu_enq, self.alu_take
+        k = len(enq)
+        j = k - (ALU_QUEUE_DEPTH - 1)
+        if j >= 0:
+            room = enq[0] + 2 if j == 0 else max(enq[j] + 2, take[j - 1] + 1)
+            c = max(c, room)
+        enq.append(c)
+        ready = max(c + 2, take[-1] + 1) if take else c + 2
+        t = max(ready, self.alu_next)
+        take.append(t)
+        self.alu_next = t + steps + RUN_FILL if steps else t + 1
+        self.engine_idle = self.alu_next + 1
+        return c
 
     def _record(self, m: int, ins: tuple, y: int, retire: int) -> None:
         """Trace record of one retired instruction (see :mod:`tessera.sim.timing`), with the

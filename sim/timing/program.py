@@ -18,7 +18,7 @@ from tessera.sim.timing.port import MAX_BURST, PAGE
 
 __all__ = ["StaticProgram", "prepare", "FIELDS", "LOAD", "COMPUTE", "STORE", "L2C", "C2L", "C2S",
            "S2C", "QUEUE_NAMES", "MODULE_NAMES", "TOKEN_QUEUES", "K_LOAD", "K_STORE", "K_RUN",
-           "K_NONE", "K_SYNC"]
+           "K_NONE", "K_SYNC", "K_ALU"]
 
 LOAD, COMPUTE, STORE = 0, 1, 2
 MODULE_NAMES = ("load", "compute", "store")
@@ -33,12 +33,14 @@ TOKEN_FLAGS = {LOAD: ("pop_next", None, "push_next", None),
                STORE: ("pop_prev", None, "push_prev", None)}
 
 # instruction kinds
-K_LOAD, K_STORE, K_RUN, K_NONE, K_SYNC = 0, 1, 2, 3, 4  # K_SYNC: LOAD/STORE with x_size == 0
+# K_SYNC: LOAD/STORE with x_size == 0; K_RUN: GEMM; K_ALU: ALU (run by the compute module's
+# ALU engine, hw/compute.py)
+K_LOAD, K_STORE, K_RUN, K_NONE, K_SYNC, K_ALU = 0, 1, 2, 3, 4, 5
 
 # the fields timing depends on
 FIELDS = ("opcode", "memory_type", "pop_prev", "pop_next", "push_prev", "push_next",
            "dram_base", "x_size", "y_size", "x_stride", "y_pad_0", "y_pad_1", "x_pad_0",
-           "x_pad_1", "uop_bgn", "uop_end", "iter_out", "iter_in")
+           "x_pad_1", "uop_bgn", "uop_end", "iter_out", "iter_in", "reset")
 
 
 @dataclass
@@ -46,10 +48,12 @@ class StaticProgram:
     """Per-module instruction records and the DMA row table.
 
     ``insns[m]`` lists module ``m``'s instructions in order as tuples ``(pc, pop_a, pop_b,
-    push_a, push_b, kind, steps, addr, stride, xs, ys, eb, yp0, yp1, xp0, xp1, row0)``: the
+    push_a, push_b, kind, steps, addr, stride, xs, ys, eb, yp0, yp1, xp0, xp1, row0, bit7)``:
+    the
     sequence numbers of its pops and pushes in the queues of :data:`TOKEN_QUEUES` (-1: none),
     the kind, the GEMM/ALU loop steps, and for LOAD/STORE the byte address and stride, sizes,
-    element bytes, padding and the index of its first row in the row table. The row table holds,
+    element bytes, padding and the index of its first row in the row table; ``bit7`` is the
+    GEMM's reset / the ALU's deferred bit. The row table holds,
     per DRAM row of a load, its byte address, bus-aligned address, beats, and the cycles its
     consumer holds the beats beyond one per beat. ``finish_pc`` is the first FINISH, if any.
     """
@@ -91,7 +95,8 @@ def prepare(fields: Mapping[str, Sequence[int] | np.ndarray], n: int, cfg: Confi
     module[is_store] = STORE
     xs, ys = f["x_size"], f["y_size"]
     kind = np.full(n, K_NONE, np.int64)
-    kind[(op == Opcode.GEMM) | (op == Opcode.ALU)] = K_RUN
+    kind[op == Opcode.GEMM] = K_RUN
+    kind[op == Opcode.ALU] = K_ALU
     kind[is_load] = K_LOAD
     kind[is_store] = K_STORE
     kind[is_mem & (xs == 0)] = K_SYNC
@@ -128,7 +133,7 @@ def prepare(fields: Mapping[str, Sequence[int] | np.ndarray], n: int, cfg: Confi
 
     pc = np.arange(n, dtype=np.int64)
     common = [kind, steps, addr, stride, xs, ys, eb, f["y_pad_0"], f["y_pad_1"], f["x_pad_0"],
-              f["x_pad_1"], row0]
+              f["x_pad_1"], row0, f["reset"]]
     insns = []
     for m in (LOAD, COMPUTE, STORE):
         sel = module == m

@@ -44,7 +44,7 @@ def test_conv_residual_and_per_channel_epilogue(double_buffer):
     assert epi.per_channel and epi.residual
     got, stats, _ = conv2d(dev, x, w, bias, 1, 1, epi, double_buffer, residual=res)
     assert np.array_equal(got, conv2d_reference(x, w, bias, 1, 1, epi, res))
-    assert stats.counts["acc_load"] >= 3  # bias, multiplier and residual rows
+    assert stats.counts["acc_load"] >= 3  # constant rows (bias, multiplier) and residual rows
 
 
 def test_matmul_residual_and_per_channel_epilogue():
@@ -121,7 +121,7 @@ def test_explicit_tiles_are_checked():
     dev = open_device("fsim", TINY)
     with pytest.raises(ProgramError, match="tile th must be an integer in"):
         conv2d(dev, x, w, tiles=ConvTiles(to=1, th=99, kc=1))
-    with pytest.raises(ProgramError, match="loop_form"):
-        conv2d(dev, x, w, tiles=ConvTiles(to=1, th=1, kc=1, loop_form="diagonal"))
+    with pytest.raises(ProgramError, match="tile tn must be"):
+        conv2d(dev, x, w, tiles=ConvTiles(to=1, th=1, kc=1, tn=2))
     with pytest.raises(ProgramError, match="do not fit"):
         conv2d(dev, np.zeros((1, 4, 60, 60), np.int8), w, tiles=ConvTiles(1, 58, 1, True))

@@ -88,15 +88,18 @@ def test_more_random_configs_equal_default(net, k):
 
 
 def test_a_config_that_cannot_run_any_layer_is_a_config_error_before_compiling():
-    cfg = Config(**{**Config.preset("tiny").to_dict(), "log_uop_buff_size": 6})
+    # an accumulator of 2 rows: no room for a bias row beside one accumulator row per region
+    cfg = Config(**{**Config.preset("tiny").to_dict(), "log_acc_buff_size": 5})
     with pytest.raises(ConfigError, match="smallest accelerator layer"):
         tessera.compile(zoo.mlp(), config=cfg)
 
 
 def test_a_layer_too_large_for_the_buffers_names_the_layer():
-    cfg = Config(**{**Config.preset("tiny").to_dict(), "log_inp_buff_size": 2})
-    with pytest.raises(CompileError, match=r"node 'Conv\d+' \(qconv2d\): no conv2d tiling fits"):
-        tessera.compile(zoo.small_cnn(), config=cfg)
+    # 4 accumulator rows run a layer with a bias, not one with per-channel multipliers too
+    cfg = Config(**{**Config.preset("tiny").to_dict(), "log_acc_buff_size": 6})
+    with pytest.raises(CompileError, match=r"node 'Conv\d+' \(qconv2d\): no conv2d tiling fits"
+                                           r".*epilogue constants exceed the accumulator"):
+        tessera.compile(zoo.resnet_tiny(), config=cfg)
 
 
 @pytest.mark.slow

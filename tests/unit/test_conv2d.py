@@ -15,12 +15,13 @@ from tessera.runtime.accel import (
     Epilogue,
     LayerAddrs,
     conv2d,
+    conv2d_params,
     conv2d_reference,
     emit_conv2d,
     plan_conv2d,
 )
 from tessera.runtime.builder import CommandBuilder
-from tessera.runtime.layout import pack_activation, pack_bias, pack_weights, unpack_activation
+from tessera.runtime.layout import pack_activation, unpack_activation
 
 TINY = Config.preset("tiny")
 BATCH2 = Config(**{**TINY.to_dict(), "log_batch": 1})
@@ -92,8 +93,8 @@ def test_explicit_plan_and_chooser_limits():
     dev = open_device("fsim", TINY)
     x, wt, bias = _case(rng, (1, 8, 9, 11, 8, 3, 3))
     rq = Epilogue(1, 6, rounding=False)
-    for form in ("window", "channel"):  # ragged everywhere: kernel rows and width split
-        plan = ConvTiles(to=1, th=2, kc=1, double_buffer=True, loop_form=form, tw=3, tkh=2)
+    for db in (True, False):  # ragged everywhere: kernel rows and width split
+        plan = ConvTiles(to=1, th=2, kc=1, double_buffer=db, tw=3, tkh=2)
         got, stats, _ = conv2d(dev, x, wt, bias, 1, 1, rq, tiles=plan)
         assert np.array_equal(got, conv2d_reference(x, wt, bias, 1, 1, rq))
         assert stats.tiles == plan
@@ -124,8 +125,8 @@ def test_network_of_two_convs_in_one_stream():
     rq = Epilogue(3, 10)
     s1 = ConvShape.make(x.shape, w1.shape, 1, 1)
     s2 = ConvShape.make((1, 7, 10, 10), w2.shape, 2, 1)
-    arrays = [pack_activation(x, TINY), pack_weights(w1, TINY), pack_bias(b1, TINY),
-              pack_weights(w2, TINY)]
+    p1, p2 = conv2d_params(TINY, w1, b1, rq), conv2d_params(TINY, w2, None, rq)
+    arrays = [pack_activation(x, TINY), p1.arrays["w"], p1.arrays["consts"], p2.arrays["w"]]
     bufs = [dev.alloc(a.nbytes) for a in arrays]
     for buf, a in zip(bufs, arrays):
         dev.write(buf.addr, a)
@@ -133,9 +134,43 @@ def test_network_of_two_convs_in_one_stream():
     out_shape = (1, 2, 5, 5, 1, 4)
     out = dev.alloc(int(np.prod(out_shape)))
     b = CommandBuilder(TINY, dev)
-    emit_conv2d(b, s1, LayerAddrs(bufs[0].addr, bufs[1].addr, mid.addr, bias=bufs[2].addr), rq)
-    emit_conv2d(b, s2, LayerAddrs(mid.addr, bufs[3].addr, out.addr), rq)
+    emit_conv2d(b, s1, LayerAddrs(bufs[0].addr, bufs[1].addr, mid.addr, bufs[2].addr),
+                p1.program)
+    emit_conv2d(b, s2, LayerAddrs(mid.addr, bufs[3].addr, out.addr), p2.program)
     b.synchronize()
     got = unpack_activation(dev.read_array(out.addr, out_shape, np.int8), (1, 5, 5, 5))
     want = conv2d_reference(conv2d_reference(x, w1, b1, 1, 1, rq), w2, None, 2, 1, rq)
     assert np.array_equal(got, want)
+
+
+def test_dilation_and_asymmetric_padding():
+    rng = np.random.default_rng(25)
+    dev = open_device("fsim", TINY)
+    rq = Epilogue(3, 11, lo=-100)
+    for dims, stride, pad, dil in [((1, 5, 13, 11, 6, 3, 3), 1, (2, 1, 0, 3), (2, 3)),
+                                   ((2, 4, 9, 10, 3, 2, 3), (2, 1), (1, 0, 2, 1), 2),
+                                   ((1, 3, 8, 8, 5, 1, 1), 2, 0, 1)]:  # strided 1x1
+        x, wt, bias = _case(rng, dims)
+        for db in (False, True):
+            got, _, _ = conv2d(dev, x, wt, bias, stride, pad, rq, db, dilation=dil)
+            assert np.array_equal(got, conv2d_reference(x, wt, bias, stride, pad, rq,
+                                                        dilation=dil)), (dims, db)
+
+
+@pytest.mark.parametrize("cfg", [TINY, BATCH2], ids=["tiny", "batch2"])
+def test_depthwise_on_channel_diagonal_blocks(cfg):
+    rng = np.random.default_rng(26)
+    dev = open_device("fsim", cfg)
+    for (n, c, h, w, kh, kw), stride, pad, dil in [((1, 10, 9, 11, 3, 3), 1, 1, 1),
+                                                   ((3, 8, 12, 10, 3, 3), 2, (1, 0, 1, 1), 1),
+                                                   ((1, 6, 10, 10, 5, 3), (1, 2), 2, (2, 1))]:
+        x = rng.integers(-128, 128, (n, c, h, w), dtype=np.int8)
+        wt = rng.integers(-128, 128, (c, 1, kh, kw), dtype=np.int8)
+        bias = rng.integers(-3000, 3000, c)
+        epi = Epilogue(rng.integers(100, 3000, c), 12, pre_shift=1, lo=0)
+        for db in (False, True):
+            got, stats, _ = conv2d(dev, x, wt, bias, stride, pad, epi, db, dilation=dil,
+                                   groups=c)
+            want = conv2d_reference(x, wt, bias, stride, pad, epi, dilation=dil, groups=c)
+            assert np.array_equal(got, want), (n, c, h, w, db)
+            assert stats.macs == want.size // n * n * kh * kw

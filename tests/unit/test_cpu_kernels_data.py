@@ -106,6 +106,24 @@ def test_pack_unpack(engine, shape, bt, bl):
     np.testing.assert_array_equal(back, x)
 
 
+@pytest.mark.parametrize("shape,bt,bl,dtype", [
+    ((1, 64, 9, 11), 1, 16, "int8"),     # 99 positions: 6 whole 16x16 tiles + a 3-column tail
+    ((2, 35, 4, 8), 2, 8, "int32"),      # ragged channel block, batch blocking
+    ((1, 70, 5, 13), 1, 32, "int8"),     # 32-wide tiles, ragged last block
+    ((1, 8, 2, 2), 1, 8, "float32"),     # fewer positions than the tile: the big axis is C
+    ((1, 256, 4, 4), 1, 64, "int8"),     # 64-byte tile rows
+])
+def test_pack_unpack_through_vector_tiles(engine, shape, bt, bl, dtype):
+    """Shapes that take the register-tile transpose, with tails on either axis."""
+    x = rand(shape, dtype, seed=21)
+    packed = run(engine, "PackNCHW", {"batch": bt, "block": bl}, x)
+    np.testing.assert_array_equal(packed, ref_pack(x, bt, bl))
+    back = run(engine, "UnpackNCHW", {"batch": bt, "block": bl, "shape": list(shape)}, packed)
+    np.testing.assert_array_equal(back, x)
+    y = run(engine, "Transpose", {"perm": [0, 2, 3, 1]}, x)
+    np.testing.assert_array_equal(y, x.transpose(0, 2, 3, 1))
+
+
 def test_pack_uses_config_blocking(engine):
     cfg = Config.preset("tiny")
     x = rand((1, 6, 3, 3), "int8")

@@ -91,3 +91,60 @@ def test_layout_batch_first(op):
     for w, r, g in zip(want, [ref[o] for o in graph.outputs], got):
         np.testing.assert_allclose(r, w, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+
+
+def _quantised(w, per):
+    """int8 [dirs, cols, 4h] weight of float ONNX weight [dirs, 4h, cols], its scale and zero
+    point (per direction, or per direction and gate column)."""
+    wt = np.ascontiguousarray(w.transpose(0, 2, 1))
+    axes = (1,) if per == "column" else (1, 2)
+    scale = (np.abs(wt).max(axis=axes, keepdims=True) / 127).astype(np.float32)
+    q = np.clip(np.round(wt / scale), -127, 127).astype(np.int8)
+    shape = (wt.shape[0], wt.shape[2]) if per == "column" else (wt.shape[0],)
+    return q, scale.reshape(shape), np.zeros(shape, np.int8)
+
+
+@pytest.mark.parametrize("direction,per", [("bidirectional", "direction"),
+                                           ("forward", "column")])
+def test_dynamic_quantize_lstm_is_the_lstm_of_its_dequantised_weights(direction, per):
+    nd = 2 if direction == "bidirectional" else 1
+    x = f32(SEQ, BATCH, INP)
+    w, r, b = f32(nd, 4 * HID, INP), f32(nd, 4 * HID, HID), f32(nd, 8 * HID)
+    h0, c0 = f32(nd, BATCH, HID), f32(nd, BATCH, HID)
+    qw, sw, zw = _quantised(w, per)
+    qr, sr, zr = _quantised(r, per)
+    inits = {"qw": qw, "qr": qr, "b": b, "h0": h0, "c0": c0, "sw": sw, "zw": zw, "sr": sr,
+             "zr": zr}
+    node = helper.make_node("DynamicQuantizeLSTM",
+                            ["x", "qw", "qr", "b", "", "h0", "c0", "", "sw", "zw", "sr", "zr"],
+                            ["y", "yh", "yc"], domain="com.microsoft", hidden_size=HID,
+                            direction=direction)
+    m = make_model([node], {"x": x}, ["y", "yh", "yc"], inits, opset=14)
+    m.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    got = tessera.compile(m, precision="float").run({"x": x})
+    # exactly the float LSTM whose weights are the dequantised ones
+    dq = {k: (q.astype(np.float32) * s.reshape(s.shape[0], 1, -1)).transpose(0, 2, 1)
+          for k, q, s in (("w", qw, sw), ("r", qr, sr))}
+    plain = helper.make_node("LSTM", ["x", "w", "r", "b", "", "h0", "c0"], ["y", "yh", "yc"],
+                             hidden_size=HID, direction=direction)
+    want = run_ort(make_model([plain], {"x": x}, ["y", "yh", "yc"],
+                              {**dq, "b": b, "h0": h0, "c0": c0}, opset=14), {"x": x})
+    for g, e in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5)
+    # and onnxruntime's contrib kernel, which also rounds X and H to a dynamic uint8 grid
+    for g, e in zip(got, run_ort(m, {"x": x}), strict=True):
+        assert np.abs(g - e).max() <= 0.05 * np.abs(e).max()
+
+
+def test_dynamic_quantize_lstm_rejects_runtime_weights_by_name():
+    x = f32(SEQ, BATCH, INP)
+    qr = np.zeros((1, HID, 4 * HID), np.int8)
+    one, zero = np.ones(1, np.float32), np.zeros(1, np.int8)
+    node = helper.make_node("DynamicQuantizeLSTM",
+                            ["x", "qw", "qr", "", "", "", "", "", "s", "z", "s", "z"], ["y"],
+                            domain="com.microsoft", hidden_size=HID, name="dq_lstm")
+    m = make_model([node], {"x": x, "qw": np.zeros((1, INP, 4 * HID), np.int8)}, ["y"],
+                   {"qr": qr, "s": one, "z": zero}, opset=14)
+    m.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    with pytest.raises(tessera.CompileError, match=r"dq_lstm.*W 'qw' must be a constant"):
+        import_onnx(m)

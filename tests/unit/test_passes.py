@@ -217,6 +217,25 @@ def test_fold_narrow_input_keeps_results_and_shrinks_the_gemm():
     assert fold_narrow_input(folded, cfg)[1] is False
 
 
+def test_fold_narrow_input_im2cols_a_7x7_stem():
+    """3 channels x 7x7 taps: 147 folded channels (10 blocks) beat 7 rows of 21 (14 steps)."""
+    b = GraphBuilder()
+    x = b.input("x", (1, 3, 20, 18))
+    c = b.node("conv2d", [x, b.const("w", _w(8, 3, 7, 7))], pads=(3, 2, 3, 1),
+               strides=(2, 2), act="relu")
+    g = b.build([c])
+    cal = [{"x": RNG.standard_normal((1, 3, 20, 18)).astype(np.float32)} for _ in range(3)]
+    cfg = Config.preset("default")
+    qg = _quantised(g, cal)
+    folded, changed = fold_narrow_input(qg, cfg)
+    assert changed
+    conv = next(n for n in folded.nodes if n.op == "qconv2d")
+    assert folded.tensors[conv.inputs[1]].shape == (8, 147, 1, 1)
+    assert conv.attrs["strides"] == (1, 1) and conv.attrs["pads"] == (0, 0, 0, 0)
+    assert [n.op for n in folded.nodes].count("slice") == 49
+    _assert_same(qg, folded, cal[0])
+
+
 def test_one_pipeline_dumps_any_pass(capsys):
     g = _resblock()
     cal = [{"x": RNG.standard_normal((2, 5, 7, 7)).astype(np.float32)} for _ in range(2)]

@@ -67,9 +67,14 @@ def test_the_group_and_cleanup_dirs_go_when_the_caller_dies(tmp_path, sig) -> No
                    cleanup=[Path({str(scratch)!r})])
     """)
     proc = subprocess.Popen([sys.executable, "-c", child])
-    assert _wait_until(lambda: len(_alive_with_tag(tag)) == 2, 30), "the tree did not start"
-    proc.send_signal(sig)
-    proc.wait(timeout=30)
+    try:
+        assert _wait_until(lambda: len(_alive_with_tag(tag)) == 2, 30), "the tree did not start"
+        proc.send_signal(sig)
+        proc.wait(timeout=30)
+    finally:  # a failed case must not leave the child (its watchdog then kills the tree)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     assert _wait_until(lambda: not _alive_with_tag(tag), 10), _alive_with_tag(tag)
     if sig == signal.SIGKILL:  # no Python cleanup ran: the watchdog removed the directory
         assert _wait_until(lambda: not scratch.exists(), 10)

@@ -11,7 +11,7 @@ from tessera.errors import ProgramError
 from tessera.isa import AluOp, GemmInsn, MemInsn, MemType, Opcode, Uop
 from tessera.runtime.accel import (
     ConvShape,
-    DenseTiles,
+    ConvTiles,
     Epilogue,
     LayerAddrs,
     apply_epilogue,
@@ -265,7 +265,7 @@ def _matmul_stream(threads: int):
     for buf, x in zip(bufs, (pa, pb)):
         dev.write(buf.addr, x)
     b = CommandBuilder(TINY, dev)
-    plan = DenseTiles(tm=2, to=2, kc=4, double_buffer=threads == 2)  # 3 stages per tile
+    plan = ConvTiles(to=2, th=1, kc=4, double_buffer=threads == 2, tn=2)  # 3 stages per tile
     emit_dense(b, m, k, n, LayerAddrs(bufs[0].addr, bufs[1].addr, out.addr), tiles=plan)
     insns = list(b.insns)
     b.synchronize()
@@ -327,13 +327,14 @@ def test_bad_requests_raise_program_error_naming_the_problem():
         Epilogue(1 << 15)
     with pytest.raises(ProgramError, match="shift must be an integer in"):
         Epilogue(shift=63)
-    with pytest.raises(ProgramError, match="padding pt must be in"):
-        emit_conv2d(b, ConvShape(1, 4, 8, 8, 4, 3, 3, pt=16), LayerAddrs(0, 0, 0))
+    with pytest.raises(ProgramError, match="padding pt must be a non-negative integer"):
+        emit_conv2d(b, ConvShape(1, 4, 8, 8, 4, 3, 3, pt=-1), LayerAddrs(0, 0, 0))
     with pytest.raises(ProgramError, match="multiple of 4 bytes"):
         emit_conv2d(b, ConvShape(1, 4, 8, 8, 4, 3, 3), LayerAddrs(2, 0, 0))
-    big = Config(**{**TINY.to_dict(), "log_wgt_buff_size": 5})  # two weight elements
-    with pytest.raises(ProgramError, match="no conv2d tiling"):
-        emit_conv2d(CommandBuilder(big), ConvShape(1, 4, 8, 8, 4, 3, 3), LayerAddrs(0, 0, 0))
+    small = Config(**{**TINY.to_dict(), "log_acc_buff_size": 5})  # two accumulator rows
+    with pytest.raises(ProgramError, match="no conv2d tiling.*constants exceed"):
+        emit_conv2d(CommandBuilder(small), ConvShape(1, 4, 8, 8, 4, 3, 3),
+                    LayerAddrs(0, 0, 0, 0), Epilogue(np.arange(1, 5), 4))
     assert b.insns == []  # nothing half-emitted by the failed requests
 
 

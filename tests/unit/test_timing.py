@@ -148,10 +148,11 @@ def test_command_queue_deadlock_that_fsim_does_not_have():
 
 def test_rtl_constants_are_the_hardware_ones():
     # the model mirrors a few RTL constants rather than importing Amaranth with hw/
-    from tessera.hw import axi, fetch
+    from tessera.hw import axi, compute, fetch
     from tessera.sim.timing import engine, port
 
     assert (engine.IQ_DEPTH, engine.CMDQ_DEPTH) == (fetch.IQ_DEPTH, fetch.CMDQ_DEPTH)
+    assert engine.ALU_QUEUE_DEPTH == compute.ALU_QUEUE_DEPTH
     assert (port.MAX_BURST, port.PAGE, port.OUTSTANDING) == (axi.MAX_BURST, axi.PAGE_BYTES,
                                                              axi.OUTSTANDING)
 

@@ -1,0 +1,136 @@
+"""Cold-cache compile seconds per model beside a reference compiler, measured in one run.
+
+    python bench/compile_time.py [--models resnet18,light_resnet50,light_vgg19] [--repeat 1]
+
+Each compile runs in a fresh process (``tessera.compile`` with its default calibration, eight
+seeded batches) with an empty ``TESSERA_CACHE``, pinned to one core (``taskset``-style affinity,
+``OMP_NUM_THREADS=1`` and friends). The line shows the seconds inside ``compile()`` (imports
+excluded, printed apart) and its CPU seconds (the fairer figure on a shared machine), the
+phases that take most of it (``meta["compile_phases"]``) and the
+reference: TVM's ``relay`` ONNX import + ``relay.build`` for ``llvm`` when ``tvm`` is importable,
+else onnxruntime's session creation (graph optimisations on, one thread), also in a fresh
+process on the same core. Models: names of :mod:`tessera.compiler.zoo` builders or of the onnx
+wheel's ``light_*`` models. With ``--repeat N`` the best of N runs is shown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import onnx
+
+from tessera.compiler import zoo
+
+TARGETS = {"resnet18": 2.0, "light_resnet50": 5.0, "light_vgg19": 10.0}  # issue 9 part 3
+
+_TESSERA = """
+import json, sys, time
+t0 = time.perf_counter()
+from tessera.compiler.api import compile as tcompile
+t1 = time.perf_counter()
+c1 = time.process_time()
+model = tcompile(sys.argv[1])
+t2 = time.perf_counter()
+print(json.dumps({"imports": t1 - t0, "compile": t2 - t1, "cpu": time.process_time() - c1,
+                  "phases": model.meta.get("compile_phases", {}),
+                  "summary": model.summary()}))
+"""
+
+_TVM = """
+import json, sys, time
+t0 = time.perf_counter()
+import onnx, tvm
+from tvm import relay
+t1 = time.perf_counter()
+c1 = time.process_time()
+m = onnx.load(sys.argv[1])
+inp = m.graph.input[0]
+shape = {inp.name: [d.dim_value for d in inp.type.tensor_type.shape.dim]}
+mod, params = relay.frontend.from_onnx(m, shape)
+with tvm.transform.PassContext(opt_level=3):
+    relay.build(mod, target="llvm", params=params)
+print(json.dumps({"imports": t1 - t0, "compile": time.perf_counter() - t1,
+                  "cpu": time.process_time() - c1, "what": "TVM relay.build llvm"}))
+"""
+
+_ORT = """
+import json, sys, time
+t0 = time.perf_counter()
+import onnxruntime as ort
+t1 = time.perf_counter()
+c1 = time.process_time()
+so = ort.SessionOptions()
+so.intra_op_num_threads = so.inter_op_num_threads = 1
+so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+ort.InferenceSession(sys.argv[1], so, providers=["CPUExecutionProvider"])
+print(json.dumps({"imports": t1 - t0, "compile": time.perf_counter() - t1,
+                  "cpu": time.process_time() - c1, "what": "onnxruntime session creation"}))
+"""
+
+
+def _model_path(name: str, tmp: Path) -> Path:
+    for p in zoo.light_models():
+        if p.stem == name:
+            return p
+    builder = getattr(zoo, name, None)
+    if builder is None or not callable(builder):
+        raise SystemExit(f"unknown model {name!r}: a zoo builder or one of "
+                         f"{[p.stem for p in zoo.light_models()]}")
+    path = tmp / f"{name}.onnx"
+    onnx.save(builder(), path)
+    return path
+
+
+def _importable(module: str) -> bool:
+    probe = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True)
+    return probe.returncode == 0
+
+
+def _run(code: str, model: Path, core: int) -> dict:
+    """``code`` in a fresh, single-core process with an empty cache; its JSON line."""
+    with tempfile.TemporaryDirectory(prefix="tsr-cold-") as cache:
+        env = {**os.environ, "TESSERA_CACHE": cache, "OMP_NUM_THREADS": "1",
+               "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TVM_NUM_THREADS": "1"}
+        proc = subprocess.run([sys.executable, "-c", code, str(model)], capture_output=True,
+                              text=True, env=env,
+                              preexec_fn=lambda: os.sched_setaffinity(0, {core}))
+    if proc.returncode:
+        raise SystemExit(f"compile of {model} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="resnet18,light_resnet50,light_vgg19")
+    ap.add_argument("--repeat", type=int, default=1, help="best of N runs each")
+    ap.add_argument("--core", type=int, default=min(os.sched_getaffinity(0)),
+                    help="the CPU core every run is pinned to")
+    args = ap.parse_args()
+    ref_code = _TVM if _importable("tvm") else _ORT
+    print(f"cold cache, fresh process, core {args.core}, best of {args.repeat}; reference: "
+          f"{'TVM relay.build llvm' if ref_code is _TVM else 'onnxruntime session creation'}")
+    print(f"{'model':18s} {'tessera s':>9s} {'cpu s':>6s} {'target':>6s} {'ref s':>7s} "
+          f"{'cpu s':>6s} {'ratio':>6s}  {'imports':>7s}  phases (s)")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in filter(None, args.models.split(",")):
+            path = _model_path(name, Path(tmp))
+            ours = min((_run(_TESSERA, path, args.core) for _ in range(args.repeat)),
+                       key=lambda r: r["compile"])
+            ref = min((_run(ref_code, path, args.core) for _ in range(args.repeat)),
+                      key=lambda r: r["compile"])
+            top = sorted(ours["phases"].items(), key=lambda kv: -kv[1])[:4]
+            target = TARGETS.get(name)
+            print(f"{name:18s} {ours['compile']:9.2f} {ours['cpu']:6.2f} "
+                  f"{target or float('nan'):6.1f} {ref['compile']:7.2f} {ref['cpu']:6.2f} "
+                  f"{ours['compile'] / ref['compile']:5.1f}x  "
+                  f"{ours['imports']:7.2f}  " + ", ".join(f"{k} {v:.2f}" for k, v in top))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,287 @@
+"""Sibling convolutions in one accelerator stream: layers that read the same input, their tiles
+interleaved through one :func:`~tessera.runtime.accel.emitter.emit_tiles` pipeline.
+
+A 1x1 stride-2 downsample does 4-16 GEMM steps per output row but 7 ALU steps of epilogue, so
+alone it waits on its epilogue; its sibling 3x3 convolution (same input) does 36-72 GEMM steps
+per row. Emitted as one stream, with the tiles of the two interleaved in proportion, the
+downsample's epilogues run on the ALU engine while the sibling's GEMMs do (and the other way
+round), and the group costs about the GEMM time of both.
+
+Each member keeps its own tile shape and tensors; what they share is the pipeline: the
+accumulator's constant rows hold every member's constants (loaded once, at the start), each
+member's resident weights have their own range of the weight buffer halves, and the tiles
+cycle through the same accumulator regions. :func:`group_fits` says whether members can share
+a stream (all double buffered with the same region count, every member's constants resident
+and its weights stationary, every tile inside one region).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from tessera.driver.base import Device, RunStats
+from tessera.errors import ProgramError
+from tessera.isa import MemType
+from tessera.runtime.accel.conv2d import (
+    ConvGeom,
+    ConvShape,
+    ConvTiles,
+    _Bases,
+    const_blocks,
+    const_rows,
+    conv2d_params,
+    fits,
+    tile_list,
+)
+from tessera.runtime.accel.emitter import Tile, acc_plan, emit_tiles, thread_caps
+from tessera.runtime.accel.layer import LayerAddrs, LayerStats, device_epilogue, element_base
+from tessera.runtime.accel.requant import DeviceEpilogue
+from tessera.runtime.builder import CommandBuilder, count_kinds
+from tessera.runtime.layout import ceil_div, pack_activation, unpack_activation
+
+__all__ = ["Member", "group_fits", "plan_group", "emit_conv2d_group", "conv2d_group"]
+
+
+@dataclass(frozen=True)
+class Member:
+    """One convolution of a group: its shape, tensor addresses, device epilogue and tiles."""
+
+    shape: ConvShape
+    addrs: LayerAddrs
+    prog: DeviceEpilogue
+    tiles: ConvTiles
+
+
+def _weight_rows(g: ConvGeom, t: ConvTiles, off: int, cap: int) -> int:
+    """Weight elements of each buffer half a member takes from ``off`` on: every chunk of its
+    reduction in its own place when they fit below ``cap`` (weight-stationary, as
+    :func:`~tessera.runtime.accel.conv2d.tile_list` decides), else one chunk."""
+    chunks = ceil_div(g.rb, t.kc) * ceil_div(g.kh, t.tkh) * ceil_div(g.kw, t.tkw)
+    wsize = t.to * t.kc * t.tkh * t.tkw
+    return chunks * wsize if off + chunks * wsize <= cap else wsize
+
+
+def _layout(cfg, members: list[Member]) -> tuple[list[ConvGeom], list[ConvTiles], list[int],
+                                                  list[int], int]:
+    geoms = [ConvGeom.of(cfg, m.shape) for m in members]
+    tiles = [m.tiles.resolved(g) for m, g in zip(members, geoms)]
+    crows = [const_rows(m.prog, const_blocks(cfg, g, m.prog, t.to))
+             for m, g, t in zip(members, geoms, tiles)]
+    const_offs = [sum(crows[:k]) for k in range(len(members))]
+    _, cap = thread_caps(cfg, 2)
+    wgt_offs = [0]
+    for g, t in zip(geoms, tiles):
+        wgt_offs.append(wgt_offs[-1] + _weight_rows(g, t, wgt_offs[-1], cap))
+    return geoms, tiles, const_offs, wgt_offs, sum(crows)
+
+
+def group_fits(cfg, members: list[Member]) -> str | None:
+    """None if ``members`` can share one stream, else why not."""
+    if len(members) < 2:
+        return "a group needs two or more members"
+    geoms, tiles, _, wgt_offs, crow = _layout(cfg, members)
+    for m, g, t in zip(members, geoms, tiles):
+        why = fits(cfg, g, t, m.prog)
+        if why is not None:
+            return why
+        if const_blocks(cfg, g, m.prog, t.to) != g.ob:
+            return "a member's constants are not resident for the whole layer"
+    if not all(t.double_buffer for t in tiles) or len({t.regions for t in tiles}) != 1:
+        return "members must all be double buffered with the same accumulator regions"
+    regions = tiles[0].regions
+    if crow >= cfg.acc_depth // regions:
+        return "the members' constants exceed the accumulator"
+    cap = acc_plan(cfg, regions, crow).cap
+    for m, t in zip(members, tiles):
+        rows = t.tn * t.to * t.th * t.tw * (2 if m.prog.residual else 1)
+        if rows > cap:
+            return "a member's tile exceeds the accumulator region"
+    _, wgt_cap = thread_caps(cfg, 2)
+    if wgt_offs[-1] > wgt_cap:
+        return "the members' weight chunks exceed the weight buffer"
+    return None
+
+
+def _interleave(lists: list[list[Tile]]) -> list[Tile]:
+    """The tiles of every member, interleaved in proportion to their counts."""
+    keyed = [((i + 0.5) / len(ts), k, i, t) for k, ts in enumerate(lists)
+             for i, t in enumerate(ts)]
+    keyed.sort(key=lambda e: e[:3])
+    return [e[3] for e in keyed]
+
+
+def _sequence_cost(cfg, members: list[Member], tiles: list[ConvTiles]) -> float:
+    """Estimated cycles of the interleaved stream: per tile the larger of its GEMM time and
+    what the ALU engine must finish meanwhile (the previous tile's epilogue, the next tile's
+    reset: tile t+1 shares a bank with t-1)."""
+    from tessera.runtime.accel.tiling import INSN
+
+    seq = []
+    for m, t in zip(members, tiles):
+        g = ConvGeom.of(cfg, m.shape)
+        n = (ceil_div(g.ob, t.to) * ceil_div(g.oh, t.th) * ceil_div(g.ow, t.tw)
+             * ceil_div(g.n, t.tn))
+        rows = g.n * g.ob * g.oh * g.ow / n
+        per_row = (1 if g.diagonal else g.rb) * g.kh * g.kw
+        stages = ceil_div(g.rb, t.kc) * ceil_div(g.kh, t.tkh) * ceil_div(g.kw, t.tkw)
+        gemm = rows * per_row + INSN * 2 * stages
+        epi = (rows + 4) * len(m.prog.steps) + 3 * INSN
+        seq.append([(gemm, epi, rows)] * n)
+    order = _interleave(seq)
+    total = 0.0
+    for k, (gemm, _, _) in enumerate(order):
+        eng = (order[k - 1][1] if k else 0) + (order[k + 1][2] + 8 if k + 1 < len(order) else 0)
+        total += max(gemm, eng)
+    return total
+
+
+def plan_group(cfg, members: list[Member], pool: int = 6, measured: int = 4
+               ) -> tuple[list[ConvTiles], int] | None:
+    """Tile shapes for ``members`` (their ``tiles`` are ignored) that share a stream best, and
+    the group's cycles: of the ``pool`` best double-buffered shapes of each member (by its own
+    estimate) with a common region count, the ``measured`` combinations with the lowest
+    :func:`_sequence_cost` are run through the cycle model (:func:`measure_group`; the analytic
+    models do not rank interleaved streams well) and the fastest wins. None when no
+    combination fits."""
+    from tessera.runtime.accel.tiling import candidates, rank
+
+    trials = []
+    for regions in (4, 2):
+        pools = []
+        for m in members:
+            g = ConvGeom.of(cfg, m.shape)
+            ranked = rank(cfg, g, m.prog, (t for t in candidates(cfg, g, m.prog, True)
+                                            if t.regions == regions))
+            pools.append(ranked[:pool])
+        for combo in itertools.product(*pools):
+            trial = [replace(m, tiles=t) for m, t in zip(members, combo)]
+            if group_fits(cfg, trial) is None:
+                trials.append((_sequence_cost(cfg, trial, list(combo)),
+                               sum(t.est_cycles for t in combo), len(trials), trial))
+    trials.sort(key=lambda e: e[:3])
+    best = None
+    for *_, trial in trials[:measured]:
+        cycles = measure_group(cfg, trial)
+        if best is None or cycles < best[1]:
+            best = ([m.tiles for m in trial], cycles)
+    return best
+
+
+def measure_group(cfg, members: list[Member], dram=None) -> int:
+    """Cycles the RTL takes for the group, by the cycle model on the emitted stream (tensors
+    at fixed, aligned addresses; see :func:`~tessera.runtime.accel.tiling.measure`)."""
+    from tessera.isa import INSN_BYTES
+    from tessera.sim import timing
+
+    b = CommandBuilder(cfg)
+    step = 0x0100_0000
+    placed = []
+    for k, m in enumerate(members):
+        base = 0x0800_0000 + k * 8 * step
+        prog = device_epilogue(m.prog, m.shape.o)
+        placed.append(replace(m, prog=prog, addrs=LayerAddrs(
+            0x0100_0000, base, base + step, base + 2 * step if prog.vectors else None,
+            base + 3 * step if prog.residual else None)))
+    emit_conv2d_group(b, placed)
+    code = b.finish().to_bytes(0x0600_0000)
+    pred = timing.predict(timing.decode_stream(code, cfg), cfg, dram, insn_addr=0x0700_0000,
+                          insn_count=len(code) // INSN_BYTES)
+    if pred.cycles is None:
+        raise ProgramError(f"the cycle model cannot finish the group: {pred.blocked}")
+    return pred.cycles
+
+
+def emit_conv2d_group(b: CommandBuilder, members: list[Member], *,
+                      deferred: bool = True) -> LayerStats:
+    """Append the convolutions ``members`` (sharing one input, each with its own tiles,
+    weights, epilogue and output) to ``b`` as one pipeline; starts with a barrier."""
+    cfg = b.cfg
+    members = [replace(m, prog=device_epilogue(m.prog, m.shape.o)) for m in members]
+    why = group_fits(cfg, members)
+    if why is not None:
+        raise ProgramError(f"conv2d group of {len(members)} layers does not fit "
+                           f"{cfg.summary()}: {why}")
+    geoms, tiles, const_offs, wgt_offs, crow = _layout(cfg, members)
+    lists = []
+    for m, g, t, co, wo in zip(members, geoms, tiles, const_offs, wgt_offs):
+        residual = m.addrs.residual is not None
+        if residual != m.prog.residual:
+            raise ProgramError("conv2d group: a residual input must be given exactly when the "
+                               "member's epilogue has a residual branch")
+        if (m.addrs.consts is not None) != bool(m.prog.vectors):
+            raise ProgramError("conv2d group: constant rows must be given exactly when the "
+                               "member's epilogue has vector operands")
+        e = _Bases(element_base(cfg, m.addrs.x, MemType.INP, "conv2d input"),
+                   element_base(cfg, m.addrs.w, MemType.WGT, "conv2d weights"),
+                   element_base(cfg, m.addrs.y, MemType.OUT, "conv2d output"),
+                   element_base(cfg, m.addrs.consts, MemType.ACC, "conv2d constants"),
+                   element_base(cfg, m.addrs.residual, MemType.ACC_8BIT, "conv2d residual"))
+        lists.append(tile_list(cfg, g, t, e, m.prog, residual, co, wo))
+    consts = tuple(ld for ts in lists for ld in ts[0].consts)
+    merged = [replace(t, consts=consts) for t in _interleave(lists)]
+    b.barrier()
+    start = len(b.insns)
+    pipe = emit_tiles(b, merged, True, crow, deferred, tiles[0].regions)
+    emitted = b.insns[start:]
+    return LayerStats("conv2d group", insns=len(emitted),
+                      macs=sum(m.shape.macs for m in members),
+                      hw_macs=sum(g.gemm_steps() for g in geoms) * cfg.macs_per_gemm_step,
+                      counts=count_kinds(emitted), tiles=tiles[0], pipeline=pipe)
+
+
+def conv2d_group(device: Device, x: np.ndarray, layers: list[dict], *,
+                 tiles: list[ConvTiles] | None = None
+                 ) -> tuple[list[np.ndarray], LayerStats, RunStats]:
+    """Run sibling convolutions of ``x`` as one group on ``device``. ``layers``: per member a
+    dict of :func:`~tessera.runtime.accel.conv2d.conv2d`'s keywords ``w`` (required), ``bias``,
+    ``stride``, ``padding``, ``epilogue``, ``dilation``; ``tiles``: per member (default: each
+    member's own :func:`~tessera.runtime.accel.tiling.plan_conv2d`). Returns the NCHW int8
+    outputs, the group's stats and the run's stats."""
+    from tessera.runtime.accel.tiling import plan_conv2d
+
+    cfg = device.config
+    xp = pack_activation(x, cfg)
+    bufs = {"x": device.alloc(xp.nbytes)}
+    device.write(bufs["x"].addr, xp)
+    members, outs = [], []
+    try:
+        for k, spec in enumerate(layers):
+            unknown = set(spec) - {"w", "bias", "stride", "padding", "epilogue", "dilation"}
+            if "w" not in spec or unknown:
+                raise ProgramError(f"conv2d_group layer {k} needs 'w' and takes bias, stride, "
+                                   f"padding, epilogue, dilation; not {sorted(unknown)}")
+            w = spec["w"]
+            s = ConvShape.make(np.shape(x), np.shape(w), spec.get("stride", 1),
+                               spec.get("padding", 0), spec.get("dilation", 1))
+            params = conv2d_params(cfg, w, spec.get("bias"), spec.get("epilogue"))
+            addr = {}
+            for key, arr in params.arrays.items():
+                bufs[f"{k}:{key}"] = buf = device.alloc(arr.nbytes)
+                device.write(buf.addr, arr)
+                addr[key] = buf.addr
+            out_shape = (xp.shape[0], params.arrays["w"].shape[0], s.oh, s.ow, cfg.batch,
+                         cfg.block_out)
+            bufs[f"{k}:y"] = y = device.alloc(int(np.prod(out_shape)))
+            t = (tiles[k] if tiles is not None else
+                 plan_conv2d(cfg, ConvGeom.of(cfg, s), params.program))  # replaced below
+            members.append(Member(s, LayerAddrs(bufs["x"].addr, addr["w"], y.addr,
+                                                addr.get("consts")), params.program, t))
+            outs.append((y.addr, out_shape, s))
+        if tiles is None:
+            planned = plan_group(cfg, members)
+            if planned is None:
+                raise ProgramError(f"conv2d_group: no tile shapes let these {len(members)} "
+                                   f"layers share a stream on {cfg.summary()}")
+            members = [replace(m, tiles=t) for m, t in zip(members, planned[0])]
+        b = CommandBuilder(cfg, device)
+        stats = emit_conv2d_group(b, members)
+        run = b.synchronize()
+        ys = [unpack_activation(device.read_array(a, shape, np.int8), (s.n, s.o, s.oh, s.ow))
+              for a, shape, s in outs]
+    finally:
+        for buf in bufs.values():
+            device.free(buf)
+    return ys, stats, run
