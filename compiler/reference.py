@@ -23,7 +23,7 @@ from tessera.errors import CompileError, ProgramError
 from tessera.runtime.accel.epilogue import Epilogue
 from tessera.runtime.accel.epilogue import apply_epilogue as _apply
 
-__all__ = ["run", "conv2d_nchw", "apply_epilogue", "wrap32", "KERNELS"]
+__all__ = ["run", "conv2d_nchw", "apply_epilogue", "wrap32", "float_activation", "KERNELS"]
 
 
 def wrap32(v: np.ndarray) -> np.ndarray:
@@ -115,6 +115,12 @@ def _act(y: np.ndarray, a: Mapping[str, Any]) -> np.ndarray:
     if act == "clip":
         return np.clip(y, a["act_min"], a["act_max"])
     return y
+
+
+def float_activation(y: np.ndarray, attrs: Mapping[str, Any]) -> np.ndarray:
+    """A float conv/dense node's fused activation (``attrs["act"]``) applied to ``y``, as the
+    node's kernel returns it."""
+    return _f32(_act(y, attrs))
 
 
 def _f32(x: np.ndarray) -> np.ndarray:

@@ -21,7 +21,6 @@ Every instruction is encoded as it is appended, so a request the ISA cannot expr
 
 from __future__ import annotations
 
-import copy
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -140,13 +139,16 @@ def count_kinds(insns: list[Insn]) -> dict[str, int]:
 def insn_kind(insn: Insn) -> str:
     """``load``, ``uop_load``, ``acc_load``, ``store``, ``gemm``, ``reset`` (a GEMM that zeroes
     accumulators), ``alu`` or ``finish``."""
-    op = Opcode(insn.opcode)
+    op = insn.opcode
     if op == Opcode.LOAD:
-        return {MemType.UOP: "uop_load", MemType.ACC: "acc_load",
-                MemType.ACC_8BIT: "acc_load"}.get(insn.memory_type, "load")
+        return _LOAD_KINDS.get(insn.memory_type, "load")
     if op == Opcode.GEMM and insn.reset:
         return "reset"
-    return op.name.lower()
+    return _KIND_NAMES.get(op) or Opcode(op).name.lower()
+
+
+_LOAD_KINDS = {MemType.UOP: "uop_load", MemType.ACC: "acc_load", MemType.ACC_8BIT: "acc_load"}
+_KIND_NAMES = {o: o.name.lower() for o in Opcode}
 
 
 @dataclass
@@ -514,11 +516,14 @@ class CommandBuilder:
 def _with(insn: Insn, **changes: int) -> Insn:
     """A copy of the frozen record ``insn`` with ``changes`` (field names of its own type; a
     fast ``dataclasses.replace`` for the builder's hot path)."""
-    new = copy.copy(insn)
-    for k, v in changes.items():
-        if k not in new.__dict__:
+    old = insn.__dict__
+    for k in changes:
+        if k not in old:
             raise ProgramError(f"{type(insn).__name__} has no field {k!r}")
-        object.__setattr__(new, k, v)
+    new = object.__new__(insn.__class__)
+    state = new.__dict__
+    state.update(old)
+    state.update(changes)
     return new
 
 

@@ -115,6 +115,8 @@ def _pack(spec: list[tuple[str, int]], start: int, limit: int) -> list[Field]:
     return out
 
 
+_last_layout: tuple[object, object] = (None, None)  # (Config, Layout) of the latest layout()
+
 HEADER = [("opcode", 3), ("pop_prev", 1), ("pop_next", 1), ("push_prev", 1), ("push_next", 1)]
 
 
@@ -160,11 +162,23 @@ class Layout:
                       max_iter=iters.pop(), max_uop_end=top("gemm", "uop_end"),
                       imm_min=imm.min, imm_max=imm.max)
 
+    @cached_property
+    def by_opcode(self) -> dict[int, tuple[tuple[Field, ...], tuple]]:
+        """Opcode value -> (its field table, the table's encoder specs): built once, so
+        :func:`encode` on the compiler's hot path is two dictionary lookups."""
+        tables = {Opcode.LOAD: self.mem, Opcode.STORE: self.mem, Opcode.GEMM: self.gemm,
+                  Opcode.ALU: self.alu, Opcode.FINISH: self.finish}
+        return {int(op): (t, _specs(t)) for op, t in tables.items()}
+
     def format(self, opcode: int) -> tuple[Field, ...]:
-        return {
-            Opcode.LOAD: self.mem, Opcode.STORE: self.mem, Opcode.GEMM: self.gemm,
-            Opcode.ALU: self.alu, Opcode.FINISH: self.finish,
-        }[Opcode(opcode)]
+        try:
+            entry = self.by_opcode.get(opcode)
+        except TypeError:  # unhashable
+            entry = None
+        if entry is None:
+            Opcode(opcode)  # raises ValueError for an unknown opcode
+            raise AssertionError(f"opcode {opcode!r} has no format")
+        return entry[0]
 
     def field(self, fmt: str, name: str) -> Field:
         for f in getattr(self, fmt):
@@ -173,9 +187,19 @@ class Layout:
         raise KeyError(f"{fmt} has no field {name!r}")
 
 
-@cache
 def layout(cfg: Config) -> Layout:
-    """The field tables for ``cfg`` (SPEC §3)."""
+    """The field tables for ``cfg`` (SPEC §3), built once per config (the last one asked for
+    is found by identity, without hashing the config)."""
+    last = _last_layout
+    if last[0] is cfg:
+        return last[1]
+    lay = _layout(cfg)
+    globals()["_last_layout"] = (cfg, lay)
+    return lay
+
+
+@cache
+def _layout(cfg: Config) -> Layout:
     du, di, dw, da = cfg.log_uop_depth, cfg.log_inp_depth, cfg.log_wgt_depth, cfg.log_acc_depth
     mem = _pack(HEADER + [("memory_type", 3), ("sram_base", 16), ("dram_base", 32)], 0, 64)
     mem += _pack([("y_size", 16), ("x_size", 16), ("x_stride", 16), ("y_pad_0", 4),
@@ -293,8 +317,12 @@ def _specs(table: tuple[Field, ...]) -> tuple[tuple[str, int, int, int, int, int
 
 
 def _encode_fields(table: tuple[Field, ...], values: dict[str, int], what: str) -> int:
+    return _encode_specs(_specs(table), values, what)
+
+
+def _encode_specs(specs: tuple, values: dict[str, int], what: str) -> int:
     word = 0
-    for name, lo, mask, vmin, vmax, width in _specs(table):
+    for name, lo, mask, vmin, vmax, width in specs:
         v = values[name]
         if v.__class__ is not int:
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool):
@@ -307,13 +335,21 @@ def _encode_fields(table: tuple[Field, ...], values: dict[str, int], what: str) 
     return word
 
 
+_OPCODES = {int(o): o for o in Opcode}
+
+
 def encode(insn: Insn, cfg: Config) -> int:
     """The 128-bit word of ``insn``; out-of-range fields raise :class:`IsaError`."""
     try:
-        op = Opcode(insn.opcode)
-    except ValueError:
-        raise IsaError(f"opcode must be one of {[o.name for o in Opcode]}, not "
-                       f"{insn.opcode!r}") from None
+        op = _OPCODES.get(insn.opcode)
+    except TypeError:  # unhashable
+        op = None
+    if op is None:
+        try:
+            op = Opcode(insn.opcode)
+        except ValueError:
+            raise IsaError(f"opcode must be one of {[o.name for o in Opcode]}, not "
+                           f"{insn.opcode!r}") from None
     if not isinstance(insn, _RECORD[op]):
         raise IsaError(f"opcode {op.name} needs a {_RECORD[op].__name__}, not "
                        f"{type(insn).__name__}")
@@ -323,7 +359,7 @@ def encode(insn: Insn, cfg: Config) -> int:
     if isinstance(insn, AluInsn) and insn.alu_opcode not in AluOp._value2member_map_:
         raise IsaError(f"ALU: alu_opcode must be one of {[a.name for a in AluOp]}, not "
                        f"{insn.alu_opcode!r}")
-    return _encode_fields(layout(cfg).format(op), insn.__dict__, op.name)
+    return _encode_specs(layout(cfg).by_opcode[op][1], insn.__dict__, op.name)
 
 
 def _field_value(word: int, f: Field) -> int:

@@ -128,7 +128,8 @@ def test_qconv_matches_explicit_integer_pipeline():
     env = reference.run(qm.graph, cal[0], all_tensors=True)
     xq, wq, bq = (env[i] for i in qconv.inputs[:3])
     acc = np.zeros((1, 4, 4, 4), np.int64)
-    xp = np.pad(xq.astype(np.int64), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    pt, pl, pb, pr = qconv.attrs["pads"]  # (0s when the input was padded with its zero point)
+    xp = np.pad(xq.astype(np.int64), ((0, 0), (0, 0), (pt, pb), (pl, pr)))
     for o in range(4):
         gi = o // 2  # 2 output channels per group, 3 input channels per group
         for i in range(4):

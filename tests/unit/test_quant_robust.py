@@ -320,3 +320,30 @@ def test_a_relu_behind_reshapes_sets_the_conv_output_range():
     rep = qm.report(cal[0])
     layer = next(x for x in rep.layers if x.node == "conv")
     assert layer.sqnr_db > 30 and not layer.flagged, rep.table()
+
+
+def test_a_depthwise_conv_reads_an_asymmetric_input_padded_on_the_cpu():
+    """A padded depthwise conv after a ReLU: the ReLU output keeps its asymmetric range (zero
+    point -128) and is padded explicitly with its zero point; a padded ordinary conv reading
+    the same kind of tensor on the accelerator keeps it symmetric."""
+    from tessera.compiler.quant.quantize import accel_predicate
+    from tessera.config import Config
+    rng = np.random.default_rng(10)
+    g = GraphBuilder()
+    x = g.input("x", (1, 8, 10, 10))
+    a = g.node("conv2d", [x, g.const("w1", rng.standard_normal((8, 8, 1, 1)).astype(
+        np.float32))], act="relu", name="c1")
+    d = g.node("conv2d", [a, g.const("wd", rng.standard_normal((8, 1, 3, 3)).astype(
+        np.float32))], pads=(1, 1, 1, 1), groups=8, act="relu", name="dw")
+    y = g.node("conv2d", [d, g.const("w3", rng.standard_normal((8, 8, 3, 3)).astype(
+        np.float32))], pads=(1, 1, 1, 1), name="c3")
+    graph = run_pipeline(g.build([y]), GRAPH_PASSES)
+    qm = quantize(graph, _batches(rng, (1, 8, 10, 10), 4),
+                  accel=accel_predicate(Config.preset("default")))
+    nodes = {n.name: n for n in qm.graph.nodes}
+    assert qm.qparams[nodes["c1"].outputs[0]].zero_point == -128
+    dw = nodes["dw"]
+    assert dw.op == "qconv2d" and tuple(dw.attrs["pads"]) == (0, 0, 0, 0)
+    pad = next(n for n in qm.graph.nodes if n.outputs[0] == dw.inputs[0])
+    assert pad.op == "pad" and pad.attrs["value"] == -128.0
+    assert qm.qparams[dw.outputs[0]].zero_point == 0  # read by a padded accelerator conv
