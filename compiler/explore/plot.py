@@ -2,12 +2,14 @@
 
 A point is on the Pareto front when no other point of the same model has at most its LUTs and
 at most its cycles with one of the two strictly smaller. Front points are joined by a step line
-and labelled with their config (and DRAM timing when the sweep varied it); the others are
-drawn faded, with fainter labels when a panel has at most :data:`MAX_LABELLED` of them.
+and labelled with the Config fields that vary in the panel (and the DRAM timing when the
+sweep varied it); the others are drawn faded, with fainter labels when a panel has at most
+:data:`MAX_LABELLED` of them.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +35,26 @@ def pareto_front(rows: list[dict[str, Any]], x: str = "lut", y: str = "cycles"
     return front
 
 
-def _label(r: dict[str, Any], dram_varies: bool) -> str:
-    text = r.get("label") or "?"
-    if dram_varies:
-        text += f" L{r['read_latency']}"
-        if r["beats_per_cycle"] != 1.0:
-            text += f" x{r['beats_per_cycle']:g}"
-    return text
+def _labeller(rows: list[dict[str, Any]]):
+    """A label function for the points of one panel: the Config fields that vary across the
+    panel as ``field=value`` (the short config label when none does), plus the DRAM timing when
+    that varies."""
+    configs = [json.loads(r["config_json"]) if r.get("config_json") else {} for r in rows]
+    names = sorted({k for c in configs for k in c})
+    varying = [k for k in names if len({json.dumps(c.get(k)) for c in configs}) > 1]
+    dram_varies = len({(r["read_latency"], r["beats_per_cycle"]) for r in rows}) > 1
+    bw_varies = len({r["beats_per_cycle"] for r in rows}) > 1
+
+    def label(r: dict[str, Any]) -> str:
+        cfg = json.loads(r["config_json"]) if varying else {}
+        text = " ".join(f"{k}={cfg.get(k)}" for k in varying) or (r.get("label") or "?")
+        if dram_varies:
+            text += f" L{r['read_latency']}"
+            if bw_varies:
+                text += f" x{r['beats_per_cycle']:g}"
+        return text
+
+    return label
 
 
 def pareto_plot(rows: list[dict[str, Any]], path: str | Path, title: str | None = None) -> Path:
@@ -58,7 +73,7 @@ def pareto_plot(rows: list[dict[str, Any]], path: str | Path, title: str | None 
     fig, axes = plt.subplots(1, len(models), figsize=(7.5 * len(models), 5.5), squeeze=False)
     for ax, model in zip(axes[0], models):
         mine = [r for r in good if r["model"] == model]
-        dram_varies = len({(r["read_latency"], r["beats_per_cycle"]) for r in mine}) > 1
+        label = _labeller(mine)
         front = pareto_front(mine)
         on = {id(r) for r in front}
         off = [r for r in mine if id(r) not in on]
@@ -68,20 +83,21 @@ def pareto_plot(rows: list[dict[str, Any]], path: str | Path, title: str | None 
                 color="tab:red", linewidth=1.2)
         ax.scatter([r["lut"] for r in front], [r["cycles"] for r in front], s=30,
                    color="tab:red", zorder=3, label="Pareto front")
-        for r in front:
-            ax.annotate(_label(r, dram_varies), (r["lut"], r["cycles"]), fontsize=7,
-                        xytext=(4, 4), textcoords="offset points")
+        for k, r in enumerate(front):  # neighbours alternate heights so labels do not overlap
+            ax.annotate(label(r), (r["lut"], r["cycles"]), fontsize=8, xytext=(5, 4 + 13 * (k % 2)),
+                        textcoords="offset points")
         if len(off) <= MAX_LABELLED:  # beyond that the labels of the dominated points clutter
-            for r in off:
-                ax.annotate(_label(r, dram_varies), (r["lut"], r["cycles"]), fontsize=6,
-                            color="0.45", xytext=(4, -9), textcoords="offset points")
+            for k, r in enumerate(sorted(off, key=lambda r: (r["lut"], r["cycles"]))):
+                ax.annotate(label(r), (r["lut"], r["cycles"]), fontsize=7, color="0.45",
+                            xytext=(5, -11 - 12 * (k % 2)), textcoords="offset points")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("LUT4 (Yosys synth_ecp5)")
         ax.set_ylabel("cycles (one inference)")
         ax.set_title(f"{model}: {len(front)} of {len(mine)} points on the front")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(loc="upper right", fontsize=8)
+        ax.margins(x=0.3, y=0.15)  # room for the labels of the outermost points
+        ax.legend(loc="best", fontsize=8)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
