@@ -36,15 +36,8 @@ def test_trained_model_float_path_matches_onnxruntime(name):
             f"{name}: max relative difference {r.max_rel_diff:.3g}, absolute {r.max_abs_diff:.3g}"
 
 
-# int8 lowering cannot yet split a STORE whose DRAM row stride exceeds the ISA's 16 bits
-# (PicoDet's first conv at 800x608: 121600); strict, so the fix shows up here
-_INT8 = [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="store_2d stride 121600 "
-                                                  "> 65535 at p2o.Conv.0"))
-         if n == "picodet_layout" else n for n in TRAINED]
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("name", _INT8)
+@pytest.mark.parametrize("name", list(TRAINED))
 def test_trained_model_compiles_for_int8_and_runs_on_fsim(name):
     try:
         q = check_int8(name)
