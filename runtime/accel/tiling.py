@@ -185,7 +185,10 @@ def candidates(cfg: Config, g: ConvGeom, prog: DeviceEpilogue, double_buffer: bo
     tkhs = list(range(1, g.kh + 1)) if wide else [g.kh]
     tkws = _extents(g.kw) if split_columns else [g.kw]
     ths = _extents(g.oh)
-    regions = (2, 4) if double_buffer else (2,)
+    # with R regions the store module runs up to R - 1 tiles ahead of the resets that wait
+    # for it, so R - 1 STORE->COMPUTE tokens can be outstanding in the S2C queue
+    regions = tuple(r for r in (2, 4) if r - 1 <= cfg.dep_queue_depth) if double_buffer \
+        else (2,)
     for tn, to, tw, kc, tkh, tkw, rg in itertools.product(
             _extents(g.n, 8), _extents(g.ob), tws, _extents(g.rb), tkhs, tkws, regions):
         tile = partial(_tile, to=to, kc=kc, db=double_buffer, tw=tw, tkh=tkh, tn=tn, rg=rg,

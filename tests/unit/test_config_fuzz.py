@@ -38,6 +38,14 @@ NAMED = {
                                 "log_batch": 4, "mem_bus_bits": 512, "log_inp_buff_size": 16,
                                 "log_wgt_buff_size": 18, "log_acc_buff_size": 19,
                                 "log_uop_buff_size": 12}),
+    # Token queues of depth 2 (found by bench/cycle_model_heldout.py): four accumulator tile
+    # regions need three STORE->COMPUTE tokens in flight, so these configs must use two.
+    "16x16-b4-512b-q2": _with(log_batch=2, log_uop_buff_size=14, log_inp_buff_size=18,
+                              log_wgt_buff_size=14, log_acc_buff_size=16, mem_bus_bits=512,
+                              dep_queue_depth=2),
+    "4x4-512b-q2": _with(log_block=2, log_uop_buff_size=10, log_inp_buff_size=9,
+                         log_wgt_buff_size=9, log_acc_buff_size=15, mem_bus_bits=512,
+                         dep_queue_depth=2),
 }
 
 
