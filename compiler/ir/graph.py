@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -184,6 +184,20 @@ class Graph:
             if f"{base}_{k}" not in taken:
                 return f"{base}_{k}"
         raise AssertionError("unreachable")
+
+    def namer(self) -> Callable[[str], str]:
+        """A generator of names used neither in this graph nor handed out by it before (for a
+        rewrite that names several new tensors and nodes before the graph holds them)."""
+        taken = set(self.tensors) | set(self.constants) | {n.name for n in self.nodes}
+
+        def fresh(base: str) -> str:
+            name, k = base, 0
+            while name in taken:
+                k += 1
+                name = f"{base}_{k}"
+            taken.add(name)
+            return name
+        return fresh
 
     def ops(self) -> list[str]:
         return [n.op for n in self.nodes]

@@ -31,20 +31,6 @@ from tessera.runtime.layout import ceil_div
 __all__ = ["fold_narrow_input"]
 
 
-def _namer(g: Graph) -> Callable[[str], str]:
-    """Names not used in ``g`` nor handed out before (other passes name their nodes too)."""
-    taken = set(g.tensors) | set(g.constants) | {n.name for n in g.nodes}
-
-    def fresh(base: str) -> str:
-        name, k = base, 0
-        while name in taken:
-            k += 1
-            name = f"{base}_{k}"
-        taken.add(name)
-        return name
-    return fresh
-
-
 def _fold(n: Node, x: str, shape, wt: np.ndarray, full: bool, consts: dict,
           fresh: Callable[[str], str]) -> list[Node]:
     _, c, h, w = shape
@@ -92,7 +78,7 @@ def fold_narrow_input(g: Graph, cfg: Config) -> tuple[Graph, bool]:
     nodes: list[Node] = []
     consts = dict(g.constants)
     changed = False
-    fresh = _namer(g)
+    fresh = g.namer()
     for n in g.nodes:
         if (n.op != "qconv2d" or n.attrs.get("groups", 1) != 1
                 or accel_capable(g, n, cfg) is not None):

@@ -629,15 +629,7 @@ def _carry_uint8_moves(g: Graph) -> Graph:
     prod: dict[str, Node] = {}
     rename: dict[str, str] = {}
     nodes: list[Node] = []
-    names = set(g.tensors) | {n.name for n in g.nodes}
-
-    def fresh(base: str) -> str:
-        name, k = base, 0
-        while name in names:
-            k += 1
-            name = f"{base}_{k}"
-        names.add(name)
-        return name
+    fresh = g.namer()
 
     for n in g.nodes:
         n = n.replace(inputs=tuple(rename.get(i, i) for i in n.inputs))
