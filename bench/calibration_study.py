@@ -104,12 +104,11 @@ def main() -> None:
     if args.survey:
         import onnx
         import real_models as rm
-        cache = rm.cache_dir(None)
         for spec in rm.MODELS:
             if names and spec.name not in names:
                 continue
             try:
-                proto = onnx.load(str(rm.fetch(spec, cache)))
+                proto = onnx.load(str(rm.fetch(spec)))
                 rng = np.random.default_rng(0)
                 cal = rm.make_inputs(spec, rng, min(args.calibration, 8))
                 test = rm.make_inputs(spec, rng, min(args.test, 8))

@@ -85,19 +85,45 @@ def test_a_bias_too_large_for_int32_raises_the_weight_scale_and_is_reported():
 
 
 def test_per_channel_bounds_choose_the_preshift():
-    """One channel with a huge bound and a tiny multiplier must not cost the others a
-    pre-shift: the product bound[c] * mult[c] decides."""
+    """One channel with a huge bound and a tiny multiplier must not cost the others a large
+    pre-shift (the product bound[c] * mult[c] decides), and with per-channel multipliers of up
+    to 31 bits (vector operands) the small channel keeps its precision."""
+    from tessera.compiler.quant.params import preshift_error
+    from tessera.runtime.accel.epilogue import apply_epilogue
     ratio = np.array([1e-3, 1e-3, 4e-6])  # channel 2: at the weight-scale floor, a big bias
     bound = np.array([1 << 18, 1 << 18, 1 << 26])
     epi = make_epilogue(ratio, bound)
-    assert epi.pre_shift == make_epilogue(ratio[:2], bound[:2]).pre_shift == 2
+    assert preshift_error(epi) < 0.05  # output steps of rounding before the multiply
+    eff = epi.mult / 2.0 ** (epi.pre_shift + epi.shift)
+    assert np.all(np.abs(eff - ratio) / ratio < 5e-4), eff
+    assert np.abs(epi.mult).max() > (1 << 15)  # beyond an int16 immediate: a vector operand
     rng = np.random.default_rng(7)
     acc = rng.integers(-bound, bound + 1, (500, 3))
-    from tessera.runtime.accel.epilogue import apply_epilogue
     got = apply_epilogue(acc, epi).astype(np.int64)
     assert np.abs(got - np.clip(np.rint(acc * ratio), -128, 127)).max() <= 1
     # the old rule (largest bound x largest multiplier) shifts every channel by 10
-    assert make_epilogue(ratio, int(bound.max())).pre_shift == 10
+    old = make_epilogue(ratio, int(bound.max()))
+    assert old.pre_shift == 10 and preshift_error(old) > 0.5
+    # a per-tensor multiplier is an ALU immediate: int16
+    one = make_epilogue(1e-3, 1 << 18)
+    assert abs(int(one.mult[0])) <= (1 << 15) - 1 and not one.per_channel
+
+
+def test_requantisation_multipliers_keep_precision_on_small_channels():
+    """Ratios spread 100x over the channels, worst-case bounds 4x the output range: with one
+    16-bit shift for the layer the small channels kept ~9 multiplier bits (1.05% of outputs
+    one step off the exact rounding); 31-bit vector multipliers and a chosen pre-shift halve
+    that."""
+    from tessera.runtime.accel.epilogue import apply_epilogue
+    rng = np.random.default_rng(8)
+    ratio = 10.0 ** rng.uniform(-5, -3, 64)
+    bound = (1024 / ratio).astype(np.int64)
+    epi = make_epilogue(ratio, bound)
+    assert np.abs(epi.mult).max() > (1 << 15)
+    acc = (rng.uniform(-150, 150, (2000, 64)) / ratio).astype(np.int64)
+    got = apply_epilogue(acc, epi).astype(np.int64)
+    want = np.clip(np.rint(acc * ratio), -128, 127)
+    assert np.abs(got - want).max() <= 1 and np.mean(got != want) < 0.008
 
 
 def test_calibration_methods_pick_sensible_ranges():
