@@ -59,6 +59,12 @@ _BY_PAIR = {(q.src, q.dst): q for q in QUEUES}
 def queue(src: Module | int, dst: Module | int) -> Queue:
     """The queue from ``src`` to ``dst``; only neighbouring modules have one."""
     try:
+        q = _BY_PAIR.get((src, dst))  # Module members and their int values hash alike
+    except TypeError:  # unhashable: the conversion below names it
+        q = None
+    if q is not None:
+        return q
+    try:
         return _BY_PAIR[Module(src), Module(dst)]
     except (KeyError, ValueError):
         raise ProgramError(

@@ -50,8 +50,8 @@ from tessera.runtime.builder import CommandBuilder
 from tessera.runtime.layout import ceil_div
 from tessera.sim import timing
 
-__all__ = ["plan_conv2d", "tune_conv2d", "rank", "estimate", "measure", "candidates", "spans",
-           "INSN", "LOAD_FIXED", "STORE_FIXED"]
+__all__ = ["plan_conv2d", "tune_conv2d", "rank", "ranked_candidates", "estimate", "measure",
+           "candidates", "spans", "INSN", "LOAD_FIXED", "STORE_FIXED"]
 
 INSN = 7  # compute cycles per GEMM/ALU instruction beyond its steps (FSM and pipeline fill)
 LOAD_FIXED = 22  # cycles per LOAD beyond its beats (FSM, request, DRAM read latency)
@@ -219,7 +219,7 @@ def plan_conv2d(cfg: Config, g: ConvGeom, prog: DeviceEpilogue | None = None, *,
     dbs = (True, False) if double_buffer and cfg.dep_queue_depth >= 2 else (False,)
     for wide, split in ((False, False), (True, False), (True, True)):
         for db in dbs:
-            ranked = rank(cfg, g, prog, candidates(cfg, g, prog, db, wide, split_columns=split))
+            ranked = ranked_candidates(cfg, g, prog, db, wide, split)
             if ranked:
                 return ranked[0]
     small = ConvTiles(1, 1, 1, False, 1, 1, 1, tkw=1)
@@ -228,6 +228,32 @@ def plan_conv2d(cfg: Config, g: ConvGeom, prog: DeviceEpilogue | None = None, *,
         f"no conv2d tiling fits {cfg.summary()}: even a 1x1x1 tile over one kernel tap fails "
         f"({why}; {g.kh}x{g.kw} kernel, {g.cb} input and {g.ob} output channel blocks, "
         f"{const_rows(prog, 1)} constant rows)")
+
+
+def _search_key(prog: DeviceEpilogue) -> tuple[int, bool, int, int]:
+    """What of an epilogue program the tile search reads (:func:`fits`, :func:`estimate`): its
+    ALU steps, whether it has a residual branch, its per-channel and uniform constant rows."""
+    per, uni = const_slots(prog)
+    return len(prog.steps), prog.residual, len(per), len(uni)
+
+
+_RANKED: dict[tuple, tuple[ConvTiles, ...]] = {}
+_RANKED_MAX = 4096  # distinct searches kept per process
+
+
+def ranked_candidates(cfg: Config, g: ConvGeom, prog: DeviceEpilogue, double_buffer: bool,
+                      wide: bool = False, split_columns: bool = False) -> tuple[ConvTiles, ...]:
+    """``rank(cfg, g, prog, candidates(cfg, g, prog, double_buffer, wide, split_columns=...))``,
+    memoised per process on everything the search reads (layers of one shape and epilogue
+    structure, e.g. a network's repeated blocks, are searched once)."""
+    key = (cfg, g, _search_key(prog), double_buffer, wide, split_columns)
+    hit = _RANKED.get(key)
+    if hit is None:
+        if len(_RANKED) >= _RANKED_MAX:
+            _RANKED.clear()
+        hit = _RANKED[key] = tuple(rank(cfg, g, prog, candidates(
+            cfg, g, prog, double_buffer, wide, split_columns=split_columns)))
+    return hit
 
 
 def rank(cfg: Config, g: ConvGeom, prog: DeviceEpilogue, tiles: Iterable[ConvTiles]
