@@ -70,7 +70,7 @@ class Program:
 
     def counts(self) -> Counter:
         """Instructions per kind: ``load``, ``store``, ``gemm``, ``reset``, ``alu``, ..."""
-        return Counter(insn_kind(insn) for insn in self.insns)
+        return Counter(map(insn_kind, self.insns))
 
 
 def relocate(code: bytes, cfg: Config, uop_pcs: list[int], uop_addr: int,
@@ -133,7 +133,7 @@ def relocate(code: bytes, cfg: Config, uop_pcs: list[int], uop_addr: int,
 
 def count_kinds(insns: list[Insn]) -> dict[str, int]:
     """Instructions per kind (see :func:`insn_kind`)."""
-    return dict(Counter(insn_kind(i) for i in insns))
+    return dict(Counter(map(insn_kind, insns)))
 
 
 def insn_kind(insn: Insn) -> str:
@@ -169,6 +169,8 @@ class CommandBuilder:
             raise ProgramError("the device was opened for a different config than the builder")
         self.cfg = config
         self.limits = layout(config).limits
+        self._depth = {mt: depth(config, mt) for mt in MemType}
+        self._elem_bytes = {mt: elem_bytes(config, mt) for mt in MemType}
         self.device = device
         self.uop_cache = UopCache(config.uop_depth)
         self.stats = BuilderStats()
@@ -182,7 +184,6 @@ class CommandBuilder:
 
     def _reset_stream(self) -> None:
         self.insns: list[Insn] = []
-        self._modules: list[Module] = []
         self._last: dict[Module, int | None] = {m: None for m in Module}
         self._pending: dict[Module, list[str]] = {m: [] for m in Module}  # queue names
         self._outstanding: dict[str, int] = {"L2C": 0, "C2L": 0, "C2S": 0, "S2C": 0}
@@ -215,10 +216,10 @@ class CommandBuilder:
             except IsaError as exc:
                 raise ProgramError(f"cannot encode instruction {len(self.insns)}: {exc}") \
                     from None
-        self.insns.append(insn)
-        self._modules.append(m)
-        self._last[m] = len(self.insns) - 1
-        return len(self.insns) - 1
+        insns = self.insns
+        insns.append(insn)
+        pc = self._last[m] = len(insns) - 1
+        return pc
 
     def noop(self, module: Module) -> int:
         """Emit a sync-only instruction for ``module`` (it takes any pending pops)."""
@@ -305,7 +306,7 @@ class CommandBuilder:
                 if not isinstance(p, int) or not 0 <= p <= top:
                     raise ProgramError(f"load_2d: {name} must be in [0, {top}], not {p!r}")
         span = (yp0 + y + yp1) * (xp0 + x + xp1)
-        if sram + span > depth(self.cfg, mt):
+        if sram + span > self._depth[mt]:
             raise ProgramError(f"load_2d: {mt.name} region [{sram}, {sram + span}) exceeds the "
                                f"buffer depth {depth(self.cfg, mt)}")
         return self._append(_record(_MEM_FIELDS, MemInsn, opcode=Opcode.LOAD, memory_type=mt,
@@ -342,7 +343,7 @@ class CommandBuilder:
         if y == 0 or x == 0:
             raise ProgramError(f"{what}: y and x must be positive (use noop() to synchronise), "
                                f"not y={y} x={x}")
-        end = (dram + (y - 1) * stride + x) * elem_bytes(self.cfg, mt)
+        end = (dram + (y - 1) * stride + x) * self._elem_bytes[mt]
         if end > 1 << 32:
             raise ProgramError(f"{what}: {mt.name} DRAM range ends at byte {end:#x}, beyond the "
                                f"32-bit address space")
@@ -519,8 +520,12 @@ class CommandBuilder:
         return (lay.field(fmt, "uop_end").max, top, *(lay.field(fmt, n).max for n in names))
 
     def _check_kernel(self, k: MicroKernel, gemm: bool) -> None:
-        """Every index the loop nest generates must lie inside its buffer."""
+        """Every index the loop nest generates must lie inside its buffer (a kernel that passed
+        for this config is not checked again: kernels are immutable and shared)."""
         cfg = self.cfg
+        done = k.checked
+        if done is not None and done[0] is cfg and done[1] == gemm:
+            return
         io, ii = k.iter_out - 1, k.iter_in - 1
         top, lowest = k.bounds()
         if lowest < 0:
@@ -539,6 +544,7 @@ class CommandBuilder:
             if t >= dep:
                 raise ProgramError(f"micro-kernel reaches {what} index {t}, outside the "
                                    f"buffer (depth {dep})")
+        k.checked = (cfg, gemm)
 
     # -- finishing and running --------------------------------------------------------------
 

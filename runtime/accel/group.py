@@ -152,10 +152,8 @@ def plan_group(cfg, members: list[Member], pool: int = 6, measured: int = 4
     for regions in (4, 2):
         pools = []
         for m in members:
-            # the ranking is a stable sort: filtering the ranked list ranks the subset
-            ranked = [t for t in ranked_candidates(cfg, ConvGeom.of(cfg, m.shape), m.prog, True)
-                      if t.regions == regions]
-            pools.append(ranked[:pool])
+            pools.append(ranked_candidates(cfg, ConvGeom.of(cfg, m.shape), m.prog, True,
+                                           regions=regions, top=pool))
         for combo in itertools.product(*pools):
             trial = [replace(m, tiles=t) for m, t in zip(members, combo)]
             if group_fits(cfg, trial) is None:
