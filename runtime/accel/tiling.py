@@ -111,37 +111,42 @@ def estimate(cfg: Config, g: ConvGeom, t: ConvTiles, prog: DeviceEpilogue | Epil
     n_sp = ceil_div(g.oh, t.th) * ceil_div(g.ow, t.tw) * ceil_div(g.n, t.tn)
     total = 0
     first_load = last = 0
+    # loop invariants hoisted (the arithmetic below is term for term the model's)
+    sp_div = max(1, n_sp)
+    sub, diag = g.subsampled, g.diagonal
+    whole = not (g.pt or g.pb or g.pl or g.pr)
+    inp_beats, wgt_beats = c.inp_beats, c.wgt_beats
+    ws, hs, ns = spans(g.ow, t.tw), spans(g.oh, t.th), spans(g.n, t.tn)
     for to, k_o in spans(g.ob, t.to):
-        for th, k_h in spans(g.oh, t.th):
-            for tw, k_w in spans(g.ow, t.tw):
-                for tn, k_n in spans(g.n, t.tn):
+        for th, k_h in hs:
+            for tw, k_w in ws:
+                for tn, k_n in ns:
                     rows = tn * to * th * tw
                     gemm = INSN
                     load = 0
                     stage_g, stage_l = [], []
                     for kc, count, tkh, tkw in chunks:
                         steps = rows * kc * tkh * tkw
-                        ib = to if g.diagonal else kc  # input blocks the stage loads
+                        ib = to if diag else kc  # input blocks the stage loads
                         parts = gemm_part_count(steps, n_chunks)
                         gemm += count * (steps + parts * INSN)
                         stage_g += [steps + parts * INSN] * count
                         ih, iw = g.in_rows(th, tkh), g.in_width(tw, tkw)
-                        if g.subsampled:
-                            inp = tn * ib * (LOAD_FIXED + _beats(th * iw, c.inp_beats))
-                        elif ih == g.h and iw == g.w and not (g.pt or g.pb or g.pl or g.pr):
-                            inp = LOAD_FIXED + _beats(tn * ib * ih * iw, c.inp_beats)
+                        if sub:
+                            inp = tn * ib * (LOAD_FIXED + _beats(th * iw, inp_beats))
+                        elif ih == g.h and iw == g.w and whole:
+                            inp = LOAD_FIXED + _beats(tn * ib * ih * iw, inp_beats)
                         else:
-                            inp = tn * ib * (LOAD_FIXED + _beats(ih * iw, c.inp_beats))
-                        wgt = LOAD_FIXED + _beats(to * kc * tkh * tkw, c.wgt_beats)
+                            inp = tn * ib * (LOAD_FIXED + _beats(ih * iw, inp_beats))
+                        wgt = LOAD_FIXED + _beats(to * kc * tkh * tkw, wgt_beats)
                         if tkw < g.kw:  # one LOAD per output and input block
                             wgt += (to * kc - 1) * LOAD_FIXED
                         if stationary:
-                            wgt = wgt / max(1, n_sp)  # once per group of output blocks
+                            wgt = wgt / sp_div  # once per group of output blocks
                         load += count * (inp + wgt)
                         stage_l += [inp + wgt] * count
                     # each stage's GEMMs run while the next stage's loads do
-                    paced = INSN + sum(max(gs, stage_l[(i + 1) % len(stage_l)])
-                                       for i, gs in enumerate(stage_g))
+                    paced = INSN + sum(map(max, stage_g, stage_l[1:] + stage_l[:1]))
                     stores = tn if tw == g.ow else tn * to
                     store = _beats(rows, c.out_beats) + STORE_FIXED * stores
                     res = _beats(rows, c.acc8_beats) + LOAD_FIXED * stores if residual else 0
