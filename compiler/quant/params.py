@@ -49,12 +49,16 @@ DEAD_RATIO = 1e-6
 
 
 def _channel_absmax(w: np.ndarray) -> np.ndarray:
-    return np.abs(w.reshape(w.shape[0], -1).astype(np.float64)).max(axis=1)
+    """max|w| per output channel as float64 (NaN if the channel has one)."""
+    flat = w.reshape(w.shape[0], -1)
+    return np.maximum(flat.max(axis=1), -flat.min(axis=1)).astype(np.float64)
 
 
 def _round_weights(w: np.ndarray, scale: np.ndarray, lo: int = -127) -> np.ndarray:
-    s = scale.reshape((-1,) + (1,) * (w.ndim - 1))
-    return np.clip(np.rint(w.astype(np.float64) / s), lo, 127).astype(np.int8)
+    s = np.asarray(scale, np.float64).reshape((-1,) + (1,) * (w.ndim - 1))
+    q = np.divide(w, s, dtype=np.float64)  # float64 quotients, no float64 copy of w
+    np.rint(q, out=q)
+    return np.clip(q, lo, 127, out=q).astype(np.int8)
 
 
 def quantize_weight(w: np.ndarray, floor_ratio: float = WEIGHT_FLOOR_RATIO
