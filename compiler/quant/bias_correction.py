@@ -162,7 +162,7 @@ def correct_biases(graph: Graph, float_graph: Graph, qparams: Mapping[str, QPara
             zs = list(float_products[n.name])
         qx = qparams[n.inputs[0]]
         wq = q.constants[n.inputs[1]]
-        wsum = wq.reshape(wq.shape[0], -1).astype(np.int64).sum(axis=1)
+        wsum = wq.reshape(wq.shape[0], -1).sum(axis=1, dtype=np.int64)
         unit = qx.scale * np.asarray(n.attrs["w_scale"], np.float64).reshape(-1, 1)
         s1 = np.zeros(wq.shape[0])
         s2 = np.zeros(wq.shape[0])
