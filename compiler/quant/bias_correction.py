@@ -15,9 +15,12 @@ layer's, given the int8 model's input: what the integer bias ``b_q`` should abso
 a channel whose mean error is not clearly non-zero on the calibration data is barely moved).
 Corrections apply before the next layer is measured, so downstream layers see corrected inputs.
 The layer's accumulator bound and epilogue are rebuilt for the new bias by the caller. Each
-layer's products are computed once per batch: they give the error statistics and both graphs'
-outputs of the layer (ResNet-18 at 224, 8 batches: the correction takes about half the CPU time
-it took when the reference kernels recomputed them).
+layer's products are computed once per batch: they give the error statistics and the int8
+graph's output of the layer. The int8 products are exact integers computed by float32 BLAS in
+reductions of at most 1024 terms (:func:`~tessera.compiler.reference.int_conv2d`); the float
+products are the ones calibration computed on the same batches and kept
+(:func:`~tessera.compiler.quant.calibrate.collect`), so the float graph is not run again
+(unless they did not fit calibration's memory budget).
 
 Measured (``python bench/heldout_cnns.py --seeds 0-19 --trained 0-3``): geometric mean of our
 error over onnxruntime's static int8 on 24 held-out-style and trained-like CNNs 0.770 -> 0.726,
