@@ -73,8 +73,7 @@ def _padded(x: np.ndarray, pads) -> np.ndarray:
 def _im2col(x: np.ndarray, w_shape, strides, pads, dilations, groups: int
             ) -> tuple[np.ndarray, tuple[int, int, int]]:
     """The (G, N*OH*OW, Cg*KH*KW) patch matrix of a grouped conv (a view where numpy can
-    reshape without a copy, e.g. an unpadded 1x1 conv: BLAS then reads it transposed), and
-    (N, OH, OW)."""
+    reshape without a copy), and (N, OH, OW)."""
     o, cg, kh, kw = w_shape
     win = _windows(_padded(x, pads), kh, kw, strides[0], strides[1], dilations[0],
                    dilations[1])
@@ -83,18 +82,47 @@ def _im2col(x: np.ndarray, w_shape, strides, pads, dilations, groups: int
     return cols.reshape(groups, n * oh * ow, cg * kh * kw), (n, oh, ow)
 
 
+def _im2col_t(x: np.ndarray, w_shape, strides, pads, dilations, groups: int, dtype
+              ) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """The patches reduction-major, (G, Cg*KH*KW, N*OH*OW), in ``dtype``, and (N, OH, OW):
+    a copy of whole output rows per tap, several times faster than :func:`_im2col`'s layout
+    (whose innermost run is KW elements)."""
+    o, cg, kh, kw = w_shape
+    n, c, h, w = x.shape
+    if (kh, kw, n, groups) == (1, 1, 1, 1) and tuple(strides) == (1, 1) and not any(pads) \
+            and x.dtype == dtype:  # an unpadded pointwise conv reads the input as it is
+        return np.ascontiguousarray(x).reshape(1, c, h * w), (1, h, w)
+    win = _windows(_padded(x, pads), kh, kw, strides[0], strides[1], dilations[0],
+                   dilations[1])
+    n, c, oh, ow = win.shape[:4]
+    cols = np.empty((groups, cg, kh, kw, n, oh, ow), dtype)
+    cols[...] = win.reshape(n, groups, cg, oh, ow, kh, kw).transpose(1, 2, 5, 6, 0, 3, 4)
+    return cols.reshape(groups, cg * kh * kw, n * oh * ow), (n, oh, ow)
+
+
+def _nchw(out: np.ndarray, n: int, oh: int, ow: int) -> np.ndarray:
+    """(G, Og, N*OH*OW) products as an NCHW array (no copy for one image)."""
+    return np.ascontiguousarray(out.reshape(-1, n, oh, ow).transpose(1, 0, 2, 3))
+
+
 def conv2d_nchw(x: np.ndarray, w: np.ndarray, strides=(1, 1), pads=(0, 0, 0, 0),
                 dilations=(1, 1), groups: int = 1) -> np.ndarray:
     """Grouped 2-D convolution (cross-correlation) of NCHW ``x`` with OIHW ``w``, zero padded.
 
     Computes in the dtype of ``x``; pass float64 operands for exact integer results (or use
-    :func:`int_conv2d`).
+    :func:`int_conv2d`). An ungrouped conv is one BLAS product ``W (O, K) @ patches (K, M)``
+    over reduction-major patches; a grouped one ``patches (G, M, K) @ W (G, K, Og)`` (for
+    depthwise convs the other orientation rounds differently and is no faster).
     """
     o, cg, kh, kw = w.shape
-    # (G, N*OH*OW, Cg*KH*KW) @ (G, Cg*KH*KW, Og)
+    k = cg * kh * kw
+    if groups == 1:
+        cols, (n, oh, ow) = _im2col_t(x, w.shape, strides, pads, dilations, 1, x.dtype)
+        out = np.matmul(w.reshape(1, o, k).astype(cols.dtype, copy=False), cols)
+        return _nchw(out, n, oh, ow)
     cols, (n, oh, ow) = _im2col(x, w.shape, strides, pads, dilations, groups)
     og = o // groups
-    wm = w.reshape(groups, og, cg * kh * kw).transpose(0, 2, 1).astype(cols.dtype, copy=False)
+    wm = w.reshape(groups, og, k).transpose(0, 2, 1).astype(cols.dtype, copy=False)
     out = np.matmul(cols, wm)  # (G, N*OH*OW, Og)
     return out.reshape(groups, n, oh, ow, og).transpose(1, 0, 4, 2, 3).reshape(n, o, oh, ow)
 
@@ -133,31 +161,24 @@ def int_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def int_conv2d(x: np.ndarray, w: np.ndarray, strides=(1, 1), pads=(0, 0, 0, 0),
                dilations=(1, 1), groups: int = 1) -> np.ndarray:
     """:func:`conv2d_nchw` of integer ``x`` and ``w``, exact, as int64 (the sums as in
-    :func:`int_matmul`). The patches are laid out reduction-major, (G, Cg*KH*KW, N*OH*OW): a
-    copy of whole output rows per tap, several times faster than the (N*OH*OW, Cg*KH*KW)
-    matrix the float convolution's BLAS call needs (the order of an exact sum is free)."""
+    :func:`int_matmul`; reduction-major patches for every conv: the order of an exact sum is
+    free)."""
     o, cg, kh, kw = w.shape
     chunk = _exact_chunk(x.dtype, w.dtype)
     dtype = np.float64 if chunk is None else np.float32
-    win = _windows(_padded(x, pads), kh, kw, strides[0], strides[1], dilations[0],
-                   dilations[1])
-    n, c, oh, ow = win.shape[:4]
-    cols = np.empty((groups, cg, kh, kw, n, oh, ow), dtype)
-    cols[...] = win.reshape(n, groups, cg, oh, ow, kh, kw).transpose(1, 2, 5, 6, 0, 3, 4)
+    cols, (n, oh, ow) = _im2col_t(x, w.shape, strides, pads, dilations, groups, dtype)
     k = cg * kh * kw
-    cols = cols.reshape(groups, k, n * oh * ow)
-    og = o // groups
-    wm = w.reshape(groups, og, k).astype(dtype)
+    wm = w.reshape(groups, o // groups, k).astype(dtype)
     if chunk is None:
         out = np.rint(np.matmul(wm, cols)).astype(np.int64)
     elif k <= chunk:
         out = np.matmul(wm, cols).astype(np.int64)
     else:
-        total = np.zeros((groups, og, n * oh * ow), np.float64)
+        total = np.zeros((groups, o // groups, cols.shape[-1]), np.float64)
         for k0 in range(0, k, chunk):
             total += np.matmul(wm[:, :, k0: k0 + chunk], cols[:, k0: k0 + chunk])
         out = total.astype(np.int64)
-    return np.ascontiguousarray(out.reshape(o, n, oh, ow).transpose(1, 0, 2, 3))
+    return _nchw(out, n, oh, ow)
 
 
 def _pool_windows(x: np.ndarray, a: Mapping[str, Any], fill: float) -> tuple[np.ndarray, Any]:
