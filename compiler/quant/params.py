@@ -214,63 +214,31 @@ def _mult_shift(ratio: np.ndarray) -> int:
     return min(int(math.floor(math.log2(IMM_MAX / r))), MAX_SHIFT)
 
 
-def _main_branch(ratio: np.ndarray, bound: np.ndarray, headroom: int, what: str,
-                 out_range: float = 256.0) -> tuple[np.ndarray, int, int]:
+def _main_branch(ratio: np.ndarray, bound: np.ndarray, headroom: int,
+                 what: str) -> tuple[np.ndarray, int, int]:
     """(mult, pre_shift, shift) approximating ``acc * ratio`` with ``|acc[c]| <= bound[c]`` such
     that ``rshift(acc, pre) * mult`` plus rounding and ``headroom`` stays inside int32 for every
-    channel.
-
-    A per-channel multiplier is a vector operand (an int32 accumulator row, SPEC §4 MUL keeps
-    the low 32 bits), so it may use up to 31 bits; a per-tensor one is a 16-bit immediate. The
-    shift is shared by all channels, so with a 16-bit cap a channel whose ratio is far below the
-    layer's largest kept few multiplier bits (a relative gain error of ``0.5 / mult``). Among
-    the (pre-shift, total shift) pairs that cannot overflow, the one with the smallest mean
-    estimated error in output steps is taken: the pre-shift's rounding (``2**(pre-1)``
-    accumulator units) plus the multiplier's relative error times the channel's largest output
-    (``min(bound * ratio, out_range)``)."""
-    r = np.abs(np.asarray(ratio, np.float64))
-    bound = np.broadcast_to(np.asarray(bound, np.int64), r.shape)
-    sign = np.where(np.asarray(ratio) < 0, -1, 1)
-    rmax = float(r.max())
-    if rmax <= 0:
-        return np.zeros(r.shape, np.int64), 0, 0
-    limit = INT32_LIMIT if r.size > 1 and not np.all(r == r[0]) else IMM_MAX
-    top = min(int(math.floor(math.log2(limit / rmax))), MAX_SHIFT)
-    if top < 0:
-        raise CompileError(f"{what}: requantisation ratio {rmax:.4g} is too large for an "
-                           f"int{16 if limit == IMM_MAX else 32} multiplier")
-    ymax = np.minimum(bound.astype(np.float64) * r, out_range)
-    live = r > 0
-    best: tuple[float, np.ndarray, int, int] | None = None
-    for pre in range(0, top + 1):
+    channel."""
+    total = _mult_shift(ratio)
+    if total < 0:
+        raise CompileError(f"{what}: requantisation ratio {float(np.max(ratio)):.4g} is too "
+                           f"large for an int16 multiplier")
+    mult = np.rint(ratio * 2.0 ** total).astype(np.int64)
+    bound = np.broadcast_to(np.asarray(bound, np.int64), mult.shape)
+    for pre in range(0, total + 1):
         b = -(-bound // (1 << pre)) + 1
-        # the largest total shift (>= pre) whose products stay inside int32
-        room = INT32_LIMIT - headroom
-        est = int(math.floor(math.log2(room / max(float(np.max(b * r)), 1e-300))))
-        total = min(top, est + 1)
-        found = None
-        while total >= pre:
-            m = np.rint(r * 2.0 ** total).astype(np.int64)
-            if int(np.max(b * m)) + (1 << max(total - pre - 1, 0)) + headroom <= INT32_LIMIT \
-                    and int(m.max()) <= limit:
-                found = m
-                break
-            total -= 1
-        if found is None:
-            continue
-        exact = r * 2.0 ** total
-        rel = np.abs(found - exact) / np.where(live, exact, 1.0)
-        err = (0.5 * 2.0 ** pre if pre else 0.0) * r + ymax * rel
-        score = float(np.mean(err[live])) if live.any() else 0.0
-        if best is None or score < best[0] - 1e-12:
-            best = (score, found, pre, total - pre)
-        if total == top:  # more pre-shift only adds rounding error from here on
+        shift = total - pre
+        if int(np.max(b * np.abs(mult))) + (1 << max(shift - 1, 0)) + headroom <= INT32_LIMIT:
+            return mult, pre, shift
+    # even shifting everything before the multiply overflows: reduce multiplier precision
+    for drop in range(1, 16):
+        if total - drop < 0:
             break
-    if best is None:
-        raise CompileError(f"{what}: accumulator bound {int(np.max(bound))} leaves no room for "
-                           f"requantisation")
-    _, m, pre, shift = best
-    return sign * m, pre, shift
+        m2 = np.rint(ratio * 2.0 ** (total - drop)).astype(np.int64)
+        if int(np.max((bound + 1) * np.abs(m2))) + headroom <= INT32_LIMIT:
+            return m2, 0, total - drop
+    raise CompileError(f"{what}: accumulator bound {int(np.max(bound))} leaves no room for "
+                       f"requantisation")
 
 
 def make_epilogue(ratio: np.ndarray | float, acc_bound: int | np.ndarray, lo: int = -128,
@@ -295,7 +263,7 @@ def make_epilogue(ratio: np.ndarray | float, acc_bound: int | np.ndarray, lo: in
         ratio, bound = ratio[:1], bound.max(keepdims=True)
     top = int(bound.max())
     if residual_ratio is None:
-        mult, pre, shift = _main_branch(ratio, bound, 0, what, 256.0)
+        mult, pre, shift = _main_branch(ratio, bound, 0, what)
         return Epilogue(mult, shift, pre, lo, hi, acc_bound=top, **offs)
     real_bound = float(np.max(bound * ratio)) + residual_bound * residual_ratio
     for frac in range(12, -1, -1):
@@ -309,8 +277,7 @@ def make_epilogue(ratio: np.ndarray | float, acc_bound: int | np.ndarray, lo: in
         rmult = int(np.rint(rr * 2.0 ** rshift_total))
         headroom = int(residual_bound * rr) + 2
         try:
-            mult, pre, shift = _main_branch(ratio * scale, bound, headroom, what,
-                                            512.0 * scale)
+            mult, pre, shift = _main_branch(ratio * scale, bound, headroom, what)
         except CompileError:
             continue
         return Epilogue(mult, shift, pre, lo, hi, res_mult=rmult, res_shift=rshift_total,

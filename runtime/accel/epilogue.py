@@ -11,9 +11,8 @@ implementation computes exactly what the hardware computes::
     v = rshift(v, final_shift) + offset; y = max(min(v, hi), lo)                # int8 result
 
 ``rshift`` rounds half up (``(v + 2**(s-1)) >> s``) unless ``rounding`` is False (then it is
-the floor ``v >> s``). ``mult`` has one int32 entry per output channel (a vector operand), or one
-int16 immediate for the whole tensor. ``residual`` is an int8 tensor sign-extended into the
-accumulator (an ACC_8BIT load).
+the floor ``v >> s``). ``mult`` has one int16 entry per output channel, or one for the whole
+tensor. ``residual`` is an int8 tensor sign-extended into the accumulator (an ACC_8BIT load).
 The three offsets (zero points of asymmetric int8 tensors) are int32 immediates, each one ADD
 step when non-zero; an accelerator layer's quantiser folds them into its bias rows instead (the
 ALU immediate is 16 bits), so only CPU epilogues carry them.
@@ -118,13 +117,9 @@ class Epilogue:
             raise ProgramError(f"epilogue multipliers must be a non-empty list of integers, not "
                                f"{self.mult!r}")
         m = m.astype(np.int64)
-        if m.size > 1 and not np.all(m == m[0]):  # a vector operand: an int32 accumulator row
-            if m.min() < -(1 << 31) or m.max() > (1 << 31) - 1:
-                raise ProgramError(f"per-channel epilogue multipliers must fit int32, got "
-                                   f"[{m.min()}, {m.max()}]")
-        elif m.min() < IMM_MIN or m.max() > IMM_MAX:
-            raise ProgramError(f"a per-tensor epilogue multiplier (an ALU immediate) must fit "
-                               f"int16, not {int(m[0])}")
+        if m.min() < IMM_MIN or m.max() > IMM_MAX:
+            raise ProgramError(f"epilogue multipliers must fit int16, got [{m.min()}, "
+                               f"{m.max()}]")
         object.__setattr__(self, "mult", m)
         for name in ("shift", "pre_shift", "res_shift", "final_shift"):
             object.__setattr__(self, name, _int_in(getattr(self, name), 0, MAX_SHIFT, name))
