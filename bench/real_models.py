@@ -10,13 +10,13 @@ The models are :data:`tessera.compiler.wheels.TRAINED`'s, fetched by
 setting of this bench, which for some models differs from ``TRAINED``'s compile shapes).
 Calibration and test inputs are generated (``bench/quant_eval.py``: natural-image-like pictures
 for detectors and classifiers, text-line crops for OCR recognisers, speech-like audio for VAD),
-normalised the way each model's package does. Per model it prints: compile time; the share of
-MACs the accelerator runs; the int8 error of our compiled model on fsim against onnxruntime
-float; onnxruntime's own int8 error (``quantize_static``, QDQ, per channel, same calibration:
-its default flow, and with its ``quant_pre_process``); the ratios; and whether fsim equals the
-integer reference (and, for the models named by ``--rtl``, whether the RTL equals fsim). A
-model that does not compile is reported with the compiler's message and skipped. Not part of
-the test run.
+normalised the way each model's package does. Per model it prints: compile time (wall, and CPU
+seconds of this process); the share of MACs the accelerator runs; the int8 error of our compiled
+model on fsim against onnxruntime float; onnxruntime's own int8 error (``quantize_static``, QDQ,
+per channel, same calibration: its default flow, and with its ``quant_pre_process``); the
+ratios; and whether fsim equals the integer reference (and, for the models named by ``--rtl``,
+whether the RTL equals fsim). A model that does not compile is reported with the compiler's
+message and skipped. Not part of the test run.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def evaluate(spec: Spec, path: Path, args) -> dict:
     out0 = fs.get_outputs()[0].name
     f = np.concatenate([fs.run([out0], t)[0] for t in test])
     row: dict = {"name": spec.name}
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     try:
         model = tcompile(proto, config=args.config, calibration=cal, input_shapes=spec.inputs,
                          calibration_method=args.method)
@@ -122,6 +122,7 @@ def evaluate(spec: Spec, path: Path, args) -> dict:
         row["detail"] = str(exc)
         return row
     row["compile_s"] = time.perf_counter() - t0
+    row["compile_cpu_s"] = time.process_time() - c0
     row["accel_share"] = accel_share(model)
     k = model.output_names.index(out0) if out0 in model.output_names else 0
     outs = [model.run(t, device="fsim") for t in test]
@@ -170,8 +171,8 @@ def main() -> None:
         os.environ["TESSERA_WHEELS"] = args.wheels
     print(f"calibration: {args.calibration} generated batches ({args.method}); test: "
           f"{args.test} inputs; config {args.config}; wheels {wheels.wheels_dir()}")
-    head = (f"{'model':20s} {'compile s':>9s} {'accel MACs':>10s} {'ours':>7s} {'ort':>7s} "
-            f"{'ratio':>6s} {'ort+pre':>7s} {'ratio':>6s}  fsim=ref  rtl=fsim")
+    head = (f"{'model':20s} {'compile s':>9s} {'cpu s':>7s} {'accel MACs':>10s} {'ours':>7s} "
+            f"{'ort':>7s} {'ratio':>6s} {'ort+pre':>7s} {'ratio':>6s}  fsim=ref  rtl=fsim")
     print(head)
     print("-" * len(head))
     for spec in specs:
@@ -187,7 +188,8 @@ def main() -> None:
         ort_, pre = r.get("ort"), r.get("ort_pre")
         ratio = f"{r['ours'] / ort_:6.2f}" if ort_ else f"{'-':>6s}"
         ratio_p = f"{r['ours'] / pre:6.2f}" if pre else f"{'-':>6s}"
-        print(f"{spec.name:20s} {r['compile_s']:9.1f} {r['accel_share']:10.1%} "
+        print(f"{spec.name:20s} {r['compile_s']:9.1f} {r['compile_cpu_s']:7.1f} "
+              f"{r['accel_share']:10.1%} "
               f"{r['ours']:7.4f} {ort_ if ort_ is not None else float('nan'):7.4f} {ratio} "
               f"{pre if pre is not None else float('nan'):7.4f} {ratio_p}  "
               f"{'yes' if r['fsim_eq_ref'] else 'NO':8s}  "
