@@ -170,11 +170,12 @@ def _pool3d(ctx: Ctx, n: onnx.NodeProto, a: dict, op: str, kernel: list[int]) ->
 @converter("MaxPool", "AveragePool")
 def _pool(ctx: Ctx, n: onnx.NodeProto, a: dict) -> None:
     x = n.input[0]
-    if len(n.output) > 1 and n.output[1]:
-        raise Unsupported("the MaxPool Indices output is not supported")
+    indices = n.output[1] if len(n.output) > 1 and n.output[1] else ""
     kernel = [int(v) for v in a["kernel_shape"]]
     op = "maxpool" if n.op_type == "MaxPool" else "avgpool"
     if ctx.rank(x) == 5 and len(kernel) == 3:
+        if indices:
+            raise Unsupported("the Indices output is supported for 2-D pooling, not 3-D")
         _pool3d(ctx, n, a, op, kernel)
         return
     nd = _spatial_rank(ctx, x, "pooling")
@@ -185,6 +186,11 @@ def _pool(ctx: Ctx, n: onnx.NodeProto, a: dict) -> None:
                  ceil_mode=bool(a.get("ceil_mode", 0)))
     if n.op_type == "AveragePool":
         attrs["count_include_pad"] = bool(a.get("count_include_pad", 0))
+    if indices:
+        if nd != 2:
+            raise Unsupported(f"the Indices output is supported for 2-D pooling, not {nd}-D")
+        ctx.emit("maxpool_indices", [x], indices, storage_order=int(a.get("storage_order", 0)),
+                 **attrs)
     if nd == 2:
         ctx.emit(op, [x], n.output[0], **attrs)
         return

@@ -85,6 +85,21 @@ def test_pool(op, shape, attrs):
     check(_node_model(op, x, {}, opset=opset, **attrs), {"x": x})
 
 
+MAXPOOL_INDICES = [
+    ((2, 3, 7, 9), dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])),
+    ((1, 2, 8, 8), dict(kernel_shape=[2, 3], strides=[2, 1], pads=[0, 1, 1, 0],
+                        storage_order=1)),
+    ((1, 2, 9, 9), dict(kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1, dilations=[2, 1])),
+]
+
+
+@pytest.mark.parametrize("shape, attrs", MAXPOOL_INDICES, ids=lambda v: str(v))
+def test_maxpool_indices(shape, attrs):
+    # small integers: windows with ties (the first maximum in row-major order wins)
+    x = R.integers(-3, 4, shape).astype(np.float32)
+    check(_node_model("MaxPool", x, {}, outs=("y", "i"), opset=12, **attrs), {"x": x})
+
+
 def test_global_pool_1d():
     x = f32(2, 5, 9)
     nodes = [helper.make_node("GlobalAveragePool", ["x"], ["a"]),
