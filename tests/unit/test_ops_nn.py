@@ -52,6 +52,13 @@ CONVT = [
     dict(x=(1, 2, 3, 3), w=(2, 2, 3, 3), attrs=dict(strides=[2, 2], auto_pad="SAME_UPPER")),
     dict(x=(1, 2, 3, 3), w=(2, 2, 3, 3), attrs=dict(strides=[2, 2], auto_pad="SAME_LOWER")),
     dict(x=(2, 3, 7), w=(3, 4, 3), attrs=dict(strides=[2], pads=[1, 0], output_padding=[1])),
+    dict(x=(1, 2, 3, 4, 5), w=(2, 3, 2, 3, 3), attrs={}),
+    dict(x=(2, 4, 3, 3, 4), w=(4, 2, 3, 2, 2), attrs=dict(group=2, strides=[2, 1, 2],
+                                                          pads=[1, 0, 1, 0, 1, 1],
+                                                          output_padding=[1, 0, 1])),
+    dict(x=(1, 2, 4, 3, 3), w=(2, 2, 2, 2, 2), attrs=dict(dilations=[2, 1, 2], strides=[3, 2, 1])),
+    dict(x=(1, 1, 3, 3, 3), w=(1, 2, 3, 3, 3), attrs=dict(auto_pad="SAME_UPPER",
+                                                          strides=[2, 2, 2])),
 ]
 
 
