@@ -194,6 +194,16 @@ MODELS: dict[str, tuple[Callable, tuple[int, ...], str, str]] = {
 }
 
 
+# trained models in wheels that bench/real_models.py does not list (older releases)
+_V3 = "rapidocr_onnxruntime==1.2.3"
+WHEEL_MODELS = [
+    rm.Spec("ppocrv3_det", _V3, "rapidocr_onnxruntime/models/ch_PP-OCRv3_det_infer.onnx",
+            {"x": (1, 3, 256, 256)}, "image"),
+    rm.Spec("ppocrv3_rec", _V3, "rapidocr_onnxruntime/models/ch_PP-OCRv3_rec_infer.onnx",
+            {"x": (1, 3, 48, 320)}, "text", "half"),
+]
+
+
 def _inputs(shape, data, norm, rng, n) -> list[np.ndarray]:
     spec = rm.Spec("x", "", "", {"x": shape}, data, norm)
     return [f["x"] for f in rm.make_inputs(spec, rng, n)]
@@ -247,6 +257,33 @@ def float_check(path: Path, shape, data, norm) -> dict:
     return row
 
 
+def _print_int8(name: str, r: dict) -> None:
+    if "error" in r:
+        print(f"{name:22s} does not compile: {r['error']}", flush=True)
+        return
+    o = r.get("ort")
+    print(f"{name:22s} {r['compile_s']:9.1f} {r['accel_share']:10.1%} {r['ours']:7.4f} "
+          f"{o if o is not None else float('nan'):7.4f} "
+          f"{(r['ours'] / o) if o else float('nan'):6.2f}  "
+          f"{'yes' if r['fsim_eq_ref'] else 'NO'}", flush=True)
+    if "ort_error" in r:
+        print(f"{'':22s} onnxruntime int8 failed: {r['ort_error']}", flush=True)
+
+
+_INT8_HEAD = (f"{'model':22s} {'compile s':>9s} {'accel MACs':>10s} {'ours':>7s} {'ort':>7s} "
+              f"{'ratio':>6s}  fsim=ref")
+
+
+def _wheels(ev: SimpleNamespace, cache: Path) -> None:
+    print(f"int8 of trained wheel models: {ev.calibration} calibration / {ev.test} test inputs, "
+          f"{ev.method}\n{_INT8_HEAD}", flush=True)
+    for spec in WHEEL_MODELS:
+        try:
+            _print_int8(spec.name, rm.evaluate(spec, rm.fetch(spec, cache), ev))
+        except Exception:  # noqa: BLE001 - one model's crash must not stop the others
+            print(f"{spec.name:22s} CRASH: {traceback.format_exc()[-600:]}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="", help="comma-separated names (default: all)")
@@ -257,11 +294,20 @@ def main() -> None:
     ap.add_argument("--test", type=int, default=4)
     ap.add_argument("--method", default="mse")
     ap.add_argument("--config", default="default")
+    ap.add_argument("--wheels", action="store_true",
+                    help="int8 of the trained models of older wheels instead (WHEEL_MODELS)")
     ap.add_argument("--list", action="store_true")
     args = ap.parse_args()
     if args.list:
         for name, (_, shape, data, _) in MODELS.items():
             print(f"{name:22s} {str(shape):18s} {data}")
+        return
+    ev = SimpleNamespace(calibration=args.calibration, test=args.test, method=args.method,
+                         config=args.config, rtl=set())
+    base = os.environ.get("TESSERA_CACHE")
+    cache = (Path(base) if base else Path.home() / ".cache" / "tessera") / "wild_models"
+    if args.wheels:
+        _wheels(ev, cache)
         return
     try:
         import torch  # noqa: F401
@@ -274,8 +320,6 @@ def main() -> None:
     if unknown:
         ap.error(f"unknown model(s) {sorted(unknown)}; known: {', '.join(MODELS)}")
     exporters = args.exporters.split(",")
-    base = os.environ.get("TESSERA_CACHE")
-    cache = (Path(base) if base else Path.home() / ".cache" / "tessera") / "wild_models"
     print(f"{'model':22s} {'exporter':8s} {'float max rel':>13s} {'compile s':>9s}", flush=True)
     for name in [] if args.no_float else names:
         _, shape, data, norm = MODELS[name]
@@ -301,11 +345,8 @@ def main() -> None:
             print(f"{name:22s} {exp:8s} {r['rel']:13.2e} {r['compile_s']:9.1f}", flush=True)
     if not args.int8:
         return
-    ev = SimpleNamespace(calibration=args.calibration, test=args.test, method=args.method,
-                         config=args.config, rtl=set())
     print(f"\nint8 ({exporters[0]}): {args.calibration} calibration / {args.test} test inputs, "
-          f"{args.method}\n{'model':22s} {'compile s':>9s} {'accel MACs':>10s} {'ours':>7s} "
-          f"{'ort':>7s} {'ratio':>6s}  fsim=ref", flush=True)
+          f"{args.method}\n{_INT8_HEAD}", flush=True)
     for name in names:
         _, shape, data, norm = MODELS[name]
         try:
@@ -313,22 +354,11 @@ def main() -> None:
         except Exception as exc:  # noqa: BLE001 - reported above for the float table
             print(f"{name:22s} export failed: {type(exc).__name__}", flush=True)
             continue
-        spec = rm.Spec(name, "", "", {"x": shape}, data, norm)
         try:
-            r = rm.evaluate(spec, path, ev)
+            _print_int8(name, rm.evaluate(rm.Spec(name, "", "", {"x": shape}, data, norm), path,
+                                          ev))
         except Exception:  # noqa: BLE001
             print(f"{name:22s} CRASH: {traceback.format_exc()[-600:]}", flush=True)
-            continue
-        if "error" in r:
-            print(f"{name:22s} does not compile: {r['error']}", flush=True)
-            continue
-        o = r.get("ort")
-        print(f"{name:22s} {r['compile_s']:9.1f} {r['accel_share']:10.1%} {r['ours']:7.4f} "
-              f"{o if o is not None else float('nan'):7.4f} "
-              f"{(r['ours'] / o) if o else float('nan'):6.2f}  "
-              f"{'yes' if r['fsim_eq_ref'] else 'NO'}", flush=True)
-        if "ort_error" in r:
-            print(f"{'':22s} onnxruntime int8 failed: {r['ort_error']}", flush=True)
 
 
 if __name__ == "__main__":
