@@ -140,11 +140,14 @@ def insn_kind(insn: Insn) -> str:
     """``load``, ``uop_load``, ``acc_load``, ``store``, ``gemm``, ``reset`` (a GEMM that zeroes
     accumulators), ``alu`` or ``finish``."""
     op = insn.opcode
-    if op == Opcode.LOAD:
+    if op == _LOAD:
         return _LOAD_KINDS.get(insn.memory_type, "load")
-    if op == Opcode.GEMM and insn.reset:
+    if op == _GEMM and insn.reset:
         return "reset"
     return _KIND_NAMES.get(op) or Opcode(op).name.lower()
+
+
+_LOAD, _GEMM = int(Opcode.LOAD), int(Opcode.GEMM)
 
 
 _LOAD_KINDS = {MemType.UOP: "uop_load", MemType.ACC: "acc_load", MemType.ACC_8BIT: "acc_load"}
@@ -224,7 +227,15 @@ class CommandBuilder:
     def noop(self, module: Module) -> int:
         """Emit a sync-only instruction for ``module`` (it takes any pending pops)."""
         self.stats.noops += 1
-        return self._append(noop(module))
+        try:
+            m = _MODULES.get(module)
+        except TypeError:  # unhashable: Module() names it
+            m = None
+        if m is None:
+            return self._append(noop(module))
+        template = _NOOPS[m]  # a fresh copy of the module's no-op (all-zero fields: encodes)
+        return self._append(_record(template.__dict__, template.__class__), checked=True,
+                            module=m)
 
     # -- dependency tokens ------------------------------------------------------------------
 
@@ -616,6 +627,8 @@ def _flagged(insn: Insn, flag: str) -> Insn:
 
 
 _ALU_OPS = {int(o): o for o in AluOp}
+_MODULES = {int(m): m for m in Module}
+_NOOPS = {m: noop(m) for m in Module}
 
 
 def _defaults(cls: type) -> dict[str, int]:
