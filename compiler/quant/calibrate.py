@@ -13,6 +13,11 @@ of :data:`CALIBRATION_METHODS`:
 * ``"percentile"``: of |x| (symmetric) or of x at both ends (asymmetric), 99.99 by default;
 * ``"minmax"``: the extremes seen.
 
+A tensor with fewer than :data:`MIN_CLIPPING_SAMPLES` calibration values (a classifier's logits
+over a few batches) takes ``"minmax"`` whatever the method: a handful of values cannot support a
+clipping decision (PP-OCR cls: every logit of unseen inputs saturated; 32 test inputs 0.2577 ->
+0.2210 relative error, onnxruntime 0.2468; held-out CNNs unchanged, 0.726x, 24/24).
+
 Batches are checked before anything runs: each must give every graph input (and nothing else)
 with its shape and a numeric dtype, finite values of magnitude at most
 :data:`MAX_CALIBRATION_MAGNITUDE`; a violation raises :class:`~tessera.errors.InputError` naming
@@ -39,6 +44,7 @@ CALIBRATION_METHODS = ("mse", "entropy", "percentile", "minmax")
 MAX_CALIBRATION_MAGNITUDE = 1e15
 _SAMPLES_PER_TENSOR = 1 << 18  # values kept per tensor over all batches (a random subsample)
 _HIST_BINS = 2048
+MIN_CLIPPING_SAMPLES = 1024  # fewer calibration values than this: minmax, whatever the method
 MSE_MIN_FRACTION = 0.3  # candidates below 0.3*amax over-clip (measured: worse end to end)
 _TINY = 1e-8
 # bytes of float conv/dense products calibration may keep for bias correction (above it, bias
@@ -299,6 +305,10 @@ def qparams(st: TensorStats, method: str = "mse", symmetric: bool = True,
                            f"not {method!r}")
     x = st.samples
     amax = st.amax
+    if x.size < MIN_CLIPPING_SAMPLES:
+        # a handful of values (a classifier's logits over a few batches) cannot support a
+        # clipping decision: unseen inputs land beyond it and saturate
+        method = "minmax"
     if symmetric:
         ax = np.abs(x)
         if method == "minmax":

@@ -389,3 +389,21 @@ def test_report_gives_the_error_budget_of_a_flagged_depthwise_conv():
     assert any(c.startswith("input quantisation dominates: per-tensor input scale, channel "
                             "gains spread") and "depthwise" in c for c in layer.causes), \
         layer.causes
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_a_tensor_with_few_calibration_values_is_not_clipped(symmetric):
+    """A 2-class classifier's logits over 4 batches are 8 values: a clipping range chosen from
+    them (mse/entropy/percentile) saturated every unseen input (PP-OCR cls: all logits at the
+    clip bounds); below MIN_CLIPPING_SAMPLES values every method keeps the range seen."""
+    from tessera.compiler.quant.calibrate import MIN_CLIPPING_SAMPLES
+    rng = np.random.default_rng(10)
+    few = TensorStats()
+    few.add(np.array([-3.1, 2.9, -0.2, 0.4, 6.0, -5.5, 0.1, 1.0], np.float32), rng, 1 << 18)
+    for m in ("percentile", "mse", "entropy"):
+        assert qparams(few, m, symmetric) == qparams(few, "minmax", symmetric), m
+    many = TensorStats()
+    x = rng.standard_normal(4 * MIN_CLIPPING_SAMPLES).astype(np.float32)
+    x[0] = 40.0
+    many.add(x, rng, 1 << 18)
+    assert qparams(many, "mse", symmetric).scale < qparams(many, "minmax", symmetric).scale
