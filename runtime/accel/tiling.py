@@ -119,7 +119,7 @@ def estimate(cfg: Config, g: ConvGeom, t: ConvTiles, prog: DeviceEpilogue,
                     stage_g, stage_l = [], []
                     for kc, count, tkh, tkw in chunks:
                         steps = rows * kc * tkh * tkw
-                        ib = to if g.diagonal else kc  # input blocks the stage loads
+                        ib = g.max_windows(to) * kc  # input blocks the stage loads
                         parts = gemm_part_count(steps, n_chunks)
                         gemm += count * (steps + parts * INSN)
                         stage_g += [steps + parts * INSN] * count
