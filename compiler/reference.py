@@ -23,7 +23,8 @@ from tessera.errors import CompileError, ProgramError
 from tessera.runtime.accel.epilogue import Epilogue
 from tessera.runtime.accel.epilogue import apply_epilogue as _apply
 
-__all__ = ["run", "conv2d_nchw", "apply_epilogue", "wrap32", "float_activation", "KERNELS"]
+__all__ = ["run", "conv2d_nchw", "int_conv2d", "int_matmul", "conv_output", "dense_output",
+           "apply_epilogue", "wrap32", "float_activation", "KERNELS"]
 
 
 def wrap32(v: np.ndarray) -> np.ndarray:
@@ -58,24 +59,126 @@ def _windows(x: np.ndarray, kh: int, kw: int, sh: int, sw: int, dh: int = 1,
                       (s[0], s[1], s[2] * sh, s[3] * sw, s[2] * dh, s[3] * dw), writeable=False)
 
 
+def _padded(x: np.ndarray, pads) -> np.ndarray:
+    """NCHW ``x`` zero padded by ``pads`` (top, left, bottom, right); ``x`` itself if none."""
+    pt, pl, pb, pr = pads
+    if not (pt or pl or pb or pr):
+        return x
+    n, c, h, w = x.shape
+    xp = np.zeros((n, c, h + pt + pb, w + pl + pr), x.dtype)
+    xp[:, :, pt: pt + h, pl: pl + w] = x
+    return xp
+
+
+def _im2col(x: np.ndarray, w_shape, strides, pads, dilations, groups: int
+            ) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """The (G, N*OH*OW, Cg*KH*KW) patch matrix of a grouped conv (a view where numpy can
+    reshape without a copy), and (N, OH, OW)."""
+    o, cg, kh, kw = w_shape
+    win = _windows(_padded(x, pads), kh, kw, strides[0], strides[1], dilations[0],
+                   dilations[1])
+    n, c, oh, ow = win.shape[:4]
+    cols = win.reshape(n, groups, cg, oh, ow, kh, kw).transpose(1, 0, 3, 4, 2, 5, 6)
+    return cols.reshape(groups, n * oh * ow, cg * kh * kw), (n, oh, ow)
+
+
+def _im2col_t(x: np.ndarray, w_shape, strides, pads, dilations, groups: int, dtype
+              ) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """The patches reduction-major, (G, Cg*KH*KW, N*OH*OW), in ``dtype``, and (N, OH, OW):
+    a copy of whole output rows per tap, several times faster than :func:`_im2col`'s layout
+    (whose innermost run is KW elements)."""
+    o, cg, kh, kw = w_shape
+    n, c, h, w = x.shape
+    if (kh, kw, n, groups) == (1, 1, 1, 1) and tuple(strides) == (1, 1) and not any(pads) \
+            and x.dtype == dtype:  # an unpadded pointwise conv reads the input as it is
+        return np.ascontiguousarray(x).reshape(1, c, h * w), (1, h, w)
+    win = _windows(_padded(x, pads), kh, kw, strides[0], strides[1], dilations[0],
+                   dilations[1])
+    n, c, oh, ow = win.shape[:4]
+    cols = np.empty((groups, cg, kh, kw, n, oh, ow), dtype)
+    cols[...] = win.reshape(n, groups, cg, oh, ow, kh, kw).transpose(1, 2, 5, 6, 0, 3, 4)
+    return cols.reshape(groups, cg * kh * kw, n * oh * ow), (n, oh, ow)
+
+
+def _nchw(out: np.ndarray, n: int, oh: int, ow: int) -> np.ndarray:
+    """(G, Og, N*OH*OW) products as an NCHW array (no copy for one image)."""
+    return np.ascontiguousarray(out.reshape(-1, n, oh, ow).transpose(1, 0, 2, 3))
+
+
 def conv2d_nchw(x: np.ndarray, w: np.ndarray, strides=(1, 1), pads=(0, 0, 0, 0),
                 dilations=(1, 1), groups: int = 1) -> np.ndarray:
     """Grouped 2-D convolution (cross-correlation) of NCHW ``x`` with OIHW ``w``, zero padded.
 
-    Computes in the dtype of ``x``; pass float64 operands for exact integer results.
+    Computes in the dtype of ``x``; pass float64 operands for exact integer results (or use
+    :func:`int_conv2d`). An ungrouped conv is one BLAS product ``W (O, K) @ patches (K, M)``
+    over reduction-major patches; a grouped one ``patches (G, M, K) @ W (G, K, Og)`` (for
+    depthwise convs the other orientation rounds differently and is no faster).
     """
-    pt, pl, pb, pr = pads
-    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
     o, cg, kh, kw = w.shape
-    win = _windows(xp, kh, kw, strides[0], strides[1], dilations[0], dilations[1])
-    n, c, oh, ow = win.shape[:4]
+    k = cg * kh * kw
+    if groups == 1:
+        cols, (n, oh, ow) = _im2col_t(x, w.shape, strides, pads, dilations, 1, x.dtype)
+        out = np.matmul(w.reshape(1, o, k).astype(cols.dtype, copy=False), cols)
+        return _nchw(out, n, oh, ow)
+    cols, (n, oh, ow) = _im2col(x, w.shape, strides, pads, dilations, groups)
     og = o // groups
-    # (G, N*OH*OW, Cg*KH*KW) @ (G, Cg*KH*KW, Og)
-    cols = win.reshape(n, groups, cg, oh, ow, kh, kw).transpose(1, 0, 3, 4, 2, 5, 6)
-    cols = cols.reshape(groups, n * oh * ow, cg * kh * kw)
-    wm = w.reshape(groups, og, cg * kh * kw).transpose(0, 2, 1).astype(cols.dtype, copy=False)
+    wm = w.reshape(groups, og, k).transpose(0, 2, 1).astype(cols.dtype, copy=False)
     out = np.matmul(cols, wm)  # (G, N*OH*OW, Og)
     return out.reshape(groups, n, oh, ow, og).transpose(1, 0, 4, 2, 3).reshape(n, o, oh, ow)
+
+
+def _exact_chunk(a: np.dtype, b: np.dtype) -> int | None:
+    """The longest reduction whose every partial sum of ``a * b`` products float32 holds
+    exactly (all integers up to 2**24 are float32 values), or None if not even one."""
+    if a.kind not in "iu" or b.kind not in "iu":
+        return None
+    big = max(abs(int(np.iinfo(a).min)), int(np.iinfo(a).max)) \
+        * max(abs(int(np.iinfo(b).min)), int(np.iinfo(b).max))
+    k = (1 << 24) // big
+    return k if k >= 1 else None
+
+
+def int_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Exact ``a @ b`` of 2-D integer arrays as int64.
+
+    int8 x int8 products go through float32 BLAS over reductions of at most 1024 terms (each
+    exact: |sum| <= 1024 * 128 * 128 = 2**24), summed in float64 (exact below 2**53); wider
+    integers through float64 BLAS (exact while the sums stay below 2**53). Operands are
+    converted one reduction chunk at a time (a large dense layer's weights are never copied
+    whole)."""
+    chunk = _exact_chunk(a.dtype, b.dtype)
+    if chunk is None:
+        return np.rint(a.astype(np.float64) @ b.astype(np.float64)).astype(np.int64)
+    k = a.shape[-1]
+    if k <= chunk:
+        return (a.astype(np.float32) @ b.astype(np.float32)).astype(np.int64)
+    total = np.zeros(a.shape[:-1] + b.shape[-1:], np.float64)
+    for k0 in range(0, k, chunk):
+        total += a[:, k0: k0 + chunk].astype(np.float32) @ b[k0: k0 + chunk].astype(np.float32)
+    return total.astype(np.int64)
+
+
+def int_conv2d(x: np.ndarray, w: np.ndarray, strides=(1, 1), pads=(0, 0, 0, 0),
+               dilations=(1, 1), groups: int = 1) -> np.ndarray:
+    """:func:`conv2d_nchw` of integer ``x`` and ``w``, exact, as int64 (the sums as in
+    :func:`int_matmul`; reduction-major patches for every conv: the order of an exact sum is
+    free)."""
+    o, cg, kh, kw = w.shape
+    chunk = _exact_chunk(x.dtype, w.dtype)
+    dtype = np.float64 if chunk is None else np.float32
+    cols, (n, oh, ow) = _im2col_t(x, w.shape, strides, pads, dilations, groups, dtype)
+    k = cg * kh * kw
+    wm = w.reshape(groups, o // groups, k).astype(dtype)
+    if chunk is None:
+        out = np.rint(np.matmul(wm, cols)).astype(np.int64)
+    elif k <= chunk:
+        out = np.matmul(wm, cols).astype(np.int64)
+    else:
+        total = np.zeros((groups, o // groups, cols.shape[-1]), np.float64)
+        for k0 in range(0, k, chunk):
+            total += np.matmul(wm[:, :, k0: k0 + chunk], cols[:, k0: k0 + chunk])
+        out = total.astype(np.int64)
+    return _nchw(out, n, oh, ow)
 
 
 def _pool_windows(x: np.ndarray, a: Mapping[str, Any], fill: float) -> tuple[np.ndarray, Any]:
@@ -130,6 +233,13 @@ def _f32(x: np.ndarray) -> np.ndarray:
 def _k_conv2d(n: Node, x, w, b=None, r=None):
     a = n.attrs
     y = conv2d_nchw(x, w, a["strides"], a["pads"], a["dilations"], a["groups"])
+    return conv_output(n, y, b, r)
+
+
+def conv_output(n: Node, y: np.ndarray, b=None, r=None) -> list[np.ndarray]:
+    """A float conv2d node's output from its products ``y`` (which it may overwrite): bias,
+    residual and fused activation added as its kernel does."""
+    a = n.attrs
     if y.dtype == np.result_type(y, *(v for v in (b, r) if v is not None)):
         # y is a fresh array of the result dtype: the same sums, computed in place
         if b is not None:
@@ -155,7 +265,11 @@ def _act_inplace(y: np.ndarray, a: Mapping[str, Any]) -> np.ndarray:
 
 
 def _k_dense(n: Node, x, w, b=None, r=None):
-    y = x @ w.T
+    return dense_output(n, x @ w.T, b, r)
+
+
+def dense_output(n: Node, y: np.ndarray, b=None, r=None) -> list[np.ndarray]:
+    """A float dense node's output from its products ``y`` = ``x @ w.T``."""
     if b is not None:
         y = y + b
     if r is not None:
@@ -269,15 +383,6 @@ def _k_unpack(n: Node, x):
     return [np.ascontiguousarray(full[: shape[0], : shape[1]])]
 
 
-def _acc64(x: np.ndarray) -> np.ndarray:
-    return x.astype(np.float64)
-
-
-def _int_acc(y: np.ndarray) -> np.ndarray:
-    """Exact int64 from a float64 sum of integer products (exact below 2**53)."""
-    return wrap32(np.rint(y).astype(np.int64))
-
-
 def _blocked(kernel: Callable) -> Callable:
     """Run an accelerator layer's NCHW kernel on blocked (SPEC §2) inputs and output."""
     def k(n: Node, x, w, b=None, r=None):
@@ -300,15 +405,14 @@ def _unpack_like(n: Node, r: np.ndarray, x: np.ndarray, w: np.ndarray) -> np.nda
 
 def _k_qconv2d(n: Node, x, w, b=None, r=None):
     a = n.attrs
-    acc = _int_acc(conv2d_nchw(_acc64(x), _acc64(w), a["strides"], a["pads"], a["dilations"],
-                               a["groups"]))
+    acc = wrap32(int_conv2d(x, w, a["strides"], a["pads"], a["dilations"], a["groups"]))
     if b is not None:
         acc = wrap32(acc + b.astype(np.int64).reshape(1, -1, 1, 1))
     return [apply_epilogue(acc, _epi_args(n), r)]
 
 
 def _k_qdense(n: Node, x, w, b=None, r=None):
-    acc = _int_acc(_acc64(x) @ _acc64(w).T)
+    acc = wrap32(int_matmul(x, w.T))
     if b is not None:
         acc = wrap32(acc + b.astype(np.int64))
     return [apply_epilogue(acc, _epi_args(n), r)]
@@ -418,11 +522,15 @@ KERNELS.update(_FAMILY_KERNELS)
 
 
 def run(graph: Graph, feeds: Mapping[str, np.ndarray], *, all_tensors: bool = False,
-        observe: Callable[[str, np.ndarray], None] | None = None) -> dict[str, np.ndarray]:
+        observe: Callable[[str, np.ndarray], None] | None = None,
+        kernels: Mapping[str, Callable[..., list[np.ndarray]]] | None = None
+        ) -> dict[str, np.ndarray]:
     """Execute ``graph`` on ``feeds`` (input name -> array).
 
     Returns the graph outputs, or every tensor when ``all_tensors`` is set. ``observe`` is
     called with (tensor name, value) for every node output as it is produced (calibration).
+    ``kernels`` replaces the kernels of some ops (op -> kernel computing the same values, e.g.
+    one that also records something).
     Intermediate tensors are freed after their last use unless ``all_tensors`` is set.
     """
     env: dict[str, np.ndarray] = {}
@@ -445,7 +553,7 @@ def run(graph: Graph, feeds: Mapping[str, np.ndarray], *, all_tensors: bool = Fa
             last_use[i] = idx
     keep = set(graph.outputs) | set(graph.constants)
     for idx, n in enumerate(graph.nodes):
-        kernel = KERNELS.get(n.op)
+        kernel = (kernels.get(n.op) if kernels else None) or KERNELS.get(n.op)
         if kernel is None:
             raise CompileError(f"node {n.name!r}: the reference has no kernel for op {n.op!r}")
         args = [env[i] if i else None for i in n.inputs]

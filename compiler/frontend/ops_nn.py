@@ -240,9 +240,11 @@ def _gemm(ctx: Ctx, n: onnx.NodeProto, a: dict) -> None:
             y = ctx.emit("mul", [y, ctx.scalar(alpha)], ctx.tmp(out))
         add_c(y)
         return
-    w = (bconst if tb else bconst.T).astype(np.float32) * np.float32(alpha)
+    w = np.ascontiguousarray(bconst if tb else bconst.T, dtype=np.float32)  # at most 1 copy
+    if alpha != 1.0:
+        w = w * np.float32(alpha)
     m = w.shape[0]
-    wname = ctx.add_const(ctx.tmp(n.input[1]), np.ascontiguousarray(w))
+    wname = ctx.add_const(ctx.tmp(n.input[1]), w)
     cv = ctx.maybe_const(c)
     if cv is not None and cv.size in (1, m) and (cv.ndim <= 1 or cv.shape[-1] == cv.size):
         bias = ctx.add_const(ctx.tmp(c), np.broadcast_to(

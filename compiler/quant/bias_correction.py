@@ -15,9 +15,12 @@ layer's, given the int8 model's input: what the integer bias ``b_q`` should abso
 a channel whose mean error is not clearly non-zero on the calibration data is barely moved).
 Corrections apply before the next layer is measured, so downstream layers see corrected inputs.
 The layer's accumulator bound and epilogue are rebuilt for the new bias by the caller. Each
-layer's products are computed once per batch: they give the error statistics and both graphs'
-outputs of the layer (ResNet-18 at 224, 8 batches: the correction takes about half the CPU time
-it took when the reference kernels recomputed them).
+layer's products are computed once per batch: they give the error statistics and the int8
+graph's output of the layer. The int8 products are exact integers computed by float32 BLAS in
+reductions of at most 1024 terms (:func:`~tessera.compiler.reference.int_conv2d`); the float
+products are the ones calibration computed on the same batches and kept
+(:func:`~tessera.compiler.quant.calibrate.collect`), so the float graph is not run again
+(unless they did not fit calibration's memory budget).
 
 Measured (``python bench/heldout_cnns.py --seeds 0-19 --trained 0-3``): geometric mean of our
 error over onnxruntime's static int8 on 24 held-out-style and trained-like CNNs 0.770 -> 0.726,
@@ -43,14 +46,25 @@ CORRECTED_OPS = ("qconv2d", "qdense")
 BIAS_CORRECTION_BATCHES = 8
 
 
-def _products(op: str, x: np.ndarray, w: np.ndarray, attrs: Mapping, dtype) -> np.ndarray:
-    """``x * w`` of a conv2d (NCHW) or dense layer, computed in ``dtype`` (float64 makes the
-    int8 products exact), in the layer's output layout."""
-    x, w = x.astype(dtype, copy=False), w.astype(dtype, copy=False)
-    if op in ("conv2d", "qconv2d"):
+def _float_products(op: str, x: np.ndarray, w: np.ndarray, attrs: Mapping) -> np.ndarray:
+    """``x * w`` of a float conv2d (NCHW) or dense layer, in float32 as the reference computes
+    it."""
+    x, w = x.astype(np.float32, copy=False), w.astype(np.float32, copy=False)
+    if op == "conv2d":
         return reference.conv2d_nchw(x, w, attrs["strides"], attrs["pads"], attrs["dilations"],
                                      attrs["groups"])
     return x @ w.T
+
+
+def _int_products(op: str, xs: Sequence[np.ndarray], w: np.ndarray, attrs: Mapping
+                  ) -> list[np.ndarray]:
+    """The exact int64 accumulators (no bias) of a qconv2d/qdense layer for each batch's input
+    in ``xs`` (a dense layer's batches go through one matrix product)."""
+    if op == "qconv2d":
+        return [reference.int_conv2d(x, w, attrs["strides"], attrs["pads"], attrs["dilations"],
+                                     attrs["groups"]) for x in xs]
+    acc = reference.int_matmul(np.concatenate(xs), w.T)
+    return np.split(acc, np.cumsum([len(x) for x in xs])[:-1])
 
 
 def _per_channel(y: np.ndarray) -> np.ndarray:
@@ -100,10 +114,10 @@ class _Lockstep:
 
 
 def _int_layer(n: Node, acc: np.ndarray, args: list) -> list[np.ndarray]:
-    """What the reference's qconv2d/qdense computes, from its int8 products ``acc``."""
+    """What the reference's qconv2d/qdense computes, from its exact int64 products ``acc``."""
     b, r = args[2], (args[3] if len(args) > 3 else None)
     shape = (1, -1, 1, 1) if acc.ndim == 4 else (1, -1)
-    total = reference.wrap32(np.rint(acc).astype(np.int64) + b.astype(np.int64).reshape(shape))
+    total = reference.wrap32(acc + b.astype(np.int64).reshape(shape))
     return [reference.apply_epilogue(total, n.attrs["epilogue"], r)]
 
 
@@ -117,7 +131,8 @@ def _float_layer(n: Node, z: np.ndarray, args: list) -> list[np.ndarray]:
 
 def correct_biases(graph: Graph, float_graph: Graph, qparams: Mapping[str, QParams],
                    batches: Sequence[Mapping[str, np.ndarray]],
-                   update: Callable[[Node, np.ndarray], tuple[Node, np.ndarray] | None]
+                   update: Callable[[Node, np.ndarray], tuple[Node, np.ndarray] | None],
+                   float_products: Mapping[str, Sequence[np.ndarray]] | None = None
                    ) -> tuple[Graph, dict[str, np.ndarray]]:
     """Bias-correct the int8 layers of ``graph`` (module docstring).
 
@@ -125,37 +140,47 @@ def correct_biases(graph: Graph, float_graph: Graph, qparams: Mapping[str, QPara
     ``float_graph``. ``update(node, delta)`` returns the layer's node rebuilt for its bias plus
     ``delta`` (int64 per channel; a new epilogue for the new accumulator bound; the same
     input names) and the new bias array, or None to leave the layer as it is. Returns the
-    corrected graph and each corrected layer's ``delta``."""
+    corrected graph and each corrected layer's ``delta``. ``float_products`` may give the
+    float layers' products on ``batches`` (node name -> one array per batch, as calibration
+    keeps them: :func:`~tessera.compiler.quant.calibrate.collect`); when it has every layer's,
+    the float graph is not run again."""
     fpos = {n.name: k for k, n in enumerate(float_graph.nodes)}
+    layers = [(k, n) for k, n in enumerate(graph.nodes)
+              if n.op in CORRECTED_OPS and n.name in fpos and len(n.inputs) >= 3
+              and n.inputs[2]]
+    given = float_products is not None and all(
+        len(float_products.get(n.name, ())) == len(batches) for _, n in layers)
     q = _Lockstep(graph, batches)
-    f = _Lockstep(float_graph, batches)
+    f = None if given else _Lockstep(float_graph, batches)
     deltas: dict[str, np.ndarray] = {}
-    for k, n in enumerate(graph.nodes):
-        fk = fpos.get(n.name)
-        if n.op not in CORRECTED_OPS or fk is None or len(n.inputs) < 3 or not n.inputs[2]:
-            continue
+    for k, n in layers:
+        fk = fpos[n.name]
         fn = float_graph.nodes[fk]
         q.advance(k)
-        f.advance(fk)
+        if f is not None:
+            f.advance(fk)
+            zs = [_float_products(fn.op, f.value(e, fn.inputs[0]), f.value(e, fn.inputs[1]),
+                                  fn.attrs) for e in f.envs]
+        else:
+            zs = list(float_products[n.name])
         qx = qparams[n.inputs[0]]
         wq = q.constants[n.inputs[1]]
-        wsum = wq.reshape(wq.shape[0], -1).astype(np.int64).sum(axis=1)
+        wsum = wq.reshape(wq.shape[0], -1).sum(axis=1, dtype=np.int64)
         unit = qx.scale * np.asarray(n.attrs["w_scale"], np.float64).reshape(-1, 1)
         s1 = np.zeros(wq.shape[0])
         s2 = np.zeros(wq.shape[0])
         count = 0
-        accs, zs = [], []
-        for qenv, fenv in zip(q.envs, f.envs):
-            # each product once: the error statistics and both layers' outputs come from it
-            acc = _products(n.op, q.value(qenv, n.inputs[0]), wq, n.attrs, np.float64)
-            z = _products(fn.op, f.value(fenv, fn.inputs[0]), f.value(fenv, fn.inputs[1]),
-                          fn.attrs, np.float32)
-            err = _per_channel(z) / unit - (_per_channel(acc) - qx.zero_point * wsum[:, None])
+        # each product once: the error statistics and both layers' outputs come from it
+        accs = _int_products(n.op, [q.value(e, n.inputs[0]) for e in q.envs], wq, n.attrs)
+        for acc, z in zip(accs, zs):
+            err = _per_channel(z).astype(np.float64)  # in place below: the same sums
+            err /= unit
+            err -= (_per_channel(acc) - qx.zero_point * wsum[:, None]) if qx.zero_point \
+                else _per_channel(acc)
             s1 += err.sum(axis=1)
-            s2 += (err * err).sum(axis=1)
+            err *= err
+            s2 += err.sum(axis=1)
             count += err.shape[1]
-            accs.append(acc)
-            zs.append(z)
         if count >= 2:
             mu = s1 / count
             se2 = np.maximum(s2 / count - mu * mu, 0.0) / count
@@ -169,6 +194,7 @@ def correct_biases(graph: Graph, float_graph: Graph, qparams: Mapping[str, QPara
                 deltas[n.name] = delta
         q.put(n, [_int_layer(n, acc, [q.value(e, i) if i else None for i in n.inputs])
                   for acc, e in zip(accs, q.envs)])
-        f.put(fn, [_float_layer(fn, z, [f.value(e, i) if i else None for i in fn.inputs])
-                   for z, e in zip(zs, f.envs)])
+        if f is not None:
+            f.put(fn, [_float_layer(fn, z, [f.value(e, i) if i else None for i in fn.inputs])
+                       for z, e in zip(zs, f.envs)])
     return graph.replace(nodes=q.nodes, constants=q.constants), deltas

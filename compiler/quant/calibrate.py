@@ -41,6 +41,9 @@ _SAMPLES_PER_TENSOR = 1 << 18  # values kept per tensor over all batches (a rand
 _HIST_BINS = 2048
 MSE_MIN_FRACTION = 0.3  # candidates below 0.3*amax over-clip (measured: worse end to end)
 _TINY = 1e-8
+# bytes of float conv/dense products calibration may keep for bias correction (above it, bias
+# correction runs the float graph again instead)
+PRODUCT_BUDGET = 1 << 30
 
 
 def check_batches(graph: Graph, calibration: Iterable[Mapping[str, np.ndarray]]
@@ -121,23 +124,53 @@ class TensorStats:
 
 
 def collect(graph: Graph, batches: list[dict[str, np.ndarray]],
-            tensors: Iterable[str] | None = None, seed: int = 0) -> dict[str, TensorStats]:
+            tensors: Iterable[str] | None = None, seed: int = 0,
+            products: dict[str, list[np.ndarray]] | None = None, product_batches: int = 0,
+            product_budget: int = PRODUCT_BUDGET) -> dict[str, TensorStats]:
     """Run checked ``batches`` through the float reference and gather every float tensor's
-    statistics (only ``tensors`` when given)."""
+    statistics (only ``tensors`` when given).
+
+    With a ``products`` dict, the float32 products (``x * w`` before bias and activation) of
+    every conv2d/dense node over the first ``product_batches`` batches are stored in it, node
+    name -> one array per batch, for bias correction to reuse instead of running the float
+    graph again; if they would take more than ``product_budget`` bytes (or a layer is not
+    float32), ``products`` is left empty."""
     want = set(tensors) if tensors is not None else None
     stats: dict[str, TensorStats] = {}
     rng = np.random.default_rng(seed)
     keep = max(1024, _SAMPLES_PER_TENSOR // max(1, len(batches)))
+    store = {"bytes": 0, "on": products is not None and product_batches > 0}
 
     def observe(name: str, value: np.ndarray) -> None:
         if (want is None or name in want) and value.dtype.kind == "f":
             stats.setdefault(name, TensorStats()).add(value, rng, keep)
 
-    for feeds in batches:
+    def record(n, x, w, y: np.ndarray) -> np.ndarray:
+        if store["on"]:
+            if x.dtype != np.float32 or w.dtype != np.float32 \
+                    or store["bytes"] + y.nbytes > product_budget:
+                store["on"] = False
+                products.clear()
+            else:
+                products.setdefault(n.name, []).append(y.copy())
+                store["bytes"] += y.nbytes
+        return y
+
+    def conv(n, x, w, b=None, r=None):
+        a = n.attrs
+        y = reference.conv2d_nchw(x, w, a["strides"], a["pads"], a["dilations"], a["groups"])
+        return reference.conv_output(n, record(n, x, w, y), b, r)
+
+    def dense(n, x, w, b=None, r=None):
+        return reference.dense_output(n, record(n, x, w, x @ w.T), b, r)
+
+    for k, feeds in enumerate(batches):
         for i in graph.inputs:
             observe(i, feeds[i])
+        kernels = {"conv2d": conv, "dense": dense} if store["on"] and k < product_batches \
+            else None
         with np.errstate(over="ignore", invalid="ignore"):
-            reference.run(graph, feeds, observe=observe)
+            reference.run(graph, feeds, observe=observe, kernels=kernels)
     for name, st in stats.items():
         if not (np.isfinite(st.lo) and np.isfinite(st.hi)):
             raise CompileError(f"calibration: tensor {name!r} overflows float32 on the "

@@ -49,12 +49,39 @@ DEAD_RATIO = 1e-6
 
 
 def _channel_absmax(w: np.ndarray) -> np.ndarray:
-    return np.abs(w.reshape(w.shape[0], -1).astype(np.float64)).max(axis=1)
+    """max|w| per output channel as float64 (NaN if the channel has one)."""
+    flat = w.reshape(w.shape[0], -1)
+    return np.maximum(flat.max(axis=1), -flat.min(axis=1)).astype(np.float64)
+
+
+_BLOCK = 1 << 16  # elements per block of the row-blocked loops below (cache-sized temporaries)
+
+
+def _row_blocks(rows: int, cols: int):
+    step = max(1, _BLOCK // max(1, cols))
+    return (slice(r, r + step) for r in range(0, rows, step))
 
 
 def _round_weights(w: np.ndarray, scale: np.ndarray, lo: int = -127) -> np.ndarray:
-    s = scale.reshape((-1,) + (1,) * (w.ndim - 1))
-    return np.clip(np.rint(w.astype(np.float64) / s), lo, 127).astype(np.int8)
+    """``clip(rint(w / scale[c]), lo, 127)`` as int8, the quotients in float64."""
+    flat = w.reshape(w.shape[0], -1)
+    s = np.asarray(scale, np.float64).reshape(-1, 1)
+    out = np.empty(flat.shape, np.int8)
+    for rows in _row_blocks(*flat.shape):
+        q = np.divide(flat[rows], s[rows], dtype=np.float64)
+        np.rint(q, out=q)
+        out[rows] = np.clip(q, lo, 127, out=q)
+    return out.reshape(w.shape)
+
+
+def _weight_sums(wq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sum w_q, sum |w_q|) per output channel, int64."""
+    flat = wq.reshape(wq.shape[0], -1)
+    total = flat.sum(axis=1, dtype=np.int64)
+    mag = np.empty(flat.shape[0], np.int64)
+    for rows in _row_blocks(*flat.shape):
+        mag[rows] = np.abs(flat[rows].astype(np.int64)).sum(axis=1)
+    return total, mag
 
 
 def quantize_weight(w: np.ndarray, floor_ratio: float = WEIGHT_FLOOR_RATIO
@@ -137,9 +164,9 @@ def quantize_layer(w: np.ndarray, bias: np.ndarray | None, x_scale: float, what:
         wq = _round_weights(w, scale)
     bq = np.rint(b / (x_scale * scale))
     assert np.all(np.abs(bq) <= BIAS_LIMIT + 1)
-    wsum = wq.reshape(o, -1).astype(np.int64).sum(axis=1)
+    wsum, wmag = _weight_sums(wq)
     bq = bq.astype(np.int64) - int(in_zero_point) * wsum
-    bound = np.abs(wq.reshape(o, -1).astype(np.int64)).sum(axis=1) * in_max + np.abs(bq)
+    bound = wmag * in_max + np.abs(bq)
     if int(bound.max(initial=0)) > INT32_LIMIT:
         c = int(np.argmax(bound))
         raise CompileError(f"{what}: the int32 accumulator of output channel {c} can reach "

@@ -365,12 +365,14 @@ def quantize(graph: Graph, calibration: Iterable[Mapping[str, np.ndarray]] | Non
     b = _Builder(g, {}, method, percentile, activations, keep, accel)
     b.weight_floor = float(weight_floor)
     batches: list[dict[str, np.ndarray]] = []
+    products: dict[str, list[np.ndarray]] = {}  # calibration's float products, reused below
     if not b.pre_quantised:
         if calibration is None:
             raise CompileError("quantisation needs calibration batches (the model has no "
                                "QuantizeLinear nodes of its own)")
         batches = check_batches(g, calibration)
-        b.stats = collect(g, batches, seed=seed)
+        b.stats = collect(g, batches, seed=seed, products=products,
+                          product_batches=BIAS_CORRECTION_BATCHES if bias_correction else 0)
         _unify_concat(b, g)
         _hoist_activations(b, g)
     for n in g.nodes:
@@ -392,7 +394,8 @@ def quantize(graph: Graph, calibration: Iterable[Mapping[str, np.ndarray]] | Non
     qg = qg.replace(tensors={**qg.tensors, **tensors}).verify()
     if bias_correction and batches:
         qg, _ = correct_biases(qg, g, b.qp, batches[:BIAS_CORRECTION_BATCHES],
-                               lambda n, d: _corrected_layer(b, n, d))
+                               lambda n, d: _corrected_layer(b, n, d), products)
+        products.clear()
     return QuantizedModel(qg, g, dict(b.int_of), dict(b.qp),
                           "model" if b.pre_quantised else method, b.layers, b.stats,
                           tuple(sorted(keep)), dict(b.alias), tuple(b.relu_hoisted))
@@ -549,9 +552,9 @@ def _corrected_layer(b: _Builder, n: Node, delta: np.ndarray
     """Layer ``n`` (qconv2d/qdense) with ``delta`` added to its int32 bias: a new accumulator
     bound and epilogue (None, with a note on the layer, if the bound would leave int32)."""
     lq = b.layers[n.name]
-    o = lq.wq.shape[0]
     bq = lq.bq.astype(np.int64) + delta
-    bound = np.abs(lq.wq.reshape(o, -1).astype(np.int64)).sum(axis=1) * 128 + np.abs(bq)
+    # the bound is sum|w_q| * 128 + |b_q| (params.quantize_layer): swap the bias term
+    bound = lq.bound - np.abs(lq.bq.astype(np.int64)) + np.abs(bq)
     if int(bound.max(initial=0)) > INT32_LIMIT:
         lq.notes["bias_correction_skipped"] = "the corrected bias would leave int32"
         return None

@@ -27,7 +27,7 @@ import numpy as np
 
 from tessera.errors import ProgramError
 from tessera.isa import IMM_MAX, IMM_MIN, AluOp
-from tessera.sim.fsim import alu_apply
+from tessera.sim.alu_kernel import alu_apply, alu_inplace
 
 __all__ = ["AluStep", "Epilogue", "apply_epilogue", "rounding_shift_steps", "MAX_SHIFT",
            "BRANCHES"]
@@ -193,22 +193,33 @@ def apply_epilogue(acc: np.ndarray, epi: Epilogue, residual: np.ndarray | None =
                    channel_axis: int = 1) -> np.ndarray:
     """Run ``epi.alu_steps()`` on int32 accumulator values (any integer array whose values fit
     int32) with the functional simulator's ALU; returns int8 (the low 8 bits, as a STORE
-    writes them)."""
+    writes them). A branch's first step is :func:`~tessera.sim.alu_kernel.alu_apply` on the
+    int64 input, the later ones :func:`~tessera.sim.alu_kernel.alu_inplace` on its int32
+    result (the same arithmetic without int64 copies)."""
     v = np.asarray(acc, dtype=np.int64)
     u = None if residual is None else np.asarray(residual, dtype=np.int64)
     if epi.res_mult is not None and u is None:
         raise ProgramError("epilogue expects a residual input but none was given")
+    lanes: dict[str, np.ndarray | None] = {"main": None, "residual": None}  # int32 results
     for step in epi.alu_steps():
-        operand: Any = step.operand
-        if isinstance(operand, np.ndarray):
-            shape = [1] * v.ndim
-            shape[channel_axis] = operand.size
-            operand = operand.reshape(shape)
-        operand = np.asarray(operand, np.int64)
-        if step.branch == "residual":
-            u = alu_apply(AluOp[step.opcode], u, operand).astype(np.int64)
-        elif step.branch == "combine":
-            v = alu_apply(AluOp.ADD, v, u).astype(np.int64)
+        op = AluOp.ADD if step.branch == "combine" else AluOp[step.opcode]
+        branch = "main" if step.branch == "combine" else step.branch
+        if step.branch == "combine":
+            operand: Any = lanes["residual"] if lanes["residual"] is not None \
+                else u.astype(np.int32)
         else:
-            v = alu_apply(AluOp[step.opcode], v, operand).astype(np.int64)
-    return v.astype(np.int8)
+            operand = step.operand
+            if isinstance(operand, np.ndarray):
+                shape = [1] * v.ndim
+                shape[channel_axis] = operand.size
+                operand = operand.reshape(shape).astype(np.int32)
+            else:
+                operand = int(operand)
+        cur = lanes[branch]
+        if cur is None:
+            lanes[branch] = alu_apply(op, v if branch == "main" else u,
+                                      np.asarray(operand, np.int64))
+        else:
+            alu_inplace(op, cur, operand)
+    out = lanes["main"]
+    return (v if out is None else out).astype(np.int8)

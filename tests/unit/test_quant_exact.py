@@ -1,0 +1,113 @@
+"""The quantiser's fast paths compute exactly what the plain ones do: exact int8 products in
+float32 chunks, the epilogue on int32 lanes, bias correction reusing calibration's products."""
+
+import importlib
+
+import numpy as np
+import pytest
+
+from tessera.compiler import reference, zoo
+from tessera.compiler.frontend import import_onnx
+from tessera.compiler.passes import GRAPH_PASSES, run_pipeline
+from tessera.compiler.quant import quantize
+from tessera.compiler.quant.bias_correction import BIAS_CORRECTION_BATCHES
+
+# the package exports functions of these names: the modules themselves
+calibrate = importlib.import_module("tessera.compiler.quant.calibrate")
+quantize_mod = importlib.import_module("tessera.compiler.quant.quantize")
+
+
+def _float64_conv(x, w, *geo):
+    return np.rint(reference.conv2d_nchw(x.astype(np.float64), w.astype(np.float64), *geo)
+                   ).astype(np.int64)
+
+
+def test_int_conv2d_is_exact_on_extreme_values_and_long_reductions():
+    rng = np.random.default_rng(0)
+    cases = [  # (n, c, o, groups, k, size, stride, pads, dilation)
+        (1, 300, 5, 1, 3, 6, 1, (1, 1, 1, 1), 1),     # reduction 2700: three float32 chunks
+        (2, 8, 8, 8, 3, 9, 2, (0, 1, 2, 1), 1),       # depthwise, batch 2, asymmetric pads
+        (1, 6, 9, 3, 2, 8, 1, (0, 0, 0, 0), 2),       # grouped, dilated
+        (1, 1200, 3, 1, 1, 3, 1, (0, 0, 0, 0), 1),    # 1x1, reduction just above one chunk
+    ]
+    for n, c, o, g, k, size, s, pads, d in cases:
+        for extreme in (False, True):
+            x = rng.integers(-128, 128, (n, c, size, size)).astype(np.int8)
+            w = rng.integers(-128, 128, (o, c // g, k, k)).astype(np.int8)
+            if extreme:  # every product 2**14: each chunk sums to exactly 2**24
+                x[:], w[:] = -128, -128
+            geo = ((s, s), pads, (d, d), g)
+            got = reference.int_conv2d(x, w, *geo)
+            assert got.dtype == np.int64 and got.flags.c_contiguous
+            np.testing.assert_array_equal(got, _float64_conv(x, w, *geo))
+
+
+def test_int_matmul_is_exact_and_wider_integers_still_work():
+    rng = np.random.default_rng(1)
+    for k in (1, 1024, 1025, 5000):
+        a = rng.integers(-128, 128, (3, k)).astype(np.int8)
+        b = rng.integers(-128, 128, (k, 4)).astype(np.int8)
+        a[0], b[:, 0] = -128, -128
+        np.testing.assert_array_equal(reference.int_matmul(a, b),
+                                      a.astype(np.int64) @ b.astype(np.int64))
+    a = rng.integers(-40000, 40000, (2, 50)).astype(np.int32)  # no float32 chunk is exact
+    b = rng.integers(-128, 128, (50, 3)).astype(np.int8)
+    np.testing.assert_array_equal(reference.int_matmul(a, b),
+                                  a.astype(np.int64) @ b.astype(np.int64))
+
+
+def _graph(model):
+    return run_pipeline(import_onnx(model), GRAPH_PASSES)
+
+
+def _batches(g, n, seed=0):
+    rng = np.random.default_rng(seed)
+    return [{i: rng.standard_normal(g.tensors[i].shape).astype(np.float32) for i in g.inputs}
+            for _ in range(n)]
+
+
+def test_calibration_keeps_the_float_products_bias_correction_needs():
+    g = _graph(zoo.small_cnn())
+    batches = _batches(g, 5)
+    products: dict = {}
+    stats = calibrate.collect(g, batches, products=products, product_batches=3)
+    layers = [n for n in g.nodes if n.op in ("conv2d", "dense")]
+    assert layers and set(products) == {n.name for n in layers}
+    assert all(len(v) == 3 for v in products.values())
+    plain = calibrate.collect(g, batches)
+    assert stats.keys() == plain.keys()
+    for name, st in stats.items():  # the recording kernels change nothing
+        np.testing.assert_array_equal(st.samples, plain[name].samples)
+    small: dict = {}
+    calibrate.collect(g, batches, products=small, product_batches=3, product_budget=1000)
+    assert small == {}  # over budget: nothing kept, bias correction runs the float graph
+
+
+@pytest.mark.parametrize("model", [zoo.resnet_tiny, zoo.small_cnn, zoo.mobilenet_tiny])
+def test_bias_correction_from_calibrations_products_equals_rerunning_the_float_graph(
+        model, monkeypatch):
+    g = _graph(model())
+    batches = _batches(g, BIAS_CORRECTION_BATCHES + 2)
+    bc = importlib.import_module("tessera.compiler.quant.bias_correction")
+    calls = []
+    real = bc._float_products
+    monkeypatch.setattr(bc, "_float_products", lambda *a: calls.append(1) or real(*a))
+    fast = quantize(g, batches)
+    assert not calls, "bias correction ran the float graph again"
+
+    def collect_without_products(graph, cal, seed=0, products=None, product_batches=0):
+        return calibrate.collect(graph, cal, seed=seed)
+
+    monkeypatch.setattr(quantize_mod, "collect", collect_without_products)
+    slow = quantize(g, batches)
+    assert calls
+    assert any("bias_correction" in lq.notes for lq in slow.layers.values())
+    assert [n.name for n in fast.graph.nodes] == [n.name for n in slow.graph.nodes]
+    for a, b in zip(fast.graph.nodes, slow.graph.nodes):
+        assert repr(a.attrs.get("epilogue")) == repr(b.attrs.get("epilogue")), a.name
+    assert fast.graph.constants.keys() == slow.graph.constants.keys()
+    for name, v in fast.graph.constants.items():
+        np.testing.assert_array_equal(v, slow.graph.constants[name], err_msg=name)
+    x = batches[-1]
+    for name, y in fast.run(x).items():
+        np.testing.assert_array_equal(y, slow.run(x)[name])
