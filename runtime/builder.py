@@ -140,11 +140,14 @@ def insn_kind(insn: Insn) -> str:
     """``load``, ``uop_load``, ``acc_load``, ``store``, ``gemm``, ``reset`` (a GEMM that zeroes
     accumulators), ``alu`` or ``finish``."""
     op = insn.opcode
-    if op == Opcode.LOAD:
+    if op == _LOAD:
         return _LOAD_KINDS.get(insn.memory_type, "load")
-    if op == Opcode.GEMM and insn.reset:
+    if op == _GEMM and insn.reset:
         return "reset"
     return _KIND_NAMES.get(op) or Opcode(op).name.lower()
+
+
+_LOAD, _GEMM = int(Opcode.LOAD), int(Opcode.GEMM)
 
 
 _LOAD_KINDS = {MemType.UOP: "uop_load", MemType.ACC: "acc_load", MemType.ACC_8BIT: "acc_load"}
@@ -224,7 +227,15 @@ class CommandBuilder:
     def noop(self, module: Module) -> int:
         """Emit a sync-only instruction for ``module`` (it takes any pending pops)."""
         self.stats.noops += 1
-        return self._append(noop(module))
+        try:
+            m = _MODULES.get(module)
+        except TypeError:  # unhashable: Module() names it
+            m = None
+        if m is None:
+            return self._append(noop(module))
+        template = _NOOPS[m]  # a fresh copy of the module's no-op (all-zero fields: encodes)
+        return self._append(_record(template.__dict__, template.__class__), checked=True,
+                            module=m)
 
     # -- dependency tokens ------------------------------------------------------------------
 
@@ -239,11 +250,11 @@ class CommandBuilder:
         last = self._last[q.src]
         if (last is not None and not self._pending[q.src]
                 and not getattr(self.insns[last], q.push_flag)):
-            self.insns[last] = _with(self.insns[last], **{q.push_flag: 1})
+            self.insns[last] = _flagged(self.insns[last], q.push_flag)
             self.stats.pushes_folded += 1
             return
         pc = self.noop(q.src)
-        self.insns[pc] = _with(self.insns[pc], **{q.push_flag: 1})
+        self.insns[pc] = _flagged(self.insns[pc], q.push_flag)
 
     def dep_pop(self, src: Module, dst: Module) -> None:
         """Make the next instruction of ``dst`` wait for a token ``src`` pushed."""
@@ -452,8 +463,9 @@ class CommandBuilder:
         if not isinstance(kernel, MicroKernel):
             raise ProgramError(f"alu needs a MicroKernel, not {type(kernel).__name__}")
         try:
-            op = AluOp(op)
-        except ValueError:
+            known = _ALU_OPS.get(op)
+            op = known if known is not None else AluOp(op)
+        except (ValueError, TypeError):
             raise ProgramError(f"alu: unknown ALU opcode {op!r}") from None
         if imm is not None and not self.limits.imm_min <= imm <= self.limits.imm_max:
             raise ProgramError(f"alu {op.name}: imm must fit 16-bit signed, not {imm}")
@@ -603,6 +615,20 @@ _POP_FLAG = {"L2C": "pop_prev", "C2L": "pop_next", "C2S": "pop_prev", "S2C": "po
 def queue_flag(name: str) -> str:
     """The pop flag the consumer of queue ``name`` sets."""
     return _POP_FLAG[name]
+
+
+def _flagged(insn: Insn, flag: str) -> Insn:
+    """A copy of ``insn`` with the header flag ``flag`` set (``_with(insn, flag=1)``)."""
+    new = object.__new__(insn.__class__)
+    state = new.__dict__
+    state.update(insn.__dict__)
+    state[flag] = 1
+    return new
+
+
+_ALU_OPS = {int(o): o for o in AluOp}
+_MODULES = {int(m): m for m in Module}
+_NOOPS = {m: noop(m) for m in Module}
 
 
 def _defaults(cls: type) -> dict[str, int]:

@@ -220,6 +220,7 @@ class _Pipe:
         self.release_after = {w - threads for w in self.pops_release}
         self.consts: tuple[Load, ...] | None = None
         self._parts: dict[tuple[int, int, int], tuple[Tile, list]] = {}
+        self._alu: dict[tuple[int, int], tuple[tuple, list]] = {}
         for t, tile in enumerate(tiles):
             if tile.acc_rows > acc.cap:
                 raise ProgramError(f"tile {t} needs {tile.acc_rows} accumulator rows; one thread "
@@ -284,11 +285,22 @@ class _Pipe:
     def epilogue(self, tile: Tile, ab: int) -> int:
         """The tile's epilogue; returns its ALU engine cycles (steps plus the pipeline's)."""
         cycles = 0
-        for p in tile.alu:
-            k = p.kernel(ab, self.acc.const_base)
-            self.b.alu(k, p.op, p.imm, deferred=self.deferred)
+        alu, deferred = self.b.alu, self.deferred
+        for p, k in zip(tile.alu, self.alu_kernels(tile, ab)):
+            alu(k, p.op, p.imm, deferred=deferred)
             cycles += k.steps + 4
         return cycles
+
+    def alu_kernels(self, tile: Tile, ab: int) -> list[MicroKernel]:
+        """The kernels of a tile's epilogue passes at accumulator base ``ab`` (tiles of one
+        extent share their passes: built once per passes and base)."""
+        key = (id(tile.alu), ab)
+        hit = self._alu.get(key)
+        if hit is not None and hit[0] is tile.alu:
+            return hit[1]
+        ks = [a.kernel(ab, self.acc.const_base) for a in tile.alu]
+        self._alu[key] = (tile.alu, ks)
+        return ks
 
     def stores(self, t: int, tile: Tile, ab: int) -> None:
         b = self.b
@@ -411,7 +423,7 @@ def _kernels(p: _Pipe) -> list[MicroKernel]:
     for t, tile in enumerate(p.tiles):
         ab = p.acc.bases[t % p.regions]
         ks = [tile.reset(ab)] + [k for _, _, k in p.parts(tile, u, ab)]
-        ks += [a.kernel(ab, p.acc.const_base) for a in tile.alu]
+        ks += p.alu_kernels(tile, ab)
         u += len(tile.stages)
         for k in ks:
             if k.key not in seen:
