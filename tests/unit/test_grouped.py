@@ -72,11 +72,11 @@ def test_batch_groups_and_tiles_across_windows():
     case = (1, 48, 5, 5, 48, 3, 2, 1, 1, 1)  # 24 a group: windows of 6 blocks on tiny
     g = ConvGeom.of(TINY, ConvShape.make((1, 48, 5, 5), (48, 24, 3, 3), 1, 1, 1, 2))
     assert (g.period, g.span) == (6, 6)
-    for to, kc in [(4, 2), (5, 3), (7, 1), (12, 2)]:  # tiles over 1-3 windows, chunks of them
-        for db in (False, True):
-            tiles = ConvTiles(to, 1, kc, db, tw=2, tkh=1)
-            got, want, _, _ = _run(dev, case, rng, tiles=tiles, db=db)
-            assert np.array_equal(got, want), (to, kc, db)
+    # tiles over 1-3 windows, chunks of them
+    for to, kc, db in [(4, 2, False), (5, 3, True), (7, 1, True), (12, 2, False)]:
+        tiles = ConvTiles(to, 1, kc, db, tw=2, tkh=1)
+        got, want, _, _ = _run(dev, case, rng, tiles=tiles, db=db)
+        assert np.array_equal(got, want), (to, kc, db)
 
 
 def test_group_blocks_windows():
@@ -181,8 +181,8 @@ def test_grouped_model_int8_error_beside_onnxruntime():
 
     proto = zoo.resnext_tiny()
     rng = np.random.default_rng(11)
-    cal = [{"input": rng.standard_normal((1, 3, 32, 32)).astype(np.float32)} for _ in range(16)]
-    test = [{"input": rng.standard_normal((1, 3, 32, 32)).astype(np.float32)} for _ in range(12)]
+    cal = [{"input": rng.standard_normal((1, 3, 32, 32)).astype(np.float32)} for _ in range(8)]
+    test = [{"input": rng.standard_normal((1, 3, 32, 32)).astype(np.float32)} for _ in range(8)]
     fs = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     f = np.concatenate([fs.run(None, t)[0] for t in test])
     den = np.linalg.norm(f - f.mean(axis=0))
