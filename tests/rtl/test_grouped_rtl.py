@@ -36,7 +36,7 @@ def test_grouped_convs_rtl_equals_fsim():
                 assert run_r.counters[key] == run_f.counters[key], (c, g, key)
 
 
-@pytest.mark.parametrize("config, size", [("tiny", 12)])
+@pytest.mark.parametrize("config, size", [("tiny", 12), ("default", 32)])
 def test_grouped_model_rtl_equals_fsim(config, size):
     proto = zoo.resnext_tiny(size)
     rng = np.random.default_rng(5)
