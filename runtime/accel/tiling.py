@@ -248,7 +248,7 @@ def plan_conv2d(cfg: Config, g: ConvGeom, prog: DeviceEpilogue | None = None, *,
 
 
 _RANKED: dict[tuple, list[tuple[int, int, ConvTiles]]] = {}
-_RANKED_MAX = 4096  # distinct searches kept per process
+_RANKED_MAX = 256  # distinct searches kept per process (a large network has ~100)
 
 
 def ranked_candidates(cfg: Config, g: ConvGeom, prog: DeviceEpilogue | EpilogueShape,
