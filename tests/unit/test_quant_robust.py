@@ -130,6 +130,16 @@ def test_entropy_threshold_clips_a_long_tail():
     assert 2.5 < threshold_entropy(a, 40.0) < 6
 
 
+def test_entropy_threshold_ignores_the_zeros_of_a_relu():
+    """Half of a ReLU output is exactly 0 (exact at any scale); as a spike in the first bin it
+    drove the KL search to clip a half-normal at 1.8 sigma."""
+    rng = np.random.default_rng(3)
+    r = np.maximum(rng.standard_normal(200000), 0)
+    t = threshold_entropy(r, float(r.max()), levels=256)
+    assert 3.5 < t <= r.max()
+    assert threshold_entropy(np.zeros(10), 0.0) > 0
+
+
 @pytest.mark.parametrize("method", ["mse", "entropy", "percentile", "minmax"])
 @pytest.mark.parametrize("activations", ["auto", "symmetric", "asymmetric"])
 def test_every_method_and_activation_mode_gives_a_good_layer(method, activations):
