@@ -218,7 +218,8 @@ def export(name: str, exporter: str, cache: Path) -> Path:
     build, shape, data, norm = MODELS[name]
     torch.set_num_threads(1)  # the machine is shared; export time is not measured
     torch.manual_seed(0)
-    net = build()
+    with contextlib.redirect_stdout(io.StringIO()):  # Ultralytics greets on first import
+        net = build()
     imgs = _inputs(shape, data, norm, np.random.default_rng(1), 8)
     for m in net.modules():  # BN statistics from the generated inputs (cumulative average)
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
