@@ -359,7 +359,7 @@ def main() -> None:
             print(f"{name:22s} export failed: {type(exc).__name__}", flush=True)
             continue
         try:
-            _print_int8(name, rm.evaluate(rm.Spec(name, "", "", {"x": shape}, data, norm), path,
+            _print_int8(name, rm.evaluate(rm.Spec(name, "", {"x": shape}, data, norm), path,
                                           ev))
         except Exception:  # noqa: BLE001
             print(f"{name:22s} CRASH: {traceback.format_exc()[-600:]}", flush=True)
