@@ -113,7 +113,7 @@ def estimate(cfg: Config, g: ConvGeom, t: ConvTiles, prog: DeviceEpilogue | Epil
     first_load = last = 0
     # loop invariants hoisted (the arithmetic below is term for term the model's)
     sp_div = max(1, n_sp)
-    sub, diag = g.subsampled, g.diagonal
+    sub = g.subsampled
     whole = not (g.pt or g.pb or g.pl or g.pr)
     inp_beats, wgt_beats = c.inp_beats, c.wgt_beats
     ws, hs, ns = spans(g.ow, t.tw), spans(g.oh, t.th), spans(g.n, t.tn)
@@ -121,6 +121,7 @@ def estimate(cfg: Config, g: ConvGeom, t: ConvTiles, prog: DeviceEpilogue | Epil
     ihs = {(th, tkh): g.in_rows(th, tkh) for th, _ in hs for _, _, tkh, _ in chunks}
     iws = {(tw, tkw): g.in_width(tw, tkw) for tw, _ in ws for _, _, _, tkw in chunks}
     for to, k_o in spans(g.ob, t.to):
+        wins = g.max_windows(to)  # input windows a tile's stages load
         for th, k_h in hs:
             for tw, k_w in ws:
                 for tn, k_n in ns:
@@ -130,7 +131,7 @@ def estimate(cfg: Config, g: ConvGeom, t: ConvTiles, prog: DeviceEpilogue | Epil
                     stage_g, stage_l = [], []
                     for kc, count, tkh, tkw in chunks:
                         steps = rows * kc * tkh * tkw
-                        ib = to if diag else kc  # input blocks the stage loads
+                        ib = wins * kc  # input blocks the stage loads
                         parts = gemm_part_count(steps, n_chunks)
                         gemm += count * (steps + parts * INSN)
                         stage_g += [steps + parts * INSN] * count
