@@ -396,6 +396,7 @@ def quantize(graph: Graph, calibration: Iterable[Mapping[str, np.ndarray]] | Non
         qg, _ = correct_biases(qg, g, b.qp, batches[:BIAS_CORRECTION_BATCHES],
                                lambda n, d: _corrected_layer(b, n, d), products)
         products.clear()
+    reference.release_scratch()
     return QuantizedModel(qg, g, dict(b.int_of), dict(b.qp),
                           "model" if b.pre_quantised else method, b.layers, b.stats,
                           tuple(sorted(keep)), dict(b.alias), tuple(b.relu_hoisted))
