@@ -25,14 +25,20 @@ from tessera.runtime.accel.epilogue import Epilogue
 from tessera.runtime.accel.epilogue import apply_epilogue as _apply
 
 __all__ = ["run", "conv2d_nchw", "int_conv2d", "int_matmul", "conv_output", "dense_output",
-           "apply_epilogue", "wrap32", "float_activation", "release_scratch", "KERNELS"]
+           "apply_epilogue", "wrap32", "float_activation", "scratch", "release_scratch",
+           "KERNELS"]
 
 
-def wrap32(v: np.ndarray) -> np.ndarray:
+def wrap32(v: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Two's complement wrap of integer values to int32 range (returned as int64): the
-    accumulator's arithmetic."""
+    accumulator's arithmetic. ``out`` (an int64 array of ``v``'s shape, may be ``v``) receives
+    the result."""
     v = np.asarray(v, dtype=np.int64)
-    return ((v + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
+    if out is None:
+        return ((v + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
+    np.add(v, 1 << 31, out=out)
+    np.bitwise_and(out, 0xFFFFFFFF, out=out)
+    return np.subtract(out, 1 << 31, out=out)
 
 
 def apply_epilogue(acc: np.ndarray, epi: Epilogue, residual: np.ndarray | None = None,
@@ -63,7 +69,7 @@ def _windows(x: np.ndarray, kh: int, kw: int, sh: int, sw: int, dh: int = 1,
 _SCRATCH = threading.local()
 
 
-def _scratch(slot: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+def scratch(slot: str, shape: tuple[int, ...], dtype) -> np.ndarray:
     """An uninitialised array of ``shape`` in this thread's reusable buffer ``slot``: valid
     until the next request for the same slot. Large temporaries (conv patches, padded inputs)
     come from here, because fresh memory is expensive to fault in (the patches of one
@@ -81,7 +87,7 @@ def _scratch(slot: str, shape: tuple[int, ...], dtype) -> np.ndarray:
 
 
 def release_scratch() -> None:
-    """Free this thread's scratch buffers (:func:`_scratch`)."""
+    """Free this thread's scratch buffers (:func:`scratch`)."""
     _SCRATCH.bufs = {}
 
 
@@ -92,7 +98,7 @@ def _padded(x: np.ndarray, pads) -> np.ndarray:
     if not (pt or pl or pb or pr):
         return x
     n, c, h, w = x.shape
-    xp = _scratch("pad", (n, c, h + pt + pb, w + pl + pr), x.dtype)
+    xp = scratch("pad", (n, c, h + pt + pb, w + pl + pr), x.dtype)
     xp[:, :, :pt] = 0
     xp[:, :, pt + h:] = 0
     xp[:, :, pt: pt + h, :pl] = 0
@@ -126,7 +132,7 @@ def _im2col_t(x: np.ndarray, w_shape, strides, pads, dilations, groups: int, dty
     win = _windows(_padded(x, pads), kh, kw, strides[0], strides[1], dilations[0],
                    dilations[1])
     n, c, oh, ow = win.shape[:4]
-    cols = _scratch("cols", (groups, cg, kh, kw, n, oh, ow), dtype)
+    cols = scratch("cols", (groups, cg, kh, kw, n, oh, ow), dtype)
     cols[...] = win.reshape(n, groups, cg, oh, ow, kh, kw).transpose(1, 2, 5, 6, 0, 3, 4)
     return cols.reshape(groups, cg * kh * kw, n * oh * ow), (n, oh, ow)
 

@@ -134,7 +134,8 @@ def _int_layer(n: Node, acc: np.ndarray, args: list) -> list[np.ndarray]:
     """What the reference's qconv2d/qdense computes, from its exact int64 products ``acc``."""
     b, r = args[2], (args[3] if len(args) > 3 else None)
     shape = (1, -1, 1, 1) if acc.ndim == 4 else (1, -1)
-    total = reference.wrap32(acc + b.astype(np.int64).reshape(shape))
+    total = np.add(acc, b.astype(np.int64).reshape(shape), out=acc)  # acc is ours to reuse
+    reference.wrap32(total, out=total)
     return [reference.apply_epilogue(total, n.attrs["epilogue"], r)]
 
 
@@ -190,8 +191,9 @@ def correct_biases(graph: Graph, float_graph: Graph, qparams: Mapping[str, QPara
         # each product once: the error statistics and both layers' outputs come from it
         accs = _int_products(n.op, [q.value(e, n.inputs[0]) for e in q.envs], wq, n.attrs)
         for acc, z in zip(accs, zs):
-            err = _per_channel(z).astype(np.float64)  # in place below: the same sums
-            err /= unit
+            zc = _per_channel(z)
+            err = np.divide(zc, unit, out=reference.scratch("bias_correction", zc.shape,
+                                                            np.float64))  # then in place
             err -= (_per_channel(acc) - qx.zero_point * wsum[:, None]) if qx.zero_point \
                 else _per_channel(acc)
             s1 += err.sum(axis=1)
