@@ -24,9 +24,9 @@ from tessera.errors import CompileError, ProgramError
 from tessera.runtime.accel.epilogue import Epilogue
 from tessera.runtime.accel.epilogue import apply_epilogue as _apply
 
-__all__ = ["run", "conv2d_nchw", "int_conv2d", "int_matmul", "conv_output", "dense_output",
-           "apply_epilogue", "wrap32", "float_activation", "scratch", "release_scratch",
-           "KERNELS"]
+__all__ = ["run", "conv2d_nchw", "int_conv2d", "int_conv2d_cnhw", "int_matmul", "conv_output",
+           "dense_output", "apply_epilogue", "wrap32", "float_activation", "scratch",
+           "release_scratch", "KERNELS"]
 
 
 def wrap32(v: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -200,6 +200,14 @@ def int_conv2d(x: np.ndarray, w: np.ndarray, strides=(1, 1), pads=(0, 0, 0, 0),
     """:func:`conv2d_nchw` of integer ``x`` and ``w``, exact, as int64 (the sums as in
     :func:`int_matmul`; reduction-major patches for every conv: the order of an exact sum is
     free)."""
+    return np.ascontiguousarray(
+        int_conv2d_cnhw(x, w, strides, pads, dilations, groups).transpose(1, 0, 2, 3))
+
+
+def int_conv2d_cnhw(x: np.ndarray, w: np.ndarray, strides=(1, 1), pads=(0, 0, 0, 0),
+                    dilations=(1, 1), groups: int = 1) -> np.ndarray:
+    """:func:`int_conv2d` with the output channel-major, (O, N, OH, OW) (how the products come
+    out: no transposing copy; ``[:, i]`` is image ``i``'s output)."""
     o, cg, kh, kw = w.shape
     chunk = _exact_chunk(x.dtype, w.dtype)
     dtype = np.float64 if chunk is None else np.float32
@@ -215,7 +223,7 @@ def int_conv2d(x: np.ndarray, w: np.ndarray, strides=(1, 1), pads=(0, 0, 0, 0),
         for k0 in range(0, k, chunk):
             total += np.matmul(wm[:, :, k0: k0 + chunk], cols[:, k0: k0 + chunk])
         out = total.astype(np.int64)
-    return _nchw(out, n, oh, ow)
+    return out.reshape(o, n, oh, ow)
 
 
 def _pool_windows(x: np.ndarray, a: Mapping[str, Any], fill: float) -> tuple[np.ndarray, Any]:

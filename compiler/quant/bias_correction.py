@@ -75,10 +75,12 @@ def _int_products(op: str, xs: Sequence[np.ndarray], w: np.ndarray, attrs: Mappi
         out: list[np.ndarray] = []
         for k in range(0, len(xs), per):
             part = xs[k: k + per]
-            acc = reference.int_conv2d(part[0] if len(part) == 1 else np.concatenate(part),
-                                       w, attrs["strides"], attrs["pads"], attrs["dilations"],
-                                       attrs["groups"])
-            out += np.split(acc, np.cumsum([len(x) for x in part])[:-1])
+            acc = reference.int_conv2d_cnhw(
+                part[0] if len(part) == 1 else np.concatenate(part), w, attrs["strides"],
+                attrs["pads"], attrs["dilations"], attrs["groups"])
+            # each image's (1, O, OH, OW) view of the channel-major products
+            out += [a.transpose(1, 0, 2, 3)
+                    for a in np.split(acc, np.cumsum([len(x) for x in part])[:-1], axis=1)]
         return out
     acc = reference.int_matmul(np.concatenate(xs), w.T)
     return np.split(acc, np.cumsum([len(x) for x in xs])[:-1])
