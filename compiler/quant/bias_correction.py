@@ -137,8 +137,9 @@ def _int_layer(n: Node, acc: np.ndarray, args: list) -> list[np.ndarray]:
     b, r = args[2], (args[3] if len(args) > 3 else None)
     shape = (1, -1, 1, 1) if acc.ndim == 4 else (1, -1)
     total = np.add(acc, b.astype(np.int64).reshape(shape), out=acc)  # acc is ours to reuse
-    reference.wrap32(total, out=total)
-    return [reference.apply_epilogue(total, n.attrs["epilogue"], r)]
+    # wrapped to int32 lanes (exact after wrap32): the epilogue then runs on them in place
+    total32 = reference.wrap32(total, out=total).astype(np.int32)
+    return [reference.apply_epilogue(total32, n.attrs["epilogue"], r)]
 
 
 def _float_layer(n: Node, z: np.ndarray, args: list) -> list[np.ndarray]:
