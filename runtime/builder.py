@@ -22,7 +22,7 @@ Every instruction is encoded as it is appended, so a request the ISA cannot expr
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -70,7 +70,7 @@ class Program:
 
     def counts(self) -> Counter:
         """Instructions per kind: ``load``, ``store``, ``gemm``, ``reset``, ``alu``, ..."""
-        return Counter(insn_kind(insn) for insn in self.insns)
+        return Counter(map(insn_kind, self.insns))
 
 
 def relocate(code: bytes, cfg: Config, uop_pcs: list[int], uop_addr: int,
@@ -133,18 +133,21 @@ def relocate(code: bytes, cfg: Config, uop_pcs: list[int], uop_addr: int,
 
 def count_kinds(insns: list[Insn]) -> dict[str, int]:
     """Instructions per kind (see :func:`insn_kind`)."""
-    return dict(Counter(insn_kind(i) for i in insns))
+    return dict(Counter(map(insn_kind, insns)))
 
 
 def insn_kind(insn: Insn) -> str:
     """``load``, ``uop_load``, ``acc_load``, ``store``, ``gemm``, ``reset`` (a GEMM that zeroes
     accumulators), ``alu`` or ``finish``."""
     op = insn.opcode
-    if op == Opcode.LOAD:
+    if op == _LOAD:
         return _LOAD_KINDS.get(insn.memory_type, "load")
-    if op == Opcode.GEMM and insn.reset:
+    if op == _GEMM and insn.reset:
         return "reset"
     return _KIND_NAMES.get(op) or Opcode(op).name.lower()
+
+
+_LOAD, _GEMM = int(Opcode.LOAD), int(Opcode.GEMM)
 
 
 _LOAD_KINDS = {MemType.UOP: "uop_load", MemType.ACC: "acc_load", MemType.ACC_8BIT: "acc_load"}
@@ -169,10 +172,14 @@ class CommandBuilder:
             raise ProgramError("the device was opened for a different config than the builder")
         self.cfg = config
         self.limits = layout(config).limits
+        self._depth = {mt: depth(config, mt) for mt in MemType}
+        self._elem_bytes = {mt: elem_bytes(config, mt) for mt in MemType}
         self.device = device
         self.uop_cache = UopCache(config.uop_depth)
         self.stats = BuilderStats()
         self.runs = 0
+        self._fast_gemm: tuple[int, ...] | None = None
+        self._fast_alu: tuple[int, ...] | None = None
         self._words: dict[bytes, tuple[bytes, bytes]] = {}  # kernel key -> (words, hash)
         self._reset_stream()
 
@@ -180,7 +187,6 @@ class CommandBuilder:
 
     def _reset_stream(self) -> None:
         self.insns: list[Insn] = []
-        self._modules: list[Module] = []
         self._last: dict[Module, int | None] = {m: None for m in Module}
         self._pending: dict[Module, list[str]] = {m: [] for m in Module}  # queue names
         self._outstanding: dict[str, int] = {"L2C": 0, "C2L": 0, "C2S": 0, "S2C": 0}
@@ -196,13 +202,14 @@ class CommandBuilder:
         """Tokens pushed minus popped so far on the queue ``src -> dst`` (program order)."""
         return self._outstanding[queue(src, dst).name]
 
-    def _append(self, insn: Insn, checked: bool = False) -> int:
+    def _append(self, insn: Insn, checked: bool = False, module: Module | None = None) -> int:
         """Append ``insn`` (taking the module's pending pops); ``checked``: its fields are known
-        to encode (flags aside), so it is not encoded again here."""
-        m = module_of(insn)
+        to encode (flags aside), so it is not encoded again here; ``module``: the module that
+        runs it, when the caller knows."""
+        m = module_of(insn) if module is None else module
         pending = self._pending[m]
         if pending:
-            flags = {queue_flag(name): 1 for name in pending}
+            flags = {_POP_FLAG[name]: 1 for name in pending}
             insn = _with(insn, **flags)
             self.stats.pops_folded += len(pending)
             pending.clear()
@@ -212,15 +219,23 @@ class CommandBuilder:
             except IsaError as exc:
                 raise ProgramError(f"cannot encode instruction {len(self.insns)}: {exc}") \
                     from None
-        self.insns.append(insn)
-        self._modules.append(m)
-        self._last[m] = len(self.insns) - 1
-        return len(self.insns) - 1
+        insns = self.insns
+        insns.append(insn)
+        pc = self._last[m] = len(insns) - 1
+        return pc
 
     def noop(self, module: Module) -> int:
         """Emit a sync-only instruction for ``module`` (it takes any pending pops)."""
         self.stats.noops += 1
-        return self._append(noop(module))
+        try:
+            m = _MODULES.get(module)
+        except TypeError:  # unhashable: Module() names it
+            m = None
+        if m is None:
+            return self._append(noop(module))
+        template = _NOOPS[m]  # a fresh copy of the module's no-op (all-zero fields: encodes)
+        return self._append(_record(template.__dict__, template.__class__), checked=True,
+                            module=m)
 
     # -- dependency tokens ------------------------------------------------------------------
 
@@ -235,11 +250,11 @@ class CommandBuilder:
         last = self._last[q.src]
         if (last is not None and not self._pending[q.src]
                 and not getattr(self.insns[last], q.push_flag)):
-            self.insns[last] = _with(self.insns[last], **{q.push_flag: 1})
+            self.insns[last] = _flagged(self.insns[last], q.push_flag)
             self.stats.pushes_folded += 1
             return
         pc = self.noop(q.src)
-        self.insns[pc] = _with(self.insns[pc], **{q.push_flag: 1})
+        self.insns[pc] = _flagged(self.insns[pc], q.push_flag)
 
     def dep_pop(self, src: Module, dst: Module) -> None:
         """Make the next instruction of ``dst`` wait for a token ``src`` pushed."""
@@ -279,10 +294,14 @@ class CommandBuilder:
         SRAM region at ``sram``, with ``pads = (y_pad_0, y_pad_1, x_pad_0, x_pad_1)`` zero
         rows/columns around it. Returns the instruction index."""
         try:
-            mt = MemType(mem_type)
-        except ValueError:
-            raise ProgramError(f"load_2d: unknown memory type {mem_type!r}") from None
-        if mt not in (MemType.INP, MemType.WGT, MemType.ACC, MemType.ACC_8BIT):
+            mt = _LOAD_TYPES.get(mem_type)
+        except TypeError:  # unhashable: named below
+            mt = None
+        if mt is None:
+            try:
+                mt = MemType(mem_type)
+            except ValueError:
+                raise ProgramError(f"load_2d: unknown memory type {mem_type!r}") from None
             raise ProgramError(f"load_2d: memory type must be INP, WGT, ACC or ACC_8BIT, not "
                                f"{mt.name} (micro-ops are loaded by gemm()/alu())")
         if len(pads) != 4:
@@ -290,18 +309,22 @@ class CommandBuilder:
                                f"not {pads!r}")
         self._check_mem("load_2d", mt, sram, dram_elem_base, y, x, stride)
         top = self.limits.max_pad
-        for name, p in zip(("y_pad_0", "y_pad_1", "x_pad_0", "x_pad_1"), pads):
-            if not isinstance(p, int) or not 0 <= p <= top:
-                raise ProgramError(f"load_2d: {name} must be in [0, {top}], not {p!r}")
         yp0, yp1, xp0, xp1 = pads
+        if not (yp0.__class__ is yp1.__class__ is xp0.__class__ is xp1.__class__ is int
+                and 0 <= yp0 <= top and 0 <= yp1 <= top and 0 <= xp0 <= top
+                and 0 <= xp1 <= top):
+            for name, p in zip(("y_pad_0", "y_pad_1", "x_pad_0", "x_pad_1"), pads):
+                if not isinstance(p, int) or not 0 <= p <= top:
+                    raise ProgramError(f"load_2d: {name} must be in [0, {top}], not {p!r}")
         span = (yp0 + y + yp1) * (xp0 + x + xp1)
-        if sram + span > depth(self.cfg, mt):
+        if sram + span > self._depth[mt]:
             raise ProgramError(f"load_2d: {mt.name} region [{sram}, {sram + span}) exceeds the "
                                f"buffer depth {depth(self.cfg, mt)}")
-        return self._append(MemInsn(opcode=Opcode.LOAD, memory_type=mt, sram_base=sram,
-                                    dram_base=dram_elem_base, y_size=y, x_size=x,
-                                    x_stride=stride, y_pad_0=yp0, y_pad_1=yp1, x_pad_0=xp0,
-                                    x_pad_1=xp1), checked=True)
+        return self._append(_record(_MEM_FIELDS, MemInsn, opcode=Opcode.LOAD, memory_type=mt,
+                                    sram_base=sram, dram_base=dram_elem_base, y_size=y,
+                                    x_size=x, x_stride=stride, y_pad_0=yp0, y_pad_1=yp1,
+                                    x_pad_0=xp0, x_pad_1=xp1), checked=True,
+                            module=_LOAD_MODULE[mt])
 
     def store_2d(self, sram: int, dram_elem_base: int, y: int, x: int, stride: int) -> int:
         """STORE ``y`` rows of ``x`` out-buffer elements from ``sram`` (rows consecutive) to
@@ -310,22 +333,28 @@ class CommandBuilder:
         if sram + y * x > self.cfg.out_depth:
             raise ProgramError(f"store_2d: OUT region [{sram}, {sram + y * x}) exceeds the "
                                f"buffer depth {self.cfg.out_depth}")
-        return self._append(MemInsn(opcode=Opcode.STORE, memory_type=MemType.OUT,
-                                    sram_base=sram, dram_base=dram_elem_base, y_size=y,
-                                    x_size=x, x_stride=stride), checked=True)
+        return self._append(_record(_MEM_FIELDS, MemInsn, opcode=Opcode.STORE,
+                                    memory_type=MemType.OUT, sram_base=sram,
+                                    dram_base=dram_elem_base, y_size=y, x_size=x,
+                                    x_stride=stride), checked=True, module=Module.STORE)
 
     def _check_mem(self, what: str, mt: MemType, sram: int, dram: int, y: int, x: int,
                    stride: int) -> None:
         lim = self.limits
-        for name, v, hi in (("sram", sram, lim.max_sram_base), ("y", y, lim.max_y_size),
-                            ("x", x, lim.max_x_size), ("stride", stride, lim.max_x_stride),
-                            ("dram_elem_base", dram, lim.max_dram_base)):
-            if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= hi:
-                raise ProgramError(f"{what}: {name} must be an integer in [0, {hi}], not {v!r}")
+        if not (sram.__class__ is y.__class__ is x.__class__ is stride.__class__
+                is dram.__class__ is int and 0 <= sram <= lim.max_sram_base
+                and 0 <= y <= lim.max_y_size and 0 <= x <= lim.max_x_size
+                and 0 <= stride <= lim.max_x_stride and 0 <= dram <= lim.max_dram_base):
+            for name, v, hi in (("sram", sram, lim.max_sram_base), ("y", y, lim.max_y_size),
+                                ("x", x, lim.max_x_size), ("stride", stride, lim.max_x_stride),
+                                ("dram_elem_base", dram, lim.max_dram_base)):
+                if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= hi:
+                    raise ProgramError(f"{what}: {name} must be an integer in [0, {hi}], not "
+                                       f"{v!r}")
         if y == 0 or x == 0:
             raise ProgramError(f"{what}: y and x must be positive (use noop() to synchronise), "
                                f"not y={y} x={x}")
-        end = (dram + (y - 1) * stride + x) * elem_bytes(self.cfg, mt)
+        end = (dram + (y - 1) * stride + x) * self._elem_bytes[mt]
         if end > 1 << 32:
             raise ProgramError(f"{what}: {mt.name} DRAM range ends at byte {end:#x}, beyond the "
                                f"32-bit address space")
@@ -397,8 +426,28 @@ class CommandBuilder:
             raise ProgramError(f"gemm needs a MicroKernel, not {type(kernel).__name__}")
         self._check_kernel(kernel, gemm=True)
         k = kernel
+        r = int(reset)
+        fast = self._fast_gemm
+        if fast is None:
+            fast = self._fast_gemm = self._fast_limits("gemm")
+        n, (m_end, m_it, m_do, m_di, m_so, m_si, m_wo, m_wi) = k.hi - k.lo, fast
+        io, ii = k.iter_out, k.iter_in
+        # the factors of a one-iteration level are encoded as 0 (see _run_kernel)
+        do, so, wo = (k.dst_factor_out, k.src_factor_out, k.wgt_factor_out) if io != 1 \
+            else (0, 0, 0)
+        di, si, wi = (k.dst_factor_in, k.src_factor_in, k.wgt_factor_in) if ii != 1 \
+            else (0, 0, 0)
+        if (0 <= r <= 1 and n <= m_end and io <= m_it and ii <= m_it and do <= m_do
+                and di <= m_di and so <= m_so and si <= m_si and wo <= m_wo and wi <= m_wi):
+            # every field encodes (the kernel's values are non-negative ints): no encode()
+            bgn, end = self._uop_range(k)
+            return self._append(_record(
+                _GEMM_FIELDS, GemmInsn, reset=r, uop_bgn=bgn, uop_end=end, iter_out=io,
+                iter_in=ii, dst_factor_out=do, dst_factor_in=di, src_factor_out=so,
+                src_factor_in=si, wgt_factor_out=wo, wgt_factor_in=wi), checked=True,
+                module=Module.COMPUTE)
         insn = GemmInsn(
-            reset=int(reset), uop_bgn=0, uop_end=k.hi - k.lo, iter_out=k.iter_out,
+            reset=r, uop_bgn=0, uop_end=k.hi - k.lo, iter_out=k.iter_out,
             iter_in=k.iter_in, dst_factor_out=k.dst_factor_out, dst_factor_in=k.dst_factor_in,
             src_factor_out=k.src_factor_out, src_factor_in=k.src_factor_in,
             wgt_factor_out=k.wgt_factor_out, wgt_factor_in=k.wgt_factor_in)
@@ -414,8 +463,9 @@ class CommandBuilder:
         if not isinstance(kernel, MicroKernel):
             raise ProgramError(f"alu needs a MicroKernel, not {type(kernel).__name__}")
         try:
-            op = AluOp(op)
-        except ValueError:
+            known = _ALU_OPS.get(op)
+            op = known if known is not None else AluOp(op)
+        except (ValueError, TypeError):
             raise ProgramError(f"alu: unknown ALU opcode {op!r}") from None
         if imm is not None and not self.limits.imm_min <= imm <= self.limits.imm_max:
             raise ProgramError(f"alu {op.name}: imm must fit 16-bit signed, not {imm}")
@@ -423,6 +473,22 @@ class CommandBuilder:
             raise ProgramError("alu: an ALU kernel has no weight factors")
         self._check_kernel(kernel, gemm=False)
         k = kernel
+        fast = self._fast_alu
+        if fast is None:
+            fast = self._fast_alu = self._fast_limits("alu")
+        n, (m_end, m_it, m_do, m_di, m_so, m_si) = k.hi - k.lo, fast
+        io, ii = k.iter_out, k.iter_in
+        do, so = (k.dst_factor_out, k.src_factor_out) if io != 1 else (0, 0)
+        di, si = (k.dst_factor_in, k.src_factor_in) if ii != 1 else (0, 0)
+        if (n <= m_end and io <= m_it and ii <= m_it and do <= m_do and di <= m_di
+                and so <= m_so and si <= m_si and (imm is None or imm.__class__ is int)):
+            # every field encodes (imm was range-checked above, op is an AluOp): no encode()
+            bgn, end = self._uop_range(k)
+            return self._append(_record(
+                _ALU_FIELDS, AluInsn, uop_bgn=bgn, uop_end=end, iter_out=io, iter_in=ii,
+                dst_factor_out=do, dst_factor_in=di, src_factor_out=so, src_factor_in=si,
+                alu_opcode=op, use_imm=int(imm is not None), imm=int(imm or 0),
+                deferred=int(bool(deferred))), checked=True, module=Module.COMPUTE)
         insn = AluInsn(
             uop_bgn=0, uop_end=k.hi - k.lo, iter_out=k.iter_out, iter_in=k.iter_in,
             dst_factor_out=k.dst_factor_out, dst_factor_in=k.dst_factor_in,
@@ -454,12 +520,27 @@ class CommandBuilder:
         bgn, end = self._uop_range(kernel)  # micro-op fields must encode too
         return self._append(_with(insn, uop_bgn=bgn, uop_end=end), checked=True)
 
+    def _fast_limits(self, fmt: str) -> tuple[int, ...]:
+        """Largest values of the loop fields of ``fmt`` (``gemm``: uop_end, iter, then the six
+        factors; ``alu``: uop_end, iter, the four factors), for the hot paths' range checks."""
+        lay = layout(self.cfg)
+        names = ["dst_factor_out", "dst_factor_in", "src_factor_out", "src_factor_in"]
+        if fmt == "gemm":
+            names += ["wgt_factor_out", "wgt_factor_in"]
+        top = lay.field(fmt, "iter_out").max
+        assert top == lay.field(fmt, "iter_in").max
+        return (lay.field(fmt, "uop_end").max, top, *(lay.field(fmt, n).max for n in names))
+
     def _check_kernel(self, k: MicroKernel, gemm: bool) -> None:
-        """Every index the loop nest generates must lie inside its buffer."""
+        """Every index the loop nest generates must lie inside its buffer (a kernel that passed
+        for this config is not checked again: kernels are immutable and shared)."""
         cfg = self.cfg
+        done = k.checked
+        if done is not None and done[0] is cfg and done[1] == gemm:
+            return
         io, ii = k.iter_out - 1, k.iter_in - 1
-        top = k.array[k.lo:k.hi].max(axis=0)
-        if k.array.min() < 0:
+        top, lowest = k.bounds()
+        if lowest < 0:
             raise ProgramError("micro-kernel indices must be non-negative")
         bounds = [("accumulator", 0, k.dst_factor_out, k.dst_factor_in, cfg.acc_depth)]
         if gemm:
@@ -475,6 +556,7 @@ class CommandBuilder:
             if t >= dep:
                 raise ProgramError(f"micro-kernel reaches {what} index {t}, outside the "
                                    f"buffer (depth {dep})")
+        k.checked = (cfg, gemm)
 
     # -- finishing and running --------------------------------------------------------------
 
@@ -527,6 +609,43 @@ def _with(insn: Insn, **changes: int) -> Insn:
     return new
 
 
+_POP_FLAG = {"L2C": "pop_prev", "C2L": "pop_next", "C2S": "pop_prev", "S2C": "pop_next"}
+
+
 def queue_flag(name: str) -> str:
     """The pop flag the consumer of queue ``name`` sets."""
-    return {"L2C": "pop_prev", "C2L": "pop_next", "C2S": "pop_prev", "S2C": "pop_next"}[name]
+    return _POP_FLAG[name]
+
+
+def _flagged(insn: Insn, flag: str) -> Insn:
+    """A copy of ``insn`` with the header flag ``flag`` set (``_with(insn, flag=1)``)."""
+    new = object.__new__(insn.__class__)
+    state = new.__dict__
+    state.update(insn.__dict__)
+    state[flag] = 1
+    return new
+
+
+_ALU_OPS = {int(o): o for o in AluOp}
+_MODULES = {int(m): m for m in Module}
+_NOOPS = {m: noop(m) for m in Module}
+
+
+def _defaults(cls: type) -> dict[str, int]:
+    return {f.name: f.default for f in fields(cls)}
+
+
+_MEM_FIELDS, _GEMM_FIELDS, _ALU_FIELDS = (_defaults(c) for c in (MemInsn, GemmInsn, AluInsn))
+_LOAD_TYPES = {int(m): m for m in (MemType.INP, MemType.WGT, MemType.ACC, MemType.ACC_8BIT)}
+_LOAD_MODULE = {MemType.INP: Module.LOAD, MemType.WGT: Module.LOAD, MemType.ACC: Module.COMPUTE,
+                MemType.ACC_8BIT: Module.COMPUTE}
+
+
+def _record(defaults: dict[str, int], cls: type, **values: int) -> Insn:
+    """``cls(**values)`` for a frozen instruction record, without the dataclass ``__init__``
+    (``defaults``: every field's default, in field order; the builder's hot path)."""
+    new = object.__new__(cls)
+    state = new.__dict__
+    state.update(defaults)
+    state.update(values)
+    return new

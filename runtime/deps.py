@@ -59,6 +59,12 @@ _BY_PAIR = {(q.src, q.dst): q for q in QUEUES}
 def queue(src: Module | int, dst: Module | int) -> Queue:
     """The queue from ``src`` to ``dst``; only neighbouring modules have one."""
     try:
+        q = _BY_PAIR.get((src, dst))  # Module members and their int values hash alike
+    except TypeError:  # unhashable: the conversion below names it
+        q = None
+    if q is not None:
+        return q
+    try:
         return _BY_PAIR[Module(src), Module(dst)]
     except (KeyError, ValueError):
         raise ProgramError(
@@ -96,15 +102,56 @@ def check_tokens(insns: list[Insn], depth: int) -> dict[str, int]:
     """Check the program-order token invariant (module docstring); return each queue's peak.
 
     Raises :class:`ProgramError` naming the instruction and queue on an illegal flag, a pop
-    with no earlier push, or more than ``depth`` outstanding tokens.
+    with no earlier push, or more than ``depth`` outstanding tokens (the first violation in
+    program order; at one instruction an illegal flag, then pops, then pushes, each in queue
+    order). Vectorised over the stream (:func:`_check_tokens_loop` is the same walk, one
+    instruction at a time, for the error message).
     """
     count = {q.name: 0 for q in QUEUES}
+    n = len(insns)
+    if not n:
+        return count
+    rows = [(i.opcode, getattr(i, "memory_type", -1), i.pop_prev, i.pop_next, i.push_prev,
+             i.push_next) for i in insns]
+    try:
+        a = np.array(rows, dtype=np.int64).reshape(n, 6)
+    except (TypeError, ValueError, OverflowError):
+        return _check_tokens_loop(insns, depth)
+    op, mt = a[:, 0], a[:, 1]
+    module = np.where(op == Opcode.STORE, Module.STORE,
+                      np.where((op == Opcode.LOAD) & ((mt == MemType.INP) | (mt == MemType.WGT)),
+                               Module.LOAD, Module.COMPUTE))
+    flag = {name: a[:, 2 + k] != 0 for k, name in enumerate(_FLAGS)}
+    bad = np.zeros(n, bool)
+    for m in Module:
+        here = module == m
+        for name in _FLAGS:
+            if name not in _LEGAL[m]:
+                bad |= here & flag[name]
     peak = dict(count)
-    legal = {m: {q.push_flag for q in QUEUES if q.src == m}
-             | {q.pop_flag for q in QUEUES if q.dst == m} for m in Module}
+    for q in QUEUES:
+        pops = (module == q.dst) & flag[q.pop_flag]
+        pushes = (module == q.src) & flag[q.push_flag]
+        level = np.cumsum(pushes.astype(np.int64) - pops)
+        bad |= (pops & (level < 0)) | (pushes & (level > depth))
+        peak[q.name] = max(0, int(level.max()))
+    if bad.any():
+        return _check_tokens_loop(insns, depth)  # raises, naming the first violation
+    return peak
+
+
+_FLAGS = ("pop_prev", "pop_next", "push_prev", "push_next")
+_LEGAL = {m: {q.push_flag for q in QUEUES if q.src == m} | {q.pop_flag for q in QUEUES
+                                                            if q.dst == m} for m in Module}
+
+
+def _check_tokens_loop(insns: list[Insn], depth: int) -> dict[str, int]:
+    count = {q.name: 0 for q in QUEUES}
+    peak = dict(count)
+    legal = _LEGAL
     for pc, insn in enumerate(insns):
         m = module_of(insn)
-        for flag in ("pop_prev", "pop_next", "push_prev", "push_next"):
+        for flag in _FLAGS:
             if getattr(insn, flag) and flag not in legal[m]:
                 raise ProgramError(f"instruction {pc}: {flag} is illegal on the {m.name.lower()} "
                                    f"module")

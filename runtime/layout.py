@@ -59,9 +59,13 @@ def pack_weights(wt: np.ndarray, cfg: Config) -> np.ndarray:
     o, i, kh, kw = wt.shape
     bo, bi = cfg.block_out, cfg.block_in
     ob, ib = ceil_div(o, bo), ceil_div(i, bi)
-    wp = np.zeros((ob * bo, ib * bi, kh, kw), np.int8)
-    wp[:o, :i] = wt
-    return np.ascontiguousarray(wp.reshape(ob, bo, ib, bi, kh, kw).transpose(0, 2, 4, 5, 1, 3))
+    if (o, i) == (ob * bo, ib * bi):
+        wp = wt  # whole blocks: no padded copy
+    else:
+        wp = np.zeros((ob * bo, ib * bi, kh, kw), np.int8)
+        wp[:o, :i] = wt
+    out = np.ascontiguousarray(wp.reshape(ob, bo, ib, bi, kh, kw).transpose(0, 2, 4, 5, 1, 3))
+    return out.copy() if np.may_share_memory(out, wt) else out  # always a fresh array
 
 
 def pack_depthwise(wt: np.ndarray, cfg: Config) -> np.ndarray:

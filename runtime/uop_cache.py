@@ -48,7 +48,7 @@ class MicroKernel:
 
     __slots__ = ("array", "iter_out", "iter_in", "dst_factor_out", "dst_factor_in",
                  "src_factor_out", "src_factor_in", "wgt_factor_out", "wgt_factor_in", "lo",
-                 "hi", "_key", "_uops")
+                 "hi", "_key", "_uops", "_bounds", "checked")
 
     def __init__(self, uops, iter_out: int = 1, iter_in: int = 1, dst_factor_out: int = 0,
                  dst_factor_in: int = 0, src_factor_out: int = 0, src_factor_in: int = 0,
@@ -83,6 +83,9 @@ class MicroKernel:
         self.lo, self.hi = int(lo), int(hi)
         self._key: bytes | None = None
         self._uops: tuple[Uop, ...] | None = None
+        self._bounds: tuple[tuple[int, int, int], int] | None = None
+        # (config, gemm) a builder found every index of this kernel inside the buffers for
+        self.checked: tuple[object, bool] | None = None
 
     @property
     def uops(self) -> tuple[Uop, ...]:
@@ -110,7 +113,16 @@ class MicroKernel:
             raise ProgramError(f"micro-kernel part [{lo}, {hi}) must be a non-empty range of its "
                                f"{self.size} micro-ops")
         k.lo, k.hi = int(lo), int(hi)
+        k._bounds = k.checked = None
         return k
+
+    def bounds(self) -> tuple[tuple[int, int, int], int]:
+        """The largest dst, src and wgt index of the micro-ops ``[lo, hi)`` (loop offsets not
+        added) and the smallest index of any micro-op; computed once per kernel."""
+        if self._bounds is None:
+            top = self.array[self.lo:self.hi].max(axis=0)
+            self._bounds = ((int(top[0]), int(top[1]), int(top[2])), int(self.array.min()))
+        return self._bounds
 
     @property
     def key(self) -> bytes:

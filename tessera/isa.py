@@ -7,6 +7,8 @@ disassembler all read the tables built here.
 
 from __future__ import annotations
 
+import itertools
+import operator
 from dataclasses import dataclass, fields
 from enum import IntEnum
 from functools import cache, cached_property
@@ -58,26 +60,39 @@ class AluOp(IntEnum):
 
 def elem_bytes(cfg: Config, mem_type: int) -> int:
     """Bytes of one element of ``mem_type`` in DRAM (SPEC §2)."""
-    return {
-        MemType.UOP: cfg.uop_elem_bytes,
-        MemType.WGT: cfg.wgt_elem_bytes,
-        MemType.INP: cfg.inp_elem_bytes,
-        MemType.ACC: cfg.acc_elem_bytes,
-        MemType.OUT: cfg.out_elem_bytes,
-        MemType.ACC_8BIT: cfg.acc8_elem_bytes,
-    }[MemType(mem_type)]
+    try:
+        return _mem_tables(cfg)[0][mem_type]
+    except (KeyError, TypeError):
+        MemType(mem_type)  # raises ValueError for an unknown memory type
+        raise
 
 
 def depth(cfg: Config, mem_type: int) -> int:
     """Depth in elements of the on-chip buffer that ``mem_type`` addresses."""
-    return {
-        MemType.UOP: cfg.uop_depth,
-        MemType.WGT: cfg.wgt_depth,
-        MemType.INP: cfg.inp_depth,
-        MemType.ACC: cfg.acc_depth,
-        MemType.OUT: cfg.out_depth,
-        MemType.ACC_8BIT: cfg.acc_depth,
-    }[MemType(mem_type)]
+    try:
+        return _mem_tables(cfg)[1][mem_type]
+    except (KeyError, TypeError):
+        MemType(mem_type)  # raises ValueError for an unknown memory type
+        raise
+
+
+_last_tables: tuple[object, object] = (None, None)  # (Config, tables) of the latest lookup
+
+
+def _mem_tables(cfg: Config) -> tuple[dict[int, int], dict[int, int]]:
+    """Element bytes and buffer depth per memory type of ``cfg`` (the builder's hot path asks
+    for them per instruction; the last config's tables are found by identity)."""
+    last = _last_tables
+    if last[0] is cfg:
+        return last[1]
+    tables = ({MemType.UOP: cfg.uop_elem_bytes, MemType.WGT: cfg.wgt_elem_bytes,
+               MemType.INP: cfg.inp_elem_bytes, MemType.ACC: cfg.acc_elem_bytes,
+               MemType.OUT: cfg.out_elem_bytes, MemType.ACC_8BIT: cfg.acc8_elem_bytes},
+              {MemType.UOP: cfg.uop_depth, MemType.WGT: cfg.wgt_depth,
+               MemType.INP: cfg.inp_depth, MemType.ACC: cfg.acc_depth,
+               MemType.OUT: cfg.out_depth, MemType.ACC_8BIT: cfg.acc_depth})
+    globals()["_last_tables"] = (cfg, tables)
+    return tables
 
 
 @dataclass(frozen=True)
@@ -406,7 +421,9 @@ def decode_uop(word: int, cfg: Config) -> Uop:
 
 def to_bytes(insns: list[Insn], cfg: Config) -> bytes:
     """Little-endian 16-byte words of a list of instructions (SPEC §2); vectorised per
-    instruction format, with exactly :func:`encode`'s checks and errors."""
+    instruction format, with exactly :func:`encode`'s checks and errors (a group with any value
+    the fast path does not take, e.g. a bool or an out-of-range field, is encoded one by one,
+    which raises the precise error)."""
     n = len(insns)
     lo = np.zeros(n, np.uint64)
     hi = np.zeros(n, np.uint64)
@@ -421,17 +438,18 @@ def to_bytes(insns: list[Insn], cfg: Config) -> bytes:
         except ValueError:
             encode(recs[0], cfg)  # raises the precise IsaError
             raise AssertionError("unreachable") from None
-        if any(not isinstance(r, _RECORD[Opcode(op)]) for r in recs):
+        specs = _specs(table)
+        names = tuple(sp[0] for sp in specs)
+        cols = _columns(recs, _RECORD[Opcode(op)], names)
+        if cols is None:
             for r in recs:
-                encode(r, cfg)
+                encode(r, cfg)  # raises the precise IsaError
+            # they all encode (e.g. a subclass of the record type): take them one by one
+            cols = np.array([[int(r.__dict__[k]) for k in names] for r in recs], np.int64)
         sel = np.asarray(idx, np.int64)
-        for name, flo, mask, vmin, vmax, _ in _specs(table):
-            try:
-                v = np.fromiter((r.__dict__[name] for r in recs), np.int64, len(recs))
-            except (TypeError, ValueError, OverflowError):
-                v = None
-            if v is None or ((v < vmin) | (v > vmax)).any() or any(
-                    type(r.__dict__[name]) is bool for r in recs):
+        for k, (_, flo, mask, vmin, vmax, _) in enumerate(specs):
+            v = cols[:, k]
+            if ((v < vmin) | (v > vmax)).any():
                 for r in recs:
                     encode(r, cfg)  # raises the precise IsaError
             u = (v.astype(np.uint64) & np.uint64(mask))
@@ -440,16 +458,36 @@ def to_bytes(insns: list[Insn], cfg: Config) -> bytes:
             else:
                 hi[sel] |= u << np.uint64(flo - 64)
         if op in (Opcode.LOAD, Opcode.STORE):
-            mt = np.fromiter((r.memory_type for r in recs), np.int64, len(recs))
+            mt = cols[:, names.index("memory_type")]
             if (mt > max(MemType)).any():
                 for r in recs:
                     encode(r, cfg)
         if op == Opcode.ALU:
-            ao = np.fromiter((r.alu_opcode for r in recs), np.int64, len(recs))
+            ao = cols[:, names.index("alu_opcode")]
             if (ao > max(AluOp)).any():
                 for r in recs:
                     encode(r, cfg)
     return np.stack([lo, hi], axis=1).astype("<u8").tobytes()
+
+
+_INT_TYPES = (int, Opcode, MemType, AluOp)  # value types the vectorised encoder takes as is
+
+
+def _columns(recs: list, cls: type, names: tuple[str, ...]) -> np.ndarray | None:
+    """The fields ``names`` of records ``recs`` as an int64 array (one row per record), or None
+    when a record is not a ``cls`` or a value is not a plain integer (ints, the ISA's enums and
+    numpy integers are taken; a bool or anything else is left to :func:`encode`)."""
+    if any(r.__class__ is not cls for r in recs):
+        return None
+    get = operator.itemgetter(*names)
+    rows = [get(r.__dict__) for r in recs]
+    types = set(map(type, itertools.chain.from_iterable(rows)))
+    if not all(t in _INT_TYPES or issubclass(t, np.integer) for t in types):
+        return None
+    try:
+        return np.array(rows, dtype=np.int64).reshape(len(recs), len(names))
+    except (TypeError, ValueError, OverflowError):
+        return None
 
 
 def from_bytes(data: bytes, cfg: Config) -> list[Insn]:

@@ -39,7 +39,7 @@ from tessera.runtime.accel.emitter import (
     Stage,
     Store,
     Tile,
-    acc_plan,
+    acc_cap,
     emit_tiles,
     thread_caps,
 )
@@ -63,9 +63,10 @@ from tessera.runtime.layout import (
     pack_weights,
     unpack_activation,
 )
+from tessera.runtime.uop_cache import MicroKernel
 
-__all__ = ["ConvShape", "ConvGeom", "ConvTiles", "conv2d_params", "emit_conv2d", "conv2d",
-           "conv2d_reference", "tile_list", "fits", "gemm_part_count", "GEMM_PARTS"]
+__all__ = ["ConvShape", "ConvGeom", "ConvTiles", "EpilogueShape", "conv2d_params", "emit_conv2d",
+           "conv2d", "conv2d_reference", "tile_list", "fits", "gemm_part_count", "GEMM_PARTS"]
 
 GEMM_PARTS = 8  # GEMM instructions a tile is cut into (the schedule's slots), when long enough
 MIN_PART = 128  # GEMM steps a part has at least
@@ -280,22 +281,44 @@ class ConvTiles:
 # -- feasibility ----------------------------------------------------------------------------
 
 
-def const_blocks(cfg: Config, g: ConvGeom, prog: DeviceEpilogue, to: int) -> int:
+@dataclass(frozen=True)
+class EpilogueShape:
+    """What the tile search reads of a layer's epilogue program: its ALU steps, whether it has
+    a residual branch, and its per-channel and uniform constant vectors (the search runs
+    :func:`fits` and the cost model thousands of times per layer; this is computed once)."""
+
+    steps: int
+    residual: bool
+    per: int
+    uni: int
+
+    @classmethod
+    def of(cls, prog: DeviceEpilogue | EpilogueShape) -> EpilogueShape:
+        if isinstance(prog, EpilogueShape):
+            return prog
+        per, uni = const_slots(prog)
+        return cls(len(prog.steps), prog.residual, len(per), len(uni))
+
+
+def const_blocks(cfg: Config, g: ConvGeom, prog: DeviceEpilogue | EpilogueShape, to: int
+                 ) -> int:
     """Output blocks whose constants are resident at once: all of the layer's when they take at
     most an eighth of the accumulator (loaded once), else the tile's ``to`` (loaded per group
     of output blocks)."""
-    per, uni = const_slots(prog)
-    return g.ob if len(per) * g.ob + len(uni) <= cfg.acc_depth // 8 else to
+    s = EpilogueShape.of(prog)
+    return g.ob if s.per * g.ob + s.uni <= cfg.acc_depth // 8 else to
 
 
-def const_rows(prog: DeviceEpilogue, blocks: int) -> int:
+def const_rows(prog: DeviceEpilogue | EpilogueShape, blocks: int) -> int:
     """Accumulator rows the constants of ``blocks`` output blocks occupy."""
-    per, uni = const_slots(prog)
-    return len(per) * blocks + len(uni)
+    s = EpilogueShape.of(prog)
+    return s.per * blocks + s.uni
 
 
-def fits(cfg: Config, g: ConvGeom, t: ConvTiles, prog: DeviceEpilogue) -> str | None:
+def fits(cfg: Config, g: ConvGeom, t: ConvTiles, prog: DeviceEpilogue | EpilogueShape
+         ) -> str | None:
     """None if tile shape ``t`` (resolved) fits the buffers and fields, else why not."""
+    prog = EpilogueShape.of(prog)
     if t.double_buffer and cfg.dep_queue_depth < 2:
         return "double buffering needs dep_queue_depth >= 2"
     threads = 2 if t.double_buffer else 1
@@ -316,7 +339,7 @@ def fits(cfg: Config, g: ConvGeom, t: ConvTiles, prog: DeviceEpilogue) -> str | 
     if crow >= cfg.acc_depth // max(regions, 2):
         return "epilogue constants exceed the accumulator"
     rows = t.tn * t.to * t.th * t.tw
-    if rows * (2 if prog.residual else 1) > acc_plan(cfg, regions, crow).cap:
+    if rows * (2 if prog.residual else 1) > acc_cap(cfg, regions, crow):
         return "tile exceeds the accumulator"
     if t.th * t.tw > lim.max_iter or t.tn * t.to > lim.max_iter:
         return "tile exceeds the loop fields"
@@ -366,6 +389,16 @@ def _dims(g: ConvGeom, tn: int, to: int, th: int, tw: int, kc: int, tkh: int, tk
 
 def _stage_kernels(dims, parts: int, ib: int, wb: int, ab: int):
     return gemm_parts(dims, (ab, ib, wb), parts)
+
+
+def _stage_fn(dims, parts: int, wb: int, ib: int, wbh: int, ab: int):
+    """A stage's ``kernels(inp_base, wgt_base, acc_base)`` (bound to its nest and weights)."""
+    return _stage_kernels(dims, parts, ib, wbh + wb, ab)
+
+
+def _reset_fn(blocks: int, per: int, ab: int) -> MicroKernel:
+    """A tile's ``reset(acc_base)``: its ``blocks`` x ``per`` result rows."""
+    return rows_kernel(ab, blocks, per)
 
 
 def _input_loads(cfg: Config, g: ConvGeom, e: _Bases, n0: int, tn: int, y0: int, th: int,
@@ -486,6 +519,12 @@ def tile_list(cfg: Config, g: ConvGeom, t: ConvTiles, e: _Bases, prog: DeviceEpi
     stationary = wgt_off + len(chunks) * wsize <= wgt_cap
     bus = cfg.mem_bus_bytes
     tiles = []
+    # what repeats from tile to tile is built once (weights per output-block group and chunk,
+    # loop nests and epilogue passes per tile extent)
+    wloads: dict[tuple, list[Load]] = {}
+    nests: dict[tuple, tuple] = {}
+    passes: dict[tuple, tuple[AluPass, ...]] = {}
+    resets: dict[tuple[int, int], partial] = {}
     # output-block groups outermost: their weights stay resident over every batch group and
     # spatial tile
     for o0 in range(0, g.ob, t.to):
@@ -512,12 +551,17 @@ def tile_list(cfg: Config, g: ConvGeom, t: ConvTiles, e: _Bases, prog: DeviceEpi
                         if inp is None:
                             continue  # this chunk of the kernel sees only padding
                         wb = wgt_off + (j * wsize if stationary else 0)
-                        wl = _weight_loads(cfg, g, e, o0, to, c0, kc, k0, tkh, k1, tkw, wb)
-                        dims = _dims(g, tn, to, th, tw, kc, tkh, tkw)
+                        wl = wloads.get((o0, j, wb))
+                        if wl is None:
+                            wl = wloads[o0, j, wb] = _weight_loads(cfg, g, e, o0, to, c0, kc,
+                                                                   k0, tkh, k1, tkw, wb)
+                        dims = nests.get((tn, to, th, tw, kc, tkh, tkw))
+                        if dims is None:
+                            dims = nests[tn, to, th, tw, kc, tkh, tkw] = _dims(
+                                g, tn, to, th, tw, kc, tkh, tkw)
                         parts = gemm_part_count(rows * kc * tkh * tkw, len(chunks))
-                        stages.append(Stage(tuple(inp + wl), partial(
-                            lambda dims, parts, wb, ib, wbh, ab: _stage_kernels(
-                                dims, parts, ib, wbh + wb, ab), dims, parts, wb)))
+                        stages.append(Stage(tuple(inp + wl),
+                                            partial(_stage_fn, dims, parts, wb)))
                     stores = _store_rows(cfg, g, e.y, n0, tn, o0, to, y0, th, x0, tw)
                     res = ()
                     if residual:
@@ -525,13 +569,16 @@ def tile_list(cfg: Config, g: ConvGeom, t: ConvTiles, e: _Bases, prog: DeviceEpi
                                          st)
                                     for s, d, y, x, st in stores)
                     scyc = rows * cfg.out_elem_bytes // bus + 20 * len(stores)
+                    first = o0 if T == g.ob else 0
+                    alu = passes.get((tn, to, per, first, rows))
+                    if alu is None:
+                        alu = passes[tn, to, per, first, rows] = _alu_passes(
+                            prog, tn, to, per, T, first, rows, const_off)
+                    reset = resets.get((tn * to, per))
+                    if reset is None:
+                        reset = resets[tn * to, per] = partial(_reset_fn, tn * to, per)
                     tiles.append(Tile(
-                        rows, rows * (2 if residual else 1),
-                        partial(lambda blocks, per, ab: rows_kernel(ab, blocks, per),
-                                tn * to, per),
-                        tuple(stages), res,
-                        _alu_passes(prog, tn, to, per, T, o0 if T == g.ob else 0, rows,
-                                    const_off),
+                        rows, rows * (2 if residual else 1), reset, tuple(stages), res, alu,
                         tuple(Store(*s) for s in stores), consts, scyc))
     return tiles
 

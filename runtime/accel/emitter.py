@@ -51,7 +51,7 @@ from tessera.runtime.deps import Module
 from tessera.runtime.uop_cache import MicroKernel
 
 __all__ = ["Load", "Store", "Stage", "AluPass", "Tile", "AccPlan", "emit_tiles",
-           "thread_caps", "acc_plan"]
+           "thread_caps", "acc_plan", "acc_cap"]
 
 LOAD, COMPUTE, STORE = Module.LOAD, Module.COMPUTE, Module.STORE
 
@@ -146,12 +146,17 @@ def acc_plan(cfg, regions: int, const_rows: int) -> AccPlan:
     if const_rows < 0 or const_rows >= d // max(regions, 2):
         raise ProgramError(f"{const_rows} constant rows do not fit the accumulator of {d} rows "
                            f"with {regions} tile regions")
+    cap = acc_cap(cfg, regions, const_rows)
     if regions == 1:
-        return AccPlan((0,), d - const_rows, d - const_rows)
-    per_bank = regions // 2
-    cap = (d // 2 - const_rows) // per_bank
+        return AccPlan((0,), cap, d - const_rows)
     bases = tuple((r % 2) * (d // 2) + (r // 2) * cap for r in range(regions))
     return AccPlan(bases, cap, d - const_rows)
+
+
+def acc_cap(cfg, regions: int, const_rows: int) -> int:
+    """Rows one tile region holds (:func:`acc_plan`'s ``cap``; arguments it accepts)."""
+    d = cfg.acc_depth
+    return d - const_rows if regions == 1 else (d // 2 - const_rows) // (regions // 2)
 
 
 def thread_caps(cfg, threads: int) -> tuple[int, int]:
@@ -184,13 +189,15 @@ def _plan_loads(tiles: list[Tile], threads: int, caps: dict[MemType, int]) -> li
                         f"tile {t} stage {s}: {MemType(r.mem_type).name} region [{r.sram}, "
                         f"{r.sram + r.span}) exceeds one thread's {cap} elements")
                 key = (r.mem_type, half * cap + r.sram, r.dram, r.y, r.x, r.stride, r.pads)
-                if res.get((r.mem_type, r.sram)) == (key, r.span):
+                span = r.span
+                if res.get((r.mem_type, r.sram)) == (key, span):
                     continue
-                lo, hi = r.sram, r.sram + r.span
-                for (mt, a), (_, n) in list(res.items()):
-                    if mt == r.mem_type and a < hi and lo < a + n:
-                        del res[mt, a]
-                res[r.mem_type, r.sram] = (key, r.span)
+                lo, hi = r.sram, r.sram + span
+                gone = [at for at, (_, n) in res.items()
+                        if at[0] == r.mem_type and at[1] < hi and lo < at[1] + n]
+                for at in gone:
+                    del res[at]
+                res[r.mem_type, r.sram] = (key, span)
                 todo.append(key)
             actual.append(todo)
             u += 1
@@ -212,6 +219,8 @@ class _Pipe:
         self.pops_release = {w for w in range(threads, n) if self.actual[w]}
         self.release_after = {w - threads for w in self.pops_release}
         self.consts: tuple[Load, ...] | None = None
+        self._parts: dict[tuple[int, int, int], tuple[Tile, list]] = {}
+        self._alu: dict[tuple[int, int], tuple[tuple, list]] = {}
         for t, tile in enumerate(tiles):
             if tile.acc_rows > acc.cap:
                 raise ProgramError(f"tile {t} needs {tile.acc_rows} accumulator rows; one thread "
@@ -248,7 +257,17 @@ class _Pipe:
             self.b.dep_pop(LOAD, COMPUTE)
 
     def parts(self, tile: Tile, u0: int, ab: int) -> list[tuple[int, bool, MicroKernel]]:
-        """(stage number, last part of its stage, kernel) of every GEMM part of a tile."""
+        """(stage number, last part of its stage, kernel) of every GEMM part of a tile (the
+        same arguments give the same list: it is built once)."""
+        key = (id(tile), u0, ab)
+        hit = self._parts.get(key)
+        if hit is not None and hit[0] is tile:
+            return hit[1]
+        out = self._parts_of(tile, u0, ab)
+        self._parts[key] = (tile, out)
+        return out
+
+    def _parts_of(self, tile: Tile, u0: int, ab: int) -> list[tuple[int, bool, MicroKernel]]:
         out = []
         for s, stage in enumerate(tile.stages):
             half = (u0 + s) % self.threads
@@ -266,11 +285,22 @@ class _Pipe:
     def epilogue(self, tile: Tile, ab: int) -> int:
         """The tile's epilogue; returns its ALU engine cycles (steps plus the pipeline's)."""
         cycles = 0
-        for p in tile.alu:
-            k = p.kernel(ab, self.acc.const_base)
-            self.b.alu(k, p.op, p.imm, deferred=self.deferred)
+        alu, deferred = self.b.alu, self.deferred
+        for p, k in zip(tile.alu, self.alu_kernels(tile, ab)):
+            alu(k, p.op, p.imm, deferred=deferred)
             cycles += k.steps + 4
         return cycles
+
+    def alu_kernels(self, tile: Tile, ab: int) -> list[MicroKernel]:
+        """The kernels of a tile's epilogue passes at accumulator base ``ab`` (tiles of one
+        extent share their passes: built once per passes and base)."""
+        key = (id(tile.alu), ab)
+        hit = self._alu.get(key)
+        if hit is not None and hit[0] is tile.alu:
+            return hit[1]
+        ks = [a.kernel(ab, self.acc.const_base) for a in tile.alu]
+        self._alu[key] = (tile.alu, ks)
+        return ks
 
     def stores(self, t: int, tile: Tile, ab: int) -> None:
         b = self.b
@@ -393,7 +423,7 @@ def _kernels(p: _Pipe) -> list[MicroKernel]:
     for t, tile in enumerate(p.tiles):
         ab = p.acc.bases[t % p.regions]
         ks = [tile.reset(ab)] + [k for _, _, k in p.parts(tile, u, ab)]
-        ks += [a.kernel(ab, p.acc.const_base) for a in tile.alu]
+        ks += p.alu_kernels(tile, ab)
         u += len(tile.stages)
         for k in ks:
             if k.key not in seen:

@@ -146,16 +146,14 @@ def plan_group(cfg, members: list[Member], pool: int = 6, measured: int = 4
     :func:`_sequence_cost` are run through the cycle model (:func:`measure_group`; the analytic
     models do not rank interleaved streams well) and the fastest wins. None when no
     combination fits."""
-    from tessera.runtime.accel.tiling import candidates, rank
+    from tessera.runtime.accel.tiling import ranked_candidates
 
     trials = []
     for regions in (4, 2):
         pools = []
         for m in members:
-            g = ConvGeom.of(cfg, m.shape)
-            ranked = rank(cfg, g, m.prog, (t for t in candidates(cfg, g, m.prog, True)
-                                            if t.regions == regions))
-            pools.append(ranked[:pool])
+            pools.append(ranked_candidates(cfg, ConvGeom.of(cfg, m.shape), m.prog, True,
+                                           regions=regions, top=pool))
         for combo in itertools.product(*pools):
             trial = [replace(m, tiles=t) for m, t in zip(members, combo)]
             if group_fits(cfg, trial) is None:

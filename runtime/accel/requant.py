@@ -91,11 +91,14 @@ def acc_bounds(w: np.ndarray, in_lo: int = -128, in_hi: int = 127) -> tuple[np.n
     """Per-output-channel range of ``sum(x * w)`` over int8 inputs in ``[in_lo, in_hi]``
     (``w``: int weights, output channel first)."""
     wf = np.asarray(w).reshape(np.shape(w)[0], -1)
-    if wf.dtype.itemsize < 4 and np.issubdtype(wf.dtype, np.signedinteger):
-        wf = wf.astype(np.int16)
     total = wf.sum(axis=1, dtype=np.int64)
-    mag = np.abs(wf).sum(axis=1, dtype=np.int64)
-    pos, neg = (mag + total) // 2, (total - mag) // 2  # sums of the positive / negative weights
+    # sums of the positive weights (by slabs of rows: no temporary of the whole matrix) and of
+    # the negative ones (no abs(): -128 has no int8 magnitude)
+    pos = np.empty(wf.shape[0], np.int64)
+    step = max(1, (1 << 18) // max(1, wf.shape[1]))
+    for r in range(0, wf.shape[0], step):
+        pos[r:r + step] = np.maximum(wf[r:r + step], 0).sum(axis=1, dtype=np.int64)
+    neg = total - pos
     hi = pos * in_hi + neg * in_lo
     lo = pos * in_lo + neg * in_hi
     return lo, hi

@@ -37,6 +37,7 @@ from tessera.runtime.accel.conv2d import (
     ConvGeom,
     ConvShape,
     ConvTiles,
+    EpilogueShape,
     const_blocks,
     const_rows,
     emit_conv2d,
@@ -44,14 +45,14 @@ from tessera.runtime.accel.conv2d import (
     gemm_part_count,
 )
 from tessera.runtime.accel.epilogue import Epilogue
-from tessera.runtime.accel.layer import LayerAddrs, const_slots
+from tessera.runtime.accel.layer import LayerAddrs
 from tessera.runtime.accel.requant import DeviceEpilogue, lower_epilogue
 from tessera.runtime.builder import CommandBuilder
 from tessera.runtime.layout import ceil_div
 from tessera.sim import timing
 
-__all__ = ["plan_conv2d", "tune_conv2d", "rank", "estimate", "measure", "candidates", "spans",
-           "INSN", "LOAD_FIXED", "STORE_FIXED"]
+__all__ = ["plan_conv2d", "tune_conv2d", "rank", "ranked_candidates", "estimate", "measure",
+           "candidates", "spans", "INSN", "LOAD_FIXED", "STORE_FIXED"]
 
 INSN = 7  # compute cycles per GEMM/ALU instruction beyond its steps (FSM and pipeline fill)
 LOAD_FIXED = 22  # cycles per LOAD beyond its beats (FSM, request, DRAM read latency)
@@ -92,11 +93,12 @@ def _beats(elems: int, per: float) -> int:
     return max(1, round(elems * per)) if elems else 0
 
 
-def estimate(cfg: Config, g: ConvGeom, t: ConvTiles, prog: DeviceEpilogue,
+def estimate(cfg: Config, g: ConvGeom, t: ConvTiles, prog: DeviceEpilogue | EpilogueShape,
              deferred: bool = True) -> int:
     """Estimated cycles of the layer with tile shape ``t`` (resolved; see the module doc)."""
+    prog = EpilogueShape.of(prog)
     c = _cost(cfg)
-    n_alu = len(prog.steps)
+    n_alu = prog.steps
     residual = prog.residual
     db = t.double_buffer
     overlap = deferred and db  # epilogues and resets on the ALU engine
@@ -109,37 +111,42 @@ def estimate(cfg: Config, g: ConvGeom, t: ConvTiles, prog: DeviceEpilogue,
     n_sp = ceil_div(g.oh, t.th) * ceil_div(g.ow, t.tw) * ceil_div(g.n, t.tn)
     total = 0
     first_load = last = 0
+    # loop invariants hoisted (the arithmetic below is term for term the model's)
+    sp_div = max(1, n_sp)
+    sub, diag = g.subsampled, g.diagonal
+    whole = not (g.pt or g.pb or g.pl or g.pr)
+    inp_beats, wgt_beats = c.inp_beats, c.wgt_beats
+    ws, hs, ns = spans(g.ow, t.tw), spans(g.oh, t.th), spans(g.n, t.tn)
     for to, k_o in spans(g.ob, t.to):
-        for th, k_h in spans(g.oh, t.th):
-            for tw, k_w in spans(g.ow, t.tw):
-                for tn, k_n in spans(g.n, t.tn):
+        for th, k_h in hs:
+            for tw, k_w in ws:
+                for tn, k_n in ns:
                     rows = tn * to * th * tw
                     gemm = INSN
                     load = 0
                     stage_g, stage_l = [], []
                     for kc, count, tkh, tkw in chunks:
                         steps = rows * kc * tkh * tkw
-                        ib = to if g.diagonal else kc  # input blocks the stage loads
+                        ib = to if diag else kc  # input blocks the stage loads
                         parts = gemm_part_count(steps, n_chunks)
                         gemm += count * (steps + parts * INSN)
                         stage_g += [steps + parts * INSN] * count
                         ih, iw = g.in_rows(th, tkh), g.in_width(tw, tkw)
-                        if g.subsampled:
-                            inp = tn * ib * (LOAD_FIXED + _beats(th * iw, c.inp_beats))
-                        elif ih == g.h and iw == g.w and not (g.pt or g.pb or g.pl or g.pr):
-                            inp = LOAD_FIXED + _beats(tn * ib * ih * iw, c.inp_beats)
+                        if sub:
+                            inp = tn * ib * (LOAD_FIXED + _beats(th * iw, inp_beats))
+                        elif ih == g.h and iw == g.w and whole:
+                            inp = LOAD_FIXED + _beats(tn * ib * ih * iw, inp_beats)
                         else:
-                            inp = tn * ib * (LOAD_FIXED + _beats(ih * iw, c.inp_beats))
-                        wgt = LOAD_FIXED + _beats(to * kc * tkh * tkw, c.wgt_beats)
+                            inp = tn * ib * (LOAD_FIXED + _beats(ih * iw, inp_beats))
+                        wgt = LOAD_FIXED + _beats(to * kc * tkh * tkw, wgt_beats)
                         if tkw < g.kw:  # one LOAD per output and input block
                             wgt += (to * kc - 1) * LOAD_FIXED
                         if stationary:
-                            wgt = wgt / max(1, n_sp)  # once per group of output blocks
+                            wgt = wgt / sp_div  # once per group of output blocks
                         load += count * (inp + wgt)
                         stage_l += [inp + wgt] * count
                     # each stage's GEMMs run while the next stage's loads do
-                    paced = INSN + sum(max(gs, stage_l[(i + 1) % len(stage_l)])
-                                       for i, gs in enumerate(stage_g))
+                    paced = INSN + sum(map(max, stage_g, stage_l[1:] + stage_l[:1]))
                     stores = tn if tw == g.ow else tn * to
                     store = _beats(rows, c.out_beats) + STORE_FIXED * stores
                     res = _beats(rows, c.acc8_beats) + LOAD_FIXED * stores if residual else 0
@@ -159,10 +166,9 @@ def estimate(cfg: Config, g: ConvGeom, t: ConvTiles, prog: DeviceEpilogue,
                     total += k_o * k_h * k_w * k_n * tile
                     first_load = first_load or int(load / max(1, n_chunks))
                     last = max(last, store + (alu if overlap else 0))
-    per_names, uni = const_slots(prog)
     blocks = const_blocks(cfg, g, prog, t.to)
     groups = 1 if blocks == g.ob else ceil_div(g.ob, t.to)
-    total += groups * (len(per_names) + len(uni)) * (LOAD_FIXED + _beats(blocks, c.acc_beats))
+    total += groups * (prog.per + prog.uni) * (LOAD_FIXED + _beats(blocks, c.acc_beats))
     if db:
         total += first_load + last
     return int(total)
@@ -181,6 +187,7 @@ def candidates(cfg: Config, g: ConvGeom, prog: DeviceEpilogue, double_buffer: bo
     one input window) kernel-column splits too. Per combination of the other extents only the
     tallest feasible tiles are kept (and their balanced variant), unless ``tune``."""
     wide = wide or split_columns
+    prog = EpilogueShape.of(prog)
     tws = _extents(g.ow) if wide else [g.ow]
     tkhs = list(range(1, g.kh + 1)) if wide else [g.kh]
     tkws = _extents(g.kw) if split_columns else [g.kw]
@@ -195,10 +202,20 @@ def candidates(cfg: Config, g: ConvGeom, prog: DeviceEpilogue, double_buffer: bo
                        tkw=tkw)
         feasible = [th for th in ths if fits(cfg, g, tile(th), prog) is None] if tune else []
         if not tune:
-            for th in reversed(ths):  # feasibility is monotone in th
-                if fits(cfg, g, tile(th), prog) is None:
-                    feasible = sorted({th, ceil_div(g.oh, ceil_div(g.oh, th))})
-                    break
+            # feasibility is monotone in th (every limit of fits() grows with it): the tallest
+            # feasible height, by bisection unless the tallest of all fits
+            lo, hi = len(ths), len(ths)  # ths[:lo] fit, ths[hi:] do not
+            if fits(cfg, g, tile(ths[-1]), prog) is not None:
+                lo, hi = 0, len(ths) - 1
+                while lo < hi:
+                    mid = (lo + hi) // 2
+                    if fits(cfg, g, tile(ths[mid]), prog) is None:
+                        lo = mid + 1
+                    else:
+                        hi = mid
+            if lo:
+                th = ths[lo - 1]
+                feasible = sorted({th, ceil_div(g.oh, ceil_div(g.oh, th))})
         for th in feasible:
             yield tile(th)
 
@@ -219,7 +236,7 @@ def plan_conv2d(cfg: Config, g: ConvGeom, prog: DeviceEpilogue | None = None, *,
     dbs = (True, False) if double_buffer and cfg.dep_queue_depth >= 2 else (False,)
     for wide, split in ((False, False), (True, False), (True, True)):
         for db in dbs:
-            ranked = rank(cfg, g, prog, candidates(cfg, g, prog, db, wide, split_columns=split))
+            ranked = ranked_candidates(cfg, g, prog, db, wide, split, top=1)
             if ranked:
                 return ranked[0]
     small = ConvTiles(1, 1, 1, False, 1, 1, 1, tkw=1)
@@ -230,15 +247,50 @@ def plan_conv2d(cfg: Config, g: ConvGeom, prog: DeviceEpilogue | None = None, *,
         f"{const_rows(prog, 1)} constant rows)")
 
 
-def rank(cfg: Config, g: ConvGeom, prog: DeviceEpilogue, tiles: Iterable[ConvTiles]
-         ) -> list[ConvTiles]:
-    """``tiles`` by estimated cycles (fewer tiles break ties), each with ``est_cycles``."""
+_RANKED: dict[tuple, list[tuple[int, int, ConvTiles]]] = {}
+_RANKED_MAX = 4096  # distinct searches kept per process
+
+
+def ranked_candidates(cfg: Config, g: ConvGeom, prog: DeviceEpilogue | EpilogueShape,
+                      double_buffer: bool, wide: bool = False, split_columns: bool = False, *,
+                      regions: int | None = None, top: int | None = None) -> list[ConvTiles]:
+    """``rank(cfg, g, prog, candidates(cfg, g, prog, double_buffer, wide, split_columns=...))``
+    (only the tiles with ``regions`` accumulator regions, only the ``top`` first), memoised per
+    process on everything the search reads (layers of one shape and epilogue structure, e.g. a
+    network's repeated blocks, are searched once). The ranking is a stable sort, so a filtered
+    ranking is the ranking of the filtered candidates."""
+    shape = EpilogueShape.of(prog)
+    key = (cfg, g, shape, double_buffer, wide, split_columns)
+    keyed = _RANKED.get(key)
+    if keyed is None:
+        if len(_RANKED) >= _RANKED_MAX:
+            _RANKED.clear()
+        keyed = _RANKED[key] = _rank_keyed(cfg, g, shape, candidates(
+            cfg, g, shape, double_buffer, wide, split_columns=split_columns))
+    out = []
+    for c, _, t in keyed:
+        if regions is None or t.regions == regions:
+            if top is not None and len(out) >= top:
+                break
+            out.append(replace(t, est_cycles=c))
+    return out
+
+
+def _rank_keyed(cfg: Config, g: ConvGeom, prog: EpilogueShape, tiles: Iterable[ConvTiles]
+                ) -> list[tuple[int, int, ConvTiles]]:
     keyed = []
     for t in tiles:
         n_tiles = (ceil_div(g.ob, t.to) * ceil_div(g.oh, t.th) * ceil_div(g.ow, t.tw)
                    * ceil_div(g.n, t.tn))
         keyed.append((estimate(cfg, g, t, prog), n_tiles, t))
     keyed.sort(key=lambda k: (k[0], k[1]))
+    return keyed
+
+
+def rank(cfg: Config, g: ConvGeom, prog: DeviceEpilogue | EpilogueShape,
+         tiles: Iterable[ConvTiles]) -> list[ConvTiles]:
+    """``tiles`` by estimated cycles (fewer tiles break ties), each with ``est_cycles``."""
+    keyed = _rank_keyed(cfg, g, EpilogueShape.of(prog), tiles)
     return [replace(t, est_cycles=c) for c, _, t in keyed]
 
 

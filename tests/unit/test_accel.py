@@ -125,3 +125,40 @@ def test_explicit_tiles_are_checked():
         conv2d(dev, x, w, tiles=ConvTiles(to=1, th=1, kc=1, tn=2))
     with pytest.raises(ProgramError, match="do not fit"):
         conv2d(dev, np.zeros((1, 4, 60, 60), np.int8), w, tiles=ConvTiles(1, 58, 1, True))
+
+
+@pytest.mark.parametrize("shape, dtype", [((3000, 200), np.int8), ((64, 3, 7, 7), np.int8),
+                                          ((40, 300), np.int32)])
+def test_acc_bounds_are_the_extreme_dot_products(shape, dtype):
+    """Per output channel, the accumulator range over int8 inputs is reached by an input of
+    in_hi where the weight is positive and in_lo where it is negative (and the other way round),
+    -128 weights and row counts beyond one summation slab included."""
+    from tessera.runtime.accel.requant import acc_bounds
+
+    rng = np.random.default_rng(3)
+    top = 128 if dtype == np.int8 else 1 << 20
+    w = rng.integers(-top, top, shape).astype(dtype)
+    w.reshape(shape[0], -1)[0, :5] = -top  # the most negative weight
+    flat = w.reshape(shape[0], -1).astype(np.int64)
+    for in_lo, in_hi in ((-128, 127), (0, 255), (-3, 5)):
+        lo, hi = acc_bounds(w, in_lo, in_hi)
+        big = np.where(flat > 0, in_hi, in_lo) * flat
+        small = np.where(flat > 0, in_lo, in_hi) * flat
+        assert np.array_equal(hi, big.sum(axis=1)) and np.array_equal(lo, small.sum(axis=1))
+        assert lo.dtype == hi.dtype == np.int64
+
+
+def test_pack_weights_of_whole_blocks_is_a_fresh_array():
+    from tessera.runtime.layout import pack_weights
+
+    cfg = Config.preset("default")
+    rng = np.random.default_rng(4)
+    w = rng.integers(-128, 128, (32, 48, 3, 3), dtype=np.int8)
+    packed = pack_weights(w, cfg)
+    assert not np.may_share_memory(packed, w) and packed.flags.c_contiguous
+    padded = np.zeros((48, 48, 3, 3), np.int8)
+    padded[:32] = w
+    assert np.array_equal(pack_weights(padded, cfg)[:2], packed)  # whole vs padded path
+    o, i = cfg.block_out, cfg.block_in
+    want = w.reshape(32 // o, o, 48 // i, i, 3, 3).transpose(0, 2, 4, 5, 1, 3)
+    assert np.array_equal(packed, want)

@@ -158,3 +158,44 @@ def test_decode_rejects_bad_opcode_and_disassembler_shows_it():
     assert "LOAD" in text[0] and "WGT" in text[0] and "push_next" in text[0]
     assert "GEMM" in text[1] and "reset" in text[1]
     assert "bad opcode 7" in text[2]
+
+
+def _random_insns(cfg, rng, n):
+    """``n`` random legal records of every format (enum and plain-int field values)."""
+    lay = isa.layout(cfg)
+    out = []
+    for _ in range(n):
+        kind = int(rng.integers(0, 4))
+        cls, fmt = [(MemInsn, "mem"), (GemmInsn, "gemm"), (AluInsn, "alu"),
+                    (FinishInsn, "finish")][kind]
+        values = {}
+        for f in getattr(lay, fmt):
+            if f.name == "opcode":
+                continue
+            values[f.name] = int(rng.integers(f.min, f.max + 1))
+        if cls is MemInsn:
+            values["opcode"] = [Opcode.LOAD, Opcode.STORE][int(rng.integers(0, 2))]
+            values["memory_type"] = MemType(int(rng.integers(0, len(MemType))))
+        if cls is AluInsn:
+            values["alu_opcode"] = AluOp(int(rng.integers(0, len(AluOp))))
+        out.append(cls(**values))
+    return out
+
+
+@pytest.mark.parametrize("name", ["tiny", "default"])
+def test_vectorised_to_bytes_equals_encode(name):
+    """to_bytes (whole-row vectorised path) gives exactly encode's words, numpy integer field
+    values included, and still names the bad field of a bool or an out-of-range value."""
+    cfg = Config.preset(name)
+    rng = np.random.default_rng(7)
+    insns = _random_insns(cfg, rng, 400)
+    want = b"".join(isa.encode(i, cfg).to_bytes(16, "little") for i in insns)
+    assert isa.to_bytes(insns, cfg) == want
+    as_numpy = [dataclasses.replace(i, pop_prev=np.int64(i.pop_prev)) for i in insns]
+    assert isa.to_bytes(as_numpy, cfg) == want
+    bad = list(insns) + [GemmInsn(reset=True, uop_end=1)]
+    with pytest.raises(IsaError, match="field reset must be an integer"):
+        isa.to_bytes(bad, cfg)
+    too_big = list(insns) + [MemInsn(x_size=1 << 16)]
+    with pytest.raises(IsaError, match="field x_size must be in"):
+        isa.to_bytes(too_big, cfg)

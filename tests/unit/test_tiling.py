@@ -202,3 +202,22 @@ def test_compiled_layers_of_any_size_run_on_the_accelerator():
         want = reference.run(model.quantized.graph, cal[0])
         want = want[0] if isinstance(want, list) else want[model.output_names[0]]
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("cfg, x_shape, w_shape, stride, padding, residual",
+                         LAYERS[:3] + LAYERS[5:])
+def test_the_memoised_search_equals_a_fresh_one(cfg, x_shape, w_shape, stride, padding,
+                                                residual):
+    """plan_conv2d's per-process memo (layer shape x epilogue structure) returns what a fresh
+    ranking of the candidates does, for epilogues with other constants too."""
+    from tessera.runtime.accel.tiling import candidates, rank, ranked_candidates
+
+    g = ConvGeom.of(cfg, ConvShape.make(x_shape, w_shape, stride, padding))
+    for seed in (0, 1):
+        prog = _program(cfg, w_shape, residual, seed)
+        fresh = rank(cfg, g, prog, candidates(cfg, g, prog, True))
+        assert list(ranked_candidates(cfg, g, prog, True)) == fresh
+        assert plan_conv2d(cfg, g, prog) == fresh[0]
+    other = _program(cfg, w_shape, not residual)
+    assert list(ranked_candidates(cfg, g, other, True)) == rank(
+        cfg, g, other, candidates(cfg, g, other, True))
