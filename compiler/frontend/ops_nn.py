@@ -109,10 +109,52 @@ def _transpose_pads(a: dict, in_size: Sequence[int], kernel: Sequence[int],
     return begin, [t - b for t, b in zip(total, begin)]
 
 
+def _conv_transpose3d(ctx: Ctx, n: onnx.NodeProto, attrs: dict, begin: list[int],
+                      end: list[int]) -> None:
+    """3-D transposed convolution as two 2-D ones: first over (H, W) for every depth slice and
+    depth tap at once (the weight's depth taps become extra output channels), then over depth,
+    scattering each tap's slices to ``d * stride + tap * dilation - pad`` with a one-hot
+    weight (exact: each output sums the same products, in tap order)."""
+    x, w = n.input[0], n.input[1]
+    wt = ctx.const(w, "weight")
+    bt, c, d, h, wd = ctx.shape(x)
+    _, mg, kd, kh, kw = wt.shape
+    g = attrs["groups"]
+    (sd, sh, sw), (dd, dh, dw) = attrs["strides"], attrs["dilations"]
+    opd, oph, opw = attrs["output_padding"]
+    # slices [N*D, C, H, W]; weight (C, M/g, KD, KH, KW) -> (C, KD*M/g, KH, KW) so that the
+    # grouped output channels come out ordered (group, depth tap, channel)
+    v = ctx.emit("transpose", [x], ctx.tmp(x), perm=(0, 2, 1, 3, 4))
+    v = ctx.emit("reshape", [v], ctx.tmp(x), shape=(bt * d, c, h, wd))
+    w2 = ctx.add_const(ctx.tmp(w), np.ascontiguousarray(
+        wt.transpose(0, 2, 1, 3, 4)).reshape(c, kd * mg, kh, kw))
+    z = ctx.emit("conv_transpose2d", [v, w2, ""], ctx.tmp(n.output[0]), strides=(sh, sw),
+                 dilations=(dh, dw), output_padding=(oph, opw), groups=g,
+                 pads=(begin[1], begin[2], end[1], end[2]))
+    oh, ow = ctx.shape(z)[2:]
+    plane = g * mg * oh * ow
+    z = ctx.emit("reshape", [z], ctx.tmp(n.output[0]), shape=(bt, d, g, kd, mg * oh * ow))
+    z = ctx.emit("transpose", [z], ctx.tmp(n.output[0]), perm=(0, 3, 1, 2, 4))
+    z = ctx.emit("reshape", [z], ctx.tmp(n.output[0]), shape=(bt, kd, d, plane))
+    onehot = np.zeros((kd, 1, kd, 1), np.float32)
+    onehot[np.arange(kd), 0, np.arange(kd), 0] = 1.0
+    y = ctx.emit("conv_transpose2d", [z, ctx.add_const(ctx.tmp(w), onehot), ""],
+                 ctx.tmp(n.output[0]), strides=(sd, 1), dilations=(dd, 1),
+                 output_padding=(opd, 0), groups=1, pads=(begin[0], 0, end[0], 0))
+    od = ctx.shape(y)[2]
+    y = ctx.emit("reshape", [y], ctx.tmp(n.output[0]), shape=(bt, od, g * mg, oh, ow))
+    b = opt_input(n, 2)
+    out = ctx.tmp(n.output[0]) if b else n.output[0]
+    y = ctx.emit("transpose", [y], out, perm=(0, 2, 1, 3, 4))
+    if b:
+        bias = ctx.emit("reshape", [b], ctx.tmp(b), shape=(1, g * mg, 1, 1, 1))
+        ctx.emit("add", [y, bias], n.output[0])
+
+
 @converter("ConvTranspose")
 def _conv_transpose(ctx: Ctx, n: onnx.NodeProto, a: dict) -> None:
     x, w = n.input[0], n.input[1]
-    nd = _spatial_rank(ctx, x, "transposed convolution")
+    nd = 3 if ctx.rank(x) == 5 else _spatial_rank(ctx, x, "transposed convolution")
     wshape = ctx.shape(w)
     kernel = [int(v) for v in a.get("kernel_shape", wshape[2:])]
     if list(wshape[2:]) != kernel:
@@ -129,6 +171,10 @@ def _conv_transpose(ctx: Ctx, n: onnx.NodeProto, a: dict) -> None:
                 for i, k, s, d, op in zip(xs[2:], kernel, strides, dil, out_pad)]
         out_pad = [op + max(0, w - f) for op, w, f in zip(out_pad, want, full)]
     begin, end = _transpose_pads(a, xs[2:], kernel, strides, dil, out_pad)
+    if nd == 3:
+        _conv_transpose3d(ctx, n, dict(strides=strides, dilations=dil, output_padding=out_pad,
+                                       groups=int(a.get("group", 1))), begin, end)
+        return
     if nd == 1:
         attrs = dict(strides=(1, strides[0]), dilations=(1, dil[0]),
                      output_padding=(0, out_pad[0]), pads=(0, begin[0], 0, end[0]))
@@ -170,11 +216,12 @@ def _pool3d(ctx: Ctx, n: onnx.NodeProto, a: dict, op: str, kernel: list[int]) ->
 @converter("MaxPool", "AveragePool")
 def _pool(ctx: Ctx, n: onnx.NodeProto, a: dict) -> None:
     x = n.input[0]
-    if len(n.output) > 1 and n.output[1]:
-        raise Unsupported("the MaxPool Indices output is not supported")
+    indices = n.output[1] if len(n.output) > 1 and n.output[1] else ""
     kernel = [int(v) for v in a["kernel_shape"]]
     op = "maxpool" if n.op_type == "MaxPool" else "avgpool"
     if ctx.rank(x) == 5 and len(kernel) == 3:
+        if indices:
+            raise Unsupported("the Indices output is supported for 2-D pooling, not 3-D")
         _pool3d(ctx, n, a, op, kernel)
         return
     nd = _spatial_rank(ctx, x, "pooling")
@@ -185,6 +232,11 @@ def _pool(ctx: Ctx, n: onnx.NodeProto, a: dict) -> None:
                  ceil_mode=bool(a.get("ceil_mode", 0)))
     if n.op_type == "AveragePool":
         attrs["count_include_pad"] = bool(a.get("count_include_pad", 0))
+    if indices:
+        if nd != 2:
+            raise Unsupported(f"the Indices output is supported for 2-D pooling, not {nd}-D")
+        ctx.emit("maxpool_indices", [x], indices, storage_order=int(a.get("storage_order", 0)),
+                 **attrs)
     if nd == 2:
         ctx.emit(op, [x], n.output[0], **attrs)
         return

@@ -1,4 +1,4 @@
-"""IR ops: transposed convolution, resize, normalisation, log-softmax, top-k.
+"""IR ops: transposed convolution, resize, normalisation, log-softmax, top-k, max-pool indices.
 
 Semantics are ONNX's (executable form: :mod:`tessera.compiler.refops.nn`).
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tessera.compiler.ir.ops import define, infer_same, need_inputs, op_error
+from tessera.compiler.ir.ops import define, infer_same, need_inputs, op_error, pool_out_size
 from tessera.compiler.ir.tensor import TensorInfo
 
 if TYPE_CHECKING:
@@ -115,3 +115,24 @@ def _topk(node: Node, ins: list, g: Graph) -> list[TensorInfo]:
         raise op_error(node, f"k must be in [0, {s[ax]}], not {k}")
     s[ax] = k
     return [TensorInfo(tuple(s), ins[0].dtype), TensorInfo(tuple(s), "int64")]
+
+
+@define("maxpool_indices", "int64 flat NCHW index of each max-pool window's maximum (the first "
+        "in row-major window order; storage_order 1 counts the spatial position column-major)",
+        kernel=(2, 2), strides=(2, 2), pads=(0, 0, 0, 0), ceil_mode=False, dilations=(1, 1),
+        storage_order=0)
+def _maxpool_indices(node: Node, ins: list, g: Graph) -> list[TensorInfo]:
+    need_inputs(node, ins, 0)
+    x = ins[0]
+    if len(x.shape) != 4:
+        raise op_error(node, f"needs a 4-D NCHW input, got {x.shape}")
+    a = node.attrs
+    if int(a["storage_order"]) not in (0, 1):
+        raise op_error(node, f"storage_order must be 0 or 1, not {a['storage_order']!r}")
+    (kh, kw), (sh, sw), (dh, dw) = a["kernel"], a["strides"], a["dilations"]
+    pt, pl, pb, pr = a["pads"]
+    oh = pool_out_size(x.shape[2], kh, sh, pt, pb, dh, bool(a["ceil_mode"]))
+    ow = pool_out_size(x.shape[3], kw, sw, pl, pr, dw, bool(a["ceil_mode"]))
+    if oh < 1 or ow < 1:
+        raise op_error(node, f"window {kh}x{kw} does not fit input {x.shape[2:]}")
+    return [TensorInfo((x.shape[0], x.shape[1], oh, ow), "int64")]

@@ -140,6 +140,15 @@ def _topk(p: Any) -> list[int]:
                              "sorted": int(bool(a["sorted"]))}, [p.input(0)])
 
 
+def _maxpool_indices(p: Any) -> list[int]:
+    a = p.node.attrs
+    attrs = {"kernel_shape": [int(v) for v in a["kernel"]],
+             "strides": [int(v) for v in a["strides"]], "pads": [int(v) for v in a["pads"]],
+             "dilations": [int(v) for v in a["dilations"]], "ceil_mode": int(bool(a["ceil_mode"])),
+             "storage_order": int(a["storage_order"])}
+    return [p.one("MaxPoolIndices", attrs, [p.input(0)])]
+
+
 def _recurrent(p: Any) -> list[int]:
     n, a = p.node, p.node.attrs
     names = {"sigmoid": "Sigmoid", "tanh": "Tanh", "relu": "Relu"}
@@ -162,6 +171,7 @@ PLANNERS.update({
     "log_softmax": lambda p: [p.one("LogSoftmax", {"axis": int(p.node.attrs["axis"])},
                                     [p.input(0)])],
     "topk": _topk,
+    "maxpool_indices": _maxpool_indices,
     "expand": lambda p: [p.one("Expand", {"shape": [int(d) for d in p.node.attrs["shape"]]},
                                [p.input(0)])],
     "tile": lambda p: [p.one("Tile", {"repeats": [int(r) for r in p.node.attrs["repeats"]]},

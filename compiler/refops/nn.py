@@ -1,4 +1,5 @@
-"""Reference semantics: transposed convolution, resize, layer norm, log-softmax, top-k."""
+"""Reference semantics: transposed convolution, resize, layer norm, log-softmax, top-k, max-pool
+indices."""
 
 from __future__ import annotations
 
@@ -95,7 +96,37 @@ def _topk(n: Node, x: np.ndarray) -> list[np.ndarray]:
     return [np.take_along_axis(x, idx, axis=ax), idx.astype(np.int64)]
 
 
+def _maxpool_indices(n: Node, x: np.ndarray) -> list[np.ndarray]:
+    """onnxruntime's rule: per window, the first tap (row-major) greater than every earlier one,
+    starting from the lowest finite value (row and column -1 when none is)."""
+    from tessera.compiler.ir import pool_out_size
+    a = n.attrs
+    bt, c, h, w = x.shape
+    (kh, kw), (sh, sw), (dh, dw) = a["kernel"], a["strides"], a["dilations"]
+    pt, pl, pb, pr = a["pads"]
+    oh = pool_out_size(h, kh, sh, pt, pb, dh, bool(a["ceil_mode"]))
+    ow = pool_out_size(w, kw, sw, pl, pr, dw, bool(a["ceil_mode"]))
+    lowest = np.finfo(np.float32).min if x.dtype.kind == "f" else np.iinfo(x.dtype).min
+    best = np.full((bt, c, oh, ow), lowest, x.dtype)
+    row = np.full((bt, c, oh, ow), -1, np.int64)
+    col = np.full((bt, c, oh, ow), -1, np.int64)
+    for i in range(kh):
+        ys = np.arange(oh) * sh - pt + i * dh
+        for j in range(kw):
+            xs = np.arange(ow) * sw - pl + j * dw
+            inside = ((ys >= 0) & (ys < h))[:, None] & ((xs >= 0) & (xs < w))[None, :]
+            v = x[:, :, np.clip(ys, 0, h - 1)][:, :, :, np.clip(xs, 0, w - 1)]
+            up = inside & (v > best)
+            best = np.where(up, v, best)
+            row = np.where(up, ys[:, None], row)
+            col = np.where(up, xs[None, :], col)
+    flat = row * w + col if int(a["storage_order"]) == 0 else row + col * h
+    plane = (np.arange(bt * c, dtype=np.int64) * h * w).reshape(bt, c, 1, 1)
+    return [flat + plane]
+
+
 KERNELS: dict[str, Callable[..., list[np.ndarray]]] = {
+    "maxpool_indices": _maxpool_indices,
     "conv_transpose2d": _conv_transpose2d,
     "resize": _resize,
     "layernorm": _layernorm,

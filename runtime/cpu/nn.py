@@ -155,6 +155,64 @@ def _pool(op: str, attrs: dict[str, Any], in_specs: list[Spec]) -> tuple[str, st
     return kb.finish(), kb.name, [((n, c, oh, ow), np.dtype(dt))]
 
 
+def _pool_indices(op: str, attrs: dict[str, Any],
+                  in_specs: list[Spec]) -> tuple[str, str, list[Spec]]:
+    """MaxPool's Indices output (int64), as onnxruntime computes it: per window the first
+    position (row-major over the window) holding a value greater than every earlier one,
+    starting from the lowest finite value; the index is flat over the whole NCHW input
+    (``storage_order`` 0: ``h * W + w``, 1: ``h + w * H``, plus ``(n * C + c) * H * W``).
+    A window without a greater value (all lowest/-inf/NaN) gets row and column -1."""
+    check_attrs(op, attrs, _POOL_ATTRS + ("storage_order",))
+    check_inputs(op, in_specs, (1,))
+    dt = check_dtype(op, "input", in_specs[0], ("float32", "int8", "uint8"))
+    n, c, h, w = _nchw(op, in_specs[0])
+    kernel = ints_attr(op, attrs, "kernel_shape", 2)
+    order = int_attr(op, attrs, "storage_order", 0)
+    check(order in (0, 1), op, f"storage_order must be 0 or 1, not {order}")
+    p = spatial_params(op, attrs, (h, w), kernel, allow_ceil=True)
+    oh, ow = p["out"]
+    check(oh > 0 and ow > 0, op, f"output would be empty ({oh}x{ow})")
+    (sh, sw), (dh, dw), (pt, pl), (pb, pr) = (p["strides"], p["dilations"], p["pad_begin"],
+                                              p["pad_end"])
+    hlo, hhi, _ = window_taps(h, oh, kernel[0], sh, dh, pt, pb)
+    wlo, whi, _ = window_taps(w, ow, kernel[1], sw, dw, pl, pr)
+    ty = DTYPES[dt]
+    kb = KernelBuilder(f"tsr_{op.lower()}_{dt}", 1, 1)
+    b = kb.b
+    x, y = kb.ins[0], kb.outs[0]
+    t_hlo, t_hhi = kb.table(hlo), kb.table(hhi)
+    t_wlo, t_whi = kb.table(wlo), kb.table(whi)
+    lowest = kb.fconst(FLT_LOWEST) if dt == "float32" else ir.Constant(
+        I8, 0 if dt == "uint8" else -128)
+    best, hi_, wi_ = kb.alloca(ty, 1), kb.alloca(I64, 1), kb.alloca(I64, 1)
+
+    def greater(v: ir.Value, m: ir.Value) -> ir.Value:
+        if dt == "float32":
+            return b.fcmp_ordered(">", v, m)
+        return (b.icmp_unsigned if dt == "uint8" else b.icmp_signed)(">", v, m)
+
+    with kb.loop(0, n * c, name="nc") as nc, kb.loop(0, oh, name="oh") as yo, \
+            kb.loop(0, ow, name="ow") as xo:
+        b.store(lowest, best)
+        b.store(kb.i64(-1), hi_)
+        b.store(kb.i64(-1), wi_)
+        with kb.loop(kb.load(t_hlo, I64, yo), kb.load(t_hhi, I64, yo), name="th") as th:
+            ih = kb.index([(yo, sh), (th, dh)], base=-pt)
+            with kb.loop(kb.load(t_wlo, I64, xo), kb.load(t_whi, I64, xo), name="tw") as tw:
+                iw = kb.index([(xo, sw), (tw, dw)], base=-pl)
+                v = kb.load(x, ty, kb.index([(nc, h * w), (ih, w), (iw, 1)]))
+                up = greater(v, b.load(best, typ=ty))
+                b.store(b.select(up, v, b.load(best, typ=ty)), best)
+                b.store(b.select(up, ih, b.load(hi_, typ=I64)), hi_)
+                b.store(b.select(up, iw, b.load(wi_, typ=I64)), wi_)
+        row, col = b.load(hi_, typ=I64), b.load(wi_, typ=I64)
+        flat = (kb.index([(row, w), (col, 1)]) if order == 0
+                else kb.index([(row, 1), (col, h)]))
+        kb.store(b.add(flat, kb.index([(nc, h * w)])), y, I64,
+                 kb.index([(nc, oh * ow), (yo, ow), (xo, 1)]))
+    return kb.finish(), kb.name, [((n, c, oh, ow), np.dtype("int64"))]
+
+
 def _global_pool(op: str, attrs: dict[str, Any],
                  in_specs: list[Spec]) -> tuple[str, str, list[Spec]]:
     check_attrs(op, attrs, ())
@@ -377,6 +435,7 @@ def _conv(op: str, attrs: dict[str, Any], in_specs: list[Spec]) -> tuple[str, st
 
 GENERATORS = {
     "MaxPool": _pool,
+    "MaxPoolIndices": _pool_indices,
     "AveragePool": _pool,
     "GlobalAveragePool": _global_pool,
     "GlobalMaxPool": _global_pool,

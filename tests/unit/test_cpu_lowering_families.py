@@ -77,6 +77,11 @@ FAMILY_CASES: dict[str, list[tuple[list, dict]]] = {
                   ([f32(2, 5), f32(5), f32(1)], dict(axis=-1, epsilon=1e-3))],
     "log_softmax": [([f32(2, 3, 4)], dict(axis=1)), ([f32(3, 5)], {})],
     "topk": [([f32(3, 7)], dict(k=3)), ([i32(4, 5)], dict(k=2, axis=0, largest=False))],
+    # rounded values: windows with ties (the first maximum wins)
+    "maxpool_indices": [([np.round(f32(2, 3, 7, 9) * 2)], dict(kernel=(3, 3), strides=(2, 2),
+                                                             pads=(1, 1, 1, 1))),
+                        ([i8(1, 2, 8, 8)], dict(kernel=(2, 3), strides=(2, 1), pads=(0, 1, 1, 0),
+                                                ceil_mode=True, storage_order=1))],
     "expand": [([f32(3, 1)], dict(shape=(2, 3, 4))), ([b8(1, 4)], dict(shape=(3, 1)))],
     "tile": [([i8(2, 3)], dict(repeats=(2, 2))), ([f32(1, 2, 3)], dict(repeats=(3, 1, 2)))],
     "gather": [([f32(4, 5)], dict(axis=1, indices=(4, 0, 0), indices_shape=(3,))),

@@ -52,6 +52,13 @@ CONVT = [
     dict(x=(1, 2, 3, 3), w=(2, 2, 3, 3), attrs=dict(strides=[2, 2], auto_pad="SAME_UPPER")),
     dict(x=(1, 2, 3, 3), w=(2, 2, 3, 3), attrs=dict(strides=[2, 2], auto_pad="SAME_LOWER")),
     dict(x=(2, 3, 7), w=(3, 4, 3), attrs=dict(strides=[2], pads=[1, 0], output_padding=[1])),
+    dict(x=(1, 2, 3, 4, 5), w=(2, 3, 2, 3, 3), attrs={}),
+    dict(x=(2, 4, 3, 3, 4), w=(4, 2, 3, 2, 2), attrs=dict(group=2, strides=[2, 1, 2],
+                                                          pads=[1, 0, 1, 0, 1, 1],
+                                                          output_padding=[1, 0, 1])),
+    dict(x=(1, 2, 4, 3, 3), w=(2, 2, 2, 2, 2), attrs=dict(dilations=[2, 1, 2], strides=[3, 2, 1])),
+    dict(x=(1, 1, 3, 3, 3), w=(1, 2, 3, 3, 3), attrs=dict(auto_pad="SAME_UPPER",
+                                                          strides=[2, 2, 2])),
 ]
 
 
@@ -83,6 +90,21 @@ def test_pool(op, shape, attrs):
     opset = attrs.pop("opset", 17)
     x = f32(*shape)
     check(_node_model(op, x, {}, opset=opset, **attrs), {"x": x})
+
+
+MAXPOOL_INDICES = [
+    ((2, 3, 7, 9), dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])),
+    ((1, 2, 8, 8), dict(kernel_shape=[2, 3], strides=[2, 1], pads=[0, 1, 1, 0],
+                        storage_order=1)),
+    ((1, 2, 9, 9), dict(kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1, dilations=[2, 1])),
+]
+
+
+@pytest.mark.parametrize("shape, attrs", MAXPOOL_INDICES, ids=lambda v: str(v))
+def test_maxpool_indices(shape, attrs):
+    # small integers: windows with ties (the first maximum in row-major order wins)
+    x = R.integers(-3, 4, shape).astype(np.float32)
+    check(_node_model("MaxPool", x, {}, outs=("y", "i"), opset=12, **attrs), {"x": x})
 
 
 def test_global_pool_1d():
