@@ -5,13 +5,14 @@
 
 For each model and each of our calibration methods (``mse``, ``entropy``, ``percentile``,
 ``minmax``, with the default ``activations="auto"``, plus ``mse`` with all-symmetric and
-all-asymmetric activations) it prints the relative output error (``bench/quant_eval.py``)
-against onnxruntime float, and the same for onnxruntime's ``quantize_static`` (QDQ, per
-channel, same calibration batches): MinMax (its default) and, after its ``quant_pre_process``,
-MinMax, Percentile and Entropy. The last rows give, per method, the geometric mean of our error
-over onnxruntime's (default flow, and with pre-processing) and how often the method was the
-best of ours. Our int8 model is run by the numpy integer reference, which the compiled model
-on fsim equals bit for bit (tests/unit/test_compile_e2e.py).
+all-asymmetric activations; bias correction on, the default) it prints the relative output
+error (``bench/quant_eval.py``) against onnxruntime float, and the same for onnxruntime's
+``quantize_static`` (QDQ, per channel, same calibration batches): MinMax (its default) and,
+after its ``quant_pre_process``, MinMax, Percentile and Entropy. The last rows give, per
+method, the geometric mean of our error over onnxruntime's (default flow, and with
+pre-processing) and how often the method was the best of ours. Our int8 model is run by the
+numpy integer reference, which the compiled model on fsim equals bit for bit
+(tests/unit/test_compile_e2e.py).
 
 Models: the test zoo (``small_cnn``, ``mobilenet_tiny``, ``resnet_tiny``), held-out-style CNNs
 (``seeded_cnn`` 7, 8, 9), trained-like CNNs with dead channels (``trained_like_cnn`` 0..3), and
@@ -104,12 +105,11 @@ def main() -> None:
     if args.survey:
         import onnx
         import real_models as rm
-        cache = rm.cache_dir(None)
         for spec in rm.MODELS:
             if names and spec.name not in names:
                 continue
             try:
-                proto = onnx.load(str(rm.fetch(spec, cache)))
+                proto = onnx.load(str(rm.fetch(spec)))
                 rng = np.random.default_rng(0)
                 cal = rm.make_inputs(spec, rng, min(args.calibration, 8))
                 test = rm.make_inputs(spec, rng, min(args.test, 8))

@@ -78,7 +78,7 @@ def _survey_model(name: str):
                          f"{', '.join(s.name for s in rm.MODELS)}")
     import onnx
 
-    proto = onnx.load(str(rm.fetch(spec, rm.cache_dir(None))))
+    proto = onnx.load(str(rm.fetch(spec)))
     return name, proto, (lambda rng, n: rm.make_inputs(spec, rng, n)), spec.inputs
 
 

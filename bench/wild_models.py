@@ -45,6 +45,7 @@ import quant_eval as qe  # noqa: E402
 import real_models as rm  # noqa: E402
 
 from tessera.compiler.api import compile as tcompile  # noqa: E402
+from tessera.compiler.wheels import WheelModel  # noqa: E402
 from tessera.errors import TesseraError  # noqa: E402
 
 EXPORTERS = {"ts13": (False, 13), "ts17": (False, 17), "dyn18": (True, 18)}
@@ -195,17 +196,19 @@ MODELS: dict[str, tuple[Callable, tuple[int, ...], str, str]] = {
 
 
 # trained models in wheels that bench/real_models.py does not list (older releases)
-_V3 = "rapidocr_onnxruntime==1.2.3"
+_V3 = ("rapidocr-onnxruntime", "1.2.3")
 WHEEL_MODELS = [
-    rm.Spec("ppocrv3_det", _V3, "rapidocr_onnxruntime/models/ch_PP-OCRv3_det_infer.onnx",
+    rm.Spec("ppocrv3_det",
+            WheelModel(*_V3, "rapidocr_onnxruntime/models/ch_PP-OCRv3_det_infer.onnx"),
             {"x": (1, 3, 256, 256)}, "image"),
-    rm.Spec("ppocrv3_rec", _V3, "rapidocr_onnxruntime/models/ch_PP-OCRv3_rec_infer.onnx",
+    rm.Spec("ppocrv3_rec",
+            WheelModel(*_V3, "rapidocr_onnxruntime/models/ch_PP-OCRv3_rec_infer.onnx"),
             {"x": (1, 3, 48, 320)}, "text", "half"),
 ]
 
 
 def _inputs(shape, data, norm, rng, n) -> list[np.ndarray]:
-    spec = rm.Spec("x", "", "", {"x": shape}, data, norm)
+    spec = rm.Spec("x", "", {"x": shape}, data, norm)
     return [f["x"] for f in rm.make_inputs(spec, rng, n)]
 
 
@@ -218,7 +221,8 @@ def export(name: str, exporter: str, cache: Path) -> Path:
     build, shape, data, norm = MODELS[name]
     torch.set_num_threads(1)  # the machine is shared; export time is not measured
     torch.manual_seed(0)
-    net = build()
+    with contextlib.redirect_stdout(io.StringIO()):  # Ultralytics greets on first import
+        net = build()
     imgs = _inputs(shape, data, norm, np.random.default_rng(1), 8)
     for m in net.modules():  # BN statistics from the generated inputs (cumulative average)
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
@@ -279,7 +283,7 @@ def _wheels(ev: SimpleNamespace, cache: Path) -> None:
           f"{ev.method}\n{_INT8_HEAD}", flush=True)
     for spec in WHEEL_MODELS:
         try:
-            _print_int8(spec.name, rm.evaluate(spec, rm.fetch(spec, cache), ev))
+            _print_int8(spec.name, rm.evaluate(spec, rm.fetch(spec), ev))
         except Exception:  # noqa: BLE001 - one model's crash must not stop the others
             print(f"{spec.name:22s} CRASH: {traceback.format_exc()[-600:]}", flush=True)
 
@@ -355,7 +359,7 @@ def main() -> None:
             print(f"{name:22s} export failed: {type(exc).__name__}", flush=True)
             continue
         try:
-            _print_int8(name, rm.evaluate(rm.Spec(name, "", "", {"x": shape}, data, norm), path,
+            _print_int8(name, rm.evaluate(rm.Spec(name, "", {"x": shape}, data, norm), path,
                                           ev))
         except Exception:  # noqa: BLE001
             print(f"{name:22s} CRASH: {traceback.format_exc()[-600:]}", flush=True)

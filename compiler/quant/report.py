@@ -14,7 +14,13 @@ what is likely wrong, from what the quantiser recorded and what the inputs show:
 * ``bias raised``: channels whose weight scale was raised so the int32 bias fits;
 * ``pre-shift``: the epilogue shifts the accumulator before the multiply, adding rounding
   error (in output steps);
-* ``multiplier precision``: a channel's int16 multiplier is small (relative gain error);
+* ``error budget``: for a flagged conv/dense layer, the local SQNR of each source of error
+  alone: the input's quantisation (float weights), the weights' (float input), the output's
+  rounding and clipping, and the requantisation arithmetic (our integer epilogue against the
+  exact ``round(acc * ratio)`` of the same accumulators: pre-shift and multiplier precision);
+  the smallest names the dominant cause, e.g. ``input quantisation dominates`` for a
+  depthwise conv whose channel gains (weight magnitudes) spread widely: a per-tensor input
+  scale leaves small channels few levels and the large gains amplify them;
 * ``clipped outliers``: the output's clipping range cuts off a fraction of the values;
 * ``saturated``: a fraction of the int8 outputs sit at the clip bounds;
 * ``few levels``: the output uses only a few int8 levels (its range is dominated by rare
@@ -105,7 +111,7 @@ def _dequant(q: np.ndarray, scale: float, zp: int) -> np.ndarray:
 
 
 def _causes(qm, n, f, q, out_t: str, qout: str, local: float | None, in_sqnr: list[float],
-            threshold: float) -> list[str]:
+            threshold: float, budget: dict[str, float]) -> list[str]:
     causes: list[str] = []
     qp = qm.qparams[qout]
     lq = qm.layers.get(n.name)
@@ -123,10 +129,10 @@ def _causes(qm, n, f, q, out_t: str, qout: str, local: float | None, in_sqnr: li
         pe = preshift_error(epi)
         if pe > 0.05:
             causes.append(f"pre-shift >>{epi.pre_shift}: up to {pe:.2f} output steps")
-        m = np.abs(epi.mult)
-        weak = int((m < 256).sum()) if m.size > 1 else int(m[0] < 256 and m[0] != 1)
-        if weak and (lq is None or (~lq.dead).any()):
-            causes.append(f"multiplier precision: {weak} channel(s) below 256")
+    if budget:
+        causes.append("error budget (local dB): " + ", ".join(
+            f"{k} {v:.1f}" for k, v in budget.items()))
+        causes.append(_dominant(qm, n, lq, min(budget, key=budget.__getitem__)))
     if out_t in f:
         ref = np.asarray(f[out_t], np.float64)
         lo, hi = qp.real_range()
@@ -175,10 +181,12 @@ def build_report(qm, feeds: Mapping[str, np.ndarray], threshold_db: float) -> Qu
             continue
         s = sqnr_db(f[out_t], _dequant(q[qout], qp.scale, qp.zero_point))
         cum[qout] = s
-        local, in_sqnr = _local(qm, n, f, float_of, prod, cum)
+        local, in_sqnr, args = _local(qm, n, f, float_of, prod, cum)
         flagged = local is not None and local < threshold_db
-        causes = _causes(qm, n, f, q, out_t, qout, local, in_sqnr, threshold_db) \
-            if flagged or (local is None and s < threshold_db) else ()
+        causes: tuple[str, ...] | list[str] = ()
+        if flagged or (local is None and s < threshold_db):
+            budget = _budget(qm, n, f, float_of, args, out_t) if flagged else {}
+            causes = _causes(qm, n, f, q, out_t, qout, local, in_sqnr, threshold_db, budget)
         layers.append(LayerReport(n.name, n.op, out_t, qp.scale, qp.zero_point, s, local,
                                   flagged, tuple(causes)))
     outs = {o: sqnr_db(f[o], q[o]) for o in qm.graph.outputs if o in f and o in q
@@ -186,8 +194,9 @@ def build_report(qm, feeds: Mapping[str, np.ndarray], threshold_db: float) -> Qu
     return QuantReport(layers, outs, qm.method, threshold_db, qm.kept_float)
 
 
-def _local(qm, n, f, float_of, prod, cum) -> tuple[float | None, list[float]]:
-    """SQNR of node ``n`` run alone on its float inputs quantised, and its inputs' SQNRs."""
+def _local(qm, n, f, float_of, prod, cum) -> tuple[float | None, list[float], list | None]:
+    """SQNR of node ``n`` run alone on its float inputs quantised, its inputs' SQNRs, and the
+    quantised inputs it ran on."""
     args = []
     in_sqnr = []
     for i in n.inputs:
@@ -202,7 +211,7 @@ def _local(qm, n, f, float_of, prod, cum) -> tuple[float | None, list[float]]:
             src = prod[i].inputs[0]
         t = float_of.get(src)
         if t is None or t not in f or src not in qm.qparams:
-            return None, in_sqnr
+            return None, in_sqnr, None
         if src in cum:
             in_sqnr.append(cum[src])
         qp = qm.qparams[src]
@@ -211,7 +220,93 @@ def _local(qm, n, f, float_of, prod, cum) -> tuple[float | None, list[float]]:
             xq = reference.KERNELS["pad"](prod[i], xq)[0]
         args.append(xq)
     if n.op == "quantize":
-        return None, in_sqnr
+        return None, in_sqnr, None
     y = reference.KERNELS[n.op](n, *args)[0]
     qp = qm.qparams[n.outputs[0]]
-    return sqnr_db(f[float_of[n.outputs[0]]], _dequant(y, qp.scale, qp.zero_point)), in_sqnr
+    return (sqnr_db(f[float_of[n.outputs[0]]], _dequant(y, qp.scale, qp.zero_point)), in_sqnr,
+            args)
+
+
+def _budget(qm, n, f, float_of, args, out_t: str) -> dict[str, float]:
+    """Local SQNR (dB) of each error source of a qconv2d/qdense layer alone (module
+    docstring); empty for other ops or when the float layer is not found."""
+    fn = next((x for x in qm.float_graph.nodes if x.name == n.name), None)
+    lq = qm.layers.get(n.name)
+    if n.op not in ("qconv2d", "qdense") or fn is None or lq is None or args is None \
+            or fn.op not in ("conv2d", "dense") or fn.inputs[0] not in f:
+        return {}
+    g = qm.float_graph
+    kernel = reference.KERNELS[fn.op]
+    x, w = f[fn.inputs[0]], g.constants[fn.inputs[1]]
+    b = g.constants[fn.input(2)] if fn.input(2) else None
+    r = f[fn.input(3)] if fn.input(3) else None
+    if fn.input(3) and r is None:
+        return {}
+    ref = np.asarray(f[out_t], np.float64)
+    hoisted = out_t in qm.relu_hoisted
+
+    def run(xx, ww) -> np.ndarray:
+        y = kernel(fn, np.asarray(xx, np.float32), np.asarray(ww, np.float32), b, r)[0]
+        return np.maximum(y, 0) if hoisted else y
+
+    qx = qm.qparams.get(qm.int_of.get(fn.inputs[0], ""))
+    qy = qm.qparams[n.outputs[0]]
+    out: dict[str, float] = {}
+    if qx is not None:
+        xq = _dequant(_quantise(np.asarray(x, np.float32), qx.scale, qx.zero_point), qx.scale,
+                      qx.zero_point)
+        out["input"] = sqnr_db(ref, run(xq, w))
+    ws = lq.w_scale.reshape((-1,) + (1,) * (w.ndim - 1))
+    out["weights"] = sqnr_db(ref, run(x, lq.wq.astype(np.float64) * ws))
+    out["output"] = sqnr_db(ref, _dequant(_quantise(ref.astype(np.float32), qy.scale,
+                                                    qy.zero_point), qy.scale, qy.zero_point))
+    if qx is not None:
+        out["requantisation"] = _requant_sqnr(n, args, qx.scale * lq.w_scale / qy.scale,
+                                              qm.qparams[n.inputs[3]].scale / qy.scale
+                                              if n.input(3) else None, qy)
+    return out
+
+
+def _requant_sqnr(n, args, ratio: np.ndarray, res_ratio: float | None, qy) -> float:
+    """SQNR of the layer's integer epilogue against exact requantisation of the same int32
+    accumulators, ``clip(round(acc * ratio [+ residual * res_ratio]))``."""
+    epi = n.attrs["epilogue"]
+    x, w = args[0].astype(np.float64), args[1].astype(np.float64)
+    if n.op == "qconv2d":
+        a = n.attrs
+        acc = reference.conv2d_nchw(x, w, a["strides"], a["pads"], a["dilations"], a["groups"])
+        shape = (1, -1, 1, 1)
+    else:
+        acc = x @ w.T
+        shape = (1, -1)
+    if args[2] is not None:
+        acc = acc + args[2].astype(np.float64).reshape(shape)
+    exact = acc * np.asarray(ratio, np.float64).reshape(shape)
+    if res_ratio is not None:
+        exact = exact + args[3].astype(np.float64) * res_ratio
+    ideal = np.clip(np.rint(exact), epi.lo, epi.hi)
+    ours = reference.KERNELS[n.op](n, *args)[0]
+    return sqnr_db(_dequant(ideal, qy.scale, qy.zero_point),
+                   _dequant(ours, qy.scale, qy.zero_point))
+
+
+def _dominant(qm, n, lq, worst: str) -> str:
+    """A sentence naming the dominant error source of a flagged layer."""
+    if worst == "input":
+        w = np.abs(lq.wq.reshape(lq.wq.shape[0], -1).astype(np.float64)).max(axis=1) \
+            * lq.w_scale
+        live = w[w > 0]
+        spread = float(live.max() / np.median(live)) if live.size else 1.0
+        grouped = n.attrs.get("groups", 1) > 1
+        return ("input quantisation dominates" + (
+            f": per-tensor input scale, channel gains spread {spread:.0f}x (largest |w| over "
+            f"the median){' in a grouped/depthwise conv' if grouped else ''}"
+            if spread > 8 else ": the input's own range (see its clipping/levels)"))
+    if worst == "weights":
+        return "weight quantisation dominates" + (
+            f": {int(lq.floored.sum())} floored channel(s)" if lq.floored.any() else "")
+    if worst == "requantisation":
+        m = np.abs(n.attrs["epilogue"].mult)
+        return (f"requantisation arithmetic dominates: pre-shift >>{n.attrs['epilogue'].pre_shift}"
+                f", smallest multiplier {int(m.min())}")
+    return "output rounding dominates: the output's range and levels"

@@ -130,6 +130,16 @@ def test_entropy_threshold_clips_a_long_tail():
     assert 2.5 < threshold_entropy(a, 40.0) < 6
 
 
+def test_entropy_threshold_ignores_the_zeros_of_a_relu():
+    """Half of a ReLU output is exactly 0 (exact at any scale); as a spike in the first bin it
+    drove the KL search to clip a half-normal at 1.8 sigma."""
+    rng = np.random.default_rng(3)
+    r = np.maximum(rng.standard_normal(200000), 0)
+    t = threshold_entropy(r, float(r.max()), levels=256)
+    assert 3.5 < t <= r.max()
+    assert threshold_entropy(np.zeros(10), 0.0) > 0
+
+
 @pytest.mark.parametrize("method", ["mse", "entropy", "percentile", "minmax"])
 @pytest.mark.parametrize("activations", ["auto", "symmetric", "asymmetric"])
 def test_every_method_and_activation_mode_gives_a_good_layer(method, activations):
@@ -347,3 +357,35 @@ def test_a_depthwise_conv_reads_an_asymmetric_input_padded_on_the_cpu():
     pad = next(n for n in qm.graph.nodes if n.outputs[0] == dw.inputs[0])
     assert pad.op == "pad" and pad.attrs["value"] == -128.0
     assert qm.qparams[dw.outputs[0]].zero_point == 0  # read by a padded accelerator conv
+
+
+def test_report_gives_the_error_budget_of_a_flagged_depthwise_conv():
+    """A depthwise conv whose channel 0 reads a 100x smaller input through a 100x larger gain:
+    the per-tensor input scale leaves that channel a fraction of a level, so the layer is
+    flagged, its budget shows the input's quantisation as the smallest term (weights, output
+    rounding and requantisation arithmetic are fine), and the dominant cause says why."""
+    rng = np.random.default_rng(9)
+    gb = GraphBuilder()
+    x = gb.input("x", (1, 8, 10, 10))
+    gain = np.ones((8, 1, 1, 1), np.float32)
+    gain[0] = 100.0
+    w = (rng.uniform(0.5, 1.0, (8, 1, 3, 3)) * gain).astype(np.float32)
+    y = gb.node("conv2d", [x, gb.const("w", w)], groups=8, pads=(1, 1, 1, 1), name="dw")
+    graph = gb.build([y])
+    scale = np.ones((1, 8, 1, 1), np.float32)
+    scale[0, 0] = 0.01
+    cal = [{"x": (rng.standard_normal((1, 8, 10, 10)) * scale).astype(np.float32)}
+           for _ in range(4)]
+    qm = quantize(graph, cal, bias_correction=False)
+    rep = qm.report({"x": (rng.standard_normal((1, 8, 10, 10)) * scale).astype(np.float32)})
+    layer = next(r for r in rep.layers if r.node == "dw")
+    assert layer.flagged, rep.table()
+    budget = next(c for c in layer.causes if c.startswith("error budget"))
+    terms = dict(t.rsplit(" ", 1) for t in budget.split(": ", 1)[1].split(", "))
+    assert set(terms) == {"input", "weights", "output", "requantisation"}
+    vals = {k: float(v) for k, v in terms.items()}
+    assert min(vals, key=vals.get) == "input" and vals["input"] < layer.local_sqnr_db + 1
+    assert vals["weights"] > 30 and vals["requantisation"] > 30
+    assert any(c.startswith("input quantisation dominates: per-tensor input scale, channel "
+                            "gains spread") and "depthwise" in c for c in layer.causes), \
+        layer.causes
