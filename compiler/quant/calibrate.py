@@ -145,24 +145,30 @@ def collect(graph: Graph, batches: list[dict[str, np.ndarray]],
         if (want is None or name in want) and value.dtype.kind == "f":
             stats.setdefault(name, TensorStats()).add(value, rng, keep)
 
-    def record(n, x, w, y: np.ndarray) -> np.ndarray:
+    def record(n, x, w, y: np.ndarray) -> bool:
+        """Keep ``y`` (which the caller then leaves alone) if it fits; whether it was kept."""
         if store["on"]:
             if x.dtype != np.float32 or w.dtype != np.float32 \
                     or store["bytes"] + y.nbytes > product_budget:
                 store["on"] = False
                 products.clear()
             else:
-                products.setdefault(n.name, []).append(y.copy())
+                products.setdefault(n.name, []).append(y)
                 store["bytes"] += y.nbytes
-        return y
+                return True
+        return False
 
     def conv(n, x, w, b=None, r=None):
         a = n.attrs
         y = reference.conv2d_nchw(x, w, a["strides"], a["pads"], a["dilations"], a["groups"])
-        return reference.conv_output(n, record(n, x, w, y), b, r)
+        if record(n, x, w, y):  # the output in a new array: the same sums as in place
+            y = y.copy() if b is None else y + b.reshape(1, -1, 1, 1)
+            b = None
+        return reference.conv_output(n, y, b, r)
 
     def dense(n, x, w, b=None, r=None):
-        return reference.dense_output(n, record(n, x, w, x @ w.T), b, r)
+        y = x @ w.T
+        return reference.dense_output(n, y.copy() if record(n, x, w, y) else y, b, r)
 
     for k, feeds in enumerate(batches):
         for i in graph.inputs:

@@ -111,3 +111,44 @@ def test_bias_correction_from_calibrations_products_equals_rerunning_the_float_g
     x = batches[-1]
     for name, y in fast.run(x).items():
         np.testing.assert_array_equal(y, slow.run(x)[name])
+
+
+def _epilogue_by_alu_apply(acc, epi, residual=None):
+    """The epilogue step by step with the simulator's int64 ALU (its definition)."""
+    from tessera.isa import AluOp
+    from tessera.sim.fsim import alu_apply
+
+    v, u = np.asarray(acc, np.int64), None if residual is None else residual.astype(np.int64)
+    for step in epi.alu_steps():
+        op = step.operand
+        if isinstance(op, np.ndarray):
+            op = op.reshape([1, -1] + [1] * (v.ndim - 2))
+        op = np.asarray(op, np.int64)
+        if step.branch == "residual":
+            u = alu_apply(AluOp[step.opcode], u, op).astype(np.int64)
+        elif step.branch == "combine":
+            v = alu_apply(AluOp.ADD, v, u).astype(np.int64)
+        else:
+            v = alu_apply(AluOp[step.opcode], v, op).astype(np.int64)
+    return v.astype(np.int8)
+
+
+def test_the_epilogue_on_int32_lanes_is_the_alus_arithmetic():
+    from tessera.compiler.quant.params import make_epilogue
+    from tessera.runtime.accel.epilogue import apply_epilogue
+
+    rng = np.random.default_rng(3)
+    for k in range(60):
+        c = int(rng.integers(1, 6))
+        res = rng.integers(-128, 128, (2, c, 3, 3)).astype(np.int8) if k % 2 else None
+        extra = {"residual_ratio": float(rng.uniform(0.01, 3))} if k % 2 else {}
+        epi = make_epilogue(rng.uniform(1e-5, 0.3, c), int(rng.integers(100, 1 << 30)),
+                            int(rng.integers(-128, 0)), int(rng.integers(0, 128)),
+                            acc_offset=int(rng.integers(-300, 300)) * (k % 3 == 0),
+                            offset=int(rng.integers(-20, 20)), **extra)
+        acc = rng.integers(-(1 << 31), 1 << 31, (2, c, 3, 3), dtype=np.int64)
+        want = _epilogue_by_alu_apply(acc, epi, res)
+        np.testing.assert_array_equal(apply_epilogue(acc, epi, res), want)  # int64 input
+        acc32 = acc.astype(np.int32)
+        np.testing.assert_array_equal(apply_epilogue(acc32, epi, res), want)  # int32 lanes
+        np.testing.assert_array_equal(acc32, acc.astype(np.int32))  # input left alone
