@@ -205,8 +205,13 @@ def threshold_mse(absval: np.ndarray, amax: float, levels: int = 127,
     hist, centres = hist[nz].astype(np.float64), centres[nz]
     cands = amax * np.linspace(min_fraction, 1.0, 256)
     steps = cands / levels
-    q = np.minimum(np.round(centres[None, :] / steps[:, None]), levels) * steps[:, None]
-    errs = ((centres[None, :] - q) ** 2) @ hist
+    e = centres[None, :] / steps[:, None]  # then in place: (centres - Q(centres))^2
+    np.round(e, out=e)
+    np.minimum(e, levels, out=e)
+    e *= steps[:, None]
+    np.subtract(centres[None, :], e, out=e)
+    e *= e
+    errs = e @ hist
     return float(cands[int(np.argmin(errs))])
 
 
@@ -288,9 +293,14 @@ def _mse_asym(x: np.ndarray, lo: float, hi: float) -> tuple[float, float]:
         his = hi * fr if hi > 0 else np.zeros(1)
         steps = np.maximum(his - a, _TINY) / 255.0
         zps = np.rint(-a / steps)  # levels below zero
-        q = np.clip(np.rint(centres[None, :] / steps[:, None]), -zps[:, None],
-                    255 - zps[:, None]) * steps[:, None]
-        errs = ((centres[None, :] - q) ** 2) @ hist
+        e = centres[None, :] / steps[:, None]  # then in place: (centres - Q(centres))^2
+        np.rint(e, out=e)
+        np.maximum(e, -zps[:, None], out=e)
+        np.minimum(e, 255 - zps[:, None], out=e)
+        e *= steps[:, None]
+        np.subtract(centres[None, :], e, out=e)
+        e *= e
+        errs = e @ hist
         k = int(np.argmin(errs))
         if errs[k] < best_err:
             best, best_err = (float(a), float(his[k])), float(errs[k])
