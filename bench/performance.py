@@ -1,7 +1,8 @@
 """Accelerator performance figures beside their targets, measured in one run (issue 9 parts 1,
 2 and 7; issue 10 part 4).
 
-    python bench/performance.py [--device verilator|fsim] [--models resnet18,mobilenet_v1]
+    python bench/performance.py [--device verilator|fsim]
+        [--models resnet18,mobilenet_v1,regnet_x_400mf,resnext_tiny]
 
 - **ResNet-18 224x224 on `default`**: GEMM utilisation over the accelerator layers (useful MACs
   / (cycles x BATCH*BLOCK_IN*BLOCK_OUT)) beside the 90% target and VTA's 88%; per layer the
@@ -12,6 +13,10 @@
 - **MobileNetV1 224x224 on `default`**: the share of MACs on the accelerator beside the 99%
   target, and its accelerator time at the config's clock beside the accelerator + CPU time of
   the same model compiled with its depthwise layers on the host (measured in this run).
+- **RegNetX-400MF 224x224 on `default`** (group width 16; ``--models regnet_x_400mf``) and
+  ``resnext_tiny`` (group widths 4/8/16/24): the same figures with its grouped convolutions on
+  the accelerator (weights zero off the groups; the share of their executed MACs that is
+  useful is printed) beside the same model compiled with them on the host, as before.
 - **Lowering time** (one core's CPU seconds from the quantised graph to the plan) of each model.
 
 The cycles of ``--device fsim`` come from the cycle model of the RTL (``sim/timing``), which
@@ -118,10 +123,49 @@ def mobilenet(device: str, n_cal: int) -> None:
     print(f"lowering: {_lowering_seconds(proto, cal, cfg):.2f} CPU s")
 
 
+def grouped(name: str, device: str, n_cal: int) -> None:
+    """A model with grouped convolutions: on the accelerator vs on the host (as before)."""
+    cfg = Config.preset("default")
+    proto = getattr(zoo, name)()
+    cal, x = _io(proto, n_cal)
+    print(f"== {name} on default, {device}")
+    free = float("inf")
+    rows = {}
+    for label, host in (("grouped on the accelerator", None),
+                        ("grouped on the host", HostModel(free, free, free))):
+        model = tcompile(proto, config=cfg, calibration=cal, host=host)
+        model.run(x, device=device, profile=True)  # warm the CPU kernels
+        t1 = time.process_time()
+        _, prof = model.run(x, device=device, profile=True)
+        cpu_s = time.process_time() - t1
+        t = prof.totals()
+        share = t["accel_macs"] / (t["accel_macs"] + t["cpu_macs"])
+        accel_ms = t["cycles"] / (cfg.clock_mhz * 1e3)
+        where = dict((r[0], r[2]) for r in model.meta["partition"])
+        grp = [p for p in prof.layers if p.kind == "accel" and "grouped (" in where.get(p.name, "")]
+        useful = (sum(p.macs for p in grp) / sum(p.gemm_steps * cfg.macs_per_gemm_step
+                                                 for p in grp)) if grp else 0.0
+        rows[label] = (share, accel_ms, t["cpu_wall_ms"])
+        print(f"{label}: {share:.2%} of MACs on the accelerator; {t['cycles']:,} cycles = "
+              f"{accel_ms:.1f} ms at {cfg.clock_mhz:g} MHz (GEMM utilisation "
+              f"{t['utilisation']:.1%}); host ops {t['cpu_wall_ms']:.1f} ms wall "
+              f"({cpu_s:.2f} CPU s for the whole run incl. the simulator)"
+              + (f"; {len(grp)} grouped layers on the accelerator, {useful:.1%} of their "
+                 f"executed MACs useful" if grp else ""))
+        model.close()
+    share, accel_ms, cpu_ms = rows["grouped on the accelerator"]
+    ref_share, ref_accel, ref_cpu = rows["grouped on the host"]
+    print(f"MAC share {share:.2%} vs {ref_share:.2%} before; accelerator + host "
+          f"{accel_ms:.1f} + {cpu_ms:.1f} = {accel_ms + cpu_ms:.1f} ms vs {ref_accel:.1f} + "
+          f"{ref_cpu:.1f} = {ref_accel + ref_cpu:.1f} ms with the grouped layers on the host "
+          f"(host times are this machine's wall clock)")
+    print(f"lowering: {_lowering_seconds(proto, cal, cfg):.2f} CPU s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="verilator", choices=("verilator", "fsim"))
-    ap.add_argument("--models", default="resnet18,mobilenet_v1")
+    ap.add_argument("--models", default="resnet18,mobilenet_v1,regnet_x_400mf")
     ap.add_argument("--calibration", type=int, default=4)
     args = ap.parse_args()
     models = set(args.models.split(","))
@@ -129,6 +173,9 @@ def main() -> None:
         resnet18(args.device, args.calibration)
     if "mobilenet_v1" in models:
         mobilenet("fsim" if args.device == "fsim" else args.device, args.calibration)
+    for name in ("regnet_x_400mf", "resnext_tiny"):
+        if name in models:
+            grouped(name, args.device, args.calibration)
 
 
 if __name__ == "__main__":

@@ -221,7 +221,8 @@ def export(name: str, exporter: str, cache: Path) -> Path:
     build, shape, data, norm = MODELS[name]
     torch.set_num_threads(1)  # the machine is shared; export time is not measured
     torch.manual_seed(0)
-    net = build()
+    with contextlib.redirect_stdout(io.StringIO()):  # Ultralytics greets on first import
+        net = build()
     imgs = _inputs(shape, data, norm, np.random.default_rng(1), 8)
     for m in net.modules():  # BN statistics from the generated inputs (cumulative average)
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
@@ -358,7 +359,7 @@ def main() -> None:
             print(f"{name:22s} export failed: {type(exc).__name__}", flush=True)
             continue
         try:
-            _print_int8(name, rm.evaluate(rm.Spec(name, "", "", {"x": shape}, data, norm), path,
+            _print_int8(name, rm.evaluate(rm.Spec(name, "", {"x": shape}, data, norm), path,
                                           ev))
         except Exception:  # noqa: BLE001
             print(f"{name:22s} CRASH: {traceback.format_exc()[-600:]}", flush=True)

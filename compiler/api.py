@@ -77,7 +77,8 @@ def compile(model: Any, config: Config | str | None = None,
     weighs depthwise layers against (default: the board host link,
     :class:`~tessera.compiler.lower.HostModel`). ``progress`` draws a progress bar on stderr
     (default: when stderr is a terminal); ``meta["compile_phases"]`` records the seconds of
-    each phase (import, every pass, plan building).
+    each phase (import, every pass, plan building; the quantisation pass's calibration and
+    bias correction apart from the rest of it, ``quantize``).
     """
     t0 = time.perf_counter()
     cfg = Config.resolve(config)
@@ -115,8 +116,17 @@ def compile(model: Any, config: Config | str | None = None,
             quant = Quantize(batches, calibration_method, activations=activations,
                              keep_float=keep_float, config=cfg, bias_correction=bias_correction)
             passes = [*GRAPH_PASSES, quant, *lowering_passes(cfg, host)]
-        bar.expect(len(passes) + 1)
-        graph = run_pipeline(graph, passes, dump_after=dump_ir, on_pass=bar.done)
+        bar.expect(len(passes) + 1 + (2 if quant is not None else 0))
+
+        def on_pass(name: str, seconds: float) -> None:
+            if quant is not None and name == quant.name and quant.result is not None:
+                parts = quant.result.seconds  # calibration, bias correction: phases of their own
+                for part, s in parts.items():
+                    bar.done(part, s)
+                seconds = max(0.0, seconds - sum(parts.values()))
+            bar.done(name, seconds)
+
+        graph = run_pipeline(graph, passes, dump_after=dump_ir, on_pass=on_pass)
         if quant is not None and quant.result is not None and quant.result.method == "model":
             meta["calibration"] = "none: the model's own quantisation scales"
         t1 = time.perf_counter()

@@ -17,7 +17,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 __all__ = [
-    "resnet18", "resnet_tiny", "mobilenet_v1", "mobilenet_tiny", "mlp", "small_cnn",
+    "resnet18", "resnet_tiny", "mobilenet_v1", "mobilenet_tiny", "regnet_x_400mf",
+    "resnext_tiny", "mlp", "small_cnn",
     "seeded_cnn", "trained_like_cnn", "light_models", "ZOO_SMALL", "OPSET",
 ]
 
@@ -157,6 +158,47 @@ def mobilenet_tiny(input_size: int = 32, num_classes: int = 10, seed: int = 0) -
     """A five-block MobileNet with odd widths."""
     layers = [(24, 1), (40, 2), (40, 1), (72, 2), (72, 1)]
     return _mobilenet(_Net(seed, "mobilenet_tiny"), input_size, 1.0, num_classes, layers, 12)
+
+
+def _grouped_block(net: _Net, x: str, cin: int, width: int, cout: int, stride: int,
+                   group_width: int) -> str:
+    """ResNeXt / RegNetX bottleneck: 1x1, grouped 3x3 (``group_width`` channels a group,
+    carrying the stride), 1x1, projection shortcut where the shape changes."""
+    y = net.conv_bn(x, cin, width, 1)
+    y = net.conv_bn(y, width, width, 3, stride, groups=width // group_width)
+    y = net.conv_bn(y, width, cout, 1, relu=False)
+    short = x if stride == 1 and cin == cout else net.conv_bn(x, cin, cout, 1, stride, relu=False)
+    return net.op("Relu", [net.op("Add", [y, short])])
+
+
+def regnet_x_400mf(input_size: int = 224, num_classes: int = 1000, seed: int = 0
+                   ) -> onnx.ModelProto:
+    """RegNetX-400MF's shape (Radosavovic et al. 2020): stem 3x3/2 to 32 channels, stages of
+    widths 32/64/160/384 and depths 1/2/7/12 of bottlenecks (ratio 1) with group width 16."""
+    net = _Net(seed, "regnet_x_400mf")
+    x = net.conv_bn("input", 3, 32, 3, 2)
+    c = 32
+    for width, depth in ((32, 1), (64, 2), (160, 7), (384, 12)):
+        for blk in range(depth):
+            x = _grouped_block(net, x, c, width, width, 2 if blk == 0 else 1, 16)
+            c = width
+    x = net.op("Flatten", [net.op("GlobalAveragePool", [x])], axis=1)
+    return net.model((1, 3, input_size, input_size), net.gemm(x, c, num_classes))
+
+
+def resnext_tiny(input_size: int = 32, num_classes: int = 10, seed: int = 0
+                 ) -> onnx.ModelProto:
+    """Four grouped bottlenecks with group widths 4, 8, 16 and 24 (ResNeXt 32x4d's first
+    stage has 4; RegNets 8 to 48), strides and projection shortcuts."""
+    net = _Net(seed, "resnext_tiny")
+    x = net.conv_bn("input", 3, 16, 3, 1)
+    c = 16
+    for width, cout, stride, gw in ((32, 32, 1, 4), (32, 48, 2, 8), (48, 48, 1, 16),
+                                    (48, 72, 2, 24)):
+        x = _grouped_block(net, x, c, width, cout, stride, gw)
+        c = cout
+    x = net.op("Flatten", [net.op("GlobalAveragePool", [x])], axis=1)
+    return net.model((1, 3, input_size, input_size), net.gemm(x, c, num_classes))
 
 
 def mlp(in_features: int = 64, hidden: Sequence[int] = (96, 48), num_classes: int = 10,

@@ -180,7 +180,11 @@ class CommandBuilder:
         self.runs = 0
         self._fast_gemm: tuple[int, ...] | None = None
         self._fast_alu: tuple[int, ...] | None = None
-        self._words: dict[bytes, tuple[bytes, bytes]] = {}  # kernel key -> (words, hash)
+        # kernel key -> (words, hash): shared by the builders of every config with this
+        # micro-op format (the words depend on nothing else)
+        self._words = _WORDS.setdefault(layout(config).uop, {})
+        if len(self._words) > _WORDS_MAX:
+            self._words.clear()
         self._reset_stream()
 
     # -- stream state -----------------------------------------------------------------------
@@ -625,6 +629,9 @@ def _flagged(insn: Insn, flag: str) -> Insn:
     state[flag] = 1
     return new
 
+
+_WORDS: dict[tuple, dict[bytes, tuple[bytes, bytes]]] = {}
+_WORDS_MAX = 1 << 16  # kernels whose encoded micro-ops are kept per process
 
 _ALU_OPS = {int(o): o for o in AluOp}
 _MODULES = {int(m): m for m in Module}

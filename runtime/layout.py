@@ -16,7 +16,7 @@ from tessera.config import Config
 from tessera.errors import ProgramError
 
 __all__ = [
-    "ceil_div", "pack_activation", "unpack_activation", "pack_weights", "pack_depthwise",
+    "ceil_div", "pack_activation", "unpack_activation", "pack_weights", "pack_grouped",
     "pack_matrix_a", "pack_matrix_b", "unpack_matrix", "pack_bias",
 ]
 
@@ -68,23 +68,31 @@ def pack_weights(wt: np.ndarray, cfg: Config) -> np.ndarray:
     return out.copy() if np.may_share_memory(out, wt) else out  # always a fresh array
 
 
-def pack_depthwise(wt: np.ndarray, cfg: Config) -> np.ndarray:
-    """Depthwise ``C 1 KH KW`` int8 -> channel-diagonal blocks ``(C/BLOCK, 1, KH, KW, BLOCK,
-    BLOCK)``: block ``b`` holds ``diag(w[b*BLOCK:(b+1)*BLOCK, 0, kh, kw])``, so the GEMM of
-    output block ``b`` over input block ``b`` computes every channel's own sum."""
-    wt = _int8(wt, "depthwise weights", 4)
-    c, one, kh, kw = wt.shape
-    if one != 1:
-        raise ProgramError(f"depthwise weights must be C x 1 x KH x KW, not shape {wt.shape}")
-    if cfg.block_in != cfg.block_out:
-        raise ProgramError("depthwise blocks need BLOCK_IN == BLOCK_OUT")
-    bl = cfg.block_out
-    cb = ceil_div(c, bl)
-    flat = np.zeros((cb * bl, kh, kw), np.int8)
-    flat[:c] = wt[:, 0]
-    out = np.zeros((cb, 1, kh, kw, bl, bl), np.int8)
-    idx = np.arange(bl)
-    out[:, 0, :, :, idx, idx] = flat.reshape(cb, bl, kh, kw).transpose(1, 0, 2, 3)
+def pack_grouped(wt: np.ndarray, cfg: Config, groups: int, lo: list[int], span: int
+                 ) -> np.ndarray:
+    """Grouped ``O (I/groups) KH KW`` int8 -> ``(O/BLOCK_OUT, span, KH, KW, BLOCK_OUT,
+    BLOCK_IN)``: output block ``o`` holds the weights of input blocks ``lo[o] .. lo[o] + span``
+    (its window), zero wherever an input channel is not in the output channel's group (depthwise
+    on equal blocks: ``span`` 1, ``lo[o] = o``, each block the diagonal of its channels)."""
+    wt = _int8(wt, "grouped weights", 4)
+    o, cg, kh, kw = wt.shape
+    bo, bi = cfg.block_out, cfg.block_in
+    ob = ceil_div(o, bo)
+    if groups < 1 or o % groups or len(lo) != ob:
+        raise ProgramError(f"grouped weights of {o} output channels need a group count dividing "
+                           f"them and one window per output block ({ob}), not {groups} groups "
+                           f"and {len(lo)} windows")
+    og = o // groups
+    oc = np.repeat(np.arange(o), cg)  # every (output channel, input channel of its group)
+    j = np.tile(np.arange(cg), o)
+    ic = oc // og * cg + j
+    blk = oc // bo
+    r = ic // bi - np.asarray(lo, np.int64)[blk]
+    if r.size and (r.min() < 0 or r.max() >= span):
+        raise ProgramError(f"grouped weights: a group's input channels leave its output "
+                           f"block's window of {span} input blocks")
+    out = np.zeros((ob, span, kh, kw, bo, bi), np.int8)
+    out[blk, r, :, :, oc % bo, ic % bi] = wt[oc, j]
     return out
 
 

@@ -23,6 +23,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -40,7 +41,7 @@ from tessera.tools import find_tool, verilator_env, verilator_root
 __all__ = [
     "BuildOptions", "verilator_root", "verilator_env", "verilator_version", "cache_root",
     "build_harness_library", "cached_build_dir", "HARNESS_SOURCE", "LIB_NAME", "core_verilog",
-    "BuildCacheWarning", "CACHE_FORMAT", "entry_damage",
+    "BuildCacheWarning", "CACHE_FORMAT", "entry_damage", "registered_reset",
 ]
 
 HARNESS_SOURCE = Path(__file__).parent / "native" / "harness.cpp"
@@ -71,6 +72,8 @@ class BuildOptions:
         "-Wno-fatal", "-Wno-lint", "-Wno-style", "--no-timing",
     )
     defines: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    registered_reset: bool = True
+    """Build the core behind :func:`registered_reset` (``rst`` through one register)."""
 
 
 def install_verilator_env() -> None:
@@ -279,19 +282,54 @@ def _lz4_shim(out: Path) -> Path | None:
     return shim
 
 
+_PORT_DECL = re.compile(r"^\s*(?:input|output)\b[^;]*;", re.M)
+
+
+def registered_reset(verilog: str, top: str) -> str:
+    """``verilog`` with module ``top`` renamed ``<top>__core`` and a new ``top`` around it that
+    has the same ports and passes ``rst`` through one register (high during ``rst`` and the
+    cycle after; the harness holds reset for four cycles and ticks once more before any access,
+    so the core is out of reset before the host touches it and run cycle counts are unchanged).
+
+    Why: Amaranth's flip-flops all test ``rst``, and a flip-flop whose next state depends on a
+    top-level input is evaluated by Verilator in its input-combinational region on every
+    ``eval()`` as well as after the clock edge. Behind the register the whole design's
+    next-state logic is evaluated once per cycle. Only the speed differs, so Verilog that does
+    not declare its ports the way Yosys writes them (a one-bit ``input rst;`` among
+    ``input``/``output`` lines after a ``module top(a, b, ...);`` header) is returned
+    unchanged, and Verilator reports whatever else is wrong with it.
+    """
+    head = re.search(rf"^module {re.escape(top)}\(([\w\s,]*)\);", verilog, re.M)
+    end = verilog.find("endmodule", head.end()) if head else -1
+    if head is None or end < 0:
+        return verilog
+    decls = _PORT_DECL.findall(verilog, head.end(), end)
+    if not any(re.fullmatch(r"\s*input\s+rst;", d) for d in decls):
+        return verilog
+    inner = f"{top}__core"
+    body = verilog[:head.start()] + f"module {inner}({head.group(1)});" + verilog[head.end():]
+    ports = "\n".join(d.strip() for d in decls)
+    return (f"{body}\nmodule {top}({head.group(1)});\n{ports}\n"
+            f"  reg rst_q = 1'b1;\n  always @(posedge clk) rst_q <= rst;\n"
+            f"  {inner} core (.*, .rst(rst_q));\nendmodule\n")
+
+
 def build_harness_library(verilog: str, bus_bytes: int, *, top: str = "tessera_core",
                           options: BuildOptions | None = None,
                           cache: Path | None = None) -> Path:
     """Compile ``verilog`` with the native harness into a shared library; return its path.
 
     ``bus_bytes`` is the memory bus width in bytes (``config.mem_bus_bytes``). A cached build
-    with the same inputs is reused.
+    with the same inputs is reused. With ``options.registered_reset`` (the default) the core is
+    built behind :func:`registered_reset`.
     """
     if not isinstance(verilog, str) or f"module {top}" not in verilog:
         raise HwError(f"the Verilog to build must define module {top!r}")
     if bus_bytes not in (4, 8, 16, 32, 64):
         raise HwError(f"bus_bytes must be one of 4, 8, 16, 32, 64, not {bus_bytes!r}")
     opts = options or BuildOptions()
+    if opts.registered_reset:
+        verilog = registered_reset(verilog, top)
     harness = HARNESS_SOURCE.read_text()
     parts = {"verilog": hashlib.sha256(verilog.encode()).hexdigest(), "make": MAKE_FIXUPS,
              "harness": hashlib.sha256(harness.encode()).hexdigest(),

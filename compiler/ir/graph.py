@@ -272,11 +272,20 @@ class Graph:
 
 # -- inference driver -------------------------------------------------------------------------
 
-def _const_info(v: np.ndarray) -> TensorInfo:
-    dt = str(v.dtype)
+_DTYPE_NAMES: dict[np.dtype, str] = {}  # str(dtype) is slow; graphs re-infer often
+
+
+def _const_dtype(v: np.ndarray) -> str:
+    dt = _DTYPE_NAMES.get(v.dtype)
+    if dt is None:
+        dt = _DTYPE_NAMES[v.dtype] = str(v.dtype)
     if dt == "float64":
         dt = "float32"
-    return TensorInfo(v.shape, dt if dt in DTYPES else "float32")
+    return dt if dt in DTYPES else "float32"
+
+
+def _const_info(v: np.ndarray) -> TensorInfo:
+    return TensorInfo(v.shape, _const_dtype(v))
 
 
 def infer(g: Graph, keep: Mapping[str, TensorInfo] | None = None) -> Graph:
@@ -292,8 +301,12 @@ def infer(g: Graph, keep: Mapping[str, TensorInfo] | None = None) -> Graph:
             raise CompileError(f"graph input {i!r} has no shape/dtype")
         tensors[i] = g.tensors[i]
     for k, v in g.constants.items():
-        ti = _const_info(v)
         old = keep.get(k)
+        if old is not None and old.shape == v.shape and old.dtype == _const_dtype(v) \
+                and (old.scale is None or old.scale):
+            tensors[k] = old  # equal to what the lines below would build
+            continue
+        ti = _const_info(v)
         tensors[k] = replace(ti, scale=old.scale) if old is not None and old.scale else ti
     for n in g.nodes:
         spec = OPS.get(n.op)

@@ -1,17 +1,20 @@
 """The ``partition`` pass: which nodes run on the accelerator, which on the CPU.
 
-Accelerator: ``qconv2d`` with ``groups == 1`` or depthwise (any stride, dilation and
-asymmetric padding) and constant weights and bias, and ``qdense`` with constant weights and
+Accelerator: ``qconv2d`` (any groups, stride, dilation and asymmetric padding) with constant
+weights and bias, and ``qdense`` with constant weights and
 bias, when at least the smallest tile (one output pixel of one channel block over one kernel
 tap) fits the accelerator's buffers: the kernel library then tiles it along whatever it needs
 (batch, output channels, rows, columns, input channels, kernel rows and columns), so no layer
 is too big for a config that can run a 1x1 convolution (``check_config``); on a config too
 small for even that tile the pass raises a :class:`CompileError` naming the node (a layer is
-never sent to the CPU for its size). A depthwise convolution goes to the accelerator when that
-is faster than the host including moving its tensors (:class:`HostModel`). Everything else runs
-on the CPU. The pass records the decision on
-every node as ``attrs["target"]`` (``"accel"`` or ``"cpu"``) and, for a CPU node that is an
-accelerator op, why (``attrs["cpu_reason"]``).
+never sent to the CPU for its size). A grouped convolution (depthwise included) runs on
+block-diagonal or windowed weight blocks (zeros off its groups, so part of the multipliers
+idle; :func:`~tessera.runtime.accel.conv2d.group_blocks`) and goes to the accelerator when
+the tiling's estimated cycles at the config's clock beat the host's time including moving its
+tensors (:class:`HostModel`). Everything else runs on the CPU. The pass records the decision
+on every node as ``attrs["target"]`` (``"accel"`` or ``"cpu"``), for a CPU node that is an
+accelerator op why (``attrs["cpu_reason"]``), and for a grouped convolution on the
+accelerator the comparison that sent it there (``attrs["accel_reason"]``).
 """
 
 from __future__ import annotations
@@ -44,11 +47,6 @@ def accel_capable(g: Graph, n: Node, cfg: Config) -> str | None:
     ranks = {"qconv2d": 4, "qdense": 2}[n.op]
     if len(g.tensors[n.inputs[0]].shape) != ranks or g.tensors[n.inputs[0]].dtype != "int8":
         return f"input is not a {ranks}-D int8 tensor"
-    if n.op == "qconv2d":
-        groups = n.attrs.get("groups", 1)
-        c, o = g.tensors[n.inputs[0]].shape[1], g.constants[n.inputs[1]].shape[0]
-        if groups != 1 and not (groups == c == o):
-            return f"grouped convolution ({groups} groups of {c // groups} channels)"
     return None
 
 
@@ -79,10 +77,11 @@ def _no_tiling(g: Graph, n: Node, cfg: Config) -> str | None:
 
 @dataclass(frozen=True)
 class HostModel:
-    """What running a layer on the host costs, for the per-layer choice of depthwise
-    convolutions (the accelerator runs them on channel-diagonal weight blocks, one sixteenth of
-    its multipliers busy). ``macs_per_s``: the host's int8 depthwise kernel (measured 10 GMAC/s
-    on the 2-core development machine, ``runtime/cpu`` ``Conv``); ``convert_bytes_per_s``: its
+    """What running a layer on the host costs, for the per-layer choice of grouped
+    convolutions (the accelerator runs them on weight blocks with zeros off the groups: one
+    sixteenth of its multipliers busy when depthwise on 16-channel blocks). ``macs_per_s``: the
+    host's int8 grouped kernel (measured 10 GMAC/s depthwise on the 2-core development machine,
+    ``runtime/cpu`` ``Conv``); ``convert_bytes_per_s``: its
     blocked-layout pack/unpack (measured 4.4 GB/s); ``link_bytes_per_s``: moving the layer's
     input from and its output to device memory (default: the boards' 3 Mbaud host link,
     295 kB/s, docs/host-link.md; ``inf`` for a simulated device)."""
@@ -100,10 +99,8 @@ class HostModel:
 HOST = HostModel()
 
 
-def _cheaper_on_cpu(g: Graph, n: Node, cfg: Config, host: HostModel) -> str | None:
-    """For a depthwise convolution, why the host runs it faster (None: the accelerator)."""
-    if n.op != "qconv2d" or n.attrs.get("groups", 1) == 1:
-        return None
+def _grouped_choice(g: Graph, n: Node, cfg: Config, host: HostModel) -> tuple[bool, str]:
+    """For a grouped convolution: (the host is faster, the comparison in words)."""
     w = g.constants[n.inputs[1]]
     x = g.tensors[n.inputs[0]]
     y = g.tensors[n.outputs[0]]
@@ -112,13 +109,19 @@ def _cheaper_on_cpu(g: Graph, n: Node, cfg: Config, host: HostModel) -> str | No
                            tuple(n.attrs["pads"]), tuple(n.attrs.get("dilations", (1, 1))),
                            n.attrs["groups"])
     prog = lower_epilogue(n.attrs["epilogue"], bias, int(w.shape[0]))
-    cycles = plan_conv2d(cfg, ConvGeom.of(cfg, shape), prog).est_cycles
+    geom = ConvGeom.of(cfg, shape)
+    cycles = plan_conv2d(cfg, geom, prog).est_cycles
     accel = cycles / (cfg.clock_mhz * 1e6)
     cpu = host.cpu_seconds(shape.macs, x.nbytes, y.nbytes)
+    useful = shape.macs / (geom.gemm_steps() * cfg.macs_per_gemm_step)
+    kind = "depthwise" if shape.depthwise else (
+        f"grouped ({shape.groups} groups of {shape.c // shape.groups} input channels)")
     if cpu < accel:
-        return (f"depthwise: the host is faster ({cpu * 1e3:.3f} ms vs {accel * 1e3:.3f} ms on "
-                f"the accelerator at {cfg.clock_mhz:g} MHz)")
-    return None
+        return True, (f"{kind}: the host is faster ({cpu * 1e3:.3f} ms vs "
+                      f"{accel * 1e3:.3f} ms on the accelerator at {cfg.clock_mhz:g} MHz, "
+                      f"{useful:.0%} of its MACs useful)")
+    return False, (f"{kind}: {accel * 1e3:.3f} ms at {cfg.clock_mhz:g} MHz ({useful:.0%} of "
+                   f"its MACs useful) vs {cpu * 1e3:.3f} ms on the host")
 
 
 def partition(g: Graph, cfg: Config, host: HostModel = HOST) -> tuple[Graph, bool]:
@@ -130,7 +133,12 @@ def partition(g: Graph, cfg: Config, host: HostModel = HOST) -> tuple[Graph, boo
             too_big = _no_tiling(g, n, cfg)
             if too_big is not None:
                 raise CompileError(f"node {n.name!r} ({n.op}): {too_big}")
-            why = _cheaper_on_cpu(g, n, cfg, host)
+            if n.op == "qconv2d" and n.attrs.get("groups", 1) != 1:
+                on_cpu, words = _grouped_choice(g, n, cfg, host)
+                if not on_cpu:
+                    nodes.append(n.with_attrs(target="accel", accel_reason=words))
+                    continue
+                why = words
         if why is None:
             nodes.append(n.with_attrs(target="accel"))
         elif n.op in ("qconv2d", "qdense"):
@@ -154,7 +162,8 @@ def partition_report(g: Graph) -> list[tuple[str, str, str]]:
     out = []
     for n in g.nodes:
         if n.attrs["target"] == "accel":
-            out.append((n.name, n.op, "accelerator"))
+            why = n.attrs.get("accel_reason")
+            out.append((n.name, n.op, f"accelerator ({why})" if why else "accelerator"))
         else:
             why = n.attrs.get("cpu_reason")
             out.append((n.name, n.op, f"cpu ({why})" if why else "cpu"))

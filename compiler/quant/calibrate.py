@@ -151,24 +151,30 @@ def collect(graph: Graph, batches: list[dict[str, np.ndarray]],
         if (want is None or name in want) and value.dtype.kind == "f":
             stats.setdefault(name, TensorStats()).add(value, rng, keep)
 
-    def record(n, x, w, y: np.ndarray) -> np.ndarray:
+    def record(n, x, w, y: np.ndarray) -> bool:
+        """Keep ``y`` (which the caller then leaves alone) if it fits; whether it was kept."""
         if store["on"]:
             if x.dtype != np.float32 or w.dtype != np.float32 \
                     or store["bytes"] + y.nbytes > product_budget:
                 store["on"] = False
                 products.clear()
             else:
-                products.setdefault(n.name, []).append(y.copy())
+                products.setdefault(n.name, []).append(y)
                 store["bytes"] += y.nbytes
-        return y
+                return True
+        return False
 
     def conv(n, x, w, b=None, r=None):
         a = n.attrs
         y = reference.conv2d_nchw(x, w, a["strides"], a["pads"], a["dilations"], a["groups"])
-        return reference.conv_output(n, record(n, x, w, y), b, r)
+        if record(n, x, w, y):  # the output in a new array: the same sums as in place
+            y = y.copy() if b is None else y + b.reshape(1, -1, 1, 1)
+            b = None
+        return reference.conv_output(n, y, b, r)
 
     def dense(n, x, w, b=None, r=None):
-        return reference.dense_output(n, record(n, x, w, x @ w.T), b, r)
+        y = x @ w.T
+        return reference.dense_output(n, y.copy() if record(n, x, w, y) else y, b, r)
 
     for k, feeds in enumerate(batches):
         for i in graph.inputs:
@@ -205,8 +211,13 @@ def threshold_mse(absval: np.ndarray, amax: float, levels: int = 127,
     hist, centres = hist[nz].astype(np.float64), centres[nz]
     cands = amax * np.linspace(min_fraction, 1.0, 256)
     steps = cands / levels
-    q = np.minimum(np.round(centres[None, :] / steps[:, None]), levels) * steps[:, None]
-    errs = ((centres[None, :] - q) ** 2) @ hist
+    e = centres[None, :] / steps[:, None]  # then in place: (centres - Q(centres))^2
+    np.round(e, out=e)
+    np.minimum(e, levels, out=e)
+    e *= steps[:, None]
+    np.subtract(centres[None, :], e, out=e)
+    e *= e
+    errs = e @ hist
     return float(cands[int(np.argmin(errs))])
 
 
@@ -288,9 +299,14 @@ def _mse_asym(x: np.ndarray, lo: float, hi: float) -> tuple[float, float]:
         his = hi * fr if hi > 0 else np.zeros(1)
         steps = np.maximum(his - a, _TINY) / 255.0
         zps = np.rint(-a / steps)  # levels below zero
-        q = np.clip(np.rint(centres[None, :] / steps[:, None]), -zps[:, None],
-                    255 - zps[:, None]) * steps[:, None]
-        errs = ((centres[None, :] - q) ** 2) @ hist
+        e = centres[None, :] / steps[:, None]  # then in place: (centres - Q(centres))^2
+        np.rint(e, out=e)
+        np.maximum(e, -zps[:, None], out=e)
+        np.minimum(e, 255 - zps[:, None], out=e)
+        e *= steps[:, None]
+        np.subtract(centres[None, :], e, out=e)
+        e *= e
+        errs = e @ hist
         k = int(np.argmin(errs))
         if errs[k] < best_err:
             best, best_err = (float(a), float(his[k])), float(errs[k])

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -94,6 +95,8 @@ class QuantizedModel:
     kept_float: tuple[str, ...] = ()
     model_int: dict[str, str] = field(default_factory=dict)
     relu_hoisted: tuple[str, ...] = ()
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time of "calibration" and
+    # "bias_correction" (the compile reports them as phases of their own)
 
     @property
     def thresholds(self) -> dict[str, float]:
@@ -366,13 +369,16 @@ def quantize(graph: Graph, calibration: Iterable[Mapping[str, np.ndarray]] | Non
     b.weight_floor = float(weight_floor)
     batches: list[dict[str, np.ndarray]] = []
     products: dict[str, list[np.ndarray]] = {}  # calibration's float products, reused below
+    seconds: dict[str, float] = {}
     if not b.pre_quantised:
         if calibration is None:
             raise CompileError("quantisation needs calibration batches (the model has no "
                                "QuantizeLinear nodes of its own)")
         batches = check_batches(g, calibration)
+        t0 = time.perf_counter()
         b.stats = collect(g, batches, seed=seed, products=products,
                           product_batches=BIAS_CORRECTION_BATCHES if bias_correction else 0)
+        seconds["calibration"] = time.perf_counter() - t0
         _unify_concat(b, g)
         _hoist_activations(b, g)
     for n in g.nodes:
@@ -393,12 +399,15 @@ def quantize(graph: Graph, calibration: Iterable[Mapping[str, np.ndarray]] | Non
             tensors[q] = TensorInfo((), "int8", qp.scale)
     qg = qg.replace(tensors={**qg.tensors, **tensors}).verify()
     if bias_correction and batches:
+        t0 = time.perf_counter()
         qg, _ = correct_biases(qg, g, b.qp, batches[:BIAS_CORRECTION_BATCHES],
                                lambda n, d: _corrected_layer(b, n, d), products)
         products.clear()
+        seconds["bias_correction"] = time.perf_counter() - t0
+    reference.release_scratch()
     return QuantizedModel(qg, g, dict(b.int_of), dict(b.qp),
                           "model" if b.pre_quantised else method, b.layers, b.stats,
-                          tuple(sorted(keep)), dict(b.alias), tuple(b.relu_hoisted))
+                          tuple(sorted(keep)), dict(b.alias), tuple(b.relu_hoisted), seconds)
 
 
 def _node(b: _Builder, g: Graph, n: Node) -> None:

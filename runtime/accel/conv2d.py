@@ -15,6 +15,13 @@ it reads), loads the weight chunk unless it is still resident, and runs its GEMM
 over all seven dimensions (:func:`~tessera.runtime.accel.kernels.gemm_parts`), in parts.
 Stages whose window is padding only are dropped. Dilation and asymmetric padding are supported.
 
+Grouped convolutions (depthwise included) reduce each output block over its own window of
+``rb`` input blocks only (:func:`group_blocks`: every ``period`` output blocks share the window
+of their groups' input channels; depthwise and groups narrower than a block are block-diagonal,
+``rb`` 1), with zeros in the packed weights off the groups; a stage holds the chunk's blocks of
+every window its tile touches. The GEMMs execute ``rb`` blocks per output block
+(``LayerStats.hw_macs``), of which the group's channels are useful (``LayerStats.macs``).
+
 The epilogue is the layer's :class:`~tessera.runtime.accel.requant.DeviceEpilogue`; its
 per-channel constants are loaded into the accumulator's constant region once per group of
 output blocks. The tile shape is chosen by :func:`~tessera.runtime.accel.tiling.plan_conv2d`;
@@ -25,7 +32,7 @@ the pipeline (tokens, double buffering, deferred epilogues) is
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from functools import partial
+from functools import lru_cache, partial
 
 import numpy as np
 
@@ -44,7 +51,7 @@ from tessera.runtime.accel.emitter import (
     thread_caps,
 )
 from tessera.runtime.accel.epilogue import Epilogue
-from tessera.runtime.accel.kernels import block_kernel, gemm_parts, rows_kernel
+from tessera.runtime.accel.kernels import Dim, block_kernel, gemm_parts, rows_kernel
 from tessera.runtime.accel.layer import (
     LayerAddrs,
     LayerParams,
@@ -59,7 +66,7 @@ from tessera.runtime.builder import CommandBuilder, count_kinds
 from tessera.runtime.layout import (
     ceil_div,
     pack_activation,
-    pack_depthwise,
+    pack_grouped,
     pack_weights,
     unpack_activation,
 )
@@ -174,6 +181,35 @@ class ConvShape:
         return self.groups == self.c == self.o and self.groups > 1
 
 
+def group_blocks(cfg: Config, c: int, o: int, groups: int) -> tuple[int, int]:
+    """How a convolution of ``groups`` groups sits on the channel blocks: (period, span) such
+    that every run of ``period`` output blocks reads only its own ``span`` input blocks (the
+    weights are zero off the groups). (0, 0) when every output block needs every input block
+    (``groups == 1``, or groups that straddle so many blocks that no smaller window exists).
+    Depthwise on equal blocks is (1, 1): output block o reads input block o."""
+    if groups == 1:
+        return 0, 0
+    cg, og = c // groups, o // groups
+    bi, bo = cfg.block_in, cfg.block_out
+    cb, ob = ceil_div(c, bi), ceil_div(o, bo)
+    for period in range(1, ob):
+        if (period * bo) % og == 0 and (period * bo // og * cg) % bi == 0:
+            span = period * bo // og * cg // bi
+            return (period, span) if span < cb else (0, 0)
+    return 0, 0
+
+
+def _window_lo(o: int, period: int, span: int, cb: int) -> int:
+    """The first input block of output block ``o``'s window: its period's first, kept inside
+    the ``cb`` blocks (a partial last period)."""
+    return min((o // period) * span, cb - span)
+
+
+@lru_cache(maxsize=4096)
+def _max_windows(ob: int, period: int, to: int) -> int:
+    return max((min(o0 + to, ob) - 1) // period - o0 // period + 1 for o0 in range(0, ob, to))
+
+
 @dataclass(frozen=True)
 class ConvGeom:
     """A convolution in blocks for one config: ``n`` batch groups, ``cb``/``ob`` channel
@@ -195,18 +231,22 @@ class ConvGeom:
     dh: int = 1
     dw: int = 1
     row_stride_ok: bool = True  # rows sh apart fit the LOAD stride field
-    diagonal: bool = False  # depthwise: output block o reads input block o only
+    period: int = 0  # output blocks sharing one window of input blocks (0: all of them)
+    span: int = 0  # input blocks each output block reduces over (0: all of them)
+
+    def __post_init__(self) -> None:
+        if not self.period:
+            object.__setattr__(self, "period", self.ob)
+        if not self.span:
+            object.__setattr__(self, "span", self.cb)
 
     @classmethod
     def of(cls, cfg: Config, s: ConvShape) -> ConvGeom:
         lim = layout(cfg).limits
-        if s.groups > 1 and not (s.depthwise and cfg.block_in == cfg.block_out):
-            raise ProgramError(f"conv2d with {s.groups} groups of {s.c // s.groups} input and "
-                               f"{s.o // s.groups} output channels: only depthwise convolutions "
-                               f"(one channel per group) run on the accelerator")
+        period, span = group_blocks(cfg, s.c, s.o, s.groups)
         return cls(ceil_div(s.n, cfg.batch), ceil_div(s.c, cfg.block_in), s.h, s.w,
                    ceil_div(s.o, cfg.block_out), s.kh, s.kw, s.sh, s.sw, s.pt, s.pl, s.pb, s.pr,
-                   s.dh, s.dw, s.sh * s.w <= lim.max_x_stride, s.depthwise)
+                   s.dh, s.dw, s.sh * s.w <= lim.max_x_stride, period, span)
 
     @property
     def oh(self) -> int:
@@ -236,8 +276,28 @@ class ConvGeom:
 
     @property
     def rb(self) -> int:
-        """Input blocks each output block reduces over (1 when depthwise)."""
-        return 1 if self.diagonal else self.cb
+        """Input blocks each output block reduces over (``cb`` unless grouped; 1 when
+        depthwise)."""
+        return self.span
+
+    def lo(self, o: int) -> int:
+        """The first of the ``rb`` input blocks output block ``o`` reduces over."""
+        return _window_lo(o, self.period, self.span, self.cb)
+
+    def windows(self, o0: int, to: int) -> list[tuple[int, int, int]]:
+        """The periods output blocks ``[o0, o0 + to)`` touch, in order: (first output block
+        relative to ``o0``, output blocks in it, first input block)."""
+        out = []
+        o = o0
+        while o < o0 + to:
+            end = min(o0 + to, (o // self.period + 1) * self.period)
+            out.append((o - o0, end - o, self.lo(o)))
+            o = end
+        return out
+
+    def max_windows(self, to: int) -> int:
+        """The most periods one tile of ``to`` output blocks touches."""
+        return _max_windows(self.ob, self.period, to)
 
     def gemm_steps(self) -> int:
         return self.n * self.ob * self.rb * self.oh * self.ow * self.kh * self.kw
@@ -324,7 +384,7 @@ def fits(cfg: Config, g: ConvGeom, t: ConvTiles, prog: DeviceEpilogue | Epilogue
     threads = 2 if t.double_buffer else 1
     inp, wgt = thread_caps(cfg, threads)
     lim = layout(cfg).limits
-    blocks = t.to if g.diagonal else t.kc  # input blocks a stage holds per batch group
+    blocks = g.max_windows(t.to) * t.kc  # input blocks a stage holds per batch group
     ih, iw = g.in_rows(t.th, t.tkh), g.in_width(t.tw, t.tkw)
     if t.tn * blocks * ih * iw > inp:
         return "input window exceeds the input buffer"
@@ -364,36 +424,53 @@ class _Bases:
     res: int
 
 
-def _dims(g: ConvGeom, tn: int, to: int, th: int, tw: int, kc: int, tkh: int, tkw: int
-          ) -> tuple[tuple[int, int, int, int], ...]:
-    """The stage's loop nest: (extent, dst, src, wgt factors) per dimension."""
+def _nests(g: ConvGeom, tn: int, o0: int, to: int, th: int, tw: int, kc: int, tkh: int,
+           tkw: int) -> tuple[tuple[tuple[Dim, ...], tuple[int, int, int], int], ...]:
+    """The stage's loop nests, one per run of the tile's periods whose windows lie ``rb``
+    input blocks apart (usually one): (dimensions as (extent, dst, src, wgt factors), offsets
+    of its first step from the tile's accumulator, input and weight bases, output blocks it
+    covers). The stage holds,
+    per batch group, the ``kc`` input blocks of the chunk for every period the tile touches
+    (:meth:`ConvGeom.windows`), in order."""
     ih, iw = g.in_rows(th, tkh), g.in_width(tw, tkw)
     plane = ih * iw
     sh, sw = (1 if g.subsampled else g.sh), g.sw
-    if g.diagonal:  # output block o reads input block o (its own plane in the stage)
-        return ((tn, to * th * tw, to * plane, 0),
-                (to, th * tw, plane, tkh * tkw),
-                (1, 0, 0, 0),
+    wins = g.windows(o0, to)
+    runs: list[list[int]] = []  # [first window, windows]
+    for q, (_, nb, lo) in enumerate(wins):
+        if runs:
+            r = runs[-1]
+            _, pnb, plo = wins[r[0] + r[1] - 1]
+            if pnb == nb and lo == plo + g.rb and wins[r[0]][1] == nb:
+                r[1] += 1
+                continue
+        runs.append([q, 1])
+    out = []
+    for q, count in runs:
+        rel, per, _ = wins[q]
+        dims = ((tn, to * th * tw, len(wins) * kc * plane, 0),
+                (count, per * th * tw, kc * plane, per * kc * tkh * tkw),
+                (per, th * tw, 0, kc * tkh * tkw),
+                (kc, 0, plane, tkh * tkw),
                 (th, tw, sh * iw, 0),
                 (tw, 1, sw, 0),
                 (tkh, 0, g.dh * iw, tkw),
                 (tkw, 0, g.dw, 1))
-    return ((tn, to * th * tw, kc * plane, 0),
-            (to, th * tw, 0, kc * tkh * tkw),
-            (kc, 0, plane, tkh * tkw),
-            (th, tw, sh * iw, 0),
-            (tw, 1, sw, 0),
-            (tkh, 0, g.dh * iw, tkw),
-            (tkw, 0, g.dw, 1))
+        out.append((tuple(d for d in dims if d[0] > 1),
+                    (rel * th * tw, q * kc * plane, rel * kc * tkh * tkw), count * per))
+    return tuple(out)
 
 
-def _stage_kernels(dims, parts: int, ib: int, wb: int, ab: int):
-    return gemm_parts(dims, (ab, ib, wb), parts)
+def _stage_kernels(nests, parts: tuple[int, ...], ib: int, wb: int, ab: int):
+    out = ()
+    for (dims, (da, di, dw), _), p in zip(nests, parts):
+        out += gemm_parts(dims, (ab + da, ib + di, wb + dw), p)
+    return out
 
 
-def _stage_fn(dims, parts: int, wb: int, ib: int, wbh: int, ab: int):
-    """A stage's ``kernels(inp_base, wgt_base, acc_base)`` (bound to its nest and weights)."""
-    return _stage_kernels(dims, parts, ib, wbh + wb, ab)
+def _stage_fn(nests, parts: tuple[int, ...], wb: int, ib: int, wbh: int, ab: int):
+    """A stage's ``kernels(inp_base, wgt_base, acc_base)`` (bound to its nests and weights)."""
+    return _stage_kernels(nests, parts, ib, wbh + wb, ab)
 
 
 def _reset_fn(blocks: int, per: int, ab: int) -> MicroKernel:
@@ -402,19 +479,20 @@ def _reset_fn(blocks: int, per: int, ab: int) -> MicroKernel:
 
 
 def _input_loads(cfg: Config, g: ConvGeom, e: _Bases, n0: int, tn: int, y0: int, th: int,
-                 x0: int, tw: int, c0: int, kc: int, k0: int, tkh: int, k1: int, tkw: int
-                 ) -> list[Load] | None:
-    """The stage's input loads of input blocks ``[c0, c0 + kc)`` (the tile's output blocks when
-    depthwise) for kernel rows from ``k0`` and columns from ``k1`` (None when its window is
+                 x0: int, tw: int, blocks: tuple[int, ...], k0: int, tkh: int, k1: int,
+                 tkw: int) -> list[Load] | None:
+    """The stage's input loads of input blocks ``blocks`` (in their order in the stage, per
+    batch group) for kernel rows from ``k0`` and columns from ``k1`` (None when its window is
     padding only)."""
     lim = layout(cfg).limits
     ih, iw = g.in_rows(th, tkh), g.in_width(tw, tkw)
     plane = ih * iw
+    kc, c0 = len(blocks), blocks[0]
     if g.subsampled:
-        return [Load(MemType.INP, (n * kc + c) * plane,
-                     e.x + (((n0 + n) * g.cb + c0 + c) * g.h + y0 * g.sh) * g.w + x0 * g.sw,
+        return [Load(MemType.INP, (n * kc + s) * plane,
+                     e.x + (((n0 + n) * g.cb + c) * g.h + y0 * g.sh) * g.w + x0 * g.sw,
                      th, iw, g.sh * g.w)
-                for n in range(tn) for c in range(kc)]
+                for n in range(tn) for s, c in enumerate(blocks)]
     r0, q0 = y0 * g.sh - g.pt + k0 * g.dh, x0 * g.sw - g.pl + k1 * g.dw
     yp0, yp1 = max(0, -r0), max(0, r0 + ih - g.h)
     xp0, xp1 = max(0, -q0), max(0, q0 + iw - g.w)
@@ -422,15 +500,16 @@ def _input_loads(cfg: Config, g: ConvGeom, e: _Bases, n0: int, tn: int, y0: int,
     if ys <= 0 or xs <= 0:
         return None
     pads = (yp0, yp1, xp0, xp1)
-    first = e.x + ((n0 * g.cb + c0) * g.h + max(r0, 0)) * g.w + max(q0, 0)
-    if pads == (0, 0, 0, 0) and ih == g.h and iw == g.w:
+    first = e.x + (n0 * g.cb * g.h + max(r0, 0)) * g.w + max(q0, 0)
+    if pads == (0, 0, 0, 0) and ih == g.h and iw == g.w and blocks == tuple(
+            range(c0, c0 + kc)):
         # whole planes: every batch group's kc blocks are one contiguous run
         if kc * plane <= lim.max_x_size and g.cb * plane <= lim.max_x_stride:
-            return [Load(MemType.INP, 0, first, tn, kc * plane, g.cb * plane)]
+            return [Load(MemType.INP, 0, first + c0 * plane, tn, kc * plane, g.cb * plane)]
     stride = g.w if ys > 1 else min(g.w, lim.max_x_stride)  # one row: the stride is unused
-    return [Load(MemType.INP, (n * kc + c) * plane,
+    return [Load(MemType.INP, (n * kc + s) * plane,
                  first + (n * g.cb + c) * g.h * g.w, ys, xs, stride, pads)
-            for n in range(tn) for c in range(kc)]
+            for n in range(tn) for s, c in enumerate(blocks)]
 
 
 def _weight_loads(cfg: Config, g: ConvGeom, e: _Bases, o0: int, to: int, c0: int, kc: int,
@@ -529,6 +608,7 @@ def tile_list(cfg: Config, g: ConvGeom, t: ConvTiles, e: _Bases, prog: DeviceEpi
     # spatial tile
     for o0 in range(0, g.ob, t.to):
         to = min(t.to, g.ob - o0)
+        los = [lo for _, _, lo in g.windows(o0, to)]  # the input windows the tiles read
         c0, cn = (0, g.ob) if T == g.ob else (o0, to)
         consts = tuple(
             [Load(MemType.ACC, const_off + k * T, e.consts + k * g.ob + c0, 1, cn, cn)
@@ -545,8 +625,8 @@ def tile_list(cfg: Config, g: ConvGeom, t: ConvTiles, e: _Bases, prog: DeviceEpi
                     rows = tn * to * per
                     stages = []
                     for j, (c0, kc, k0, tkh, k1, tkw) in enumerate(chunks):
-                        ib, nb = (o0, to) if g.diagonal else (c0, kc)
-                        inp = _input_loads(cfg, g, e, n0, tn, y0, th, x0, tw, ib, nb, k0, tkh,
+                        blocks = tuple(lo + c0 + c for lo in los for c in range(kc))
+                        inp = _input_loads(cfg, g, e, n0, tn, y0, th, x0, tw, blocks, k0, tkh,
                                            k1, tkw)
                         if inp is None:
                             continue  # this chunk of the kernel sees only padding
@@ -555,13 +635,15 @@ def tile_list(cfg: Config, g: ConvGeom, t: ConvTiles, e: _Bases, prog: DeviceEpi
                         if wl is None:
                             wl = wloads[o0, j, wb] = _weight_loads(cfg, g, e, o0, to, c0, kc,
                                                                    k0, tkh, k1, tkw, wb)
-                        dims = nests.get((tn, to, th, tw, kc, tkh, tkw))
-                        if dims is None:
-                            dims = nests[tn, to, th, tw, kc, tkh, tkw] = _dims(
-                                g, tn, to, th, tw, kc, tkh, tkw)
-                        parts = gemm_part_count(rows * kc * tkh * tkw, len(chunks))
-                        stages.append(Stage(tuple(inp + wl),
-                                            partial(_stage_fn, dims, parts, wb)))
+                        key = (tn, o0 if g.period < g.ob else 0, to, th, tw, kc, tkh, tkw)
+                        nest = nests.get(key)
+                        if nest is None:
+                            ns = _nests(g, tn, o0, to, th, tw, kc, tkh, tkw)
+                            # GEMM instructions per loop nest, by its steps
+                            nest = nests[key] = (ns, tuple(
+                                gemm_part_count(rows // to * nb * kc * tkh * tkw, len(chunks))
+                                for _, _, nb in ns))
+                        stages.append(Stage(tuple(inp + wl), partial(_stage_fn, *nest, wb)))
                     stores = _store_rows(cfg, g, e.y, n0, tn, o0, to, y0, th, x0, tw)
                     res = ()
                     if residual:
@@ -588,10 +670,21 @@ def tile_list(cfg: Config, g: ConvGeom, t: ConvTiles, e: _Bases, prog: DeviceEpi
 
 def conv2d_params(cfg: Config, w: np.ndarray, bias: np.ndarray | None,
                   epi: Epilogue | None = None, groups: int = 1) -> LayerParams:
-    """The device arrays a convolution reads (packed weights ``w``, channel-diagonal blocks
-    when depthwise; epilogue ``consts``) and its epilogue program (bias included)."""
+    """The device arrays a convolution reads (packed weights ``w``: when grouped, each output
+    block's window of input blocks with zeros off the groups, :func:`group_blocks`; epilogue
+    ``consts``) and its epilogue program (bias included)."""
     w = np.asarray(w)
-    packed = pack_depthwise(w, cfg) if groups > 1 else pack_weights(w, cfg)
+    if groups == 1:
+        packed = pack_weights(w, cfg)
+    else:
+        if w.ndim != 4:
+            raise ProgramError(f"conv2d weights must be O x I x KH x KW, not shape {w.shape}")
+        c, o = int(w.shape[1]) * groups, int(w.shape[0])
+        period, span = group_blocks(cfg, c, o, groups)
+        cb, ob = ceil_div(c, cfg.block_in), ceil_div(o, cfg.block_out)
+        period, span = period or ob, span or cb
+        packed = pack_grouped(w, cfg, groups, [_window_lo(k, period, span, cb)
+                                               for k in range(ob)], span)
     return layer_params(cfg, packed, w, bias, epi if epi is not None else Epilogue())
 
 

@@ -193,14 +193,22 @@ def apply_epilogue(acc: np.ndarray, epi: Epilogue, residual: np.ndarray | None =
                    channel_axis: int = 1) -> np.ndarray:
     """Run ``epi.alu_steps()`` on int32 accumulator values (any integer array whose values fit
     int32) with the functional simulator's ALU; returns int8 (the low 8 bits, as a STORE
-    writes them). A branch's first step is :func:`~tessera.sim.alu_kernel.alu_apply` on the
-    int64 input, the later ones :func:`~tessera.sim.alu_kernel.alu_inplace` on its int32
-    result (the same arithmetic without int64 copies)."""
-    v = np.asarray(acc, dtype=np.int64)
-    u = None if residual is None else np.asarray(residual, dtype=np.int64)
+    writes them). Steps run as :func:`~tessera.sim.alu_kernel.alu_inplace` on int32 lanes (the
+    same arithmetic as :func:`~tessera.sim.alu_kernel.alu_apply`, without int64 copies); a
+    branch whose input is wider than int32 takes its first step with ``alu_apply``."""
+    v = np.asarray(acc)
+    u = None if residual is None else np.asarray(residual)
     if epi.res_mult is not None and u is None:
         raise ProgramError("epilogue expects a residual input but none was given")
     lanes: dict[str, np.ndarray | None] = {"main": None, "residual": None}  # int32 results
+    for branch, x in (("main", v), ("residual", u)):
+        if x is not None and (x.dtype == np.int32 or x.dtype.kind in "iu"
+                              and x.dtype.itemsize < 4):
+            lanes[branch] = x.astype(np.int32)  # a copy: the steps write into it
+    if lanes["main"] is None:
+        v = v.astype(np.int64, copy=False)
+    if u is not None and lanes["residual"] is None:
+        u = u.astype(np.int64, copy=False)
     for step in epi.alu_steps():
         op = AluOp.ADD if step.branch == "combine" else AluOp[step.opcode]
         branch = "main" if step.branch == "combine" else step.branch

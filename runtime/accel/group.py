@@ -125,7 +125,7 @@ def _sequence_cost(cfg, members: list[Member], tiles: list[ConvTiles]) -> float:
         n = (ceil_div(g.ob, t.to) * ceil_div(g.oh, t.th) * ceil_div(g.ow, t.tw)
              * ceil_div(g.n, t.tn))
         rows = g.n * g.ob * g.oh * g.ow / n
-        per_row = (1 if g.diagonal else g.rb) * g.kh * g.kw
+        per_row = g.rb * g.kh * g.kw
         stages = ceil_div(g.rb, t.kc) * ceil_div(g.kh, t.tkh) * ceil_div(g.kw, t.tkw)
         gemm = rows * per_row + INSN * 2 * stages
         epi = (rows + 4) * len(m.prog.steps) + 3 * INSN

@@ -113,11 +113,15 @@ def estimate(cfg: Config, g: ConvGeom, t: ConvTiles, prog: DeviceEpilogue | Epil
     first_load = last = 0
     # loop invariants hoisted (the arithmetic below is term for term the model's)
     sp_div = max(1, n_sp)
-    sub, diag = g.subsampled, g.diagonal
+    sub = g.subsampled
     whole = not (g.pt or g.pb or g.pl or g.pr)
     inp_beats, wgt_beats = c.inp_beats, c.wgt_beats
     ws, hs, ns = spans(g.ow, t.tw), spans(g.oh, t.th), spans(g.n, t.tn)
+    # input window rows / columns per (tile extent, chunk extent)
+    ihs = {(th, tkh): g.in_rows(th, tkh) for th, _ in hs for _, _, tkh, _ in chunks}
+    iws = {(tw, tkw): g.in_width(tw, tkw) for tw, _ in ws for _, _, _, tkw in chunks}
     for to, k_o in spans(g.ob, t.to):
+        wins = g.max_windows(to)  # input windows a tile's stages load
         for th, k_h in hs:
             for tw, k_w in ws:
                 for tn, k_n in ns:
@@ -127,11 +131,11 @@ def estimate(cfg: Config, g: ConvGeom, t: ConvTiles, prog: DeviceEpilogue | Epil
                     stage_g, stage_l = [], []
                     for kc, count, tkh, tkw in chunks:
                         steps = rows * kc * tkh * tkw
-                        ib = to if diag else kc  # input blocks the stage loads
+                        ib = wins * kc  # input blocks the stage loads
                         parts = gemm_part_count(steps, n_chunks)
                         gemm += count * (steps + parts * INSN)
                         stage_g += [steps + parts * INSN] * count
-                        ih, iw = g.in_rows(th, tkh), g.in_width(tw, tkw)
+                        ih, iw = ihs[th, tkh], iws[tw, tkw]
                         if sub:
                             inp = tn * ib * (LOAD_FIXED + _beats(th * iw, inp_beats))
                         elif ih == g.h and iw == g.w and whole:
@@ -248,7 +252,7 @@ def plan_conv2d(cfg: Config, g: ConvGeom, prog: DeviceEpilogue | None = None, *,
 
 
 _RANKED: dict[tuple, list[tuple[int, int, ConvTiles]]] = {}
-_RANKED_MAX = 4096  # distinct searches kept per process
+_RANKED_MAX = 256  # distinct searches kept per process (a large network has ~100)
 
 
 def ranked_candidates(cfg: Config, g: ConvGeom, prog: DeviceEpilogue | EpilogueShape,

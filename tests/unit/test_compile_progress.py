@@ -21,6 +21,10 @@ def test_progress_bar_and_phases(tmp_path, capsys):
     phases = model.meta["compile_phases"]
     assert list(phases)[0] == "import" and list(phases)[-1] == "build_plan"
     assert "quantize" in phases and "plan_memory" in phases
+    # the quantisation pass's parts are phases of their own, just before the rest of it
+    names = list(phases)
+    assert names.index("calibration") + 1 == names.index("bias_correction") \
+        == names.index("quantize") - 1
     assert all(v >= 0 for v in phases.values())
     assert sum(phases.values()) <= model.meta["compile_seconds"]
     model.save(tmp_path / "m.tsr")  # the phases are valid file metadata

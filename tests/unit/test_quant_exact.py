@@ -111,3 +111,109 @@ def test_bias_correction_from_calibrations_products_equals_rerunning_the_float_g
     x = batches[-1]
     for name, y in fast.run(x).items():
         np.testing.assert_array_equal(y, slow.run(x)[name])
+
+
+def _epilogue_by_alu_apply(acc, epi, residual=None):
+    """The epilogue step by step with the simulator's int64 ALU (its definition)."""
+    from tessera.isa import AluOp
+    from tessera.sim.fsim import alu_apply
+
+    v, u = np.asarray(acc, np.int64), None if residual is None else residual.astype(np.int64)
+    for step in epi.alu_steps():
+        op = step.operand
+        if isinstance(op, np.ndarray):
+            op = op.reshape([1, -1] + [1] * (v.ndim - 2))
+        op = np.asarray(op, np.int64)
+        if step.branch == "residual":
+            u = alu_apply(AluOp[step.opcode], u, op).astype(np.int64)
+        elif step.branch == "combine":
+            v = alu_apply(AluOp.ADD, v, u).astype(np.int64)
+        else:
+            v = alu_apply(AluOp[step.opcode], v, op).astype(np.int64)
+    return v.astype(np.int8)
+
+
+def test_the_epilogue_on_int32_lanes_is_the_alus_arithmetic():
+    from tessera.compiler.quant.params import make_epilogue
+    from tessera.runtime.accel.epilogue import apply_epilogue
+
+    rng = np.random.default_rng(3)
+    for k in range(60):
+        c = int(rng.integers(1, 6))
+        res = rng.integers(-128, 128, (2, c, 3, 3)).astype(np.int8) if k % 2 else None
+        extra = {"residual_ratio": float(rng.uniform(0.01, 3))} if k % 2 else {}
+        epi = make_epilogue(rng.uniform(1e-5, 0.3, c), int(rng.integers(100, 1 << 30)),
+                            int(rng.integers(-128, 0)), int(rng.integers(0, 128)),
+                            acc_offset=int(rng.integers(-300, 300)) * (k % 3 == 0),
+                            offset=int(rng.integers(-20, 20)), **extra)
+        acc = rng.integers(-(1 << 31), 1 << 31, (2, c, 3, 3), dtype=np.int64)
+        want = _epilogue_by_alu_apply(acc, epi, res)
+        np.testing.assert_array_equal(apply_epilogue(acc, epi, res), want)  # int64 input
+        acc32 = acc.astype(np.int32)
+        np.testing.assert_array_equal(apply_epilogue(acc32, epi, res), want)  # int32 lanes
+        np.testing.assert_array_equal(acc32, acc.astype(np.int32))  # input left alone
+
+
+def test_in_place_mse_searches_pick_the_plain_formulas_thresholds():
+    """threshold_mse / _mse_asym evaluate (x - Q(x))^2 in place; the plain expressions (as
+    they were written before) choose the same ranges, bit for bit."""
+    bins = 2048
+
+    def plain_symmetric(absval, amax, levels=127):
+        hist, edges = np.histogram(absval, bins=bins, range=(0.0, amax))
+        centres = (edges[:-1] + edges[1:]) / 2
+        nz = hist > 0
+        hist, centres = hist[nz].astype(np.float64), centres[nz]
+        cands = amax * np.linspace(calibrate.MSE_MIN_FRACTION, 1.0, 256)
+        steps = cands / levels
+        q = np.minimum(np.round(centres[None, :] / steps[:, None]), levels) * steps[:, None]
+        return float(cands[int(np.argmin(((centres[None, :] - q) ** 2) @ hist))])
+
+    def plain_asymmetric(x, lo, hi):
+        hist, edges = np.histogram(x, bins=bins, range=(lo, hi))
+        centres = (edges[:-1] + edges[1:]) / 2
+        nz = hist > 0
+        hist, centres = hist[nz].astype(np.float64), centres[nz]
+        fr = np.linspace(calibrate.MSE_MIN_FRACTION, 1.0, 24)
+        best, best_err = (lo, hi), np.inf
+        for a in (lo * fr if lo < 0 else np.zeros(1)):
+            his = hi * fr if hi > 0 else np.zeros(1)
+            steps = np.maximum(his - a, 1e-8) / 255.0
+            zps = np.rint(-a / steps)
+            q = np.clip(np.rint(centres[None, :] / steps[:, None]), -zps[:, None],
+                        255 - zps[:, None]) * steps[:, None]
+            errs = ((centres[None, :] - q) ** 2) @ hist
+            k = int(np.argmin(errs))
+            if errs[k] < best_err:
+                best, best_err = (float(a), float(his[k])), float(errs[k])
+        return best
+
+    rng = np.random.default_rng(4)
+    for k in range(12):
+        x = (rng.standard_normal(20000) * rng.uniform(0.1, 10) + rng.uniform(-3, 3))
+        x = (np.maximum(x, 0) if k % 3 == 0 else x).astype(np.float32)
+        ax = np.abs(x)
+        assert calibrate.threshold_mse(ax, float(ax.max())) == plain_symmetric(ax, float(ax.max()))
+        lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+        assert calibrate._mse_asym(x, lo, hi) == plain_asymmetric(x, lo, hi)
+
+
+def test_reinference_reuses_constant_infos_only_when_they_are_what_it_would_build():
+    from dataclasses import replace
+
+    from tessera.compiler.ir import TensorInfo
+    from tessera.compiler.ir.graph import infer
+
+    g = _graph(zoo.resnet_tiny())
+    consts = list(g.constants)
+    for keep in (g.tensors, {k: replace(v, scale=0.5) for k, v in g.tensors.items()},
+                 {k: replace(v, scale=0.0) for k, v in g.tensors.items()},
+                 {k: TensorInfo((1,), "int8") for k in g.tensors}, {}):
+        got = infer(g, keep=keep).tensors
+        for k in consts:
+            v = g.constants[k]
+            want = TensorInfo(v.shape, "float32" if v.dtype == np.float64 else str(v.dtype))
+            old = keep.get(k)
+            if old is not None and old.scale:
+                want = replace(want, scale=old.scale)
+            assert got[k] == want, k
