@@ -97,40 +97,24 @@ def _yolo(yaml: str) -> Callable:
     return build
 
 
-def _ssdlite():
-    import torch
-    import torchvision
+def _det_head(name: str) -> Callable:
+    """A torchvision detector's backbone + head (no anchor decoding, no NMS)."""
+    def build():
+        import torch
+        import torchvision
 
-    class Head(torch.nn.Module):  # backbone + head, no anchors decoding or NMS
-        def __init__(self):
-            super().__init__()
-            m = torchvision.models.detection.ssdlite320_mobilenet_v3_large(
-                weights=None, weights_backbone=None, num_classes=91)
-            self.backbone, self.head = m.backbone, m.head
+        class Head(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                m = torchvision.models.get_model(name, weights=None, weights_backbone=None,
+                                                 num_classes=91)
+                self.backbone, self.head = m.backbone, m.head
 
-        def forward(self, x):
-            feats = list(self.backbone(x).values())
-            out = self.head(feats)
-            return out["bbox_regression"], out["cls_logits"]
-    return Head()
-
-
-def _retinanet():
-    import torch
-    import torchvision
-
-    class Head(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            m = torchvision.models.detection.retinanet_resnet50_fpn(
-                weights=None, weights_backbone=None, num_classes=91)
-            self.backbone, self.head = m.backbone, m.head
-
-        def forward(self, x):
-            feats = list(self.backbone(x).values())
-            out = self.head(feats)
-            return out["bbox_regression"], out["cls_logits"]
-    return Head()
+            def forward(self, x):
+                out = self.head(list(self.backbone(x).values()))
+                return out["bbox_regression"], out["cls_logits"]
+        return Head()
+    return build
 
 
 def _crnn(rnn: str) -> Callable:
@@ -177,8 +161,9 @@ MODELS: dict[str, tuple[Callable, tuple[int, ...], str, str]] = {
     "lraspp_mnv3": (_tv_seg("lraspp_mobilenet_v3_large"), (1, 3, 96, 96), "image",
                     "imagenet"),
     "fcn_resnet50": (_tv_seg("fcn_resnet50"), (1, 3, 64, 64), "image", "imagenet"),
-    "ssdlite_head": (_ssdlite, (1, 3, 160, 160), "image", "imagenet"),
-    "retinanet_head": (_retinanet, (1, 3, 128, 128), "image", "imagenet"),
+    "ssdlite_head": (_det_head("ssdlite320_mobilenet_v3_large"), (1, 3, 160, 160), "image",
+                     "imagenet"),
+    "retinanet_head": (_det_head("retinanet_resnet50_fpn"), (1, 3, 128, 128), "image", "imagenet"),
     "yolov5n": (_yolo("yolov5n.yaml"), (1, 3, 128, 128), "image", "unit"),
     "yolov8n": (_yolo("yolov8n.yaml"), (1, 3, 128, 128), "image", "unit"),
     "yolo11n": (_yolo("yolo11n.yaml"), (1, 3, 128, 128), "image", "unit"),

@@ -140,21 +140,9 @@ def test_compiled_accuracy_no_worse_than_onnxruntime_static_int8(seed):
     """Held-out-style CNN (conv/BN/depthwise/residual/concat/avgpool/MLP/softmax, odd channels,
     strides): the compiled model's error on fsim, relative to the input-dependent part of the
     float output, is within 1.0x of onnxruntime's static int8 quantiser's."""
-    import onnxruntime as ort
-    from test_quant import _ort_int8, _seeded_cnn
+    from test_quant import _seeded_cnn, compiled_errors
 
-    proto = _seeded_cnn(seed)
-    rng = np.random.default_rng(11)
-    cal = [{"input": rng.standard_normal((1, 3, 32, 32)).astype(np.float32)} for _ in range(16)]
-    test = [{"input": rng.standard_normal((1, 3, 32, 32)).astype(np.float32)} for _ in range(24)]
-    fs = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    f = np.concatenate([fs.run(None, t)[0] for t in test])
-    den = np.linalg.norm(f - f.mean(axis=0))
-    theirs = np.concatenate([_ort_int8(proto, cal).run(None, t)[0] for t in test])
-    model = tcompile(proto, config="default", calibration=cal)
-    ours = np.concatenate([model.run(t)[0] for t in test])
-    err_ours, err_theirs = np.linalg.norm(ours - f) / den, np.linalg.norm(theirs - f) / den
-    print(f"relative error: compiled {err_ours:.4f}, onnxruntime int8 {err_theirs:.4f}")
+    err_ours, err_theirs, model = compiled_errors(_seeded_cnn(seed), 16, 24)
     assert err_ours <= 1.0 * err_theirs
     assert any(s.kind == "accel" for s in model.plan.steps)
 

@@ -176,20 +176,8 @@ def test_partition_sends_grouped_convs_to_a_faster_host():
 def test_grouped_model_int8_error_beside_onnxruntime():
     """The compiled grouped model's error against onnxruntime's float output (relative to the
     output's input-dependent spread) is at most onnxruntime's own static int8 quantiser's."""
-    import onnxruntime as ort
-    from test_quant import _ort_int8
+    from test_quant import compiled_errors
 
-    proto = zoo.resnext_tiny()
-    rng = np.random.default_rng(11)
-    cal = [{"input": rng.standard_normal((1, 3, 32, 32)).astype(np.float32)} for _ in range(8)]
-    test = [{"input": rng.standard_normal((1, 3, 32, 32)).astype(np.float32)} for _ in range(8)]
-    fs = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    f = np.concatenate([fs.run(None, t)[0] for t in test])
-    den = np.linalg.norm(f - f.mean(axis=0))
-    theirs = np.concatenate([_ort_int8(proto, cal).run(None, t)[0] for t in test])
-    model = tcompile(proto, config="default", calibration=cal)
-    ours = np.concatenate([model.run(t)[0] for t in test])
-    err_ours, err_theirs = np.linalg.norm(ours - f) / den, np.linalg.norm(theirs - f) / den
-    print(f"relative error: compiled {err_ours:.4f}, onnxruntime int8 {err_theirs:.4f}")
+    err_ours, err_theirs, model = compiled_errors(zoo.resnext_tiny(), 8, 8)
     assert err_ours <= err_theirs
     model.close()

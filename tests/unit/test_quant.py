@@ -184,6 +184,28 @@ def _ort_int8(m, batches):
         return ort.InferenceSession(qp, providers=["CPUExecutionProvider"])
 
 
+def compiled_errors(proto, n_cal: int, n_test: int, config: str = "default"):
+    """Relative errors (against the input-dependent spread of onnxruntime's float output) of
+    ``tessera.compile``'s model on fsim and of onnxruntime's static int8 quantiser, on seeded
+    N(0,1) batches of the model's ``input`` (n_cal calibration, n_test test); the compiled
+    model comes back open for more checks (the caller closes it)."""
+    from tessera import compile as tcompile
+
+    shape = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    rng = np.random.default_rng(11)
+    cal = [{"input": rng.standard_normal(shape).astype(np.float32)} for _ in range(n_cal)]
+    test = [{"input": rng.standard_normal(shape).astype(np.float32)} for _ in range(n_test)]
+    fs = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    f = np.concatenate([fs.run(None, t)[0] for t in test])
+    den = np.linalg.norm(f - f.mean(axis=0))
+    theirs = np.concatenate([_ort_int8(proto, cal).run(None, t)[0] for t in test])
+    model = tcompile(proto, config=config, calibration=cal)
+    ours = np.concatenate([model.run(t)[0] for t in test])
+    err_ours, err_theirs = np.linalg.norm(ours - f) / den, np.linalg.norm(theirs - f) / den
+    print(f"relative error: compiled {err_ours:.4f}, onnxruntime int8 {err_theirs:.4f}")
+    return err_ours, err_theirs, model
+
+
 def _relative_errors(m, seed):
     g = import_onnx(m)
     shape = g.tensors["input"].shape
