@@ -60,6 +60,15 @@ def _interior(n_in: int, n_out: int, k: int, s: int, d: int, pb: int) -> tuple[i
     return (a, b) if a < b else (0, 0)
 
 
+def _pool_window(op: str, attrs: dict[str, Any], hw: tuple[int, int], kernel):
+    """A 2-D pooling window's output size, strides, dilations and begin/end pads (ceil_mode
+    allowed); an empty output is an error."""
+    p = spatial_params(op, attrs, hw, kernel, allow_ceil=True)
+    oh, ow = p["out"]
+    check(oh > 0 and ow > 0, op, f"output would be empty ({oh}x{ow})")
+    return oh, ow, p["strides"], p["dilations"], p["pad_begin"], p["pad_end"]
+
+
 def _pool(op: str, attrs: dict[str, Any], in_specs: list[Spec]) -> tuple[str, str, list[Spec]]:
     is_max = op == "MaxPool"
     check_attrs(op, attrs, _POOL_ATTRS + (("storage_order",) if is_max else
@@ -73,11 +82,7 @@ def _pool(op: str, attrs: dict[str, Any], in_specs: list[Spec]) -> tuple[str, st
           "storage_order must be 0 (the Indices output is not supported)")
     include_pad = int_attr(op, attrs, "count_include_pad", 0)
     check(include_pad in (0, 1), op, f"count_include_pad must be 0 or 1, not {include_pad}")
-    p = spatial_params(op, attrs, (h, w), kernel, allow_ceil=True)
-    oh, ow = p["out"]
-    check(oh > 0 and ow > 0, op, f"output would be empty ({oh}x{ow})")
-    (sh, sw), (dh, dw), (pt, pl), (pb, pr) = (p["strides"], p["dilations"], p["pad_begin"],
-                                              p["pad_end"])
+    oh, ow, (sh, sw), (dh, dw), (pt, pl), (pb, pr) = _pool_window(op, attrs, (h, w), kernel)
     hlo, hhi, hpad = window_taps(h, oh, kernel[0], sh, dh, pt, pb)
     wlo, whi, wpad = window_taps(w, ow, kernel[1], sw, dw, pl, pr)
     ty = DTYPES[dt]
@@ -169,11 +174,7 @@ def _pool_indices(op: str, attrs: dict[str, Any],
     kernel = ints_attr(op, attrs, "kernel_shape", 2)
     order = int_attr(op, attrs, "storage_order", 0)
     check(order in (0, 1), op, f"storage_order must be 0 or 1, not {order}")
-    p = spatial_params(op, attrs, (h, w), kernel, allow_ceil=True)
-    oh, ow = p["out"]
-    check(oh > 0 and ow > 0, op, f"output would be empty ({oh}x{ow})")
-    (sh, sw), (dh, dw), (pt, pl), (pb, pr) = (p["strides"], p["dilations"], p["pad_begin"],
-                                              p["pad_end"])
+    oh, ow, (sh, sw), (dh, dw), (pt, pl), (pb, pr) = _pool_window(op, attrs, (h, w), kernel)
     hlo, hhi, _ = window_taps(h, oh, kernel[0], sh, dh, pt, pb)
     wlo, whi, _ = window_taps(w, ow, kernel[1], sw, dw, pl, pr)
     ty = DTYPES[dt]
