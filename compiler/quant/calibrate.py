@@ -13,10 +13,15 @@ of :data:`CALIBRATION_METHODS`:
 * ``"percentile"``: of |x| (symmetric) or of x at both ends (asymmetric), 99.99 by default;
 * ``"minmax"``: the extremes seen.
 
-A tensor with fewer than :data:`MIN_CLIPPING_SAMPLES` calibration values (a classifier's logits
-over a few batches) takes ``"minmax"`` whatever the method: a handful of values cannot support a
-clipping decision (PP-OCR cls: every logit of unseen inputs saturated; 32 test inputs 0.2577 ->
-0.2210 relative error, onnxruntime 0.2468; held-out CNNs unchanged, 0.726x, 24/24).
+A tensor with fewer than :data:`MIN_CLIPPING_SAMPLES` calibration values, or fewer than
+:data:`MIN_CHANNEL_SAMPLES` per channel (axis 1: a classifier's logits, a pooled feature vector,
+a squeeze-excitation vector, over a few batches), takes ``"minmax"`` whatever the method: a
+handful of values cannot support a clipping decision (PP-OCR cls: every logit of unseen inputs
+saturated; 32 test inputs 0.2577 -> 0.2210 relative error, onnxruntime 0.2468). Even its extremes
+do not bound unseen inputs, so the quantiser keeps the layers producing such tensors float
+(:mod:`~tessera.compiler.quant.quantize`); a widened range does not help: the spread between
+calibration batches, measured by leaving one out, reached 12-24x the others' range on a
+random-init EfficientNet-B0's squeeze-excitation vectors.
 
 Batches are checked before anything runs: each must give every graph input (and nothing else)
 with its shape and a numeric dtype, finite values of magnitude at most
@@ -37,7 +42,7 @@ from tessera.errors import CompileError, InputError
 
 __all__ = ["calibrate", "collect", "check_batches", "qparams", "QParams", "TensorStats",
            "threshold_mse", "threshold_percentile", "threshold_entropy", "CALIBRATION_METHODS",
-           "MAX_CALIBRATION_MAGNITUDE"]
+           "MAX_CALIBRATION_MAGNITUDE", "MIN_CLIPPING_SAMPLES", "MIN_CHANNEL_SAMPLES"]
 
 CALIBRATION_METHODS = ("mse", "entropy", "percentile", "minmax")
 # Larger inputs overflow float32 in the float reference's sums (and say nothing about int8).
@@ -45,6 +50,8 @@ MAX_CALIBRATION_MAGNITUDE = 1e15
 _SAMPLES_PER_TENSOR = 1 << 18  # values kept per tensor over all batches (a random subsample)
 _HIST_BINS = 2048
 MIN_CLIPPING_SAMPLES = 1024  # fewer calibration values than this: minmax, whatever the method
+# fewer calibration values per channel than this: a low-population tensor (module docstring)
+MIN_CHANNEL_SAMPLES = 64
 MSE_MIN_FRACTION = 0.3  # candidates below 0.3*amax over-clip (measured: worse end to end)
 _TINY = 1e-8
 # bytes of float conv/dense products calibration may keep for bias correction (above it, bias
@@ -104,18 +111,22 @@ def check_batches(graph: Graph, calibration: Iterable[Mapping[str, np.ndarray]]
 
 @dataclass
 class TensorStats:
-    """What calibration saw of one tensor: its extremes and a random subsample of its values."""
+    """What calibration saw of one tensor: its extremes, how many values each channel (axis 1)
+    gave, and a random subsample of its values."""
 
     lo: float = np.inf
     hi: float = -np.inf
     chunks: list[np.ndarray] = field(default_factory=list)
+    per_channel: int = 0  # calibration values per channel (axis 1; all values of a 0/1-d one)
 
     def add(self, v: np.ndarray, rng: np.random.Generator, keep: int) -> None:
-        flat = np.asarray(v, dtype=np.float32).reshape(-1)
+        v = np.asarray(v, dtype=np.float32)
+        flat = v.reshape(-1)
         if flat.size == 0:
             return
         self.lo = min(self.lo, float(flat.min()))
         self.hi = max(self.hi, float(flat.max()))
+        self.per_channel += flat.size // v.shape[1] if v.ndim >= 2 and v.shape[1] else flat.size
         if flat.size > keep:
             flat = flat[rng.integers(0, flat.size, keep)]
         self.chunks.append(flat)
@@ -321,7 +332,7 @@ def qparams(st: TensorStats, method: str = "mse", symmetric: bool = True,
                            f"not {method!r}")
     x = st.samples
     amax = st.amax
-    if x.size < MIN_CLIPPING_SAMPLES:
+    if x.size < MIN_CLIPPING_SAMPLES or st.per_channel < MIN_CHANNEL_SAMPLES:
         # a handful of values (a classifier's logits over a few batches) cannot support a
         # clipping decision: unseen inputs land beyond it and saturate
         method = "minmax"

@@ -77,6 +77,7 @@ class QuantReport:
     method: str
     threshold_db: float = DEFAULT_THRESHOLD_DB
     kept_float: tuple[str, ...] = field(default_factory=tuple)
+    kept_low_population: tuple[str, ...] = field(default_factory=tuple)
 
     @property
     def flagged(self) -> list[LayerReport]:
@@ -96,6 +97,9 @@ class QuantReport:
             lines.append(f"{'output ' + o:<{w}}  {'':<16} {'':>10} {'':>4} {s:>8.2f}")
         lines.append(f"calibration: {self.method}; {len(self.flagged)} layer(s) flagged"
                      + (f"; kept float: {', '.join(self.kept_float)}" if self.kept_float
+                        else "")
+                     + (f"; kept float (few calibration values per channel): "
+                        f"{', '.join(self.kept_low_population)}" if self.kept_low_population
                         else ""))
         return "\n".join(lines)
 
@@ -191,7 +195,8 @@ def build_report(qm, feeds: Mapping[str, np.ndarray], threshold_db: float) -> Qu
                                   flagged, tuple(causes)))
     outs = {o: sqnr_db(f[o], q[o]) for o in qm.graph.outputs if o in f and o in q
             and np.asarray(q[o]).dtype.kind == "f"}
-    return QuantReport(layers, outs, qm.method, threshold_db, qm.kept_float)
+    return QuantReport(layers, outs, qm.method, threshold_db, qm.kept_float,
+                       qm.kept_low_population)
 
 
 def _local(qm, n, f, float_of, prod, cum) -> tuple[float | None, list[float], list | None]:

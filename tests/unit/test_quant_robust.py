@@ -2,6 +2,8 @@
 per-channel accumulator bounds, calibration methods, asymmetric activations, keep_float and the
 SQNR report's causes."""
 
+import importlib
+
 import numpy as np
 import pytest
 
@@ -407,3 +409,46 @@ def test_a_tensor_with_few_calibration_values_is_not_clipped(symmetric):
     x[0] = 40.0
     many.add(x, rng, 1 << 18)
     assert qparams(many, "mse", symmetric).scale < qparams(many, "minmax", symmetric).scale
+
+
+def test_per_channel_population_decides_minmax():
+    """A [1, C] vector over 4 batches has 4 values per channel however many channels it has:
+    below MIN_CHANNEL_SAMPLES per channel the range seen is kept; a feature map with the same
+    channels and 16x16 positions gets a clipping range."""
+    from tessera.compiler.quant.calibrate import MIN_CHANNEL_SAMPLES, MIN_CLIPPING_SAMPLES
+    rng = np.random.default_rng(11)
+    vec, fmap = TensorStats(), TensorStats()
+    for _ in range(4):
+        v = rng.standard_normal((1, MIN_CLIPPING_SAMPLES, 1, 1)).astype(np.float32)
+        v[0, 0] = 30.0  # a rare large value: mse clips it when it may
+        vec.add(v, rng, 1 << 18)
+        fmap.add(np.tile(v, (1, 1, 16, 16)), rng, 1 << 18)
+    assert vec.per_channel == 4 < MIN_CHANNEL_SAMPLES <= fmap.per_channel == 4 * 256
+    assert qparams(vec, "mse") == qparams(vec, "minmax")
+    assert qparams(fmap, "mse").scale < qparams(fmap, "minmax").scale
+
+
+def test_layers_with_few_calibration_values_per_channel_stay_float(monkeypatch):
+    """trained_like_cnn's squeeze-excitation FCs, global pools and classifier see one value per
+    channel per batch: over 4 batches they stay float, over 64 (>= MIN_CHANNEL_SAMPLES) they
+    are int8 (bench/heldout_cnns.py measures what it is worth)."""
+    from tessera.compiler import zoo
+    from tessera.compiler.frontend import import_onnx
+    qmod = importlib.import_module("tessera.compiler.quant.quantize")
+    g = run_pipeline(import_onnx(zoo.trained_like_cnn(0)), GRAPH_PASSES)
+    rng = np.random.default_rng(12)
+    x = g.inputs[0]
+
+    def batches(n):
+        return [{x: rng.standard_normal(g.tensors[x].shape).astype(np.float32)}
+                for _ in range(n)]
+
+    few, test = batches(4), batches(8)
+    qm = quantize(g, few)
+    kinds = {n.op for n in g.nodes if n.name in qm.kept_low_population}
+    assert {"global_avgpool", "conv2d", "dense"} <= kinds, kinds
+    assert not any(n.op in ("qdense", "qglobal_avgpool") for n in qm.graph.nodes)
+    assert "few calibration values per channel" in qm.report(test[0]).table()
+    assert quantize(g, batches(64)).kept_low_population == ()
+    monkeypatch.setattr(qmod, "MIN_CHANNEL_SAMPLES", 0)
+    assert quantize(g, few).kept_low_population == ()
