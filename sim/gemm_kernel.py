@@ -74,6 +74,7 @@ class GemmPlan:
         self.stacks = stacks
         self.general = general
         self._wcache: list[tuple[int, np.ndarray] | None] = [None] * len(stacks or ())
+        self.checked = False  # set by the simulator once its index ranges passed
         self.steps_arrays: tuple[np.ndarray, ...] = ()
 
     @property
