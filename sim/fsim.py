@@ -80,7 +80,7 @@ class FunctionalSimulator:
         self.dma_generation = dma_generation
         self._dma_gen: int | None = None
         self.fast = bool(fast)
-        self._out_dirty: dict[int, IndexSet] = {}  # rows whose out refresh is pending (fast)
+        self._out_dirty: dict[object, IndexSet] = {}  # rows whose out refresh is pending
         b, bi, bo = cfg.batch, cfg.block_in, cfg.block_out
         self.inp = np.zeros((cfg.inp_depth, b, bi), np.int8)
         self.wgt = np.zeros((cfg.wgt_depth, bo, bi), np.int8)
@@ -408,7 +408,7 @@ class FunctionalSimulator:
         and ALU keep ``out == low 8 bits of acc`` on the rows they write, so the later copy
         gives what the copy at every write would have."""
         if self.fast:
-            self._out_dirty[id(rows)] = rows
+            self._out_dirty[rows.key] = rows
         else:
             self._refresh_out(rows)
 
@@ -485,7 +485,11 @@ class FunctionalSimulator:
         self._flush_out()
         data = self.out[base:base + ys * xs].reshape(ys, length).view(np.uint8)
         if stride >= length:
-            self._dram_rows(starts, length, stride, what, writeable=True)[...] = data
+            memo = self.prog.dma_memo
+            view = memo.get(~pc)  # the STORE's write view, memoised like a LOAD's read view
+            if view is None:
+                view = memo[~pc] = self._dram_rows(starts, length, stride, what, writeable=True)
+            view[...] = data
         else:  # overlapping rows: later rows win, in order
             self._dram_rows(starts, length, stride, what)  # range check
             for y in range(ys):

@@ -34,7 +34,7 @@ class IndexSet:
     """The distinct values of an index array: ``uniq`` (sorted) and, when they form at most
     ``MAX_RUNS`` contiguous runs, ``runs`` as ``[(lo, hi), ...]`` (else None)."""
 
-    __slots__ = ("uniq", "runs", "top", "_halves")
+    __slots__ = ("uniq", "runs", "top", "key", "_halves")
 
     def __init__(self, idx: np.ndarray, runs_allowed: bool = True):
         idx = np.asarray(idx).reshape(-1)
@@ -54,6 +54,8 @@ class IndexSet:
                 lo = np.concatenate(([0], cut))
                 hi = np.concatenate((cut, [u.size]))
                 self.runs = [(int(u[a]), int(u[b - 1]) + 1) for a, b in zip(lo, hi)]
+        # equal for equal sets with runs (a dictionary key), else unique to the object
+        self.key: tuple | int = tuple(self.runs) if self.runs is not None else id(self)
 
     @property
     def nbytes(self) -> int:
