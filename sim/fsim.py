@@ -257,8 +257,9 @@ class FunctionalSimulator:
         else:
             tile = region.reshape((height, width) + buf.shape[1:])
             inner = tile[yp0:yp0 + ys, xp0:xp0 + xs]
+        span = (int(starts[0]), int(starts[-1]) + length) if ys else (0, 0)
         return (ys, mt, starts, length, what, raw, base, hi, region, tile, inner,
-                _MT_NAMES[mt], ys * length)
+                _MT_NAMES[mt], ys * length, span)
 
     def _load(self, pc: int, module: int, seq: int, vc) -> None:
         memo = self.prog.load_memo
@@ -267,10 +268,11 @@ class FunctionalSimulator:
             d = memo[pc] = self._describe_load(pc)
         if not d:
             return
-        ys, mt, starts, length, what, raw, base, hi, region, tile, inner, mt_name, nbytes = d
+        ys, mt, starts, length, what, raw, base, hi, region, tile, inner, mt_name, nbytes, \
+            span = d
         if ys:
             self._check_dma(pc, starts, length, what)
-            self.dram_races.read(module, seq, vc, starts, length, pc, what, self._pc_of)
+            self.dram_races.read(module, seq, vc, starts, length, pc, what, self._pc_of, span)
         self.counters["dram_read_bytes"] += nbytes
         self.bytes_by_type[mt_name] += nbytes
         if mt == MemType.INP or mt == MemType.WGT:
@@ -481,7 +483,8 @@ class FunctionalSimulator:
         self.shadow.store_read(base, base + ys * xs, seq, vc, pc, self._pc_of)
         starts, length, stride, what = self._dma(pc)
         self._check_dma(pc, starts, length, what)
-        self.dram_races.write(seq, vc, starts, length, pc, what, self._pc_of)
+        self.dram_races.write(seq, vc, starts, length, pc, what, self._pc_of,
+                              (int(starts[0]), int(starts[-1]) + length))
         self._flush_out()
         data = self.out[base:base + ys * xs].reshape(ys, length).view(np.uint8)
         if stride >= length:

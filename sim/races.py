@@ -208,31 +208,36 @@ def rows_overlap(sa: np.ndarray, la: int, sb: np.ndarray, lb: int) -> bool:
 
 
 class DramRaceTracker:
-    """DRAM conflicts between STORE writes and LOAD reads of the load or compute module."""
+    """DRAM conflicts between STORE writes and LOAD reads of the load or compute module.
+
+    Every access also gives its byte span ``(first, end)`` (Python ints: the rows' hull), so
+    accesses far apart are told apart without numpy."""
 
     def __init__(self) -> None:
-        self.writes: list[tuple[int, np.ndarray, int, int, str]] = []
-        self.reads: dict[int, list[tuple[int, np.ndarray, int, int, str]]] = {LOAD: [],
-                                                                               COMPUTE: []}
+        Rec = tuple[int, np.ndarray, int, int, str, int, int]
+        self.writes: list[Rec] = []
+        self.reads: dict[int, list[Rec]] = {LOAD: [], COMPUTE: []}
         self.wptr = {LOAD: 0, COMPUTE: 0}
         self.rptr = {LOAD: 0, COMPUTE: 0}
 
     def read(self, module: int, seq: int, vc, starts: np.ndarray, length: int,
-             pc: int, what: str, pc_of: PcOf) -> None:
+             pc: int, what: str, pc_of: PcOf, span: tuple[int, int]) -> None:
         writes, p = self.writes, self.wptr[module]
         while p < len(writes) and writes[p][0] <= vc[STORE]:
             p += 1
         self.wptr[module] = p
-        for _wseq, wstarts, wlen, wpc, wwhat in writes[p:]:
-            if rows_overlap(starts, length, wstarts, wlen):
+        first, end = span
+        for _wseq, wstarts, wlen, wpc, wwhat, wfirst, wend in writes[p:]:
+            if first < wend and wfirst < end and rows_overlap(starts, length, wstarts, wlen):
                 raise SimError(
                     f"race on DRAM: instruction {wpc} (store module, {wwhat}) writes bytes that "
                     f"instruction {pc} ({_NAMES[module]} module, {what}) reads, and no "
                     f"dependency tokens order them")
-        self.reads[module].append((seq, starts, length, pc, what))
+        self.reads[module].append((seq, starts, length, pc, what, first, end))
 
     def write(self, seq: int, vc, starts: np.ndarray, length: int, pc: int,
-              what: str, pc_of: PcOf) -> None:
+              what: str, pc_of: PcOf, span: tuple[int, int]) -> None:
+        first, end = span
         for m in (LOAD, COMPUTE):
             reads, p = self.reads[m], self.rptr[m]
             while p < len(reads) and reads[p][0] <= vc[m]:
@@ -241,10 +246,10 @@ class DramRaceTracker:
                 del reads[:p]
                 p = 0
             self.rptr[m] = p
-            for _rseq, rstarts, rlen, rpc, rwhat in reads[p:]:
-                if rows_overlap(starts, length, rstarts, rlen):
+            for _rseq, rstarts, rlen, rpc, rwhat, rfirst, rend in reads[p:]:
+                if first < rend and rfirst < end and rows_overlap(starts, length, rstarts, rlen):
                     raise SimError(
                         f"race on DRAM: instruction {pc} (store module, {what}) writes bytes "
                         f"that instruction {rpc} ({_NAMES[m]} module, {rwhat}) reads, and no "
                         f"dependency tokens order them")
-        self.writes.append((seq, starts, length, pc, what))
+        self.writes.append((seq, starts, length, pc, what, first, end))
