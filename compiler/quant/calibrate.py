@@ -51,7 +51,7 @@ _SAMPLES_PER_TENSOR = 1 << 18  # values kept per tensor over all batches (a rand
 _HIST_BINS = 2048
 MIN_CLIPPING_SAMPLES = 1024  # fewer calibration values than this: minmax, whatever the method
 # fewer calibration values per channel than this: a low-population tensor (module docstring)
-MIN_CHANNEL_SAMPLES = 64
+MIN_CHANNEL_SAMPLES = 32
 MSE_MIN_FRACTION = 0.3  # candidates below 0.3*amax over-clip (measured: worse end to end)
 _TINY = 1e-8
 # bytes of float conv/dense products calibration may keep for bias correction (above it, bias
