@@ -56,7 +56,7 @@ def compile(model: Any, config: Config | str | None = None,
             precision: str = "int8",
             input_shapes: Mapping[str, Iterable[int]] | None = None,
             calibration_method: str = "mse", dump_ir: str | Iterable[str] | None = None,
-            double_buffer: bool = True, keep_float: Iterable[str] = (),
+            double_buffer: bool = True, keep_float: Iterable[str] | str = (),
             activations: str = "auto", bias_correction: bool = True, tune: int = 0,
             host: HostModel | None = None, progress: bool | None = None) -> CompiledModel:
     """Compile an ONNX model (path, bytes or ModelProto) for ``config``.
@@ -66,7 +66,9 @@ def compile(model: Any, config: Config | str | None = None,
     of seeded standard-normal data are used and the model's ``meta`` records that. A
     pre-quantised model (QDQ or QOperator) runs with its own scales and needs no calibration.
     ``keep_float`` names nodes (after the graph rewrites: a fused conv+relu is named after the
-    conv) that stay float inside the int8 model; ``activations`` is ``"auto"``,
+    conv) that stay float inside the int8 model (``"auto"``, alone or among them: also the
+    layers whose outputs got few calibration values per channel,
+    :mod:`tessera.compiler.quant.quantize`); ``activations`` is ``"auto"``,
     ``"symmetric"`` or ``"asymmetric"`` (:mod:`tessera.compiler.quant.quantize`);
     ``bias_correction`` folds each int8 layer's mean error on the calibration batches into its
     bias (:mod:`tessera.compiler.quant.bias_correction`).
@@ -91,7 +93,7 @@ def compile(model: Any, config: Config | str | None = None,
     if precision == "float" and calibration is not None:
         raise CompileError("calibration is only used with precision='int8'; a float model "
                            "needs none")
-    keep_float = tuple(keep_float)
+    keep_float = (keep_float,) if isinstance(keep_float, str) else tuple(keep_float)
     if precision == "float" and keep_float:
         raise CompileError("keep_float is only used with precision='int8'; with "
                            "precision='float' every node is float")

@@ -22,16 +22,15 @@
   their outputs quantised again where an int8 consumer needs them), as do ops without an
   integer form, and CPU integer ops (add, pooling, concat) none of whose inputs is int8
   already (silero-vad's ``re^2 + im^2``: quantising it cost 1.53 -> 0.99 relative error).
-* Low-population tensors: a node all of whose outputs got fewer than
+* ``keep_float="auto"`` (opt-in; or ``"auto"`` among the names): also keep float every node
+  all of whose outputs got fewer than
   :data:`~tessera.compiler.quant.calibrate.MIN_CHANNEL_SAMPLES` calibration values per channel
   (a global average pool, a squeeze-excitation block's FCs, a classifier head, over a few
-  batches) stays float (``QuantizedModel.kept_low_population``): unseen inputs go beyond any
-  range those values give (a random-init EfficientNet-B0's squeeze-excitation vectors
-  saturated 10-46%). Conv/dense layers among them only while they take at most
-  :data:`LOW_POPULATION_MAC_SHARE` of the graph's multiply-accumulates, smallest first (an MLP
-  over a few batches keeps its other layers int8). Measured, 4 calibration batches:
-  EfficientNet-B0 (random weights) 2.971 -> 0.518 relative error (onnxruntime 1.089), PP-OCR
-  cls logit SQNR 8.0 -> 20.5 dB; held-out CNNs (16 batches) geomean 0.726x -> 0.485x.
+  batches; ``QuantizedModel.kept_low_population``, listed by the report), conv/dense layers
+  among them smallest first while they take at most :data:`LOW_POPULATION_MAC_SHARE` of the
+  graph's multiply-accumulates. The default keeps them int8 (their ranges:
+  :mod:`~tessera.compiler.quant.calibrate`). Measured, PP-OCR cls with 4 calibration batches:
+  logit-difference SQNR 21.0 dB with it, 20.4 dB int8 with the widened ranges.
 * Pre-quantised models: when the graph has QuantizeLinear/DequantizeLinear nodes (a QDQ model,
   or a QOperator model imported into that form), exactly the tensors the model quantises are
   int8, with the model's scales and zero points, and its integer weights and biases are used
@@ -354,7 +353,7 @@ def _hoist_activations(b: _Builder, g: Graph) -> None:
 
 def quantize(graph: Graph, calibration: Iterable[Mapping[str, np.ndarray]] | None, *,
              method: str = "mse", percentile: float = 99.99, seed: int = 0,
-             activations: str = "auto", keep_float: Iterable[str] = (),
+             activations: str = "auto", keep_float: Iterable[str] | str = (),
              accel: Callable[[Graph, Node], bool] | None = None,
              weight_floor: float = WEIGHT_FLOOR_RATIO,
              bias_correction: bool = True) -> QuantizedModel:
@@ -376,7 +375,11 @@ def quantize(graph: Graph, calibration: Iterable[Mapping[str, np.ndarray]] | Non
         raise CompileError(f"activations must be one of {ACTIVATION_MODES}, not "
                            f"{activations!r}")
     g = _carry_uint8_moves(graph)
+    if isinstance(keep_float, str):  # one name, or "auto"
+        keep_float = (keep_float,)
     keep = set(keep_float)
+    auto_float = "auto" in keep
+    keep.discard("auto")
     unknown = sorted(keep - {n.name for n in g.nodes})
     if unknown:
         names = [n.name for n in g.nodes]
@@ -398,7 +401,8 @@ def quantize(graph: Graph, calibration: Iterable[Mapping[str, np.ndarray]] | Non
         seconds["calibration"] = time.perf_counter() - t0
         _unify_concat(b, g)
         _hoist_activations(b, g)
-        b.low_population = _low_population(g, b.stats)
+        if auto_float:
+            b.low_population = _low_population(g, b.stats)
     for n in g.nodes:
         _node(b, g, n)
     for o in g.outputs:

@@ -428,10 +428,10 @@ def test_per_channel_population_decides_minmax():
     assert qparams(fmap, "mse").scale < qparams(fmap, "minmax").scale
 
 
-def test_layers_with_few_calibration_values_per_channel_stay_float(monkeypatch):
+def test_keep_float_auto_keeps_layers_with_few_calibration_values_per_channel(monkeypatch):
     """trained_like_cnn's squeeze-excitation FCs, global pools and classifier see one value per
-    channel per batch: over 4 batches they stay float, over 64 (>= MIN_CHANNEL_SAMPLES) they
-    are int8 (bench/heldout_cnns.py measures what it is worth)."""
+    channel per batch: with keep_float="auto" and 4 batches they stay float, over 32 (>=
+    MIN_CHANNEL_SAMPLES) they are int8; by default everything stays int8."""
     from tessera.compiler import zoo
     from tessera.compiler.frontend import import_onnx
     qmod = importlib.import_module("tessera.compiler.quant.quantize")
@@ -443,12 +443,34 @@ def test_layers_with_few_calibration_values_per_channel_stay_float(monkeypatch):
         return [{x: rng.standard_normal(g.tensors[x].shape).astype(np.float32)}
                 for _ in range(n)]
 
-    few, test = batches(4), batches(8)
-    qm = quantize(g, few)
+    few = batches(4)
+    default = quantize(g, few)
+    assert default.kept_low_population == ()
+    assert any(n.op == "qdense" for n in default.graph.nodes)
+    qm = quantize(g, few, keep_float="auto")
     kinds = {n.op for n in g.nodes if n.name in qm.kept_low_population}
     assert {"global_avgpool", "conv2d", "dense"} <= kinds, kinds
     assert not any(n.op in ("qdense", "qglobal_avgpool") for n in qm.graph.nodes)
-    assert "few calibration values per channel" in qm.report(test[0]).table()
-    assert quantize(g, batches(64)).kept_low_population == ()
-    monkeypatch.setattr(qmod, "MIN_CHANNEL_SAMPLES", 0)
-    assert quantize(g, few).kept_low_population == ()
+    assert "few calibration values per channel" in qm.report(few[0]).table()
+    assert quantize(g, batches(32), keep_float=["auto"]).kept_low_population == ()
+    monkeypatch.setattr(qmod, "LOW_POPULATION_MAC_SHARE", 0.0)  # no MACs to spare: int8 FCs
+    capped = quantize(g, few, keep_float="auto")
+    assert {n.op for n in g.nodes if n.name in capped.kept_low_population} \
+        .isdisjoint({"conv2d", "dense"})
+
+
+def test_a_few_values_range_is_widened_by_the_held_out_batches():
+    """Logits over 4 batches whose spread differs between batches: the range of any 3 misses
+    the 4th by far, so the range is widened (the widened range quantises each held-out batch
+    best); batches that agree keep their extremes."""
+    from tessera.compiler.quant.calibrate import held_out_factor
+    rng = np.random.default_rng(13)
+    spread, same = TensorStats(), TensorStats()
+    for k in range(4):
+        spread.add(rng.standard_normal((1, 2)).astype(np.float32) * (1 + 2 * k), rng, 1 << 18)
+        same.add(np.array([[-1.0, 1.0]], np.float32), rng, 1 << 18)
+    f = held_out_factor(spread, True)
+    assert f > 1.0
+    assert qparams(spread, "mse").scale == pytest.approx(f * spread.amax / 127)
+    assert held_out_factor(same, True) == 1.0
+    assert qparams(same, "mse", False) == qparams(same, "minmax", False)
