@@ -25,8 +25,8 @@ from tessera.runtime.accel.epilogue import Epilogue
 from tessera.runtime.accel.epilogue import apply_epilogue as _apply
 
 __all__ = ["run", "conv2d_nchw", "int_conv2d", "int_conv2d_cnhw", "int_matmul", "conv_output",
-           "dense_output", "apply_epilogue", "wrap32", "float_activation", "scratch",
-           "release_scratch", "KERNELS"]
+           "dense_output", "apply_epilogue", "wrap32", "sums_fit_int32", "float_activation",
+           "scratch", "release_scratch", "KERNELS"]
 
 
 def wrap32(v: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -175,8 +175,27 @@ def _exact_chunk(a: np.dtype, b: np.dtype) -> int | None:
     return k if k >= 1 else None
 
 
-def int_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Exact ``a @ b`` of 2-D integer arrays as int64.
+def sums_fit_int32(a: np.dtype, b: np.dtype, k: int) -> bool:
+    """Whether every sum of ``k`` products of ``a`` and ``b`` values fits int32 (so the exact
+    result converts to int32 lanes with no wrap)."""
+    big = max(abs(int(np.iinfo(a).min)), int(np.iinfo(a).max)) \
+        * max(abs(int(np.iinfo(b).min)), int(np.iinfo(b).max))
+    return k * big <= (1 << 31) - 1
+
+
+def _as_int(total: np.ndarray, exact32: bool, dtype) -> np.ndarray:
+    """Exact integer-valued float sums as ``dtype`` (int64, or int32 lanes: wrapped as the
+    accumulator wraps them)."""
+    if np.dtype(dtype) == np.int64:
+        return total.astype(np.int64)
+    if exact32:  # no value beyond int32: the direct conversion is exact
+        return total.astype(np.int32)
+    return wrap32(total.astype(np.int64)).astype(np.int32)
+
+
+def int_matmul(a: np.ndarray, b: np.ndarray, dtype=np.int64) -> np.ndarray:
+    """Exact ``a @ b`` of 2-D integer arrays as int64 (or, with ``dtype=np.int32``, wrapped to
+    int32 lanes: :func:`wrap32` of it, without int64 copies when the sums cannot leave int32).
 
     int8 x int8 products go through float32 BLAS over reductions of at most 1024 terms (each
     exact: |sum| <= 1024 * 128 * 128 = 2**24), summed in float64 (exact below 2**53); wider
@@ -184,15 +203,17 @@ def int_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     converted one reduction chunk at a time (a large dense layer's weights are never copied
     whole)."""
     chunk = _exact_chunk(a.dtype, b.dtype)
-    if chunk is None:
-        return np.rint(a.astype(np.float64) @ b.astype(np.float64)).astype(np.int64)
     k = a.shape[-1]
+    if chunk is None:
+        total = np.rint(a.astype(np.float64) @ b.astype(np.float64))
+        return _as_int(total, False, dtype)
+    exact32 = sums_fit_int32(a.dtype, b.dtype, k)
     if k <= chunk:
-        return (a.astype(np.float32) @ b.astype(np.float32)).astype(np.int64)
+        return _as_int(a.astype(np.float32) @ b.astype(np.float32), exact32, dtype)
     total = np.zeros(a.shape[:-1] + b.shape[-1:], np.float64)
     for k0 in range(0, k, chunk):
         total += a[:, k0: k0 + chunk].astype(np.float32) @ b[k0: k0 + chunk].astype(np.float32)
-    return total.astype(np.int64)
+    return _as_int(total, exact32, dtype)
 
 
 def int_conv2d(x: np.ndarray, w: np.ndarray, strides=(1, 1), pads=(0, 0, 0, 0),
@@ -205,24 +226,25 @@ def int_conv2d(x: np.ndarray, w: np.ndarray, strides=(1, 1), pads=(0, 0, 0, 0),
 
 
 def int_conv2d_cnhw(x: np.ndarray, w: np.ndarray, strides=(1, 1), pads=(0, 0, 0, 0),
-                    dilations=(1, 1), groups: int = 1) -> np.ndarray:
+                    dilations=(1, 1), groups: int = 1, dtype=np.int64) -> np.ndarray:
     """:func:`int_conv2d` with the output channel-major, (O, N, OH, OW) (how the products come
-    out: no transposing copy; ``[:, i]`` is image ``i``'s output)."""
+    out: no transposing copy; ``[:, i]`` is image ``i``'s output). ``dtype=np.int32`` gives
+    the products wrapped to int32 lanes as :func:`int_matmul` does."""
     o, cg, kh, kw = w.shape
     chunk = _exact_chunk(x.dtype, w.dtype)
-    dtype = np.float64 if chunk is None else np.float32
-    cols, (n, oh, ow) = _im2col_t(x, w.shape, strides, pads, dilations, groups, dtype)
+    fdtype = np.float64 if chunk is None else np.float32
+    cols, (n, oh, ow) = _im2col_t(x, w.shape, strides, pads, dilations, groups, fdtype)
     k = cg * kh * kw
-    wm = w.reshape(groups, o // groups, k).astype(dtype)
+    wm = w.reshape(groups, o // groups, k).astype(fdtype)
     if chunk is None:
-        out = np.rint(np.matmul(wm, cols)).astype(np.int64)
+        out = _as_int(np.rint(np.matmul(wm, cols)), False, dtype)
     elif k <= chunk:
-        out = np.matmul(wm, cols).astype(np.int64)
+        out = _as_int(np.matmul(wm, cols), sums_fit_int32(x.dtype, w.dtype, k), dtype)
     else:
         total = np.zeros((groups, o // groups, cols.shape[-1]), np.float64)
         for k0 in range(0, k, chunk):
             total += np.matmul(wm[:, :, k0: k0 + chunk], cols[:, k0: k0 + chunk])
-        out = total.astype(np.int64)
+        out = _as_int(total, sums_fit_int32(x.dtype, w.dtype, k), dtype)
     return out.reshape(o, n, oh, ow)
 
 
