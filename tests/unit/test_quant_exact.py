@@ -56,6 +56,43 @@ def test_int_matmul_is_exact_and_wider_integers_still_work():
                                   a.astype(np.int64) @ b.astype(np.int64))
 
 
+def test_int32_lanes_are_the_wrapped_exact_products():
+    rng = np.random.default_rng(2)
+    x = rng.integers(-128, 128, (2, 300, 5, 5)).astype(np.int8)
+    w = rng.integers(-128, 128, (4, 300, 3, 3)).astype(np.int8)
+    x[0], w[0] = -128, -128  # chunks summing to exactly 2**24
+    geo = ((1, 1), (1, 1, 1, 1), (1, 1), 1)
+    got = reference.int_conv2d_cnhw(x, w, *geo, dtype=np.int32)
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, reference.int_conv2d_cnhw(x, w, *geo))
+    a = rng.integers(-128, 128, (3, 2000)).astype(np.int8)
+    b = rng.integers(-128, 128, (2000, 5)).astype(np.int8)
+    assert reference.sums_fit_int32(a.dtype, b.dtype, 2000)
+    np.testing.assert_array_equal(reference.int_matmul(a, b, dtype=np.int32),
+                                  a.astype(np.int64) @ b.astype(np.int64))
+    # int32 operands: sums beyond int32 come back wrapped, as the accumulator wraps them
+    a = np.full((1, 3), 2 ** 30, np.int32)
+    b = np.full((3, 1), 2, np.int8)
+    assert not reference.sums_fit_int32(a.dtype, b.dtype, 3)
+    assert int(reference.int_matmul(a, b, dtype=np.int32)[0, 0]) == \
+        int(reference.wrap32(np.int64(3 * 2 ** 31)))
+
+
+def test_blocked_error_sums_equal_the_whole_array_formula():
+    bc = importlib.import_module("tessera.compiler.quant.bias_correction")
+    rng = np.random.default_rng(3)
+    for rows, cols in ((64, 5000), (7, 1), (300, 200)):
+        zc = rng.standard_normal((rows, cols)).astype(np.float32) * 100
+        acc = rng.integers(-5000, 5000, (rows, cols)).astype(np.int32)
+        unit = rng.random((rows, 1)) + 0.01
+        for offset in (np.zeros(rows, np.int64), rng.integers(-900, 900, rows)):
+            err = zc / unit - (acc - offset[:, None])
+            s1, s2 = np.ones(rows), np.ones(rows)  # the sums are added to what is there
+            bc._add_error_sums(zc, acc, unit, offset, s1, s2)
+            np.testing.assert_array_equal(s1, 1 + err.sum(axis=1))
+            np.testing.assert_array_equal(s2, 1 + (err * err).sum(axis=1))
+
+
 def _graph(model):
     return run_pipeline(import_onnx(model), GRAPH_PASSES)
 
