@@ -65,6 +65,7 @@ def _int_products(op: str, xs: Sequence[np.ndarray], w: np.ndarray, attrs: Mappi
     can leave int32 (every int8 layer shorter than 131072 terms), else int64."""
     k = int(np.prod(w.shape[1:]))
     dtype = np.int32 if reference.sums_fit_int32(xs[0].dtype, w.dtype, k) else np.int64
+    splits = reference.exact_splits(xs[0].dtype, w)  # long exact chunks these weights allow
     if op == "qconv2d":
         # batches stacked (exact sums: the order is free) while their patches stay small:
         # fuller matrix products for the late, small layers
@@ -81,12 +82,12 @@ def _int_products(op: str, xs: Sequence[np.ndarray], w: np.ndarray, attrs: Mappi
             part = xs[k: k + per]
             acc = reference.int_conv2d_cnhw(
                 part[0] if len(part) == 1 else np.concatenate(part), w, attrs["strides"],
-                attrs["pads"], attrs["dilations"], attrs["groups"], dtype=dtype)
+                attrs["pads"], attrs["dilations"], attrs["groups"], dtype=dtype, splits=splits)
             # each image's (1, O, OH, OW) view of the channel-major products
             out += [a.transpose(1, 0, 2, 3)
                     for a in np.split(acc, np.cumsum([len(x) for x in part])[:-1], axis=1)]
         return out
-    acc = reference.int_matmul(np.concatenate(xs), w.T, dtype=dtype)
+    acc = reference.int_matmul(np.concatenate(xs), w.T, dtype=dtype, splits=splits)
     return np.split(acc, np.cumsum([len(x) for x in xs])[:-1])
 
 
