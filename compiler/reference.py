@@ -203,17 +203,25 @@ def exact_splits(x_dtype: np.dtype, w: np.ndarray) -> list[int] | None:
         return _dtype_splits(k, chunk)
     info = np.iinfo(x_dtype)
     limit = (1 << 24) // max(abs(int(info.min)), int(info.max))  # sum|w| a chunk may reach
-    mag = np.abs(flat.astype(np.int64))
-    prefix = np.cumsum(mag, axis=1)
+    # per-channel sums of |w| over blocks of g terms (one block is within the dtype's chunk,
+    # so exact on its own); chunks are whole blocks, as many as stay within the limit
+    g = min(64, chunk)
+    mag = np.abs(flat, dtype=np.int16 if flat.dtype.itemsize == 1 else np.int64)
+    full = k // g * g
+    blocks = mag[:, :full].reshape(flat.shape[0], -1, g).sum(axis=2, dtype=np.int64)
+    if full < k:
+        blocks = np.concatenate([blocks, mag[:, full:].sum(axis=1, dtype=np.int64)[:, None]],
+                                axis=1)
+    prefix = np.cumsum(blocks, axis=1)
+    nb = blocks.shape[1]
     bounds, start = [0], 0
-    while start < k:
+    while start < nb:
         base = prefix[:, start - 1: start] if start else 0
         reach = (prefix[:, start:] - base).max(axis=0)  # non-decreasing along the chunk
-        end = start + int(np.searchsorted(reach, limit, side="right"))
-        end = max(end, min(k, start + chunk))  # the dtype's chunk is exact in any case
-        bounds.append(end)
-        start = end
-    return bounds
+        start += max(1, int(np.searchsorted(reach, limit, side="right")))
+        bounds.append(min(k, start * g))
+    dtype_splits = _dtype_splits(k, chunk)
+    return bounds if len(bounds) < len(dtype_splits) else dtype_splits
 
 
 def _dtype_splits(k: int, chunk: int) -> list[int]:
