@@ -34,7 +34,7 @@ class IndexSet:
     """The distinct values of an index array: ``uniq`` (sorted) and, when they form at most
     ``MAX_RUNS`` contiguous runs, ``runs`` as ``[(lo, hi), ...]`` (else None)."""
 
-    __slots__ = ("uniq", "runs", "top")
+    __slots__ = ("uniq", "runs", "top", "key", "_halves")
 
     def __init__(self, idx: np.ndarray, runs_allowed: bool = True):
         idx = np.asarray(idx).reshape(-1)
@@ -46,6 +46,7 @@ class IndexSet:
             u = np.unique(idx)
         self.uniq = u
         self.top = int(u[-1]) if u.size else -1
+        self._halves: tuple[int, frozenset[int]] | None = None
         self.runs: list[tuple[int, int]] | None = None
         if runs_allowed and u.size:
             cut = np.flatnonzero(np.diff(u) != 1) + 1
@@ -53,10 +54,36 @@ class IndexSet:
                 lo = np.concatenate(([0], cut))
                 hi = np.concatenate((cut, [u.size]))
                 self.runs = [(int(u[a]), int(u[b - 1]) + 1) for a, b in zip(lo, hi)]
+        # equal for equal sets with runs (a dictionary key), else unique to the object
+        self.key: tuple | int = tuple(self.runs) if self.runs is not None else id(self)
 
     @property
     def nbytes(self) -> int:
         return self.uniq.nbytes
+
+    def halves(self, half: int) -> frozenset[int]:
+        """The distinct ``i // half`` of the set (memoised: the set is cached with its plan)."""
+        got = self._halves
+        if got is None or got[0] != half:
+            if self.runs is not None:
+                hs = frozenset(h for lo, hi in self.runs for h in range(lo // half,
+                                                                         (hi - 1) // half + 1))
+            else:
+                hs = frozenset((self.uniq // half).tolist())
+            got = self._halves = (half, hs)
+        return got[1]
+
+    def meets(self, runs: list[tuple[int, int]]) -> bool | None:
+        """Whether the set shares an index with the union of ``runs`` (None: the set has no
+        runs, ask :func:`numpy.intersect1d`)."""
+        mine = self.runs
+        if mine is None:
+            return None
+        for lo, hi in mine:
+            for lo2, hi2 in runs:
+                if lo < hi2 and lo2 < hi:
+                    return True
+        return False
 
     def max_of(self, arr: np.ndarray) -> int:
         """``arr[self].max()`` (the set is not empty)."""
