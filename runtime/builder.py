@@ -265,8 +265,10 @@ class CommandBuilder:
         m = module_of(insn) if module is None else module
         pending = self._pending[m]
         if pending:
-            flags = {_POP_FLAG[name]: 1 for name in pending}
-            insn = _with(insn, **flags)
+            # every caller hands over a record it has just made: set the flags in place
+            state = insn.__dict__
+            for name in pending:
+                state[_POP_FLAG[name]] = 1
             self.stats.pops_folded += len(pending)
             pending.clear()
         if not checked:
@@ -480,7 +482,9 @@ class CommandBuilder:
         instead)."""
         if not isinstance(kernel, MicroKernel):
             raise ProgramError(f"gemm needs a MicroKernel, not {type(kernel).__name__}")
-        self._check_kernel(kernel, gemm=True)
+        done = kernel.checked
+        if done is None or done[0] is not self.cfg or not done[1]:
+            self._check_kernel(kernel, gemm=True)
         k = kernel
         r = int(reset)
         fast = self._fast_gemm
@@ -527,7 +531,9 @@ class CommandBuilder:
             raise ProgramError(f"alu {op.name}: imm must fit 16-bit signed, not {imm}")
         if kernel.wgt_factor_out or kernel.wgt_factor_in:
             raise ProgramError("alu: an ALU kernel has no weight factors")
-        self._check_kernel(kernel, gemm=False)
+        done = kernel.checked
+        if done is None or done[0] is not self.cfg or done[1]:
+            self._check_kernel(kernel, gemm=False)
         k = kernel
         fast = self._fast_alu
         if fast is None:
