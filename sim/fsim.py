@@ -257,8 +257,14 @@ class FunctionalSimulator:
         else:
             tile = region.reshape((height, width) + buf.shape[1:])
             inner = tile[yp0:yp0 + ys, xp0:xp0 + xs]
+        span = (int(starts[0]), int(starts[-1]) + length) if ys else (0, 0)
+        data = mirror = None  # INP/WGT: the int8 view of the DRAM rows, the float32 mirror
+        if mt == MemType.INP:
+            data, mirror = raw.view(np.int8).reshape(inner.shape), self.inp_f[base:hi]
+        elif mt == MemType.WGT:
+            data, mirror = raw.view(np.int8).reshape(inner.shape), self.wgt_t[base:hi]
         return (ys, mt, starts, length, what, raw, base, hi, region, tile, inner,
-                _MT_NAMES[mt], ys * length)
+                _MT_NAMES[mt], ys * length, span, data, mirror)
 
     def _load(self, pc: int, module: int, seq: int, vc) -> None:
         memo = self.prog.load_memo
@@ -267,14 +273,15 @@ class FunctionalSimulator:
             d = memo[pc] = self._describe_load(pc)
         if not d:
             return
-        ys, mt, starts, length, what, raw, base, hi, region, tile, inner, mt_name, nbytes = d
+        ys, mt, starts, length, what, raw, base, hi, region, tile, inner, mt_name, nbytes, \
+            span, data, mirror = d
         if ys:
             self._check_dma(pc, starts, length, what)
-            self.dram_races.read(module, seq, vc, starts, length, pc, what, self._pc_of)
+            self.dram_races.read(module, seq, vc, starts, length, pc, what, self._pc_of, span)
         self.counters["dram_read_bytes"] += nbytes
         self.bytes_by_type[mt_name] += nbytes
-        if mt == MemType.INP or mt == MemType.WGT:
-            data = raw.view(np.int8).reshape(inner.shape)
+        if data is not None:  # INP, WGT
+            pass
         elif mt == MemType.ACC:
             self._flush_out()  # the rows' out values were computed from the old acc
             data = np.ascontiguousarray(raw).view("<i4").reshape(inner.shape)
@@ -288,10 +295,10 @@ class FunctionalSimulator:
         inner[...] = data
         if mt == MemType.INP:
             self.shadow.load_write(MemType.INP, base, hi, seq, vc, pc, self._pc_of)
-            self.inp_f[base:hi] = region
+            mirror[...] = region
         elif mt == MemType.WGT:
             self.shadow.load_write(MemType.WGT, base, hi, seq, vc, pc, self._pc_of)
-            self.wgt_t[base:hi] = region.transpose(0, 2, 1)
+            mirror[...] = region.transpose(0, 2, 1)
             self._stamp += 1
             self.wgt_stamp[base:hi] = self._stamp
         elif mt == MemType.UOP:
@@ -481,7 +488,8 @@ class FunctionalSimulator:
         self.shadow.store_read(base, base + ys * xs, seq, vc, pc, self._pc_of)
         starts, length, stride, what = self._dma(pc)
         self._check_dma(pc, starts, length, what)
-        self.dram_races.write(seq, vc, starts, length, pc, what, self._pc_of)
+        self.dram_races.write(seq, vc, starts, length, pc, what, self._pc_of,
+                              (int(starts[0]), int(starts[-1]) + length))
         self._flush_out()
         data = self.out[base:base + ys * xs].reshape(ys, length).view(np.uint8)
         if stride >= length:
