@@ -45,11 +45,17 @@ def test_int32_alu_equals_the_definition():
             assert np.array_equal(got, want), (op, imm)
 
 
-def _conv_kernel(rng, c_blocks, o_blocks, pix, k=3):
-    """Micro-ops of a k x k conv tile, VTA style: one per (out block, pixel, in block)."""
+def _conv_kernel(rng, c_blocks, o_blocks, pix, k=3, dst=None):
+    """Micro-ops of a k x k conv tile, VTA style: one per (out block, pixel, in block).
+    ``dst = (base, pitch, order)`` places out block o, pixel p at ``base + o*pitch + p``
+    (order "gr") or ``base + p*pitch + o`` ("rg"); default: "gr" with pitch ``pix``."""
     pw = pix + k - 1
     plane = (k + 1) * pw
-    uops = [(o * pix + p, c * plane + p, (o * c_blocks + c) * k * k)
+    base, pitch, order = dst or (0, pix, "gr")
+
+    def row(o, p):
+        return base + (o * pitch + p if order == "gr" else p * pitch + o)
+    uops = [(row(o, p), c * plane + p, (o * c_blocks + c) * k * k)
             for o in range(o_blocks) for p in range(pix) for c in range(c_blocks)]
     ud, us, uw = (np.array(v, np.int64) for v in zip(*uops))
     perm = rng.permutation(len(uops))  # micro-op order must not matter
@@ -116,6 +122,23 @@ def test_conv_gemm_plans_stack_and_match_the_loop_nest(batch):
         _check_gemm(ud, us, uw, loop, inp, wgt, acc0, stacked=False)
 
 
+@pytest.mark.parametrize("order, pitch, top", [("gr", 5, False), ("gr", 9, False),
+                                               ("gr", 9, True), ("rg", 3, False),
+                                               ("rg", 7, False), ("rg", 7, True)])
+def test_conv_gemm_plans_with_strided_destinations(order, pitch, top):
+    """Output rows with a pitch (out blocks or pixels apart) add through a strided view of the
+    accumulator; at its top, where the view would run past the end, through row indices."""
+    rng = np.random.default_rng(pitch)
+    c_blocks, o_blocks, pix, depth = 2, 3, 5, 512
+    inp, wgt, acc0 = _buffers(rng, 1, 16, depth, False)
+    span = (o_blocks - 1) * pitch + pix if order == "gr" else (pix - 1) * pitch + o_blocks
+    base = depth - span if top else 4
+    ud, us, uw, loop = _conv_kernel(rng, c_blocks, o_blocks, pix, dst=(base, pitch, order))
+    plan = _check_gemm(ud, us, uw, loop, inp, wgt, acc0, stacked=True)
+    assert plan.stacks is not None and len(plan.stacks) == 1
+    assert plan.stacks[0].dst == (order, (base, pitch))
+
+
 def test_random_gemm_plans_match_the_loop_nest():
     rng = np.random.default_rng(11)
     kinds = set()
@@ -153,6 +176,25 @@ def test_random_alu_plans_match_the_loop_nest():
         alu_plain(want, op, plain.a, plain.s, imm)
         plan.run(got, op, imm if use_imm else None)
         assert np.array_equal(got, want), (trial, op, use_imm)
+
+
+def test_alu_contiguous_source_overlapping_its_destination():
+    """A contiguous source read through a view, shifted against the destination rows: the
+    result is the sequential loop's (earlier writes seen where the SPEC order makes them)."""
+    rng = np.random.default_rng(4)
+    for shift in (-3, -1, 0, 1, 3):
+        ud = np.arange(20, dtype=np.int64) + 10
+        us = ud + shift
+        for op in AluOp:
+            plan = plan_alu(ud, us, 2, 1, (0, 0, 0, 0), False)
+            plain = plan_alu(ud, us, 2, 1, (0, 0, 0, 0), False, fast=False)
+            acc0 = _int32(rng, (64, 1, 4))
+            if op == AluOp.SHR:
+                acc0[:] = rng.integers(-40, 41, acc0.shape)
+            want, got = acc0.copy(), acc0.copy()
+            alu_plain(want, op, plain.a, plain.s, 0)
+            plan.run(got, op, None)
+            assert np.array_equal(got, want), (shift, op)
 
 
 BATCH2 = dataclasses.replace(Config.preset("tiny"), log_batch=1, mem_bus_bits=128)
