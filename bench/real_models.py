@@ -13,7 +13,8 @@ Calibration and test inputs are generated (``bench/quant_eval.py``: natural-imag
 for detectors and classifiers, text-line crops for OCR recognisers, speech-like audio for VAD),
 normalised the way each model's package does. Per model it prints: compile time (wall, and CPU
 seconds of this process); the share of MACs the accelerator runs; the int8 error of our compiled
-model on fsim against onnxruntime float; onnxruntime's own int8 error (``quantize_static``, QDQ,
+model on fsim against onnxruntime float (``nan`` with one test input: the metric's denominator
+is the spread over the test inputs); onnxruntime's own int8 error (``quantize_static``, QDQ,
 per channel, same calibration: its default flow, and with its ``quant_pre_process``); the
 ratios; and whether fsim equals the integer reference. For the models named by ``--rtl``, test
 input 0 also runs on the RTL (the ``verilator`` device; its harness build is timed apart): the
@@ -132,7 +133,8 @@ def evaluate(spec: Spec, path: Path, args) -> dict:
     k = model.output_names.index(out0) if out0 in model.output_names else 0
     outs = [model.run(t, device="fsim") for t in test]
     ours = np.concatenate([o[k] for o in outs])
-    row["ours"] = qe.rel_error(ours, f)
+    # the metric's denominator is the output's spread over the test inputs: none with one
+    row["ours"] = qe.rel_error(ours, f) if len(test) > 1 else float("nan")
     want = reference.run(model.quantized.graph, test[0])
     got = outs[0]
     row["fsim_eq_ref"] = all(
@@ -144,7 +146,7 @@ def evaluate(spec: Spec, path: Path, args) -> dict:
         try:
             qs = qe.ort_int8(fixed, cal, pre=pre)
             o = np.concatenate([qs.run([out0], t)[0] for t in test])
-            row[key] = qe.rel_error(o, f)
+            row[key] = qe.rel_error(o, f) if len(test) > 1 else float("nan")
         except Exception as exc:  # noqa: BLE001 - the reference failing is reported, not fatal
             row[key + "_error"] = f"{type(exc).__name__}: {str(exc)[:100]}"
     if spec.name in args.rtl:
