@@ -93,12 +93,16 @@ class Deferred:
     def alu(self, pc: int, dst: IndexSet, src: IndexSet | None) -> None:
         """Record deferred ALU ``pc`` with its destination (and source) rows."""
         self.pending.append((pc, dst, src))
-        self.halves = self.halves | dst.halves(self.half)
+        hs = dst.halves(self.half)
+        if not hs <= self.halves:
+            self.halves = self.halves | hs
         if self.runs is not None:
             if dst.runs is None or (src is not None and src.runs is None):
                 self.runs = None
             else:
-                self.runs = self.runs + dst.runs + (src.runs if src is not None else [])
+                self.runs.extend(dst.runs)  # a list of this object's own (clear makes anew)
+                if src is not None:
+                    self.runs.extend(src.runs)
 
     def after(self, pc: int, f: dict) -> None:
         """Called after compute instruction ``pc`` executed."""

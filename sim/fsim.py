@@ -426,7 +426,8 @@ class FunctionalSimulator:
             self._out_dirty.clear()
 
     def _gemm(self, pc: int, seq: int, vc) -> None:
-        plan = self._plan(pc, alu=False)
+        hit = self.prog.plan_memo.get(pc)  # (fast path) the kernel planned at this pc before
+        plan = hit[1] if hit is not None and hit[0] == self._uop_epoch else self._plan(pc, False)
         if plan is None:
             return
         checked = plan.checked  # its index ranges were checked before (the depths are fixed)
@@ -456,7 +457,8 @@ class FunctionalSimulator:
         self.counters["gemm_steps"] += plan.steps
 
     def _alu(self, pc: int, seq: int, vc) -> None:
-        plan = self._plan(pc, alu=True)
+        hit = self.prog.plan_memo.get(pc)
+        plan = hit[1] if hit is not None and hit[0] == self._uop_epoch else self._plan(pc, True)
         if plan is None:
             return
         f = self.prog.f

@@ -44,8 +44,10 @@ MAX_STACKS = 16
 class _Stack:
     """``acc[rows[r, g]] += X[r] @ W_g`` with ``X[r] = inp[xidx[r]]`` and ``W_g = wgt[widx[g]]``
     (each index row lists ``L / BLOCK_IN`` buffer rows, concatenated along the reduction).
-    ``dst`` is how to add the result: ("rg", base) if ``rows[r, g] == base + r*G + g``,
-    ("gr", base) if ``rows[r, g] == base + g*R + r``, else ("idx", rows.T.ravel()).
+    ``dst`` is how to add the result: ("rg", (base, pitch)) if ``rows[r, g] == base + r*pitch +
+    g`` with ``pitch >= G``, ("gr", (base, pitch)) if ``rows[r, g] == base + g*pitch + r`` with
+    ``pitch >= R`` (a strided view of the accumulator either way), else ("idx",
+    rows.T.ravel()).
     ``wrange`` is ``(lo, hi)`` when ``widx`` is the contiguous block ``lo .. hi-1`` in order."""
 
     xidx: np.ndarray  # (R, n) intp
@@ -122,15 +124,22 @@ class GemmPlan:
             kind, where = st.dst
             # acc += y in int32 (the exact float32 integers cast first): wraps mod 2**32
             if kind == "gr":
-                view = acc[where:where + r * g].reshape(g, r, b, bo)
-                np.add(view, y.transpose(2, 0, 1, 3), out=view, dtype=np.int32,
-                       casting="unsafe")
+                base, pitch = where
+                if base + g * pitch <= acc.shape[0]:
+                    view = acc[base:base + g * pitch].reshape(g, pitch, b, bo)[:, :r]
+                    np.add(view, y.transpose(2, 0, 1, 3), out=view, dtype=np.int32,
+                           casting="unsafe")
+                    continue
+                where = (base + pitch * np.arange(g)[:, None] + np.arange(r)).reshape(-1)
             elif kind == "rg":
-                view = acc[where:where + r * g].reshape(r, g, b, bo)
-                np.add(view, y.transpose(0, 2, 1, 3), out=view, dtype=np.int32,
-                       casting="unsafe")
-            else:
-                acc[where] += y.transpose(2, 0, 1, 3).reshape(g * r, b, bo).astype(np.int32)
+                base, pitch = where
+                if base + r * pitch <= acc.shape[0]:
+                    view = acc[base:base + r * pitch].reshape(r, pitch, b, bo)[:, :g]
+                    np.add(view, y.transpose(0, 2, 1, 3), out=view, dtype=np.int32,
+                           casting="unsafe")
+                    continue
+                where = (base + np.arange(g)[:, None] + pitch * np.arange(r)).reshape(-1)
+            acc[where] += y.transpose(2, 0, 1, 3).reshape(g * r, b, bo).astype(np.int32)
 
     def _weights(self, k: int, st: _Stack, wgt_t: np.ndarray, wgt_stamp: np.ndarray,
                  length: int) -> np.ndarray:
@@ -263,11 +272,15 @@ def _stacks(a, x0, w0, soff, woff) -> list[_Stack] | None:
 
 def _dst(rm: np.ndarray) -> tuple[str, object]:
     r, g = rm.shape
-    base = int(rm.min())
-    if np.array_equal(rm, base + np.arange(r)[:, None] * g + np.arange(g)[None, :]):
-        return "rg", base
-    if np.array_equal(rm, base + np.arange(g)[None, :] * r + np.arange(r)[:, None]):
-        return "gr", base
+    base = int(rm[0, 0])
+    pitch = int(rm[1, 0]) - base if r > 1 else g
+    if pitch >= g and np.array_equal(rm, base + np.arange(r)[:, None] * pitch
+                                     + np.arange(g)[None, :]):
+        return "rg", (base, pitch)
+    pitch = int(rm[0, 1]) - base if g > 1 else r
+    if pitch >= r and np.array_equal(rm, base + np.arange(g)[None, :] * pitch
+                                     + np.arange(r)[:, None]):
+        return "gr", (base, pitch)
     return "idx", rm.T.reshape(-1).astype(np.intp)
 
 
