@@ -14,11 +14,13 @@
 * a token deadlock: cycles and wall time until the RTL reports error 7 (before its detector,
   the run went on to the 50 M-cycle default timeout: 26-52 s).
 
-The current build is the device's default (``BuildOptions()``, profile-guided); ``--threads N``
-builds it as an N-thread Verilator model instead (each model thread spin-waits for the others,
-so that only pays on otherwise idle cores; the bench prints the count it used).
+The current build is the device's default (``BuildOptions()``); ``--pgo`` makes it
+profile-guided (``BuildOptions(pgo=True)``, trained on ``tessera.driver.verilator_pgo``'s
+workload) and ``--threads N`` an N-thread Verilator model (each model thread spin-waits for the
+others: on this 2-core machine 2 threads ran ResNet-18 at 0.11 M cycles/s even when quiet). The
+bench prints what it used.
 
-Run: ``python bench/rtl_speed.py [--config default] [--read-latency 16] [--threads 1]
+Run: ``python bench/rtl_speed.py [--config default] [--read-latency 16] [--pgo] [--threads 1]
 [--no-resnet]``.
 """
 
@@ -115,12 +117,14 @@ def main() -> None:
     ap.add_argument("--no-resnet", action="store_true", help="skip the ResNet-18 figure")
     ap.add_argument("--threads", type=int, default=1,
                     help="Verilator model threads of the current build (default 1)")
+    ap.add_argument("--pgo", action="store_true",
+                    help="profile-guided current build (BuildOptions(pgo=True))")
     args = ap.parse_args()
     if args.threads < 1:
         ap.error(f"--threads must be >= 1, not {args.threads}")
     cfg = Config.resolve(args.config)
     print(f"config {args.config}: {cfg.summary()}")
-    current = with_threads(BuildOptions(), args.threads)
+    current = with_threads(BuildOptions(pgo=args.pgo), args.threads)
     print(f"current build: {args.threads} Verilator model thread(s), pgo={current.pgo}; "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
 

@@ -79,17 +79,18 @@ def train(dev, rounds: int = 24) -> int:
     a network layer's tile (on ResNet-18 the GEMM is busy ~95% of the cycles, the loader ~half).
     """
     cfg, rng = dev.config, np.random.default_rng(0)
-    n_uop = max(1, min(64, cfg.uop_depth // 2, cfg.acc_depth // 5))
+    n_uop = max(1, min(64, cfg.uop_depth // 2, cfg.acc_depth // 10))
+    half = cfg.acc_depth // 2  # the accumulators are two banks: use both
     n_inp, n_wgt = min(cfg.inp_depth, 256), min(cfg.wgt_depth, 256)
     h_inp, h_wgt = n_inp // 2, n_wgt // 2  # the GEMMs read the lower halves
-    n_acc = 5 * n_uop  # GEMMs and ALU write rows [0, 4 n_uop); the store reads the last fifth
+    n_acc = 5 * n_uop  # rows [0, 4 n_uop) of each bank are computed; the store reads the rest
     # ResNet-18's GEMMs: one micro-op, an outer loop over kernel taps (same accumulators,
     # next weight row) around a long inner loop over positions (next accumulator and input
     # row, same weight row)
     it_out, it_in = 5, min(112, (h_inp - 1) // 5, 4 * n_uop - 1)
-    if it_in < 1 or h_wgt <= it_out or n_acc > cfg.acc_depth:
+    if it_in < 1 or h_wgt <= it_out or n_acc > half:
         raise HwError(f"the PGO training workload needs inp depth >= 12, wgt depth >= 12 and "
-                      f"acc_depth >= 5, not {cfg.summary()}")
+                      f"acc_depth >= 10, not {cfg.summary()}")
     elem = {MemType.INP: cfg.inp_elem_bytes, MemType.WGT: cfg.wgt_elem_bytes,
             MemType.ACC: cfg.acc_elem_bytes, MemType.OUT: cfg.out_elem_bytes,
             MemType.ACC_8BIT: cfg.acc8_elem_bytes}
@@ -98,9 +99,9 @@ def train(dev, rounds: int = 24) -> int:
     bufs = {t: dev.alloc(rows[t] * elem[t]) for t in rows}
     for t in (MemType.INP, MemType.WGT, MemType.ACC, MemType.ACC_8BIT):
         dev.write(bufs[t].addr, rng.integers(0, 256, bufs[t].size, dtype=np.uint8))
-    gemm_uops = [Uop(dst_idx=(7 * k) % (4 * n_uop - it_in), src_idx=0,
+    gemm_uops = [Uop(dst_idx=(7 * k) % (4 * n_uop - it_in) + half * (k % 2), src_idx=0,
                      wgt_idx=(3 * k) % (h_wgt - it_out)) for k in range(n_uop)]
-    alu_uops = [Uop(dst_idx=k, src_idx=k + n_uop) for k in range(n_uop)]
+    alu_uops = [Uop(dst_idx=k, src_idx=half + k) for k in range(n_uop)]
     ubuf = dev.alloc(4 * 2 * n_uop)
     dev.write(ubuf.addr, uops_to_bytes(gemm_uops + alu_uops, cfg))
 
@@ -123,8 +124,8 @@ def train(dev, rounds: int = 24) -> int:
                     imm=val)
             for op, imm, val in ((AluOp.SHR, 1, 2), (AluOp.ADD, 0, 0), (AluOp.MUL, 1, 3),
                                  (AluOp.MUL, 0, 0), (AluOp.MIN, 1, 127), (AluOp.MAX, 1, -128))]
-    setup.append(GemmInsn(reset=1, uop_bgn=0, uop_end=n_uop, iter_out=it_out, iter_in=1,
-                          dst_factor_out=n_uop))
+    setup.append(GemmInsn(reset=1, uop_bgn=0, uop_end=n_uop, iter_out=1, iter_in=it_in,
+                          dst_factor_in=1))
     # Two tiles chained by dependency tokens (load -> compute -> store, and back), as a
     # compiled layer is; then a tile whose loads and store run beside its GEMMs untokened.
     tile = []
