@@ -7,9 +7,11 @@ against it::
     outputs = rep.run([x])                 # or a dict name -> array
 
 Float models compile with ``precision="float"`` (every op an LLVM CPU kernel); models with
-integer/quantisation ops (QuantizeLinear, DequantizeLinear, QLinear*, QGemm, *Integer,
-DynamicQuantizeLinear: :data:`~tessera.compiler.frontend.qlinear.QUANT_OPS`) with
-``precision="int8"`` (the integer path: the model's own scales). Tessera compiles for static
+integer/quantisation ops (QuantizeLinear, DequantizeLinear, QLinear*, QGemm, *Integer:
+:data:`INTEGER_OPS`) with ``precision="int8"`` (the integer path: the model's own scales). A
+DynamicQuantizeLinear has no scales of its own (they are computed from each input) and does not
+make a model int8: alone, it is computed by float CPU kernels (see
+:mod:`tessera.compiler.frontend.qlinear`). Tessera compiles for static
 shapes and constant attributes: a graph input whose *value* the importer needs at compile time
 (a Reshape shape, Resize scales, Slice starts, Pad pads ... fed as an input, as ONNX's node tests
 do) is bound from the first ``run`` and the model is compiled for those values (one compiled
@@ -39,9 +41,9 @@ from tessera.runtime.model import CompiledModel
 __all__ = ["TesseraBackend", "TesseraRep", "prepare", "run_model", "run_node",
            "supports_device", "INTEGER_OPS"]
 
-# the ops the integer path imports (compiler/frontend/qlinear.py): a model with one of them
-# compiles with precision="int8"
-INTEGER_OPS = frozenset(QUANT_OPS)
+# the ops the integer path imports with the model's own scales (compiler/frontend/qlinear.py):
+# a model with one of them compiles with precision="int8"
+INTEGER_OPS = frozenset(QUANT_OPS) - {"DynamicQuantizeLinear"}
 
 
 def _integer_model(m: onnx.ModelProto) -> bool:

@@ -12,7 +12,7 @@ blocked tensors; the reference unpacks, computes and packs them.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,8 +25,8 @@ from tessera.runtime.accel.epilogue import Epilogue
 from tessera.runtime.accel.epilogue import apply_epilogue as _apply
 
 __all__ = ["run", "conv2d_nchw", "int_conv2d", "int_conv2d_cnhw", "int_matmul", "conv_output",
-           "dense_output", "apply_epilogue", "wrap32", "float_activation", "scratch",
-           "release_scratch", "KERNELS"]
+           "dense_output", "apply_epilogue", "wrap32", "sums_fit_int32", "exact_splits",
+           "float_activation", "scratch", "release_scratch", "KERNELS"]
 
 
 def wrap32(v: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -175,24 +175,114 @@ def _exact_chunk(a: np.dtype, b: np.dtype) -> int | None:
     return k if k >= 1 else None
 
 
-def int_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Exact ``a @ b`` of 2-D integer arrays as int64.
+def sums_fit_int32(a: np.dtype, b: np.dtype, k: int) -> bool:
+    """Whether every sum of ``k`` products of ``a`` and ``b`` values fits int32 (so the exact
+    result converts to int32 lanes with no wrap)."""
+    big = max(abs(int(np.iinfo(a).min)), int(np.iinfo(a).max)) \
+        * max(abs(int(np.iinfo(b).min)), int(np.iinfo(b).max))
+    return k * big <= (1 << 31) - 1
+
+
+_SPLIT_WEIGHTS = 1 << 22  # larger weight tensors keep the dtype's chunks (no prefix sums)
+
+
+def exact_splits(x_dtype: np.dtype, w: np.ndarray) -> list[int] | None:
+    """Boundaries of reduction chunks over which float32 sums ``x @ w[c]`` exactly for any
+    ``x_dtype`` input: integers up to 2**24 are float32 values, so a chunk is exact when
+    ``max|x| * sum over the chunk of |w[c]|`` is at most 2**24 for every output channel ``c``
+    (then every partial sum, in whatever order BLAS adds, is such an integer). ``w`` is
+    (O, ...) integer weights, reduced over everything but axis 0; None if float32 holds no
+    product exactly (wide integers). Trained int8 weights are far from all +-127: a 3x3x256
+    reduction usually fits one chunk where the dtype's bound allows 1024 terms."""
+    flat = w.reshape(w.shape[0], -1)
+    k = flat.shape[1]
+    chunk = _exact_chunk(np.dtype(x_dtype), flat.dtype)
+    if chunk is None:
+        return None
+    if k <= chunk or flat.size > _SPLIT_WEIGHTS:
+        return _dtype_splits(k, chunk)
+    info = np.iinfo(x_dtype)
+    limit = (1 << 24) // max(abs(int(info.min)), int(info.max))  # sum|w| a chunk may reach
+    # per-channel sums of |w| over blocks of g terms (one block is within the dtype's chunk,
+    # so exact on its own); chunks are whole blocks, as many as stay within the limit
+    g = min(64, chunk)
+    mag = np.abs(flat, dtype=np.int16 if flat.dtype.itemsize == 1 else np.int64)
+    full = k // g * g
+    blocks = mag[:, :full].reshape(flat.shape[0], -1, g).sum(axis=2, dtype=np.int64)
+    if full < k:
+        blocks = np.concatenate([blocks, mag[:, full:].sum(axis=1, dtype=np.int64)[:, None]],
+                                axis=1)
+    prefix = np.cumsum(blocks, axis=1)
+    nb = blocks.shape[1]
+    bounds, start = [0], 0
+    while start < nb:
+        base = prefix[:, start - 1: start] if start else 0
+        reach = (prefix[:, start:] - base).max(axis=0)  # non-decreasing along the chunk
+        start += max(1, int(np.searchsorted(reach, limit, side="right")))
+        bounds.append(min(k, start * g))
+    dtype_splits = _dtype_splits(k, chunk)
+    return bounds if len(bounds) < len(dtype_splits) else dtype_splits
+
+
+def _dtype_splits(k: int, chunk: int) -> list[int]:
+    return list(range(0, k, chunk)) + [k]
+
+
+def _as_int(total: np.ndarray, exact32: bool, dtype) -> np.ndarray:
+    """Exact integer-valued float sums as ``dtype`` (int64, or int32 lanes: wrapped as the
+    accumulator wraps them)."""
+    if np.dtype(dtype) == np.int64:
+        return total.astype(np.int64)
+    if exact32:  # no value beyond int32: the direct conversion is exact
+        return total.astype(np.int32)
+    return wrap32(total.astype(np.int64)).astype(np.int32)
+
+
+def _chunked(product: Callable[[int, int, np.ndarray | None], np.ndarray],
+             bounds: Sequence[int], shape: tuple[int, ...], exact32: bool, dtype
+             ) -> np.ndarray:
+    """Sum the exact float32 products ``product(k0, k1, out)`` of the reduction chunks
+    ``bounds`` as integers (int32 lanes when no sum can leave int32, else int64), converted
+    to ``dtype`` as :func:`_as_int` does. Every chunk's product lands in one scratch buffer."""
+    if len(bounds) == 2:
+        return _as_int(product(bounds[0], bounds[1], None), exact32, dtype)
+    buf = scratch("products", shape, np.float32)
+    acc_dtype = np.int32 if exact32 else np.int64
+    total = None
+    for k0, k1 in zip(bounds[:-1], bounds[1:]):
+        part = product(k0, k1, buf)
+        if total is None:
+            total = part.astype(acc_dtype)
+        else:  # integer + exact float32 integer, computed in float64: exact
+            np.add(total, part, out=total, casting="unsafe")
+    if np.dtype(dtype) == np.int64 or exact32:
+        return total.astype(dtype, copy=False)
+    return wrap32(total).astype(np.int32)
+
+
+def int_matmul(a: np.ndarray, b: np.ndarray, dtype=np.int64,
+               splits: Sequence[int] | None = None) -> np.ndarray:
+    """Exact ``a @ b`` of 2-D integer arrays as int64 (or, with ``dtype=np.int32``, wrapped to
+    int32 lanes: :func:`wrap32` of it, without int64 copies when the sums cannot leave int32).
 
     int8 x int8 products go through float32 BLAS over reductions of at most 1024 terms (each
-    exact: |sum| <= 1024 * 128 * 128 = 2**24), summed in float64 (exact below 2**53); wider
-    integers through float64 BLAS (exact while the sums stay below 2**53). Operands are
-    converted one reduction chunk at a time (a large dense layer's weights are never copied
-    whole)."""
+    exact: |sum| <= 1024 * 128 * 128 = 2**24), or over ``splits`` (:func:`exact_splits` of
+    ``b.T``: longer chunks the weights allow), summed as integers; wider integers through
+    float64 BLAS (exact while the sums stay below 2**53). Operands are converted one reduction
+    chunk at a time (a large dense layer's weights are never copied whole)."""
     chunk = _exact_chunk(a.dtype, b.dtype)
-    if chunk is None:
-        return np.rint(a.astype(np.float64) @ b.astype(np.float64)).astype(np.int64)
     k = a.shape[-1]
-    if k <= chunk:
-        return (a.astype(np.float32) @ b.astype(np.float32)).astype(np.int64)
-    total = np.zeros(a.shape[:-1] + b.shape[-1:], np.float64)
-    for k0 in range(0, k, chunk):
-        total += a[:, k0: k0 + chunk].astype(np.float32) @ b[k0: k0 + chunk].astype(np.float32)
-    return total.astype(np.int64)
+    if chunk is None:
+        total = np.rint(a.astype(np.float64) @ b.astype(np.float64))
+        return _as_int(total, False, dtype)
+    bounds = list(splits) if splits is not None else _dtype_splits(k, chunk)
+
+    def product(k0: int, k1: int, out: np.ndarray | None) -> np.ndarray:
+        return np.matmul(a[:, k0: k1].astype(np.float32), b[k0: k1].astype(np.float32),
+                         out=out)
+
+    return _chunked(product, bounds, a.shape[:-1] + b.shape[-1:],
+                    sums_fit_int32(a.dtype, b.dtype, k), dtype)
 
 
 def int_conv2d(x: np.ndarray, w: np.ndarray, strides=(1, 1), pads=(0, 0, 0, 0),
@@ -205,24 +295,27 @@ def int_conv2d(x: np.ndarray, w: np.ndarray, strides=(1, 1), pads=(0, 0, 0, 0),
 
 
 def int_conv2d_cnhw(x: np.ndarray, w: np.ndarray, strides=(1, 1), pads=(0, 0, 0, 0),
-                    dilations=(1, 1), groups: int = 1) -> np.ndarray:
+                    dilations=(1, 1), groups: int = 1, dtype=np.int64,
+                    splits: Sequence[int] | None = None) -> np.ndarray:
     """:func:`int_conv2d` with the output channel-major, (O, N, OH, OW) (how the products come
-    out: no transposing copy; ``[:, i]`` is image ``i``'s output)."""
+    out: no transposing copy; ``[:, i]`` is image ``i``'s output). ``dtype=np.int32`` gives
+    the products wrapped to int32 lanes and ``splits`` the reduction chunks as
+    :func:`int_matmul` takes them (:func:`exact_splits` of ``w``)."""
     o, cg, kh, kw = w.shape
     chunk = _exact_chunk(x.dtype, w.dtype)
-    dtype = np.float64 if chunk is None else np.float32
-    cols, (n, oh, ow) = _im2col_t(x, w.shape, strides, pads, dilations, groups, dtype)
+    fdtype = np.float64 if chunk is None else np.float32
+    cols, (n, oh, ow) = _im2col_t(x, w.shape, strides, pads, dilations, groups, fdtype)
     k = cg * kh * kw
-    wm = w.reshape(groups, o // groups, k).astype(dtype)
+    wm = w.reshape(groups, o // groups, k).astype(fdtype)
     if chunk is None:
-        out = np.rint(np.matmul(wm, cols)).astype(np.int64)
-    elif k <= chunk:
-        out = np.matmul(wm, cols).astype(np.int64)
+        out = _as_int(np.rint(np.matmul(wm, cols)), False, dtype)
     else:
-        total = np.zeros((groups, o // groups, cols.shape[-1]), np.float64)
-        for k0 in range(0, k, chunk):
-            total += np.matmul(wm[:, :, k0: k0 + chunk], cols[:, k0: k0 + chunk])
-        out = total.astype(np.int64)
+        def product(k0: int, k1: int, buf: np.ndarray | None) -> np.ndarray:
+            return np.matmul(wm[:, :, k0: k1], cols[:, k0: k1], out=buf)
+
+        bounds = list(splits) if splits is not None else _dtype_splits(k, chunk)
+        out = _chunked(product, bounds, (groups, o // groups, cols.shape[-1]),
+                       sums_fit_int32(x.dtype, w.dtype, k), dtype)
     return out.reshape(o, n, oh, ow)
 
 

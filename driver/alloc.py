@@ -39,6 +39,7 @@ class Allocator:
         self.base, self.limit = base, size
         self._starts: list[int] = []  # sorted block starts
         self._sizes: dict[int, int] = {}
+        self.generation = 0  # changes whenever the allocation map does (memoised row checks)
 
     def alloc(self, nbytes: int, align: int = PAGE) -> Buffer:
         if isinstance(nbytes, bool) or not isinstance(nbytes, (int, np.integer)) or nbytes <= 0:
@@ -54,6 +55,7 @@ class Allocator:
             if cand + nbytes <= start:
                 bisect.insort(self._starts, cand)
                 self._sizes[cand] = nbytes
+                self.generation += 1
                 return Buffer(cand, nbytes)
             if start in self._sizes:
                 cursor = start + self._sizes[start]
@@ -70,6 +72,7 @@ class Allocator:
             raise DeviceError(f"free of {addr:#x}, which is not the start of an allocated block")
         del self._sizes[addr]
         self._starts.remove(addr)
+        self.generation += 1
 
     @property
     def used(self) -> int:

@@ -62,8 +62,10 @@ class FsimDevice(Device):
         self.last_prediction: timing.Prediction | None = None
         # np.zeros maps untouched pages lazily, so a large device memory costs nothing up front.
         self._dram = np.zeros(self.mem_bytes, np.uint8)
-        self.sim = FunctionalSimulator(config, self._dram, self.allocator.check_rows, fast=fast,
-                                       blas_threads=blas_threads)
+        alloc = self.allocator
+        self.sim = FunctionalSimulator(config, self._dram, alloc.check_rows, fast=fast,
+                                       blas_threads=blas_threads,
+                                       dma_generation=lambda: alloc.generation)
         self._regs = {Reg.INSN_COUNT: 0, Reg.INSN_ADDR: 0}
         self._status = 0
         self._error = (0, 0)

@@ -46,7 +46,7 @@ from tessera.isa import (
     layout,
     to_bytes,
 )
-from tessera.runtime.deps import Module, check_tokens, module_of, noop, queue
+from tessera.runtime.deps import Module, check_tokens_encoded, module_of, noop, queue
 from tessera.runtime.uop_cache import MicroKernel, UopCache
 
 __all__ = ["CommandBuilder", "Program", "Module", "BuilderStats", "insn_kind", "count_kinds",
@@ -63,14 +63,30 @@ class Program:
     insns: list[Insn]
     uop_words: bytes
     uop_load_pcs: list[int] = field(default_factory=list)
+    # the instructions :meth:`CommandBuilder.finish` encoded and their words (micro-op area at
+    # 0), reused while ``insns`` still holds exactly those records
+    _encoded: tuple[tuple[Insn, ...], bytes] | None = field(default=None, repr=False,
+                                                           compare=False)
+
+    def _code(self) -> bytes | None:
+        enc = self._encoded
+        if enc is not None and len(enc[0]) == len(self.insns) and enc[0] == tuple(self.insns):
+            return enc[1]
+        return None
 
     def to_bytes(self, uop_area_addr: int) -> bytes:
-        return relocate(to_bytes(self.insns, self.config), self.config, self.uop_load_pcs,
-                        uop_area_addr)
+        code = self._code()
+        if code is None:
+            code = to_bytes(self.insns, self.config)
+        return relocate(code, self.config, self.uop_load_pcs, uop_area_addr)
 
     def counts(self) -> Counter:
-        """Instructions per kind: ``load``, ``store``, ``gemm``, ``reset``, ``alu``, ..."""
-        return Counter(map(insn_kind, self.insns))
+        """Instructions per kind: ``load``, ``store``, ``gemm``, ``reset``, ``alu``, ...
+        (keys in order of first occurrence)."""
+        code = self._code()
+        if code is None:
+            return Counter(map(insn_kind, self.insns))
+        return _encoded_kinds(code, self.config)
 
 
 def relocate(code: bytes, cfg: Config, uop_pcs: list[int], uop_addr: int,
@@ -131,6 +147,35 @@ def relocate(code: bytes, cfg: Config, uop_pcs: list[int], uop_addr: int,
     return words.tobytes()
 
 
+def _encoded_kinds(code: bytes, cfg: Config) -> Counter:
+    """:func:`insn_kind` counts of an encoded stream (as ``Counter(map(insn_kind, insns))``,
+    keys in order of first occurrence), vectorised."""
+    words = np.frombuffer(code, dtype="<u8")
+    lo, hi = words[0::2], words[1::2]
+    lay = layout(cfg)
+    f = {fl.name: fl for fl in lay.mem}
+    op = extract(lo, hi, f["opcode"])
+    mt = extract(lo, hi, f["memory_type"])
+    reset = extract(lo, hi, lay.field("gemm", "reset"))
+    kind = np.full(len(op), -1, np.int64)  # index into _KINDS
+    for k, (o, cond) in enumerate(_KIND_RULES):
+        sel = (op == o) & (kind < 0)
+        if cond is not None:
+            sel &= cond(mt, reset)
+        kind[sel] = k
+    if (kind < 0).any():  # an opcode without a name: the record path raises
+        raise ProgramError(f"unknown opcode {int(op[np.argmax(kind < 0)])} in an encoded stream")
+    names = [_KIND_RULE_NAMES[k] for k in kind[np.sort(np.unique(kind, return_index=True)[1])]]
+    out: Counter = Counter()
+    totals = np.bincount(kind, minlength=len(_KIND_RULES))
+    for name in names:
+        out[name] = 0
+    for k, name in enumerate(_KIND_RULE_NAMES):
+        if totals[k]:
+            out[name] += int(totals[k])
+    return out
+
+
 def count_kinds(insns: list[Insn]) -> dict[str, int]:
     """Instructions per kind (see :func:`insn_kind`)."""
     return dict(Counter(map(insn_kind, insns)))
@@ -152,6 +197,13 @@ _LOAD, _GEMM = int(Opcode.LOAD), int(Opcode.GEMM)
 
 _LOAD_KINDS = {MemType.UOP: "uop_load", MemType.ACC: "acc_load", MemType.ACC_8BIT: "acc_load"}
 _KIND_NAMES = {o: o.name.lower() for o in Opcode}
+# insn_kind as (opcode, condition on (memory type, reset) columns) rules, first match wins
+_KIND_RULES = (
+    [(int(Opcode.LOAD), lambda mt, _, t=int(t): mt == t) for t in _LOAD_KINDS]
+    + [(int(Opcode.LOAD), None), (int(Opcode.GEMM), lambda _, r: r != 0)]
+    + [(int(o), None) for o in Opcode if o != Opcode.LOAD])
+_KIND_RULE_NAMES = ([_LOAD_KINDS[t] for t in _LOAD_KINDS] + ["load", "reset"]
+                    + [_KIND_NAMES[o] for o in Opcode if o != Opcode.LOAD])
 
 
 @dataclass
@@ -213,8 +265,10 @@ class CommandBuilder:
         m = module_of(insn) if module is None else module
         pending = self._pending[m]
         if pending:
-            flags = {_POP_FLAG[name]: 1 for name in pending}
-            insn = _with(insn, **flags)
+            # every caller hands over a record it has just made: set the flags in place
+            state = insn.__dict__
+            for name in pending:
+                state[_POP_FLAG[name]] = 1
             self.stats.pops_folded += len(pending)
             pending.clear()
         if not checked:
@@ -428,7 +482,9 @@ class CommandBuilder:
         instead)."""
         if not isinstance(kernel, MicroKernel):
             raise ProgramError(f"gemm needs a MicroKernel, not {type(kernel).__name__}")
-        self._check_kernel(kernel, gemm=True)
+        done = kernel.checked
+        if done is None or done[0] is not self.cfg or not done[1]:
+            self._check_kernel(kernel, gemm=True)
         k = kernel
         r = int(reset)
         fast = self._fast_gemm
@@ -475,7 +531,9 @@ class CommandBuilder:
             raise ProgramError(f"alu {op.name}: imm must fit 16-bit signed, not {imm}")
         if kernel.wgt_factor_out or kernel.wgt_factor_in:
             raise ProgramError("alu: an ALU kernel has no weight factors")
-        self._check_kernel(kernel, gemm=False)
+        done = kernel.checked
+        if done is None or done[0] is not self.cfg or done[1]:
+            self._check_kernel(kernel, gemm=False)
         k = kernel
         fast = self._fast_alu
         if fast is None:
@@ -570,8 +628,13 @@ class CommandBuilder:
             self.stats.pops_dropped += len(self._pending[m])  # nothing left to order
             self._pending[m].clear()
         self._append(FinishInsn())
-        check_tokens(self.insns, self.cfg.dep_queue_depth)
-        prog = Program(self.cfg, self.insns, bytes(self._uop_area), self._uop_load_pcs)
+        try:
+            code = to_bytes(self.insns, self.cfg)
+        except IsaError as exc:
+            raise ProgramError(f"cannot encode the stream: {exc}") from None
+        check_tokens_encoded(code, self.insns, self.cfg)
+        prog = Program(self.cfg, self.insns, bytes(self._uop_area), self._uop_load_pcs,
+                       (tuple(self.insns), code))
         self._reset_stream()
         self.uop_cache.invalidate()
         return prog

@@ -21,12 +21,13 @@ from enum import IntEnum
 
 import numpy as np
 
+from tessera.config import Config
 from tessera.errors import ProgramError
-from tessera.isa import GemmInsn, Insn, MemInsn, MemType, Opcode
+from tessera.isa import INSN_BYTES, GemmInsn, Insn, MemInsn, MemType, Opcode, extract, layout
 
 __all__ = [
     "Module", "Queue", "QUEUES", "queue", "module_of", "noop", "check_tokens",
-    "HappensBefore",
+    "check_tokens_encoded", "HappensBefore",
 ]
 
 
@@ -107,21 +108,52 @@ def check_tokens(insns: list[Insn], depth: int) -> dict[str, int]:
     order). Vectorised over the stream (:func:`_check_tokens_loop` is the same walk, one
     instruction at a time, for the error message).
     """
-    count = {q.name: 0 for q in QUEUES}
     n = len(insns)
     if not n:
-        return count
+        return {q.name: 0 for q in QUEUES}
     rows = [(i.opcode, getattr(i, "memory_type", -1), i.pop_prev, i.pop_next, i.push_prev,
              i.push_next) for i in insns]
     try:
         a = np.array(rows, dtype=np.int64).reshape(n, 6)
     except (TypeError, ValueError, OverflowError):
         return _check_tokens_loop(insns, depth)
-    op, mt = a[:, 0], a[:, 1]
+    peak = _token_peaks(a[:, 0], a[:, 1], [a[:, 2 + k] != 0 for k in range(4)], depth)
+    if peak is None:
+        return _check_tokens_loop(insns, depth)  # raises, naming the first violation
+    return peak
+
+
+def check_tokens_encoded(code: bytes, insns: list[Insn], cfg: Config) -> dict[str, int]:
+    """:func:`check_tokens` (depth ``cfg.dep_queue_depth``) of ``insns`` read from their
+    encoding ``code`` (:func:`~tessera.isa.to_bytes`; the header fields and the memory type
+    sit at the same bits in every format), vectorised without a pass over the records;
+    ``insns`` name the first violation."""
+    if len(code) != INSN_BYTES * len(insns):
+        raise ProgramError(f"{len(code)} bytes of code do not encode {len(insns)} instructions")
+    depth = cfg.dep_queue_depth
+    if not insns:
+        return {q.name: 0 for q in QUEUES}
+    words = np.frombuffer(code, dtype="<u8")
+    lo, hi = words[0::2], words[1::2]
+    f = {fl.name: fl for fl in layout(cfg).mem}
+    op = extract(lo, hi, f["opcode"])
+    mt = extract(lo, hi, f["memory_type"])  # read only where the opcode is LOAD
+    peak = _token_peaks(op, mt, [extract(lo, hi, f[name]) != 0 for name in _FLAGS], depth)
+    if peak is None:
+        return _check_tokens_loop(insns, depth)
+    return peak
+
+
+def _token_peaks(op: np.ndarray, mt: np.ndarray, flags: list[np.ndarray], depth: int
+                 ) -> dict[str, int] | None:
+    """Each queue's peak, or None on any violation (opcode and memory type columns, the
+    ``_FLAGS`` as bool columns)."""
+    n = len(op)
+    count = {q.name: 0 for q in QUEUES}
     module = np.where(op == Opcode.STORE, Module.STORE,
                       np.where((op == Opcode.LOAD) & ((mt == MemType.INP) | (mt == MemType.WGT)),
                                Module.LOAD, Module.COMPUTE))
-    flag = {name: a[:, 2 + k] != 0 for k, name in enumerate(_FLAGS)}
+    flag = dict(zip(_FLAGS, flags))
     bad = np.zeros(n, bool)
     for m in Module:
         here = module == m
@@ -135,9 +167,7 @@ def check_tokens(insns: list[Insn], depth: int) -> dict[str, int]:
         level = np.cumsum(pushes.astype(np.int64) - pops)
         bad |= (pops & (level < 0)) | (pushes & (level > depth))
         peak[q.name] = max(0, int(level.max()))
-    if bad.any():
-        return _check_tokens_loop(insns, depth)  # raises, naming the first violation
-    return peak
+    return None if bad.any() else peak
 
 
 _FLAGS = ("pop_prev", "pop_next", "push_prev", "push_next")

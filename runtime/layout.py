@@ -64,7 +64,15 @@ def pack_weights(wt: np.ndarray, cfg: Config) -> np.ndarray:
     else:
         wp = np.zeros((ob * bo, ib * bi, kh, kw), np.int8)
         wp[:o, :i] = wt
-    out = np.ascontiguousarray(wp.reshape(ob, bo, ib, bi, kh, kw).transpose(0, 2, 4, 5, 1, 3))
+    if kh == kw == 1 and wp.flags.c_contiguous:
+        # a block transpose of whole BLOCK_IN rows: move each row as one opaque element (numpy
+        # copies them with memcpy; an int8 transpose copies element by element)
+        rows = wp.reshape(ob, bo, ib * bi).view(np.dtype((np.void, bi)))
+        out = np.ascontiguousarray(rows.transpose(0, 2, 1)).view(np.int8)
+        out = out.reshape(ob, ib, 1, 1, bo, bi)
+    else:
+        out = np.ascontiguousarray(
+            wp.reshape(ob, bo, ib, bi, kh, kw).transpose(0, 2, 4, 5, 1, 3))
     return out.copy() if np.may_share_memory(out, wt) else out  # always a fresh array
 
 

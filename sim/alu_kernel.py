@@ -85,6 +85,7 @@ class AluPlan:
         self.rows = IndexSet(a, runs_allowed=fast)
         self.src = None if s is None else IndexSet(s, runs_allowed=fast)
         self.chunks = []
+        self.checked = False  # set by the simulator once its index ranges passed
         if not fast:
             return
         for lo, hi in _independent_chunks(a, s):

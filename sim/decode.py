@@ -43,7 +43,8 @@ class DecodedProgram:
     - ``local_pcs``: per module, its pcs in program order (its command queue).
     - ``schedule``: the token-level schedule, set by :func:`tessera.sim.tokens.schedule`.
 
-    ``dma_memo`` and ``plan_memo`` are the functional simulator's private per-pc memos.
+    ``dma_memo``, ``load_memo``, ``dma_ok`` and ``plan_memo`` are the functional simulator's
+    private per-pc memos.
     """
 
     n: int
@@ -54,6 +55,8 @@ class DecodedProgram:
     schedule: object = field(default=None, repr=False)
     dma_memo: dict = field(default_factory=dict, repr=False)
     plan_memo: dict = field(default_factory=dict, repr=False)
+    load_memo: dict = field(default_factory=dict, repr=False)
+    dma_ok: dict = field(default_factory=dict, repr=False)
 
 
 def decode_program(raw: np.ndarray, cfg: Config) -> DecodedProgram:

@@ -12,6 +12,11 @@ deferred ALU may still run,
 - touches an accumulator row the ALU reads or writes, or
 - writes rows in the same accumulator half as the ALU's destination rows (the two pipelines
   would share that bank's ports).
+
+The rows come as :class:`~tessera.sim.races.IndexSet` (cached with the micro-op kernel's
+plan), so the common check — a few contiguous runs of rows, halves as memoised sets — costs a
+handful of Python comparisons; only index sets without runs, and a clash (to name it), go
+through numpy set operations.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import numpy as np
 
 from tessera.errors import SimError
 from tessera.isa import Opcode
+from tessera.sim.races import IndexSet
 
 __all__ = ["Deferred"]
 
@@ -29,44 +35,78 @@ class Deferred:
 
     def __init__(self, acc_depth: int):
         self.half = acc_depth // 2
-        self.pending: list[tuple[int, np.ndarray, frozenset[int]]] = []
+        self.pending: list[tuple[int, IndexSet, IndexSet | None]] = []
+        self.halves: frozenset[int] = frozenset()  # union of the pending destinations' halves
+        self.runs: list[tuple[int, int]] | None = []  # union of the rows they use, if in runs
+
+    def clear(self) -> None:
+        """A drain point: no deferred ALU runs any more."""
+        if self.pending:
+            self.pending = []
+            self.halves = frozenset()
+            self.runs = []
+
+    @staticmethod
+    def drain_points(f: dict, compute: list[bool]) -> tuple[list[bool], list[bool]]:
+        """Per pc of a program with decoded fields ``f``: whether the instruction drains the
+        deferred ALUs before it executes, and after (the rules of :meth:`before` and
+        :meth:`after`, for the pcs with ``compute[pc]``: the compute module's; others never
+        drain)."""
+        op, dfr, pp, pn = f["opcode"], f["deferred"], f["push_prev"], f["push_next"]
+        before = [c and (op[pc] in (Opcode.LOAD, Opcode.FINISH) or (op[pc] == Opcode.ALU
+                                                                   and not dfr[pc]))
+                  for pc, c in enumerate(compute)]
+        after = [c and bool(pn[pc] or (op[pc] == Opcode.ALU and pp[pc]))
+                 for pc, c in enumerate(compute)]
+        return before, after
 
     def before(self, pc: int, f: dict) -> None:
         """Called before compute instruction ``pc`` executes (``f``: the decoded fields)."""
         op = f["opcode"][pc]
         if op in (Opcode.LOAD, Opcode.FINISH) or (op == Opcode.ALU and not f["deferred"][pc]):
-            self.pending.clear()
+            self.clear()
 
-    def gemm(self, pc: int, dst: np.ndarray) -> None:
-        """Check GEMM ``pc``'s accumulator rows ``dst`` (sorted, distinct) against the pending
-        deferred ALUs."""
+    def gemm(self, pc: int, dst: IndexSet) -> None:
+        """Check GEMM ``pc``'s accumulator rows ``dst`` against the pending deferred ALUs."""
         if not self.pending:
             return
-        rows = np.asarray(dst)  # sorted, distinct (IndexSet.uniq)
-        halves = frozenset((rows // self.half).tolist())
-        for apc, used, ahalves in self.pending:
+        if not (dst.halves(self.half) & self.halves) and self.runs is not None:
+            if dst.meets(self.runs) is False:
+                return  # proven disjoint, other halves: the common case
+        rows = dst.uniq  # sorted, distinct
+        halves = dst.halves(self.half)
+        for apc, adst, asrc in self.pending:
+            used = adst.uniq if asrc is None else np.union1d(adst.uniq, asrc.uniq)
             clash = np.intersect1d(rows, used, assume_unique=True)
             if clash.size:
                 raise SimError(
                     f"race on the accumulator rows [{int(clash.min())}:{int(clash.max()) + 1}]: "
                     f"instruction {pc} (GEMM) may run while the deferred ALU instruction {apc} "
                     f"still reads or writes them (no drain point between them; spec-notes 16)")
-            if halves & ahalves:
+            both = halves & adst.halves(self.half)
+            if both:
                 raise SimError(
-                    f"race on accumulator half {min(halves & ahalves)}: instruction {pc} (GEMM) "
+                    f"race on accumulator half {min(both)}: instruction {pc} (GEMM) "
                     f"writes it while the deferred ALU instruction {apc} may still write it "
                     f"(they would share the bank's ports; spec-notes 16)")
 
-    def alu(self, pc: int, dst: np.ndarray, src: np.ndarray | None) -> None:
-        """Record deferred ALU ``pc`` with its destination (and source) rows (sorted,
-        distinct)."""
-        d = np.asarray(dst)
-        used = d if src is None else np.union1d(d, src)
-        self.pending.append((pc, used, frozenset((d // self.half).tolist())))
+    def alu(self, pc: int, dst: IndexSet, src: IndexSet | None) -> None:
+        """Record deferred ALU ``pc`` with its destination (and source) rows."""
+        self.pending.append((pc, dst, src))
+        hs = dst.halves(self.half)
+        if not hs <= self.halves:
+            self.halves = self.halves | hs
+        if self.runs is not None:
+            if dst.runs is None or (src is not None and src.runs is None):
+                self.runs = None
+            else:
+                self.runs.extend(dst.runs)  # a list of this object's own (clear makes anew)
+                if src is not None:
+                    self.runs.extend(src.runs)
 
     def after(self, pc: int, f: dict) -> None:
         """Called after compute instruction ``pc`` executed."""
         op = f["opcode"][pc]
         if f["push_next"][pc] or (op == Opcode.ALU and (f["push_prev"][pc] or
                                                         f["push_next"][pc])):
-            self.pending.clear()
+            self.clear()

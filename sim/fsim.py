@@ -41,6 +41,7 @@ DmaCheck = Callable[[np.ndarray, int, str], None]
 _MT_NAMES = tuple(m.name.lower() for m in MemType)
 _EPOCHS = itertools.count()  # unique across simulators, so a memo never matches another's
 PROGRAM_CACHE = 64  # decoded programs kept per simulator (keyed by their bytes)
+UOP_VERSIONS = 64  # micro-op buffer contents remembered with their epoch
 
 
 class FunctionalSimulator:
@@ -54,13 +55,18 @@ class FunctionalSimulator:
     ``fast=False`` runs the plain SPEC loop nests step by step (for differential tests: both
     must give identical results, errors and counters). ``cache_bytes`` bounds the plan cache.
 
+    ``dma_generation()``, when given, returns a number that changes whenever what
+    ``dma_check`` accepts may change (the allocator's generation): rows of an instruction that
+    passed under the same generation are not checked again.
+
     ``blas_threads`` (default 1) limits the BLAS thread pool while a program executes (None
     leaves it as configured): the products are one tile each, too small for threads to pay,
     and OpenBLAS threads that wait for a busy core slow every product down several times.
     """
 
     def __init__(self, cfg: Config, dram: np.ndarray, dma_check: DmaCheck | None = None,
-                 fast: bool = True, cache_bytes: int = 256 << 20, blas_threads: int | None = 1):
+                 fast: bool = True, cache_bytes: int = 256 << 20, blas_threads: int | None = 1,
+                 dma_generation: Callable[[], int] | None = None):
         if dram.dtype != np.uint8 or dram.ndim != 1:
             raise ValueError(f"dram must be a 1-D uint8 array, not {dram.dtype} {dram.shape}")
         if blas_threads is not None and (isinstance(blas_threads, bool) or not isinstance(
@@ -71,7 +77,10 @@ class FunctionalSimulator:
         self.cfg = cfg
         self.dram = dram
         self.dma_check = dma_check
+        self.dma_generation = dma_generation
+        self._dma_gen: int | None = None
         self.fast = bool(fast)
+        self._out_dirty: dict[object, IndexSet] = {}  # rows whose out refresh is pending
         b, bi, bo = cfg.batch, cfg.block_in, cfg.block_out
         self.inp = np.zeros((cfg.inp_depth, b, bi), np.int8)
         self.wgt = np.zeros((cfg.wgt_depth, bo, bi), np.int8)
@@ -92,6 +101,7 @@ class FunctionalSimulator:
         self._plan_bytes = 0
         self._cache_limit = int(cache_bytes)
         self._uop_epoch = next(_EPOCHS)  # renewed by every UOP load (validates plan memos)
+        self._uop_versions: OrderedDict[bytes, int] = OrderedDict()
         self._elem_of = [elem_bytes(cfg, t) for t in range(len(MemType))]
         self._buf_of = [self.uop, self.wgt, self.inp, self.acc, None, self.acc]
         self._programs: OrderedDict[bytes, DecodedProgram] = OrderedDict()
@@ -141,14 +151,42 @@ class FunctionalSimulator:
         self.shadow = SramShadow(self.cfg)
         self.deferred = Deferred(self.cfg.acc_depth)
         self.dram_races = DramRaceTracker()
-        execute = (self._exec_load_module, self._exec_compute, self._exec_store)
-        counters, module, clocks, seq = self.counters, prog.module, sched.clocks.tolist(), sched.seq
-        with blas_limit(self.blas_threads):
-            for k, pc in enumerate(sched.order):
-                m = module[pc]
-                execute[m](pc, seq[k], clocks[k])
-                counters["insns_retired"] += 1
-                counters[MODULE_NAMES[m] + "_insns"] += 1
+        self._dma_gen = None if self.dma_generation is None else self.dma_generation()
+        self._out_dirty.clear()
+        memo = prog.plan_memo
+        run = memo.get("run")
+        if run is None:  # per-program constants, computed once: handlers, drains, clocks
+            f = prog.f
+            kinds = []
+            for pc in range(prog.n):
+                op, m = f["opcode"][pc], prog.module[pc]
+                kinds.append(0 if m == LOAD else 4 if m == STORE else
+                             1 if op == Opcode.LOAD else 2 if op == Opcode.GEMM else
+                             3 if op == Opcode.ALU else 5)
+            before, after = Deferred.drain_points(f, [m == COMPUTE for m in prog.module])
+            run = memo["run"] = (kinds, before, after, sched.clocks.tolist())
+        kinds, before, after, clocks = run
+        handlers = (self._exec_load_module, self._exec_compute_load, self._gemm, self._alu,
+                    self._exec_store, _nothing)
+        deferred, seq = self.deferred, sched.seq
+        done = [0] * 6
+        try:
+            with blas_limit(self.blas_threads):
+                for k, pc in enumerate(sched.order):
+                    kind = kinds[pc]
+                    if before[pc]:
+                        deferred.clear()
+                    handlers[kind](pc, seq[k], clocks[k])
+                    if after[pc]:
+                        deferred.clear()
+                    done[kind] += 1
+        finally:
+            self._flush_out()
+            counters = self.counters
+            counters["load_insns"] = done[0]
+            counters["store_insns"] = done[4]
+            counters["compute_insns"] = done[1] + done[2] + done[3] + done[5]
+            counters["insns_retired"] = sum(done)
         if sched.deadlock is not None:
             raise SimError(sched.deadlock.message(),
                            code=int(ErrorCode.TOKEN_DEADLOCK), pc=sched.deadlock.pc)
@@ -196,31 +234,18 @@ class FunctionalSimulator:
 
     # -- the load module and compute-module loads ------------------------------------------------
 
-    def _load(self, pc: int, module: int, seq: int, vc) -> None:
+    def _describe_load(self, pc: int) -> tuple:
+        """Everything LOAD ``pc`` needs that depends only on its fields, memoised with the
+        program (SRAM and DRAM views included: the arrays live as long as the simulator); ()
+        for a LOAD that moves nothing (spec-notes 3: synchronisation only)."""
         f = self.prog.f
         xs = f["x_size"][pc]
         if xs == 0:
-            return  # spec-notes 3: synchronisation only
+            return ()
         ys, mt = f["y_size"][pc], f["memory_type"][pc]
-        starts, length, stride, what = self._dma(pc)
-        if ys:
-            if self.dma_check is not None:
-                self.dma_check(starts, length, what)
-            self.dram_races.read(module, seq, vc, starts, length, pc, what, self._pc_of)
-            raw = self._dram_view(pc)
-        else:  # only padding rows
-            raw = np.zeros((0, length), np.uint8)
-        self.counters["dram_read_bytes"] += ys * length
-        self.bytes_by_type[_MT_NAMES[mt]] += ys * length
+        starts, length, _stride, what = self._dma(pc)
+        raw = self._dram_view(pc) if ys else np.zeros((0, length), np.uint8)
         buf = self._buf_of[mt]
-        if mt == MemType.INP or mt == MemType.WGT:
-            data = raw.view(np.int8).reshape((ys, xs) + buf.shape[1:])
-        elif mt == MemType.ACC:
-            data = np.ascontiguousarray(raw).view("<i4").reshape((ys, xs) + buf.shape[1:])
-        elif mt == MemType.ACC_8BIT:
-            data = raw.view(np.int8).astype(np.int32).reshape((ys, xs) + buf.shape[1:])
-        else:  # UOP
-            data = np.ascontiguousarray(raw).view("<u4").reshape(ys, xs)
         yp0, yp1, xp0, xp1 = (f["y_pad_0"][pc], f["y_pad_1"][pc], f["x_pad_0"][pc],
                               f["x_pad_1"][pc])
         height, width = yp0 + ys + yp1, xp0 + xs + xp1
@@ -228,24 +253,83 @@ class FunctionalSimulator:
         hi = base + height * width
         region = buf[base:hi]
         if yp0 == yp1 == xp0 == xp1 == 0:
-            region[...] = data.reshape(region.shape)
+            tile, inner = None, region.reshape((ys, xs) + buf.shape[1:])
         else:
             tile = region.reshape((height, width) + buf.shape[1:])
+            inner = tile[yp0:yp0 + ys, xp0:xp0 + xs]
+        span = (int(starts[0]), int(starts[-1]) + length) if ys else (0, 0)
+        data = mirror = None  # INP/WGT: the int8 view of the DRAM rows, the float32 mirror
+        if mt == MemType.INP:
+            data, mirror = raw.view(np.int8).reshape(inner.shape), self.inp_f[base:hi]
+        elif mt == MemType.WGT:
+            data, mirror = raw.view(np.int8).reshape(inner.shape), self.wgt_t[base:hi]
+        return (ys, mt, starts, length, what, raw, base, hi, region, tile, inner,
+                _MT_NAMES[mt], ys * length, span, data, mirror)
+
+    def _load(self, pc: int, module: int, seq: int, vc) -> None:
+        memo = self.prog.load_memo
+        d = memo.get(pc)
+        if d is None:
+            d = memo[pc] = self._describe_load(pc)
+        if not d:
+            return
+        ys, mt, starts, length, what, raw, base, hi, region, tile, inner, mt_name, nbytes, \
+            span, data, mirror = d
+        if ys:
+            self._check_dma(pc, starts, length, what)
+            self.dram_races.read(module, seq, vc, starts, length, pc, what, self._pc_of, span)
+        self.counters["dram_read_bytes"] += nbytes
+        self.bytes_by_type[mt_name] += nbytes
+        if data is not None:  # INP, WGT
+            pass
+        elif mt == MemType.ACC:
+            self._flush_out()  # the rows' out values were computed from the old acc
+            data = np.ascontiguousarray(raw).view("<i4").reshape(inner.shape)
+        elif mt == MemType.ACC_8BIT:
+            self._flush_out()
+            data = raw.view(np.int8).astype(np.int32).reshape(inner.shape)
+        else:  # UOP
+            data = np.ascontiguousarray(raw).view("<u4").reshape(inner.shape)
+        if tile is not None:
             tile[...] = 0
-            tile[yp0:yp0 + ys, xp0:xp0 + xs] = data
+        inner[...] = data
         if mt == MemType.INP:
             self.shadow.load_write(MemType.INP, base, hi, seq, vc, pc, self._pc_of)
-            self.inp_f[base:hi] = region
+            mirror[...] = region
         elif mt == MemType.WGT:
             self.shadow.load_write(MemType.WGT, base, hi, seq, vc, pc, self._pc_of)
-            self.wgt_t[base:hi] = region.transpose(0, 2, 1)
+            mirror[...] = region.transpose(0, 2, 1)
             self._stamp += 1
             self.wgt_stamp[base:hi] = self._stamp
         elif mt == MemType.UOP:
-            self._uop_epoch = next(_EPOCHS)
             fields = extract_uops(region, self.cfg)
             for dst, src in zip(self._uop_fields, fields):
                 dst[base:hi] = src
+            self._renew_uop_epoch()
+
+    def _check_dma(self, pc: int, starts: np.ndarray, length: int, what: str) -> None:
+        """``dma_check`` of a LOAD/STORE's rows, skipped when they passed under the same
+        allocation generation (``dma_generation``) before."""
+        if self.dma_check is None:
+            return
+        gen, ok = self._dma_gen, self.prog.dma_ok
+        if gen is None or ok.get(pc) != gen:
+            self.dma_check(starts, length, what)
+            ok[pc] = gen
+
+    def _renew_uop_epoch(self) -> None:
+        """Name the micro-op buffer's new contents: the same contents get the same epoch again
+        (so the per-pc plan memos of a program that reloads the same kernels every run stay
+        valid), different contents a new one."""
+        key = self.uop.tobytes()
+        epoch = self._uop_versions.get(key)
+        if epoch is None:
+            epoch = self._uop_versions[key] = next(_EPOCHS)
+            if len(self._uop_versions) > UOP_VERSIONS:
+                self._uop_versions.popitem(last=False)
+        else:
+            self._uop_versions.move_to_end(key)
+        self._uop_epoch = epoch
 
     def _exec_load_module(self, pc: int, seq: int, vc: np.ndarray) -> None:
         self._load(pc, LOAD, seq, vc)
@@ -255,18 +339,8 @@ class FunctionalSimulator:
 
     # -- the compute module ----------------------------------------------------------------------
 
-    def _exec_compute(self, pc: int, seq: int, vc: np.ndarray) -> None:
-        f = self.prog.f
-        op = f["opcode"][pc]
-        self.deferred.before(pc, f)
-        if op == Opcode.LOAD:
-            self._load(pc, COMPUTE, seq, vc)
-        elif op == Opcode.GEMM:
-            self._gemm(pc, seq, vc)
-        elif op == Opcode.ALU:
-            self._alu(pc, seq, vc)
-        # FINISH: retires once every earlier instruction has (the scheduler drains all modules).
-        self.deferred.after(pc, f)
+    def _exec_compute_load(self, pc: int, seq: int, vc) -> None:
+        self._load(pc, COMPUTE, seq, vc)
 
     def _plan(self, pc: int, alu: bool) -> GemmPlan | AluPlan | None:
         """The plan of GEMM/ALU ``pc`` (cached per kernel when fast), or None for an empty loop.
@@ -334,48 +408,75 @@ class FunctionalSimulator:
         else:
             self.out[rows.uniq] = self.acc[rows.uniq].astype(np.int8)
 
+    def _wrote(self, rows: IndexSet) -> None:
+        """GEMM/ALU wrote accumulator ``rows``: their out rows follow (SPEC §4). The fast path
+        refreshes them lazily, once per distinct row set, before anything reads ``out`` or
+        overwrites ``acc`` without it (a STORE, an ACC load, the end of the program): GEMM
+        and ALU keep ``out == low 8 bits of acc`` on the rows they write, so the later copy
+        gives what the copy at every write would have."""
+        if self.fast:
+            self._out_dirty[rows.key] = rows
+        else:
+            self._refresh_out(rows)
+
+    def _flush_out(self) -> None:
+        if self._out_dirty:
+            for rows in self._out_dirty.values():
+                self._refresh_out(rows)
+            self._out_dirty.clear()
+
     def _gemm(self, pc: int, seq: int, vc) -> None:
-        plan = self._plan(pc, alu=False)
+        hit = self.prog.plan_memo.get(pc)  # (fast path) the kernel planned at this pc before
+        plan = hit[1] if hit is not None and hit[0] == self._uop_epoch else self._plan(pc, False)
         if plan is None:
             return
-        self._check_range(pc, plan.rows, self._acc_depth, "accumulator")
-        self.deferred.gemm(pc, plan.rows.uniq)
+        checked = plan.checked  # its index ranges were checked before (the depths are fixed)
+        if not checked:
+            self._check_range(pc, plan.rows, self._acc_depth, "accumulator")
+        self.deferred.gemm(pc, plan.rows)
         if plan.reset:
+            plan.checked = True
             self.shadow.compute_write_out(plan.rows, seq, vc, pc, self._pc_of)
             plan.rows.assign(self.acc, 0)
             plan.rows.assign(self.out, 0)
             self.counters["gemm_reset_steps"] += plan.steps
             return
-        self._check_range(pc, plan.reads_inp, self._inp_depth, "input")
-        self._check_range(pc, plan.reads_wgt, self._wgt_depth, "weight")
-        self.shadow.compute_read(MemType.INP, plan.reads_inp, seq, vc, pc, self._pc_of)
-        self.shadow.compute_read(MemType.WGT, plan.reads_wgt, seq, vc, pc, self._pc_of)
-        self.shadow.compute_write_out(plan.rows, seq, vc, pc, self._pc_of)
+        if not checked:
+            self._check_range(pc, plan.reads_inp, self._inp_depth, "input")
+            self._check_range(pc, plan.reads_wgt, self._wgt_depth, "weight")
+            plan.checked = True
+        shadow = self.shadow
+        shadow.compute_read(MemType.INP, plan.reads_inp, seq, vc, pc, self._pc_of)
+        shadow.compute_read(MemType.WGT, plan.reads_wgt, seq, vc, pc, self._pc_of)
+        shadow.compute_write_out(plan.rows, seq, vc, pc, self._pc_of)
         if self.fast:
             plan.run(self.acc, self.inp_f, self.wgt_t, self.wgt_stamp)
         else:
             gemm_plain(self.acc, self.inp, self.wgt, *plan.steps_arrays)
-        self._refresh_out(plan.rows)
+        self._wrote(plan.rows)
         self.counters["gemm_steps"] += plan.steps
 
     def _alu(self, pc: int, seq: int, vc) -> None:
-        plan = self._plan(pc, alu=True)
+        hit = self.prog.plan_memo.get(pc)
+        plan = hit[1] if hit is not None and hit[0] == self._uop_epoch else self._plan(pc, True)
         if plan is None:
             return
         f = self.prog.f
-        self._check_range(pc, plan.rows, self._acc_depth, "accumulator destination")
-        if plan.src is not None:
-            self._check_range(pc, plan.src, self._acc_depth, "accumulator source")
+        if not plan.checked:
+            self._check_range(pc, plan.rows, self._acc_depth, "accumulator destination")
+            if plan.src is not None:
+                self._check_range(pc, plan.src, self._acc_depth, "accumulator source")
+            plan.checked = True
         if f["deferred"][pc]:
-            self.deferred.alu(pc, plan.rows.uniq, None if plan.src is None else plan.src.uniq)
+            self.deferred.alu(pc, plan.rows, plan.src)
         self.shadow.compute_write_out(plan.rows, seq, vc, pc, self._pc_of)
-        op = AluOp(f["alu_opcode"][pc])
+        op = f["alu_opcode"][pc]
         imm = f["imm"][pc]
         if self.fast:
             plan.run(self.acc, op, imm if plan.src is None else None)
         else:
-            alu_plain(self.acc, op, plan.a, plan.s, imm)
-        self._refresh_out(plan.rows)
+            alu_plain(self.acc, AluOp(op), plan.a, plan.s, imm)
+        self._wrote(plan.rows)
         self.counters["alu_steps"] += plan.steps
 
     # -- the store module ----------------------------------------------------------------------
@@ -388,12 +489,17 @@ class FunctionalSimulator:
         base = f["sram_base"][pc]
         self.shadow.store_read(base, base + ys * xs, seq, vc, pc, self._pc_of)
         starts, length, stride, what = self._dma(pc)
-        if self.dma_check is not None:
-            self.dma_check(starts, length, what)
-        self.dram_races.write(seq, vc, starts, length, pc, what, self._pc_of)
+        self._check_dma(pc, starts, length, what)
+        self.dram_races.write(seq, vc, starts, length, pc, what, self._pc_of,
+                              (int(starts[0]), int(starts[-1]) + length))
+        self._flush_out()
         data = self.out[base:base + ys * xs].reshape(ys, length).view(np.uint8)
         if stride >= length:
-            self._dram_rows(starts, length, stride, what, writeable=True)[...] = data
+            memo = self.prog.dma_memo
+            view = memo.get(~pc)  # the STORE's write view, memoised like a LOAD's read view
+            if view is None:
+                view = memo[~pc] = self._dram_rows(starts, length, stride, what, writeable=True)
+            view[...] = data
         else:  # overlapping rows: later rows win, in order
             self._dram_rows(starts, length, stride, what)  # range check
             for y in range(ys):
@@ -401,3 +507,7 @@ class FunctionalSimulator:
                 self.dram[s0:s0 + length] = data[y]
         self.counters["dram_write_bytes"] += ys * length
         self.bytes_by_type["out"] += ys * length
+
+
+def _nothing(pc: int, seq: int, vc) -> None:
+    """FINISH: retires once every earlier instruction has (the scheduler drains all modules)."""

@@ -44,8 +44,10 @@ MAX_STACKS = 16
 class _Stack:
     """``acc[rows[r, g]] += X[r] @ W_g`` with ``X[r] = inp[xidx[r]]`` and ``W_g = wgt[widx[g]]``
     (each index row lists ``L / BLOCK_IN`` buffer rows, concatenated along the reduction).
-    ``dst`` is how to add the result: ("rg", base) if ``rows[r, g] == base + r*G + g``,
-    ("gr", base) if ``rows[r, g] == base + g*R + r``, else ("idx", rows.T.ravel()).
+    ``dst`` is how to add the result: ("rg", (base, pitch)) if ``rows[r, g] == base + r*pitch +
+    g`` with ``pitch >= G``, ("gr", (base, pitch)) if ``rows[r, g] == base + g*pitch + r`` with
+    ``pitch >= R`` (a strided view of the accumulator either way), else ("idx",
+    rows.T.ravel()).
     ``wrange`` is ``(lo, hi)`` when ``widx`` is the contiguous block ``lo .. hi-1`` in order."""
 
     xidx: np.ndarray  # (R, n) intp
@@ -74,6 +76,7 @@ class GemmPlan:
         self.stacks = stacks
         self.general = general
         self._wcache: list[tuple[int, np.ndarray] | None] = [None] * len(stacks or ())
+        self.checked = False  # set by the simulator once its index ranges passed
         self.steps_arrays: tuple[np.ndarray, ...] = ()
 
     @property
@@ -105,38 +108,58 @@ class GemmPlan:
             if b > 1:
                 x = x.transpose(0, 2, 1, 3)
             x = x.reshape(r * b, length)
-            w = self._weights(k, st, wgt_t, wgt_stamp, length)  # (G, L, BO)
-            y = None
-            for lo in range(0, length, EXACT_INNER):
-                hi = min(lo + EXACT_INNER, length)
-                part = np.matmul(x[:, lo:hi], w[:, lo:hi]).astype(np.int32)  # exact: see above
-                if y is None:
-                    y = part
-                else:
-                    y += part  # int32 wraparound, as the accumulator
-            y = y.reshape(g, r, b, bo)  # (G, R*B, BO) -> per group, per row
-            kind, where = st.dst
-            if kind == "gr":
-                view = acc[where:where + r * g].reshape(g, r, b, bo)
-                view += y
-            elif kind == "rg":
-                view = acc[where:where + r * g].reshape(r, g, b, bo)
-                view += y.transpose(1, 0, 2, 3)
+            w = self._weights(k, st, wgt_t, wgt_stamp, length)  # (L, G*BO): one product
+            if length <= EXACT_INNER:
+                y = np.matmul(x, w)  # float32, exact integers (see above)
             else:
-                acc[where] += y.reshape(g * r, b, bo)
+                y = None
+                for lo in range(0, length, EXACT_INNER):
+                    hi = min(lo + EXACT_INNER, length)
+                    part = np.matmul(x[:, lo:hi], w[lo:hi]).astype(np.int32)  # exact
+                    if y is None:
+                        y = part
+                    else:
+                        y += part  # int32 wraparound, as the accumulator
+            y = y.reshape(r, b, g, bo)
+            kind, where = st.dst
+            # acc += y in int32 (the exact float32 integers cast first): wraps mod 2**32
+            if kind == "gr":
+                base, pitch = where
+                if base + g * pitch <= acc.shape[0]:
+                    view = acc[base:base + g * pitch].reshape(g, pitch, b, bo)[:, :r]
+                    np.add(view, y.transpose(2, 0, 1, 3), out=view, dtype=np.int32,
+                           casting="unsafe")
+                    continue
+                where = (base + pitch * np.arange(g)[:, None] + np.arange(r)).reshape(-1)
+            elif kind == "rg":
+                base, pitch = where
+                if base + r * pitch <= acc.shape[0]:
+                    view = acc[base:base + r * pitch].reshape(r, pitch, b, bo)[:, :g]
+                    np.add(view, y.transpose(0, 2, 1, 3), out=view, dtype=np.int32,
+                           casting="unsafe")
+                    continue
+                where = (base + np.arange(g)[:, None] + pitch * np.arange(r)).reshape(-1)
+            acc[where] += y.transpose(2, 0, 1, 3).reshape(g * r, b, bo).astype(np.int32)
 
     def _weights(self, k: int, st: _Stack, wgt_t: np.ndarray, wgt_stamp: np.ndarray,
                  length: int) -> np.ndarray:
+        """The stack's weights as one ``(L, G*BLOCK_OUT)`` matrix: a view of the buffer for one
+        contiguous group, else a copy cached until one of its rows is written again."""
         g = st.widx.shape[0]
         bo = wgt_t.shape[2]
-        if st.wrange is not None:  # one contiguous block of weight rows: a view, no copy
+        if g == 1 and st.wrange is not None:  # one contiguous block of weight rows: a view
             lo, hi = st.wrange
-            return wgt_t[lo:hi].reshape(g, length, bo)
+            return wgt_t[lo:hi].reshape(length, bo)
         stamp = st.wkey.max_of(wgt_stamp)
         cached = self._wcache[k]
         if cached is not None and cached[0] == stamp:
             return cached[1]
-        w = wgt_t.take(st.widx, axis=0).reshape(g, length, bo)
+        if st.wrange is not None:
+            lo, hi = st.wrange
+            w = wgt_t[lo:hi].reshape(g, length, bo)
+        else:
+            w = wgt_t.take(st.widx, axis=0).reshape(g, length, bo)
+        w = np.ascontiguousarray(w.transpose(1, 0, 2)).reshape(length, g * bo)
         self._wcache[k] = (stamp, w)
         return w
 
@@ -249,11 +272,15 @@ def _stacks(a, x0, w0, soff, woff) -> list[_Stack] | None:
 
 def _dst(rm: np.ndarray) -> tuple[str, object]:
     r, g = rm.shape
-    base = int(rm.min())
-    if np.array_equal(rm, base + np.arange(r)[:, None] * g + np.arange(g)[None, :]):
-        return "rg", base
-    if np.array_equal(rm, base + np.arange(g)[None, :] * r + np.arange(r)[:, None]):
-        return "gr", base
+    base = int(rm[0, 0])
+    pitch = int(rm[1, 0]) - base if r > 1 else g
+    if pitch >= g and np.array_equal(rm, base + np.arange(r)[:, None] * pitch
+                                     + np.arange(g)[None, :]):
+        return "rg", (base, pitch)
+    pitch = int(rm[0, 1]) - base if g > 1 else r
+    if pitch >= r and np.array_equal(rm, base + np.arange(g)[None, :] * pitch
+                                     + np.arange(r)[:, None]):
+        return "gr", (base, pitch)
     return "idx", rm.T.reshape(-1).astype(np.intp)
 
 

@@ -13,6 +13,7 @@ operations, so their cost is O(runs) numpy calls rather than a gather over every
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 
 import numpy as np
@@ -34,7 +35,7 @@ class IndexSet:
     """The distinct values of an index array: ``uniq`` (sorted) and, when they form at most
     ``MAX_RUNS`` contiguous runs, ``runs`` as ``[(lo, hi), ...]`` (else None)."""
 
-    __slots__ = ("uniq", "runs", "top")
+    __slots__ = ("uniq", "runs", "top", "key", "_halves")
 
     def __init__(self, idx: np.ndarray, runs_allowed: bool = True):
         idx = np.asarray(idx).reshape(-1)
@@ -46,6 +47,7 @@ class IndexSet:
             u = np.unique(idx)
         self.uniq = u
         self.top = int(u[-1]) if u.size else -1
+        self._halves: tuple[int, frozenset[int]] | None = None
         self.runs: list[tuple[int, int]] | None = None
         if runs_allowed and u.size:
             cut = np.flatnonzero(np.diff(u) != 1) + 1
@@ -53,10 +55,36 @@ class IndexSet:
                 lo = np.concatenate(([0], cut))
                 hi = np.concatenate((cut, [u.size]))
                 self.runs = [(int(u[a]), int(u[b - 1]) + 1) for a, b in zip(lo, hi)]
+        # equal for equal sets with runs (a dictionary key), else unique to the object
+        self.key: tuple | int = tuple(self.runs) if self.runs is not None else id(self)
 
     @property
     def nbytes(self) -> int:
         return self.uniq.nbytes
+
+    def halves(self, half: int) -> frozenset[int]:
+        """The distinct ``i // half`` of the set (memoised: the set is cached with its plan)."""
+        got = self._halves
+        if got is None or got[0] != half:
+            if self.runs is not None:
+                hs = frozenset(h for lo, hi in self.runs for h in range(lo // half,
+                                                                         (hi - 1) // half + 1))
+            else:
+                hs = frozenset((self.uniq // half).tolist())
+            got = self._halves = (half, hs)
+        return got[1]
+
+    def meets(self, runs: list[tuple[int, int]]) -> bool | None:
+        """Whether the set shares an index with the union of ``runs`` (None: the set has no
+        runs, ask :func:`numpy.intersect1d`)."""
+        mine = self.runs
+        if mine is None:
+            return None
+        for lo, hi in mine:
+            for lo2, hi2 in runs:
+                if lo < hi2 and lo2 < hi:
+                    return True
+        return False
 
     def max_of(self, arr: np.ndarray) -> int:
         """``arr[self].max()`` (the set is not empty)."""
@@ -88,8 +116,29 @@ def _race(buffer: str, idx: np.ndarray, bad: np.ndarray, first: tuple[int, int, 
     )
 
 
+def _unordered_overlap(queue: deque, limit: int, runs: list[tuple[int, int]]) -> bool:
+    """Whether an access ``(seq, lo, hi)`` of ``queue`` with ``seq > limit`` overlaps ``runs``;
+    drops the accesses with ``seq <= limit`` first (``limit``, a clock entry of the asking
+    module, never decreases, and the queue is in ``seq`` order)."""
+    while queue and queue[0][0] <= limit:
+        queue.popleft()
+    for _, lo, hi in queue:
+        for a, b in runs:
+            if a < hi and lo < b:
+                return True
+    return False
+
+
 class SramShadow:
-    """Last-writer / last-reader sequence numbers of every shared SRAM element."""
+    """Last-writer / last-reader sequence numbers of every shared SRAM element.
+
+    The compute module's checks against the other modules' accesses have a fast path: the
+    LOAD writes (INP, WGT) and STORE reads (OUT) it does not yet know to be complete are kept in
+    order as contiguous ranges, so a GEMM/ALU whose rows are a few runs is checked with a few
+    interval comparisons. Equivalent to the per-element test: some element's last access is
+    unordered exactly when an unordered access covers it. Only a possible race (or a set
+    without runs) goes to the per-element arrays, which name the race.
+    """
 
     def __init__(self, cfg: Config):
         self.w = {MemType.INP: np.zeros(cfg.inp_depth, np.int64),
@@ -98,6 +147,8 @@ class SramShadow:
                   MemType.WGT: np.zeros(cfg.wgt_depth, np.int64)}
         self.out_w = np.zeros(cfg.out_depth, np.int64)
         self.out_r = np.zeros(cfg.out_depth, np.int64)
+        self.pending_w: dict[MemType, deque] = {MemType.INP: deque(), MemType.WGT: deque()}
+        self.pending_out_r: deque = deque()
 
     def load_write(self, mt: MemType, lo: int, hi: int, seq: int, vc, pc: int,
                    pc_of: PcOf) -> None:
@@ -108,11 +159,16 @@ class SramShadow:
             raise _race(mt.name, np.arange(lo, hi), bad, (other, COMPUTE, "reads"),
                         (pc, LOAD, "writes"))
         self.w[mt][lo:hi] = seq
+        if hi > lo:
+            self.pending_w[mt].append((seq, lo, hi))
 
     def compute_read(self, mt: MemType, idx: IndexSet, seq: int, vc, pc: int,
                      pc_of: PcOf) -> None:
         w = self.w[mt]
-        if idx.max_of(w) > vc[LOAD]:
+        runs = idx.runs
+        if runs is not None and not _unordered_overlap(self.pending_w[mt], vc[LOAD], runs):
+            pass  # proven ordered
+        elif idx.max_of(w) > vc[LOAD]:
             writers = w[idx.uniq]
             bad = writers > vc[LOAD]
             raise _race(mt.name, idx.uniq, bad, (pc_of(LOAD, int(writers[bad].min())), LOAD,
@@ -120,7 +176,10 @@ class SramShadow:
         idx.assign(self.r[mt], seq)
 
     def compute_write_out(self, idx: IndexSet, seq: int, vc, pc: int, pc_of: PcOf) -> None:
-        if idx.max_of(self.out_r) > vc[STORE]:
+        runs = idx.runs
+        if runs is not None and not _unordered_overlap(self.pending_out_r, vc[STORE], runs):
+            pass  # proven ordered
+        elif idx.max_of(self.out_r) > vc[STORE]:
             readers = self.out_r[idx.uniq]
             bad = readers > vc[STORE]
             raise _race("OUT", idx.uniq, bad, (pc_of(STORE, int(readers[bad].max())), STORE,
@@ -135,6 +194,8 @@ class SramShadow:
             raise _race("OUT", np.arange(lo, hi), bad, (other, COMPUTE, "writes"),
                         (pc, STORE, "reads"))
         self.out_r[lo:hi] = seq
+        if hi > lo:
+            self.pending_out_r.append((seq, lo, hi))
 
 
 def rows_overlap(sa: np.ndarray, la: int, sb: np.ndarray, lb: int) -> bool:
@@ -147,31 +208,36 @@ def rows_overlap(sa: np.ndarray, la: int, sb: np.ndarray, lb: int) -> bool:
 
 
 class DramRaceTracker:
-    """DRAM conflicts between STORE writes and LOAD reads of the load or compute module."""
+    """DRAM conflicts between STORE writes and LOAD reads of the load or compute module.
+
+    Every access also gives its byte span ``(first, end)`` (Python ints: the rows' hull), so
+    accesses far apart are told apart without numpy."""
 
     def __init__(self) -> None:
-        self.writes: list[tuple[int, np.ndarray, int, int, str]] = []
-        self.reads: dict[int, list[tuple[int, np.ndarray, int, int, str]]] = {LOAD: [],
-                                                                               COMPUTE: []}
+        Rec = tuple[int, np.ndarray, int, int, str, int, int]
+        self.writes: list[Rec] = []
+        self.reads: dict[int, list[Rec]] = {LOAD: [], COMPUTE: []}
         self.wptr = {LOAD: 0, COMPUTE: 0}
         self.rptr = {LOAD: 0, COMPUTE: 0}
 
     def read(self, module: int, seq: int, vc, starts: np.ndarray, length: int,
-             pc: int, what: str, pc_of: PcOf) -> None:
+             pc: int, what: str, pc_of: PcOf, span: tuple[int, int]) -> None:
         writes, p = self.writes, self.wptr[module]
         while p < len(writes) and writes[p][0] <= vc[STORE]:
             p += 1
         self.wptr[module] = p
-        for _wseq, wstarts, wlen, wpc, wwhat in writes[p:]:
-            if rows_overlap(starts, length, wstarts, wlen):
+        first, end = span
+        for _wseq, wstarts, wlen, wpc, wwhat, wfirst, wend in writes[p:]:
+            if first < wend and wfirst < end and rows_overlap(starts, length, wstarts, wlen):
                 raise SimError(
                     f"race on DRAM: instruction {wpc} (store module, {wwhat}) writes bytes that "
                     f"instruction {pc} ({_NAMES[module]} module, {what}) reads, and no "
                     f"dependency tokens order them")
-        self.reads[module].append((seq, starts, length, pc, what))
+        self.reads[module].append((seq, starts, length, pc, what, first, end))
 
     def write(self, seq: int, vc, starts: np.ndarray, length: int, pc: int,
-              what: str, pc_of: PcOf) -> None:
+              what: str, pc_of: PcOf, span: tuple[int, int]) -> None:
+        first, end = span
         for m in (LOAD, COMPUTE):
             reads, p = self.reads[m], self.rptr[m]
             while p < len(reads) and reads[p][0] <= vc[m]:
@@ -180,10 +246,10 @@ class DramRaceTracker:
                 del reads[:p]
                 p = 0
             self.rptr[m] = p
-            for _rseq, rstarts, rlen, rpc, rwhat in reads[p:]:
-                if rows_overlap(starts, length, rstarts, rlen):
+            for _rseq, rstarts, rlen, rpc, rwhat, rfirst, rend in reads[p:]:
+                if first < rend and rfirst < end and rows_overlap(starts, length, rstarts, rlen):
                     raise SimError(
                         f"race on DRAM: instruction {pc} (store module, {what}) writes bytes "
                         f"that instruction {rpc} ({_NAMES[m]} module, {rwhat}) reads, and no "
                         f"dependency tokens order them")
-        self.writes.append((seq, starts, length, pc, what))
+        self.writes.append((seq, starts, length, pc, what, first, end))

@@ -12,13 +12,20 @@ exactly the tensors the model quantises int8, with the model's own scales and ze
   QLinearLeakyRelu, QLinearSoftmax: ``Q(op(DQ(a), DQ(b), ...))``, which is their definition;
 * ConvInteger, MatMulInteger: the integer product of zero-point-shifted operands, computed in
   float32 (exact while every partial sum stays below 2**24) and cast to int32;
-* DynamicQuantizeLinear (per-batch scale and zero point computed at run time, as dynamic
-  quantisation uses it in front of ConvInteger / MatMulInteger): imported as the identity on
-  the float values, with scale 1 and zero point 0; the ConvInteger / MatMulInteger it feeds
-  become float layers over those values with the model's integer weights, scaled back by the
-  graph's own Mul. The rounding of x to a per-batch uint8 grid is not reproduced: such a layer
-  is quantised statically by calibration, like a float model's (its integers cannot equal
-  onnxruntime's, whose scale depends on each input).
+* DynamicQuantizeLinear (per-batch scale and zero point computed at run time). Where it only
+  feeds ConvInteger / MatMulInteger (and its scale only the graph's Mul), as dynamic
+  quantisation uses it: imported as the identity on the float values, with scale 1 and zero
+  point 0; the ConvInteger / MatMulInteger it feeds become float layers over those values with
+  the model's integer weights, scaled back by the graph's own Mul. The rounding of x to a
+  per-batch uint8 grid is not reproduced: such a layer is quantised statically by calibration,
+  like a float model's (its integers cannot equal onnxruntime's, whose scale depends on each
+  input). Anywhere else (an output is a graph output, or read by another op): its definition,
+  computed at run time by float CPU kernels, bit for bit onnxruntime's — ``lo = min(0, min x)``,
+  ``hi = max(0, max x)``, ``scale = (hi - lo) / 255`` (1 when ``hi == lo``, as onnxruntime;
+  ONNX's reference gives 1/255 there), ``zp = round(clip(-lo / scale, 0, 255))``,
+  ``y = clip(round(x / scale) + zp, 0, 255)``, rounding half to even; the uint8 ``y`` and
+  ``zp`` are real uint8 tensors (a ConvInteger / MatMulInteger reading them then is
+  unsupported: its zero point is computed at run time).
 
 uint8 tensors are carried as int8 (``u - 128``, zero point ``zp - 128``; the real values are
 unchanged): uint8 constants are converted at import, a uint8 graph input or a uint8 tensor that
@@ -314,17 +321,12 @@ def _c_dynamic_quantize(ctx: Ctx, n: onnx.NodeProto, a: dict) -> None:
                           f"{ctx.info(x).dtype}")
     y, scale, zp = (list(n.output) + ["", "", ""])[:3]
     # the float identity is right only where ConvInteger/MatMulInteger (and the scale's Mul)
-    # consume the outputs; anything else would read float values as the uint8 codes
+    # consume the outputs; anything else reads the uint8 codes: compute them
     allowed = {y: _DYNAMIC_READERS, zp: _DYNAMIC_READERS, scale: {"Mul", "DequantizeLinear"}}
-    for o, ok in allowed.items():
-        if not o:
-            continue
-        bad = sorted(set(ctx.readers.get(o, [])) - ok)
-        if o in ctx.graph_outputs or bad:
-            used = "a graph output" if o in ctx.graph_outputs else f"read by {bad}"
-            raise Unsupported(f"output {o!r} is {used}: DynamicQuantizeLinear is supported only "
-                              f"feeding ConvInteger/MatMulInteger (imported as the float "
-                              f"identity, its scale 1 and zero point 0)")
+    if any(o and (o in ctx.graph_outputs or set(ctx.readers.get(o, [])) - ok)
+           for o, ok in allowed.items()):
+        _dynamic_quantize_values(ctx, x, y, scale, zp)
+        return
     ctx.emit("identity", [x], y)
     marks = _dynamic_marks(ctx)
     marks.add(y)
@@ -333,6 +335,36 @@ def _c_dynamic_quantize(ctx: Ctx, n: onnx.NodeProto, a: dict) -> None:
     if zp:
         ctx.add_const(zp, np.uint8(0))
         marks.add(zp)
+
+
+def _dynamic_quantize_values(ctx: Ctx, x: str, y: str, scale: str, zp: str) -> None:
+    """DynamicQuantizeLinear's definition on float ops (module docstring): ``y`` and ``zp``
+    uint8, ``scale`` float32, all computed at run time."""
+    axes = tuple(range(ctx.rank(x)))
+    zero = ctx.scalar(0.0)
+
+    def reduced(fn: str, bound: str) -> str:
+        r = ctx.emit("reduce", [x], ctx.tmp(f"{x}:{fn}"), fn=fn, axes=axes, keepdims=False) \
+            if axes else x
+        return ctx.emit(fn, [r, zero], ctx.tmp(f"{x}:{bound}"))
+
+    lo, hi = reduced("min", "lo"), reduced("max", "hi")
+    span = ctx.emit("sub", [hi, lo], ctx.tmp(f"{x}:span"))
+    ratio = ctx.emit("div", [span, ctx.scalar(255.0)], ctx.tmp(f"{x}:ratio"))
+    flat = ctx.emit("equal", [span, zero], ctx.tmp(f"{x}:flat"))
+    s = ctx.emit("where", [flat, ctx.scalar(1.0), ratio], scale or ctx.tmp(f"{x}:scale"))
+    z0 = ctx.emit("sub", [zero, ctx.emit("div", [lo, s], ctx.tmp(f"{x}:lo_s"))],
+                  ctx.tmp(f"{x}:zp0"))
+    zf = ctx.emit("round", [ctx.emit("clip", [z0], ctx.tmp(f"{x}:zpc"), min=0.0, max=255.0)],
+                  ctx.tmp(f"{x}:zpf"))
+    if zp:
+        ctx.emit("cast", [zf], zp, to="uint8")
+    if y:
+        q = ctx.emit("round", [ctx.emit("div", [x, s], ctx.tmp(f"{x}:xs"))],
+                     ctx.tmp(f"{x}:q"))
+        q = ctx.emit("clip", [ctx.emit("add", [q, zf], ctx.tmp(f"{x}:qz"))],
+                     ctx.tmp(f"{x}:qc"), min=0.0, max=255.0)
+        ctx.emit("cast", [q], y, to="uint8")
 
 
 def _dynamic_marks(ctx: Ctx) -> set[str]:
@@ -359,8 +391,10 @@ def _int_operand(ctx: Ctx, x: str, zp_name: str, what: str) -> str:
         return x
     dt = ctx.info(x).dtype
     if zp_name and zp_name not in ctx.consts:
-        raise Unsupported(f"{what} zero point {zp_name!r} is computed at run time (dynamic "
-                          f"quantisation is not supported)", tensor=zp_name)
+        raise Unsupported(f"{what} zero point {zp_name!r} is computed at run time: only a "
+                          f"DynamicQuantizeLinear that feeds nothing but ConvInteger / "
+                          f"MatMulInteger is supported there (its codes are then not computed)",
+                          tensor=zp_name)
     z, _ = _zero_point(ctx, zp_name, f"{what} zero point", dt)
     xi = _i8(ctx, x)
     axis = 0 if z.size > 1 else 1

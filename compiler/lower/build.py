@@ -14,6 +14,10 @@
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 
 from tessera.compiler.ir import Graph, Node
@@ -227,6 +231,27 @@ def build_plan(g: Graph, cfg: Config, double_buffer: bool = True, tune: int = 0)
         raise CompileError("lowering needs the graph's memory plan (run plan_memory last)")
     if isinstance(tune, bool) or not isinstance(tune, int) or tune < 0:
         raise CompileError(f"tune must be a non-negative integer, not {tune!r}")
+    with _collector_paused():
+        return _build(g, cfg, double_buffer, tune)
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off while a plan is built: emission allocates
+    hundreds of thousands of instruction records that live until the step is encoded, and
+    the collections they trigger rescan every live object (a tenth to a fifth of
+    ``build_plan``'s time); reference counting still frees everything acyclic. Restored on the
+    way out (left off only if it was already off, e.g. by a caller doing the same)."""
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
+
+
+def _build(g: Graph, cfg: Config, double_buffer: bool, tune: int) -> Plan:
     b = _Builder(g, cfg, double_buffer, tune)
     steps: list[AccelStep | CpuStep] = []
     by_name = {n.name: n for n in g.nodes}

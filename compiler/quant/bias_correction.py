@@ -45,6 +45,7 @@ CORRECTED_OPS = ("qconv2d", "qdense")
 # geomean ratio to onnxruntime 0.763 with 4, 0.727 with 8, 0.723 with all 16.
 BIAS_CORRECTION_BATCHES = 8
 _STACK_ELEMENTS = 1 << 22  # patch elements of one stacked int8 conv (16 MB of float32)
+_ERROR_BLOCK = 1 << 15  # float64 error values per block of the statistics (256 KB)
 
 
 def _float_products(op: str, x: np.ndarray, w: np.ndarray, attrs: Mapping) -> np.ndarray:
@@ -59,8 +60,12 @@ def _float_products(op: str, x: np.ndarray, w: np.ndarray, attrs: Mapping) -> np
 
 def _int_products(op: str, xs: Sequence[np.ndarray], w: np.ndarray, attrs: Mapping
                   ) -> list[np.ndarray]:
-    """The exact int64 accumulators (no bias) of a qconv2d/qdense layer for each batch's input
-    in ``xs`` (a dense layer's batches go through one matrix product)."""
+    """The exact accumulators (no bias) of a qconv2d/qdense layer for each batch's input in
+    ``xs`` (a dense layer's batches go through one matrix product): int32 lanes when no sum
+    can leave int32 (every int8 layer shorter than 131072 terms), else int64."""
+    k = int(np.prod(w.shape[1:]))
+    dtype = np.int32 if reference.sums_fit_int32(xs[0].dtype, w.dtype, k) else np.int64
+    splits = reference.exact_splits(xs[0].dtype, w)  # long exact chunks these weights allow
     if op == "qconv2d":
         # batches stacked (exact sums: the order is free) while their patches stay small:
         # fuller matrix products for the late, small layers
@@ -77,18 +82,37 @@ def _int_products(op: str, xs: Sequence[np.ndarray], w: np.ndarray, attrs: Mappi
             part = xs[k: k + per]
             acc = reference.int_conv2d_cnhw(
                 part[0] if len(part) == 1 else np.concatenate(part), w, attrs["strides"],
-                attrs["pads"], attrs["dilations"], attrs["groups"])
+                attrs["pads"], attrs["dilations"], attrs["groups"], dtype=dtype, splits=splits)
             # each image's (1, O, OH, OW) view of the channel-major products
             out += [a.transpose(1, 0, 2, 3)
                     for a in np.split(acc, np.cumsum([len(x) for x in part])[:-1], axis=1)]
         return out
-    acc = reference.int_matmul(np.concatenate(xs), w.T)
+    acc = reference.int_matmul(np.concatenate(xs), w.T, dtype=dtype, splits=splits)
     return np.split(acc, np.cumsum([len(x) for x in xs])[:-1])
 
 
 def _per_channel(y: np.ndarray) -> np.ndarray:
     """[channels, positions] view of an NCHW or NC array."""
     return np.moveaxis(y, 1, 0).reshape(y.shape[1], -1)
+
+
+def _add_error_sums(zc: np.ndarray, acc: np.ndarray, unit: np.ndarray, offset: np.ndarray,
+                    s1: np.ndarray, s2: np.ndarray) -> None:
+    """Add each channel's sum of ``err = zc / unit - (acc - offset)`` to ``s1`` and of
+    ``err**2`` to ``s2`` (all [channels, positions] but ``offset``, per channel). Computed a
+    block of channels at a time in a cache-sized float64 buffer (a channel's sums are the same
+    whatever the block)."""
+    rows, cols = zc.shape
+    step = max(1, _ERROR_BLOCK // max(1, cols))
+    buf = reference.scratch("bias_correction", (min(step, rows), cols), np.float64)
+    shift = offset.any()
+    for r in range(0, rows, step):
+        sl = slice(r, r + step)
+        err = np.divide(zc[sl], unit[sl], out=buf[: min(step, rows - r)])
+        err -= (acc[sl] - offset[sl, None]) if shift else acc[sl]
+        s1[sl] += err.sum(axis=1)
+        err *= err
+        s2[sl] += err.sum(axis=1)
 
 
 class _Lockstep:
@@ -133,12 +157,18 @@ class _Lockstep:
 
 
 def _int_layer(n: Node, acc: np.ndarray, args: list) -> list[np.ndarray]:
-    """What the reference's qconv2d/qdense computes, from its exact int64 products ``acc``."""
+    """What the reference's qconv2d/qdense computes, from its exact products ``acc`` (int32
+    lanes or int64; ours to overwrite)."""
     b, r = args[2], (args[3] if len(args) > 3 else None)
     shape = (1, -1, 1, 1) if acc.ndim == 4 else (1, -1)
-    total = np.add(acc, b.astype(np.int64).reshape(shape), out=acc)  # acc is ours to reuse
-    # wrapped to int32 lanes (exact after wrap32): the epilogue then runs on them in place
-    total32 = reference.wrap32(total, out=total).astype(np.int32)
+    if acc.dtype == np.int32:
+        # int32 lanes add with two's complement wrap: wrap32(acc + b) with no int64 detour
+        bias = reference.wrap32(b).astype(np.int32).reshape(shape)
+        total32 = np.add(acc, bias, out=acc)
+    else:
+        total = np.add(acc, b.astype(np.int64).reshape(shape), out=acc)
+        total32 = reference.wrap32(total, out=total).astype(np.int32)
+    # the epilogue then runs on the int32 lanes in place
     return [reference.apply_epilogue(total32, n.attrs["epilogue"], r)]
 
 
@@ -195,14 +225,8 @@ def correct_biases(graph: Graph, float_graph: Graph, qparams: Mapping[str, QPara
         accs = _int_products(n.op, [q.value(e, n.inputs[0]) for e in q.envs], wq, n.attrs)
         for acc, z in zip(accs, zs):
             zc = _per_channel(z)
-            err = np.divide(zc, unit, out=reference.scratch("bias_correction", zc.shape,
-                                                            np.float64))  # then in place
-            err -= (_per_channel(acc) - qx.zero_point * wsum[:, None]) if qx.zero_point \
-                else _per_channel(acc)
-            s1 += err.sum(axis=1)
-            err *= err
-            s2 += err.sum(axis=1)
-            count += err.shape[1]
+            _add_error_sums(zc, _per_channel(acc), unit, qx.zero_point * wsum, s1, s2)
+            count += zc.shape[1]
         if count >= 2:
             mu = s1 / count
             se2 = np.maximum(s2 / count - mu * mu, 0.0) / count

@@ -171,33 +171,36 @@ def thread_caps(cfg, threads: int) -> tuple[int, int]:
 def _plan_loads(tiles: list[Tile], threads: int, caps: dict[MemType, int]) -> list[list[tuple]]:
     """Absolute load arguments of every stage, minus those whose exact region is still resident
     in its half (loaded there earlier and not overwritten since)."""
-    resident: list[dict[tuple[int, int], tuple]] = [{} for _ in range(threads)]
+    # per thread half and memory type: sram start -> (load arguments, span) of what is there
+    resident: list[dict[int, dict[int, tuple]]] = [{mt: {} for mt in caps}
+                                                   for _ in range(threads)]
     actual: list[list[tuple]] = []
     u = 0
     for t, tile in enumerate(tiles):
         for s, stage in enumerate(tile.stages):
             half = u % threads
-            res = resident[half]
+            held = resident[half]
             todo = []
             for r in stage.loads:
                 if r.mem_type not in caps:
                     raise ProgramError(f"a reduction stage may load INP or WGT, not "
                                        f"{MemType(r.mem_type).name}")
                 cap = caps[r.mem_type]
-                if r.sram < 0 or r.sram + r.span > cap:
-                    raise ProgramError(
-                        f"tile {t} stage {s}: {MemType(r.mem_type).name} region [{r.sram}, "
-                        f"{r.sram + r.span}) exceeds one thread's {cap} elements")
-                key = (r.mem_type, half * cap + r.sram, r.dram, r.y, r.x, r.stride, r.pads)
                 span = r.span
-                if res.get((r.mem_type, r.sram)) == (key, span):
+                lo = r.sram
+                hi = lo + span
+                if lo < 0 or hi > cap:
+                    raise ProgramError(
+                        f"tile {t} stage {s}: {MemType(r.mem_type).name} region [{lo}, "
+                        f"{hi}) exceeds one thread's {cap} elements")
+                key = (r.mem_type, half * cap + lo, r.dram, r.y, r.x, r.stride, r.pads)
+                res = held[r.mem_type]
+                if res.get(lo) == (key, span):
                     continue
-                lo, hi = r.sram, r.sram + span
-                gone = [at for at, (_, n) in res.items()
-                        if at[0] == r.mem_type and at[1] < hi and lo < at[1] + n]
+                gone = [at for at, (_, n) in res.items() if at < hi and lo < at + n]
                 for at in gone:
                     del res[at]
-                res[r.mem_type, r.sram] = (key, span)
+                res[lo] = (key, span)
                 todo.append(key)
             actual.append(todo)
             u += 1

@@ -91,13 +91,16 @@ def acc_bounds(w: np.ndarray, in_lo: int = -128, in_hi: int = 127) -> tuple[np.n
     """Per-output-channel range of ``sum(x * w)`` over int8 inputs in ``[in_lo, in_hi]``
     (``w``: int weights, output channel first)."""
     wf = np.asarray(w).reshape(np.shape(w)[0], -1)
-    total = wf.sum(axis=1, dtype=np.int64)
+    # int8 rows short enough that no sum can leave int32 are summed in int32 (faster, exact)
+    small = wf.dtype == np.int8 and wf.shape[1] < 1 << 23
+    acc = np.int32 if small else np.int64
+    total = wf.sum(axis=1, dtype=acc).astype(np.int64)
     # sums of the positive weights (by slabs of rows: no temporary of the whole matrix) and of
     # the negative ones (no abs(): -128 has no int8 magnitude)
     pos = np.empty(wf.shape[0], np.int64)
     step = max(1, (1 << 18) // max(1, wf.shape[1]))
     for r in range(0, wf.shape[0], step):
-        pos[r:r + step] = np.maximum(wf[r:r + step], 0).sum(axis=1, dtype=np.int64)
+        pos[r:r + step] = np.maximum(wf[r:r + step], 0).sum(axis=1, dtype=acc)
     neg = total - pos
     hi = pos * in_hi + neg * in_lo
     lo = pos * in_lo + neg * in_hi

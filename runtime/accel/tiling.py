@@ -28,7 +28,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from functools import partial
+from functools import lru_cache, partial
 
 from tessera.config import Config
 from tessera.errors import ProgramError
@@ -93,6 +93,20 @@ def _beats(elems: int, per: float) -> int:
     return max(1, round(elems * per)) if elems else 0
 
 
+@lru_cache(maxsize=4096)
+def _spans(total: int, step: int) -> tuple[tuple[int, int], ...]:
+    return tuple(spans(total, step))
+
+
+@lru_cache(maxsize=4096)
+def _chunks(rb: int, kc: int, kh: int, tkh: int, kw: int, tkw: int
+            ) -> tuple[tuple[tuple[int, int, int, int], ...], int]:
+    """The reduction chunks (kc, count, tkh, tkw) of a tile shape and their number."""
+    chunks = tuple((kc_, nk * nc * nq, tkh_, tkw_) for kc_, nc in spans(rb, kc)
+                   for tkh_, nk in spans(kh, tkh) for tkw_, nq in spans(kw, tkw))
+    return chunks, sum(n for _, n, _, _ in chunks)
+
+
 def estimate(cfg: Config, g: ConvGeom, t: ConvTiles, prog: DeviceEpilogue | EpilogueShape,
              deferred: bool = True) -> int:
     """Estimated cycles of the layer with tile shape ``t`` (resolved; see the module doc)."""
@@ -102,9 +116,7 @@ def estimate(cfg: Config, g: ConvGeom, t: ConvTiles, prog: DeviceEpilogue | Epil
     residual = prog.residual
     db = t.double_buffer
     overlap = deferred and db  # epilogues and resets on the ALU engine
-    chunks = [(kc, nk * nc * nq, tkh, tkw) for kc, nc in spans(g.rb, t.kc)
-              for tkh, nk in spans(g.kh, t.tkh) for tkw, nq in spans(g.kw, t.tkw)]
-    n_chunks = sum(n for _, n, _, _ in chunks)
+    chunks, n_chunks = _chunks(g.rb, t.kc, g.kh, t.tkh, g.kw, t.tkw)
     wsize = t.to * t.kc * t.tkh * t.tkw
     wgt_cap = cfg.wgt_depth // (2 if db else 1)
     stationary = n_chunks * wsize <= wgt_cap
@@ -116,11 +128,11 @@ def estimate(cfg: Config, g: ConvGeom, t: ConvTiles, prog: DeviceEpilogue | Epil
     sub = g.subsampled
     whole = not (g.pt or g.pb or g.pl or g.pr)
     inp_beats, wgt_beats = c.inp_beats, c.wgt_beats
-    ws, hs, ns = spans(g.ow, t.tw), spans(g.oh, t.th), spans(g.n, t.tn)
+    ws, hs, ns = _spans(g.ow, t.tw), _spans(g.oh, t.th), _spans(g.n, t.tn)
     # input window rows / columns per (tile extent, chunk extent)
     ihs = {(th, tkh): g.in_rows(th, tkh) for th, _ in hs for _, _, tkh, _ in chunks}
     iws = {(tw, tkw): g.in_width(tw, tkw) for tw, _ in ws for _, _, _, tkw in chunks}
-    for to, k_o in spans(g.ob, t.to):
+    for to, k_o in _spans(g.ob, t.to):
         wins = g.max_windows(to)  # input windows a tile's stages load
         for th, k_h in hs:
             for tw, k_w in ws:
@@ -137,12 +149,18 @@ def estimate(cfg: Config, g: ConvGeom, t: ConvTiles, prog: DeviceEpilogue | Epil
                         stage_g += [steps + parts * INSN] * count
                         ih, iw = ihs[th, tkh], iws[tw, tkw]
                         if sub:
-                            inp = tn * ib * (LOAD_FIXED + _beats(th * iw, inp_beats))
+                            e = th * iw
+                            inp = tn * ib * (LOAD_FIXED + (max(1, round(e * inp_beats))
+                                                           if e else 0))
                         elif ih == g.h and iw == g.w and whole:
-                            inp = LOAD_FIXED + _beats(tn * ib * ih * iw, inp_beats)
+                            e = tn * ib * ih * iw
+                            inp = LOAD_FIXED + (max(1, round(e * inp_beats)) if e else 0)
                         else:
-                            inp = tn * ib * (LOAD_FIXED + _beats(ih * iw, inp_beats))
-                        wgt = LOAD_FIXED + _beats(to * kc * tkh * tkw, wgt_beats)
+                            e = ih * iw
+                            inp = tn * ib * (LOAD_FIXED + (max(1, round(e * inp_beats))
+                                                           if e else 0))
+                        e = to * kc * tkh * tkw
+                        wgt = LOAD_FIXED + (max(1, round(e * wgt_beats)) if e else 0)
                         if tkw < g.kw:  # one LOAD per output and input block
                             wgt += (to * kc - 1) * LOAD_FIXED
                         if stationary:

@@ -238,6 +238,23 @@ def window_taps(n_in: int, n_out: int, k: int, s: int, d: int, pb: int,
 # -- the function builder ---------------------------------------------------------------------
 
 
+class IrText:
+    """The IR text of a finished module, rendered on the first ``str()`` and kept."""
+
+    __slots__ = ("_module", "_text")
+
+    def __init__(self, module: ir.Module):
+        self._module: ir.Module | None = module
+        self._text: str | None = None
+
+    def __str__(self) -> str:
+        if self._text is None:
+            assert self._module is not None
+            self._text = str(self._module)
+            self._module = None
+        return self._text
+
+
 class KernelBuilder:
     """One kernel function ``void name(ptr in0.., ptr out0..)`` and helpers to fill it."""
 
@@ -257,9 +274,11 @@ class KernelBuilder:
         self._intrinsics: dict[str, ir.Function] = {}
         self._n_tables = 0
 
-    def finish(self) -> str:
+    def finish(self) -> IrText:
+        """Close the function; its IR text is rendered when first asked for (a kernel planned
+        at compile time may never need it: its machine code is cached by description)."""
         self.b.ret_void()
-        return str(self.module)
+        return IrText(self.module)
 
     # constants and addressing
 

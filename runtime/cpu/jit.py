@@ -31,12 +31,16 @@ import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import llvmlite
 import llvmlite.binding as llvm
 import numpy as np
 
 from tessera.errors import KernelError
+
+if TYPE_CHECKING:
+    from tessera.runtime.cpu.builder import IrText
 
 __all__ = ["CompiledFunction", "Engine", "EngineStats", "default_cache_dir", "default_engine"]
 
@@ -119,15 +123,16 @@ class Engine:
 
     # -- public --------------------------------------------------------------------------------
 
-    def compile(self, ir_text: str, name: str, n_args: int,
+    def compile(self, ir_text: str | IrText, name: str, n_args: int,
                 description: str | None = None) -> CompiledFunction:
         """Machine code for function ``name`` of module ``ir_text``, from a cache when possible.
 
         A kernel generated from a ``description`` (the canonical text of op, attributes, input
         specs and generator version, of which the IR is a pure function) is cached under
-        :meth:`description_key`; raw IR under :meth:`cache_key`.
+        :meth:`description_key`; raw IR under :meth:`cache_key`. An
+        :class:`~tessera.runtime.cpu.builder.IrText` is rendered only if it must be compiled.
         """
-        key = (self.cache_key(ir_text, name, n_args) if description is None
+        key = (self.cache_key(str(ir_text), name, n_args) if description is None
                else self.description_key(description, name, n_args))
         with self._lock:
             fn = self._functions.get(key)
@@ -145,7 +150,7 @@ class Engine:
                 else:
                     self.stats.disk_hits += 1
             if fn is None:
-                obj = self._codegen(ir_text, name, n_args)
+                obj = self._codegen(str(ir_text), name, n_args)
                 self.stats.compiles += 1
                 self._write_object(key, obj)
                 fn = self._load(obj, name, n_args, key)

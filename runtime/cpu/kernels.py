@@ -53,7 +53,7 @@ from tessera.runtime.cpu import (
     resize,
     rnn,
 )
-from tessera.runtime.cpu.builder import Spec
+from tessera.runtime.cpu.builder import IrText, Spec
 from tessera.runtime.cpu.jit import CompiledFunction, Engine, default_engine
 
 __all__ = ["CpuKernel", "Spec", "clear_cache", "get", "ops", "GENERATOR_VERSION",
@@ -180,24 +180,37 @@ def _describe(op: str, attrs: dict[str, Any], specs: list[Spec]) -> str:
 class CpuKernel:
     """A compiled kernel: ``kernel(*inputs, out=None) -> list of outputs``.
 
-    Built by :func:`get` (or :meth:`from_description`); ``ir`` is the generated IR text, kept for
-    inspection only.
+    Built by :func:`get` (or :meth:`from_description`); ``ir`` is the generated IR text (str,
+    or an :class:`~tessera.runtime.cpu.builder.IrText` rendered when ``ir`` is first read: the
+    engine needs the text only to compile a kernel its caches do not hold).
     """
 
-    def __init__(self, op: str, attrs: dict[str, Any], in_specs: list[Spec], ir_text: str,
-                 name: str, out_specs: Sequence[Spec], fn: CompiledFunction | None,
-                 engine: Engine | None = None, key: str | None = None):
+    def __init__(self, op: str, attrs: dict[str, Any], in_specs: list[Spec],
+                 ir_text: str | IrText, name: str, out_specs: Sequence[Spec],
+                 fn: CompiledFunction | None, engine: Engine | None = None,
+                 key: str | None = None):
         self.op = op
         self.attrs = attrs
         self.in_specs = in_specs
         self.out_specs = _norm_specs(op, out_specs, "out_specs")
-        self.ir = ir_text
+        if not isinstance(ir_text, (str, IrText)):
+            raise KernelError(f"{op}: ir_text must be a str or IrText, not "
+                              f"{type(ir_text).__name__}")
+        self._ir = ir_text
         self.name = name
         self._fn = fn
         self._engine = engine
         self._key = key  # the description the engine caches the machine code under
         if fn is None and (engine is None or key is None):
             raise KernelError(f"{op}: a kernel without machine code needs an engine and a key")
+
+    @property
+    def ir(self) -> str:
+        """The kernel's LLVM IR text."""
+        text = self._ir
+        if not isinstance(text, str):
+            text = self._ir = str(text)
+        return text
 
     @property
     def compiled(self) -> bool:
@@ -210,7 +223,7 @@ class CpuKernel:
         fn = self._fn
         if fn is None:
             assert self._engine is not None and self._key is not None
-            fn = self._engine.compile(self.ir, self.name,
+            fn = self._engine.compile(self._ir, self.name,
                                       len(self.in_specs) + len(self.out_specs),
                                       description=self._key)
             self._fn = fn

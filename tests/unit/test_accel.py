@@ -162,3 +162,26 @@ def test_pack_weights_of_whole_blocks_is_a_fresh_array():
     o, i = cfg.block_out, cfg.block_in
     want = w.reshape(32 // o, o, 48 // i, i, 3, 3).transpose(0, 2, 4, 5, 1, 3)
     assert np.array_equal(packed, want)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "default"])
+@pytest.mark.parametrize("shape", [(64, 96, 1, 1), (40, 20, 1, 1), (3, 5, 1, 1), (32, 16, 2, 2)])
+def test_pack_weights_moves_whole_rows_like_the_element_transpose(preset, shape):
+    """The 1x1 fast path (rows of BLOCK_IN moved as one element) equals the plain transpose,
+    padded or not, from a contiguous or a strided view."""
+    from tessera.runtime.layout import pack_weights
+
+    cfg = Config.preset(preset)
+    rng = np.random.default_rng(sum(shape))
+    o, i, kh, kw = shape
+    bo, bi = cfg.block_out, cfg.block_in
+    ob, ib = -(-o // bo), -(-i // bi)
+    for w in (rng.integers(-128, 128, shape, dtype=np.int8),
+              rng.integers(-128, 128, (i, o, kh, kw), dtype=np.int8).transpose(1, 0, 2, 3)):
+        full = np.zeros((ob * bo, ib * bi, kh, kw), np.int8)
+        full[:o, :i] = w
+        want = full.reshape(ob, bo, ib, bi, kh, kw).transpose(0, 2, 4, 5, 1, 3)
+        got = pack_weights(w, cfg)
+        assert got.dtype == np.int8 and got.shape == want.shape and np.array_equal(got, want)
+        assert got.flags.c_contiguous and got.flags.writeable
+        assert not np.may_share_memory(got, w)

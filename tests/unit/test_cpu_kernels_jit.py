@@ -100,3 +100,19 @@ def test_code_is_vectorised_for_the_host(tmp_path):
                              engine=engine)
     opt = engine.optimised_ir(kernel.ir)
     assert "<4 x float>" in opt or "<8 x float>" in opt or "<16 x float>" in opt
+
+
+def test_kernel_ir_text_is_rendered_on_first_use():
+    """A planned kernel keeps its module unrendered until ``ir`` is read or it is compiled."""
+    from tessera.runtime.cpu.builder import IrText
+
+    cpu_kernels.clear_cache()
+    k = cpu_kernels.get("Relu", {}, [((3, 5), np.float32)], lazy=True)
+    assert isinstance(k._ir, IrText) and k._ir._text is None
+    text = k.ir
+    assert isinstance(text, str) and "define" in text and k.ir is text
+    out = k(np.linspace(-1, 1, 15, dtype=np.float32).reshape(3, 5))[0]
+    assert np.array_equal(out, np.maximum(np.linspace(-1, 1, 15, dtype=np.float32), 0)
+                          .reshape(3, 5))
+    with pytest.raises(KernelError, match="ir_text must be a str or IrText"):
+        CpuKernel("Relu", {}, [], 3, "f", [], None, cpu_kernels.default_engine(), "k")

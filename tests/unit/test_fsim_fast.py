@@ -45,11 +45,17 @@ def test_int32_alu_equals_the_definition():
             assert np.array_equal(got, want), (op, imm)
 
 
-def _conv_kernel(rng, c_blocks, o_blocks, pix, k=3):
-    """Micro-ops of a k x k conv tile, VTA style: one per (out block, pixel, in block)."""
+def _conv_kernel(rng, c_blocks, o_blocks, pix, k=3, dst=None):
+    """Micro-ops of a k x k conv tile, VTA style: one per (out block, pixel, in block).
+    ``dst = (base, pitch, order)`` places out block o, pixel p at ``base + o*pitch + p``
+    (order "gr") or ``base + p*pitch + o`` ("rg"); default: "gr" with pitch ``pix``."""
     pw = pix + k - 1
     plane = (k + 1) * pw
-    uops = [(o * pix + p, c * plane + p, (o * c_blocks + c) * k * k)
+    base, pitch, order = dst or (0, pix, "gr")
+
+    def row(o, p):
+        return base + (o * pitch + p if order == "gr" else p * pitch + o)
+    uops = [(row(o, p), c * plane + p, (o * c_blocks + c) * k * k)
             for o in range(o_blocks) for p in range(pix) for c in range(c_blocks)]
     ud, us, uw = (np.array(v, np.int64) for v in zip(*uops))
     perm = rng.permutation(len(uops))  # micro-op order must not matter
@@ -114,6 +120,23 @@ def test_conv_gemm_plans_stack_and_match_the_loop_nest(batch):
         if c_blocks == 8:
             assert length > EXACT_INNER  # split into exact float32 chunks
         _check_gemm(ud, us, uw, loop, inp, wgt, acc0, stacked=False)
+
+
+@pytest.mark.parametrize("order, pitch, top", [("gr", 5, False), ("gr", 9, False),
+                                               ("gr", 9, True), ("rg", 3, False),
+                                               ("rg", 7, False), ("rg", 7, True)])
+def test_conv_gemm_plans_with_strided_destinations(order, pitch, top):
+    """Output rows with a pitch (out blocks or pixels apart) add through a strided view of the
+    accumulator; at its top, where the view would run past the end, through row indices."""
+    rng = np.random.default_rng(pitch)
+    c_blocks, o_blocks, pix, depth = 2, 3, 5, 512
+    inp, wgt, acc0 = _buffers(rng, 1, 16, depth, False)
+    span = (o_blocks - 1) * pitch + pix if order == "gr" else (pix - 1) * pitch + o_blocks
+    base = depth - span if top else 4
+    ud, us, uw, loop = _conv_kernel(rng, c_blocks, o_blocks, pix, dst=(base, pitch, order))
+    plan = _check_gemm(ud, us, uw, loop, inp, wgt, acc0, stacked=True)
+    assert plan.stacks is not None and len(plan.stacks) == 1
+    assert plan.stacks[0].dst == (order, (base, pitch))
 
 
 def test_random_gemm_plans_match_the_loop_nest():

@@ -209,3 +209,66 @@ def test_dynamically_quantised_model_runs_statically_on_the_accelerator():
                             - f) / den
     print(f"relative error: static {ours:.4f}, onnxruntime dynamic {theirs:.4f}")
     assert ours < 4 * theirs  # static int8 against per-input scales
+
+
+def _dql_model(shape, matmul=None):
+    """DynamicQuantizeLinear with its three outputs as graph outputs; with ``matmul`` (a uint8
+    B), also a MatMulInteger of its codes and run-time zero point."""
+    nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["y", "s", "z"])]
+    outs = [helper.make_tensor_value_info("y", TensorProto.UINT8, list(shape)),
+            helper.make_tensor_value_info("s", TensorProto.FLOAT, []),
+            helper.make_tensor_value_info("z", TensorProto.UINT8, [])]
+    inits = []
+    if matmul is not None:
+        inits = [numpy_helper.from_array(matmul, "b"), numpy_helper.from_array(np.uint8(3), "bz")]
+        nodes.append(helper.make_node("MatMulInteger", ["y", "b", "z", "bz"], ["p"]))
+        outs.append(helper.make_tensor_value_info("p", TensorProto.INT32,
+                                                  [shape[0], matmul.shape[1]]))
+    g = helper.make_graph(nodes, "dql", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                       list(shape))],
+                          outs, initializer=inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def _dql_inputs(rng, shape):
+    n = int(np.prod(shape))
+    ties = np.resize(np.array([0.0, 255.0, 0.5, 1.5, 2.5, 3.5, 254.5], np.float32), n)
+    return [rng.standard_normal(shape).astype(np.float32) * 3,
+            rng.uniform(0.1, 7.0, shape).astype(np.float32),  # all positive: zero point 0
+            -rng.uniform(0.1, 7.0, shape).astype(np.float32),  # all negative: 255
+            np.zeros(shape, np.float32),  # no range: scale 1 (onnxruntime's rule)
+            ties.reshape(shape),  # scale exactly 1: x / scale on the .5 ties (half to even)
+            (rng.standard_normal(shape) * 1e-3 + 2e-3).astype(np.float32)]
+
+
+@pytest.mark.parametrize("precision", ["float", "int8"])
+def test_dynamic_quantize_linear_outputs_equal_onnxruntime(precision):
+    """DynamicQuantizeLinear whose codes, scale and zero point are graph outputs: computed at
+    run time (no input bound at compile time), bit for bit onnxruntime's on every input, in a
+    float model and in a calibrated int8 one (where nothing of it may be quantised)."""
+    rng = np.random.default_rng(7)
+    shape = (3, 5, 4)
+    m = _dql_model(shape)
+    cal = None if precision == "float" else [
+        {"x": rng.standard_normal(shape).astype(np.float32)} for _ in range(2)]
+    model = tcompile(m, config="default", precision=precision, calibration=cal)
+    assert [i for i in model.input_specs] == ["x"]
+    sess = _session(m)
+    for x in _dql_inputs(rng, shape):
+        want = sess.run(None, {"x": x})
+        got = model.run({"x": x})
+        assert [g.dtype for g in got] == [np.uint8, np.float32, np.uint8]
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_array_equal(g, w)
+
+
+def test_dynamic_quantize_linear_codes_read_by_matmulinteger_too_are_refused_by_name():
+    """Codes that are a graph output and also MatMulInteger's operand: the product would need
+    the run-time zero point, which the integer ops do not take; the error names the node."""
+    from tessera.compiler.frontend.context import ImportProblems
+    m = _dql_model((4, 6), matmul=np.zeros((6, 5), np.uint8))
+    with pytest.raises(ImportProblems, match="MatMulInteger.*zero point 'z' is computed at "
+                                             "run time"):
+        tcompile(m, config="default")

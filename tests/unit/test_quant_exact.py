@@ -56,6 +56,69 @@ def test_int_matmul_is_exact_and_wider_integers_still_work():
                                   a.astype(np.int64) @ b.astype(np.int64))
 
 
+def test_int32_lanes_are_the_wrapped_exact_products():
+    rng = np.random.default_rng(2)
+    x = rng.integers(-128, 128, (2, 300, 5, 5)).astype(np.int8)
+    w = rng.integers(-128, 128, (4, 300, 3, 3)).astype(np.int8)
+    x[0], w[0] = -128, -128  # chunks summing to exactly 2**24
+    geo = ((1, 1), (1, 1, 1, 1), (1, 1), 1)
+    got = reference.int_conv2d_cnhw(x, w, *geo, dtype=np.int32)
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, reference.int_conv2d_cnhw(x, w, *geo))
+    a = rng.integers(-128, 128, (3, 2000)).astype(np.int8)
+    b = rng.integers(-128, 128, (2000, 5)).astype(np.int8)
+    assert reference.sums_fit_int32(a.dtype, b.dtype, 2000)
+    np.testing.assert_array_equal(reference.int_matmul(a, b, dtype=np.int32),
+                                  a.astype(np.int64) @ b.astype(np.int64))
+    # int32 operands: sums beyond int32 come back wrapped, as the accumulator wraps them
+    a = np.full((1, 3), 2 ** 30, np.int32)
+    b = np.full((3, 1), 2, np.int8)
+    assert not reference.sums_fit_int32(a.dtype, b.dtype, 3)
+    assert int(reference.int_matmul(a, b, dtype=np.int32)[0, 0]) == \
+        int(reference.wrap32(np.int64(3 * 2 ** 31)))
+
+
+def test_exact_splits_are_long_where_the_weights_allow_and_still_exact():
+    rng = np.random.default_rng(4)
+    k = 4608
+    # trained-like int8 weights (mean |w| ~ 29): two chunks where the dtype allows 1024 terms
+    w = np.clip(np.rint(rng.standard_normal((6, k)) * 36), -127, 127).astype(np.int8)
+    bounds = reference.exact_splits(np.int8, w)
+    assert bounds[0] == 0 and bounds[-1] == k and len(bounds) - 1 < k // 1024
+    for k0, k1 in zip(bounds[:-1], bounds[1:]):
+        worst = int(np.abs(w[:, k0:k1].astype(np.int64)).sum(axis=1).max()) * 128
+        assert worst <= 2 ** 24 or k1 - k0 <= 1024
+    # inputs at the bound: -128 against every weight's sign makes each sum 128 * sum|w|
+    x = np.where(w[:1] >= 0, -128, 127).astype(np.int8).repeat(3, axis=0)
+    x[1] = -128
+    want = x.astype(np.int64) @ w.T.astype(np.int64)
+    for dtype in (np.int64, np.int32):
+        got = reference.int_matmul(x, w.T, dtype=dtype, splits=bounds)
+        np.testing.assert_array_equal(got, want)
+    xc = x.reshape(3, k, 1, 1)
+    got = reference.int_conv2d_cnhw(xc, w.reshape(6, k, 1, 1), dtype=np.int32, splits=bounds)
+    np.testing.assert_array_equal(got[:, :, 0, 0].T, want)
+    # all-extreme weights: nothing longer than the dtype's chunk is exact
+    assert reference.exact_splits(np.int8, np.full((2, 3000), -128, np.int8)) == \
+        [0, 1024, 2048, 3000]
+    assert reference.exact_splits(np.int32, w) is None  # float32 holds no int32 product
+
+
+def test_blocked_error_sums_equal_the_whole_array_formula():
+    bc = importlib.import_module("tessera.compiler.quant.bias_correction")
+    rng = np.random.default_rng(3)
+    for rows, cols in ((64, 5000), (7, 1), (300, 200)):
+        zc = rng.standard_normal((rows, cols)).astype(np.float32) * 100
+        acc = rng.integers(-5000, 5000, (rows, cols)).astype(np.int32)
+        unit = rng.random((rows, 1)) + 0.01
+        for offset in (np.zeros(rows, np.int64), rng.integers(-900, 900, rows)):
+            err = zc / unit - (acc - offset[:, None])
+            s1, s2 = np.ones(rows), np.ones(rows)  # the sums are added to what is there
+            bc._add_error_sums(zc, acc, unit, offset, s1, s2)
+            np.testing.assert_array_equal(s1, 1 + err.sum(axis=1))
+            np.testing.assert_array_equal(s2, 1 + (err * err).sum(axis=1))
+
+
 def _graph(model):
     return run_pipeline(import_onnx(model), GRAPH_PASSES)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -19,7 +21,7 @@ from tessera.runtime.accel import (
     emit_dense,
 )
 from tessera.runtime.builder import CommandBuilder
-from tessera.runtime.deps import HappensBefore, Module, check_tokens
+from tessera.runtime.deps import HappensBefore, Module, check_tokens, check_tokens_encoded
 from tessera.runtime.layout import (
     pack_activation,
     pack_bias,
@@ -227,6 +229,79 @@ def test_token_misuse_is_rejected():
     with pytest.raises(ProgramError, match="illegal on the store"):
         check_tokens([MemInsn(opcode=Opcode.STORE, memory_type=MemType.OUT, push_next=1)], 8)
 
+
+
+def _random_stream(rng, cfg: Config, n: int) -> list:
+    """Records of every kind with random header flags (most streams break the token rules)."""
+    from tessera.isa import AluInsn, FinishInsn
+
+    out = []
+    for _ in range(n):
+        flags = {f: int(rng.random() < 0.15) for f in ("pop_prev", "pop_next", "push_prev",
+                                                      "push_next")}
+        kind = int(rng.integers(6))
+        if kind < 3:
+            mt = [MemType.INP, MemType.WGT, MemType.ACC, MemType.UOP, MemType.ACC_8BIT][
+                int(rng.integers(5))]
+            out.append(MemInsn(opcode=Opcode.LOAD, memory_type=mt, x_size=int(rng.integers(2)),
+                               **flags))
+        elif kind == 3:
+            out.append(MemInsn(opcode=Opcode.STORE, memory_type=MemType.OUT, **flags))
+        elif kind == 4:
+            out.append(GemmInsn(reset=int(rng.integers(2)), **flags))
+        else:
+            out.append(AluInsn(**flags))
+    return out + [FinishInsn()]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_token_check_and_counts_of_the_encoding_equal_the_record_walk(seed):
+    """check_tokens_encoded (from the words) gives check_tokens' peaks or its exact error, and
+    Program.counts() from the words equals the per-record count, keys in the same order."""
+    import dataclasses
+    from collections import Counter
+
+    from tessera.isa import to_bytes
+    from tessera.runtime.builder import Program, insn_kind
+
+    rng = np.random.default_rng(seed)
+    for trial in range(40):
+        insns = _random_stream(rng, TINY, int(rng.integers(1, 30)))
+        if trial % 2:  # a legal stream: keep only flags the modules may set, no early pop
+            insns = [i for i in insns if not (i.pop_prev or i.pop_next)]
+        code = to_bytes(insns, TINY)
+        cfg = dataclasses.replace(TINY, dep_queue_depth=int(rng.integers(1, 4)))
+        depth = cfg.dep_queue_depth
+        try:
+            want = check_tokens(insns, depth)
+        except ProgramError as exc:
+            with pytest.raises(ProgramError, match=re.escape(str(exc))):
+                check_tokens_encoded(code, insns, cfg)
+        else:
+            assert check_tokens_encoded(code, insns, cfg) == want
+        prog = Program(cfg, list(insns), b"", [], (tuple(insns), code))
+        got = prog.counts()
+        ref = Counter(map(insn_kind, insns))
+        assert got == ref and list(got) == list(ref)
+
+
+def test_a_finished_program_reuses_its_encoding_only_while_unchanged():
+    import dataclasses
+
+    from tessera.isa import to_bytes
+
+    b = CommandBuilder(TINY)
+    b.load_2d(MemType.INP, 0, 0, 1, 4, 4)
+    b.dep_push(L, C)
+    b.dep_pop(L, C)
+    b.gemm(_gemm_kernel())
+    prog = b.finish()
+    assert prog.to_bytes(0) == to_bytes(prog.insns, TINY)
+    prog.insns[0] = dataclasses.replace(prog.insns[0], dram_base=7)  # edited in place
+    assert prog.to_bytes(0) == to_bytes(prog.insns, TINY)
+    assert prog.counts() == {"uop_load": 1, "load": 1, "gemm": 1, "finish": 1}
+    prog.insns.pop()
+    assert prog.to_bytes(0) == to_bytes(prog.insns, TINY) and "finish" not in prog.counts()
 
 def test_barrier_orders_store_before_later_load():
     b = CommandBuilder(TINY)
