@@ -76,8 +76,9 @@ def alu_int32(op: AluOp, lhs: np.ndarray, rhs: np.ndarray | int) -> np.ndarray:
 
 class AluPlan:
     """Steps of one ALU kernel: ``a``/``s`` (destination / source rows per step, ``s`` None with
-    ``use_imm``), ``chunks`` of independent steps as ``(lo, hi, slice_or_None)``, ``rows`` the
-    destination rows, ``src`` the source rows (None with ``use_imm``)."""
+    ``use_imm``), ``chunks`` of independent steps as ``(lo, hi, dst_slice_or_None,
+    src_slice_or_None)``, ``rows`` the destination rows, ``src`` the source rows (None with
+    ``use_imm``)."""
 
     def __init__(self, a: np.ndarray, s: np.ndarray | None, fast: bool = True):
         self.a, self.s = a, s
@@ -89,11 +90,11 @@ class AluPlan:
         if not fast:
             return
         for lo, hi in _independent_chunks(a, s):
-            d = a[lo:hi]
-            sl = None
-            if d[-1] - d[0] == d.size - 1 and (d.size == 1 or bool((np.diff(d) == 1).all())):
-                sl = slice(int(d[0]), int(d[-1]) + 1)
-            self.chunks.append((lo, hi, sl))
+            sl = _as_slice(a[lo:hi])
+            # a contiguous source reads through a view: ufuncs buffer overlapping operands, so
+            # the chunk still sees the values from before it (as the copy of fancy indexing)
+            src = None if s is None else _as_slice(s[lo:hi]) if sl is not None else None
+            self.chunks.append((lo, hi, sl, src))
 
     @property
     def nbytes(self) -> int:
@@ -101,8 +102,8 @@ class AluPlan:
 
     def run(self, acc: np.ndarray, op: AluOp, imm: int | None) -> None:
         """Apply the instruction to ``acc`` (``imm`` None: the source is ``acc[s]``)."""
-        for lo, hi, sl in self.chunks:
-            rhs = imm if imm is not None else acc[self.s[lo:hi]]
+        for lo, hi, sl, src in self.chunks:
+            rhs = imm if imm is not None else acc[src] if src is not None else acc[self.s[lo:hi]]
             if sl is not None:
                 alu_inplace(op, acc[sl], rhs)
             else:
@@ -129,6 +130,13 @@ def alu_plain(acc: np.ndarray, op: AluOp, a: np.ndarray, s: np.ndarray | None,
         lhs = acc[a[k]].astype(np.int64)
         rhs = np.int64(imm) if s is None else acc[s[k]].astype(np.int64)
         acc[a[k]] = alu_apply(op, lhs, rhs)
+
+
+def _as_slice(d: np.ndarray) -> slice | None:
+    """``d`` as a slice when it is ``lo, lo+1, ..., hi-1``, else None."""
+    if d[-1] - d[0] == d.size - 1 and (d.size == 1 or bool((np.diff(d) == 1).all())):
+        return slice(int(d[0]), int(d[-1]) + 1)
+    return None
 
 
 def _independent_chunks(a: np.ndarray, s: np.ndarray | None):

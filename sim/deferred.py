@@ -49,9 +49,10 @@ class Deferred:
     @staticmethod
     def drain_points(f: dict, compute: list[bool]) -> tuple[list[bool], list[bool]]:
         """Per pc of a program with decoded fields ``f``: whether the instruction drains the
-        deferred ALUs before it executes, and after (the rules of :meth:`before` and
-        :meth:`after`, for the pcs with ``compute[pc]``: the compute module's; others never
-        drain)."""
+        deferred ALUs before it executes (a LOAD, FINISH, an ALU without the bit), and after
+        (``push_next``, an ALU with any push) — the module docstring's rules, for the pcs with
+        ``compute[pc]`` (the compute module's; the others never drain). The simulator calls
+        :meth:`clear` at those points."""
         op, dfr, pp, pn = f["opcode"], f["deferred"], f["push_prev"], f["push_next"]
         before = [c and (op[pc] in (Opcode.LOAD, Opcode.FINISH) or (op[pc] == Opcode.ALU
                                                                    and not dfr[pc]))
@@ -59,12 +60,6 @@ class Deferred:
         after = [c and bool(pn[pc] or (op[pc] == Opcode.ALU and pp[pc]))
                  for pc, c in enumerate(compute)]
         return before, after
-
-    def before(self, pc: int, f: dict) -> None:
-        """Called before compute instruction ``pc`` executes (``f``: the decoded fields)."""
-        op = f["opcode"][pc]
-        if op in (Opcode.LOAD, Opcode.FINISH) or (op == Opcode.ALU and not f["deferred"][pc]):
-            self.clear()
 
     def gemm(self, pc: int, dst: IndexSet) -> None:
         """Check GEMM ``pc``'s accumulator rows ``dst`` against the pending deferred ALUs."""
@@ -103,10 +98,3 @@ class Deferred:
                 self.runs.extend(dst.runs)  # a list of this object's own (clear makes anew)
                 if src is not None:
                     self.runs.extend(src.runs)
-
-    def after(self, pc: int, f: dict) -> None:
-        """Called after compute instruction ``pc`` executed."""
-        op = f["opcode"][pc]
-        if f["push_next"][pc] or (op == Opcode.ALU and (f["push_prev"][pc] or
-                                                        f["push_next"][pc])):
-            self.clear()
