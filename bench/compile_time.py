@@ -6,8 +6,10 @@ Each compile runs in a fresh process (``tessera.compile`` with its default calib
 seeded batches) with an empty ``TESSERA_CACHE``, pinned to one core (``taskset``-style affinity,
 ``OMP_NUM_THREADS=1`` and friends). The line shows the seconds inside ``compile()`` (imports
 excluded, printed apart) and its CPU seconds (the fairer figure on a shared machine), the CPU
-seconds of ``build_plan`` (``plan cpu``, beside its target), the phases (wall seconds) that
-take most of it (``meta["compile_phases"]``) and the
+seconds of ``build_plan`` (``plan cpu``, beside its target), of calibration's float passes and
+of bias correction (``calib cpu``, ``bc cpu``: ``process_time`` around
+``quantize.collect`` / ``quantize.correct_biases``), the phases (wall seconds) that take most
+of it (``meta["compile_phases"]``) and the
 reference: TVM's ``relay`` ONNX import + ``relay.build`` for ``llvm`` when ``tvm`` is importable,
 else onnxruntime's session creation (graph optimisations on, one thread), also in a fresh
 process on the same core. Models: names of :mod:`tessera.compiler.zoo` builders or of the onnx
@@ -37,19 +39,26 @@ t0 = time.perf_counter()
 from tessera.compiler.api import compile as tcompile
 t1 = time.perf_counter()
 import tessera.compiler.api as api
-plan_cpu = []
-def timed_build_plan(*args, _inner=api.build_plan, **kwargs):
-    c = time.process_time()
-    try:
-        return _inner(*args, **kwargs)
-    finally:
-        plan_cpu.append(time.process_time() - c)
-api.build_plan = timed_build_plan
+quantize = sys.modules["tessera.compiler.quant.quantize"]  # the package exports quantize()
+cpu = {}
+def timed(module, attr, key):
+    inner = getattr(module, attr)
+    def call(*args, **kwargs):
+        c = time.process_time()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            cpu[key] = cpu.get(key, 0.0) + time.process_time() - c
+    setattr(module, attr, call)
+timed(api, "build_plan", "plan")
+timed(quantize, "collect", "calibration")
+timed(quantize, "correct_biases", "bias_correction")
 c1 = time.process_time()
 model = tcompile(sys.argv[1])
 t2 = time.perf_counter()
 print(json.dumps({"imports": t1 - t0, "compile": t2 - t1, "cpu": time.process_time() - c1,
-                  "plan_cpu": sum(plan_cpu), "phases": model.meta.get("compile_phases", {}),
+                  "plan_cpu": cpu.get("plan", 0.0), "cpu_phases": cpu,
+                  "phases": model.meta.get("compile_phases", {}),
                   "summary": model.summary()}))
 """
 
@@ -127,8 +136,8 @@ def main() -> None:
     print(f"cold cache, fresh process, core {args.core}, best of {args.repeat}; reference: "
           f"{'TVM relay.build llvm' if ref_code is _TVM else 'onnxruntime session creation'}")
     print(f"{'model':18s} {'tessera s':>9s} {'cpu s':>6s} {'target':>6s} {'plan cpu':>8s} "
-          f"{'target':>6s} {'ref s':>7s} {'cpu s':>6s} {'ratio':>6s}  {'imports':>7s}  "
-          f"phases (s)")
+          f"{'target':>6s} {'calib cpu':>9s} {'bc cpu':>6s} {'ref s':>7s} {'cpu s':>6s} "
+          f"{'ratio':>6s}  {'imports':>7s}  phases (s)")
     with tempfile.TemporaryDirectory() as tmp:
         for name in filter(None, args.models.split(",")):
             path = _model_path(name, Path(tmp))
@@ -137,10 +146,13 @@ def main() -> None:
             ref = min((_run(ref_code, path, args.core) for _ in range(args.repeat)),
                       key=lambda r: r["compile"])
             top = sorted(ours["phases"].items(), key=lambda kv: -kv[1])[:4]
+            parts = ours.get("cpu_phases", {})
             target = TARGETS.get(name)
             print(f"{name:18s} {ours['compile']:9.2f} {ours['cpu']:6.2f} "
                   f"{target or float('nan'):6.1f} {ours.get('plan_cpu', float('nan')):8.2f} "
                   f"{PLAN_TARGETS.get(name, float('nan')):6.1f} "
+                  f"{parts.get('calibration', float('nan')):9.2f} "
+                  f"{parts.get('bias_correction', float('nan')):6.2f} "
                   f"{ref['compile']:7.2f} {ref['cpu']:6.2f} "
                   f"{ours['compile'] / ref['compile']:5.1f}x  "
                   f"{ours['imports']:7.2f}  " + ", ".join(f"{k} {v:.2f}" for k, v in top))

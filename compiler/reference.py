@@ -42,11 +42,11 @@ def wrap32(v: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
 
 
 def apply_epilogue(acc: np.ndarray, epi: Epilogue, residual: np.ndarray | None = None,
-                   channel_axis: int = 1) -> np.ndarray:
+                   channel_axis: int = 1, overwrite: bool = False) -> np.ndarray:
     """:func:`tessera.runtime.accel.epilogue.apply_epilogue`, with its errors as
     :class:`CompileError`."""
     try:
-        return _apply(acc, epi, residual, channel_axis)
+        return _apply(acc, epi, residual, channel_axis, overwrite)
     except ProgramError as exc:
         raise CompileError(str(exc)) from None
 

@@ -75,8 +75,11 @@ class VerilatorDevice(Device):
     FST file that receives a waveform of everything the device does (a separate, slower build).
     ``build_dir`` overrides the build cache directory and ``build_options`` the Verilator and
     C++ options (:class:`~tessera.sim.verilator_build.BuildOptions`; ``trace`` is set from
-    ``trace``). ``verilog`` replaces the generated core (tests use it to run the harness against
-    a stand-in design with the same ports).
+    ``trace``, and a traced build is never profile-guided). A profile-guided build
+    (``pgo=True``) is trained on :mod:`tessera.driver.verilator_pgo`'s workload. ``verilog``
+    replaces the generated core (tests use it to run the harness against a stand-in design with
+    the same ports); ``library`` uses an already built harness library instead of building one
+    (the PGO training run does).
     """
 
     kind = "verilator"
@@ -84,7 +87,8 @@ class VerilatorDevice(Device):
     def __init__(self, config: Config, mem_bytes: int = DEFAULT_MEM_BYTES, *,
                  read_latency: int = 16, beats_per_cycle: float = 1.0,
                  trace: str | Path | None = None, build_dir: str | Path | None = None,
-                 build_options: BuildOptions | None = None, verilog: str | None = None):
+                 build_options: BuildOptions | None = None, verilog: str | None = None,
+                 library: str | Path | None = None):
         super().__init__(config, mem_bytes)
         if isinstance(read_latency, bool) or not isinstance(read_latency, int) or not (
                 1 <= read_latency <= 100_000):
@@ -93,17 +97,15 @@ class VerilatorDevice(Device):
         if isinstance(beats_per_cycle, bool) or not isinstance(beats_per_cycle, (int, float)) \
                 or not 0 < beats_per_cycle <= 1:
             raise DeviceError(f"beats_per_cycle must be in (0, 1], not {beats_per_cycle!r}")
-        if verilog is None:
-            verilog = _core_verilog(config)
         if build_options is not None and not isinstance(build_options, BuildOptions):
             raise DeviceError(f"build_options must be a BuildOptions, not {build_options!r}")
-        options = dataclasses.replace(build_options or BuildOptions(), trace=trace is not None)
-        try:
-            lib_path = build_harness_library(
-                verilog, config.mem_bus_bytes, options=options,
-                cache=Path(build_dir) if build_dir is not None else None)
-        except HwError as exc:
-            raise DeviceError(f"cannot build the Verilator model: {exc}") from exc
+        if library is not None:
+            lib_path = Path(library)
+            if not lib_path.is_file():
+                raise DeviceError(f"library must be a built harness library, not {library!r} "
+                                  f"(no such file)")
+        else:
+            lib_path = self._build(config, trace, build_dir, build_options, verilog)
         self._lib = load_harness(lib_path)
         if self._lib.th_bus_bytes() != config.mem_bus_bytes:
             raise DeviceError(f"harness library {lib_path} was built for a "
@@ -119,6 +121,22 @@ class VerilatorDevice(Device):
         ptr = self._lib.th_mem(self._h)
         self._mem = np.ctypeslib.as_array(ptr, shape=(size,))
         self.last_error: DeviceError | None = None
+
+    @staticmethod
+    def _build(config: Config, trace, build_dir, build_options: BuildOptions | None,
+               verilog: str | None) -> Path:
+        from tessera.driver.verilator_pgo import training
+
+        options = build_options or BuildOptions()
+        options = dataclasses.replace(options, trace=trace is not None,
+                                      pgo=options.pgo and trace is None)
+        try:
+            return build_harness_library(
+                _core_verilog(config) if verilog is None else verilog, config.mem_bus_bytes,
+                options=options, cache=Path(build_dir) if build_dir is not None else None,
+                training=training(config) if options.pgo else None)
+        except HwError as exc:
+            raise DeviceError(f"cannot build the Verilator model: {exc}") from exc
 
     # -- memory -------------------------------------------------------------------------------
 

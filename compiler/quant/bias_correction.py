@@ -169,7 +169,7 @@ def _int_layer(n: Node, acc: np.ndarray, args: list) -> list[np.ndarray]:
         total = np.add(acc, b.astype(np.int64).reshape(shape), out=acc)
         total32 = reference.wrap32(total, out=total).astype(np.int32)
     # the epilogue then runs on the int32 lanes in place
-    return [reference.apply_epilogue(total32, n.attrs["epilogue"], r)]
+    return [reference.apply_epilogue(total32, n.attrs["epilogue"], r, overwrite=True)]
 
 
 def _float_layer(n: Node, z: np.ndarray, args: list) -> list[np.ndarray]:

@@ -62,15 +62,24 @@ def _row_blocks(rows: int, cols: int):
     return (slice(r, r + step) for r in range(0, rows, step))
 
 
-def _round_weights(w: np.ndarray, scale: np.ndarray, lo: int = -127) -> np.ndarray:
-    """``clip(rint(w / scale[c]), lo, 127)`` as int8, the quotients in float64."""
+def _round_weights(w: np.ndarray, scale: np.ndarray, lo: int = -127,
+                   bounded: bool = False) -> np.ndarray:
+    """``clip(rint(w / scale[c]), lo, 127)`` as int8, the quotients in float64. ``bounded``:
+    every ``scale[c]`` is at least ``max|w[c]| / 127``, so each quotient is within 127 up to
+    the scale's one rounding (127 * (1 + 2**-52)) and rounds into [-127, 127] unclipped: the
+    rounding is written straight into the int8 result."""
     flat = w.reshape(w.shape[0], -1)
     s = np.asarray(scale, np.float64).reshape(-1, 1)
     out = np.empty(flat.shape, np.int8)
+    step = max(1, _BLOCK // max(1, flat.shape[1]))
+    buf = np.empty((min(step, flat.shape[0]), flat.shape[1]))
     for rows in _row_blocks(*flat.shape):
-        q = np.divide(flat[rows], s[rows], dtype=np.float64)
-        np.rint(q, out=q)
-        out[rows] = np.clip(q, lo, 127, out=q)
+        q = np.divide(flat[rows], s[rows], out=buf[: out[rows].shape[0]])
+        if bounded:
+            np.rint(q, out=out[rows], casting="unsafe")
+        else:
+            np.rint(q, out=q)
+            out[rows] = np.clip(q, lo, 127, out=q)
     return out.reshape(w.shape)
 
 
@@ -80,7 +89,7 @@ def _weight_sums(wq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     total = flat.sum(axis=1, dtype=np.int64)
     mag = np.empty(flat.shape[0], np.int64)
     for rows in _row_blocks(*flat.shape):
-        mag[rows] = np.abs(flat[rows].astype(np.int64)).sum(axis=1)
+        mag[rows] = np.abs(flat[rows], dtype=np.int16).sum(axis=1, dtype=np.int64)
     return total, mag
 
 
@@ -102,7 +111,7 @@ def quantize_weight(w: np.ndarray, floor_ratio: float = WEIGHT_FLOOR_RATIO
     if not np.isfinite(top):
         raise CompileError(f"weights must be finite, not {top!r}")
     scale = _weight_scale(amax, floor_ratio)
-    return _round_weights(w, scale), scale
+    return _round_weights(w, scale, bounded=True), scale
 
 
 @dataclass
@@ -168,7 +177,7 @@ def quantize_layer(w: np.ndarray, bias: np.ndarray | None, x_scale: float, what:
     if raised.any():
         scale = np.where(raised, need * (1 + 1e-9), scale)
         lo = -127
-    wq = _round_weights(w, scale, lo)
+    wq = _round_weights(w, scale, lo, bounded=scales is None)
     bq = np.rint(b / (x_scale * scale))
     assert np.all(np.abs(bq) <= BIAS_LIMIT + 1)
     wsum, wmag = _weight_sums(wq)

@@ -190,12 +190,14 @@ class Epilogue:
 
 
 def apply_epilogue(acc: np.ndarray, epi: Epilogue, residual: np.ndarray | None = None,
-                   channel_axis: int = 1) -> np.ndarray:
+                   channel_axis: int = 1, overwrite: bool = False) -> np.ndarray:
     """Run ``epi.alu_steps()`` on int32 accumulator values (any integer array whose values fit
     int32) with the functional simulator's ALU; returns int8 (the low 8 bits, as a STORE
     writes them). Steps run as :func:`~tessera.sim.alu_kernel.alu_inplace` on int32 lanes (the
     same arithmetic as :func:`~tessera.sim.alu_kernel.alu_apply`, without int64 copies); a
-    branch whose input is wider than int32 takes its first step with ``alu_apply``."""
+    branch whose input is wider than int32 takes its first step with ``alu_apply``. The final
+    clip (MIN hi, MAX lo) and the int8 store are one pass. ``overwrite``: an int32 ``acc`` is
+    the caller's to reuse, and serves as the main branch's lanes (no copy)."""
     v = np.asarray(acc)
     u = None if residual is None else np.asarray(residual)
     if epi.res_mult is not None and u is None:
@@ -204,12 +206,17 @@ def apply_epilogue(acc: np.ndarray, epi: Epilogue, residual: np.ndarray | None =
     for branch, x in (("main", v), ("residual", u)):
         if x is not None and (x.dtype == np.int32 or x.dtype.kind in "iu"
                               and x.dtype.itemsize < 4):
-            lanes[branch] = x.astype(np.int32)  # a copy: the steps write into it
+            own = overwrite and branch == "main" and x.dtype == np.int32
+            lanes[branch] = x if own else x.astype(np.int32)  # the steps write into it
     if lanes["main"] is None:
         v = v.astype(np.int64, copy=False)
     if u is not None and lanes["residual"] is None:
         u = u.astype(np.int64, copy=False)
-    for step in epi.alu_steps():
+    steps = epi.alu_steps()
+    clip = steps[-2:]
+    assert [(st.opcode, st.branch) for st in clip] == [("MIN", "main"), ("MAX", "main")], \
+        "an epilogue ends with its clip"
+    for step in steps[:-2]:
         op = AluOp.ADD if step.branch == "combine" else AluOp[step.opcode]
         branch = "main" if step.branch == "combine" else step.branch
         if step.branch == "combine":
@@ -229,5 +236,10 @@ def apply_epilogue(acc: np.ndarray, epi: Epilogue, residual: np.ndarray | None =
                                       np.asarray(operand, np.int64))
         else:
             alu_inplace(op, cur, operand)
-    out = lanes["main"]
-    return (v if out is None else out).astype(np.int8)
+    cur = lanes["main"]
+    if cur is None:  # no step ran on int32 lanes yet: MIN on int64 gives them
+        cur = alu_apply(AluOp.MIN, v, np.int64(clip[0].operand))
+    # MIN hi then MAX lo is clip(lo, hi) (lo <= hi); the clipped values are their own int8
+    out = np.empty(cur.shape, np.int8)
+    np.clip(cur, int(clip[1].operand), int(clip[0].operand), out=out, casting="unsafe")
+    return out

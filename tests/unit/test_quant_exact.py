@@ -119,6 +119,26 @@ def test_blocked_error_sums_equal_the_whole_array_formula():
             np.testing.assert_array_equal(s2, 1 + (err * err).sum(axis=1))
 
 
+def test_unclipped_weight_rounding_and_weight_sums_equal_the_plain_formulas():
+    params = importlib.import_module("tessera.compiler.quant.params")
+    rng = np.random.default_rng(5)
+    for trial in range(60):
+        o, k = int(rng.integers(1, 12)), int(rng.integers(1, 200))
+        w = (rng.standard_normal((o, k)) * 10.0 ** int(rng.integers(-30, 30))).astype(np.float32)
+        w[rng.random((o, k)) < 0.3] = 0
+        w[0] = 0 if trial % 3 == 0 else w[0]
+        scale = params._weight_scale(params._channel_absmax(w), params.WEIGHT_FLOOR_RATIO)
+        plain = np.clip(np.rint(w.astype(np.float64) / scale[:, None]), -127, 127)
+        got = params._round_weights(w, scale, bounded=True)
+        np.testing.assert_array_equal(got, plain.astype(np.int8))
+        wq = got.astype(np.int64)
+        total, mag = params._weight_sums(got)
+        np.testing.assert_array_equal(total, wq.sum(axis=1))
+        np.testing.assert_array_equal(mag, np.abs(wq).sum(axis=1))
+    extreme = np.full((2, 5), -128, np.int8)
+    assert params._weight_sums(extreme)[1].tolist() == [640, 640]
+
+
 def _graph(model):
     return run_pipeline(import_onnx(model), GRAPH_PASSES)
 
@@ -215,6 +235,9 @@ def test_the_epilogue_on_int32_lanes_is_the_alus_arithmetic():
         acc32 = acc.astype(np.int32)
         np.testing.assert_array_equal(apply_epilogue(acc32, epi, res), want)  # int32 lanes
         np.testing.assert_array_equal(acc32, acc.astype(np.int32))  # input left alone
+        # the caller's own int32 buffer as the lanes
+        np.testing.assert_array_equal(apply_epilogue(acc32.copy(), epi, res, overwrite=True),
+                                      want)
 
 
 def test_in_place_mse_searches_pick_the_plain_formulas_thresholds():
