@@ -58,8 +58,9 @@ MAX_SLOTS = 200_000
 MAX_STEP_SLOTS = 64  # inputs or outputs of one step
 MAX_RANK = 8
 MAX_DIM = 1 << 31
-# Printable, no whitespace, quotes, backslash or backtick; "/" separates path-like components,
-# none of which may be empty, "." or "..".
+# Printable, no whitespace, quotes, backslash or backtick; "/" separates components, none of
+# which may be empty (a leading "/" aside: PyTorch's exporter names every tensor
+# "/scope/op_output_0"), "." or "..". Names are never used as paths; the rule keeps them plain.
 _NAME = re.compile(r"[^\x00-\x20\x7f\"'`\\]+")
 SLOT_DTYPES = ("int8", "uint8", "int16", "int32", "int64", "uint32", "float32", "float64",
                "bool")
@@ -74,7 +75,10 @@ def check_name(v: Any) -> str | None:
         return f"must be a string of 1 to {MAX_NAME} characters"
     if not _NAME.fullmatch(v):
         return "must not contain whitespace, quotes, backslashes or control characters"
-    if any(part in ("", ".", "..") for part in v.split("/")):
+    parts = v.split("/")
+    if parts[0] == "" and len(parts) > 1:  # "/model.0/conv/Conv_output_0"
+        parts = parts[1:]
+    if any(part in ("", ".", "..") for part in parts):
         return "must not be path-like (empty, '.' or '..' components around '/')"
     return None
 

@@ -107,8 +107,8 @@ def test_huge_negative_and_out_of_range_fields(saved, mutate, match):
     _refused(_edit(saved, lambda s, h, g: mutate(g)), match)
 
 
-@pytest.mark.parametrize("name", ["../../etc/passwd", "/etc/passwd", "a/../b", "x\ny", "a b",
-                                  "", "q'uote"])
+@pytest.mark.parametrize("name", ["../../etc/passwd", "/../etc/passwd", "a/../b", "a//b", "/",
+                                  "x\ny", "a b", "", "q'uote"])
 def test_path_like_or_odd_names_are_refused(saved, name):
     def rename_output(s, h, g):
         (old,) = g["outputs"]
@@ -118,6 +118,33 @@ def test_path_like_or_odd_names_are_refused(saved, name):
     def rename_slot(s, h, g):
         g["slots"][0]["name"] = name
     _refused(_edit(saved, rename_slot), r"slots\[0\]\.name")
+
+
+def test_pytorch_scope_names_save_and_load(tmp_path):
+    """PyTorch's exporter names tensors "/scope/op_output_0": such a model saves, loads and runs
+    (a leading "/" is not path-like; names are never used as paths)."""
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(3)
+    w = numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32),
+                                "/model.0/conv/weight")
+    nodes = [helper.make_node("Conv", ["images", "/model.0/conv/weight"],
+                              ["/model.0/conv/Conv_output_0"], name="/model.0/conv/Conv",
+                              pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["/model.0/conv/Conv_output_0"], ["output0"],
+                              name="/model.0/act/Relu")]
+    graph = helper.make_graph(
+        nodes, "torch_names", [helper.make_tensor_value_info("images", TensorProto.FLOAT,
+                                                             [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 8, 8, 8])], [w])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    cal = [{"images": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)} for _ in range(2)]
+    x = {"images": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)}
+    for precision in ("int8", "float"):
+        model = tcompile(proto, config="tiny", precision=precision,
+                         calibration=cal if precision == "int8" else None)
+        model.save(tmp_path / f"{precision}.tsr")
+        (want,), (got,) = model.run(x), tessera.load(tmp_path / f"{precision}.tsr").run(x)
+        np.testing.assert_array_equal(got, want)
 
 
 def test_overlapping_slots_are_refused(saved):
