@@ -18,14 +18,17 @@ than :data:`MIN_CHANNEL_SAMPLES` per channel (axis 1: a classifier's logits, a p
 vector, a squeeze-excitation vector, over a few batches) — takes ``"minmax"`` whatever the
 method: a handful of values cannot support a clipping decision (PP-OCR cls: every logit of
 unseen inputs saturated). Even the extremes of fewer than MIN_CLIPPING_SAMPLES values do not
-bound unseen inputs, so that range is widened by the factor of :data:`HELD_OUT_FACTORS` that
-quantises each calibration batch best under the range of the others (leave-one-out:
-:func:`held_out_factor`). Measured, 4 calibration batches: PP-OCR cls logit-difference SQNR
-8.0 -> 20.2 dB, relative error on 32 test inputs 0.2210 -> 0.1476 (onnxruntime 0.2468), on 8
-0.2008 -> 0.1390 (0.1673); held-out CNNs (``bench/heldout_cnns.py --seeds 0-19 --trained 0-3``)
-geomean 0.726x -> 0.591x onnxruntime, worst 0.946x -> 0.870x. The larger low-population tensors
-(>= 1024 values, < 32 per channel) keep their extremes: widening them too made a random-init
-EfficientNet-B0 worse.
+bound unseen inputs, so in a network's head (``widen``: a tensor no conv layer reads, directly
+or through other ops: pooled features, classifier layers, logits) that range is widened by the
+factor of :data:`HELD_OUT_FACTORS` that quantises each calibration batch best under the range
+of the others (leave-one-out: :func:`held_out_factor`). Measured (``bench/real_models.py
+--calibration 4``, ``bench/heldout_cnns.py --seeds 0-19 --trained 0-3``): PP-OCR cls relative
+error 0.2008 -> 0.1662 on 8 test inputs (onnxruntime 0.1673), 0.2210 -> 0.1934 on 32 (0.2468);
+held-out CNNs geomean 0.726x -> 0.593x onnxruntime, worst 0.946x -> 0.870x. Inside the conv
+trunk (squeeze-excitation vectors) ranges are not widened: there it helped PP-OCR cls further
+(0.1390 on 8 inputs) but cost PP-OCRv6 det small 0.5415 -> 0.7370 (onnxruntime 0.6655). The
+larger low-population tensors (>= 1024 values, < 32 per channel) keep their extremes: widening
+them too made a random-init EfficientNet-B0 worse.
 
 Batches are checked before anything runs: each must give every graph input (and nothing else)
 with its shape and a numeric dtype, finite values of magnitude at most
@@ -363,8 +366,9 @@ def held_out_factor(st: TensorStats, symmetric: bool) -> float:
 
 
 def qparams(st: TensorStats, method: str = "mse", symmetric: bool = True,
-            percentile: float = 99.99) -> QParams:
-    """The int8 parameters of a tensor with statistics ``st`` (module docstring)."""
+            percentile: float = 99.99, widen: bool = False) -> QParams:
+    """The int8 parameters of a tensor with statistics ``st``; ``widen``: a low-population
+    tensor's range may be widened by :func:`held_out_factor` (module docstring)."""
     if method not in CALIBRATION_METHODS:
         raise CompileError(f"calibration method must be one of {CALIBRATION_METHODS}, "
                            f"not {method!r}")
@@ -374,7 +378,7 @@ def qparams(st: TensorStats, method: str = "mse", symmetric: bool = True,
         # a handful of values (a classifier's logits over a few batches) cannot support a
         # clipping decision: unseen inputs land beyond it and saturate (module docstring)
         method = "minmax"
-        if len(st.chunks) >= 2 and x.size < MIN_CLIPPING_SAMPLES:
+        if widen and len(st.chunks) >= 2 and x.size < MIN_CLIPPING_SAMPLES:
             f = held_out_factor(st, symmetric)
             lo, hi = min(st.lo, 0.0) * f, max(st.hi, 0.0) * f
             st = TensorStats(lo, hi, st.chunks)

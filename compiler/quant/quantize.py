@@ -146,6 +146,16 @@ def _bounds(act: str, a: Mapping[str, Any], qp: QParams) -> tuple[int, int]:
     return lo, hi
 
 
+def _head_tensors(g: Graph) -> set[str]:
+    """The tensors no conv layer reads, directly or through other ops (a network's head: its
+    pooled features, classifier layers and logits)."""
+    feeds_conv: set[str] = set()
+    for n in reversed(g.nodes):  # topological order, reversed: consumers first
+        if n.op == "conv2d" or any(o in feeds_conv for o in n.outputs):
+            feeds_conv.update(i for i in n.inputs if i)
+    return set(g.tensors) - feeds_conv
+
+
 def _int_capable(g: Graph, n: Node) -> bool:
     if any(g.tensors[i].dtype != "float32" for i in n.inputs if i):
         return False
@@ -188,6 +198,7 @@ class _Builder:
         self.activations = activations
         self.keep_float = keep_float
         self.cons = g.consumers()
+        self.head = _head_tensors(g)  # tensors whose low-population range may be widened
         self.nodes: list[Node] = []
         self.consts: dict[str, np.ndarray] = {}
         self.qp: dict[str, QParams] = {}  # int8 tensor -> its parameters
@@ -251,7 +262,8 @@ class _Builder:
         st = self.stats.get(t)
         if st is None:
             raise AssertionError(f"tensor {t!r} has no calibration statistics")
-        return qparams(st, self.method, not self.asymmetric(t), self.percentile)
+        return qparams(st, self.method, not self.asymmetric(t), self.percentile,
+                       widen=t in self.head)
 
     def can_int(self, t: str) -> bool:
         """Whether float tensor ``t`` has (or can get) an int8 counterpart."""

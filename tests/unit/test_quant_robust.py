@@ -471,6 +471,23 @@ def test_a_few_values_range_is_widened_by_the_held_out_batches():
         same.add(np.array([[-1.0, 1.0]], np.float32), rng, 1 << 18)
     f = held_out_factor(spread, True)
     assert f > 1.0
-    assert qparams(spread, "mse").scale == pytest.approx(f * spread.amax / 127)
+    assert qparams(spread, "mse", widen=True).scale == pytest.approx(f * spread.amax / 127)
+    assert qparams(spread, "mse").scale == pytest.approx(spread.amax / 127)  # inside a network
     assert held_out_factor(same, True) == 1.0
     assert qparams(same, "mse", False) == qparams(same, "minmax", False)
+
+
+def test_only_the_head_of_a_network_has_its_ranges_widened():
+    """trained_like_cnn: its outputs, classifier and last pooled features are the head (no conv
+    reads them); its squeeze-excitation vectors feed later convs through the gating multiply,
+    so they are not, and their ranges are never widened."""
+    from tessera.compiler import zoo
+    from tessera.compiler.frontend import import_onnx
+    qmod = importlib.import_module("tessera.compiler.quant.quantize")
+    g = run_pipeline(import_onnx(zoo.trained_like_cnn(0)), GRAPH_PASSES)
+    head = qmod._head_tensors(g)
+    assert set(g.outputs) <= head
+    assert not head & {n.inputs[0] for n in g.nodes if n.op == "conv2d"}
+    pools = [n.outputs[0] for n in g.nodes if n.op == "global_avgpool"]
+    assert len(pools) >= 2 and pools[-1] in head and not set(pools[:-1]) & head
+    assert {n.inputs[0] for n in g.nodes if n.op == "dense"} <= head  # the classifier's
