@@ -123,22 +123,17 @@ class GemmPlan:
             y = y.reshape(r, b, g, bo)
             kind, where = st.dst
             # acc += y in int32 (the exact float32 integers cast first): wraps mod 2**32
-            if kind == "gr":
+            if kind in ("gr", "rg"):  # rows base + outer*pitch + inner, distinct (pitch >= inner)
                 base, pitch = where
-                if base + g * pitch <= acc.shape[0]:
-                    view = acc[base:base + g * pitch].reshape(g, pitch, b, bo)[:, :r]
-                    np.add(view, y.transpose(2, 0, 1, 3), out=view, dtype=np.int32,
-                           casting="unsafe")
-                    continue
-                where = (base + pitch * np.arange(g)[:, None] + np.arange(r)).reshape(-1)
-            elif kind == "rg":
-                base, pitch = where
-                if base + r * pitch <= acc.shape[0]:
-                    view = acc[base:base + r * pitch].reshape(r, pitch, b, bo)[:, :g]
-                    np.add(view, y.transpose(0, 2, 1, 3), out=view, dtype=np.int32,
-                           casting="unsafe")
-                    continue
-                where = (base + np.arange(g)[:, None] + pitch * np.arange(r)).reshape(-1)
+                outer, inner, yv = ((g, r, y.transpose(2, 0, 1, 3)) if kind == "gr"
+                                    else (r, g, y.transpose(0, 2, 1, 3)))
+                if base + outer * pitch <= acc.shape[0]:
+                    view = acc[base:base + outer * pitch].reshape(outer, pitch, b, bo)[:, :inner]
+                    np.add(view, yv, out=view, dtype=np.int32, casting="unsafe")
+                else:  # the last outer row's pitch runs past the accumulator: index it
+                    rows = (base + pitch * np.arange(outer)[:, None] + np.arange(inner))
+                    acc[rows.reshape(-1)] += yv.reshape(outer * inner, b, bo).astype(np.int32)
+                continue
             acc[where] += y.transpose(2, 0, 1, 3).reshape(g * r, b, bo).astype(np.int32)
 
     def _weights(self, k: int, st: _Stack, wgt_t: np.ndarray, wgt_stamp: np.ndarray,
