@@ -38,7 +38,13 @@ from tessera.runtime.accel import (
     lower_epilogue,
     plan_conv2d,
 )
-from tessera.runtime.accel.group import Member, emit_conv2d_group, plan_group
+from tessera.runtime.accel.group import (
+    Measured,
+    Member,
+    emit_conv2d_group,
+    moved_group,
+    plan_group,
+)
 from tessera.runtime.accel.layer import element_base
 from tessera.runtime.accel.requant import DeviceEpilogue, DevStep
 from tessera.runtime.accel.tiling import tune_conv2d
@@ -162,9 +168,16 @@ class _Builder:
     def _step(self, name: str, op: str, inputs: list[str], outputs: list[str], b, stats,
               tiles, macs: int, epilogue_steps: int, est_cycles: int,
               members: list[str] | None = None) -> AccelStep:
-        cfg = self.cfg
         prog = b.finish()
-        code = prog.to_bytes(0)
+        return self._accel_step(name, op, inputs, outputs, prog, prog.to_bytes(0), stats, tiles,
+                                macs, epilogue_steps, est_cycles, members)
+
+    def _accel_step(self, name: str, op: str, inputs: list[str], outputs: list[str], prog,
+                    code: bytes, stats, tiles, macs: int, epilogue_steps: int, est_cycles: int,
+                    members: list[str] | None = None) -> AccelStep:
+        """The step of a finished stream ``prog`` whose encoding (micro-op area at 0) is
+        ``code``."""
+        cfg = self.cfg
         info = {"op": op, "macs": int(macs),
                 "gemm_steps": stats.hw_macs // cfg.macs_per_gemm_step,
                 "insns": len(prog.insns),
@@ -217,7 +230,8 @@ class _Builder:
         layers = [self._layer(n) for n in nodes]
         members = [Member(shape, _NO_ADDRS, params.program, None)
                    for shape, params, _ in layers]
-        planned = plan_group(cfg, members)
+        kept: list[Measured] = []
+        planned = plan_group(cfg, members, keep=kept)
         if planned is None:
             return None
         tiles, cycles = planned
@@ -234,13 +248,20 @@ class _Builder:
             addrs, ins = self._place(n, shape, params, res)
             inputs += ins
             placed.append(Member(shape, addrs, params.program, t))
+        name, outputs = "+".join(n.name for n in nodes), [n.outputs[0] for n in nodes]
+        macs = sum(shape.macs for shape, _, _ in layers)
+        steps = sum(len(params.program.steps) for _, params, _ in layers)
+        # the winner's measured stream, moved to the members' tensors (emission otherwise)
+        code = moved_group(cfg, kept[0], placed)
+        if code is not None:
+            m = kept[0]
+            return self._accel_step(name, nodes[0].op, inputs, outputs, m.program, code,
+                                    m.stats, tiles[0], macs, steps, cycles,
+                                    [n.name for n in nodes])
         b = CommandBuilder(cfg)
         stats = emit_conv2d_group(b, placed)
-        return self._step("+".join(n.name for n in nodes), nodes[0].op, inputs,
-                          [n.outputs[0] for n in nodes], b, stats, tiles[0],
-                          sum(shape.macs for shape, _, _ in layers),
-                          sum(len(params.program.steps) for _, params, _ in layers), cycles,
-                          [n.name for n in nodes])
+        return self._step(name, nodes[0].op, inputs, outputs, b, stats, tiles[0], macs, steps,
+                          cycles, [n.name for n in nodes])
 
 
 _TENSORS = (("x", MemType.INP, "conv2d input"), ("w", MemType.WGT, "conv2d weights"),

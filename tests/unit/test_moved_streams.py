@@ -4,6 +4,8 @@ at the new tensor addresses with the new immediates gives."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -11,6 +13,7 @@ from tessera.compiler.lower.build import _moved, _structure
 from tessera.config import Config
 from tessera.isa import AluOp, layout
 from tessera.runtime.accel import ConvGeom, ConvShape, LayerAddrs, emit_conv2d, plan_conv2d
+from tessera.runtime.accel.group import Measured, Member, emit_conv2d_group, moved_group, plan_group
 from tessera.runtime.accel.requant import DeviceEpilogue, DevStep
 from tessera.runtime.builder import CommandBuilder
 from tessera.runtime.plan import AccelStep
@@ -102,3 +105,46 @@ def test_a_stream_that_cannot_move_is_left_to_emission():
                   for s in second.steps)
     wide = DeviceEpilogue(steps, second.vectors)
     assert _moved(cfg, "n", [], [], step, at, stats.imm_pcs, at, wide) is None
+
+
+def _group(rng, cfg, c, o, hw, residual):
+    """A ResNet downsample pair: a 3x3 and a 1x1 stride-2 convolution of one input."""
+    shapes = [ConvShape.make((1, c, hw, hw), (o, c, 3, 3), 2, 1),
+              ConvShape.make((1, c, hw, hw), (o, c, 1, 1), 2, 0)]
+    progs = []
+    for k in range(2):
+        first, _ = _programs(rng, o, residual and k == 0, True)
+        progs.append(first)
+    return [Member(s, LayerAddrs(0, 0, 0), p, None) for s, p in zip(shapes, progs)]
+
+
+@pytest.mark.parametrize("name", ["tiny", "default"])
+def test_a_moved_group_stream_is_what_emission_at_the_new_addresses_gives(name):
+    cfg = Config.preset(name)
+    rng = np.random.default_rng(9)
+    for c, o, hw, residual in ((16, 32, 14, False), (32, 32, 9, True), (16, 48, 12, True)):
+        members = _group(rng, cfg, c, o, hw, residual)
+        kept: list[Measured] = []
+        planned = plan_group(cfg, members, keep=kept)
+        assert planned is not None and len(kept) == 1
+        tiles, cycles = planned
+        assert kept[0].cycles == cycles
+        x = _addrs(rng, False, False).x
+        placed = []
+        for m, t in zip(members, tiles):
+            a = _addrs(rng, m.prog.residual, bool(m.prog.vectors))
+            placed.append(Member(m.shape, LayerAddrs(x, a.w, a.y, a.consts, a.residual),
+                                 m.prog, t))
+        code = moved_group(cfg, kept[0], placed)
+        b = CommandBuilder(cfg)
+        emit_conv2d_group(b, placed)
+        want = b.finish()
+        assert code == want.to_bytes(0), (name, c, o, hw)
+        assert kept[0].program.uop_words == want.uop_words
+        assert kept[0].program.uop_load_pcs == want.uop_load_pcs
+        # other tiles, or a member's input elsewhere: not the measured stream
+        other = [Member(m.shape, m.addrs, m.prog, replace(m.tiles, th=m.tiles.th % 2 + 1))
+                 for m in placed]
+        assert moved_group(cfg, kept[0], other) is None
+        apart = [placed[0], replace(placed[1], addrs=replace(placed[1].addrs, x=x + 64))]
+        assert moved_group(cfg, kept[0], apart) is None
