@@ -118,12 +118,18 @@ def _quantized_weights(w: np.ndarray, scale: np.ndarray, lo: int = -127, bounded
 
 
 def _weight_sums(wq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(sum w_q, sum |w_q|) per output channel, int64."""
+    """(sum w_q, sum |w_q|) per output channel, int64: summed on int16 copies of row blocks
+    into int32 when no row can reach 2**31 (an int8 row shorter than 2**24 terms), else int64
+    (integer sums: exact in any order)."""
     flat = wq.reshape(wq.shape[0], -1)
-    total = flat.sum(axis=1, dtype=np.int64)
+    acc = np.int32 if flat.dtype.itemsize == 1 and flat.shape[1] < 1 << 24 else np.int64
+    wide = np.int16 if flat.dtype.itemsize == 1 else np.int64
+    total = np.empty(flat.shape[0], np.int64)
     mag = np.empty(flat.shape[0], np.int64)
     for rows in _row_blocks(*flat.shape):
-        mag[rows] = np.abs(flat[rows], dtype=np.int16).sum(axis=1, dtype=np.int64)
+        a = flat[rows].astype(wide)
+        total[rows] = a.sum(axis=1, dtype=acc)
+        mag[rows] = np.abs(a, out=a).sum(axis=1, dtype=acc)
     return total, mag
 
 

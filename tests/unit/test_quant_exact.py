@@ -137,6 +137,8 @@ def test_unclipped_weight_rounding_and_weight_sums_equal_the_plain_formulas():
         np.testing.assert_array_equal(mag, np.abs(wq).sum(axis=1))
     extreme = np.full((2, 5), -128, np.int8)
     assert params._weight_sums(extreme)[1].tolist() == [640, 640]
+    long = np.full((1, 1 << 24), -128, np.int8)  # |sum| = 2**31: beyond int32 lanes
+    assert [v.tolist() for v in params._weight_sums(long)] == [[-(1 << 31)], [1 << 31]]
 
 
 def test_weight_kernels_equal_the_numpy_passes(monkeypatch):
