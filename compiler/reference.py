@@ -345,7 +345,11 @@ def int_conv2d_cnhw(x: np.ndarray, w: np.ndarray, strides=(1, 1), pads=(0, 0, 0,
     return out.reshape(o, n, oh, ow)
 
 
-def _pool_windows(x: np.ndarray, a: Mapping[str, Any], fill: float) -> tuple[np.ndarray, Any]:
+def _pool_windows(x: np.ndarray, a: Mapping[str, Any], fill: float,
+                  divisor: bool = True) -> tuple[np.ndarray, Any]:
+    """The (N, C, OH, OW, KH, KW) windows of a pooling node over ``x`` padded with ``fill``
+    (``x`` itself when no window reaches past it), and each window's divisor (positions inside
+    the input, or inside input + explicit pads; None unless ``divisor``)."""
     kh, kw = a["kernel"]
     sh, sw = a["strides"]
     dh, dw = a.get("dilations", (1, 1))
@@ -356,8 +360,13 @@ def _pool_windows(x: np.ndarray, a: Mapping[str, Any], fill: float) -> tuple[np.
     ow = pool_out_size(w, kw, sw, pl, pr, dw, bool(a["ceil_mode"]))
     eb = max(0, (oh - 1) * sh + dh * (kh - 1) + 1 - (h + pt + pb))
     er = max(0, (ow - 1) * sw + dw * (kw - 1) + 1 - (w + pl + pr))
-    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb + eb), (pl, pr + er)), constant_values=fill)
+    if pt or pl or pb + eb or pr + er:
+        xp = np.pad(x, ((0, 0), (0, 0), (pt, pb + eb), (pl, pr + er)), constant_values=fill)
+    else:  # every window inside x: no padded copy
+        xp = x
     win = _windows(xp, kh, kw, sh, sw, dh, dw)[:, :, :oh, :ow]
+    if not divisor:
+        return win, None
     # divisor: positions inside the input (or inside input + explicit pads)
     inside = np.zeros((1, 1) + xp.shape[2:], dtype=np.float64)
     if a.get("count_include_pad"):
@@ -468,7 +477,7 @@ def _int_divide(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def _k_pool(n: Node, x):
     if n.op == "maxpool":
         fill = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
-        win, _ = _pool_windows(x, n.attrs, fill)
+        win, _ = _pool_windows(x, n.attrs, fill, divisor=False)
         # the max over the window, one window offset at a time (exact, and far faster than a
         # reduction over the two short trailing axes of the strided view)
         out = win[..., 0, 0].copy()

@@ -562,7 +562,8 @@ class CommandBuilder:
     def fence(self) -> int:
         """A compute instruction before which every deferred ALU instruction has completed (an
         empty, non-deferred ALU instruction; spec-notes 16)."""
-        return self._append(AluInsn(uop_bgn=0, uop_end=0))
+        # an all-zero ALU record (it encodes): made without the dataclass __init__ or encode()
+        return self._append(_record(_ALU_FIELDS, AluInsn), checked=True, module=Module.COMPUTE)
 
     def _run_kernel(self, insn: GemmInsn | AluInsn, kernel: MicroKernel) -> int:
         """Check that ``insn`` encodes, load its kernel if not resident, then append it.

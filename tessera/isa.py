@@ -428,11 +428,7 @@ def to_bytes(insns: list[Insn], cfg: Config) -> bytes:
     lo = np.zeros(n, np.uint64)
     hi = np.zeros(n, np.uint64)
     lay = layout(cfg)
-    groups: dict[int, list[int]] = {}
-    for k, i in enumerate(insns):
-        groups.setdefault(i.opcode, []).append(k)
-    for op, idx in groups.items():
-        recs = [insns[k] for k in idx]
+    for op, idx, recs in _by_opcode(insns):
         try:
             table = lay.format(Opcode(op))
         except ValueError:
@@ -446,7 +442,8 @@ def to_bytes(insns: list[Insn], cfg: Config) -> bytes:
                 encode(r, cfg)  # raises the precise IsaError
             # they all encode (e.g. a subclass of the record type): take them one by one
             cols = np.array([[int(r.__dict__[k]) for k in names] for r in recs], np.int64)
-        sel = np.asarray(idx, np.int64)
+        glo = np.zeros(len(recs), np.uint64)
+        ghi = np.zeros(len(recs), np.uint64)
         for k, (_, flo, mask, vmin, vmax, _) in enumerate(specs):
             v = cols[:, k]
             if ((v < vmin) | (v > vmax)).any():
@@ -454,9 +451,9 @@ def to_bytes(insns: list[Insn], cfg: Config) -> bytes:
                     encode(r, cfg)  # raises the precise IsaError
             u = (v.astype(np.uint64) & np.uint64(mask))
             if flo < 64:
-                lo[sel] |= u << np.uint64(flo)
+                glo |= u << np.uint64(flo)
             else:
-                hi[sel] |= u << np.uint64(flo - 64)
+                ghi |= u << np.uint64(flo - 64)
         if op in (Opcode.LOAD, Opcode.STORE):
             mt = cols[:, names.index("memory_type")]
             if (mt > max(MemType)).any():
@@ -467,25 +464,49 @@ def to_bytes(insns: list[Insn], cfg: Config) -> bytes:
             if (ao > max(AluOp)).any():
                 for r in recs:
                     encode(r, cfg)
+        lo[idx] = glo
+        hi[idx] = ghi
     return np.stack([lo, hi], axis=1).astype("<u8").tobytes()
 
 
 _INT_TYPES = (int, Opcode, MemType, AluOp)  # value types the vectorised encoder takes as is
+_OPCODE_OF = operator.attrgetter("opcode")
+_STATE_OF = operator.attrgetter("__dict__")
+
+
+def _by_opcode(insns: list) -> list[tuple[object, np.ndarray | list[int], list]]:
+    """(opcode, indices, records) of each opcode of ``insns``, in order of first occurrence
+    (opcodes that are not plain integers are grouped by equality, one record at a time)."""
+    try:
+        ops = np.fromiter(map(_OPCODE_OF, insns), np.int64, len(insns))
+    except (TypeError, ValueError, OverflowError):
+        ops = None
+    if ops is None or any(type(o) is bool for o in set(map(_OPCODE_OF, insns))):
+        groups: dict[object, list[int]] = {}
+        for k, i in enumerate(insns):
+            groups.setdefault(i.opcode, []).append(k)
+        return [(op, idx, [insns[k] for k in idx]) for op, idx in groups.items()]
+    keys, first = np.unique(ops, return_index=True)
+    out = []
+    for op in keys[np.argsort(first)].tolist():
+        idx = np.flatnonzero(ops == op)
+        out.append((op, idx, [insns[k] for k in idx.tolist()]))
+    return out
 
 
 def _columns(recs: list, cls: type, names: tuple[str, ...]) -> np.ndarray | None:
     """The fields ``names`` of records ``recs`` as an int64 array (one row per record), or None
     when a record is not a ``cls`` or a value is not a plain integer (ints, the ISA's enums and
     numpy integers are taken; a bool or anything else is left to :func:`encode`)."""
-    if any(r.__class__ is not cls for r in recs):
+    if set(map(type, recs)) != {cls}:
         return None
     get = operator.itemgetter(*names)
-    rows = [get(r.__dict__) for r in recs]
-    types = set(map(type, itertools.chain.from_iterable(rows)))
+    flat = list(itertools.chain.from_iterable(map(get, map(_STATE_OF, recs))))
+    types = set(map(type, flat))
     if not all(t in _INT_TYPES or issubclass(t, np.integer) for t in types):
         return None
     try:
-        return np.array(rows, dtype=np.int64).reshape(len(recs), len(names))
+        return np.fromiter(flat, np.int64, len(flat)).reshape(len(recs), len(names))
     except (TypeError, ValueError, OverflowError):
         return None
 

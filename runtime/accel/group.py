@@ -55,49 +55,77 @@ class Member:
     tiles: ConvTiles
 
 
-def _weight_rows(g: ConvGeom, t: ConvTiles, off: int, cap: int) -> int:
-    """Weight elements of each buffer half a member takes from ``off`` on: every chunk of its
-    reduction in its own place when they fit below ``cap`` (weight-stationary, as
-    :func:`~tessera.runtime.accel.conv2d.tile_list` decides), else one chunk."""
+@dataclass(frozen=True)
+class _Facts:
+    """What :func:`group_fits`, :func:`_layout` and :func:`_sequence_cost` read of one member
+    with its tiles (computed once per member and tile shape while a group is planned)."""
+
+    geom: ConvGeom
+    tiles: ConvTiles  # resolved
+    crows: int  # its constant rows
+    why: str | None  # fits(): None when the tile fits the member alone
+    resident: bool  # its constants are resident for the whole layer
+    rows: int  # accumulator rows of one tile (residual included)
+    wall: int  # weight elements of every reduction chunk in its own place
+    wsize: int  # weight elements of one chunk
+
+
+def _facts(cfg, m: Member) -> _Facts:
+    g = ConvGeom.of(cfg, m.shape)
+    t = m.tiles.resolved(g)
+    crows = const_rows(m.prog, const_blocks(cfg, g, m.prog, t.to))
     chunks = ceil_div(g.rb, t.kc) * ceil_div(g.kh, t.tkh) * ceil_div(g.kw, t.tkw)
     wsize = t.to * t.kc * t.tkh * t.tkw
-    return chunks * wsize if off + chunks * wsize <= cap else wsize
+    return _Facts(g, t, crows, fits(cfg, g, t, m.prog),
+                  const_blocks(cfg, g, m.prog, t.to) == g.ob,
+                  t.tn * t.to * t.th * t.tw * (2 if m.prog.residual else 1), chunks * wsize,
+                  wsize)
+
+
+def _offsets(cfg, facts: list[_Facts]) -> tuple[list[int], list[int], int]:
+    """Constant-row offsets, weight offsets (each member's chunks of each buffer half from its
+    offset on, every chunk in its own place when they fit below the half's capacity
+    (weight-stationary, as :func:`~tessera.runtime.accel.conv2d.tile_list` decides), else one
+    chunk; one entry more than members: the end) and the total constant rows."""
+    const_offs = [sum(f.crows for f in facts[:k]) for k in range(len(facts))]
+    _, cap = thread_caps(cfg, 2)
+    wgt_offs = [0]
+    for f in facts:
+        off = wgt_offs[-1]
+        wgt_offs.append(off + (f.wall if off + f.wall <= cap else f.wsize))
+    return const_offs, wgt_offs, sum(f.crows for f in facts)
 
 
 def _layout(cfg, members: list[Member]) -> tuple[list[ConvGeom], list[ConvTiles], list[int],
                                                   list[int], int]:
-    geoms = [ConvGeom.of(cfg, m.shape) for m in members]
-    tiles = [m.tiles.resolved(g) for m, g in zip(members, geoms)]
-    crows = [const_rows(m.prog, const_blocks(cfg, g, m.prog, t.to))
-             for m, g, t in zip(members, geoms, tiles)]
-    const_offs = [sum(crows[:k]) for k in range(len(members))]
-    _, cap = thread_caps(cfg, 2)
-    wgt_offs = [0]
-    for g, t in zip(geoms, tiles):
-        wgt_offs.append(wgt_offs[-1] + _weight_rows(g, t, wgt_offs[-1], cap))
-    return geoms, tiles, const_offs, wgt_offs, sum(crows)
+    facts = [_facts(cfg, m) for m in members]
+    const_offs, wgt_offs, crow = _offsets(cfg, facts)
+    return [f.geom for f in facts], [f.tiles for f in facts], const_offs, wgt_offs, crow
 
 
 def group_fits(cfg, members: list[Member]) -> str | None:
     """None if ``members`` can share one stream, else why not."""
     if len(members) < 2:
         return "a group needs two or more members"
-    geoms, tiles, _, wgt_offs, crow = _layout(cfg, members)
-    for m, g, t in zip(members, geoms, tiles):
-        why = fits(cfg, g, t, m.prog)
-        if why is not None:
-            return why
-        if const_blocks(cfg, g, m.prog, t.to) != g.ob:
+    return _group_fits(cfg, [_facts(cfg, m) for m in members])
+
+
+def _group_fits(cfg, facts: list[_Facts]) -> str | None:
+    for f in facts:
+        if f.why is not None:
+            return f.why
+        if not f.resident:
             return "a member's constants are not resident for the whole layer"
+    tiles = [f.tiles for f in facts]
     if not all(t.double_buffer for t in tiles) or len({t.regions for t in tiles}) != 1:
         return "members must all be double buffered with the same accumulator regions"
     regions = tiles[0].regions
+    _, wgt_offs, crow = _offsets(cfg, facts)
     if crow >= cfg.acc_depth // regions:
         return "the members' constants exceed the accumulator"
     cap = acc_plan(cfg, regions, crow).cap
-    for m, t in zip(members, tiles):
-        rows = t.tn * t.to * t.th * t.tw * (2 if m.prog.residual else 1)
-        if rows > cap:
+    for f in facts:
+        if f.rows > cap:
             return "a member's tile exceeds the accumulator region"
     _, wgt_cap = thread_caps(cfg, 2)
     if wgt_offs[-1] > wgt_cap:
@@ -113,23 +141,29 @@ def _interleave(lists: list[list[Tile]]) -> list[Tile]:
     return [e[3] for e in keyed]
 
 
+def _tile_costs(cfg, m: Member, t: ConvTiles) -> list[tuple[float, float, float]]:
+    """(GEMM cycles, ALU engine cycles, rows) of each of the member's tiles with shape ``t``."""
+    from tessera.runtime.accel.tiling import INSN
+
+    g = ConvGeom.of(cfg, m.shape)
+    n = (ceil_div(g.ob, t.to) * ceil_div(g.oh, t.th) * ceil_div(g.ow, t.tw)
+         * ceil_div(g.n, t.tn))
+    rows = g.n * g.ob * g.oh * g.ow / n
+    per_row = g.rb * g.kh * g.kw
+    stages = ceil_div(g.rb, t.kc) * ceil_div(g.kh, t.tkh) * ceil_div(g.kw, t.tkw)
+    gemm = rows * per_row + INSN * 2 * stages
+    epi = (rows + 4) * len(m.prog.steps) + 3 * INSN
+    return [(gemm, epi, rows)] * n
+
+
 def _sequence_cost(cfg, members: list[Member], tiles: list[ConvTiles]) -> float:
     """Estimated cycles of the interleaved stream: per tile the larger of its GEMM time and
     what the ALU engine must finish meanwhile (the previous tile's epilogue, the next tile's
     reset: tile t+1 shares a bank with t-1)."""
-    from tessera.runtime.accel.tiling import INSN
+    return _cost_of([_tile_costs(cfg, m, t) for m, t in zip(members, tiles)])
 
-    seq = []
-    for m, t in zip(members, tiles):
-        g = ConvGeom.of(cfg, m.shape)
-        n = (ceil_div(g.ob, t.to) * ceil_div(g.oh, t.th) * ceil_div(g.ow, t.tw)
-             * ceil_div(g.n, t.tn))
-        rows = g.n * g.ob * g.oh * g.ow / n
-        per_row = g.rb * g.kh * g.kw
-        stages = ceil_div(g.rb, t.kc) * ceil_div(g.kh, t.tkh) * ceil_div(g.kw, t.tkw)
-        gemm = rows * per_row + INSN * 2 * stages
-        epi = (rows + 4) * len(m.prog.steps) + 3 * INSN
-        seq.append([(gemm, epi, rows)] * n)
+
+def _cost_of(seq: list[list[tuple[float, float, float]]]) -> float:
     order = _interleave(seq)
     total = 0.0
     for k, (gemm, _, _) in enumerate(order):
@@ -148,17 +182,24 @@ def plan_group(cfg, members: list[Member], pool: int = 6, measured: int = 4
     combination fits."""
     from tessera.runtime.accel.tiling import ranked_candidates
 
+    if len(members) < 2:
+        return None  # group_fits: a group needs two or more members
     trials = []
     for regions in (4, 2):
         pools = []
         for m in members:
             pools.append(ranked_candidates(cfg, ConvGeom.of(cfg, m.shape), m.prog, True,
                                            regions=regions, top=pool))
-        for combo in itertools.product(*pools):
-            trial = [replace(m, tiles=t) for m, t in zip(members, combo)]
-            if group_fits(cfg, trial) is None:
-                trials.append((_sequence_cost(cfg, trial, list(combo)),
-                               sum(t.est_cycles for t in combo), len(trials), trial))
+        # what a combination is judged by, per member and candidate: computed once
+        placed = [[replace(m, tiles=t) for t in ts] for m, ts in zip(members, pools)]
+        facts = [[_facts(cfg, c) for c in cs] for cs in placed]
+        costs = [[_tile_costs(cfg, m, t) for t in ts] for m, ts in zip(members, pools)]
+        for combo in itertools.product(*(range(len(ts)) for ts in pools)):
+            if _group_fits(cfg, [facts[k][j] for k, j in enumerate(combo)]) is None:
+                trial = [placed[k][j] for k, j in enumerate(combo)]
+                trials.append((_cost_of([costs[k][j] for k, j in enumerate(combo)]),
+                               sum(pools[k][j].est_cycles for k, j in enumerate(combo)),
+                               len(trials), trial))
     trials.sort(key=lambda e: e[:3])
     best = None
     for *_, trial in trials[:measured]:

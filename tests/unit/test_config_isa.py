@@ -199,3 +199,32 @@ def test_vectorised_to_bytes_equals_encode(name):
     too_big = list(insns) + [MemInsn(x_size=1 << 16)]
     with pytest.raises(IsaError, match="field x_size must be in"):
         isa.to_bytes(too_big, cfg)
+
+
+def _encode_error(insn, cfg) -> str:
+    with pytest.raises(IsaError) as err:
+        isa.encode(insn, cfg)
+    return str(err.value)
+
+
+@pytest.mark.parametrize("name", ["tiny", "default"])
+def test_to_bytes_takes_or_rejects_every_opcode_value_like_encode(name):
+    """Records are grouped by opcode whatever its type: plain ints, enums and numpy integers
+    encode as encode() does (in stream order, whatever the grouping), a bool, an unknown value
+    or a non-integer opcode raises encode()'s error for that record."""
+    cfg = Config.preset(name)
+    rng = np.random.default_rng(11)
+    insns = _random_insns(cfg, rng, 300)
+    want = b"".join(isa.encode(i, cfg).to_bytes(16, "little") for i in insns)
+    plain = [dataclasses.replace(i, opcode=int(i.opcode)) if k % 3 == 0 else
+             dataclasses.replace(i, opcode=np.int64(i.opcode)) if k % 3 == 1 else i
+             for k, i in enumerate(insns)]
+    assert isa.to_bytes(plain, cfg) == want
+    assert isa.to_bytes([], cfg) == b""
+    for bad in (GemmInsn(opcode=True, uop_end=1), GemmInsn(opcode=7, uop_end=1),
+                GemmInsn(opcode="gemm", uop_end=1), GemmInsn(opcode=None, uop_end=1)):
+        message = _encode_error(bad, cfg)
+        at = int(rng.integers(0, len(insns)))
+        with pytest.raises(IsaError) as err:
+            isa.to_bytes(insns[:at] + [bad] + insns[at:], cfg)
+        assert str(err.value) == message
