@@ -48,6 +48,36 @@ def cpu_time(fn: Callable[[], object], reps: int) -> float:
     return best
 
 
+def conv_row(rng, name: str, c: int, h: int, o: int, k: int, s: int, reps: int) -> None:
+    x = rng.integers(-128, 128, (1, c, h, h)).astype(np.int8)
+    w = np.full((o, c, k, k), 127, np.int8)
+    p = k // 2
+    geo = ((s, s), (p, p, p, p), (1, 1), 1)
+    packed = reference.packed_conv_weights(x.dtype, w)
+    fast = reference.int_conv2d_cnhw(x, w, *geo, dtype=np.int32, packed=packed)
+    splits = reference.exact_splits(x.dtype, w)
+    with igemm.disabled():
+        slow = reference.int_conv2d_cnhw(x, w, *geo, dtype=np.int32, splits=splits)
+    assert np.array_equal(fast, slow), name
+    m = fast.shape[1] * fast.shape[2] * fast.shape[3]
+    q = packed.w4.shape[1]
+    macs = o * c * k * k * m
+    x4 = rng.integers(0, 2**32, (q, igemm._cols_for(m)), dtype=np.uint32)
+    out = np.empty((o, m), np.int32)
+    t_kernel = cpu_time(lambda: igemm.gemm(x4, m, packed.w4, packed.corr, out), reps)
+    a32 = rng.standard_normal((o, c * k * k), dtype=np.float32)
+    b32 = rng.standard_normal((c * k * k, m), dtype=np.float32)
+    t_sgemm = cpu_time(lambda: a32 @ b32, reps)
+    t_conv = cpu_time(lambda: reference.int_conv2d_cnhw(x, w, *geo, dtype=np.int32,
+                                                        packed=packed), reps)
+    with igemm.disabled():
+        t_float = cpu_time(lambda: reference.int_conv2d_cnhw(x, w, *geo, dtype=np.int32,
+                                                             splits=splits), reps)
+    print(f"{name:28s} {macs / 1e9:6.2f} | {t_kernel * 1e3:9.2f} {macs / t_kernel / 1e9:7.0f}"
+          f" | {t_sgemm * 1e3:8.2f} {macs / t_sgemm / 1e9:7.0f} {t_sgemm / t_kernel:5.1f} | "
+          f"{t_conv * 1e3:8.2f} {t_float * 1e3:8.2f} {t_float / t_conv:5.1f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer shapes and repetitions")
@@ -59,34 +89,8 @@ def main() -> None:
     convs = CONVS[3:5] if args.quick else CONVS
     print(f"{'shape':28s} {'GMAC':>6s} | {'kernel ms':>9s} {'GMAC/s':>7s} | {'sgemm ms':>8s} "
           f"{'GMAC/s':>7s} {'x':>5s} | {'conv ms':>8s} {'float ms':>8s} {'x':>5s}")
-    for name, c, h, o, k, s in convs:
-        x = rng.integers(-128, 128, (1, c, h, h)).astype(np.int8)
-        w = np.full((o, c, k, k), 127, np.int8)
-        p = k // 2
-        geo = ((s, s), (p, p, p, p), (1, 1), 1)
-        packed = reference.packed_conv_weights(x.dtype, w)
-        fast = reference.int_conv2d_cnhw(x, w, *geo, dtype=np.int32, packed=packed)
-        splits = reference.exact_splits(x.dtype, w)
-        with igemm.disabled():
-            slow = reference.int_conv2d_cnhw(x, w, *geo, dtype=np.int32, splits=splits)
-        assert np.array_equal(fast, slow), name
-        m = fast.shape[1] * fast.shape[2] * fast.shape[3]
-        q = packed.w4.shape[1]
-        macs = o * c * k * k * m
-        x4 = rng.integers(0, 2**32, (q, igemm._cols_for(m)), dtype=np.uint32)
-        out = np.empty((o, m), np.int32)
-        t_kernel = cpu_time(lambda: igemm.gemm(x4, m, packed.w4, packed.corr, out), reps)
-        a32 = rng.standard_normal((o, c * k * k), dtype=np.float32)
-        b32 = rng.standard_normal((c * k * k, m), dtype=np.float32)
-        t_sgemm = cpu_time(lambda: a32 @ b32, reps)
-        t_conv = cpu_time(lambda: reference.int_conv2d_cnhw(x, w, *geo, dtype=np.int32,
-                                                            packed=packed), reps)
-        with igemm.disabled():
-            t_float = cpu_time(lambda: reference.int_conv2d_cnhw(x, w, *geo, dtype=np.int32,
-                                                                 splits=splits), reps)
-        print(f"{name:28s} {macs / 1e9:6.2f} | {t_kernel * 1e3:9.2f} {macs / t_kernel / 1e9:7.0f}"
-              f" | {t_sgemm * 1e3:8.2f} {macs / t_sgemm / 1e9:7.0f} {t_sgemm / t_kernel:5.1f} | "
-              f"{t_conv * 1e3:8.2f} {t_float * 1e3:8.2f} {t_float / t_conv:5.1f}")
+    for case in convs:
+        conv_row(rng, *case, reps)
     # VGG-19 fc6 over the 8 bias-correction images: 8 x 25088 by 4096 x 25088 int8
     a = rng.integers(-128, 128, (8, 25088)).astype(np.int8)
     w = np.full((4096, 25088), 127, np.int8)

@@ -33,7 +33,7 @@ CONVS = [  # (n, c, h, w, o, kh, kw, stride, pads, dilation)
     (3, 8, 5, 5, 3, 1, 1, 1, (0, 0, 0, 0), 1),        # pointwise, fewer rows than a block
     (1, 1, 4, 33, 1, 1, 3, 1, (0, 2, 0, 2), 1),       # one channel, one output channel
     (1, 5, 20, 20, 16, 5, 3, 2, (2, 1, 2, 1), 1),     # non-square kernel, stride 2
-    (2, 16, 3, 3, 33, 3, 3, 1, (1, 1, 1, 1), 1),      # M = 18: the 8 x 2 blocking
+    (2, 16, 3, 3, 33, 3, 3, 1, (1, 1, 1, 1), 1),      # M = 18: one block wider than M
     (1, 7, 2, 2, 40, 2, 2, 1, (0, 0, 0, 0), 1),       # M = 1: the 16 x 1 blocking
 ]
 
@@ -153,3 +153,26 @@ def test_bad_operands_are_refused_before_running():
     with pytest.raises(KernelError, match="packed for"):
         igemm.conv2d_cnhw(np.zeros((1, 2, 2, 2), np.int8), np.zeros((1, 2, 1, 1), np.int8),
                           packed=packed)
+
+
+@vnni
+def test_the_kernel_is_built_without_the_ir_pipeline_and_cached_apart(tmp_path):
+    from tessera.runtime.cpu.jit import Engine
+    eng = Engine(cache_dir=tmp_path)
+    ir = igemm._ir(6, 4)
+    raw = eng.compile(ir, "igemm_r6v4", 5, description="t", optimise=False)
+    opt = eng.compile(ir, "igemm_r6v4", 5, description="t")
+    assert raw.key != opt.key and eng.stats.compiles == 2
+    assert Engine(cache_dir=tmp_path).compile(ir, "igemm_r6v4", 5, description="t",
+                                              optimise=False).key == raw.key
+    x4 = np.random.default_rng(5).integers(0, 2**32, (3, 64), dtype=np.uint32)
+    w4 = np.random.default_rng(6).integers(0, 2**32, (7, 3), dtype=np.uint32)
+    outs = []
+    for fn in (raw, opt):
+        out = np.zeros((7, 50), np.int32)
+        fn(x4, w4, np.arange(7, dtype=np.int32), out, np.array([50, 64, 7, 3, 3, 50], np.int64))
+        outs.append(out)
+    want = (x4[:, :50].view(np.uint8).reshape(3, 50, 4).astype(np.int64)[None]
+            * w4.view(np.int8).reshape(7, 3, 1, 4)).sum(axis=(1, 3)) + np.arange(7)[:, None]
+    np.testing.assert_array_equal(outs[0], reference.wrap32(want))
+    np.testing.assert_array_equal(outs[1], outs[0])
