@@ -51,12 +51,23 @@ DEAD_RATIO = 1e-6
 
 # float32 layers with at least this many weights are quantised by the one-pass JIT kernels of
 # :mod:`~tessera.compiler.quant.wround` (the same values; compiling the kernels costs ~0.07 s
-# once per process, so smaller layers keep the numpy passes: VGG-19's fc6 and fc7 take them)
+# once per process, so smaller layers keep the numpy passes: VGG-19's fc6 and fc7 take them;
+# once the kernels are compiled, every layer of at least KERNEL_MIN_WEIGHTS takes them)
 KERNEL_WEIGHTS = 1 << 23
+KERNEL_MIN_WEIGHTS = 1 << 16
 
 
 def _kernel_layer(w: np.ndarray) -> bool:
-    return w.dtype == np.float32 and w.ndim >= 1 and w.size >= KERNEL_WEIGHTS
+    if w.dtype != np.float32 or w.ndim < 1:
+        return False
+    return w.size >= KERNEL_WEIGHTS or (w.size >= KERNEL_MIN_WEIGHTS and wround.ready())
+
+
+def prepare_weight_kernels(weights) -> None:
+    """Compile the weight kernels up front when one of ``weights`` (a model's float32 layer
+    weights) will take them anyway, so that its other layers take them too."""
+    if any(w.dtype == np.float32 and w.size >= KERNEL_WEIGHTS for w in weights):
+        wround.prepare()
 
 
 def _channel_absmax(w: np.ndarray) -> np.ndarray:

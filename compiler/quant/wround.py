@@ -23,7 +23,7 @@ import threading
 
 import numpy as np
 
-__all__ = ["channel_absmax", "round_rows"]
+__all__ = ["channel_absmax", "round_rows", "ready", "prepare"]
 
 _VERSION = "wround-1"
 _lock = threading.Lock()
@@ -261,6 +261,18 @@ def _kernel(name: str):
                                               description=f"{_VERSION} {name}")
                 _kernels[name] = fn
     return fn
+
+
+def ready() -> bool:
+    """Whether both kernels are compiled in this process (then they are the cheaper path for
+    any layer but the smallest)."""
+    return len(_kernels) == 2
+
+
+def prepare() -> None:
+    """Compile (or load) both kernels now."""
+    _kernel("wround_absmax")
+    _kernel("wround_rows")
 
 
 def _rows(w: np.ndarray) -> np.ndarray:
