@@ -23,9 +23,11 @@ from tessera.compiler.refops import KERNELS as _FAMILY_KERNELS
 from tessera.errors import CompileError, ProgramError
 from tessera.runtime.accel.epilogue import Epilogue
 from tessera.runtime.accel.epilogue import apply_epilogue as _apply
+from tessera.runtime.cpu import igemm
 
 __all__ = ["run", "conv2d_nchw", "int_conv2d", "int_conv2d_cnhw", "int_matmul", "conv_output",
            "dense_output", "apply_epilogue", "wrap32", "sums_fit_int32", "exact_splits",
+           "packed_conv_weights",
            "float_activation", "scratch", "release_scratch", "KERNELS"]
 
 
@@ -224,6 +226,15 @@ def exact_splits(x_dtype: np.dtype, w: np.ndarray) -> list[int] | None:
     return bounds if len(bounds) < len(dtype_splits) else dtype_splits
 
 
+def packed_conv_weights(x_dtype, w: np.ndarray, groups: int = 1) -> igemm.ConvWeights | None:
+    """``w`` packed once for several :func:`int_conv2d_cnhw` int32-lane calls on ``x_dtype``
+    inputs, or None where those calls do not take the VNNI kernel (then
+    :func:`exact_splits` is what they reuse)."""
+    if igemm.supports_conv(np.empty(0, x_dtype), w, groups) is not None:
+        return None
+    return igemm.pack_conv_weights(w, x_dtype)
+
+
 def _dtype_splits(k: int, chunk: int) -> list[int]:
     return list(range(0, k, chunk)) + [k]
 
@@ -269,7 +280,14 @@ def int_matmul(a: np.ndarray, b: np.ndarray, dtype=np.int64,
     exact: |sum| <= 1024 * 128 * 128 = 2**24), or over ``splits`` (:func:`exact_splits` of
     ``b.T``: longer chunks the weights allow), summed as integers; wider integers through
     float64 BLAS (exact while the sums stay below 2**53). Operands are converted one reduction
-    chunk at a time (a large dense layer's weights are never copied whole)."""
+    chunk at a time (a large dense layer's weights are never copied whole). int32 lanes of
+    int8/uint8 x int8 operands come from the AVX-512 VNNI kernel where the host has it
+    (:mod:`tessera.runtime.cpu.igemm`; ``splits`` is then not needed)."""
+    if np.dtype(dtype) == np.int32 and a.ndim == 2 and b.ndim == 2:
+        why = igemm.supports_matmul(a, b.T)
+        if why is None:
+            return igemm.matmul(a, b.T)
+        igemm.note_fallback(f"matmul: {why}")
     chunk = _exact_chunk(a.dtype, b.dtype)
     k = a.shape[-1]
     if chunk is None:
@@ -296,11 +314,19 @@ def int_conv2d(x: np.ndarray, w: np.ndarray, strides=(1, 1), pads=(0, 0, 0, 0),
 
 def int_conv2d_cnhw(x: np.ndarray, w: np.ndarray, strides=(1, 1), pads=(0, 0, 0, 0),
                     dilations=(1, 1), groups: int = 1, dtype=np.int64,
-                    splits: Sequence[int] | None = None) -> np.ndarray:
+                    splits: Sequence[int] | None = None,
+                    packed: igemm.ConvWeights | None = None) -> np.ndarray:
     """:func:`int_conv2d` with the output channel-major, (O, N, OH, OW) (how the products come
     out: no transposing copy; ``[:, i]`` is image ``i``'s output). ``dtype=np.int32`` gives
     the products wrapped to int32 lanes and ``splits`` the reduction chunks as
-    :func:`int_matmul` takes them (:func:`exact_splits` of ``w``)."""
+    :func:`int_matmul` takes them (:func:`exact_splits` of ``w``). int32 lanes of an
+    ungrouped int8/uint8 x int8 conv come from the AVX-512 VNNI kernel where the host has it
+    (:mod:`tessera.runtime.cpu.igemm`; ``packed``: :func:`packed_conv_weights` of ``w``)."""
+    if np.dtype(dtype) == np.int32:
+        why = igemm.supports_conv(x, w, groups)
+        if why is None:
+            return igemm.conv2d_cnhw(x, w, strides, pads, dilations, packed)
+        igemm.note_fallback(f"conv: {why}")
     o, cg, kh, kw = w.shape
     chunk = _exact_chunk(x.dtype, w.dtype)
     fdtype = np.float64 if chunk is None else np.float32
@@ -319,7 +345,11 @@ def int_conv2d_cnhw(x: np.ndarray, w: np.ndarray, strides=(1, 1), pads=(0, 0, 0,
     return out.reshape(o, n, oh, ow)
 
 
-def _pool_windows(x: np.ndarray, a: Mapping[str, Any], fill: float) -> tuple[np.ndarray, Any]:
+def _pool_windows(x: np.ndarray, a: Mapping[str, Any], fill: float,
+                  divisor: bool = True) -> tuple[np.ndarray, Any]:
+    """The (N, C, OH, OW, KH, KW) windows of a pooling node over ``x`` padded with ``fill``
+    (``x`` itself when no window reaches past it), and each window's divisor (positions inside
+    the input, or inside input + explicit pads; None unless ``divisor``)."""
     kh, kw = a["kernel"]
     sh, sw = a["strides"]
     dh, dw = a.get("dilations", (1, 1))
@@ -330,8 +360,13 @@ def _pool_windows(x: np.ndarray, a: Mapping[str, Any], fill: float) -> tuple[np.
     ow = pool_out_size(w, kw, sw, pl, pr, dw, bool(a["ceil_mode"]))
     eb = max(0, (oh - 1) * sh + dh * (kh - 1) + 1 - (h + pt + pb))
     er = max(0, (ow - 1) * sw + dw * (kw - 1) + 1 - (w + pl + pr))
-    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb + eb), (pl, pr + er)), constant_values=fill)
+    if pt or pl or pb + eb or pr + er:
+        xp = np.pad(x, ((0, 0), (0, 0), (pt, pb + eb), (pl, pr + er)), constant_values=fill)
+    else:  # every window inside x: no padded copy
+        xp = x
     win = _windows(xp, kh, kw, sh, sw, dh, dw)[:, :, :oh, :ow]
+    if not divisor:
+        return win, None
     # divisor: positions inside the input (or inside input + explicit pads)
     inside = np.zeros((1, 1) + xp.shape[2:], dtype=np.float64)
     if a.get("count_include_pad"):
@@ -442,7 +477,7 @@ def _int_divide(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def _k_pool(n: Node, x):
     if n.op == "maxpool":
         fill = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
-        win, _ = _pool_windows(x, n.attrs, fill)
+        win, _ = _pool_windows(x, n.attrs, fill, divisor=False)
         # the max over the window, one window offset at a time (exact, and far faster than a
         # reduction over the two short trailing axes of the strided view)
         out = win[..., 0, 0].copy()

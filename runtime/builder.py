@@ -90,15 +90,19 @@ class Program:
 
 
 def relocate(code: bytes, cfg: Config, uop_pcs: list[int], uop_addr: int,
-             regions: dict[int, tuple[int, int]] | None = None) -> bytes:
+             regions: dict[int, tuple[int, int]] | None = None,
+             shifts: dict[MemType, int] | None = None) -> bytes:
     """Rewrite the DRAM addresses of an encoded stream (the one relocation mechanism).
 
     Micro-op loads (``uop_pcs``) address their micro-op area from element 0 and are moved to
     byte address ``uop_addr``. With ``regions`` (virtual base -> (size, real base)), every other
-    LOAD/STORE that moves data must lie inside one region and moves with it; without, data
-    addresses are already real and stay. Raises :class:`ProgramError` for a pc that is not a
-    micro-op load, an address outside every region, or a moved address the dram_base field
-    cannot hold.
+    LOAD/STORE that moves data must lie inside one region and moves with it; with ``shifts``
+    (memory type -> element offset; a stream whose every memory type addresses one tensor,
+    re-targeted at other tensors), every other LOAD/STORE that moves data moves by its memory
+    type's offset (none for a type not named) and must still end inside the 32-bit address
+    space; without either, data addresses are already real and stay. Raises
+    :class:`ProgramError` for a pc that is not a micro-op load, an address outside every
+    region, or a moved address the dram_base field cannot hold.
     """
     if len(code) % INSN_BYTES:
         raise ProgramError(f"an instruction stream must be a multiple of {INSN_BYTES} bytes, "
@@ -139,6 +143,21 @@ def relocate(code: bytes, cfg: Config, uop_pcs: list[int], uop_addr: int,
             else:
                 raise ProgramError(f"instruction {pc} addresses {byte:#x}, outside every region "
                                    f"of the plan")
+    if shifts is not None:
+        if regions is not None:
+            raise ProgramError("relocate takes regions or shifts, not both")
+        data = is_mem & ~uop_mask & (x_size > 0)
+        for t, d in shifts.items():
+            new[data & (mt == int(t))] += int(d)
+        y = extract(lo, hi, f["y_size"])
+        stride = extract(lo, hi, f["x_stride"])
+        eb = np.array([elem_bytes(cfg, t) for t in MemType], np.int64)
+        end = (new + (y - 1) * stride + x_size) * eb[np.minimum(mt, len(eb) - 1)]
+        bad = data & ((new < 0) | (end > 1 << 32))
+        if bad.any():
+            pc = int(np.argmax(bad))
+            raise ProgramError(f"instruction {pc}: the shifted DRAM range [{int(new[pc])}, ...) "
+                               f"leaves the 32-bit address space")
     dram = f["dram_base"]
     if (new > dram.max).any():
         raise ProgramError("a relocated DRAM address does not fit the dram_base field")

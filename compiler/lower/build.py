@@ -25,6 +25,7 @@ from tessera.compiler.lower.cpu import make_cpu_op
 from tessera.compiler.lower.partition import targets_assigned
 from tessera.config import Config
 from tessera.errors import CompileError, ConfigError, ProgramError
+from tessera.isa import MemType, layout
 from tessera.runtime.accel import (
     ConvGeom,
     ConvShape,
@@ -37,9 +38,17 @@ from tessera.runtime.accel import (
     lower_epilogue,
     plan_conv2d,
 )
-from tessera.runtime.accel.group import Member, emit_conv2d_group, plan_group
+from tessera.runtime.accel.group import (
+    Measured,
+    Member,
+    emit_conv2d_group,
+    moved_group,
+    plan_group,
+)
+from tessera.runtime.accel.layer import element_base
+from tessera.runtime.accel.requant import DeviceEpilogue, DevStep
 from tessera.runtime.accel.tiling import tune_conv2d
-from tessera.runtime.builder import CommandBuilder
+from tessera.runtime.builder import CommandBuilder, relocate
 from tessera.runtime.layout import ceil_div
 from tessera.runtime.plan import REGION_BASES, REGION_LIMIT, AccelStep, CpuStep, Plan, Slot
 
@@ -92,6 +101,9 @@ class _Builder:
         self.slots: dict[str, Slot] = {}
         self.params: dict[str, np.ndarray] = {}
         self.params_size = 0
+        # accelerator streams emitted so far, by what the stream depends on apart from the
+        # tensors' addresses (see accel)
+        self._streams: dict[tuple, tuple[AccelStep, LayerAddrs, list[tuple[int, int]]]] = {}
         blocked = {o for n in g.nodes if n.op == "pack" or n.attrs.get("layout") == "blocked"
                    for o in n.outputs}
         mem = g.memory
@@ -156,9 +168,16 @@ class _Builder:
     def _step(self, name: str, op: str, inputs: list[str], outputs: list[str], b, stats,
               tiles, macs: int, epilogue_steps: int, est_cycles: int,
               members: list[str] | None = None) -> AccelStep:
-        cfg = self.cfg
         prog = b.finish()
-        code = prog.to_bytes(0)
+        return self._accel_step(name, op, inputs, outputs, prog, prog.to_bytes(0), stats, tiles,
+                                macs, epilogue_steps, est_cycles, members)
+
+    def _accel_step(self, name: str, op: str, inputs: list[str], outputs: list[str], prog,
+                    code: bytes, stats, tiles, macs: int, epilogue_steps: int, est_cycles: int,
+                    members: list[str] | None = None) -> AccelStep:
+        """The step of a finished stream ``prog`` whose encoding (micro-op area at 0) is
+        ``code``."""
+        cfg = self.cfg
         info = {"op": op, "macs": int(macs),
                 "gemm_steps": stats.hw_macs // cfg.macs_per_gemm_step,
                 "insns": len(prog.insns),
@@ -182,10 +201,24 @@ class _Builder:
             tiles = plan_conv2d(cfg, ConvGeom.of(cfg, shape), params.program,
                                 double_buffer=self.double_buffer)
         addrs, ins = self._place(n, shape, params, res)
+        prog = params.program
+        inputs, outputs = [n.inputs[0]] + ins, [n.outputs[0]]
+        # a layer emitted before with the same shape, tiles and epilogue program (immediates
+        # aside) has the same stream but for the tensors' addresses and the immediates: that
+        # stream, moved and patched
+        key = (n.op, shape, tiles, _structure(prog.steps), tuple(prog.vectors), prog.uniform,
+               addrs.consts is None, addrs.residual is None)
+        seen = self._streams.get(key)
+        if seen is not None:
+            step = _moved(cfg, n.name, inputs, outputs, *seen, addrs, prog)
+            if step is not None:
+                return step
         b = CommandBuilder(cfg)
-        stats = emit_conv2d(b, shape, addrs, params.program, tiles=tiles)
-        return self._step(n.name, n.op, [n.inputs[0]] + ins, [n.outputs[0]], b, stats, tiles,
-                          shape.macs, len(params.program.steps), tiles.est_cycles)
+        stats = emit_conv2d(b, shape, addrs, prog, tiles=tiles)
+        step = self._step(n.name, n.op, inputs, outputs, b, stats, tiles, shape.macs,
+                          len(prog.steps), tiles.est_cycles)
+        self._streams.setdefault(key, (step, addrs, stats.imm_pcs))
+        return step
 
     def accel_group(self, nodes: list[Node]) -> AccelStep | None:
         """One step for sibling convolutions (``group_siblings``), or None when they do not
@@ -197,7 +230,8 @@ class _Builder:
         layers = [self._layer(n) for n in nodes]
         members = [Member(shape, _NO_ADDRS, params.program, None)
                    for shape, params, _ in layers]
-        planned = plan_group(cfg, members)
+        kept: list[Measured] = []
+        planned = plan_group(cfg, members, keep=kept)
         if planned is None:
             return None
         tiles, cycles = planned
@@ -214,13 +248,74 @@ class _Builder:
             addrs, ins = self._place(n, shape, params, res)
             inputs += ins
             placed.append(Member(shape, addrs, params.program, t))
+        name, outputs = "+".join(n.name for n in nodes), [n.outputs[0] for n in nodes]
+        macs = sum(shape.macs for shape, _, _ in layers)
+        steps = sum(len(params.program.steps) for _, params, _ in layers)
+        # the winner's measured stream, moved to the members' tensors (emission otherwise)
+        code = moved_group(cfg, kept[0], placed)
+        if code is not None:
+            m = kept[0]
+            return self._accel_step(name, nodes[0].op, inputs, outputs, m.program, code,
+                                    m.stats, tiles[0], macs, steps, cycles,
+                                    [n.name for n in nodes])
         b = CommandBuilder(cfg)
         stats = emit_conv2d_group(b, placed)
-        return self._step("+".join(n.name for n in nodes), nodes[0].op, inputs,
-                          [n.outputs[0] for n in nodes], b, stats, tiles[0],
-                          sum(shape.macs for shape, _, _ in layers),
-                          sum(len(params.program.steps) for _, params, _ in layers), cycles,
-                          [n.name for n in nodes])
+        return self._step(name, nodes[0].op, inputs, outputs, b, stats, tiles[0], macs, steps,
+                          cycles, [n.name for n in nodes])
+
+
+_TENSORS = (("x", MemType.INP, "conv2d input"), ("w", MemType.WGT, "conv2d weights"),
+            ("y", MemType.OUT, "conv2d output"), ("consts", MemType.ACC, "conv2d constants"),
+            ("residual", MemType.ACC_8BIT, "conv2d residual"))
+
+
+def _structure(steps: tuple[DevStep, ...]) -> tuple:
+    """An epilogue program with its immediates (plain int operands) left out."""
+    return tuple((s.opcode, s.branch, s.operand.__class__ is int,
+                  None if s.operand.__class__ is int else s.operand) for s in steps)
+
+
+def _moved(cfg: Config, name: str, inputs: list[str], outputs: list[str], step: AccelStep,
+           at: LayerAddrs, imm_pcs: list[tuple[int, int]], addrs: LayerAddrs,
+           prog: DeviceEpilogue) -> AccelStep | None:
+    """``step`` (emitted with tensors at ``at``) for a layer with the same shape, tiles and
+    program structure (:func:`_structure`), tensors at ``addrs`` and epilogue program ``prog``.
+
+    The emitter reads each tensor through one memory type (input INP, weights WGT, output OUT,
+    constants ACC, residual ACC_8BIT) at addresses it adds to that tensor's element base, and
+    nothing it decides depends on those bases or on the immediates (``imm_pcs``: the ALU
+    instructions carrying epilogue step j's operand), so moving every LOAD/STORE of a type by
+    its tensor's element offset and writing ``prog``'s operands into those instructions gives
+    exactly the stream emission would. None when a moved address or an immediate leaves what
+    the instruction fields or the address space hold (emission then raises the precise
+    error)."""
+    shifts = {}
+    for field, mt, what in _TENSORS:
+        new, old = getattr(addrs, field), getattr(at, field)
+        if new is not None:
+            shifts[mt] = element_base(cfg, new, mt, what) - element_base(cfg, old, mt, what)
+    try:
+        code = relocate(step.code, cfg, step.uop_load_pcs, 0, shifts=shifts)
+    except ProgramError:
+        return None
+    if imm_pcs:
+        lay = layout(cfg)
+        f = lay.field("alu", "imm")
+        if not all(lay.limits.imm_min <= s.operand <= lay.limits.imm_max
+                   for s in prog.steps if s.operand.__class__ is int):
+            return None
+        words = np.frombuffer(code, "<u8").reshape(-1, 2).copy()
+        pcs = np.array([pc for pc, _ in imm_pcs], np.int64)
+        vals = np.array([prog.steps[j].operand for _, j in imm_pcs], np.int64)
+        col, shift = (0, f.lo) if f.lo < 64 else (1, f.lo - 64)
+        assert shift + f.width <= 64  # the field lies in one 64-bit half
+        mask = np.uint64(f.mask << shift)
+        words[pcs, col] = ((words[pcs, col] & ~mask)
+                           | ((vals.astype(np.uint64) & np.uint64(f.mask)) << np.uint64(shift)))
+        code = words.tobytes()
+    info = {**step.info, "counts": dict(step.info["counts"]), "tile": list(step.info["tile"])}
+    return AccelStep(name, step.op, inputs, outputs, code, step.uop_words,
+                     list(step.uop_load_pcs), info)
 
 
 def build_plan(g: Graph, cfg: Config, double_buffer: bool = True, tune: int = 0) -> Plan:

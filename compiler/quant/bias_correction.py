@@ -16,8 +16,10 @@ a channel whose mean error is not clearly non-zero on the calibration data is ba
 Corrections apply before the next layer is measured, so downstream layers see corrected inputs.
 The layer's accumulator bound and epilogue are rebuilt for the new bias by the caller. Each
 layer's products are computed once per batch: they give the error statistics and the int8
-graph's output of the layer. The int8 products are exact integers computed by float32 BLAS in
-reductions of at most 1024 terms (:func:`~tessera.compiler.reference.int_conv2d`); the float
+graph's output of the layer. The int8 products are exact integers: int32 lanes from the AVX-512
+VNNI kernel (:mod:`tessera.runtime.cpu.igemm`, each conv's weights packed once for all the
+batches) where the host has it, else float32 BLAS in exact reduction chunks
+(:func:`~tessera.compiler.reference.int_conv2d_cnhw`); the float
 products are the ones calibration computed on the same batches and kept
 (:func:`~tessera.compiler.quant.calibrate.collect`), so the float graph is not run again
 (unless they did not fit calibration's memory budget).
@@ -36,6 +38,7 @@ import numpy as np
 from tessera.compiler import reference
 from tessera.compiler.ir import Graph, Node
 from tessera.compiler.quant.calibrate import QParams
+from tessera.runtime.cpu import igemm
 
 __all__ = ["correct_biases", "CORRECTED_OPS", "BIAS_CORRECTION_BATCHES"]
 
@@ -65,7 +68,12 @@ def _int_products(op: str, xs: Sequence[np.ndarray], w: np.ndarray, attrs: Mappi
     can leave int32 (every int8 layer shorter than 131072 terms), else int64."""
     k = int(np.prod(w.shape[1:]))
     dtype = np.int32 if reference.sums_fit_int32(xs[0].dtype, w.dtype, k) else np.int64
-    splits = reference.exact_splits(xs[0].dtype, w)  # long exact chunks these weights allow
+    packed = reference.packed_conv_weights(xs[0].dtype, w, attrs["groups"]) \
+        if op == "qconv2d" and dtype == np.int32 else None  # the VNNI kernel's, once
+    vnni = packed is not None or (op == "qdense" and dtype == np.int32
+                                  and igemm.supports_matmul(xs[0], w) is None)
+    # long exact float32 chunks these weights allow (the float32 BLAS path's)
+    splits = None if vnni else reference.exact_splits(xs[0].dtype, w)
     if op == "qconv2d":
         # batches stacked (exact sums: the order is free) while their patches stay small:
         # fuller matrix products for the late, small layers
@@ -82,7 +90,8 @@ def _int_products(op: str, xs: Sequence[np.ndarray], w: np.ndarray, attrs: Mappi
             part = xs[k: k + per]
             acc = reference.int_conv2d_cnhw(
                 part[0] if len(part) == 1 else np.concatenate(part), w, attrs["strides"],
-                attrs["pads"], attrs["dilations"], attrs["groups"], dtype=dtype, splits=splits)
+                attrs["pads"], attrs["dilations"], attrs["groups"], dtype=dtype, splits=splits,
+                packed=packed)
             # each image's (1, O, OH, OW) view of the channel-major products
             out += [a.transpose(1, 0, 2, 3)
                     for a in np.split(acc, np.cumsum([len(x) for x in part])[:-1], axis=1)]

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tessera.compiler.quant import wround
 from tessera.errors import CompileError
 from tessera.isa import IMM_MAX
 from tessera.runtime.accel.epilogue import MAX_SHIFT, Epilogue
@@ -48,8 +49,31 @@ BIAS_LIMIT = 1 << 28
 DEAD_RATIO = 1e-6
 
 
+# float32 layers with at least this many weights are quantised by the one-pass JIT kernels of
+# :mod:`~tessera.compiler.quant.wround` (the same values; compiling the kernels costs ~0.07 s
+# once per process, so smaller layers keep the numpy passes: VGG-19's fc6 and fc7 take them;
+# once the kernels are compiled, every layer of at least KERNEL_MIN_WEIGHTS takes them)
+KERNEL_WEIGHTS = 1 << 23
+KERNEL_MIN_WEIGHTS = 1 << 16
+
+
+def _kernel_layer(w: np.ndarray) -> bool:
+    if w.dtype != np.float32 or w.ndim < 1:
+        return False
+    return w.size >= KERNEL_WEIGHTS or (w.size >= KERNEL_MIN_WEIGHTS and wround.ready())
+
+
+def prepare_weight_kernels(weights) -> None:
+    """Compile the weight kernels up front when one of ``weights`` (a model's float32 layer
+    weights) will take them anyway, so that its other layers take them too."""
+    if any(w.dtype == np.float32 and w.size >= KERNEL_WEIGHTS for w in weights):
+        wround.prepare()
+
+
 def _channel_absmax(w: np.ndarray) -> np.ndarray:
     """max|w| per output channel as float64 (NaN if the channel has one)."""
+    if _kernel_layer(w):
+        return wround.channel_absmax(w)
     flat = w.reshape(w.shape[0], -1)
     return np.maximum(flat.max(axis=1), -flat.min(axis=1)).astype(np.float64)
 
@@ -83,6 +107,16 @@ def _round_weights(w: np.ndarray, scale: np.ndarray, lo: int = -127,
     return out.reshape(w.shape)
 
 
+def _quantized_weights(w: np.ndarray, scale: np.ndarray, lo: int = -127, bounded: bool = False
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(:func:`_round_weights`, then :func:`_weight_sums` of it): in one pass of the JIT
+    kernel for a large float32 layer."""
+    if _kernel_layer(w):
+        return wround.round_rows(w, scale, lo, clip=not bounded)
+    wq = _round_weights(w, scale, lo, bounded)
+    return (wq, *_weight_sums(wq))
+
+
 def _weight_sums(wq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(sum w_q, sum |w_q|) per output channel, int64."""
     flat = wq.reshape(wq.shape[0], -1)
@@ -111,7 +145,7 @@ def quantize_weight(w: np.ndarray, floor_ratio: float = WEIGHT_FLOOR_RATIO
     if not np.isfinite(top):
         raise CompileError(f"weights must be finite, not {top!r}")
     scale = _weight_scale(amax, floor_ratio)
-    return _round_weights(w, scale, bounded=True), scale
+    return _quantized_weights(w, scale, bounded=True)[0], scale
 
 
 @dataclass
@@ -177,10 +211,9 @@ def quantize_layer(w: np.ndarray, bias: np.ndarray | None, x_scale: float, what:
     if raised.any():
         scale = np.where(raised, need * (1 + 1e-9), scale)
         lo = -127
-    wq = _round_weights(w, scale, lo, bounded=scales is None)
+    wq, wsum, wmag = _quantized_weights(w, scale, lo, bounded=scales is None)
     bq = np.rint(b / (x_scale * scale))
     assert np.all(np.abs(bq) <= BIAS_LIMIT + 1)
-    wsum, wmag = _weight_sums(wq)
     bq = bq.astype(np.int64) - int(in_zero_point) * wsum
     bound = wmag * in_max + np.abs(bq)
     if int(bound.max(initial=0)) > INT32_LIMIT:

@@ -66,6 +66,7 @@ from tessera.compiler.quant.params import (
     LayerQuant,
     make_epilogue,
     model_weight_scales,
+    prepare_weight_kernels,
     quantize_layer,
     quantize_weight,
 )
@@ -415,6 +416,8 @@ def quantize(graph: Graph, calibration: Iterable[Mapping[str, np.ndarray]] | Non
         _hoist_activations(b, g)
         if auto_float:
             b.low_population = _low_population(g, b.stats)
+    prepare_weight_kernels([np.asarray(g.constants[n.inputs[1]]) for n in g.nodes
+                            if n.op in ("conv2d", "dense") and n.inputs[1] in g.constants])
     for n in g.nodes:
         _node(b, g, n)
     for o in g.outputs:

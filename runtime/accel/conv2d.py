@@ -724,12 +724,14 @@ def emit_conv2d(b: CommandBuilder, shape: ConvShape, addrs: LayerAddrs,
                element_base(cfg, addrs.residual, MemType.ACC_8BIT, "conv2d residual"))
     b.barrier()
     start = len(b.insns)
+    imms: list[tuple[int, int]] = []  # pass j of a tile's epilogue is step j of prog
     pipe = emit_tiles(b, tile_list(cfg, g, t, e, prog, residual), t.double_buffer,
-                      const_rows(prog, const_blocks(cfg, g, prog, t.to)), deferred, t.regions)
+                      const_rows(prog, const_blocks(cfg, g, prog, t.to)), deferred, t.regions,
+                      imms)
     emitted = b.insns[start:]
     return LayerStats("conv2d", insns=len(emitted), macs=shape.macs,
                       hw_macs=g.gemm_steps() * cfg.macs_per_gemm_step,
-                      counts=count_kinds(emitted), tiles=tiles, pipeline=pipe)
+                      counts=count_kinds(emitted), tiles=tiles, pipeline=pipe, imm_pcs=imms)
 
 
 def conv2d_reference(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None,

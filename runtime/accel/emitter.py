@@ -224,6 +224,7 @@ class _Pipe:
         self.consts: tuple[Load, ...] | None = None
         self._parts: dict[tuple[int, int, int], tuple[Tile, list]] = {}
         self._alu: dict[tuple[int, int], tuple[tuple, list]] = {}
+        self.imm_pcs: list[tuple[int, int]] | None = None
         for t, tile in enumerate(tiles):
             if tile.acc_rows > acc.cap:
                 raise ProgramError(f"tile {t} needs {tile.acc_rows} accumulator rows; one thread "
@@ -288,9 +289,11 @@ class _Pipe:
     def epilogue(self, tile: Tile, ab: int) -> int:
         """The tile's epilogue; returns its ALU engine cycles (steps plus the pipeline's)."""
         cycles = 0
-        alu, deferred = self.b.alu, self.deferred
-        for p, k in zip(tile.alu, self.alu_kernels(tile, ab)):
-            alu(k, p.op, p.imm, deferred=deferred)
+        alu, deferred, imms = self.b.alu, self.deferred, self.imm_pcs
+        for j, (p, k) in enumerate(zip(tile.alu, self.alu_kernels(tile, ab))):
+            pc = alu(k, p.op, p.imm, deferred=deferred)
+            if p.imm is not None and imms is not None:
+                imms.append((pc, j))
             cycles += k.steps + 4
         return cycles
 
@@ -436,20 +439,24 @@ def _kernels(p: _Pipe) -> list[MicroKernel]:
 
 
 def emit_tiles(b: CommandBuilder, tiles: list[Tile], double_buffer: bool, const_rows: int = 0,
-               deferred: bool = True, regions: int = 2) -> dict[str, int]:
+               deferred: bool = True, regions: int = 2,
+               imm_pcs: list[tuple[int, int]] | None = None) -> dict[str, int]:
     """Append ``tiles`` to ``b`` as one well-synchronised pipeline (module docstring).
 
     ``const_rows``: accumulator rows the tiles' constant loads need at the top of the buffer;
     ``deferred``: emit the epilogue and the resets as deferred ALU instructions (two threads
     only); ``regions``: accumulator tile regions with two threads (2 or 4; with 4 the zeroing
-    of tile t+1 does not wait for the store of tile t-1). Returns counts of what was emitted
-    (``tiles``, ``stages``, ``loads_skipped``).
+    of tile t+1 does not wait for the store of tile t-1); ``imm_pcs``: a list to which
+    (pc, pass index in its tile's ``alu``) of every epilogue ALU instruction with an immediate
+    is appended. Returns counts of what was emitted (``tiles``, ``stages``,
+    ``loads_skipped``).
     """
     if not tiles:
         raise ProgramError("a layer needs at least one tile")
     threads = 2 if double_buffer else 1
     p = _Pipe(b, tiles, threads, acc_plan(b.cfg, regions if threads == 2 else 1, const_rows),
               deferred)
+    p.imm_pcs = imm_pcs
     b.preload(_kernels(p))
     (_two_threads if threads == 2 else _one_thread)(p)
     skipped = sum(len(s.loads) for t in tiles for s in t.stages) - sum(len(a) for a in p.actual)

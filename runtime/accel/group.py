@@ -24,7 +24,7 @@ import numpy as np
 
 from tessera.driver.base import Device, RunStats
 from tessera.errors import ProgramError
-from tessera.isa import MemType
+from tessera.isa import MemType, Opcode, elem_bytes
 from tessera.runtime.accel.conv2d import (
     ConvGeom,
     ConvShape,
@@ -39,10 +39,16 @@ from tessera.runtime.accel.conv2d import (
 from tessera.runtime.accel.emitter import Tile, acc_plan, emit_tiles, thread_caps
 from tessera.runtime.accel.layer import LayerAddrs, LayerStats, device_epilogue, element_base
 from tessera.runtime.accel.requant import DeviceEpilogue
-from tessera.runtime.builder import CommandBuilder, count_kinds
+from tessera.runtime.builder import CommandBuilder, Program, count_kinds, relocate
 from tessera.runtime.layout import ceil_div, pack_activation, unpack_activation
 
-__all__ = ["Member", "group_fits", "plan_group", "emit_conv2d_group", "conv2d_group"]
+__all__ = ["Member", "Measured", "group_fits", "plan_group", "measure_group", "moved_group",
+           "emit_conv2d_group", "conv2d_group"]
+
+# each tensor of a member: the one memory type the group's stream moves it with
+_TYPES = {"x": (MemType.INP, "conv2d input"), "w": (MemType.WGT, "conv2d weights"),
+          "y": (MemType.OUT, "conv2d output"), "consts": (MemType.ACC, "conv2d constants"),
+          "residual": (MemType.ACC_8BIT, "conv2d residual")}
 
 
 @dataclass(frozen=True)
@@ -172,14 +178,15 @@ def _cost_of(seq: list[list[tuple[float, float, float]]]) -> float:
     return total
 
 
-def plan_group(cfg, members: list[Member], pool: int = 6, measured: int = 4
-               ) -> tuple[list[ConvTiles], int] | None:
+def plan_group(cfg, members: list[Member], pool: int = 6, measured: int = 4, *,
+               keep: list[Measured] | None = None) -> tuple[list[ConvTiles], int] | None:
     """Tile shapes for ``members`` (their ``tiles`` are ignored) that share a stream best, and
     the group's cycles: of the ``pool`` best double-buffered shapes of each member (by its own
     estimate) with a common region count, the ``measured`` combinations with the lowest
     :func:`_sequence_cost` are run through the cycle model (:func:`measure_group`; the analytic
     models do not rank interleaved streams well) and the fastest wins. None when no
-    combination fits."""
+    combination fits. ``keep``: a list the winner's measured stream is appended to (see
+    :func:`moved_group`)."""
     from tessera.runtime.accel.tiling import ranked_candidates
 
     if len(members) < 2:
@@ -201,22 +208,43 @@ def plan_group(cfg, members: list[Member], pool: int = 6, measured: int = 4
                                sum(pools[k][j].est_cycles for k, j in enumerate(combo)),
                                len(trials), trial))
     trials.sort(key=lambda e: e[:3])
-    best = None
+    best, win = None, None
     for *_, trial in trials[:measured]:
-        cycles = measure_group(cfg, trial)
-        if best is None or cycles < best[1]:
-            best = ([m.tiles for m in trial], cycles)
+        got = _measure(cfg, trial, None)
+        if best is None or got.cycles < best[1]:
+            best, win = ([m.tiles for m in trial], got.cycles), got
+    if keep is not None and win is not None:
+        keep.append(win)
     return best
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A group stream :func:`measure_group` emitted and measured: the members as placed (each
+    tensor at the start of its own :data:`_WINDOW`-byte window), the program, its stats and
+    cycles."""
+
+    members: list[Member]
+    program: Program
+    stats: LayerStats
+    cycles: int
+
+
+_WINDOW = 0x0100_0000  # bytes between the measurement's tensor addresses
 
 
 def measure_group(cfg, members: list[Member], dram=None) -> int:
     """Cycles the RTL takes for the group, by the cycle model on the emitted stream (tensors
     at fixed, aligned addresses; see :func:`~tessera.runtime.accel.tiling.measure`)."""
+    return _measure(cfg, members, dram).cycles
+
+
+def _measure(cfg, members: list[Member], dram) -> Measured:
     from tessera.isa import INSN_BYTES
     from tessera.sim import timing
 
     b = CommandBuilder(cfg)
-    step = 0x0100_0000
+    step = _WINDOW
     placed = []
     for k, m in enumerate(members):
         base = 0x0800_0000 + k * 8 * step
@@ -224,13 +252,67 @@ def measure_group(cfg, members: list[Member], dram=None) -> int:
         placed.append(replace(m, prog=prog, addrs=LayerAddrs(
             0x0100_0000, base, base + step, base + 2 * step if prog.vectors else None,
             base + 3 * step if prog.residual else None)))
-    emit_conv2d_group(b, placed)
-    code = b.finish().to_bytes(0x0600_0000)
+    stats = emit_conv2d_group(b, placed)
+    program = b.finish()
+    code = program.to_bytes(0x0600_0000)
     pred = timing.predict(timing.decode_stream(code, cfg), cfg, dram, insn_addr=0x0700_0000,
                           insn_count=len(code) // INSN_BYTES)
     if pred.cycles is None:
         raise ProgramError(f"the cycle model cannot finish the group: {pred.blocked}")
-    return pred.cycles
+    return Measured(placed, program, stats, pred.cycles)
+
+
+def moved_group(cfg, measured: Measured, members: list[Member]) -> bytes | None:
+    """The encoded stream (micro-op area at 0) :func:`emit_conv2d_group` gives for ``members``
+    (the measured members with their tensors at other addresses), from the measured stream:
+    the emitter adds the addresses it emits to each tensor's element base and decides nothing
+    by them, so moving each tensor's window to the tensor's address (:func:`relocate` with
+    regions) gives exactly that stream. None when the members are not the measured ones
+    apart from their addresses, or a tensor the stream reads or writes reaches beyond its
+    window (emit the stream instead)."""
+    from tessera.isa import extract, layout
+
+    if len(members) != len(measured.members):
+        return None
+    regions: dict[int, tuple[int, int]] = {}
+    for m, at in zip(members, measured.members):
+        if (m.shape, m.tiles, m.prog.steps, tuple(m.prog.vectors), m.prog.uniform) != (
+                at.shape, at.tiles, at.prog.steps, tuple(at.prog.vectors), at.prog.uniform):
+            return None
+        for f in ("x", "w", "y", "consts", "residual"):
+            new, old = getattr(m.addrs, f), getattr(at.addrs, f)
+            if (new is None) != (old is None):
+                return None
+            if new is not None:
+                element_base(cfg, new, *_TYPES[f])  # emission's own check
+                if regions.setdefault(old, (_WINDOW, new)) != (_WINDOW, new):
+                    return None  # one measured tensor, two real ones
+    code = measured.program.to_bytes(0)
+    # every data LOAD/STORE must start and end inside one window
+    words = np.frombuffer(code, "<u8")
+    lo, hi = words[0::2], words[1::2]
+    f = {fl.name: fl for fl in layout(cfg).mem}
+    op = extract(lo, hi, f["opcode"])
+    mt = extract(lo, hi, f["memory_type"])
+    x = extract(lo, hi, f["x_size"])
+    data = ((op == int(Opcode.LOAD)) | (op == int(Opcode.STORE))) & (mt != int(MemType.UOP)) \
+        & (x > 0)
+    data[measured.program.uop_load_pcs] = False
+    eb = np.array([elem_bytes(cfg, t) for t in MemType], np.int64)[np.minimum(mt, 5)]
+    start = extract(lo, hi, f["dram_base"]) * eb
+    end = start + ((extract(lo, hi, f["y_size"]) - 1) * extract(lo, hi, f["x_stride"]) + x) * eb
+    first = np.array(sorted(regions), np.int64)
+    k = np.searchsorted(first, start, side="right") - 1
+    at = first[np.maximum(k, 0)]
+    inside = (k >= 0) & (start < at + _WINDOW) & (end <= at + _WINDOW)
+    moved_end = end - at + np.array([regions[int(a)][1] for a in first], np.int64)[
+        np.maximum(k, 0)]
+    if not (inside[data].all() and (moved_end[data] <= 1 << 32).all()):
+        return None  # (emission raises for a range beyond the 32-bit address space)
+    try:
+        return relocate(code, cfg, measured.program.uop_load_pcs, 0, regions)
+    except ProgramError:
+        return None
 
 
 def emit_conv2d_group(b: CommandBuilder, members: list[Member], *,

@@ -51,6 +51,9 @@ class LayerStats:
     tiles: Any = None  # the operator's tile shape
     pipeline: dict[str, int] = field(default_factory=dict)  # tiles, stages, loads skipped
     traffic: dict[str, int] = field(default_factory=dict)  # DRAM bytes read / written
+    # (pc in the builder's stream, epilogue pass) of every ALU instruction whose immediate is
+    # an epilogue pass's operand
+    imm_pcs: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def macs_per_insn(self) -> float:

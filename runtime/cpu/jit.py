@@ -124,16 +124,21 @@ class Engine:
     # -- public --------------------------------------------------------------------------------
 
     def compile(self, ir_text: str | IrText, name: str, n_args: int,
-                description: str | None = None) -> CompiledFunction:
+                description: str | None = None, optimise: bool = True) -> CompiledFunction:
         """Machine code for function ``name`` of module ``ir_text``, from a cache when possible.
 
         A kernel generated from a ``description`` (the canonical text of op, attributes, input
         specs and generator version, of which the IR is a pure function) is cached under
         :meth:`description_key`; raw IR under :meth:`cache_key`. An
         :class:`~tessera.runtime.cpu.builder.IrText` is rendered only if it must be compiled.
+        ``optimise=False`` skips the IR optimisation pipeline (code generation still runs at
+        the engine's opt level): for hand-scheduled IR, where the pipeline costs compile time
+        and gains nothing.
         """
         key = (self.cache_key(str(ir_text), name, n_args) if description is None
                else self.description_key(description, name, n_args))
+        if not optimise:
+            key = hashlib.sha256(f"{key}\0unoptimised".encode()).hexdigest()
         with self._lock:
             fn = self._functions.get(key)
             if fn is not None:
@@ -150,7 +155,7 @@ class Engine:
                 else:
                     self.stats.disk_hits += 1
             if fn is None:
-                obj = self._codegen(str(ir_text), name, n_args)
+                obj = self._codegen(str(ir_text), name, n_args, optimise)
                 self.stats.compiles += 1
                 self._write_object(key, obj)
                 fn = self._load(obj, name, n_args, key)
@@ -219,8 +224,8 @@ class Engine:
         pb.getModulePassManager().run(mod, pb)
         return mod
 
-    def _codegen(self, ir_text: str, name: str, n_args: int) -> bytes:
-        mod = self._optimise(ir_text)
+    def _codegen(self, ir_text: str, name: str, n_args: int, optimise: bool = True) -> bytes:
+        mod = self._optimise(ir_text) if optimise else self._parse(ir_text)
         try:
             fn = mod.get_function(name)
         except NameError:

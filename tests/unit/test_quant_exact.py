@@ -139,6 +139,54 @@ def test_unclipped_weight_rounding_and_weight_sums_equal_the_plain_formulas():
     assert params._weight_sums(extreme)[1].tolist() == [640, 640]
 
 
+def test_weight_kernels_equal_the_numpy_passes(monkeypatch):
+    """The JIT kernels of large layers (compiler/quant/wround.py) give the numpy formulas'
+    absmax, int8 weights and sums bit for bit: random magnitudes 1e-30..1e30, exact halves
+    (ties to even), zero and NaN/inf channels, clipped rounding at -127 and -128, tails of
+    every length; and quantize_layer's result does not depend on which path ran."""
+    params = importlib.import_module("tessera.compiler.quant.params")
+    from tessera.compiler.quant import wround
+    rng = np.random.default_rng(11)
+    for trial in range(80):
+        o, k = int(rng.integers(1, 20)), int(rng.integers(1, 90))
+        w = (rng.standard_normal((o, k)) * 10.0 ** rng.uniform(-30, 30)).astype(np.float32)
+        w[rng.random((o, k)) < 0.2] = 0
+        if trial % 4 == 0:  # quotients on exact halves: round half to even
+            w = (rng.integers(-254, 255, (o, k)) * 0.5).astype(np.float32)
+        if trial % 9 == 0:
+            w[0] = 0
+        amax = np.maximum(w.max(axis=1), -w.min(axis=1)).astype(np.float64)
+        np.testing.assert_array_equal(wround.channel_absmax(w), amax)
+        scale = params._weight_scale(amax, params.WEIGHT_FLOOR_RATIO)
+        if trial % 4 == 0:
+            scale = np.where(rng.random(o) < 0.5, 1.0, scale)
+        cases = [(scale * rng.uniform(0.2, 3, o), lo, True) for lo in (-127, -128)]
+        if trial % 4:
+            cases.append((scale, -127, False))  # every quotient within 127: no clip
+        for sc, lo, clip in cases:
+            q = np.rint(w.astype(np.float64) / sc[:, None])
+            plain = (np.clip(q, lo, 127) if clip else q).astype(np.int64)
+            wq, total, mag = wround.round_rows(w.reshape(o, 1, k), sc, lo, clip)
+            assert wq.dtype == np.int8 and wq.shape == (o, 1, k)
+            np.testing.assert_array_equal(wq.reshape(o, k), plain)
+            np.testing.assert_array_equal(total, plain.sum(axis=1))
+            np.testing.assert_array_equal(mag, np.abs(plain).sum(axis=1))
+    bad = np.ones((3, 21), np.float32)
+    bad[0, 17], bad[2, 3] = np.nan, np.inf
+    got = wround.channel_absmax(bad)
+    assert np.isnan(got[0]) and got[1] == 1 and got[2] == np.inf
+    with pytest.raises(TypeError, match="float32"):
+        wround.channel_absmax(bad.astype(np.float64))
+    w = (rng.standard_normal((24, 3, 3, 3)) * 0.1).astype(np.float32)
+    w[5] = 1e-12  # a dead channel
+    bias = rng.standard_normal(24)
+    plain = params.quantize_layer(w, bias, 0.02, "layer", in_zero_point=3)
+    monkeypatch.setattr(params, "KERNEL_WEIGHTS", 1)
+    fast = params.quantize_layer(w, bias, 0.02, "layer", in_zero_point=3)
+    for field in ("wq", "w_scale", "bq", "bound", "floored", "dead", "bias_raised"):
+        np.testing.assert_array_equal(getattr(fast, field), getattr(plain, field))
+
+
 def _graph(model):
     return run_pipeline(import_onnx(model), GRAPH_PASSES)
 
