@@ -43,12 +43,13 @@ REFERENCE_OPTIONS = BuildOptions(
     opt_fast="-O2", opt_slow="-O1", opt_global="-O2",
     verilator_args=("-O3", "--x-assign", "fast", "--x-initial", "fast", "--threads", "1",
                     "-Wno-fatal", "-Wno-lint", "-Wno-style", "--no-timing"),
-    defines=(("TH_TWO_EVALS", "1"),), registered_reset=False, pgo=False)
+    defines=(("TH_TWO_EVALS", "1"),), registered_reset=False, pgo=False, fast_primitives=False)
 """The build before issue 9 part 5: the same Verilator and C++ options, the harness's two
 model evaluations per cycle (``TH_TWO_EVALS``; the current harness skips the low-clock one
 while no input has a combinational path) and ``rst`` straight to the core (the current build
-registers it once, :func:`~tessera.sim.verilator_build.registered_reset`) and no profile-guided
-compilation. The core's Verilog is today's in both builds."""
+registers it once, :func:`~tessera.sim.verilator_build.registered_reset`), no profile-guided
+compilation and Verilator's own sign extensions and signed products (the current build compiles
+the core with ``sim/native/verilated_fastops.h``). The core's Verilog is today's in both builds."""
 ISSUE_START = 0.92e6  # cycles/s of the whole ResNet-18 run when issue 9 was written
 
 

@@ -42,9 +42,11 @@ __all__ = [
     "BuildOptions", "verilator_root", "verilator_env", "verilator_version", "cache_root",
     "build_harness_library", "cached_build_dir", "HARNESS_SOURCE", "LIB_NAME", "core_verilog",
     "BuildCacheWarning", "CACHE_FORMAT", "entry_damage", "registered_reset", "PgoTraining",
+    "FASTOPS_SOURCE",
 ]
 
 HARNESS_SOURCE = Path(__file__).parent / "native" / "harness.cpp"
+FASTOPS_SOURCE = Path(__file__).parent / "native" / "verilated_fastops.h"
 LIB_NAME = "libtessera_vl.so"
 _MANIFEST = "manifest.json"
 CACHE_FORMAT = 2  # part of every cache key: entries of older layouts are never reused
@@ -59,11 +61,13 @@ class BuildOptions:
 
     ``opt_fast``/``opt_slow`` are Verilator's ``OPT_FAST`` (hot evaluation code) and ``OPT_SLOW``
     (constructors, initialisation) make variables; ``-O3`` on the hot code gains little over
-    ``-O2`` and costs compile time on large cores.
+    ``-O2`` and costs compile time on large cores. gcc's straight-line (SLP) vectoriser is off
+    for the hot code: on the GEMM's products it builds SSE2 shuffles around 32-bit multiplies
+    that run slower than the scalar code.
     """
 
     trace: bool = False
-    opt_fast: str = "-O2"
+    opt_fast: str = "-O2 -fno-tree-slp-vectorize"
     opt_slow: str = "-O1"
     opt_global: str = "-O2"
     jobs: int = 2
@@ -74,6 +78,11 @@ class BuildOptions:
     defines: tuple[tuple[str, str], ...] = field(default_factory=tuple)
     registered_reset: bool = True
     """Build the core behind :func:`registered_reset` (``rst`` through one register)."""
+    fast_primitives: bool = True
+    """Compile the Verilated core with ``sim/native/verilated_fastops.h`` (Verilator's
+    ``--compiler-include``): sign extensions and signed products of narrow operands in a form
+    gcc compiles to ``movsx`` and 32-bit multiplies, the same bits for every input Verilator
+    passes them."""
     pgo: bool = False
     """Compile twice, the second time with gcc's profile feedback (``-fprofile-use``) from a
     training run of the first, instrumented build (:class:`PgoTraining`); ~12% fewer CPU
@@ -356,17 +365,22 @@ def build_harness_library(verilog: str, bus_bytes: int, *, top: str = "tessera_c
         verilog = registered_reset(verilog, top)
     harness = HARNESS_SOURCE.read_text()
     key_options = asdict(opts)
-    if not opts.pgo:  # keyed as before the field existed, so plain builds stay cached
-        del key_options["pgo"]
+    for name in ("pgo", "fast_primitives"):  # keyed as before these fields existed when off
+        if not key_options[name]:
+            del key_options[name]
     parts = {"verilog": hashlib.sha256(verilog.encode()).hexdigest(), "make": MAKE_FIXUPS,
              "harness": hashlib.sha256(harness.encode()).hexdigest(),
              "bus_bytes": bus_bytes, "top": top, "options": key_options}
+    if opts.fast_primitives:
+        parts["fastops"] = hashlib.sha256(FASTOPS_SOURCE.read_bytes()).hexdigest()
     if opts.pgo:
         parts["training"] = training.key
 
     def build(out: Path) -> None:
         (out / f"{top}.v").write_text(verilog)
         shutil.copy(HARNESS_SOURCE, out / "harness.cpp")
+        if opts.fast_primitives:
+            shutil.copy(FASTOPS_SOURCE, out / FASTOPS_SOURCE.name)
         if not opts.pgo:
             _compile(out, out, [])
             return
@@ -403,6 +417,8 @@ def build_harness_library(verilog: str, bus_bytes: int, *, top: str = "tessera_c
                "--top-module", top, "--prefix", "Vtop", "-Mdir", "obj",
                *opts.verilator_args,
                *(["--trace-fst"] if opts.trace else []),
+               *(["--compiler-include", str(src / FASTOPS_SOURCE.name)]
+                 if opts.fast_primitives else []),
                "-CFLAGS", " ".join(cflags),
                "-LDFLAGS", " ".join(ldflags),
                "-o", LIB_NAME, str(src / f"{top}.v"), str(src / "harness.cpp")]
