@@ -11,7 +11,6 @@ blocked tensors; the reference unpacks, computes and packs them.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -24,6 +23,7 @@ from tessera.errors import CompileError, ProgramError
 from tessera.runtime.accel.epilogue import Epilogue
 from tessera.runtime.accel.epilogue import apply_epilogue as _apply
 from tessera.runtime.cpu import igemm
+from tessera.runtime.scratch import release_scratch, scratch
 
 __all__ = ["run", "conv2d_nchw", "int_conv2d", "int_conv2d_cnhw", "int_matmul", "conv_output",
            "dense_output", "apply_epilogue", "wrap32", "sums_fit_int32", "exact_splits",
@@ -66,31 +66,6 @@ def _windows(x: np.ndarray, kh: int, kw: int, sh: int, sw: int, dh: int = 1,
     s = x.strides
     return as_strided(x, (n, c, oh, ow, kh, kw),
                       (s[0], s[1], s[2] * sh, s[3] * sw, s[2] * dh, s[3] * dw), writeable=False)
-
-
-_SCRATCH = threading.local()
-
-
-def scratch(slot: str, shape: tuple[int, ...], dtype) -> np.ndarray:
-    """An uninitialised array of ``shape`` in this thread's reusable buffer ``slot``: valid
-    until the next request for the same slot. Large temporaries (conv patches, padded inputs)
-    come from here, because fresh memory is expensive to fault in (the patches of one
-    VGG-19 layer are ~115 MB, about 0.1 s of page faults on this kind of machine, every
-    call)."""
-    dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    bufs = getattr(_SCRATCH, "bufs", None)
-    if bufs is None:
-        bufs = _SCRATCH.bufs = {}
-    buf = bufs.get(slot)
-    if buf is None or buf.size < nbytes:
-        buf = bufs[slot] = np.empty(max(nbytes, 1), np.uint8)
-    return buf[:nbytes].view(dtype).reshape(shape)
-
-
-def release_scratch() -> None:
-    """Free this thread's scratch buffers (:func:`scratch`)."""
-    _SCRATCH.bufs = {}
 
 
 def _padded(x: np.ndarray, pads) -> np.ndarray:

@@ -39,9 +39,10 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from tessera.errors import KernelError
+from tessera.runtime.scratch import scratch as _scratch
 
 __all__ = ["available", "disabled", "conv2d_cnhw", "matmul", "gemm", "stats", "IgemmStats",
-           "supports_conv", "supports_matmul", "release_scratch", "ConvWeights",
+           "supports_conv", "supports_matmul", "ConvWeights",
            "pack_conv_weights"]
 
 log = logging.getLogger(__name__)
@@ -265,25 +266,6 @@ def gemm(x4: np.ndarray, m: int, w4: np.ndarray, corr: np.ndarray, out: np.ndarr
 
 
 # -- products of the compiler's layers ------------------------------------------------------------
-
-
-def _scratch(slot: str, shape: tuple[int, ...], dtype) -> np.ndarray:
-    """An uninitialised array in this thread's reusable buffer ``slot`` (valid until the next
-    request for the slot): packed operands are large and fresh memory costs page faults."""
-    dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    bufs = getattr(_local, "bufs", None)
-    if bufs is None:
-        bufs = _local.bufs = {}
-    buf = bufs.get(slot)
-    if buf is None or buf.size < nbytes:
-        buf = bufs[slot] = np.empty(max(nbytes, 64), np.uint8)
-    return buf[:nbytes].view(dtype).reshape(shape)
-
-
-def release_scratch() -> None:
-    """Free this thread's packed-operand buffers."""
-    _local.bufs = {}
 
 
 def supports_conv(x: np.ndarray, w: np.ndarray, groups: int) -> str | None:
