@@ -29,6 +29,19 @@ _VERSION = "wround-1"
 _lock = threading.Lock()
 _kernels: dict[str, object] = {}
 
+# The row loop both kernels share: row %r of %rows (ending at %exit; %tdone closes a row), its
+# float row %rowp at element %base of %w.
+_ROW_LOOP = [
+    "  br label %row",
+    "row:",
+    "  %r = phi i64 [0, %entry], [%r.next, %tdone]",
+    "  %more = icmp slt i64 %r, %rows",
+    "  br i1 %more, label %rowbody, label %exit",
+    "rowbody:",
+    "  %base = mul i64 %r, %cols",
+    "  %rowp = getelementptr float, ptr %w, i64 %base",
+]
+
 
 def _absmax_ir() -> str:
     """``wround_absmax(w f32[rows, cols], out f64[rows], dims i64[2])``: per row the largest
@@ -52,14 +65,7 @@ def _absmax_ir() -> str:
         "  %pc = getelementptr i64, ptr %dims, i64 1",
         "  %cols = load i64, ptr %pc",
         "  %vend = and i64 %cols, -16",
-        "  br label %row",
-        "row:",
-        "  %r = phi i64 [0, %entry], [%r.next, %tdone]",
-        "  %more = icmp slt i64 %r, %rows",
-        "  br i1 %more, label %rowbody, label %exit",
-        "rowbody:",
-        "  %base = mul i64 %r, %cols",
-        "  %rowp = getelementptr float, ptr %w, i64 %base",
+        *_ROW_LOOP,
         "  br label %vloop",
         "vloop:",
         "  %i = phi i64 [0, %rowbody], [%i.next, %vbody]",
@@ -163,14 +169,7 @@ def _round_ir() -> str:
         f"  %lo0 = insertelement {d} undef, double %lof, i64 0",
         f"  %lov = shufflevector {d} %lo0, {d} undef, <8 x i32> zeroinitializer",
         "  %vend = and i64 %cols, -8",
-        "  br label %row",
-        "row:",
-        "  %r = phi i64 [0, %entry], [%r.next, %tdone]",
-        "  %more = icmp slt i64 %r, %rows",
-        "  br i1 %more, label %rowbody, label %exit",
-        "rowbody:",
-        "  %base = mul i64 %r, %cols",
-        "  %rowp = getelementptr float, ptr %w, i64 %base",
+        *_ROW_LOOP,
         "  %outp = getelementptr i8, ptr %out, i64 %base",
         "  %sp = getelementptr double, ptr %scale, i64 %r",
         "  %s = load double, ptr %sp, align 8",
