@@ -101,6 +101,13 @@ def note_fallback(reason: str) -> None:
 # -- the kernel -----------------------------------------------------------------------------------
 
 
+def _splat(tmp: str, dst: str, scalar: str) -> list[str]:
+    """IR lines broadcasting i32 ``scalar`` to all 16 lanes of ``%dst`` (via ``%tmp``)."""
+    v = "<16 x i32>"
+    return [f"  %{tmp} = insertelement {v} poison, i32 {scalar}, i32 0",
+            f"  %{dst} = shufflevector {v} %{tmp}, {v} poison, {v} zeroinitializer"]
+
+
 def _ir(rb: int, vb: int) -> str:
     """LLVM IR of ``igemm_r{rb}v{vb}(x4, w4, corr, out, dims)``: dims = (M, ldx, O, Q, ldw,
     ldo) as int64. ``out[o, m] = corr[o] + sum_q dot4(u8 x4[q, m], s8 w4[o, q])`` for
@@ -125,9 +132,7 @@ def _ir(rb: int, vb: int) -> str:
         f"  %nob = udiv i64 %o1, {rb}",
         "  %olast = sub i64 %o, 1",
         "  %mt = trunc i64 %m to i32",
-        "  %msplat0 = insertelement <16 x i32> poison, i32 %mt, i32 0",
-        "  %msplat = shufflevector <16 x i32> %msplat0, <16 x i32> poison, <16 x i32> "
-        "zeroinitializer",
+        *_splat("msplat0", "msplat", "%mt"),
         "  br label %mb_head",
         "mb_head:",
         "  %mb = phi i64 [0, %entry], [%mb_next, %mb_tail]",
@@ -157,9 +162,7 @@ def _ir(rb: int, vb: int) -> str:
     for i in range(rb):
         lines += [f"  %wp{i} = getelementptr i32, ptr %wrow{i}, i64 %qi",
                   f"  %ws{i} = load i32, ptr %wp{i}, align 4",
-                  f"  %wbi{i} = insertelement {v} poison, i32 %ws{i}, i32 0",
-                  f"  %wb{i} = shufflevector {v} %wbi{i}, {v} poison, <16 x i32> "
-                  "zeroinitializer"]
+                  *_splat(f"wbi{i}", f"wb{i}", f"%ws{i}")]
         for j in range(vb):
             lines.append(f"  %n{i}_{j} = call {v} @llvm.x86.avx512.vpdpbusd.512("
                          f"{v} %a{i}_{j}, {v} %xv{j}, {v} %wb{i})")
@@ -171,17 +174,13 @@ def _ir(rb: int, vb: int) -> str:
     for j in range(vb):
         lines += [f"  %mj{j} = add i64 %m0, {_LANES * j}",
                   f"  %mjt{j} = trunc i64 %mj{j} to i32",
-                  f"  %mji{j} = insertelement {v} poison, i32 %mjt{j}, i32 0",
-                  f"  %mjs{j} = shufflevector {v} %mji{j}, {v} poison, <16 x i32> "
-                  "zeroinitializer",
+                  *_splat(f"mji{j}", f"mjs{j}", f"%mjt{j}"),
                   f"  %idx{j} = add {v} %mjs{j}, <{lanes}>",
                   f"  %mk{j} = icmp slt {v} %idx{j}, %msplat"]
     for i in range(rb):
         lines += [f"  %cp{i} = getelementptr i32, ptr %corr, i64 %r{i}",
                   f"  %cs{i} = load i32, ptr %cp{i}",
-                  f"  %cbi{i} = insertelement {v} poison, i32 %cs{i}, i32 0",
-                  f"  %cb{i} = shufflevector {v} %cbi{i}, {v} poison, <16 x i32> "
-                  "zeroinitializer",
+                  *_splat(f"cbi{i}", f"cb{i}", f"%cs{i}"),
                   f"  %oo{i} = mul i64 %r{i}, %ldo",
                   f"  %orow{i} = getelementptr i32, ptr %out, i64 %oo{i}"]
         for j in range(vb):
