@@ -13,7 +13,14 @@ of it (``meta["compile_phases"]``) and the
 reference: TVM's ``relay`` ONNX import + ``relay.build`` for ``llvm`` when ``tvm`` is importable,
 else onnxruntime's session creation (graph optimisations on, one thread), also in a fresh
 process on the same core. Models: names of :mod:`tessera.compiler.zoo` builders or of the onnx
-wheel's ``light_*`` models. With ``--repeat N`` the best of N runs is shown.
+wheel's ``light_*`` models.
+
+This VM's speed drifts by ~25% from minute to minute, so ``--repeat N`` runs N rounds (each:
+a machine-speed probe, then every model once, each run a fresh process) and prints per model
+the median and the range (min-max) of the N runs beside the target. The probe, also a fresh
+process on the same core, prints a fixed one-thread float32 GEMM's GFLOP/s and the rate at
+which fresh memory is faulted in (GB/s; numpy's huge-page advice off, as inside
+``compile()``: :func:`tessera.runtime.scratch.small_pages`): a slow round shows there.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -93,6 +101,24 @@ print(json.dumps({"imports": t1 - t0, "compile": time.perf_counter() - t1,
                   "cpu": time.process_time() - c1, "what": "onnxruntime session creation"}))
 """
 
+_PROBE = """
+import json, time
+import numpy as np
+from tessera.runtime.scratch import small_pages
+a, b = np.random.default_rng(0).standard_normal((2, 1024, 1024), dtype=np.float32)
+def gemm_seconds():
+    c = time.process_time()
+    a @ b
+    return time.process_time() - c
+gemm_seconds()
+best = min(gemm_seconds() for _ in range(5))
+with small_pages():
+    c = time.process_time()
+    m = np.ones(1 << 26, np.float32)  # 256 MB, first touch
+    touch = time.process_time() - c
+print(json.dumps({"gflops": 2 * 1024 ** 3 / best / 1e9, "touch_gbs": m.nbytes / touch / 1e9}))
+"""
+
 
 def _model_path(name: str, tmp: Path) -> Path:
     for p in zoo.light_models():
@@ -125,37 +151,71 @@ def _run(code: str, model: Path, core: int) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _median_range(runs: list[dict], key: str) -> tuple[float, float, float]:
+    vals = [r[key] for r in runs]
+    return statistics.median(vals), min(vals), max(vals)
+
+
+def _fmt(mrr: tuple[float, float, float], width: int) -> str:
+    """``median (min-max)``; the median alone for one run."""
+    med, lo, hi = mrr
+    if lo == hi:
+        return f"{med:{width}.2f}" + " " * 13
+    return f"{med:{width}.2f} ({lo:4.2f}-{hi:5.2f})"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="resnet18,light_resnet50,light_vgg19")
-    ap.add_argument("--repeat", type=int, default=1, help="best of N runs each")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="rounds: each a speed probe and one fresh run of every model")
     ap.add_argument("--core", type=int, default=min(os.sched_getaffinity(0)),
                     help="the CPU core every run is pinned to")
     args = ap.parse_args()
+    if args.repeat < 1:
+        raise SystemExit(f"--repeat must be at least 1, not {args.repeat}")
+    names = list(filter(None, args.models.split(",")))
     ref_code = _TVM if _importable("tvm") else _ORT
-    print(f"cold cache, fresh process, core {args.core}, best of {args.repeat}; reference: "
+    print(f"cold cache, fresh process, core {args.core}, {args.repeat} round(s): median "
+          f"(min-max); reference: "
           f"{'TVM relay.build llvm' if ref_code is _TVM else 'onnxruntime session creation'}")
-    print(f"{'model':18s} {'tessera s':>9s} {'cpu s':>6s} {'target':>6s} {'plan cpu':>8s} "
-          f"{'target':>6s} {'calib cpu':>9s} {'bc cpu':>6s} {'ref s':>7s} {'cpu s':>6s} "
-          f"{'ratio':>6s}  {'imports':>7s}  phases (s)")
+    ours: dict[str, list[dict]] = {n: [] for n in names}
+    refs: dict[str, list[dict]] = {n: [] for n in names}
     with tempfile.TemporaryDirectory() as tmp:
-        for name in filter(None, args.models.split(",")):
-            path = _model_path(name, Path(tmp))
-            ours = min((_run(_TESSERA, path, args.core) for _ in range(args.repeat)),
-                       key=lambda r: r["compile"])
-            ref = min((_run(ref_code, path, args.core) for _ in range(args.repeat)),
-                      key=lambda r: r["compile"])
-            top = sorted(ours["phases"].items(), key=lambda kv: -kv[1])[:4]
-            parts = ours.get("cpu_phases", {})
-            target = TARGETS.get(name)
-            print(f"{name:18s} {ours['compile']:9.2f} {ours['cpu']:6.2f} "
-                  f"{target or float('nan'):6.1f} {ours.get('plan_cpu', float('nan')):8.2f} "
-                  f"{PLAN_TARGETS.get(name, float('nan')):6.1f} "
-                  f"{parts.get('calibration', float('nan')):9.2f} "
-                  f"{parts.get('bias_correction', float('nan')):6.2f} "
-                  f"{ref['compile']:7.2f} {ref['cpu']:6.2f} "
-                  f"{ours['compile'] / ref['compile']:5.1f}x  "
-                  f"{ours['imports']:7.2f}  " + ", ".join(f"{k} {v:.2f}" for k, v in top))
+        paths = {n: _model_path(n, Path(tmp)) for n in names}
+        for r in range(args.repeat):
+            probe = _run(_PROBE, paths[names[0]], args.core) if names else {}
+            line = []
+            for name in names:
+                run = _run(_TESSERA, paths[name], args.core)
+                ours[name].append(run)
+                refs[name].append(_run(ref_code, paths[name], args.core))
+                line.append(f"{name} {run['cpu']:.2f}")
+            print(f"round {r + 1}: probe sgemm {probe.get('gflops', float('nan')):.0f} GFLOP/s "
+                  f"(one thread), fresh memory {probe.get('touch_gbs', float('nan')):.2f} GB/s; "
+                  f"cpu s: " + ", ".join(line), flush=True)
+    print(f"{'model':16s} {'cpu s (range)':>19s} {'target':>6s} {'tessera s':>9s} {'plan cpu':>8s} "
+          f"{'target':>6s} {'calib cpu':>9s} {'bc cpu':>6s} {'ref s':>6s} {'ratio':>6s} "
+          f"{'imports':>7s}  phases (s, median run)")
+    for name in names:
+        runs = ours[name]
+        for run in runs:
+            parts = run.get("cpu_phases", {})
+            run["calibration"] = parts.get("calibration", float("nan"))
+            run["bias_correction"] = parts.get("bias_correction", float("nan"))
+        mid = sorted(runs, key=lambda x: x["cpu"])[(len(runs) - 1) // 2]
+        top = sorted(mid["phases"].items(), key=lambda kv: -kv[1])[:4]
+        ref = statistics.median(x["compile"] for x in refs[name])
+        wall = statistics.median(x["compile"] for x in runs)
+        print(f"{name:16s} {_fmt(_median_range(runs, 'cpu'), 6)} "
+              f"{TARGETS.get(name, float('nan')):6.1f} {wall:9.2f} "
+              f"{statistics.median(x['plan_cpu'] for x in runs):8.2f} "
+              f"{PLAN_TARGETS.get(name, float('nan')):6.1f} "
+              f"{statistics.median(x['calibration'] for x in runs):9.2f} "
+              f"{statistics.median(x['bias_correction'] for x in runs):6.2f} "
+              f"{ref:6.2f} {wall / ref:5.1f}x "
+              f"{statistics.median(x['imports'] for x in runs):7.2f}  "
+              + ", ".join(f"{k} {v:.2f}" for k, v in top))
 
 
 if __name__ == "__main__":

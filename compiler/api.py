@@ -38,6 +38,7 @@ from tessera.compiler.quant.calibrate import check_batches
 from tessera.config import Config
 from tessera.errors import CompileError
 from tessera.runtime.model import CompiledModel
+from tessera.runtime.scratch import small_pages
 
 __all__ = ["compile", "CompiledModel", "RANDOM_CALIBRATION_BATCHES", "PRECISIONS"]
 
@@ -98,47 +99,49 @@ def compile(model: Any, config: Config | str | None = None,
         raise CompileError("keep_float is only used with precision='int8'; with "
                            "precision='float' every node is float")
     bar = _ProgressBar(progress)
-    try:
-        graph = import_onnx(model, input_shapes=input_shapes)
-        bar.done("import", time.perf_counter() - t0)
-        specs = {name: (tuple(graph.tensors[name].shape), graph.tensors[name].dtype)
-                 for name in graph.inputs}
-        if precision == "float":
-            meta: dict[str, Any] = {"precision": "float"}
-            quant = None
-            passes = [*GRAPH_PASSES, *lowering_passes(cfg)]
-        else:
-            meta = {"precision": "int8", "calibration": "given"}
-            if calibration is None:
-                batches = _random_calibration(graph, RANDOM_CALIBRATION_BATCHES)
-                meta["calibration"] = (f"random ({RANDOM_CALIBRATION_BATCHES} seeded "
-                                       f"standard-normal batches)")
+    with small_pages():  # memory idle on this VM costs ~10x to fault in as huge pages
+        try:
+            graph = import_onnx(model, input_shapes=input_shapes)
+            bar.done("import", time.perf_counter() - t0)
+            specs = {name: (tuple(graph.tensors[name].shape), graph.tensors[name].dtype)
+                     for name in graph.inputs}
+            if precision == "float":
+                meta: dict[str, Any] = {"precision": "float"}
+                quant = None
+                passes = [*GRAPH_PASSES, *lowering_passes(cfg)]
             else:
-                batches = check_batches(graph, calibration)
-            quant = Quantize(batches, calibration_method, activations=activations,
-                             keep_float=keep_float, config=cfg, bias_correction=bias_correction)
-            passes = [*GRAPH_PASSES, quant, *lowering_passes(cfg, host)]
-        bar.expect(len(passes) + 1 + (2 if quant is not None else 0))
+                meta = {"precision": "int8", "calibration": "given"}
+                if calibration is None:
+                    batches = _random_calibration(graph, RANDOM_CALIBRATION_BATCHES)
+                    meta["calibration"] = (f"random ({RANDOM_CALIBRATION_BATCHES} seeded "
+                                           f"standard-normal batches)")
+                else:
+                    batches = check_batches(graph, calibration)
+                quant = Quantize(batches, calibration_method, activations=activations,
+                                 keep_float=keep_float, config=cfg, bias_correction=bias_correction)
+                passes = [*GRAPH_PASSES, quant, *lowering_passes(cfg, host)]
+            bar.expect(len(passes) + 1 + (2 if quant is not None else 0))
 
-        def on_pass(name: str, seconds: float) -> None:
-            if quant is not None and name == quant.name and quant.result is not None:
-                parts = quant.result.seconds  # calibration, bias correction: phases of their own
-                for part, s in parts.items():
-                    bar.done(part, s)
-                seconds = max(0.0, seconds - sum(parts.values()))
-            bar.done(name, seconds)
+            def on_pass(name: str, seconds: float) -> None:
+                if quant is not None and name == quant.name and quant.result is not None:
+                    # calibration, bias correction: phases of their own
+                    parts = quant.result.seconds
+                    for part, s in parts.items():
+                        bar.done(part, s)
+                    seconds = max(0.0, seconds - sum(parts.values()))
+                bar.done(name, seconds)
 
-        graph = run_pipeline(graph, passes, dump_after=dump_ir, on_pass=on_pass)
-        if quant is not None and quant.result is not None and quant.result.method == "model":
-            meta["calibration"] = "none: the model's own quantisation scales"
-        t1 = time.perf_counter()
-        if quant is None:
-            plan = build_plan(graph, cfg, double_buffer=double_buffer)
-        else:
-            plan = build_plan(graph, cfg, double_buffer=double_buffer, tune=tune)
-        bar.done("build_plan", time.perf_counter() - t1)
-    finally:
-        bar.close()
+            graph = run_pipeline(graph, passes, dump_after=dump_ir, on_pass=on_pass)
+            if quant is not None and quant.result is not None and quant.result.method == "model":
+                meta["calibration"] = "none: the model's own quantisation scales"
+            t1 = time.perf_counter()
+            if quant is None:
+                plan = build_plan(graph, cfg, double_buffer=double_buffer)
+            else:
+                plan = build_plan(graph, cfg, double_buffer=double_buffer, tune=tune)
+            bar.done("build_plan", time.perf_counter() - t1)
+        finally:
+            bar.close()
     meta["partition"] = partition_report(graph)
     meta["compile_seconds"] = time.perf_counter() - t0
     meta["compile_phases"] = bar.phases

@@ -31,7 +31,7 @@ worst 1.064 -> 0.946 (3 models above 1.0x -> none).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 
 import numpy as np
 
@@ -106,9 +106,10 @@ def _per_channel(y: np.ndarray) -> np.ndarray:
 
 
 def _add_error_sums(zc: np.ndarray, acc: np.ndarray, unit: np.ndarray, offset: np.ndarray,
-                    s1: np.ndarray, s2: np.ndarray) -> None:
+                    s1: np.ndarray, s2: np.ndarray) -> int:
     """Add each channel's sum of ``err = zc / unit - (acc - offset)`` to ``s1`` and of
-    ``err**2`` to ``s2`` (all [channels, positions] but ``offset``, per channel). Computed a
+    ``err**2`` to ``s2`` (all [channels, positions] but ``offset``, per channel); returns
+    the positions per channel. Computed a
     block of channels at a time in a cache-sized float64 buffer (a channel's sums are the same
     whatever the block)."""
     rows, cols = zc.shape
@@ -122,6 +123,7 @@ def _add_error_sums(zc: np.ndarray, acc: np.ndarray, unit: np.ndarray, offset: n
         s1[sl] += err.sum(axis=1)
         err *= err
         s2[sl] += err.sum(axis=1)
+    return cols
 
 
 class _Lockstep:
@@ -192,7 +194,7 @@ def _float_layer(n: Node, z: np.ndarray, args: list) -> list[np.ndarray]:
 def correct_biases(graph: Graph, float_graph: Graph, qparams: Mapping[str, QParams],
                    batches: Sequence[Mapping[str, np.ndarray]],
                    update: Callable[[Node, np.ndarray], tuple[Node, np.ndarray] | None],
-                   float_products: Mapping[str, Sequence[np.ndarray]] | None = None
+                   float_products: MutableMapping[str, Sequence[np.ndarray]] | None = None
                    ) -> tuple[Graph, dict[str, np.ndarray]]:
     """Bias-correct the int8 layers of ``graph`` (module docstring).
 
@@ -203,7 +205,8 @@ def correct_biases(graph: Graph, float_graph: Graph, qparams: Mapping[str, QPara
     corrected graph and each corrected layer's ``delta``. ``float_products`` may give the
     float layers' products on ``batches`` (node name -> one array per batch, as calibration
     keeps them: :func:`~tessera.compiler.quant.calibrate.collect`); when it has every layer's,
-    the float graph is not run again."""
+    the float graph is not run again, and each layer's entry is removed from it once used (so
+    its memory is free before the next layer's products are made: a lower peak)."""
     fpos = {n.name: k for k, n in enumerate(float_graph.nodes)}
     layers = [(k, n) for k, n in enumerate(graph.nodes)
               if n.op in CORRECTED_OPS and n.name in fpos and len(n.inputs) >= 3
@@ -222,20 +225,17 @@ def correct_biases(graph: Graph, float_graph: Graph, qparams: Mapping[str, QPara
             zs = [_float_products(fn.op, f.value(e, fn.inputs[0]), f.value(e, fn.inputs[1]),
                                   fn.attrs) for e in f.envs]
         else:
-            zs = list(float_products[n.name])
+            zs = list(float_products.pop(n.name))
         qx = qparams[n.inputs[0]]
         wq = q.constants[n.inputs[1]]
         wsum = wq.reshape(wq.shape[0], -1).sum(axis=1, dtype=np.int64)
         unit = qx.scale * np.asarray(n.attrs["w_scale"], np.float64).reshape(-1, 1)
         s1 = np.zeros(wq.shape[0])
         s2 = np.zeros(wq.shape[0])
-        count = 0
         # each product once: the error statistics and both layers' outputs come from it
         accs = _int_products(n.op, [q.value(e, n.inputs[0]) for e in q.envs], wq, n.attrs)
-        for acc, z in zip(accs, zs):
-            zc = _per_channel(z)
-            _add_error_sums(zc, _per_channel(acc), unit, qx.zero_point * wsum, s1, s2)
-            count += zc.shape[1]
+        count = sum(_add_error_sums(_per_channel(z), _per_channel(acc), unit,
+                                    qx.zero_point * wsum, s1, s2) for z, acc in zip(zs, accs))
         if count >= 2:
             mu = s1 / count
             se2 = np.maximum(s2 / count - mu * mu, 0.0) / count
@@ -252,4 +252,5 @@ def correct_biases(graph: Graph, float_graph: Graph, qparams: Mapping[str, QPara
         if f is not None:
             f.put(fn, [_float_layer(fn, z, [f.value(e, i) if i else None for i in fn.inputs])
                        for z, e in zip(zs, f.envs)])
+        del accs, zs  # free before the next layer's products are made
     return graph.replace(nodes=q.nodes, constants=q.constants), deltas

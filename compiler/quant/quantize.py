@@ -412,6 +412,7 @@ def quantize(graph: Graph, calibration: Iterable[Mapping[str, np.ndarray]] | Non
         b.stats = collect(g, batches, seed=seed, products=products,
                           product_batches=BIAS_CORRECTION_BATCHES if bias_correction else 0)
         seconds["calibration"] = time.perf_counter() - t0
+        reference.release_scratch()  # calibration's patch buffers (VGG-19: ~120 MB)
         _unify_concat(b, g)
         _hoist_activations(b, g)
         if auto_float:
