@@ -37,6 +37,7 @@ import numpy as np
 
 from tessera.compiler import reference
 from tessera.compiler.ir import Graph, Node
+from tessera.compiler.quant import errsum
 from tessera.compiler.quant.calibrate import QParams
 from tessera.runtime.cpu import igemm
 
@@ -109,10 +110,14 @@ def _add_error_sums(zc: np.ndarray, acc: np.ndarray, unit: np.ndarray, offset: n
                     s1: np.ndarray, s2: np.ndarray) -> int:
     """Add each channel's sum of ``err = zc / unit - (acc - offset)`` to ``s1`` and of
     ``err**2`` to ``s2`` (all [channels, positions] but ``offset``, per channel); returns
-    the positions per channel. Computed a
-    block of channels at a time in a cache-sized float64 buffer (a channel's sums are the same
-    whatever the block)."""
+    the positions per channel. One pass of a JIT kernel giving numpy's values bit for bit
+    (:mod:`~tessera.compiler.quant.errsum`) when it takes the operands, else numpy's
+    passes a block of channels at a time in a cache-sized float64 buffer (a channel's sums
+    are the same whatever the block)."""
     rows, cols = zc.shape
+    if errsum.supports(zc, acc):
+        errsum.add_error_sums(zc, acc, unit, offset, s1, s2)
+        return cols
     step = max(1, _ERROR_BLOCK // max(1, cols))
     buf = reference.scratch("bias_correction", (min(step, rows), cols), np.float64)
     shift = offset.any()
