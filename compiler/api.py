@@ -19,6 +19,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Iterable, Mapping
+from contextlib import ExitStack
 from typing import Any
 
 import numpy as np
@@ -44,6 +45,14 @@ __all__ = ["compile", "CompiledModel", "RANDOM_CALIBRATION_BATCHES", "PRECISIONS
 
 RANDOM_CALIBRATION_BATCHES = 8
 PRECISIONS = ("int8", "float")
+# Models with at least this many bytes of constants (float weights) compile with numpy's
+# huge-page advice off (the import always does): their footprint is larger than the memory
+# other processes freed recently, and on this VM idle memory costs ~10x per byte to fault
+# back in as huge pages (tessera.runtime.scratch). Measured, alternating fresh cold-cache
+# compiles: light VGG-19 (575 MB) 2-2.5 CPU s faster without; ResNet-18 (47 MB) 0.25-0.35 s
+# and light ResNet-50 (100 MB) ~0.3 s slower without (4 KB faults cost twice as much per
+# byte when the memory is warm).
+SMALL_PAGES_BYTES = 256 << 20
 
 
 def _random_calibration(graph: Graph, count: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
@@ -99,49 +108,53 @@ def compile(model: Any, config: Config | str | None = None,
         raise CompileError("keep_float is only used with precision='int8'; with "
                            "precision='float' every node is float")
     bar = _ProgressBar(progress)
-    with small_pages():  # memory idle on this VM costs ~10x to fault in as huge pages
-        try:
+    pages = ExitStack()
+    try:
+        with small_pages():
             graph = import_onnx(model, input_shapes=input_shapes)
-            bar.done("import", time.perf_counter() - t0)
-            specs = {name: (tuple(graph.tensors[name].shape), graph.tensors[name].dtype)
-                     for name in graph.inputs}
-            if precision == "float":
-                meta: dict[str, Any] = {"precision": "float"}
-                quant = None
-                passes = [*GRAPH_PASSES, *lowering_passes(cfg)]
+        pages.enter_context(small_pages(
+            sum(np.asarray(c).nbytes for c in graph.constants.values()) >= SMALL_PAGES_BYTES))
+        bar.done("import", time.perf_counter() - t0)
+        specs = {name: (tuple(graph.tensors[name].shape), graph.tensors[name].dtype)
+                 for name in graph.inputs}
+        if precision == "float":
+            meta: dict[str, Any] = {"precision": "float"}
+            quant = None
+            passes = [*GRAPH_PASSES, *lowering_passes(cfg)]
+        else:
+            meta = {"precision": "int8", "calibration": "given"}
+            if calibration is None:
+                batches = _random_calibration(graph, RANDOM_CALIBRATION_BATCHES)
+                meta["calibration"] = (f"random ({RANDOM_CALIBRATION_BATCHES} seeded "
+                                       f"standard-normal batches)")
             else:
-                meta = {"precision": "int8", "calibration": "given"}
-                if calibration is None:
-                    batches = _random_calibration(graph, RANDOM_CALIBRATION_BATCHES)
-                    meta["calibration"] = (f"random ({RANDOM_CALIBRATION_BATCHES} seeded "
-                                           f"standard-normal batches)")
-                else:
-                    batches = check_batches(graph, calibration)
-                quant = Quantize(batches, calibration_method, activations=activations,
-                                 keep_float=keep_float, config=cfg, bias_correction=bias_correction)
-                passes = [*GRAPH_PASSES, quant, *lowering_passes(cfg, host)]
-            bar.expect(len(passes) + 1 + (2 if quant is not None else 0))
+                batches = check_batches(graph, calibration)
+            quant = Quantize(batches, calibration_method, activations=activations,
+                             keep_float=keep_float, config=cfg, bias_correction=bias_correction)
+            passes = [*GRAPH_PASSES, quant, *lowering_passes(cfg, host)]
+        bar.expect(len(passes) + 1 + (2 if quant is not None else 0))
 
-            def on_pass(name: str, seconds: float) -> None:
-                if quant is not None and name == quant.name and quant.result is not None:
-                    # calibration, bias correction: phases of their own
-                    parts = quant.result.seconds
-                    for part, s in parts.items():
-                        bar.done(part, s)
-                    seconds = max(0.0, seconds - sum(parts.values()))
-                bar.done(name, seconds)
+        def on_pass(name: str, seconds: float) -> None:
+            if quant is not None and name == quant.name and quant.result is not None:
+                # calibration, bias correction: phases of their own
+                parts = quant.result.seconds
+                for part, s in parts.items():
+                    bar.done(part, s)
+                seconds = max(0.0, seconds - sum(parts.values()))
+            bar.done(name, seconds)
 
-            graph = run_pipeline(graph, passes, dump_after=dump_ir, on_pass=on_pass)
-            if quant is not None and quant.result is not None and quant.result.method == "model":
-                meta["calibration"] = "none: the model's own quantisation scales"
-            t1 = time.perf_counter()
-            if quant is None:
-                plan = build_plan(graph, cfg, double_buffer=double_buffer)
-            else:
-                plan = build_plan(graph, cfg, double_buffer=double_buffer, tune=tune)
-            bar.done("build_plan", time.perf_counter() - t1)
-        finally:
-            bar.close()
+        graph = run_pipeline(graph, passes, dump_after=dump_ir, on_pass=on_pass)
+        if quant is not None and quant.result is not None and quant.result.method == "model":
+            meta["calibration"] = "none: the model's own quantisation scales"
+        t1 = time.perf_counter()
+        if quant is None:
+            plan = build_plan(graph, cfg, double_buffer=double_buffer)
+        else:
+            plan = build_plan(graph, cfg, double_buffer=double_buffer, tune=tune)
+        bar.done("build_plan", time.perf_counter() - t1)
+    finally:
+        pages.close()
+        bar.close()
     meta["partition"] = partition_report(graph)
     meta["compile_seconds"] = time.perf_counter() - t0
     meta["compile_phases"] = bar.phases
