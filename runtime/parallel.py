@@ -54,6 +54,7 @@ parent as the same Tessera exception type with the child's text and the segment 
 
 from __future__ import annotations
 
+import mmap
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -61,6 +62,7 @@ import time
 import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from multiprocessing.connection import wait as _wait
 from typing import Any
 
 import numpy as np
@@ -96,17 +98,22 @@ _JOIN_SECONDS = 5.0
 @dataclass
 class ParallelRun:
     """What the last :func:`run_parallel` measured: the segments (first, stop step indices,
-    cycles), and the parent's wall seconds in each phase (seed pass, fork, waiting for the
-    workers) and each worker's (device creation and layout, the steps, the final compare)."""
+    cycles); the parent's wall seconds in the seed pass (cycle predictions, inputs, fsim steps
+    and copies), forking, waiting for the workers after the seed pass, and in all; each
+    worker's wall seconds in device creation + layout + poison, waiting for its start state,
+    its steps, its final compare, and its CPU seconds."""
 
     segments: list[tuple[int, int, int]] = field(default_factory=list)
     seed_seconds: float = 0.0
     fork_seconds: float = 0.0
     wait_seconds: float = 0.0
+    total_seconds: float = 0.0
     worker_setup: list[float] = field(default_factory=list)
+    worker_wait: list[float] = field(default_factory=list)
     worker_steps: list[float] = field(default_factory=list)
     worker_compare: list[float] = field(default_factory=list)
     worker_cpu: list[float] = field(default_factory=list)
+    pids: list[int] = field(default_factory=list)
 
 
 def split(costs: list[int], parts: int) -> list[int]:
@@ -173,7 +180,7 @@ def run_parallel(model: Any, feeds: dict[str, np.ndarray], workers: int, device:
     assert w > 1
     from tessera.driver.verilator import harness_library
 
-    stats = ParallelRun()
+    stats = model.last_parallel = ParallelRun()
     t0 = time.perf_counter()
     build_keys = ("trace", "build_dir", "build_options", "verilog")
     lib_key = tuple((k, repr(options.get(k))) for k in build_keys)
@@ -200,41 +207,56 @@ def run_parallel(model: Any, feeds: dict[str, np.ndarray], workers: int, device:
     firsts = split([expected[k] for k in accel], w)
     bounds = [0] + [accel[i] for i in firsts[1:]] + [len(plan.steps)]
     fex.write_inputs(feeds)
-    states = [_snapshot(fex)]
-    run_stats: dict = {}
-    for j in range(w):
-        fex.run_steps(bounds[j], bounds[j + 1], timeout_cycles=timeout_cycles, stats=run_stats)
-        states.append(_snapshot(fex))
-    for k in accel:
-        if run_stats[k].cycles != expected[k]:
-            raise DeviceError(f"step {k} ({plan.steps[k].name!r}): fsim ran it in "
-                              f"{run_stats[k].cycles} cycles, the cycle model predicted "
-                              f"{expected[k]}")
-    stats.seed_seconds = time.perf_counter() - t0
-    for j in range(w):
-        seg_cycles = sum(expected[k] for k in accel if bounds[j] <= k < bounds[j + 1])
-        stats.segments.append((bounds[j], bounds[j + 1], seg_cycles))
+    sizes = [b.size for b in fex.buffers]
     layout_addrs = [(b.addr, b.size) for b in fex.buffers]
+    # the states at the W+1 boundaries, in memory shared with the children (MAP_SHARED)
+    shared = mmap.mmap(-1, (w + 1) * sum(sizes))
+    states = np.frombuffer(shared, np.uint8).reshape(w + 1, sum(sizes))
+    _snapshot(fex, states[0])
+    stats.seed_seconds = time.perf_counter() - t0
 
-    # 2. workers
+    # 2. fork the workers at once (their device set-up overlaps the seed pass); worker j starts
+    # when the seed pass has reached boundary j and checks its end once it has reached j + 1
     ctx = multiprocessing.get_context("fork")
     procs: list[tuple[Any, Any]] = []
     results: dict[int, dict[str, Any]] = {}
     t1 = time.perf_counter()
     try:
         for j in range(w):
-            recv, send = ctx.Pipe(duplex=False)
-            job = _Job(j, w, bounds[j], bounds[j + 1], states[j], states[j + 1], expected,
-                       layout_addrs, child_options, profile, timeout_cycles)
-            p = ctx.Process(target=_worker, args=(send, model, job), daemon=True,
+            here, there = ctx.Pipe(duplex=True)
+            job = _Job(j, w, bounds[j], bounds[j + 1], states, expected, layout_addrs,
+                       child_options, profile, timeout_cycles)
+            p = ctx.Process(target=_worker, args=(there, model, job), daemon=True,
                             name=f"tessera-segment-{j}")
             p.start()
-            send.close()
-            procs.append((p, recv))
+            stats.pids.append(p.pid)
+            there.close()
+            procs.append((p, here))
+        _tell(procs[0][1], "start")
         stats.fork_seconds = time.perf_counter() - t1
-        pending = {recv: j for j, (_, recv) in enumerate(procs)}
+        t2 = time.perf_counter()
+        run_stats: dict = {}
+        conns = [conn for _, conn in procs]
+        for j in range(w):
+            if _wait(conns, timeout=0):
+                break  # a worker failed (nothing else is sent before "end"): report it
+            fex.run_steps(bounds[j], bounds[j + 1], timeout_cycles=timeout_cycles,
+                          stats=run_stats)
+            _snapshot(fex, states[j + 1])
+            _tell(procs[j][1], "end")
+            if j + 1 < w:
+                _tell(procs[j + 1][1], "start")
+        else:
+            for k in accel:
+                if run_stats[k].cycles != expected[k]:
+                    raise DeviceError(f"step {k} ({plan.steps[k].name!r}): fsim ran it in "
+                                      f"{run_stats[k].cycles} cycles, the cycle model "
+                                      f"predicted {expected[k]}")
+        t3 = time.perf_counter()
+        stats.seed_seconds += t3 - t2
+        pending = {conn: j for j, (_, conn) in enumerate(procs)}
         while pending:
-            for conn in multiprocessing.connection.wait(list(pending)):
+            for conn in _wait(list(pending)):
                 j = pending.pop(conn)
                 try:
                     msg = conn.recv()
@@ -247,16 +269,19 @@ def run_parallel(model: Any, feeds: dict[str, np.ndarray], workers: int, device:
                 if msg["status"] != "ok":
                     raise _reraise(msg, j, _seg_text(plan, bounds, j))
                 results[j] = msg
-        stats.wait_seconds = time.perf_counter() - t1 - stats.fork_seconds
+        stats.wait_seconds = time.perf_counter() - t3
     finally:
-        _stop(procs)
+        _stop(procs)  # (the shared copies are unmapped once the last reference goes)
     for j in range(w):
+        seg_cycles = sum(expected[k] for k in accel if bounds[j] <= k < bounds[j + 1])
+        stats.segments.append((bounds[j], bounds[j + 1], seg_cycles))
         r = results[j]
         stats.worker_setup.append(r["setup"])
+        stats.worker_wait.append(r["wait"])
         stats.worker_steps.append(r["steps"])
         stats.worker_compare.append(r["compare"])
         stats.worker_cpu.append(r["cpu"])
-    model.last_parallel = stats
+    stats.total_seconds = time.perf_counter() - t0
     outputs = results[w - 1]["outputs"]
     prof = None
     if profile:
@@ -287,13 +312,31 @@ def _predict(ex: Executor, accel: list[int]) -> dict[int, int]:
     return out
 
 
-def _snapshot(ex: Executor) -> list[np.ndarray]:
-    return [ex.dev.host_view(b).copy() for b in ex.buffers]
+def _parts(ex: Executor, state: np.ndarray):
+    """(device view, the part of ``state`` that holds it) for every buffer of ``ex``."""
+    at = 0
+    for buf in ex.buffers:
+        yield ex.dev.host_view(buf), state[at:at + buf.size]
+        at += buf.size
 
 
-def _restore(ex: Executor, state: list[np.ndarray]) -> None:
-    for buf, data in zip(ex.buffers, state, strict=True):
-        ex.dev.host_view(buf)[:] = data
+def _snapshot(ex: Executor, state: np.ndarray) -> None:
+    for view, part in _parts(ex, state):
+        part[:] = view
+
+
+def _restore(ex: Executor, state: np.ndarray) -> None:
+    for view, part in _parts(ex, state):
+        view[:] = part
+
+
+def _tell(conn: Any, word: str) -> None:
+    """Send ``word`` to a worker; one that has already failed (closed its end) has sent its
+    error, which the parent reads next."""
+    try:
+        conn.send(word)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
 
 
 def _seg_text(plan: Plan, bounds: list[int], j: int) -> str:
@@ -333,8 +376,7 @@ class _Job:
     count: int
     start: int
     stop: int
-    state: list[np.ndarray]
-    want: list[np.ndarray]
+    states: np.ndarray  # (W+1, bytes) in shared memory: row j is boundary j
     expected: dict[int, int]
     layout: list[tuple[int, int]]
     options: dict[str, Any]
@@ -355,21 +397,26 @@ def _worker(conn: Any, model: Any, job: _Job) -> None:
             raise DeviceError(f"the worker's layout differs from the seed pass's: buffers "
                               f"{got[:4]}... vs {job.layout[:4]}...")
         poison(dev, np.random.default_rng(POISON_SEED + job.index))
-        _restore(ex, job.state)
         t1 = time.perf_counter()
+        _expect(conn, "start")
+        t2 = time.perf_counter()
+        _restore(ex, job.states[job.index])
         run_stats: dict = {}
         layers = ex.run_steps(job.start, job.stop, profile=job.profile,
                               timeout_cycles=job.timeout_cycles, stats=run_stats,
                               predicted=job.expected)
-        t2 = time.perf_counter()
+        t3 = time.perf_counter()
         _check_cycles(plan, run_stats, job.expected)
+        _expect(conn, "end")
+        t4 = time.perf_counter()
         _compare(ex, job)
         outputs = ex.read_outputs() if job.index == job.count - 1 else None
-        t3 = time.perf_counter()
+        t5 = time.perf_counter()
         for rec in layers:
             rec.program = None  # the parent has the code; do not send it back
         conn.send({"status": "ok", "outputs": outputs, "layers": layers, "setup": t1 - t0,
-                   "steps": t2 - t1, "compare": t3 - t2, "cpu": time.process_time() - c0})
+                   "wait": t2 - t1, "steps": t3 - t2, "compare": t5 - t4,
+                   "cpu": time.process_time() - c0})
     except BaseException as exc:  # everything goes back to the parent, which re-raises it
         conn.send({"status": "error", "type": type(exc).__name__, "text": str(exc),
                    "code": getattr(exc, "code", None), "pc": getattr(exc, "pc", None),
@@ -382,6 +429,11 @@ def _worker(conn: Any, model: Any, job: _Job) -> None:
         conn.close()
 
 
+def _expect(conn: Any, word: str) -> None:
+    msg = conn.recv()
+    assert msg == word, (msg, word)
+
+
 def _check_cycles(plan: Plan, got: dict, expected: dict[int, int]) -> None:
     for k, st in got.items():
         if st.cycles != expected[k]:
@@ -391,8 +443,8 @@ def _check_cycles(plan: Plan, got: dict, expected: dict[int, int]) -> None:
 
 def _compare(ex: Executor, job: _Job) -> None:
     """Device memory after the segment must equal the seed pass's, byte for byte."""
-    for buf, want in zip(ex.buffers, job.want, strict=True):
-        got = ex.dev.host_view(buf)
+    for buf, (got, want) in zip(ex.buffers, _parts(ex, job.states[job.index + 1]),
+                                strict=True):
         if np.array_equal(got, want):
             continue
         diff = np.flatnonzero(got != want)
@@ -407,16 +459,22 @@ def describe(ex: Executor, addr: int, job: _Job | None = None) -> str:
     """What device address ``addr`` holds in ``ex``'s layout: a tensor and byte offset (and
     the steps of ``job``'s segment that write it), or a step's code or micro-ops."""
     plan = ex.plan
-    for name, base in ex.addr.items():
-        size = plan.slots[name].nbytes
-        if base <= addr < base + size:
-            text = f"tensor {name!r}, byte {addr - base} of {size}"
+    # arena slots share memory by liveness: prefer the tensors this segment's steps write
+    holders = [(name, base) for name, base in ex.addr.items()
+               if base <= addr < base + plan.slots[name].nbytes]
+    steps = range(job.start, job.stop) if job is not None else range(0)
+    written = [(name, base, [plan.steps[k].name for k in steps if name in plan.steps[k].outputs])
+               for name, base in holders]
+    written = [h for h in written if h[2]] or [(n, b, []) for n, b in holders]
+    if written:
+        parts = []
+        for name, base, writers in written[-2:]:
+            text = f"tensor {name!r}, byte {addr - base} of {plan.slots[name].nbytes}"
             if job is not None:
-                writers = [plan.steps[k].name for k in range(job.start, job.stop)
-                           if name in plan.steps[k].outputs]
                 text += (f", written in this segment by {writers}" if writers
-                         else ", not an output of any step of this segment")
-            return text
+                         else ", written by no step of this segment")
+            parts.append(text)
+        return "; ".join(parts)
     for k, (caddr, count) in ex.code.items():
         if caddr <= addr < caddr + 16 * count:
             return f"the code of step {k} ({plan.steps[k].name!r}), byte {addr - caddr}"
