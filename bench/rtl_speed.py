@@ -11,17 +11,26 @@
   runs), for the current build options and, in the same run, for the build options of before
   issue 9 part 5 (``REFERENCE_OPTIONS``), with the cycle totals of both (they must be equal)
   and the issue's measured starting point (0.92 M cycles/s). Target: >= 1.5 M cycles/s;
+* ResNet-18 split across ``--workers N`` (default 2) worker processes
+  (``model.run(..., workers=N)``, :mod:`tessera.runtime.parallel`): wall-clock cycles per second
+  of the whole parallel run (seed pass, fork, device set-up, the segments, the compares), its
+  cycles (equal to the sequential run's) and outputs (equal), the cycles per CPU second of each
+  worker, and the overheads; ``--rounds R`` (default 3) alternates sequential and parallel runs
+  and prints each figure's median and range. **The target line (>= 1.5 M cycles/s) is this
+  wall-clock figure with N worker processes on this machine** (it needs N free cores: the bench
+  prints the CPU count and the load average; measure on a quiet machine);
 * a token deadlock: cycles and wall time until the RTL reports error 7 (before its detector,
   the run went on to the 50 M-cycle default timeout: 26-52 s).
 
-The current build is the device's default (``BuildOptions()``); ``--pgo`` makes it
-profile-guided (``BuildOptions(pgo=True)``, trained on ``tessera.driver.verilator_pgo``'s
-workload) and ``--threads N`` an N-thread Verilator model (each model thread spin-waits for the
-others: on this 2-core machine 2 threads ran ResNet-18 at 0.11 M cycles/s even when quiet). The
-bench prints what it used.
+The current build is profile-guided by default (``BuildOptions(pgo=True)``, trained on
+``tessera.driver.verilator_pgo``'s workload; the first such build of a config takes 1.5-3
+minutes and is cached); ``--no-pgo`` uses the device's default build (``BuildOptions()``, what
+``model.run(device="verilator")`` uses unless told otherwise) and ``--threads N`` an N-thread
+Verilator model (each model thread spin-waits for the others: on this 2-core machine 2 threads
+ran ResNet-18 at 0.11 M cycles/s even when quiet). The bench prints what it used.
 
-Run: ``python bench/rtl_speed.py [--config default] [--read-latency 16] [--pgo] [--threads 1]
-[--no-resnet]``.
+Run: ``python bench/rtl_speed.py [--config default] [--read-latency 16] [--no-pgo]
+[--threads 1] [--workers 2] [--rounds 3] [--no-resnet]``.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import statistics
 import time
 
 import numpy as np
@@ -118,11 +128,21 @@ def main() -> None:
     ap.add_argument("--no-resnet", action="store_true", help="skip the ResNet-18 figure")
     ap.add_argument("--threads", type=int, default=1,
                     help="Verilator model threads of the current build (default 1)")
-    ap.add_argument("--pgo", action="store_true",
-                    help="profile-guided current build (BuildOptions(pgo=True))")
+    ap.add_argument("--pgo", dest="pgo", action="store_true", default=True,
+                    help="profile-guided current build (BuildOptions(pgo=True); the default)")
+    ap.add_argument("--no-pgo", dest="pgo", action="store_false",
+                    help="the device's default build (BuildOptions()) as the current build")
+    ap.add_argument("--workers", type=int, default=2,
+                    help="worker processes of the parallel ResNet-18 run (default 2)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="alternating sequential/parallel ResNet-18 rounds (default 3)")
     args = ap.parse_args()
     if args.threads < 1:
         ap.error(f"--threads must be >= 1, not {args.threads}")
+    if args.workers < 2:
+        ap.error(f"--workers must be >= 2, not {args.workers}")
+    if args.rounds < 1:
+        ap.error(f"--rounds must be >= 1, not {args.rounds}")
     cfg = Config.resolve(args.config)
     print(f"config {args.config}: {cfg.summary()}")
     current = with_threads(BuildOptions(pgo=args.pgo), args.threads)
@@ -172,7 +192,7 @@ def main() -> None:
 
     deadlock_latency(cfg, current)
     if not args.no_resnet:
-        resnet18_speed(cfg, current)
+        resnet18_speed(cfg, current, args.workers, args.rounds)
 
 
 def with_threads(options: BuildOptions, threads: int) -> BuildOptions:
@@ -214,7 +234,14 @@ class _Timed:
         return stats
 
 
-def resnet18_speed(cfg: Config, current: BuildOptions) -> None:
+def _spread(values: list[float]) -> str:
+    """Median and range of ``values`` (one value: itself)."""
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.median(values):.2f} (range {min(values):.2f}-{max(values):.2f})"
+
+
+def resnet18_speed(cfg: Config, current: BuildOptions, workers: int, rounds: int) -> None:
     from tessera.compiler import zoo
 
     proto = zoo.resnet18()
@@ -225,31 +252,77 @@ def resnet18_speed(cfg: Config, current: BuildOptions) -> None:
     x = {inp.name: rng.standard_normal(shape).astype(np.float32)}
     model = tessera.compile(proto, config=cfg, calibration=cal)
     want = model.run(x, device="fsim")
-    rows, devices = [], []
-    for label, options in (("current", current), ("reference", REFERENCE_OPTIONS)):
-        dev = open_device("verilator", cfg, build_options=options)
-        devices.append(dev)
-        timed = _Timed(dev)
-        model.run(x, device=dev)  # warm-up: page faults, CPU kernel JIT
+
+    def equal(got) -> bool:
+        return all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))
+
+    # the reference build, once
+    ref = open_device("verilator", cfg, build_options=REFERENCE_OPTIONS)
+    timed = _Timed(ref)
+    model.run(x, device=ref)  # warm-up: page faults, CPU kernel JIT
+    timed.cycles, timed.wall = 0, 0.0
+    t, c = time.perf_counter(), time.process_time()
+    assert equal(model.run(x, device=ref)), "RTL (reference build) differs from fsim"
+    ref_row = (timed.cycles, time.perf_counter() - t, timed.wall, time.process_time() - c)
+
+    # the current build: sequential and parallel runs, alternating
+    dev = open_device("verilator", cfg, build_options=current)
+    timed = _Timed(dev)
+    model.run(x, device=dev)  # warm-up
+    model.run(x, device="verilator", build_options=current, workers=workers)  # warm-up
+    seq, par = [], []
+    for _ in range(rounds):
         timed.cycles, timed.wall = 0, 0.0
         t, c = time.perf_counter(), time.process_time()
-        got = model.run(x, device=dev)
-        total, cpu = time.perf_counter() - t, time.process_time() - c
-        assert all(np.array_equal(a, b) for a, b in zip(got, want)), "RTL differs from fsim"
-        rows.append((label, timed.cycles, total, timed.wall, cpu))
+        assert equal(model.run(x, device=dev)), "RTL differs from fsim"
+        seq.append((timed.cycles, time.perf_counter() - t, timed.wall, time.process_time() - c))
+        t = time.perf_counter()
+        got = model.run(x, device="verilator", build_options=current, workers=workers)
+        wall = time.perf_counter() - t
+        run = model.last_parallel
+        par.append((sum(cyc for _, _, cyc in run.segments), wall, equal(got), run))
     model.close()  # its executors free their buffers on the devices: close those after it
-    for dev in devices:
-        dev.close()
-    for label, cycles, total, sim, cpu in rows:
-        print(f"ResNet-18 on the RTL ({label} build): {cycles:,} cycles; whole run {total:.2f} s "
-              f"= {cycles / total / 1e6:.2f} M cycles/s; in the simulator {sim:.2f} s = "
-              f"{cycles / sim / 1e6:.2f} M cycles/s; process CPU {cpu:.2f} s = "
-              f"{cycles / cpu / 1e6:.2f} M cycles per CPU second")
-    (_, c0, t0, _, u0), (_, c1, t1, _, u1) = rows
-    print(f"ResNet-18 RTL speed: {c0 / t0 / 1e6:.2f} M cycles/s whole run, {c0 / u0 / 1e6:.2f} M "
-          f"per CPU second (target >= 1.5; reference build {c1 / t1 / 1e6:.2f} wall, "
-          f"{c1 / u1 / 1e6:.2f} per CPU second, {(c0 / u0) / (c1 / u1):.2f}x per CPU second; "
-          f"issue 9 start {ISSUE_START / 1e6:.2f}); cycles equal: {c0 == c1}")
+    dev.close()
+    ref.close()
+
+    label = f"current build{', pgo' if current.pgo else ''}"
+    cycles = seq[0][0]
+    assert all(r[0] == cycles for r in seq), "sequential runs differ in cycles"
+    s_wall = [cyc / tot / 1e6 for cyc, tot, _, _ in seq]
+    s_sim = [cyc / sim / 1e6 for cyc, _, sim, _ in seq]
+    s_cpu = [cyc / cpu / 1e6 for cyc, _, _, cpu in seq]
+    print(f"ResNet-18 on the RTL, one process ({label}): {cycles:,} cycles; over {rounds} "
+          f"run(s): whole run {_spread(s_wall)} M cycles/s, in the simulator "
+          f"{_spread(s_sim)} M cycles/s, {_spread(s_cpu)} M cycles per CPU second")
+    rc, rt, rs, ru = ref_row
+    print(f"ResNet-18 on the RTL, one process (reference build): {rc:,} cycles; whole run "
+          f"{rt:.2f} s = {rc / rt / 1e6:.2f} M cycles/s; in the simulator {rc / rs / 1e6:.2f} "
+          f"M cycles/s; process CPU {ru:.2f} s = {rc / ru / 1e6:.2f} M cycles per CPU second")
+    p_wall = [cyc / wall / 1e6 for cyc, wall, _, _ in par]
+    per_core = [seg[2] / cpu / 1e6 for *_, run in par
+                for seg, cpu in zip(run.segments, run.worker_cpu, strict=True)]
+    p_cycles = {cyc for cyc, *_ in par}
+    outs_equal = all(eq for _, _, eq, _ in par)
+    last = par[-1][3]
+    segs = ", ".join(f"steps {a}..{b - 1}: {cyc:,}" for a, b, cyc in last.segments)
+    print(f"ResNet-18 on the RTL, {workers} worker processes ({label}): cycles {sorted(p_cycles)} "
+          f"(equal to the sequential run's: {p_cycles == {cycles}}; every layer's RTL cycles "
+          f"checked against the cycle model), outputs equal: {outs_equal}; wall-clock "
+          f"{_spread(p_wall)} M cycles/s; per worker {_spread(per_core)} M cycles per CPU "
+          f"second; segments {segs}")
+    print(f"  overheads (last run, wall s): seed pass {last.seed_seconds:.3f} (fsim, beside the "
+          f"workers), fork {last.fork_seconds:.3f}, worker set-up "
+          f"{max(last.worker_setup):.3f} (device, layout, poison), waiting for the start state "
+          f"{max(last.worker_wait):.3f}, compare {max(last.worker_compare):.3f}; segments "
+          f"{max(last.worker_steps):.2f} of {last.total_seconds:.2f} s in all")
+    load = os.getloadavg()[0]
+    print(f"ResNet-18 RTL speed: {statistics.median(p_wall):.2f} M cycles/s wall-clock with "
+          f"{workers} worker processes on this machine ({os.cpu_count()} CPUs, load average "
+          f"{load:.1f}) (target >= 1.5); one process {statistics.median(s_wall):.2f} M cycles/s "
+          f"wall, {statistics.median(s_cpu):.2f} M per CPU second ({label}); reference build "
+          f"{rc / ru / 1e6:.2f} per CPU second "
+          f"({statistics.median(s_cpu) / (rc / ru / 1e6):.2f}x); "
+          f"issue 9 start {ISSUE_START / 1e6:.2f}; cycles equal: {cycles == rc}")
 
 
 if __name__ == "__main__":

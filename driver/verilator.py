@@ -21,7 +21,7 @@ from tessera.errors import DeviceError, HwError
 from tessera.regs import CONTROL_START, COUNTER_BASE, COUNTERS, ERROR_TEXT, STATUS_ERROR, Reg
 from tessera.sim.verilator_build import BuildOptions, build_harness_library, core_verilog
 
-__all__ = ["VerilatorDevice", "DEFAULT_TIMEOUT_CYCLES", "load_harness"]
+__all__ = ["VerilatorDevice", "DEFAULT_TIMEOUT_CYCLES", "load_harness", "harness_library"]
 
 DEFAULT_TIMEOUT_CYCLES = 50_000_000
 """Cycle limit of a run when ``timeout_cycles`` is not given (minutes of simulation)."""
@@ -125,18 +125,8 @@ class VerilatorDevice(Device):
     @staticmethod
     def _build(config: Config, trace, build_dir, build_options: BuildOptions | None,
                verilog: str | None) -> Path:
-        from tessera.driver.verilator_pgo import training
-
-        options = build_options or BuildOptions()
-        options = dataclasses.replace(options, trace=trace is not None,
-                                      pgo=options.pgo and trace is None)
-        try:
-            return build_harness_library(
-                _core_verilog(config) if verilog is None else verilog, config.mem_bus_bytes,
-                options=options, cache=Path(build_dir) if build_dir is not None else None,
-                training=training(config) if options.pgo else None)
-        except HwError as exc:
-            raise DeviceError(f"cannot build the Verilator model: {exc}") from exc
+        return harness_library(config, trace=trace, build_dir=build_dir,
+                               build_options=build_options, verilog=verilog)
 
     # -- memory -------------------------------------------------------------------------------
 
@@ -229,6 +219,28 @@ class VerilatorDevice(Device):
             self.close()
         except Exception:  # interpreter shutdown: the library may already be gone
             pass
+
+
+def harness_library(config: Config, *, trace: str | Path | None = None,
+                    build_dir: str | Path | None = None,
+                    build_options: BuildOptions | None = None,
+                    verilog: str | None = None) -> Path:
+    """The harness library a :class:`VerilatorDevice` with these arguments runs (built, or
+    taken from the cache); its path can be given to other devices as ``library=``."""
+    from tessera.driver.verilator_pgo import training
+
+    if build_options is not None and not isinstance(build_options, BuildOptions):
+        raise DeviceError(f"build_options must be a BuildOptions, not {build_options!r}")
+    options = build_options or BuildOptions()
+    options = dataclasses.replace(options, trace=trace is not None,
+                                  pgo=options.pgo and trace is None)
+    try:
+        return build_harness_library(
+            _core_verilog(config) if verilog is None else verilog, config.mem_bus_bytes,
+            options=options, cache=Path(build_dir) if build_dir is not None else None,
+            training=training(config) if options.pgo else None)
+    except HwError as exc:
+        raise DeviceError(f"cannot build the Verilator model: {exc}") from exc
 
 
 def _core_verilog(config: Config) -> str:

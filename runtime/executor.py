@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from tessera.driver.base import Device
+from tessera.driver.base import Device, RunStats
 from tessera.errors import DeviceError, KernelError, ProgramError
 from tessera.isa import INSN_BYTES
 from tessera.runtime.builder import relocate
@@ -61,10 +61,12 @@ class Executor:
             device.write(self.addr[name], data)
         self.code: dict[int, tuple[int, int]] = {}
         self.code_bytes: dict[int, bytes] = {}
+        self.uop_addr: dict[int, int] = {}
         for k, step in enumerate(plan.steps):
             if step.kind != "accel":
                 continue
             uop = self._alloc(max(len(step.uop_words), 4))
+            self.uop_addr[k] = uop.addr
             if step.uop_words:
                 device.write(uop.addr, step.uop_words)
             try:
@@ -127,6 +129,12 @@ class Executor:
         self._bufs.append(buf)
         return buf
 
+    @property
+    def buffers(self) -> tuple:
+        """Every device buffer this executor allocated (arena, params, each accelerator step's
+        micro-ops and code), in allocation order: all the device memory a run can touch."""
+        return tuple(self._bufs)
+
     def close(self) -> None:
         for buf in self._bufs:
             self.dev.free(buf)
@@ -153,37 +161,68 @@ class Executor:
     def run(self, feeds: dict[str, np.ndarray], profile: bool = False,
             progress: bool = False, timeout_cycles: int | None = None
             ) -> tuple[list[np.ndarray], Profile | None]:
+        self.write_inputs(feeds)
+        layers = self.run_steps(0, len(self.plan.steps), profile=profile, progress=progress,
+                                timeout_cycles=timeout_cycles)
+        return self.read_outputs(), (self.profile_of(layers) if profile else None)
+
+    def write_inputs(self, feeds: dict[str, np.ndarray]) -> None:
+        """Write the graph inputs (checked feeds, by graph input name) into their slots."""
+        if self.dev.closed:
+            raise DeviceError(f"the {self.dev.kind} device of this executor is closed")
+        for name, slot in self.plan.inputs.items():
+            self.write_slot(slot, feeds[name])
+
+    def read_outputs(self) -> list[np.ndarray]:
+        """The graph outputs, in graph order, read from their slots."""
+        return [self.read_slot(self.plan.outputs[o]) for o in self.plan.outputs]
+
+    def profile_of(self, layers: list[LayerProfile]) -> Profile:
+        return Profile(self.dev.kind, self.cfg, layers, self._dram_timing())
+
+    def run_steps(self, start: int, stop: int, profile: bool = False, progress: bool = False,
+                  timeout_cycles: int | None = None,
+                  stats: dict[int, RunStats] | None = None,
+                  predicted: dict[int, int | None] | None = None) -> list[LayerProfile]:
+        """Run steps ``start .. stop-1`` on the device as it is; return their profile records
+        (empty unless ``profile``). ``stats``, when given, receives every accelerator step's
+        :class:`~tessera.driver.base.RunStats` by step index; ``predicted`` gives the cycle
+        model's cycles per accelerator step for the profile (else computed here)."""
         plan = self.plan
         if self.dev.closed:
             raise DeviceError(f"the {self.dev.kind} device of this executor is closed")
-        for name, slot in plan.inputs.items():
-            self.write_slot(slot, feeds[name])
         layers: list[LayerProfile] = []
         cpu = self.cpu
         bar = None
         if progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=len(plan.steps), desc="run", unit="step", file=sys.stderr,
+            bar = tqdm(total=stop - start, desc="run", unit="step", file=sys.stderr,
                        leave=False)
-        for k, step in enumerate(plan.steps):
+        for k in range(start, stop):
+            step = plan.steps[k]
             if not (profile or progress):  # the hot path
                 if k in cpu:
                     cpu[k]()
                 else:
                     addr, count = self.code[k]
-                    self.dev.run(addr, count, timeout_cycles)
+                    st = self.dev.run(addr, count, timeout_cycles)
+                    if stats is not None:
+                        stats[k] = st
                 continue
             t0 = time.perf_counter()
             if step.kind == "accel":
                 addr, count = self.code[k]
-                stats = self.dev.run(addr, count, timeout_cycles)
-                rec = LayerProfile(step.name, "accel", step.op, 0.0, stats.cycles,
+                st = self.dev.run(addr, count, timeout_cycles)
+                if stats is not None:
+                    stats[k] = st
+                rec = LayerProfile(step.name, "accel", step.op, 0.0, st.cycles,
                                    step.info.get("macs", 0), step.info.get("gemm_steps", 0),
-                                   dict(stats.counters), dict(step.info))
+                                   dict(st.counters), dict(step.info))
                 if profile:
                     rec.program = (self.code_bytes[k], addr, count)
-                    rec.predicted = self._predict(rec.program, stats.cycles)
+                    rec.predicted = (predicted[k] if predicted is not None
+                                     else self._predict(rec.program, st.cycles))
             else:
                 cpu[k]()
                 rec = LayerProfile(step.name, "cpu", step.info.get("op", "?"), 0.0,
@@ -196,9 +235,7 @@ class Executor:
                 bar.update()
         if bar is not None:
             bar.close()
-        outputs = [self.read_slot(plan.outputs[o]) for o in plan.outputs]
-        return outputs, (Profile(self.dev.kind, self.cfg, layers, self._dram_timing())
-                         if profile else None)
+        return layers
 
     def _dram_timing(self):
         """The device's DRAM knobs (fsim and verilator have them), else None."""

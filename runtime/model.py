@@ -39,6 +39,7 @@ class CompiledModel:
         self.meta = meta or {}
         self.quantized = quantized
         self._executors: dict[Any, tuple[Device, Executor, bool]] = {}
+        self.last_parallel = None  # the last workers > 1 run's ParallelRun
 
     @property
     def input_names(self) -> list[str]:
@@ -102,9 +103,25 @@ class CompiledModel:
 
     def run(self, feeds: Mapping[str, np.ndarray], device: str | Device = "fsim",
             profile: bool = False, progress: bool = False, timeout_cycles: int | None = None,
-            **device_options: Any):
-        """Outputs in graph order; with ``profile=True`` also a per-layer :class:`Profile`."""
+            workers: int = 1, **device_options: Any):
+        """Outputs in graph order; with ``profile=True`` also a per-layer :class:`Profile`.
+
+        ``workers=N`` (N > 1, ``device="verilator"`` only) simulates the RTL in N forked
+        processes at once, each running a contiguous segment of the steps from the functional
+        simulator's device memory at its start, and checks every segment's result against the
+        simulator's byte for byte and every layer's cycles against the cycle model; the outputs
+        and per-layer cycles are those of one sequential RTL run
+        (:mod:`tessera.runtime.parallel` gives the argument). ``last_parallel`` then holds the
+        run's segments and phase times.
+        """
         checked = self.check_feeds(feeds)
+        from tessera.runtime import parallel
+
+        n_accel = sum(1 for s in self.plan.steps if s.kind == "accel")
+        if parallel._check_workers(workers, device, n_accel, device_options, progress) > 1:
+            outs, prof = parallel.run_parallel(self, checked, workers, device, profile, progress,
+                                               timeout_cycles, device_options)
+            return (outs, prof) if profile else outs
         ex = self._executor(device, device_options)
         outs, prof = ex.run(checked, profile=profile, progress=progress,
                             timeout_cycles=timeout_cycles)
