@@ -199,6 +199,8 @@ def test_argument_errors(case):
         dev.close()
     with pytest.raises(InputError, match="waveform"):
         model.run(x, device="verilator", workers=2, trace="x.fst")
+    with pytest.raises(InputError, match="has no option 'bogus'"):
+        model.run(x, device="verilator", workers=2, bogus=1)
     with pytest.raises(InputError, match="progress"):
         model.run(x, device="verilator", workers=2, progress=True)
     with pytest.raises(InputError, match="input"):  # feeds are checked first, as on workers=1
