@@ -319,7 +319,8 @@ def resnet18_speed(cfg: Config, current: BuildOptions, workers: int, rounds: int
     print(f"ResNet-18 RTL speed: {statistics.median(p_wall):.2f} M cycles/s wall-clock with "
           f"{workers} worker processes on this machine ({os.cpu_count()} CPUs, load average "
           f"{load:.1f}) (target >= 1.5); one process {statistics.median(s_wall):.2f} M cycles/s "
-          f"wall, {statistics.median(s_cpu):.2f} M per CPU second ({label}); reference build "
+          f"wall ({statistics.median(p_wall) / statistics.median(s_wall):.2f}x), "
+          f"{statistics.median(s_cpu):.2f} M per CPU second ({label}); reference build "
           f"{rc / ru / 1e6:.2f} per CPU second "
           f"({statistics.median(s_cpu) / (rc / ru / 1e6):.2f}x); "
           f"issue 9 start {ISSUE_START / 1e6:.2f}; cycles equal: {cycles == rc}")

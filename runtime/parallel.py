@@ -68,7 +68,7 @@ from typing import Any
 import numpy as np
 
 from tessera import errors
-from tessera.driver import open_device
+from tessera.driver import device_options, open_device
 from tessera.errors import DeviceError, InputError
 from tessera.isa import (
     AluInsn,
@@ -159,6 +159,10 @@ def _check_workers(workers: object, device: object, n_accel: int,
     if device != "verilator":
         raise InputError(f"workers={w} runs the RTL: device must be 'verilator', not "
                          f"{device!r}")
+    unknown = sorted(set(options) - set(device_options("verilator")))
+    if unknown:  # before any fork: the children would each fail on it
+        raise InputError(f"device kind 'verilator' has no option {unknown[0]!r}; its options "
+                         f"are {', '.join(device_options('verilator'))}")
     if options.get("trace") is not None:
         raise InputError(f"workers={w} cannot write a waveform (trace=); run with workers=1")
     if progress:
