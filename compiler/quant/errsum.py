@@ -27,15 +27,14 @@ instead of five passes over a float64 buffer. Why the results are the same:
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
+
+from tessera.runtime.cpu.jit import IrKernels
 
 __all__ = ["add_error_sums", "supports"]
 
 _VERSION = "errsum-1"
-_lock = threading.Lock()
-_kernels: dict[str, object] = {}
+_kernels = IrKernels()
 _V = "<8 x double>"
 
 
@@ -228,17 +227,7 @@ def _ir(acc: str) -> str:
 
 
 def _kernel(acc: str):
-    fn = _kernels.get(acc)
-    if fn is None:
-        from tessera.runtime.cpu.jit import default_engine
-        with _lock:
-            fn = _kernels.get(acc)
-            if fn is None:
-                # hand-vectorised IR: code generation alone (no optimisation pipeline)
-                fn = default_engine().compile(_ir(acc), f"errsum_{acc}", 7,
-                                              description=f"{_VERSION} {acc}", optimise=False)
-                _kernels[acc] = fn
-    return fn
+    return _kernels.get(acc, lambda: (_ir(acc), f"errsum_{acc}", 7, f"{_VERSION} {acc}"))
 
 
 def _rows_ok(x: np.ndarray, dtype) -> bool:

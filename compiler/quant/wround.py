@@ -19,15 +19,14 @@ Why the results are the same:
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
+
+from tessera.runtime.cpu.jit import IrKernels
 
 __all__ = ["channel_absmax", "round_rows", "ready", "prepare"]
 
 _VERSION = "wround-1"
-_lock = threading.Lock()
-_kernels: dict[str, object] = {}
+_kernels = IrKernels()
 
 # The row loop both kernels share: row %r of %rows (ending at %exit; %tdone closes a row), its
 # float row %rowp at element %base of %w.
@@ -249,19 +248,10 @@ def _round_ir() -> str:
 
 
 def _kernel(name: str):
-    fn = _kernels.get(name)
-    if fn is None:
-        from tessera.runtime.cpu.jit import default_engine
-        with _lock:
-            fn = _kernels.get(name)
-            if fn is None:
-                ir, n_args = (_absmax_ir(), 3) if name == "wround_absmax" else (_round_ir(), 5)
-                # hand-vectorised IR: the optimisation pipeline would cost ~0.1 s of compile
-                # (cold cache) and gains nothing measurable; code generation alone ~0.02 s
-                fn = default_engine().compile(ir, name, n_args,
-                                              description=f"{_VERSION} {name}", optimise=False)
-                _kernels[name] = fn
-    return fn
+    # code generation alone ~0.02 s cold; the optimisation pipeline would cost ~0.1 s more
+    # and gains nothing measurable
+    ir, n_args = (_absmax_ir, 3) if name == "wround_absmax" else (_round_ir, 5)
+    return _kernels.get(name, lambda: (ir(), name, n_args, f"{_VERSION} {name}"))
 
 
 def ready() -> bool:

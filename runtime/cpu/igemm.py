@@ -39,6 +39,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from tessera.errors import KernelError
+from tessera.runtime.cpu.jit import IrKernels
 from tessera.runtime.scratch import scratch as _scratch
 
 __all__ = ["available", "disabled", "conv2d_cnhw", "matmul", "gemm", "stats", "IgemmStats",
@@ -205,25 +206,13 @@ def _ir(rb: int, vb: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-_kernels: dict[tuple[int, int], object] = {}
-_kernels_lock = threading.Lock()
+_kernels = IrKernels()
 
 
 def _kernel(rb: int, vb: int):
-    key = (rb, vb)
-    fn = _kernels.get(key)
-    if fn is None:
-        from tessera.runtime.cpu.jit import default_engine
-        with _kernels_lock:
-            fn = _kernels.get(key)
-            if fn is None:
-                # hand-scheduled IR: the optimisation pipeline would only cost compile time
-                # (a cold compile builds each blocking once: ~25 ms instead of ~60)
-                fn = default_engine().compile(_ir(rb, vb), f"igemm_r{rb}v{vb}", 5,
-                                              description=f"{_VERSION} rb={rb} vb={vb}",
-                                              optimise=False)
-                _kernels[key] = fn
-    return fn
+    # a cold compile builds each blocking once: ~25 ms (~60 with the optimisation pipeline)
+    return _kernels.get((rb, vb), lambda: (_ir(rb, vb), f"igemm_r{rb}v{vb}", 5,
+                                           f"{_VERSION} rb={rb} vb={vb}"))
 
 
 def _blocking(m: int) -> tuple[int, int]:

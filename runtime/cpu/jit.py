@@ -29,6 +29,7 @@ import os
 import tempfile
 import threading
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -297,6 +298,33 @@ class Engine:
 
 _default: Engine | None = None
 _default_lock = threading.Lock()
+
+
+class IrKernels:
+    """A module's hand-written IR kernels, each compiled once per process on first use and
+    shared by every thread (double-checked under one lock). The IR is already scheduled, so
+    only code generation runs (``Engine.compile(..., optimise=False)``): the optimisation
+    pipeline would only cost compile time on a cold cache."""
+
+    def __init__(self) -> None:
+        self._fns: dict[object, object] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._fns)
+
+    def get(self, key: object, build: Callable[[], tuple[str, str, int, str]]):
+        """The kernel for ``key``; ``build()`` gives its (IR, symbol, argument count,
+        description) the first time."""
+        fn = self._fns.get(key)
+        if fn is None:
+            with self._lock:
+                fn = self._fns.get(key)
+                if fn is None:
+                    ir, symbol, n_args, description = build()
+                    fn = self._fns[key] = default_engine().compile(
+                        ir, symbol, n_args, description=description, optimise=False)
+        return fn
 
 
 def default_engine() -> Engine:
