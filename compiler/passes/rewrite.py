@@ -147,7 +147,10 @@ def _fold_into_linear(g: Graph, lin: Node, scale: np.ndarray | None,
                       shift: np.ndarray | None, consts: dict[str, np.ndarray],
                       out_name: str) -> Node:
     """New conv/dense computing ``lin(x) * scale + shift`` into tensor ``out_name``."""
-    w = g.constants[lin.inputs[1]].astype(np.float32)
+    # one new weight array (the graph's constants are never written: no copy is made only
+    # to be copied again; the values are those of the copies)
+    w0 = g.constants[lin.inputs[1]]
+    w = w0.astype(np.float32, copy=False)
     b = g.constants[lin.input(2)].astype(np.float32) if lin.input(2) else \
         np.zeros(w.shape[0], np.float32)
     if scale is not None:
@@ -157,7 +160,8 @@ def _fold_into_linear(g: Graph, lin: Node, scale: np.ndarray | None,
         b = b + shift
     wn = g.fresh(f"{lin.inputs[1]}_folded")
     bn = g.fresh(f"{lin.name}_bias_folded")
-    consts[wn], consts[bn] = w.astype(np.float32), b.astype(np.float32)
+    consts[wn] = w.astype(np.float32, copy=w is w0)
+    consts[bn] = b.astype(np.float32)
     return lin.replace(inputs=(lin.inputs[0], wn, bn), outputs=(out_name,))
 
 
