@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +76,9 @@ def _default_opset(m: onnx.ModelProto) -> int | None:
     return next((o.version for o in m.opset_import if domain_of(o.domain) == ""), None)
 
 
+@lru_cache(maxsize=1024)
 def _schema(op: str, opset: int) -> onnx.defs.OpSchema | None:
+    """ONNX's schema of ``op`` at ``opset`` (memoised: a model asks per node, ~0.2 ms each)."""
     try:
         return onnx.defs.get_schema(op, opset, "")
     except onnx.defs.SchemaError:
