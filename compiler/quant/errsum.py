@@ -38,40 +38,29 @@ _kernels = IrKernels()
 _V = "<8 x double>"
 
 
-def _element(i: str, tag: str, acc: str) -> list[str]:
-    """IR computing scalar ``%e{tag}`` (err of term ``i``) from %z, %a, %u, %o."""
+def _terms(i: str, tag: str, acc: str, lanes: int) -> list[str]:
+    """IR computing the err of terms ``i .. i + lanes - 1`` from %z, %a and the divisor and
+    offset (%u, %o; their splats %uv, %ov for 8 lanes): ``%e{tag}`` and its square
+    ``%ee{tag}`` for one lane, ``%v{tag}`` and ``%vv{tag}`` for 8."""
+    vec = lanes > 1
+
+    def t(scalar: str) -> str:
+        return f"<{lanes} x {scalar}>" if vec else scalar
+    err, sq, u, o = ("v", "vv", "%uv", "%ov") if vec else ("e", "ee", "%u", "%o")
+    widen = (f"  %aw{tag} = sext {t(acc)} %ai{tag} to {t('i64')}" if acc == "i32" else
+             f"  %aw{tag} = add {t('i64')} %ai{tag}, {'zeroinitializer' if vec else 0}")
     return [
         f"  %zp{tag} = getelementptr float, ptr %z, i64 {i}",
-        f"  %zf{tag} = load float, ptr %zp{tag}, align 4",
-        f"  %zd{tag} = fpext float %zf{tag} to double",
-        f"  %q{tag} = fdiv double %zd{tag}, %u",
+        f"  %zf{tag} = load {t('float')}, ptr %zp{tag}, align 4",
+        f"  %zd{tag} = fpext {t('float')} %zf{tag} to {t('double')}",
+        f"  %q{tag} = fdiv {t('double')} %zd{tag}, {u}",
         f"  %ap{tag} = getelementptr {acc}, ptr %a, i64 {i}",
-        f"  %ai{tag} = load {acc}, ptr %ap{tag}, align 4",
-    ] + ([f"  %aw{tag} = sext i32 %ai{tag} to i64"] if acc == "i32"
-         else [f"  %aw{tag} = add i64 %ai{tag}, 0"]) + [
-        f"  %ad{tag} = sub i64 %aw{tag}, %o",
-        f"  %af{tag} = sitofp i64 %ad{tag} to double",
-        f"  %e{tag} = fsub double %q{tag}, %af{tag}",
-        f"  %ee{tag} = fmul double %e{tag}, %e{tag}",
-    ]
-
-
-def _vector(i: str, tag: str, acc: str) -> list[str]:
-    """IR computing ``%v{tag}`` = err of terms ``i .. i + 7`` and ``%vv{tag}`` its squares."""
-    vi = f"<8 x {acc}>"
-    return [
-        f"  %zp{tag} = getelementptr float, ptr %z, i64 {i}",
-        f"  %zf{tag} = load <8 x float>, ptr %zp{tag}, align 4",
-        f"  %zd{tag} = fpext <8 x float> %zf{tag} to {_V}",
-        f"  %q{tag} = fdiv {_V} %zd{tag}, %uv",
-        f"  %ap{tag} = getelementptr {acc}, ptr %a, i64 {i}",
-        f"  %ai{tag} = load {vi}, ptr %ap{tag}, align 4",
-    ] + ([f"  %aw{tag} = sext {vi} %ai{tag} to <8 x i64>"] if acc == "i32"
-         else [f"  %aw{tag} = add <8 x i64> %ai{tag}, zeroinitializer"]) + [
-        f"  %ad{tag} = sub <8 x i64> %aw{tag}, %ov",
-        f"  %af{tag} = sitofp <8 x i64> %ad{tag} to {_V}",
-        f"  %v{tag} = fsub {_V} %q{tag}, %af{tag}",
-        f"  %vv{tag} = fmul {_V} %v{tag}, %v{tag}",
+        f"  %ai{tag} = load {t(acc)}, ptr %ap{tag}, align 4",
+        widen,
+        f"  %ad{tag} = sub {t('i64')} %aw{tag}, {o}",
+        f"  %af{tag} = sitofp {t('i64')} %ad{tag} to {t('double')}",
+        f"  %{err}{tag} = fsub {t('double')} %q{tag}, %af{tag}",
+        f"  %{sq}{tag} = fmul {t('double')} %{err}{tag}, %{err}{tag}",
     ]
 
 
@@ -105,7 +94,7 @@ def _ir(acc: str) -> str:
         "  %smore = icmp slt i64 %si, %n",
         "  br i1 %smore, label %sbody, label %sdone",
         "sbody:",
-        *_element("%si", "s", acc),
+        *_terms("%si", "s", acc, 1),
         "  %s1.next = fadd double %s1, %es",
         "  %s2.next = fadd double %s2, %ees",
         "  %si.next = add i64 %si, 1",
@@ -122,7 +111,7 @@ def _ir(acc: str) -> str:
         f"  %uv = shufflevector {_V} %ub0, {_V} undef, <8 x i32> zeroinitializer",
         "  %ob0 = insertelement <8 x i64> undef, i64 %o, i64 0",
         "  %ov = shufflevector <8 x i64> %ob0, <8 x i64> undef, <8 x i32> zeroinitializer",
-        *_vector("0", "f", acc),
+        *_terms("0", "f", acc, 8),
         "  %rem = srem i64 %n, 8",
         "  %whole = sub i64 %n, %rem",
         "  br label %vloop",
@@ -133,7 +122,7 @@ def _ir(acc: str) -> str:
         "  %vmore = icmp slt i64 %vi, %whole",
         "  br i1 %vmore, label %vbody, label %vdone",
         "vbody:",
-        *_vector("%vi", "b", acc),
+        *_terms("%vi", "b", acc, 8),
         f"  %r1.next = fadd {_V} %r1, %vb",
         f"  %r2.next = fadd {_V} %r2, %vvb",
         "  %vi.next = add i64 %vi, 8",
@@ -149,7 +138,7 @@ def _ir(acc: str) -> str:
         "  %tmore = icmp slt i64 %ti, %n",
         "  br i1 %tmore, label %tbody, label %tdone",
         "tbody:",
-        *_element("%ti", "t", acc),
+        *_terms("%ti", "t", acc, 1),
         "  %t1.next = fadd double %t1, %et",
         "  %t2.next = fadd double %t2, %eet",
         "  %ti.next = add i64 %ti, 1",
