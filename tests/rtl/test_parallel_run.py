@@ -22,17 +22,22 @@ from tessera.runtime.model import CompiledModel
 pytestmark = pytest.mark.rtl
 
 
+def _compiled(proto, seed: int):
+    """``proto`` compiled for `default` on two seeded calibration batches, and one seeded
+    input."""
+    inp = proto.graph.input[0]
+    shape = [d.dim_value for d in inp.type.tensor_type.shape.dim]
+    rng = np.random.default_rng(seed)
+    cal = [{inp.name: rng.standard_normal(shape).astype(np.float32)} for _ in range(2)]
+    x = {inp.name: rng.standard_normal(shape).astype(np.float32)}
+    return tcompile(proto, config="default", calibration=cal), x
+
+
 @pytest.fixture(scope="module")
 def case():
     """resnet_tiny on `default` (11 accelerator layers), one seeded input, and its sequential
     RTL and fsim profiles."""
-    proto = zoo.resnet_tiny()
-    inp = proto.graph.input[0]
-    shape = [d.dim_value for d in inp.type.tensor_type.shape.dim]
-    rng = np.random.default_rng(11)
-    cal = [{inp.name: rng.standard_normal(shape).astype(np.float32)} for _ in range(2)]
-    x = {inp.name: rng.standard_normal(shape).astype(np.float32)}
-    model = tcompile(proto, config="default", calibration=cal)
+    model, x = _compiled(zoo.resnet_tiny(), seed=11)
     want_f, prof_f = model.run(x, device="fsim", profile=True)
     want_r, prof_r = model.run(x, device="verilator", profile=True)
     for a, b in zip(want_f, want_r, strict=True):
@@ -210,13 +215,7 @@ def test_argument_errors(case):
 @pytest.mark.slow
 def test_resnet18_two_workers_equal_sequential_rtl():
     """The bench's case (ResNet-18 224 on `default`, 7.47 M cycles): ~25 s."""
-    proto = zoo.resnet18()
-    inp = proto.graph.input[0]
-    shape = [d.dim_value for d in inp.type.tensor_type.shape.dim]
-    rng = np.random.default_rng(2)
-    cal = [{inp.name: rng.standard_normal(shape).astype(np.float32)} for _ in range(2)]
-    x = {inp.name: rng.standard_normal(shape).astype(np.float32)}
-    model = tcompile(proto, config="default", calibration=cal)
+    model, x = _compiled(zoo.resnet18(), seed=2)
     try:
         want, prof_r = model.run(x, device="verilator", profile=True)
         got, prof = model.run(x, device="verilator", workers=2, profile=True)
