@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from collections.abc import Mapping
 from typing import Any
 
 from tessera.config import Config
@@ -11,8 +12,8 @@ from tessera.driver.alloc import Buffer
 from tessera.driver.base import Device, RunStats
 from tessera.errors import DeviceError
 
-__all__ = ["open_device", "device_options", "Device", "Buffer", "RunStats", "DeviceError",
-           "BACKENDS"]
+__all__ = ["open_device", "device_options", "unknown_option", "Device", "Buffer", "RunStats",
+           "DeviceError", "BACKENDS"]
 
 # kind -> "module:ClassName"; imported on first use so that e.g. fsim never loads Verilator.
 BACKENDS: dict[str, str] = {
@@ -40,9 +41,18 @@ def device_options(kind: str) -> tuple[str, ...]:
 def open_device(kind: str, config: Config | str | None = None, **options: Any) -> Device:
     """A new, independent device of ``kind`` (``"fsim"``, ``"verilator"``, ``"soc-sim"``,
     ``"board"``) for ``config``; an option the backend does not take is a DeviceError."""
+    problem = unknown_option(kind, options)
+    if problem:
+        raise DeviceError(problem)
+    return _backend(kind)(Config.resolve(config), **options)
+
+
+def unknown_option(kind: str, options: Mapping[str, Any]) -> str | None:
+    """What is wrong with ``options`` for a device of ``kind`` (the first option its backend
+    does not take), or None."""
     known = device_options(kind)
     unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise DeviceError(f"device kind {kind!r} has no option {unknown[0]!r}; its options "
-                          f"are {', '.join(known) or 'none'}")
-    return _backend(kind)(Config.resolve(config), **options)
+    if not unknown:
+        return None
+    return (f"device kind {kind!r} has no option {unknown[0]!r}; its options are "
+            f"{', '.join(known) or 'none'}")

@@ -40,6 +40,8 @@ class CompiledModel:
         self.quantized = quantized
         self._executors: dict[Any, tuple[Device, Executor, bool]] = {}
         self.last_parallel = None  # the last workers > 1 run's ParallelRun
+        self._harness_libraries: dict = {}  # workers > 1: build key -> harness library
+        self._predicted_cycles: dict = {}  # workers > 1: fsim options -> step -> cycles
 
     @property
     def input_names(self) -> list[str]:
@@ -115,13 +117,14 @@ class CompiledModel:
         run's segments and phase times.
         """
         checked = self.check_feeds(feeds)
-        from tessera.runtime import parallel
+        if type(workers) is not int or workers != 1:  # checked there; None: it came to 1
+            from tessera.runtime import parallel
 
-        n_accel = sum(1 for s in self.plan.steps if s.kind == "accel")
-        if parallel._check_workers(workers, device, n_accel, device_options, progress) > 1:
-            outs, prof = parallel.run_parallel(self, checked, workers, device, profile, progress,
-                                               timeout_cycles, device_options)
-            return (outs, prof) if profile else outs
+            done = parallel.run_parallel(self, checked, workers, device, profile, progress,
+                                         timeout_cycles, device_options)
+            if done is not None:
+                outs, prof = done
+                return (outs, prof) if profile else outs
         ex = self._executor(device, device_options)
         outs, prof = ex.run(checked, profile=profile, progress=progress,
                             timeout_cycles=timeout_cycles)

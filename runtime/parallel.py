@@ -68,7 +68,7 @@ from typing import Any
 import numpy as np
 
 from tessera import errors
-from tessera.driver import device_options, open_device
+from tessera.driver import open_device, unknown_option
 from tessera.errors import DeviceError, InputError
 from tessera.isa import (
     AluInsn,
@@ -159,10 +159,9 @@ def _check_workers(workers: object, device: object, n_accel: int,
     if device != "verilator":
         raise InputError(f"workers={w} runs the RTL: device must be 'verilator', not "
                          f"{device!r}")
-    unknown = sorted(set(options) - set(device_options("verilator")))
-    if unknown:  # before any fork: the children would each fail on it
-        raise InputError(f"device kind 'verilator' has no option {unknown[0]!r}; its options "
-                         f"are {', '.join(device_options('verilator'))}")
+    problem = unknown_option("verilator", options)
+    if problem:  # before any fork: the children would each fail on it
+        raise InputError(problem)
     if options.get("trace") is not None:
         raise InputError(f"workers={w} cannot write a waveform (trace=); run with workers=1")
     if progress:
@@ -175,20 +174,22 @@ def _check_workers(workers: object, device: object, n_accel: int,
 
 def run_parallel(model: Any, feeds: dict[str, np.ndarray], workers: int, device: object,
                  profile: bool, progress: bool, timeout_cycles: int | None,
-                 options: dict[str, Any]) -> tuple[list[np.ndarray], Profile | None]:
+                 options: dict[str, Any]) -> tuple[list[np.ndarray], Profile | None] | None:
     """Run ``model`` (a :class:`~tessera.runtime.model.CompiledModel`) on ``workers`` Verilator
-    devices in parallel, exactly (module docstring); ``feeds`` are already checked."""
+    devices in parallel, exactly (module docstring); ``feeds`` are already checked. None
+    (nothing run) when ``workers`` is a valid 1: the caller runs the model itself."""
     plan: Plan = model.plan
     accel = [k for k, s in enumerate(plan.steps) if s.kind == "accel"]
     w = _check_workers(workers, device, len(accel), options, progress)
-    assert w > 1
+    if w == 1:
+        return None
     from tessera.driver.verilator import harness_library
 
     stats = model.last_parallel = ParallelRun()
     t0 = time.perf_counter()
     build_keys = ("trace", "build_dir", "build_options", "verilog")
     lib_key = tuple((k, repr(options.get(k))) for k in build_keys)
-    libs = model.__dict__.setdefault("_harness_libraries", {})
+    libs = model._harness_libraries
     library = options.get("library")
     if library is None:
         if lib_key not in libs:  # build (or find in the cache) once, before any fork
@@ -203,7 +204,7 @@ def run_parallel(model: Any, feeds: dict[str, np.ndarray], workers: int, device:
     # 1. split on the cycle model's cycles (they depend on the programs only: computed once),
     # then the seed pass on fsim, copying device memory at the boundaries
     fex: Executor = model._executor("fsim", fsim_options)
-    predicted = model.__dict__.setdefault("_predicted_cycles", {})
+    predicted = model._predicted_cycles
     pkey = tuple(sorted((k, repr(v)) for k, v in fsim_options.items()))
     if pkey not in predicted:
         predicted[pkey] = _predict(fex, accel)
@@ -251,11 +252,7 @@ def run_parallel(model: Any, feeds: dict[str, np.ndarray], workers: int, device:
             if j + 1 < w:
                 _tell(procs[j + 1][1], "start")
         else:
-            for k in accel:
-                if run_stats[k].cycles != expected[k]:
-                    raise DeviceError(f"step {k} ({plan.steps[k].name!r}): fsim ran it in "
-                                      f"{run_stats[k].cycles} cycles, the cycle model "
-                                      f"predicted {expected[k]}")
+            _check_cycles(plan, run_stats, expected, "fsim")
         t3 = time.perf_counter()
         stats.seed_seconds += t3 - t2
         pending = {conn: j for j, (_, conn) in enumerate(procs)}
@@ -410,7 +407,7 @@ def _worker(conn: Any, model: Any, job: _Job) -> None:
                               timeout_cycles=job.timeout_cycles, stats=run_stats,
                               predicted=job.expected)
         t3 = time.perf_counter()
-        _check_cycles(plan, run_stats, job.expected)
+        _check_cycles(plan, run_stats, job.expected, "the RTL")
         _expect(conn, "end")
         t4 = time.perf_counter()
         _compare(ex, job)
@@ -438,11 +435,12 @@ def _expect(conn: Any, word: str) -> None:
     assert msg == word, (msg, word)
 
 
-def _check_cycles(plan: Plan, got: dict, expected: dict[int, int]) -> None:
+def _check_cycles(plan: Plan, got: dict, expected: dict[int, int], who: str) -> None:
+    """Every accelerator step in ``got`` (step -> RunStats) ran in the cycle model's cycles."""
     for k, st in got.items():
         if st.cycles != expected[k]:
-            raise DeviceError(f"step {k} ({plan.steps[k].name!r}): the RTL took {st.cycles} "
-                              f"cycles, the cycle model (fsim's seed pass) {expected[k]}")
+            raise DeviceError(f"step {k} ({plan.steps[k].name!r}): {who} took {st.cycles} "
+                              f"cycles, the cycle model predicted {expected[k]}")
 
 
 def _compare(ex: Executor, job: _Job) -> None:
