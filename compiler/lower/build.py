@@ -25,7 +25,7 @@ from tessera.compiler.lower.cpu import make_cpu_op
 from tessera.compiler.lower.partition import targets_assigned
 from tessera.config import Config
 from tessera.errors import CompileError, ConfigError, ProgramError
-from tessera.isa import MemType, layout
+from tessera.isa import layout
 from tessera.runtime.accel import (
     ConvGeom,
     ConvShape,
@@ -45,7 +45,7 @@ from tessera.runtime.accel.group import (
     moved_group,
     plan_group,
 )
-from tessera.runtime.accel.layer import element_base
+from tessera.runtime.accel.layer import CONV_TENSORS, element_base
 from tessera.runtime.accel.requant import DeviceEpilogue, DevStep
 from tessera.runtime.accel.tiling import tune_conv2d
 from tessera.runtime.builder import CommandBuilder, relocate
@@ -264,11 +264,6 @@ class _Builder:
                           cycles, [n.name for n in nodes])
 
 
-_TENSORS = (("x", MemType.INP, "conv2d input"), ("w", MemType.WGT, "conv2d weights"),
-            ("y", MemType.OUT, "conv2d output"), ("consts", MemType.ACC, "conv2d constants"),
-            ("residual", MemType.ACC_8BIT, "conv2d residual"))
-
-
 def _structure(steps: tuple[DevStep, ...]) -> tuple:
     """An epilogue program with its immediates (plain int operands) left out."""
     return tuple((s.opcode, s.branch, s.operand.__class__ is int,
@@ -290,7 +285,7 @@ def _moved(cfg: Config, name: str, inputs: list[str], outputs: list[str], step: 
     the instruction fields or the address space hold (emission then raises the precise
     error)."""
     shifts = {}
-    for field, mt, what in _TENSORS:
+    for field, mt, what in CONV_TENSORS:
         new, old = getattr(addrs, field), getattr(at, field)
         if new is not None:
             shifts[mt] = element_base(cfg, new, mt, what) - element_base(cfg, old, mt, what)

@@ -57,8 +57,8 @@ from tessera.runtime.accel.layer import (
     LayerParams,
     LayerStats,
     const_slots,
+    conv_bases,
     device_epilogue,
-    element_base,
     layer_params,
 )
 from tessera.runtime.accel.requant import DeviceEpilogue
@@ -717,11 +717,7 @@ def emit_conv2d(b: CommandBuilder, shape: ConvShape, addrs: LayerAddrs,
     why = fits(cfg, g, t, prog)
     if why is not None:
         raise ProgramError(f"conv2d tiles {t} do not fit {cfg.summary()}: {why}")
-    e = _Bases(element_base(cfg, addrs.x, MemType.INP, "conv2d input"),
-               element_base(cfg, addrs.w, MemType.WGT, "conv2d weights"),
-               element_base(cfg, addrs.y, MemType.OUT, "conv2d output"),
-               element_base(cfg, addrs.consts, MemType.ACC, "conv2d constants"),
-               element_base(cfg, addrs.residual, MemType.ACC_8BIT, "conv2d residual"))
+    e = _Bases(*conv_bases(cfg, addrs))
     b.barrier()
     start = len(b.insns)
     imms: list[tuple[int, int]] = []  # pass j of a tile's epilogue is step j of prog

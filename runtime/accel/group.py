@@ -37,19 +37,20 @@ from tessera.runtime.accel.conv2d import (
     tile_list,
 )
 from tessera.runtime.accel.emitter import Tile, acc_plan, emit_tiles, thread_caps
-from tessera.runtime.accel.layer import LayerAddrs, LayerStats, device_epilogue, element_base
+from tessera.runtime.accel.layer import (
+    CONV_TENSORS,
+    LayerAddrs,
+    LayerStats,
+    conv_bases,
+    device_epilogue,
+    element_base,
+)
 from tessera.runtime.accel.requant import DeviceEpilogue
 from tessera.runtime.builder import CommandBuilder, Program, count_kinds, relocate
 from tessera.runtime.layout import ceil_div, pack_activation, unpack_activation
 
 __all__ = ["Member", "Measured", "group_fits", "plan_group", "measure_group", "moved_group",
            "emit_conv2d_group", "conv2d_group"]
-
-# each tensor of a member: the one memory type the group's stream moves it with
-_TYPES = {"x": (MemType.INP, "conv2d input"), "w": (MemType.WGT, "conv2d weights"),
-          "y": (MemType.OUT, "conv2d output"), "consts": (MemType.ACC, "conv2d constants"),
-          "residual": (MemType.ACC_8BIT, "conv2d residual")}
-
 
 @dataclass(frozen=True)
 class Member:
@@ -279,12 +280,12 @@ def moved_group(cfg, measured: Measured, members: list[Member]) -> bytes | None:
         if (m.shape, m.tiles, m.prog.steps, tuple(m.prog.vectors), m.prog.uniform) != (
                 at.shape, at.tiles, at.prog.steps, tuple(at.prog.vectors), at.prog.uniform):
             return None
-        for f in ("x", "w", "y", "consts", "residual"):
+        for f, mt, what in CONV_TENSORS:
             new, old = getattr(m.addrs, f), getattr(at.addrs, f)
             if (new is None) != (old is None):
                 return None
             if new is not None:
-                element_base(cfg, new, *_TYPES[f])  # emission's own check
+                element_base(cfg, new, mt, what)  # emission's own check
                 if regions.setdefault(old, (_WINDOW, new)) != (_WINDOW, new):
                     return None  # one measured tensor, two real ones
     code = measured.program.to_bytes(0)
@@ -335,11 +336,7 @@ def emit_conv2d_group(b: CommandBuilder, members: list[Member], *,
         if (m.addrs.consts is not None) != bool(m.prog.vectors):
             raise ProgramError("conv2d group: constant rows must be given exactly when the "
                                "member's epilogue has vector operands")
-        e = _Bases(element_base(cfg, m.addrs.x, MemType.INP, "conv2d input"),
-                   element_base(cfg, m.addrs.w, MemType.WGT, "conv2d weights"),
-                   element_base(cfg, m.addrs.y, MemType.OUT, "conv2d output"),
-                   element_base(cfg, m.addrs.consts, MemType.ACC, "conv2d constants"),
-                   element_base(cfg, m.addrs.residual, MemType.ACC_8BIT, "conv2d residual"))
+        e = _Bases(*conv_bases(cfg, m.addrs))
         lists.append(tile_list(cfg, g, t, e, m.prog, residual, co, wo))
     consts = tuple(ld for ts in lists for ld in ts[0].consts)
     merged = [replace(t, consts=consts) for t in _interleave(lists)]

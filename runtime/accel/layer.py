@@ -17,12 +17,13 @@ import numpy as np
 
 from tessera.config import Config
 from tessera.errors import ProgramError
-from tessera.isa import elem_bytes
+from tessera.isa import MemType, elem_bytes
 from tessera.runtime.accel.epilogue import Epilogue
 from tessera.runtime.accel.requant import DeviceEpilogue, acc_bounds, lower_epilogue
 from tessera.runtime.layout import ceil_div, pack_bias
 
-__all__ = ["LayerAddrs", "LayerStats", "LayerParams", "element_base", "channel_rows",
+__all__ = ["LayerAddrs", "LayerStats", "LayerParams", "element_base", "CONV_TENSORS",
+           "conv_bases", "channel_rows",
            "const_slots", "layer_params", "device_epilogue"]
 
 
@@ -79,6 +80,18 @@ def element_base(cfg: Config, addr: int | None, mem_type, what: str) -> int:
         raise ProgramError(f"{what} address must be a non-negative multiple of {eb} bytes, "
                            f"not {addr!r}")
     return int(addr) // eb
+
+
+CONV_TENSORS = (("x", MemType.INP, "conv2d input"), ("w", MemType.WGT, "conv2d weights"),
+                ("y", MemType.OUT, "conv2d output"), ("consts", MemType.ACC, "conv2d constants"),
+                ("residual", MemType.ACC_8BIT, "conv2d residual"))
+"""Each tensor of a conv layer (a :class:`LayerAddrs` field), the one memory type its stream
+moves it with, and its name in errors."""
+
+
+def conv_bases(cfg: Config, addrs: LayerAddrs) -> tuple[int, ...]:
+    """The DRAM element bases of ``addrs``' tensors, in :data:`CONV_TENSORS` order."""
+    return tuple(element_base(cfg, getattr(addrs, f), mt, what) for f, mt, what in CONV_TENSORS)
 
 
 def channel_rows(cfg: Config, values: np.ndarray, channels: int, what: str) -> np.ndarray:
