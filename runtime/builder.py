@@ -43,6 +43,7 @@ from tessera.isa import (
     elem_bytes,
     encode,
     extract,
+    insert,
     layout,
     to_bytes,
 )
@@ -161,8 +162,7 @@ def relocate(code: bytes, cfg: Config, uop_pcs: list[int], uop_addr: int,
     dram = f["dram_base"]
     if (new > dram.max).any():
         raise ProgramError("a relocated DRAM address does not fit the dram_base field")
-    mask = np.uint64(dram.mask << dram.lo)
-    words[:, 0] = (lo & ~mask) | (new.astype(np.uint64) << np.uint64(dram.lo))
+    insert(words, dram, new)
     return words.tobytes()
 
 

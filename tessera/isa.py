@@ -561,6 +561,17 @@ def extract(lo: np.ndarray, hi: np.ndarray, f: Field) -> np.ndarray:
     return v
 
 
+def insert(words: np.ndarray, f: Field, values, rows=slice(None)) -> None:
+    """Write field ``f`` of instructions ``rows`` of ``words`` (n x 2 uint64: low, high halves)
+    to ``values`` in place (two's complement for signed fields); the inverse of :func:`extract`.
+    The field must lie in one half (every field of the layouts does)."""
+    col, shift = (0, f.lo) if f.lo < 64 else (1, f.lo - 64)
+    assert shift + f.width <= 64, f
+    mask = np.uint64(f.mask << shift)
+    v = (np.asarray(values).astype(np.uint64) & np.uint64(f.mask)) << np.uint64(shift)
+    words[rows, col] = (words[rows, col] & ~mask) | v
+
+
 def extract_uops(words: np.ndarray, cfg: Config) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """dst, src and wgt indices of an array of uint32 micro-op words, as int64 arrays."""
     w = words.astype(np.int64)

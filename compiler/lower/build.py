@@ -25,7 +25,7 @@ from tessera.compiler.lower.cpu import make_cpu_op
 from tessera.compiler.lower.partition import targets_assigned
 from tessera.config import Config
 from tessera.errors import CompileError, ConfigError, ProgramError
-from tessera.isa import layout
+from tessera.isa import insert, layout
 from tessera.runtime.accel import (
     ConvGeom,
     ConvShape,
@@ -301,12 +301,7 @@ def _moved(cfg: Config, name: str, inputs: list[str], outputs: list[str], step: 
             return None
         words = np.frombuffer(code, "<u8").reshape(-1, 2).copy()
         pcs = np.array([pc for pc, _ in imm_pcs], np.int64)
-        vals = np.array([prog.steps[j].operand for _, j in imm_pcs], np.int64)
-        col, shift = (0, f.lo) if f.lo < 64 else (1, f.lo - 64)
-        assert shift + f.width <= 64  # the field lies in one 64-bit half
-        mask = np.uint64(f.mask << shift)
-        words[pcs, col] = ((words[pcs, col] & ~mask)
-                           | ((vals.astype(np.uint64) & np.uint64(f.mask)) << np.uint64(shift)))
+        insert(words, f, np.array([prog.steps[j].operand for _, j in imm_pcs], np.int64), pcs)
         code = words.tobytes()
     info = {**step.info, "counts": dict(step.info["counts"]), "tile": list(step.info["tile"])}
     return AccelStep(name, step.op, inputs, outputs, code, step.uop_words,
