@@ -203,7 +203,7 @@ def exact_splits(x_dtype: np.dtype, w: np.ndarray) -> list[int] | None:
 
 def packed_conv_weights(x_dtype, w: np.ndarray, groups: int = 1) -> igemm.ConvWeights | None:
     """``w`` packed once for several :func:`int_conv2d_cnhw` int32-lane calls on ``x_dtype``
-    inputs, or None where those calls do not take the VNNI kernel (then
+    inputs, or None where those calls do not take the int8 kernel (then
     :func:`exact_splits` is what they reuse)."""
     if igemm.supports_conv(np.empty(0, x_dtype), w, groups) is not None:
         return None
@@ -256,8 +256,8 @@ def int_matmul(a: np.ndarray, b: np.ndarray, dtype=np.int64,
     ``b.T``: longer chunks the weights allow), summed as integers; wider integers through
     float64 BLAS (exact while the sums stay below 2**53). Operands are converted one reduction
     chunk at a time (a large dense layer's weights are never copied whole). int32 lanes of
-    int8/uint8 x int8 operands come from the AVX-512 VNNI kernel where the host has it
-    (:mod:`tessera.runtime.cpu.igemm`; ``splits`` is then not needed)."""
+    int8/uint8 x int8 operands come from the int8 kernel where the host has one (AVX-512
+    VNNI or AVX2: :mod:`tessera.runtime.cpu.igemm`; ``splits`` is then not needed)."""
     if np.dtype(dtype) == np.int32 and a.ndim == 2 and b.ndim == 2:
         why = igemm.supports_matmul(a, b.T)
         if why is None:
@@ -295,8 +295,9 @@ def int_conv2d_cnhw(x: np.ndarray, w: np.ndarray, strides=(1, 1), pads=(0, 0, 0,
     out: no transposing copy; ``[:, i]`` is image ``i``'s output). ``dtype=np.int32`` gives
     the products wrapped to int32 lanes and ``splits`` the reduction chunks as
     :func:`int_matmul` takes them (:func:`exact_splits` of ``w``). int32 lanes of an
-    ungrouped int8/uint8 x int8 conv come from the AVX-512 VNNI kernel where the host has it
-    (:mod:`tessera.runtime.cpu.igemm`; ``packed``: :func:`packed_conv_weights` of ``w``)."""
+    ungrouped int8/uint8 x int8 conv come from the int8 kernel where the host has one
+    (AVX-512 VNNI or AVX2: :mod:`tessera.runtime.cpu.igemm`; ``packed``:
+    :func:`packed_conv_weights` of ``w``)."""
     if np.dtype(dtype) == np.int32:
         why = igemm.supports_conv(x, w, groups)
         if why is None:

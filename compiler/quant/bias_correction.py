@@ -16,9 +16,9 @@ a channel whose mean error is not clearly non-zero on the calibration data is ba
 Corrections apply before the next layer is measured, so downstream layers see corrected inputs.
 The layer's accumulator bound and epilogue are rebuilt for the new bias by the caller. Each
 layer's products are computed once per batch: they give the error statistics and the int8
-graph's output of the layer. The int8 products are exact integers: int32 lanes from the AVX-512
-VNNI kernel (:mod:`tessera.runtime.cpu.igemm`, each conv's weights packed once for all the
-batches) where the host has it, else float32 BLAS in exact reduction chunks
+graph's output of the layer. The int8 products are exact integers: int32 lanes from the int8
+kernel (AVX-512 VNNI or AVX2: :mod:`tessera.runtime.cpu.igemm`, each conv's weights packed once
+for all the batches) where the host has one, else float32 BLAS in exact reduction chunks
 (:func:`~tessera.compiler.reference.int_conv2d_cnhw`); the float
 products are the ones calibration computed on the same batches and kept
 (:func:`~tessera.compiler.quant.calibrate.collect`), so the float graph is not run again
@@ -70,11 +70,11 @@ def _int_products(op: str, xs: Sequence[np.ndarray], w: np.ndarray, attrs: Mappi
     k = int(np.prod(w.shape[1:]))
     dtype = np.int32 if reference.sums_fit_int32(xs[0].dtype, w.dtype, k) else np.int64
     packed = reference.packed_conv_weights(xs[0].dtype, w, attrs["groups"]) \
-        if op == "qconv2d" and dtype == np.int32 else None  # the VNNI kernel's, once
-    vnni = packed is not None or (op == "qdense" and dtype == np.int32
-                                  and igemm.supports_matmul(xs[0], w) is None)
+        if op == "qconv2d" and dtype == np.int32 else None  # the int8 kernel's, once
+    kernel = packed is not None or (op == "qdense" and dtype == np.int32
+                                    and igemm.supports_matmul(xs[0], w) is None)
     # long exact float32 chunks these weights allow (the float32 BLAS path's)
-    splits = None if vnni else reference.exact_splits(xs[0].dtype, w)
+    splits = None if kernel else reference.exact_splits(xs[0].dtype, w)
     if op == "qconv2d":
         # batches stacked (exact sums: the order is free) while their patches stay small:
         # fuller matrix products for the late, small layers
