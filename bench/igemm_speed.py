@@ -1,6 +1,8 @@
-"""The AVX-512 VNNI int8 kernel beside numpy float32 sgemm of the same product, in one run.
+"""The int8 kernel (AVX-512 VNNI or AVX2) beside numpy float32 sgemm of the same product.
 
-    python bench/igemm_speed.py [--quick]
+    python bench/igemm_speed.py [--quick]      # TESSERA_IGEMM=avx2: the AVX2 kernel on VNNI
+
+The first line names the instruction set the kernel ran on (:func:`igemm.available`).
 
 For each shape (VGG-19 / ResNet-18 convs as bias correction runs them, and VGG-19's fc6 over
 8 images): CPU ms (process_time, best of a few) and GMAC/s of
@@ -62,7 +64,7 @@ def conv_row(rng, name: str, c: int, h: int, o: int, k: int, s: int, reps: int) 
     m = fast.shape[1] * fast.shape[2] * fast.shape[3]
     q = packed.w4.shape[1]
     macs = o * c * k * k * m
-    x4 = rng.integers(0, 2**32, (q, igemm._cols_for(m)), dtype=np.uint32)
+    x4 = rng.integers(0, 2**32, (q, igemm._cols_for(m, igemm.available())), dtype=np.uint32)
     out = np.empty((o, m), np.int32)
     t_kernel = cpu_time(lambda: igemm.gemm(x4, m, packed.w4, packed.corr, out), reps)
     a32 = rng.standard_normal((o, c * k * k), dtype=np.float32)
@@ -82,8 +84,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer shapes and repetitions")
     args = ap.parse_args()
-    if not igemm.available():
-        raise SystemExit("igemm_speed: this host has no AVX-512 VNNI (or TESSERA_IGEMM=0)")
+    isa = igemm.available()
+    if isa is None:
+        raise SystemExit("igemm_speed: this host has no AVX-512 VNNI or AVX2 (or "
+                         "TESSERA_IGEMM=0)")
+    print(f"kernel: {isa}")
     reps = 2 if args.quick else 5
     rng = np.random.default_rng(0)
     convs = CONVS[3:5] if args.quick else CONVS
