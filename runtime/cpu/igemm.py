@@ -58,6 +58,7 @@ _PER_WORD = {"avx512vnni": 4, "avx2": 2}  # reduction elements in one 32-bit wor
 _ELEMENT = {"avx512vnni": np.uint8, "avx2": np.int16}  # how an activation sits in its word
 _WEIGHT_BLOCK = 1 << 21  # bytes of weight words a dense layer packs at a time
 _Q_BLOCK = {"avx512vnni": None, "avx2": 512}  # reduction words per kernel call (None: all)
+_Q_SPLIT = 1 << 20  # bytes of x4 from which the reduction is split into those blocks
 _local = threading.local()
 _host: tuple[str, ...] | None = None
 _host_lock = threading.Lock()
@@ -177,11 +178,11 @@ def _cols_for(m: int, isa: str) -> int:
 
 
 def _ldx(m: int, isa: str) -> int:
-    """The row length ``x4`` is given: :func:`_cols_for`, plus a cache line where that is an
-    even number of them (rows a multiple of 4 KB apart all fall in one L1 set: a block's
-    strip of rows would not stay in L1)."""
+    """The row length ``x4`` is given: :func:`_cols_for`, plus a cache line where rows would
+    be a multiple of 1 KB apart (a block's strip of rows would fall in at most 4 of the 64 L1
+    sets; rows 4 KB apart all in one)."""
     cols = _cols_for(m, isa)
-    return cols + 16 if cols % 32 == 0 else cols
+    return cols + 16 if cols % 256 == 0 else cols
 
 
 def _check(x4: np.ndarray, m: int, w4: np.ndarray, corr: np.ndarray, out: np.ndarray,
@@ -204,15 +205,15 @@ def _check(x4: np.ndarray, m: int, w4: np.ndarray, corr: np.ndarray, out: np.nda
 def _launch(x4: np.ndarray, m: int, w4: np.ndarray, corr: np.ndarray, out: np.ndarray,
             isa: str) -> None:
     """The kernel on checked operands; on AVX2 a block of ``_Q_BLOCK`` reduction words at a
-    time when there are more (the blocks' int32 lanes are added, wrapping as the
-    accumulators do). The rows of a large ``x4`` are pages apart: with 4 KB pages (as in a compile:
-    :func:`~tessera.runtime.scratch.small_pages`) a whole reduction's strip and weights
-    overflow the TLB (VGG-19's conv4 at 12 GMAC/s instead of 32)."""
+    time when ``x4`` is larger than ``_Q_SPLIT`` (the blocks' int32 lanes are added, wrapping
+    as the accumulators do): with 4 KB pages (as in a compile:
+    :func:`~tessera.runtime.scratch.small_pages`) a whole reduction's strip of a large ``x4``
+    and its weights overflow the TLB (VGG-19's conv4 at 12 GMAC/s instead of 32)."""
     fn = _kernel(isa, *_blocking(m, isa))
     q, ldx = x4.shape
     o, ldw = w4.shape
     ldo = out.shape[1]
-    qb = _Q_BLOCK[isa] if _Q_BLOCK[isa] and ldx >= 256 else q  # (rows 1 KB apart or more)
+    qb = _Q_BLOCK[isa] if _Q_BLOCK[isa] and 4 * q * ldx > _Q_SPLIT else q
     zero = np.zeros(o, np.int32) if qb < q else corr
     part = _scratch("igemm_part", (o, ldo), np.int32) if qb < q else out
     for q0 in range(0, q, qb):
