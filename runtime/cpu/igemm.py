@@ -95,12 +95,16 @@ def available() -> str | None:
     """The instruction set the kernel runs on here (``"avx512vnni"`` or ``"avx2"``: the first
     of :func:`host_isas`, or the one ``TESSERA_IGEMM`` names if the host has it), or None:
     no such instruction set, ``TESSERA_IGEMM=0``, or inside a :func:`disabled` block of this
-    thread."""
+    thread. Any other ``TESSERA_IGEMM`` value (``1`` or empty: the host's first) is a
+    :class:`~tessera.errors.KernelError`."""
     if getattr(_local, "off", 0):
         return None
     want = os.environ.get("TESSERA_IGEMM", "1")
     if want == "0":
         return None
+    if want not in ("1", "", *ISAS):
+        raise KernelError(f"TESSERA_IGEMM={want!r}: expected 0 (the float32 BLAS path), 1 "
+                          f"(the host's first int8 kernel) or one of {', '.join(ISAS)}")
     host = host_isas()
     if want in ISAS:
         return want if want in host else None

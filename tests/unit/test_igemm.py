@@ -251,3 +251,11 @@ def test_the_two_kernels_have_their_own_names_and_cache_keys():
     assert len({igemm._VERSIONS[i] for i in igemm.ISAS}) == 2
     with pytest.raises(ValueError, match="isa must be one of"):
         igemm_ir.ir("sse2", 1, 1)
+
+
+def test_an_unknown_tessera_igemm_value_is_an_error(monkeypatch):
+    monkeypatch.setenv("TESSERA_IGEMM", "avx512")
+    with pytest.raises(KernelError, match=r"TESSERA_IGEMM='avx512': expected 0 .* avx2"):
+        igemm.available()
+    monkeypatch.setenv("TESSERA_IGEMM", "")
+    assert igemm.available() == (igemm.host_isas() or (None,))[0]
