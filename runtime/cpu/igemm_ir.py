@@ -60,6 +60,15 @@ def _mac(isa: str, v: str, i: int, j: int) -> list[str]:
             f"  %n{i}_{j} = add {v} %a{i}_{j}, %p{i}_{j}"]
 
 
+def _row_setup(v: str, p: str, row: str, i: int) -> list[str]:
+    """``%{p}cb{i}``: ``corr[row]`` in every lane; ``%{p}orow{i}``: the output row ``row``."""
+    return [f"  %{p}cp{i} = getelementptr i32, ptr %corr, i64 {row}",
+            f"  %{p}cs{i} = load i32, ptr %{p}cp{i}",
+            *_splat(v, f"{p}cbi{i}", f"{p}cb{i}", f"%{p}cs{i}"),
+            f"  %{p}oo{i} = mul i64 {row}, %ldo",
+            f"  %{p}orow{i} = getelementptr i32, ptr %out, i64 %{p}oo{i}"]
+
+
 def _masked_store(v: str, lanes_n: int, rb: int, vb: int) -> list[str]:
     """``out[r{i}, m0 + L j:][:L] = n{i}_{j} + corr[r{i}]`` where in range (masked stores)."""
     lines: list[str] = []
@@ -72,11 +81,7 @@ def _masked_store(v: str, lanes_n: int, rb: int, vb: int) -> list[str]:
                   f"  %idx{j} = add {v} %mjs{j}, <{lanes}>",
                   f"  %mk{j} = icmp slt {v} %idx{j}, %msplat"]
     for i in range(rb):
-        lines += [f"  %cp{i} = getelementptr i32, ptr %corr, i64 %r{i}",
-                  f"  %cs{i} = load i32, ptr %cp{i}",
-                  *_splat(v, f"cbi{i}", f"cb{i}", f"%cs{i}"),
-                  f"  %oo{i} = mul i64 %r{i}, %ldo",
-                  f"  %orow{i} = getelementptr i32, ptr %out, i64 %oo{i}"]
+        lines += _row_setup(v, "", f"%r{i}", i)
         for j in range(vb):
             lines += [f"  %s{i}_{j} = add {v} %n{i}_{j}, %cb{i}",
                       f"  %sm{i}_{j} = select i1 %rc{i}, {mask} %mk{j}, "
@@ -169,11 +174,7 @@ def ir(isa: str, rb: int, vb: int) -> str:
                   "  br i1 %full, label %store_full, label %store_edge",
                   "store_full:"]
         for i in range(rb):
-            lines += [f"  %fcp{i} = getelementptr i32, ptr %corr, i64 %ri{i}",
-                      f"  %fcs{i} = load i32, ptr %fcp{i}",
-                      *_splat(v, f"fcbi{i}", f"fcb{i}", f"%fcs{i}"),
-                      f"  %foo{i} = mul i64 %ri{i}, %ldo",
-                      f"  %forow{i} = getelementptr i32, ptr %out, i64 %foo{i}"]
+            lines += _row_setup(v, "f", f"%ri{i}", i)
             for j in range(vb):
                 lines += [f"  %fs{i}_{j} = add {v} %n{i}_{j}, %fcb{i}",
                           f"  %fmj{i}_{j} = add i64 %m0, {lanes_n * j}",
