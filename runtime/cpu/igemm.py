@@ -153,10 +153,7 @@ _kernels = IrKernels()
 
 def _kernel(isa: str, rb: int, vb: int):
     # a cold compile builds each blocking once: ~25 ms (~60 with the optimisation pipeline)
-    if isa == "avx512vnni":  # the description the VNNI kernel has always been cached under
-        desc = f"{_VERSIONS[isa]} rb={rb} vb={vb}"
-    else:
-        desc = f"{_VERSIONS[isa]} {isa} rb={rb} vb={vb}"
+    desc = f"{_VERSIONS[isa]} rb={rb} vb={vb}"  # the versions differ per instruction set
     return _kernels.get((isa, rb, vb), lambda: (igemm_ir.ir(isa, rb, vb),
                                                 igemm_ir.symbol(isa, rb, vb), 5, desc))
 
