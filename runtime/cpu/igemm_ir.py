@@ -15,13 +15,13 @@ width differ:
 ``o < O, m < M``: ``RB`` output rows (their weight words broadcast from memory) by ``VB``
 vectors of positions, ``RB * VB`` accumulators per word step, sizes in an int64 array. The IR
 is scheduled by hand (built without the optimisation pipeline). The AVX2 kernel also prefetches
-the activation rows two blocks ahead and stores whole blocks with plain stores (AVX2's masked
+the activations (a distance the caller gives) and stores whole blocks with plain stores (AVX2's masked
 stores, ``vpmaskmovd``, only at the edges: on Zen 3 they made a 32-word reduction 2.7x slower).
 """
 
 from __future__ import annotations
 
-__all__ = ["ISAS", "LANES", "ir", "symbol"]
+__all__ = ["ISAS", "LANES", "ir", "symbol", "panels_ir", "PANEL_SYMBOL"]
 
 ISAS = ("avx512vnni", "avx2")
 LANES = {"avx512vnni": 16, "avx2": 8}
@@ -94,8 +94,11 @@ def _masked_store(v: str, lanes_n: int, rb: int, vb: int) -> list[str]:
 
 def ir(isa: str, rb: int, vb: int) -> str:
     """LLVM IR of ``symbol(isa, rb, vb)(x4, w4, corr, out, dims)``: dims = (M, ldx, O, Q,
-    ldw, ldo) as int64. ``out[o, m] = corr[o] + sum_q dot(x4[q, m], w4[o, q])`` for ``o < O,
-    m < M`` (int32, wrapping); reads ``x4[q, :ceil(M / (L vb)) * L vb]`` (``L`` lanes)."""
+    ldw, ldo, ldb, pfd) as int64. ``out[o, m] = corr[o] + sum_q dot(x4[q, m], w4[o, q])`` for
+    ``o < O, m < M`` (int32, wrapping), where the ``L vb`` words of block ``b`` (``L`` lanes)
+    at reduction step ``q`` start at word ``q * ldx + b * ldb`` of ``x4`` (rows: ``ldb = L
+    vb``; panels: ``ldx = L vb``, ``ldb = Q L vb``); the AVX2 kernel prefetches ``pfd`` words
+    ahead of each step's."""
     if isa not in ISAS:
         raise ValueError(f"isa must be one of {ISAS}, not {isa!r}")
     lanes_n = LANES[isa]
@@ -108,7 +111,7 @@ def ir(isa: str, rb: int, vb: int) -> str:
         "ptr noalias %out, ptr noalias %dims) {",
         "entry:",
     ]
-    for k, d in enumerate(("m", "ldx", "o", "q", "ldw", "ldo")):
+    for k, d in enumerate(("m", "ldx", "o", "q", "ldw", "ldo", "ldb", "pfd")):
         lines += [f"  %pd{k} = getelementptr i64, ptr %dims, i64 {k}",
                   f"  %{d} = load i64, ptr %pd{k}"]
     lines += [
@@ -123,6 +126,7 @@ def ir(isa: str, rb: int, vb: int) -> str:
         "mb_head:",
         "  %mb = phi i64 [0, %entry], [%mb_next, %mb_tail]",
         f"  %m0 = mul i64 %mb, {cols}",
+        "  %xb = mul i64 %mb, %ldb",
         "  br label %ob_head",
         "ob_head:",
         "  %ob = phi i64 [0, %mb_head], [%ob_next, %ob_tail]",
@@ -140,9 +144,9 @@ def ir(isa: str, rb: int, vb: int) -> str:
         for j in range(vb):
             lines.append(f"  %a{i}_{j} = phi {v} [zeroinitializer, %ob_head], "
                          f"[%n{i}_{j}, %q_loop]")
-    lines += ["  %xq = mul i64 %qi, %ldx", "  %xm = add i64 %xq, %m0"]
-    if isa == "avx2":  # the rows are pages apart: no hardware prefetch; two blocks ahead
-        lines += [f"  %pfo = add i64 %xm, {2 * cols}",
+    lines += ["  %xq = mul i64 %qi, %ldx", "  %xm = add i64 %xq, %xb"]
+    if isa == "avx2":  # a software prefetch %pfd words ahead
+        lines += ["  %pfo = add i64 %xm, %pfd",
                   "  %pfp = getelementptr i32, ptr %x, i64 %pfo",
                   "  call void @llvm.prefetch.p0(ptr %pfp, i32 0, i32 3, i32 1)"]
     for j in range(vb):
@@ -193,4 +197,90 @@ def ir(isa: str, rb: int, vb: int) -> str:
               "done:",
               "  ret void",
               "}"]
+    return "\n".join(lines) + "\n"
+
+
+PANEL_SYMBOL = "igemm_avx2_panels"
+_ALL = "<" + ", ".join(["i32 -1"] * 8) + ">"  # every lane
+
+
+def panels_ir() -> str:
+    """LLVM IR of ``igemm_avx2_panels(x, base, off, out, dims)``, dims = (B, Q) as int64: the
+    AVX2 kernel's activation panels straight from the padded input words ``x`` (an im2col by
+    ``vpgatherdd``), ``out[b, q, j] = x[base[16 b + j] + off[q]]`` for ``b < B, q < Q, j <
+    16`` (``base``: int32 word offset of each output position's window, ``off``: of each
+    reduction word within a window; ``out`` (B, Q, 16) uint32 words, ``base`` 16 B long)."""
+    v = "<8 x i32>"
+    lines = [
+        f"declare {v} @llvm.x86.avx2.gather.d.d.256({v}, ptr, {v}, {v}, i8 immarg)",
+        "define void @igemm_avx2_panels(ptr noalias %x, ptr noalias %base, ptr noalias %off, "
+        "ptr noalias %out, ptr noalias %dims) {",
+        "entry:",
+        "  %nb = load i64, ptr %dims",
+        "  %pq = getelementptr i64, ptr %dims, i64 1",
+        "  %q = load i64, ptr %pq",
+        "  br label %b_head",
+        "b_head:",
+        "  %b = phi i64 [0, %entry], [%b_next, %b_tail]",
+        "  %b16 = mul i64 %b, 16",
+        "  %bp0 = getelementptr i32, ptr %base, i64 %b16",
+        f"  %i0 = load {v}, ptr %bp0, align 4",
+        "  %bp1 = getelementptr i32, ptr %bp0, i64 8",
+        f"  %i1 = load {v}, ptr %bp1, align 4",
+        "  %row = mul i64 %b16, %q",
+        "  %orow = getelementptr i32, ptr %out, i64 %row",
+        # a block of 16 consecutive words (one output row, unit stride): plain loads
+        "  %first = load i32, ptr %bp0",
+        "  %lp = getelementptr i32, ptr %bp0, i64 15",
+        "  %last = load i32, ptr %lp",
+        "  %span = sub i32 %last, %first",
+        "  %runs = icmp eq i32 %span, 15",
+        "  %fx = sext i32 %first to i64",
+        "  %xrun = getelementptr i32, ptr %x, i64 %fx",
+        "  br i1 %runs, label %c_loop, label %q_loop",
+        "c_loop:",
+        "  %ci = phi i64 [0, %b_head], [%c_next, %c_loop]",
+        "  %cop = getelementptr i32, ptr %off, i64 %ci",
+        "  %co = load i32, ptr %cop",
+        "  %cox = sext i32 %co to i64",
+        "  %cp0 = getelementptr i32, ptr %xrun, i64 %cox",
+        f"  %c0 = load {v}, ptr %cp0, align 4",
+        "  %cp1 = getelementptr i32, ptr %cp0, i64 8",
+        f"  %c1 = load {v}, ptr %cp1, align 4",
+        "  %cw16 = mul i64 %ci, 16",
+        "  %cd0 = getelementptr i32, ptr %orow, i64 %cw16",
+        f"  store {v} %c0, ptr %cd0, align 4",
+        "  %cd1 = getelementptr i32, ptr %cd0, i64 8",
+        f"  store {v} %c1, ptr %cd1, align 4",
+        "  %c_next = add i64 %ci, 1",
+        "  %c_more = icmp ult i64 %c_next, %q",
+        "  br i1 %c_more, label %c_loop, label %b_tail",
+        "q_loop:",
+        "  %qi = phi i64 [0, %b_head], [%q_next, %q_loop]",
+        "  %op = getelementptr i32, ptr %off, i64 %qi",
+        "  %o = load i32, ptr %op",
+        f"  %os0 = insertelement {v} poison, i32 %o, i32 0",
+        f"  %os = shufflevector {v} %os0, {v} poison, {v} zeroinitializer",
+        f"  %j0 = add {v} %i0, %os",
+        f"  %j1 = add {v} %i1, %os",
+        f"  %g0 = call {v} @llvm.x86.avx2.gather.d.d.256({v} zeroinitializer, ptr %x, "
+        f"{v} %j0, {v} {_ALL}, i8 4)",
+        f"  %g1 = call {v} @llvm.x86.avx2.gather.d.d.256({v} zeroinitializer, ptr %x, "
+        f"{v} %j1, {v} {_ALL}, i8 4)",
+        "  %w16 = mul i64 %qi, 16",
+        "  %dp0 = getelementptr i32, ptr %orow, i64 %w16",
+        f"  store {v} %g0, ptr %dp0, align 4",
+        "  %dp1 = getelementptr i32, ptr %dp0, i64 8",
+        f"  store {v} %g1, ptr %dp1, align 4",
+        "  %q_next = add i64 %qi, 1",
+        "  %q_more = icmp ult i64 %q_next, %q",
+        "  br i1 %q_more, label %q_loop, label %b_tail",
+        "b_tail:",
+        "  %b_next = add i64 %b, 1",
+        "  %b_more = icmp ult i64 %b_next, %nb",
+        "  br i1 %b_more, label %b_head, label %done",
+        "done:",
+        "  ret void",
+        "}",
+    ]
     return "\n".join(lines) + "\n"

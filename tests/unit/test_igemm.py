@@ -72,7 +72,7 @@ def test_conv_lanes_equal_the_wrapped_exact_products(isa, case, x_dtype):
 
 @pytest.mark.parametrize("x_dtype", [np.int8, np.uint8])
 def test_reduction_blocks_add_up_to_the_whole_product(isa, x_dtype, monkeypatch):
-    # the kernel runs a few reduction words at a time
+    # the kernel runs a few reduction words at a time (rows layout: dense layers, VNNI convs)
     monkeypatch.setitem(igemm._Q_BLOCK, isa, 5)
     monkeypatch.setattr(igemm, "_Q_SPLIT", 0)
     rng = np.random.default_rng(11 + (x_dtype == np.int8))
@@ -81,6 +81,35 @@ def test_reduction_blocks_add_up_to_the_whole_product(isa, x_dtype, monkeypatch)
         w = _values(rng, np.int8, (11, 13, 3, 3), extreme)
         geo = ((1, 1), (1, 1, 1, 1), (1, 1))
         np.testing.assert_array_equal(igemm.conv2d_cnhw(x, w, *geo), _wrapped_conv(x, w, *geo))
+        a = _values(rng, x_dtype, (37, 130), extreme)  # Q = 33 or 65 words
+        wd = _values(rng, np.int8, (11, 130), extreme)
+        np.testing.assert_array_equal(igemm.matmul(a, wd), reference.wrap32(
+            a.astype(np.int64) @ wd.astype(np.int64).T))
+
+
+@pytest.mark.parametrize("m", [9, 16, 50, 161])
+def test_panels_give_the_rows_layouts_products(isa, m):
+    # the same activations as (Q, ldx) rows and as (B, Q, cols) panels
+    rng = np.random.default_rng(m)
+    cols = igemm_ir.LANES[isa] * igemm._blocking(m, isa)[1]
+    nb, q, o = -(-m // cols), 7, 13
+    g = 4 if isa == "avx512vnni" else 2
+    dt = np.uint8 if g == 4 else np.int16
+    hi = 256 if g == 4 else 128
+    rows = rng.integers(-128 if g == 2 else 0, hi, (q, nb * cols, g)).astype(dt).view(
+        np.uint32)[..., 0]
+    w4 = rng.integers(-128, 128, (o, q, g)).astype(np.int8 if g == 4 else np.int16).view(
+        np.uint32)[..., 0]
+    corr = rng.integers(-1000, 1000, o).astype(np.int32)
+    panels = np.ascontiguousarray(rows.reshape(q, nb, cols).transpose(1, 0, 2))
+    want, got = np.zeros((o, m), np.int32), np.zeros((o, m), np.int32)
+    igemm.gemm(np.ascontiguousarray(rows), m, np.ascontiguousarray(w4), corr, want)
+    igemm.gemm(panels, m, np.ascontiguousarray(w4), corr, got)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(want, reference.wrap32(
+        _dot_words(isa, np.ascontiguousarray(rows), w4, m) + corr[:, None]))
+    with pytest.raises(KernelError, match="inconsistent shapes"):
+        igemm.gemm(panels[:, :, :cols // 2].copy(), m, np.ascontiguousarray(w4), corr, got)
 
 
 def test_sums_beyond_int32_wrap_as_the_accumulator(isa):
@@ -235,7 +264,9 @@ def test_the_kernel_is_built_without_the_ir_pipeline_and_cached_apart(isa, tmp_p
     outs = []
     for fn in (raw, opt):
         out = np.zeros((7, 50), np.int32)
-        fn(x4, w4, np.arange(7, dtype=np.int32), out, np.array([50, 64, 7, 3, 3, 50], np.int64))
+        cols = igemm_ir.LANES[isa] * vb  # rows 64 words apart, blocks `cols` apart
+        fn(x4, w4, np.arange(7, dtype=np.int32), out,
+           np.array([50, 64, 7, 3, 3, 50, cols, 2 * cols], np.int64))
         outs.append(out)
     want = _dot_words(isa, x4, w4, 50) + np.arange(7)[:, None]
     np.testing.assert_array_equal(outs[0], reference.wrap32(want))
