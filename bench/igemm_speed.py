@@ -7,7 +7,8 @@ The first line names the instruction set the kernel ran on (:func:`igemm.availab
 For each shape (VGG-19 / ResNet-18 convs as bias correction runs them, and VGG-19's fc6 over
 8 images): CPU ms (process_time, best of a few) and GMAC/s of
 
-- ``kernel``: :func:`tessera.runtime.cpu.igemm.gemm` on already packed operands;
+- ``kernel``: :func:`tessera.runtime.cpu.igemm.gemm` on already packed operands (the rows
+  layout; AVX2 convs run on panels, in the ``conv`` column);
 - ``sgemm``: ``np.matmul`` of the same (O, K) x (K, M) product in float32 (one BLAS call,
   which is exact only for short reductions: the comparison of raw MAC rates);
 - ``conv`` / ``dense`` with ``--layers``-style operands: the whole int32-lane product as bias

@@ -21,8 +21,9 @@ Layouts (the reduction order of an exact sum is free), ``G`` elements per word:
   accumulates at once has its whole reduction strip contiguous. AVX2 convs take panels,
   gathered from the padded words by a second kernel (``vpgatherdd``, plain loads where a
   block is one run of an output row): the rows layout puts every reduction word of a strip
-  on its own 4 KB page (measured on seven VGG-19 / ResNet-18 conv shapes, Zen 3, whole
-  conv: 1.1-1.4x faster, ``python bench/igemm_speed.py``);
+  on its own 4 KB page. Measured (Zen 3, one process alternating the layouts, median of 7):
+  the whole conv 1.14-1.38x faster on seven VGG-19 / ResNet-18 3x3 shapes, 0.92x on a 1x1
+  stride-2 one (0.6 ms);
 - weights ``W4[O, ldw]`` words in the same reduction order (a dense layer's int8 rows as they
   are on VNNI when K is a multiple of 4; else packed a block of rows at a time).
 
