@@ -51,7 +51,7 @@ from tessera.runtime.deps import Module, check_tokens_encoded, module_of, noop, 
 from tessera.runtime.uop_cache import MicroKernel, UopCache
 
 __all__ = ["CommandBuilder", "Program", "Module", "BuilderStats", "insn_kind", "count_kinds",
-           "relocate"]
+           "data_moves", "relocate"]
 
 
 @dataclass
@@ -90,6 +90,24 @@ class Program:
         return _encoded_kinds(code, self.config)
 
 
+def data_moves(lo: np.ndarray, hi: np.ndarray, cfg: Config,
+               uop_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For the instruction words ``lo, hi`` of an encoded stream: which instructions move data
+    (a LOAD or STORE of ``x_size > 0`` that is not a micro-op load, ``uop_mask``), each
+    instruction's element bytes, and its DRAM extent in elements from its ``dram_base``
+    (``(y_size - 1) * x_stride + x_size``; meaningful where it moves data). The one decoding of
+    data ranges (:func:`relocate`, :func:`tessera.runtime.accel.group.moved_group`)."""
+    f = {fl.name: fl for fl in layout(cfg).mem}
+    op = (lo & np.uint64(7)).astype(np.int64)
+    mt = extract(lo, hi, f["memory_type"])
+    x_size = extract(lo, hi, f["x_size"])
+    data = ((op == Opcode.LOAD) | (op == Opcode.STORE)) & ~uop_mask & (x_size > 0)
+    table = np.array([elem_bytes(cfg, t) for t in MemType], np.int64)
+    eb = table[np.minimum(mt, len(table) - 1)]
+    extent = (extract(lo, hi, f["y_size"]) - 1) * extract(lo, hi, f["x_stride"]) + x_size
+    return data, eb, extent
+
+
 def relocate(code: bytes, cfg: Config, uop_pcs: list[int], uop_addr: int,
              regions: dict[int, tuple[int, int]] | None = None,
              shifts: dict[MemType, int] | None = None) -> bytes:
@@ -117,8 +135,6 @@ def relocate(code: bytes, cfg: Config, uop_pcs: list[int], uop_addr: int,
     op = (lo & np.uint64(7)).astype(np.int64)
     mt = extract(lo, hi, f["memory_type"])
     base = extract(lo, hi, f["dram_base"])
-    x_size = extract(lo, hi, f["x_size"])
-    is_mem = (op == Opcode.LOAD) | (op == Opcode.STORE)
     pcs = np.asarray(list(uop_pcs), np.int64)
     if pcs.size and (pcs.min() < 0 or pcs.max() >= len(base)):
         raise ProgramError(f"micro-op load pcs must lie inside the stream of {len(base)} "
@@ -127,19 +143,20 @@ def relocate(code: bytes, cfg: Config, uop_pcs: list[int], uop_addr: int,
     uop_mask[pcs] = True
     if (op[uop_mask] != Opcode.LOAD).any() or (mt[uop_mask] != MemType.UOP).any():
         raise ProgramError("a micro-op load pc does not point at a LOAD of micro-ops")
+    data, eb, extent = data_moves(lo, hi, cfg, uop_mask)
     new = base.copy()
     new[uop_mask] += uop_addr // cfg.uop_elem_bytes
     if regions is not None:
-        for pc in np.flatnonzero(is_mem & ~uop_mask & (x_size > 0)):
-            eb = elem_bytes(cfg, int(mt[pc]))
-            byte = int(base[pc]) * eb
+        for pc in np.flatnonzero(data):
+            e = int(eb[pc])
+            byte = int(base[pc]) * e
             for vbase, (size, real) in regions.items():
                 if vbase <= byte < vbase + size:
-                    if (real - vbase) % eb:
+                    if (real - vbase) % e:
                         raise ProgramError(
                             f"instruction {pc}: region {vbase:#x} moved to {real:#x} is not "
-                            f"aligned to its {eb}-byte {MemType(int(mt[pc])).name} elements")
-                    new[pc] = (byte - vbase + real) // eb
+                            f"aligned to its {e}-byte {MemType(int(mt[pc])).name} elements")
+                    new[pc] = (byte - vbase + real) // e
                     break
             else:
                 raise ProgramError(f"instruction {pc} addresses {byte:#x}, outside every region "
@@ -147,13 +164,9 @@ def relocate(code: bytes, cfg: Config, uop_pcs: list[int], uop_addr: int,
     if shifts is not None:
         if regions is not None:
             raise ProgramError("relocate takes regions or shifts, not both")
-        data = is_mem & ~uop_mask & (x_size > 0)
         for t, d in shifts.items():
             new[data & (mt == int(t))] += int(d)
-        y = extract(lo, hi, f["y_size"])
-        stride = extract(lo, hi, f["x_stride"])
-        eb = np.array([elem_bytes(cfg, t) for t in MemType], np.int64)
-        end = (new + (y - 1) * stride + x_size) * eb[np.minimum(mt, len(eb) - 1)]
+        end = (new + extent) * eb
         bad = data & ((new < 0) | (end > 1 << 32))
         if bad.any():
             pc = int(np.argmax(bad))

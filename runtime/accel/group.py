@@ -24,7 +24,6 @@ import numpy as np
 
 from tessera.driver.base import Device, RunStats
 from tessera.errors import ProgramError
-from tessera.isa import MemType, Opcode, elem_bytes
 from tessera.runtime.accel.conv2d import (
     ConvGeom,
     ConvShape,
@@ -46,7 +45,7 @@ from tessera.runtime.accel.layer import (
     element_base,
 )
 from tessera.runtime.accel.requant import DeviceEpilogue
-from tessera.runtime.builder import CommandBuilder, Program, count_kinds, relocate
+from tessera.runtime.builder import CommandBuilder, Program, count_kinds, data_moves, relocate
 from tessera.runtime.layout import ceil_div, pack_activation, unpack_activation
 
 __all__ = ["Member", "Measured", "group_fits", "plan_group", "measure_group", "moved_group",
@@ -292,16 +291,11 @@ def moved_group(cfg, measured: Measured, members: list[Member]) -> bytes | None:
     # every data LOAD/STORE must start and end inside one window
     words = np.frombuffer(code, "<u8")
     lo, hi = words[0::2], words[1::2]
-    f = {fl.name: fl for fl in layout(cfg).mem}
-    op = extract(lo, hi, f["opcode"])
-    mt = extract(lo, hi, f["memory_type"])
-    x = extract(lo, hi, f["x_size"])
-    data = ((op == int(Opcode.LOAD)) | (op == int(Opcode.STORE))) & (mt != int(MemType.UOP)) \
-        & (x > 0)
-    data[measured.program.uop_load_pcs] = False
-    eb = np.array([elem_bytes(cfg, t) for t in MemType], np.int64)[np.minimum(mt, 5)]
-    start = extract(lo, hi, f["dram_base"]) * eb
-    end = start + ((extract(lo, hi, f["y_size"]) - 1) * extract(lo, hi, f["x_stride"]) + x) * eb
+    uops = np.zeros(len(lo), bool)
+    uops[measured.program.uop_load_pcs] = True
+    data, eb, extent = data_moves(lo, hi, cfg, uops)
+    base = extract(lo, hi, next(fl for fl in layout(cfg).mem if fl.name == "dram_base"))
+    start, end = base * eb, (base + extent) * eb
     first = np.array(sorted(regions), np.int64)
     k = np.searchsorted(first, start, side="right") - 1
     at = first[np.maximum(k, 0)]
