@@ -33,6 +33,7 @@ from tessera.sim.decode import COMPUTE, LOAD, MODULE_NAMES, STORE, DecodedProgra
 from tessera.sim.deferred import Deferred
 from tessera.sim.gemm_kernel import GemmPlan, gemm_plain, plan_gemm
 from tessera.sim.races import DramRaceTracker, IndexSet, SramShadow
+from tessera.sim.replay import Replay
 from tessera.sim.tokens import schedule
 
 __all__ = ["FunctionalSimulator", "LOAD", "COMPUTE", "STORE", "MODULE_NAMES", "alu_apply"]
@@ -42,6 +43,7 @@ _MT_NAMES = tuple(m.name.lower() for m in MemType)
 _EPOCHS = itertools.count()  # unique across simulators, so a memo never matches another's
 PROGRAM_CACHE = 64  # decoded programs kept per simulator (keyed by their bytes)
 UOP_VERSIONS = 64  # micro-op buffer contents remembered with their epoch
+REPLAYS = 4  # replays kept per program (one per micro-op epoch it starts from)
 
 
 class FunctionalSimulator:
@@ -105,6 +107,7 @@ class FunctionalSimulator:
         self._elem_of = [elem_bytes(cfg, t) for t in range(len(MemType))]
         self._buf_of = [self.uop, self.wgt, self.inp, self.acc, None, self.acc]
         self._programs: OrderedDict[bytes, DecodedProgram] = OrderedDict()
+        self._epoch_trace: list[int] = []  # the epochs of this run's UOP loads, in turn
 
     # -- running a program --------------------------------------------------------------------
 
@@ -143,6 +146,17 @@ class FunctionalSimulator:
         """
         sched = prog.schedule
         self.prog = prog
+        self._dma_gen = None if self.dma_generation is None else self.dma_generation()
+        self._out_dirty.clear()
+        memo = prog.plan_memo
+        replay = memo.get("replay", {}).get(self._uop_epoch) if self.fast else None
+        if replay is not None and replay.applies(self):
+            try:
+                with blas_limit(self.blas_threads):
+                    return replay.run(self)
+            finally:
+                self._flush_out()
+        start_epoch, self._epoch_trace = self._uop_epoch, []
         self.counters = {k: 0 for k in (
             "gemm_steps", "alu_steps", "dram_read_bytes", "dram_write_bytes", "insns_retired",
             "gemm_reset_steps", "load_insns", "compute_insns", "store_insns")}
@@ -151,9 +165,6 @@ class FunctionalSimulator:
         self.shadow = SramShadow(self.cfg)
         self.deferred = Deferred(self.cfg.acc_depth)
         self.dram_races = DramRaceTracker()
-        self._dma_gen = None if self.dma_generation is None else self.dma_generation()
-        self._out_dirty.clear()
-        memo = prog.plan_memo
         run = memo.get("run")
         if run is None:  # per-program constants, computed once: handlers, drains, clocks
             f = prog.f
@@ -190,6 +201,13 @@ class FunctionalSimulator:
         if sched.deadlock is not None:
             raise SimError(sched.deadlock.message(),
                            code=int(ErrorCode.TOKEN_DEADLOCK), pc=sched.deadlock.pc)
+        if self.fast:  # every check passed: later runs may replay the data steps alone
+            replays = memo.setdefault("replay", {})  # by starting micro-op epoch
+            replays.pop(start_epoch, None)
+            replays[start_epoch] = Replay.record(self, prog, kinds, start_epoch,
+                                                 self._epoch_trace)
+            if len(replays) > REPLAYS:
+                del replays[next(iter(replays))]
         return dict(counters)
 
     # -- DMA helpers -----------------------------------------------------------------------------
@@ -280,6 +298,15 @@ class FunctionalSimulator:
             self.dram_races.read(module, seq, vc, starts, length, pc, what, self._pc_of, span)
         self.counters["dram_read_bytes"] += nbytes
         self.bytes_by_type[mt_name] += nbytes
+        if mt == MemType.INP or mt == MemType.WGT:
+            self.shadow.load_write(mt, base, hi, seq, vc, pc, self._pc_of)
+        self._load_data(d)
+
+    def _load_data(self, d: tuple) -> None:
+        """What LOAD description ``d`` (not empty) writes: the SRAM rows, their float32 mirror
+        and weight stamps, the micro-op fields (no checks: :meth:`_load` makes them first)."""
+        ys, mt, starts, length, what, raw, base, hi, region, tile, inner, mt_name, nbytes, \
+            span, data, mirror = d
         if data is not None:  # INP, WGT
             pass
         elif mt == MemType.ACC:
@@ -294,10 +321,8 @@ class FunctionalSimulator:
             tile[...] = 0
         inner[...] = data
         if mt == MemType.INP:
-            self.shadow.load_write(MemType.INP, base, hi, seq, vc, pc, self._pc_of)
             mirror[...] = region
         elif mt == MemType.WGT:
-            self.shadow.load_write(MemType.WGT, base, hi, seq, vc, pc, self._pc_of)
             mirror[...] = region.transpose(0, 2, 1)
             self._stamp += 1
             self.wgt_stamp[base:hi] = self._stamp
@@ -306,6 +331,7 @@ class FunctionalSimulator:
             for dst, src in zip(self._uop_fields, fields):
                 dst[base:hi] = src
             self._renew_uop_epoch()
+            self._epoch_trace.append(self._uop_epoch)
 
     def _check_dma(self, pc: int, starts: np.ndarray, length: int, what: str) -> None:
         """``dma_check`` of a LOAD/STORE's rows, skipped when they passed under the same
@@ -437,8 +463,7 @@ class FunctionalSimulator:
         if plan.reset:
             plan.checked = True
             self.shadow.compute_write_out(plan.rows, seq, vc, pc, self._pc_of)
-            plan.rows.assign(self.acc, 0)
-            plan.rows.assign(self.out, 0)
+            self._gemm_data(plan)
             self.counters["gemm_reset_steps"] += plan.steps
             return
         if not checked:
@@ -449,12 +474,20 @@ class FunctionalSimulator:
         shadow.compute_read(MemType.INP, plan.reads_inp, seq, vc, pc, self._pc_of)
         shadow.compute_read(MemType.WGT, plan.reads_wgt, seq, vc, pc, self._pc_of)
         shadow.compute_write_out(plan.rows, seq, vc, pc, self._pc_of)
+        self._gemm_data(plan)
+        self.counters["gemm_steps"] += plan.steps
+
+    def _gemm_data(self, plan: GemmPlan) -> None:
+        """What GEMM ``plan`` writes (no checks: :meth:`_gemm` makes them first)."""
+        if plan.reset:
+            plan.rows.assign(self.acc, 0)
+            plan.rows.assign(self.out, 0)
+            return
         if self.fast:
             plan.run(self.acc, self.inp_f, self.wgt_t, self.wgt_stamp)
         else:
             gemm_plain(self.acc, self.inp, self.wgt, *plan.steps_arrays)
         self._wrote(plan.rows)
-        self.counters["gemm_steps"] += plan.steps
 
     def _alu(self, pc: int, seq: int, vc) -> None:
         hit = self.prog.plan_memo.get(pc)
@@ -470,14 +503,16 @@ class FunctionalSimulator:
         if f["deferred"][pc]:
             self.deferred.alu(pc, plan.rows, plan.src)
         self.shadow.compute_write_out(plan.rows, seq, vc, pc, self._pc_of)
-        op = f["alu_opcode"][pc]
-        imm = f["imm"][pc]
+        self._alu_data(plan, f["alu_opcode"][pc], f["imm"][pc])
+        self.counters["alu_steps"] += plan.steps
+
+    def _alu_data(self, plan: AluPlan, op: int, imm: int) -> None:
+        """What ALU ``plan`` with ``op``/``imm`` writes (no checks: :meth:`_alu` makes them)."""
         if self.fast:
             plan.run(self.acc, op, imm if plan.src is None else None)
         else:
             alu_plain(self.acc, AluOp(op), plan.a, plan.s, imm)
         self._wrote(plan.rows)
-        self.counters["alu_steps"] += plan.steps
 
     # -- the store module ----------------------------------------------------------------------
 
@@ -492,6 +527,16 @@ class FunctionalSimulator:
         self._check_dma(pc, starts, length, what)
         self.dram_races.write(seq, vc, starts, length, pc, what, self._pc_of,
                               (int(starts[0]), int(starts[-1]) + length))
+        self._store_data(pc)
+        self.counters["dram_write_bytes"] += ys * length
+        self.bytes_by_type["out"] += ys * length
+
+    def _store_data(self, pc: int) -> None:
+        """What STORE ``pc`` (not empty) writes to DRAM (no checks: :meth:`_exec_store` makes
+        them first)."""
+        f = self.prog.f
+        xs, ys, base = f["x_size"][pc], f["y_size"][pc], f["sram_base"][pc]
+        starts, length, stride, what = self._dma(pc)
         self._flush_out()
         data = self.out[base:base + ys * xs].reshape(ys, length).view(np.uint8)
         if stride >= length:
@@ -505,8 +550,6 @@ class FunctionalSimulator:
             for y in range(ys):
                 s0 = int(starts[y])
                 self.dram[s0:s0 + length] = data[y]
-        self.counters["dram_write_bytes"] += ys * length
-        self.bytes_by_type["out"] += ys * length
 
 
 def _nothing(pc: int, seq: int, vc) -> None:
