@@ -13,12 +13,16 @@ that a later one reads), and notes when a chunk is a contiguous run of rows (a s
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
 import numpy as np
 
 from tessera.isa import AluOp
 from tessera.sim.races import IndexSet
 
-__all__ = ["alu_apply", "alu_int32", "alu_inplace", "AluPlan", "plan_alu", "alu_plain"]
+__all__ = ["alu_apply", "alu_int32", "alu_inplace", "alu_ufunc", "AluPlan", "plan_alu",
+           "alu_plain"]
 
 
 def alu_apply(op: AluOp, lhs: np.ndarray, rhs: np.ndarray | np.int64) -> np.ndarray:
@@ -41,30 +45,34 @@ def alu_inplace(op: AluOp, lhs: np.ndarray, rhs: np.ndarray | int) -> None:
     """``lhs = alu_apply(op, lhs, rhs)`` in place, for an int32 array ``lhs`` (a view into the
     accumulator) and an int32 array or int ``rhs``: int32 lanes throughout, wrapping through
     uint32 views, no int64 detour (except SHR by an array of amounts)."""
+    call = alu_ufunc(op, lhs, rhs)
+    if call is None:
+        lhs[...] = alu_apply(op, lhs.astype(np.int64), rhs.astype(np.int64))
+    else:
+        call()
+
+
+def alu_ufunc(op: AluOp, lhs: np.ndarray, rhs: np.ndarray | int) -> Callable[[], None] | None:
+    """:func:`alu_inplace` as one ufunc call, a function of no arguments, or None for SHR by
+    an array of amounts (which needs the int64 detour)."""
     if op == AluOp.MIN:
-        np.minimum(lhs, rhs, out=lhs)
-        return
+        return partial(np.minimum, lhs, rhs, out=lhs)
     if op == AluOp.MAX:
-        np.maximum(lhs, rhs, out=lhs)
-        return
+        return partial(np.maximum, lhs, rhs, out=lhs)
     lu = lhs.view(np.uint32)
     if isinstance(rhs, np.ndarray):
         if op == AluOp.SHR:
-            lhs[...] = alu_apply(op, lhs.astype(np.int64), rhs.astype(np.int64))
-            return
+            return None
         ru = rhs.view(np.uint32)
     else:
         if op == AluOp.SHR:
             if rhs >= 0:
-                np.right_shift(lhs, min(rhs, 31), out=lhs)  # arithmetic on int32
-            else:
-                np.left_shift(lu, np.uint32(min(-rhs, 31)), out=lu)
-            return
+                return partial(np.right_shift, lhs, min(rhs, 31), out=lhs)  # arithmetic
+            return partial(np.left_shift, lu, np.uint32(min(-rhs, 31)), out=lu)
         ru = np.uint32(rhs & 0xFFFFFFFF)
-    if op == AluOp.ADD:
-        np.add(lu, ru, out=lu)  # uint32 arithmetic wraps mod 2**32
-    else:  # MUL: the low 32 bits of the product of the two's complement patterns
-        np.multiply(lu, ru, out=lu)
+    # ADD: uint32 arithmetic wraps mod 2**32; MUL: the low 32 bits of the product of the two's
+    # complement patterns
+    return partial(np.add if op == AluOp.ADD else np.multiply, lu, ru, out=lu)
 
 
 def alu_int32(op: AluOp, lhs: np.ndarray, rhs: np.ndarray | int) -> np.ndarray:
@@ -109,6 +117,17 @@ class AluPlan:
             else:
                 dst = self.a[lo:hi]
                 acc[dst] = alu_int32(op, acc[dst], rhs)
+
+    def bound(self, acc: np.ndarray, op: AluOp, imm: int | None) -> Callable[[], None]:
+        """:meth:`run` on ``acc`` as a function of no arguments: one ufunc call on fixed views
+        when the kernel is one chunk of contiguous rows (and source rows), else ``run``."""
+        if len(self.chunks) == 1:
+            _, _, sl, src = self.chunks[0]
+            if sl is not None and (imm is not None or src is not None):
+                call = alu_ufunc(op, acc[sl], imm if imm is not None else acc[src])
+                if call is not None:
+                    return call
+        return partial(self.run, acc, op, imm)
 
 
 def plan_alu(ud: np.ndarray, us: np.ndarray, iter_out: int, iter_in: int,

@@ -27,6 +27,8 @@ tests of the plans.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,6 +78,7 @@ class GemmPlan:
         self.stacks = stacks
         self.general = general
         self._wcache: list[tuple[int, np.ndarray] | None] = [None] * len(stacks or ())
+        self._bound: tuple | None = None
         self.checked = False  # set by the simulator once its index ranges passed
         self.steps_arrays: tuple[np.ndarray, ...] = ()
 
@@ -95,46 +98,75 @@ class GemmPlan:
         mirror of the input buffer, ``wgt_t`` of the weight buffer with every element transposed
         to ``[BLOCK_IN][BLOCK_OUT]``; ``wgt_stamp[i]`` increases whenever weight row ``i`` is
         written (it keys the cached weight matrices)."""
-        if self.stacks is None:
-            _run_general(acc, inp_f, wgt_t, *self.general)
-            return
+        self.bound(acc, inp_f, wgt_t, wgt_stamp)()
+
+    def bound(self, acc: np.ndarray, inp_f: np.ndarray, wgt_t: np.ndarray,
+              wgt_stamp: np.ndarray) -> Callable[[], None]:
+        """:meth:`run` on these buffers as a function of no arguments, its views and shapes
+        computed once (kept for the last buffers given: a simulator's never change)."""
+        got = self._bound
+        if (got is None or got[0] is not acc or got[1] is not inp_f or got[2] is not wgt_t
+                or got[3] is not wgt_stamp):
+            if self.stacks is None:
+                args = (acc, inp_f, wgt_t) + self.general
+                fn = functools.partial(_run_general, *args)
+            else:
+                steps = [self._bind_stack(k, st, acc, inp_f, wgt_t, wgt_stamp)
+                         for k, st in enumerate(self.stacks)]
+                fn = steps[0] if len(steps) == 1 else functools.partial(_run_all, steps)
+            got = self._bound = (acc, inp_f, wgt_t, wgt_stamp, fn)
+        return got[4]
+
+    def _bind_stack(self, k: int, st: _Stack, acc: np.ndarray, inp_f: np.ndarray,
+                    wgt_t: np.ndarray, wgt_stamp: np.ndarray) -> Callable[[], None]:
+        """One stack's product and accumulation (see :meth:`run`) as a function."""
         b, bi = inp_f.shape[1:]
         bo = wgt_t.shape[2]
-        for k, st in enumerate(self.stacks):
-            r, n = st.xidx.shape
-            g = st.widx.shape[0]
-            length = n * bi
-            x = inp_f.take(st.xidx, axis=0)  # (R, n, B, BI)
-            if b > 1:
-                x = x.transpose(0, 2, 1, 3)
-            x = x.reshape(r * b, length)
-            w = self._weights(k, st, wgt_t, wgt_stamp, length)  # (L, G*BO): one product
+        r, n = st.xidx.shape
+        g = st.widx.shape[0]
+        length = n * bi
+        xidx, take, matmul, add, int32 = st.xidx, inp_f.take, np.matmul, np.add, np.int32
+        fixed_w = None
+        if g == 1 and st.wrange is not None:  # one contiguous block of weight rows: a view
+            lo, hi = st.wrange
+            fixed_w = wgt_t[lo:hi].reshape(length, bo)
+        weights = functools.partial(self._weights, k, st, wgt_t, wgt_stamp, length)
+        kind, where = st.dst
+        view = rows = None
+        if kind in ("gr", "rg"):  # rows base + outer*pitch + inner, distinct (pitch >= inner)
+            base, pitch = where
+            outer, inner, perm = (g, r, (2, 0, 1, 3)) if kind == "gr" else (r, g, (0, 2, 1, 3))
+            if base + outer * pitch <= acc.shape[0]:
+                view = acc[base:base + outer * pitch].reshape(outer, pitch, b, bo)[:, :inner]
+            else:  # the last outer row's pitch runs past the accumulator: index it
+                rows = (base + pitch * np.arange(outer)[:, None] + np.arange(inner)).reshape(-1)
+        else:
+            rows, perm, outer, inner = where, (2, 0, 1, 3), g, r
+        shape4, flat = (r, b, g, bo), (outer * inner, b, bo)
+
+        def step() -> None:
+            x = take(xidx, axis=0)  # (R, n, B, BI)
+            x = x.reshape(r, length) if b == 1 else x.transpose(0, 2, 1, 3).reshape(
+                r * b, length)
+            w = weights() if fixed_w is None else fixed_w  # (L, G*BO): one product
             if length <= EXACT_INNER:
-                y = np.matmul(x, w)  # float32, exact integers (see above)
+                y = matmul(x, w)  # float32, exact integers (see above)
             else:
                 y = None
                 for lo in range(0, length, EXACT_INNER):
                     hi = min(lo + EXACT_INNER, length)
-                    part = np.matmul(x[:, lo:hi], w[lo:hi]).astype(np.int32)  # exact
+                    part = matmul(x[:, lo:hi], w[lo:hi]).astype(int32)  # exact
                     if y is None:
                         y = part
                     else:
                         y += part  # int32 wraparound, as the accumulator
-            y = y.reshape(r, b, g, bo)
-            kind, where = st.dst
+            yv = y.reshape(shape4).transpose(perm)
             # acc += y in int32 (the exact float32 integers cast first): wraps mod 2**32
-            if kind in ("gr", "rg"):  # rows base + outer*pitch + inner, distinct (pitch >= inner)
-                base, pitch = where
-                outer, inner, yv = ((g, r, y.transpose(2, 0, 1, 3)) if kind == "gr"
-                                    else (r, g, y.transpose(0, 2, 1, 3)))
-                if base + outer * pitch <= acc.shape[0]:
-                    view = acc[base:base + outer * pitch].reshape(outer, pitch, b, bo)[:, :inner]
-                    np.add(view, yv, out=view, dtype=np.int32, casting="unsafe")
-                else:  # the last outer row's pitch runs past the accumulator: index it
-                    rows = (base + pitch * np.arange(outer)[:, None] + np.arange(inner))
-                    acc[rows.reshape(-1)] += yv.reshape(outer * inner, b, bo).astype(np.int32)
-                continue
-            acc[where] += y.transpose(2, 0, 1, 3).reshape(g * r, b, bo).astype(np.int32)
+            if view is not None:
+                add(view, yv, out=view, dtype=int32, casting="unsafe")
+            else:
+                acc[rows] += yv.reshape(flat).astype(int32)
+        return step
 
     def _weights(self, k: int, st: _Stack, wgt_t: np.ndarray, wgt_stamp: np.ndarray,
                  length: int) -> np.ndarray:
@@ -285,6 +317,11 @@ def _general(a: np.ndarray, x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, .
     first = np.concatenate(([0], np.flatnonzero(a_sorted[1:] != a_sorted[:-1]) + 1))
     return (x[order].astype(np.intp), w[order].astype(np.intp), first.astype(np.intp),
             a_sorted[first].astype(np.intp))
+
+
+def _run_all(steps: list[Callable[[], None]]) -> None:
+    for step in steps:
+        step()
 
 
 def _run_general(acc, inp_f, wgt_t, x, w, first, rows) -> None:

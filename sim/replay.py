@@ -55,6 +55,7 @@ class Replay:
         steps: list[tuple[Callable, tuple]] = []
         sources, uop_spans, store_spans = [], [], []
         epoch, later = start_epoch, iter(epochs)
+        dirty = sim._out_dirty
         for pc in prog.schedule.order:
             kind = kinds[pc]
             if kind in (0, 1):  # a LOAD
@@ -74,10 +75,16 @@ class Replay:
                 hit = prog.plan_memo.get(pc)
                 if hit is None or hit[0] != epoch:
                     return None  # (not expected: every fast GEMM/ALU memoises its plan)
-                if kind == 2:
-                    steps.append((sim._gemm_data, (hit[1],)))
+                plan = hit[1]
+                if kind == 2 and plan.reset:
+                    steps.append((sim._gemm_data, (plan,)))
+                    continue
+                if kind == 2:  # sim._gemm_data and sim._alu_data, their views bound once
+                    steps.append((plan.bound(sim.acc, sim.inp_f, sim.wgt_t, sim.wgt_stamp), ()))
                 else:
-                    steps.append((sim._alu_data, (hit[1], f["alu_opcode"][pc], f["imm"][pc])))
+                    steps.append((plan.bound(sim.acc, f["alu_opcode"][pc],
+                                             f["imm"][pc] if plan.src is None else None), ()))
+                steps.append((dirty.__setitem__, (plan.rows.key, plan.rows)))  # sim._wrote
             elif kind == 4:  # a STORE
                 if f["x_size"][pc] == 0 or f["y_size"][pc] == 0:
                     continue
