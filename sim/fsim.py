@@ -254,8 +254,9 @@ class FunctionalSimulator:
 
     def _describe_load(self, pc: int) -> tuple:
         """Everything LOAD ``pc`` needs that depends only on its fields, memoised with the
-        program (SRAM and DRAM views included: the arrays live as long as the simulator); ()
-        for a LOAD that moves nothing (spec-notes 3: synchronisation only)."""
+        program (SRAM and DRAM views included: the arrays live as long as the simulator), its
+        data step (:meth:`_load_step`) last; () for a LOAD that moves nothing (spec-notes 3:
+        synchronisation only)."""
         f = self.prog.f
         xs = f["x_size"][pc]
         if xs == 0:
@@ -276,13 +277,52 @@ class FunctionalSimulator:
             tile = region.reshape((height, width) + buf.shape[1:])
             inner = tile[yp0:yp0 + ys, xp0:xp0 + xs]
         span = (int(starts[0]), int(starts[-1]) + length) if ys else (0, 0)
-        data = mirror = None  # INP/WGT: the int8 view of the DRAM rows, the float32 mirror
-        if mt == MemType.INP:
-            data, mirror = raw.view(np.int8).reshape(inner.shape), self.inp_f[base:hi]
-        elif mt == MemType.WGT:
-            data, mirror = raw.view(np.int8).reshape(inner.shape), self.wgt_t[base:hi]
-        return (ys, mt, starts, length, what, raw, base, hi, region, tile, inner,
-                _MT_NAMES[mt], ys * length, span, data, mirror)
+        return (ys, mt, starts, length, what, raw, base, hi, _MT_NAMES[mt], ys * length, span,
+                self._load_step(mt, raw, base, hi, region, tile, inner))
+
+    def _load_step(self, mt: int, raw: np.ndarray, base: int, hi: int, region: np.ndarray,
+                   tile: np.ndarray | None, inner: np.ndarray) -> Callable[[], None]:
+        """What a LOAD writes, as a function of no arguments (no checks: :meth:`_load` makes
+        them first): the SRAM rows (``tile`` zeroed first when padded, ``inner`` the rows from
+        DRAM), their float32 mirror and weight stamps, the micro-op fields."""
+        copyto = np.copyto
+        if mt == MemType.INP or mt == MemType.WGT:
+            data = raw.view(np.int8).reshape(inner.shape)
+            if mt == MemType.INP:
+                mirror, src = self.inp_f[base:hi], region
+            else:
+                mirror, src = self.wgt_t[base:hi], region.transpose(0, 2, 1)
+            stamps = self.wgt_stamp[base:hi] if mt == MemType.WGT else None
+
+            def step() -> None:
+                if tile is not None:
+                    tile.fill(0)
+                copyto(inner, data)
+                copyto(mirror, src)
+                if stamps is not None:
+                    self._stamp += 1
+                    stamps.fill(self._stamp)
+            return step
+
+        def other() -> None:
+            if mt == MemType.ACC:
+                self._flush_out()  # the rows' out values were computed from the old acc
+                data = np.ascontiguousarray(raw).view("<i4").reshape(inner.shape)
+            elif mt == MemType.ACC_8BIT:
+                self._flush_out()
+                data = raw.view(np.int8).astype(np.int32).reshape(inner.shape)
+            else:  # UOP
+                data = np.ascontiguousarray(raw).view("<u4").reshape(inner.shape)
+            if tile is not None:
+                tile.fill(0)
+            inner[...] = data
+            if mt == MemType.UOP:
+                fields = extract_uops(region, self.cfg)
+                for dst, src in zip(self._uop_fields, fields):
+                    dst[base:hi] = src
+                self._renew_uop_epoch()
+                self._epoch_trace.append(self._uop_epoch)
+        return other
 
     def _load(self, pc: int, module: int, seq: int, vc) -> None:
         memo = self.prog.load_memo
@@ -291,8 +331,7 @@ class FunctionalSimulator:
             d = memo[pc] = self._describe_load(pc)
         if not d:
             return
-        ys, mt, starts, length, what, raw, base, hi, region, tile, inner, mt_name, nbytes, \
-            span, data, mirror = d
+        ys, mt, starts, length, what, _raw, base, hi, mt_name, nbytes, span, step = d
         if ys:
             self._check_dma(pc, starts, length, what)
             self.dram_races.read(module, seq, vc, starts, length, pc, what, self._pc_of, span)
@@ -300,38 +339,7 @@ class FunctionalSimulator:
         self.bytes_by_type[mt_name] += nbytes
         if mt == MemType.INP or mt == MemType.WGT:
             self.shadow.load_write(mt, base, hi, seq, vc, pc, self._pc_of)
-        self._load_data(d)
-
-    def _load_data(self, d: tuple) -> None:
-        """What LOAD description ``d`` (not empty) writes: the SRAM rows, their float32 mirror
-        and weight stamps, the micro-op fields (no checks: :meth:`_load` makes them first)."""
-        ys, mt, starts, length, what, raw, base, hi, region, tile, inner, mt_name, nbytes, \
-            span, data, mirror = d
-        if data is not None:  # INP, WGT
-            pass
-        elif mt == MemType.ACC:
-            self._flush_out()  # the rows' out values were computed from the old acc
-            data = np.ascontiguousarray(raw).view("<i4").reshape(inner.shape)
-        elif mt == MemType.ACC_8BIT:
-            self._flush_out()
-            data = raw.view(np.int8).astype(np.int32).reshape(inner.shape)
-        else:  # UOP
-            data = np.ascontiguousarray(raw).view("<u4").reshape(inner.shape)
-        if tile is not None:
-            tile[...] = 0
-        inner[...] = data
-        if mt == MemType.INP:
-            mirror[...] = region
-        elif mt == MemType.WGT:
-            mirror[...] = region.transpose(0, 2, 1)
-            self._stamp += 1
-            self.wgt_stamp[base:hi] = self._stamp
-        elif mt == MemType.UOP:
-            fields = extract_uops(region, self.cfg)
-            for dst, src in zip(self._uop_fields, fields):
-                dst[base:hi] = src
-            self._renew_uop_epoch()
-            self._epoch_trace.append(self._uop_epoch)
+        step()
 
     def _check_dma(self, pc: int, starts: np.ndarray, length: int, what: str) -> None:
         """``dma_check`` of a LOAD/STORE's rows, skipped when they passed under the same

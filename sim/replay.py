@@ -24,6 +24,7 @@ plain path and checks that changing any of the three inputs runs (and rejects) i
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 from tessera.isa import MemType
 
@@ -34,7 +35,7 @@ class Replay:
     """The recorded data steps of one program (see the module docstring)."""
 
     def __init__(self, start_epoch: int, generation: int | None, sources: list[tuple],
-                 steps: list[tuple[Callable, tuple]], counters: dict[str, int],
+                 steps: list[Callable[[], None]], counters: dict[str, int],
                  bytes_by_type: dict[str, int]):
         self.start_epoch = start_epoch
         self.generation = generation
@@ -52,7 +53,7 @@ class Replay:
         if sim.dma_check is not None and sim.dma_generation is None:
             return None
         f = prog.f
-        steps: list[tuple[Callable, tuple]] = []
+        steps: list[Callable[[], None]] = []
         sources, uop_spans, store_spans = [], [], []
         epoch, later = start_epoch, iter(epochs)
         dirty = sim._out_dirty
@@ -63,11 +64,11 @@ class Replay:
                 if not d:
                     continue
                 if d[1] == MemType.UOP:
-                    raw, span = d[5], d[13]
+                    raw, span = d[5], d[10]
                     sources.append((raw, raw.tobytes()))
                     uop_spans.append(span)
                     epoch = next(later)
-                steps.append((sim._load_data, (d,)))
+                steps.append(d[-1])  # its data step
             elif kind in (2, 3):  # GEMM, ALU
                 if (f["uop_bgn"][pc] >= f["uop_end"][pc] or f["iter_out"][pc] == 0
                         or f["iter_in"][pc] == 0):
@@ -77,20 +78,20 @@ class Replay:
                     return None  # (not expected: every fast GEMM/ALU memoises its plan)
                 plan = hit[1]
                 if kind == 2 and plan.reset:
-                    steps.append((sim._gemm_data, (plan,)))
+                    steps.append(partial(sim._gemm_data, plan))
                     continue
                 if kind == 2:  # sim._gemm_data and sim._alu_data, their views bound once
-                    steps.append((plan.bound(sim.acc, sim.inp_f, sim.wgt_t, sim.wgt_stamp), ()))
+                    steps.append(plan.bound(sim.acc, sim.inp_f, sim.wgt_t, sim.wgt_stamp))
                 else:
-                    steps.append((plan.bound(sim.acc, f["alu_opcode"][pc],
-                                             f["imm"][pc] if plan.src is None else None), ()))
-                steps.append((dirty.__setitem__, (plan.rows.key, plan.rows)))  # sim._wrote
+                    steps.append(plan.bound(sim.acc, f["alu_opcode"][pc],
+                                            f["imm"][pc] if plan.src is None else None))
+                steps.append(partial(dirty.__setitem__, plan.rows.key, plan.rows))  # sim._wrote
             elif kind == 4:  # a STORE
                 if f["x_size"][pc] == 0 or f["y_size"][pc] == 0:
                     continue
                 starts, length, _stride, _what = sim._dma(pc)
                 store_spans.append((int(starts[0]), int(starts[-1]) + length))
-                steps.append((sim._store_data, (pc,)))
+                steps.append(partial(sim._store_data, pc))
         if any(a < d and c < b for a, b in uop_spans for c, d in store_spans):
             return None
         return cls(start_epoch, sim._dma_gen, sources, steps, dict(sim.counters),
@@ -107,8 +108,8 @@ class Replay:
 
     def run(self, sim) -> dict[str, int]:
         """Replay the data steps on ``sim``; return the event counters."""
-        for step, args in self.steps:
-            step(*args)
+        for step in self.steps:
+            step()
         sim.counters = dict(self.counters)
         sim.bytes_by_type = dict(self.bytes_by_type)
         return dict(self.counters)
