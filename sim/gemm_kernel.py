@@ -40,6 +40,7 @@ __all__ = ["GemmPlan", "plan_gemm", "gemm_plain", "EXACT_INNER"]
 EXACT_INNER = 1 << 10  # products per float32 partial sum: 2**10 * 2**14 = 2**24
 MAX_GROUPS = 64  # row groups beyond which planning stacks costs more than it saves
 MAX_STACKS = 16
+_max = np.maximum.reduce  # the ufunc itself: ndarray.max() adds a Python wrapper per call
 
 
 @dataclass
@@ -107,6 +108,7 @@ class GemmPlan:
         got = self._bound
         if (got is None or got[0] is not acc or got[1] is not inp_f or got[2] is not wgt_t
                 or got[3] is not wgt_stamp):
+            self._wcache[:] = [None] * len(self._wcache)  # matrices of other buffers' weights
             if self.stacks is None:
                 args = (acc, inp_f, wgt_t) + self.general
                 fn = functools.partial(_run_general, *args)
@@ -126,11 +128,16 @@ class GemmPlan:
         g = st.widx.shape[0]
         length = n * bi
         xidx, take, matmul, add, int32 = st.xidx, inp_f.take, np.matmul, np.add, np.int32
+        # the weights: a view of the buffer for one contiguous group, else a matrix cached
+        # until one of its rows is written again (their newest stamp changes)
         fixed_w = None
-        if g == 1 and st.wrange is not None:  # one contiguous block of weight rows: a view
+        if g == 1 and st.wrange is not None:
             lo, hi = st.wrange
             fixed_w = wgt_t[lo:hi].reshape(length, bo)
-        weights = functools.partial(self._weights, k, st, wgt_t, wgt_stamp, length)
+        runs, wkey, wcache = st.wkey.runs, st.wkey, self._wcache
+        one_run = wgt_stamp[runs[0][0]:runs[0][1]] if runs is not None and len(runs) == 1 \
+            else None  # the common case: the stamps of one run of rows, a view
+        weights = functools.partial(self._weights, k, st, wgt_t, length)
         kind, where = st.dst
         view = rows = None
         if kind in ("gr", "rg"):  # rows base + outer*pitch + inner, distinct (pitch >= inner)
@@ -148,7 +155,12 @@ class GemmPlan:
             x = take(xidx, axis=0)  # (R, n, B, BI)
             x = x.reshape(r, length) if b == 1 else x.transpose(0, 2, 1, 3).reshape(
                 r * b, length)
-            w = weights() if fixed_w is None else fixed_w  # (L, G*BO): one product
+            if fixed_w is None:  # (L, G*BO): one product
+                stamp = _max(one_run) if one_run is not None else wkey.max_of(wgt_stamp)
+                cached = wcache[k]
+                w = cached[1] if cached is not None and cached[0] == stamp else weights(stamp)
+            else:
+                w = fixed_w
             if length <= EXACT_INNER:
                 y = matmul(x, w)  # float32, exact integers (see above)
             else:
@@ -168,19 +180,12 @@ class GemmPlan:
                 acc[rows] += yv.reshape(flat).astype(int32)
         return step
 
-    def _weights(self, k: int, st: _Stack, wgt_t: np.ndarray, wgt_stamp: np.ndarray,
-                 length: int) -> np.ndarray:
-        """The stack's weights as one ``(L, G*BLOCK_OUT)`` matrix: a view of the buffer for one
-        contiguous group, else a copy cached until one of its rows is written again."""
+    def _weights(self, k: int, st: _Stack, wgt_t: np.ndarray, length: int,
+                 stamp: int) -> np.ndarray:
+        """The stack's weights as one ``(L, G*BLOCK_OUT)`` matrix (a copy), cached with
+        ``stamp``, the newest write stamp of its rows (valid until one is written again)."""
         g = st.widx.shape[0]
         bo = wgt_t.shape[2]
-        if g == 1 and st.wrange is not None:  # one contiguous block of weight rows: a view
-            lo, hi = st.wrange
-            return wgt_t[lo:hi].reshape(length, bo)
-        stamp = st.wkey.max_of(wgt_stamp)
-        cached = self._wcache[k]
-        if cached is not None and cached[0] == stamp:
-            return cached[1]
         if st.wrange is not None:
             lo, hi = st.wrange
             w = wgt_t[lo:hi].reshape(g, length, bo)
