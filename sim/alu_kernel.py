@@ -85,8 +85,10 @@ def alu_int32(op: AluOp, lhs: np.ndarray, rhs: np.ndarray | int) -> np.ndarray:
 class AluPlan:
     """Steps of one ALU kernel: ``a``/``s`` (destination / source rows per step, ``s`` None with
     ``use_imm``), ``chunks`` of independent steps as ``(lo, hi, dst_slice_or_None,
-    src_slice_or_None)``, ``rows`` the destination rows, ``src`` the source rows (None with
-    ``use_imm``)."""
+    src_slice_or_None, repeated_or_None)``, ``rows`` the destination rows, ``src`` the source
+    rows (None with ``use_imm``). ``repeated`` is ``(dst_shape, rows, src_shape)`` for a chunk
+    with a destination slice whose source is a few rows repeated (a bias or scale per channel
+    block: :func:`_repeated`): the source is gathered once per row and broadcast."""
 
     def __init__(self, a: np.ndarray, s: np.ndarray | None, fast: bool = True):
         self.a, self.s = a, s
@@ -102,7 +104,9 @@ class AluPlan:
             # a contiguous source reads through a view: ufuncs buffer overlapping operands, so
             # the chunk still sees the values from before it (as the copy of fancy indexing)
             src = None if s is None else _as_slice(s[lo:hi]) if sl is not None else None
-            self.chunks.append((lo, hi, sl, src))
+            rep = _repeated(s[lo:hi]) if sl is not None and s is not None and src is None \
+                else None
+            self.chunks.append((lo, hi, sl, src, rep))
 
     @property
     def nbytes(self) -> int:
@@ -110,7 +114,11 @@ class AluPlan:
 
     def run(self, acc: np.ndarray, op: AluOp, imm: int | None) -> None:
         """Apply the instruction to ``acc`` (``imm`` None: the source is ``acc[s]``)."""
-        for lo, hi, sl, src in self.chunks:
+        for lo, hi, sl, src, rep in self.chunks:
+            if rep is not None and imm is None:  # acc[s] is acc[rows] repeated: broadcast
+                dst_shape, rows, src_shape = rep
+                _alu_repeated(op, acc[sl].reshape(dst_shape), acc, rows, src_shape)
+                continue
             rhs = imm if imm is not None else acc[src] if src is not None else acc[self.s[lo:hi]]
             if sl is not None:
                 alu_inplace(op, acc[sl], rhs)
@@ -122,11 +130,15 @@ class AluPlan:
         """:meth:`run` on ``acc`` as a function of no arguments: one ufunc call on fixed views
         when the kernel is one chunk of contiguous rows (and source rows), else ``run``."""
         if len(self.chunks) == 1:
-            _, _, sl, src = self.chunks[0]
+            _, _, sl, src, rep = self.chunks[0]
             if sl is not None and (imm is not None or src is not None):
                 call = alu_ufunc(op, acc[sl], imm if imm is not None else acc[src])
                 if call is not None:
                     return call
+            elif rep is not None and imm is None:
+                dst_shape, rows, src_shape = rep
+                return partial(_alu_repeated, op, acc[sl].reshape(dst_shape), acc, rows,
+                               src_shape)
         return partial(self.run, acc, op, imm)
 
 
@@ -156,6 +168,35 @@ def _as_slice(d: np.ndarray) -> slice | None:
     if d[-1] - d[0] == d.size - 1 and (d.size == 1 or bool((np.diff(d) == 1).all())):
         return slice(int(d[0]), int(d[-1]) + 1)
     return None
+
+
+def _alu_repeated(op: AluOp, dst: np.ndarray, acc: np.ndarray, rows: np.ndarray,
+                  src_shape: tuple) -> None:
+    alu_inplace(op, dst, acc[rows].reshape(src_shape))
+
+
+def _repeated(s: np.ndarray) -> tuple | None:
+    """Source rows ``s`` (more than one) as a few rows repeated, for a broadcast:
+    ``((k, m, ...), rows, (k, 1, ...))`` when ``s`` is each of ``rows`` (k of them) ``m`` times
+    in turn, ``((k, p, ...), rows, (1, p, ...))`` when it is ``rows`` (p of them) ``k`` times
+    over, else None (``...``: the accumulator element's shape, filled in by ``reshape``)."""
+    n = s.size
+    if n < 2:
+        return None
+    starts = np.flatnonzero(np.concatenate(([True], s[1:] != s[:-1])))
+    m = n // starts.size
+    if starts.size < n and starts.size * m == n and np.array_equal(starts, np.arange(0, n, m)):
+        k = starts.size
+        return (k, m, *_ELEM), s[::m].astype(np.intp), (k, 1, *_ELEM)
+    again = np.flatnonzero(s[1:] == s[0])
+    if again.size:
+        p = int(again[0]) + 1
+        if n % p == 0 and p < n and np.array_equal(s, np.tile(s[:p], n // p)):
+            return (n // p, p, *_ELEM), s[:p].astype(np.intp), (1, p, *_ELEM)
+    return None
+
+
+_ELEM = (-1,)  # the element axes of a reshaped accumulator view (batch x block_out, merged)
 
 
 def _independent_chunks(a: np.ndarray, s: np.ndarray | None):

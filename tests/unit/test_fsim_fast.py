@@ -178,6 +178,40 @@ def test_random_alu_plans_match_the_loop_nest():
         assert np.array_equal(got, want), (trial, op, use_imm)
 
 
+@pytest.mark.parametrize("pattern", ["blocks", "tiles", "blocks_inside", "irregular"])
+def test_alu_repeated_sources_broadcast_like_the_loop_nest(pattern):
+    """A bias or scale per channel block: contiguous destinations whose source is a few rows
+    repeated (each row m times in turn, or the rows k times over) take the broadcast path and
+    match the loop nest, on every opcode and both bound and plain ``run``."""
+    rng = np.random.default_rng(7)
+    n, k = 24, 4
+    for trial in range(20):
+        bias = rng.integers(200, 400, k)
+        if pattern == "blocks":  # rows a..a+23, bias row of block a // 6: iter_out blocks
+            ud, us, loop = np.arange(6) + 10, np.full(6, bias[0]), (k, 1, (6, 0, 1, 0))
+        elif pattern == "tiles":  # pixel-major: the k channel-block biases repeated per pixel
+            ud, us, loop = np.arange(k) + 10, bias, (6, 1, (k, 0, 0, 0))
+        elif pattern == "blocks_inside":  # source rows from the micro-ops, not the loop
+            ud, us, loop = np.arange(n) + 10, np.repeat(bias, n // k), (1, 1, (0, 0, 0, 0))
+        else:  # no repetition pattern: the gather path
+            ud, us, loop = np.arange(n) + 10, rng.integers(200, 400, n), (1, 1, (0, 0, 0, 0))
+        it_out, it_in, fac = loop
+        plan = plan_alu(ud, us, it_out, it_in, fac, False)
+        plain = plan_alu(ud, us, it_out, it_in, fac, False, fast=False)
+        assert plan.steps == n
+        assert (plan.chunks[0][4] is None) == (pattern == "irregular")
+        op = AluOp(trial % 5)
+        acc0 = _int32(rng, (512, 2, 4))
+        if op == AluOp.SHR:
+            acc0[200:400] = rng.integers(-40, 41, acc0[200:400].shape)
+        want = acc0.copy()
+        alu_plain(want, op, plain.a, plain.s, 0)
+        got, got_bound = acc0.copy(), acc0.copy()
+        plan.run(got, op, None)
+        plan.bound(got_bound, op, None)()
+        assert np.array_equal(got, want) and np.array_equal(got_bound, want), (trial, op)
+
+
 def test_alu_contiguous_source_overlapping_its_destination():
     """A contiguous source read through a view, shifted against the destination rows: the
     result is the sequential loop's (earlier writes seen where the SPEC order makes them)."""
