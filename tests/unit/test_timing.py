@@ -182,6 +182,22 @@ def test_fsim_device_reports_the_model_cycles_and_counters():
     assert seen[1] > seen[0]  # slower DRAM, more cycles
 
 
+def test_fsim_device_memoises_predictions_without_sharing_them():
+    """Repeated runs of one program reuse the device's prediction, each run getting its own
+    copy: what a caller does to ``last_prediction`` does not reach the next run."""
+    from tessera.driver import open_device
+
+    prog = random_program(TINY, np.random.default_rng(6), rounds=3)
+    with open_device("fsim", TINY) as dev:
+        prog.place(dev)
+        first = dev.run(prog.insn_addr, prog.insn_count)
+        dev.last_prediction.counters["load_busy_cycles"] = -1
+        dev.last_prediction.cycles = -1
+        again = dev.run(prog.insn_addr, prog.insn_count)
+        assert again.cycles == first.cycles > 0 and again.counters == first.counters
+        assert dev.last_prediction.counters["load_busy_cycles"] >= 0
+
+
 def test_fsim_device_checks_its_dram_knobs():
     from tessera.driver import open_device
     from tessera.errors import DeviceError
