@@ -231,7 +231,7 @@ class FunctionalSimulator(DmaSteps):
         self.counters["dram_read_bytes"] += nbytes
         self.bytes_by_type[mt_name] += nbytes
         if mt == MemType.INP or mt == MemType.WGT:
-            self.shadow.load_write(mt, base, hi, seq, vc, pc, self._pc_of)
+            self.shadow.load_write(MemType(mt), base, hi, seq, vc, pc, self._pc_of)
         step()
 
     def _renew_uop_epoch(self) -> None:

@@ -207,6 +207,23 @@ def test_gemm_reading_unsynchronised_input_is_a_race():
     assert info.value.code is None and info.value.pc is None
 
 
+def test_load_overwriting_input_a_gemm_reads_unordered_is_a_race():
+    """The load module reloads the GEMM's input rows after a token from the compute module's
+    micro-op load, not from the GEMM: the LOAD's write races the GEMM's read."""
+    def insns(s):
+        i = _with(_gemm_reader(s), 1, push_prev=1)  # the UOP load pushes C2L
+        again = MemInsn(opcode=Opcode.LOAD, memory_type=MemType.INP,
+                        dram_base=s["inp"].addr // TINY.inp_elem_bytes, y_size=2, x_size=4,
+                        x_stride=4, x_pad_0=1, pop_next=1)
+        return i[:-1] + [again, i[-1]]
+    prog = _tiny_program(insns)
+    prog.segments[2].data = b"".join(int(i).to_bytes(4, "little") for i in range(4))
+    with pytest.raises(DeviceError, match=r"race on INP\[0:1\]: instruction 2 \(compute "
+                                          r"module, reads\) and instruction 5 \(load module, "
+                                          r"writes\)"):
+        _run(prog)
+
+
 def test_store_without_token_is_a_race_on_out():
     prog = _tiny_program(lambda s: _with(_with(_good(s), 4, pop_prev=0), 3, push_next=0))
     with pytest.raises(DeviceError, match=r"race on OUT\[0:1\]: instruction 3 \(compute module, "
