@@ -15,8 +15,9 @@ width differ:
 ``o < O, m < M``: ``RB`` output rows (their weight words broadcast from memory) by ``VB``
 vectors of positions, ``RB * VB`` accumulators per word step, sizes in an int64 array. The IR
 is scheduled by hand (built without the optimisation pipeline). The AVX2 kernel also prefetches
-the activations (a distance the caller gives) and stores whole blocks with plain stores (AVX2's masked
-stores, ``vpmaskmovd``, only at the edges: on Zen 3 they made a 32-word reduction 2.7x slower).
+the activations (a distance the caller gives) and stores whole blocks with plain stores (AVX2's
+masked stores, ``vpmaskmovd``, only at the edges: on Zen 3 they made a 32-word reduction 2.7x
+slower).
 """
 
 from __future__ import annotations
