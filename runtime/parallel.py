@@ -241,23 +241,14 @@ def run_parallel(model: Any, feeds: dict[str, np.ndarray], workers: int, device:
         stats.fork_seconds = time.perf_counter() - t1
         t2 = time.perf_counter()
         run_stats: dict = {}
-        conns = [conn for _, conn in procs]
-        for j in range(w):
-            if _wait(conns, timeout=0):
-                break  # a worker failed (nothing else is sent before "end"): report it
-            fex.run_steps(bounds[j], bounds[j + 1], timeout_cycles=timeout_cycles,
-                          stats=run_stats)
-            _snapshot(fex, states[j + 1])
-            _tell(procs[j][1], "end")
-            if j + 1 < w:
-                _tell(procs[j + 1][1], "start")
-        else:
-            _check_cycles(plan, run_stats, expected, "fsim")
-        t3 = time.perf_counter()
-        stats.seed_seconds += t3 - t2
         pending = {conn: j for j, (_, conn) in enumerate(procs)}
-        while pending:
-            for conn in _wait(list(pending)):
+
+        def collect(timeout: float | None) -> None:
+            """Read what the workers have sent (waiting up to ``timeout``): a worker's result
+            is kept; its error, or its death without a result, is raised at once. (Before its
+            "end" a worker sends nothing but an error; after it, its result may come while
+            the seed pass still runs the later segments.)"""
+            for conn in _wait(list(pending), timeout=timeout):
                 j = pending.pop(conn)
                 try:
                     msg = conn.recv()
@@ -270,6 +261,20 @@ def run_parallel(model: Any, feeds: dict[str, np.ndarray], workers: int, device:
                 if msg["status"] != "ok":
                     raise _reraise(msg, j, _seg_text(plan, bounds, j))
                 results[j] = msg
+
+        for j in range(w):
+            collect(0)
+            fex.run_steps(bounds[j], bounds[j + 1], timeout_cycles=timeout_cycles,
+                          stats=run_stats)
+            _snapshot(fex, states[j + 1])
+            _tell(procs[j][1], "end")
+            if j + 1 < w:
+                _tell(procs[j + 1][1], "start")
+        _check_cycles(plan, run_stats, expected, "fsim")
+        t3 = time.perf_counter()
+        stats.seed_seconds += t3 - t2
+        while pending:
+            collect(None)
         stats.wait_seconds = time.perf_counter() - t3
     finally:
         _stop(procs)  # (the shared copies are unmapped once the last reference goes)

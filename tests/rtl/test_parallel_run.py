@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import os
+import signal
 
 import numpy as np
 import pytest
@@ -153,6 +154,37 @@ def test_stale_on_chip_state_is_detected(case):
         assert _dead(stale.last_parallel.pids)
     finally:
         stale.close()
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_a_result_sent_while_the_seed_pass_runs_is_kept(case, monkeypatch, workers):
+    """A worker sends its result as soon as it has its "end", while the seed pass may still run
+    the later segments (a short RTL segment beside a cold fsim one): the parent keeps it and
+    goes on. (It once took any early message for an error and stopped seeding: the later
+    workers then waited for their "end" forever.) Here the parent waits, after each "end",
+    until that worker's result has arrived."""
+    model, x, want, *_ = case
+    real = parallel._tell
+
+    def tell(conn, word):
+        real(conn, word)
+        if word == "end":
+            assert conn.poll(60), "the worker sent no result within 60 s of its end"
+
+    def hung(signum, frame):
+        raise TimeoutError("the parallel run hung")
+
+    monkeypatch.setattr(parallel, "_tell", tell)
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(90)
+    try:
+        got = model.run(x, device="verilator", workers=workers)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    for a, b in zip(got, want, strict=True):
+        assert np.array_equal(a, b)
+    assert _dead(model.last_parallel.pids) and not multiprocessing.active_children()
 
 
 def test_child_error_is_reraised_and_children_reaped(case, monkeypatch):
