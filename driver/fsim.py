@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 
 import numpy as np
@@ -22,8 +21,6 @@ from tessera.sim import timing
 from tessera.sim.fsim import FunctionalSimulator
 
 __all__ = ["FsimDevice"]
-
-PREDICTIONS = 64  # cycle-model predictions kept per device (one per program and placement)
 
 
 class FsimDevice(Device):
@@ -73,7 +70,6 @@ class FsimDevice(Device):
         self._status = 0
         self._error = (0, 0)
         self._counters: dict[str, int] = {}
-        self._predictions: dict[tuple, tuple] = {}  # (id, addr, count) -> (program, prediction)
         self.last_error: DeviceError | None = None
 
     def _mem_write(self, addr: int, data: bytes | np.ndarray) -> None:
@@ -123,7 +119,9 @@ class FsimDevice(Device):
         t0 = time.perf_counter()
         self._cycles = 0
         prog = self._simulate(self.sim.prepare, insn_addr, insn_count)
-        pred = self._predict(prog, insn_addr, insn_count)
+        # the model's own cache: one digest per decoded program, a copy per run
+        pred = timing.predict(prog, self.config, self.dram_timing, insn_addr=insn_addr,
+                              insn_count=insn_count)
         # a deadlock is reported once it has arisen (cycles until then)
         need = pred.cycles if pred.cycles is not None else pred.blocked_at
         if timeout_cycles is not None and need > timeout_cycles:
@@ -143,23 +141,6 @@ class FsimDevice(Device):
         stats.update({f"bytes_{k}": v for k, v in self.sim.bytes_by_type.items()})
         return RunStats(cycles=pred.cycles, counters=stats,
                         wall_seconds=time.perf_counter() - t0)
-
-    def _predict(self, prog, insn_addr: int, insn_count: int) -> timing.Prediction:
-        """The cycle model's prediction for ``prog`` (a decoded program, cached by the simulator
-        per program bytes, so the same object on every run of the same program), memoised per
-        object: the model's own cache would hash every field of the program again. A copy, so
-        what a caller does with ``last_prediction`` never reaches a later run."""
-        key = (id(prog), insn_addr, insn_count)
-        hit = self._predictions.get(key)
-        if hit is None or hit[0] is not prog:
-            hit = self._predictions[key] = (prog, timing.predict(
-                prog, self.config, self.dram_timing, insn_addr=insn_addr,
-                insn_count=insn_count))
-            if len(self._predictions) > PREDICTIONS:
-                del self._predictions[next(iter(self._predictions))]
-        pred = hit[1]
-        return dataclasses.replace(pred, counters=dict(pred.counters),
-                                   insns=None if pred.insns is None else list(pred.insns))
 
     def _simulate(self, step, *args):
         """Call a simulator step; record its error in the registers and re-raise it as a

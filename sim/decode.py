@@ -17,6 +17,7 @@ from tessera.config import Config
 from tessera.errors import SimError
 from tessera.isa import INSN_BYTES, AluOp, MemType, Opcode, depth, elem_bytes, extract, layout
 from tessera.regs import ERROR_TEXT, ErrorCode
+from tessera.sim.timing import freeze
 
 __all__ = ["DecodedProgram", "decode_program", "LOAD", "COMPUTE", "STORE", "MODULE_NAMES"]
 
@@ -44,7 +45,8 @@ class DecodedProgram:
     - ``schedule``: the token-level schedule, set by :func:`tessera.sim.tokens.schedule`.
 
     ``dma_memo``, ``load_memo``, ``dma_ok`` and ``plan_memo`` are the functional simulator's
-    private per-pc memos.
+    private per-pc memos; ``digest`` is the cycle model's cache digest of ``arrays`` (which
+    are read-only), set on the first prediction (:class:`tessera.sim.timing.Program`).
     """
 
     n: int
@@ -57,6 +59,7 @@ class DecodedProgram:
     plan_memo: dict = field(default_factory=dict, repr=False)
     load_memo: dict = field(default_factory=dict, repr=False)
     dma_ok: dict = field(default_factory=dict, repr=False)
+    digest: bytes | None = field(default=None, repr=False)
 
 
 def decode_program(raw: np.ndarray, cfg: Config) -> DecodedProgram:
@@ -87,6 +90,7 @@ def decode_program(raw: np.ndarray, cfg: Config) -> DecodedProgram:
     module[is_load & ((mt == MemType.INP) | (mt == MemType.WGT))] = LOAD
     module[is_store] = STORE
     local = tuple(np.flatnonzero(module == m).tolist() for m in (LOAD, COMPUTE, STORE))
+    freeze(f)
     return DecodedProgram(n, {k: v.tolist() for k, v in f.items()}, f, module.tolist(), local)
 
 

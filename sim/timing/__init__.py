@@ -26,7 +26,8 @@ from tessera.sim.timing.port import credit_period
 from tessera.sim.timing.program import FIELDS, MODULE_NAMES, QUEUE_NAMES, prepare
 
 __all__ = ["DramTiming", "Prediction", "InsnTiming", "Interval", "intervals", "Program",
-           "DecodedStream", "predict", "decode_stream", "clear_cache", "TIMING_COUNTERS"]
+           "DecodedStream", "predict", "decode_stream", "freeze", "clear_cache",
+           "TIMING_COUNTERS"]
 
 TIMING_COUNTERS = ("load_busy_cycles", "store_busy_cycles", "compute_wait_cycles")
 """The timing counters of ``tessera.regs.COUNTERS`` the model produces."""
@@ -149,7 +150,12 @@ class Prediction:
 
 class Program(Protocol):
     """What :func:`predict` reads of a decoded program (``tessera.sim.decode.DecodedProgram``):
-    ``n`` dispatched instructions and ``arrays``, every ISA field by name, per pc."""
+    ``n`` dispatched instructions and ``arrays``, every ISA field by name, per pc.
+
+    A program whose field arrays are all read-only (the decoders' are: :func:`freeze`) and that
+    has a ``digest`` attribute gets its cache digest computed once, on its first prediction,
+    and kept there; the contract is that neither ``n`` nor the ``arrays`` mapping changes after
+    decoding. Any other program's fields are hashed on every call."""
 
     n: int
     arrays: Mapping[str, np.ndarray]
@@ -157,10 +163,32 @@ class Program(Protocol):
 
 @dataclass
 class DecodedStream:
-    """A :class:`Program` decoded by :func:`decode_stream`."""
+    """A :class:`Program` decoded by :func:`decode_stream` (read-only arrays; ``digest``:
+    :func:`predict`'s cache digest, set on first use)."""
 
     n: int
     arrays: dict[str, np.ndarray]
+    digest: bytes | None = field(default=None, repr=False)
+
+
+def freeze(arrays: Mapping[str, np.ndarray]) -> None:
+    """Make a decoded program's field arrays read-only (the :class:`Program` contract)."""
+    for a in arrays.values():
+        a.flags.writeable = False
+
+
+def _digest(program: Program) -> bytes:
+    """The cache digest of ``program``'s dispatched fields (see :class:`Program`)."""
+    known = getattr(program, "digest", None)
+    if known is not None:
+        return known
+    fields, n = program.arrays, program.n
+    digest = hashlib.blake2b(np.stack([np.asarray(fields[k][:n], np.int64) for k in FIELDS])
+                             .tobytes() if n else b"", digest_size=16).digest()
+    if hasattr(program, "digest") and all(
+            isinstance(a, np.ndarray) and not a.flags.writeable for a in fields.values()):
+        program.digest = digest
+    return digest
 
 
 def predict(program: Program, cfg: Config, dram: DramTiming | None = None, *, insn_addr: int,
@@ -180,9 +208,7 @@ def predict(program: Program, cfg: Config, dram: DramTiming | None = None, *, in
         raise SimError(f"insn_addr must be 16-byte aligned, not {insn_addr:#x}")
     key = None
     if not trace:
-        digest = hashlib.blake2b(np.stack([np.asarray(fields[k][:n], np.int64) for k in FIELDS])
-                                 .tobytes() if n else b"", digest_size=16).digest()
-        key = (cfg, dram, insn_addr, insn_count, n, digest)
+        key = (cfg, dram, insn_addr, insn_count, n, _digest(program))
         hit = _CACHE.get(key)
         if hit is not None:
             _CACHE.move_to_end(key)
@@ -233,4 +259,5 @@ def decode_stream(code: bytes, cfg: Config) -> DecodedStream:
         for fl in table:
             out.setdefault(fl.name, extract(lo[:n], hi[:n], fl))
     out["opcode"] = op[:n]
+    freeze(out)
     return DecodedStream(n, out)

@@ -182,9 +182,32 @@ def test_fsim_device_reports_the_model_cycles_and_counters():
     assert seen[1] > seen[0]  # slower DRAM, more cycles
 
 
-def test_fsim_device_memoises_predictions_without_sharing_them():
-    """Repeated runs of one program reuse the device's prediction, each run getting its own
-    copy: what a caller does to ``last_prediction`` does not reach the next run."""
+def test_a_decoded_program_is_hashed_once_and_a_writable_one_every_time(monkeypatch):
+    """The model's cache digest is kept on a decoded program (its arrays are read-only, so a
+    change cannot make it stale); a program with writable arrays is hashed on every call, so
+    changing one of its fields changes the prediction."""
+    prog = random_program(TINY, np.random.default_rng(5), rounds=2)
+    dec = timing.decode_stream(prog.code(), TINY)
+    assert all(not a.flags.writeable for a in dec.arrays.values())
+    with pytest.raises(ValueError, match="read-only"):
+        dec.arrays["x_size"][0] = 1
+    calls = []
+    real = timing.hashlib.blake2b
+    monkeypatch.setattr(timing.hashlib, "blake2b", lambda *a, **k: calls.append(1) or real(*a, **k))
+    kw = {"insn_addr": prog.insn_addr, "insn_count": prog.insn_count}
+    first = timing.predict(dec, TINY, **kw)
+    assert timing.predict(dec, TINY, **kw) == first and len(calls) == 1 and dec.digest
+    loose = timing.DecodedStream(dec.n, {k: v.copy() for k, v in dec.arrays.items()})
+    assert timing.predict(loose, TINY, **kw) == first and loose.digest is None
+    loads = np.flatnonzero((loose.arrays["opcode"] == Opcode.LOAD) & (loose.arrays["x_size"] > 1))
+    loose.arrays["x_size"][loads] -= 1  # shorter loads: a different program, fewer cycles
+    assert timing.predict(loose, TINY, **kw).cycles < first.cycles
+    assert len(calls) == 3
+
+
+def test_fsim_device_predictions_are_not_shared_between_runs():
+    """Repeated runs of one program reuse the model's cached prediction, each run getting its
+    own copy: what a caller does to ``last_prediction`` does not reach the next run."""
     from tessera.driver import open_device
 
     prog = random_program(TINY, np.random.default_rng(6), rounds=3)
